@@ -1,0 +1,144 @@
+"""One pooled connection: its bookkeeping, how it is opened, checked and let go.
+
+Nothing here takes the pool lock: these are the slow, networked steps the pool
+runs outside it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import time
+import traceback
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from .identity import application_name
+from .settings import PoolSettings
+
+connection = psycopg2.extensions.connection
+
+# A lifetime is shortened by up to this fraction, so connections opened together
+# (a pool filled at start-up) do not all expire, and reconnect, together.
+LIFETIME_JITTER = 0.1
+
+
+class Entry:
+    """A connection and what the pool knows about it."""
+
+    __slots__ = (
+        "conn",
+        "_poller",
+        "created_at",
+        "expires_at",
+        "verified_at",
+        "returned_at",
+        "checked_out_at",
+        "checkout_stack",
+        "leak_reported",
+    )
+
+    def __init__(self, conn: connection, max_lifetime: float) -> None:
+        now = time.monotonic()
+        self.conn = conn
+        self._poller = select.poll()
+        self._poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        self.created_at = now
+        self.verified_at = now  # last time the server is known to have answered
+        self.returned_at = now
+        self.checked_out_at = 0.0
+        self.checkout_stack: list[str] | None = None
+        self.leak_reported = False
+        jitter = 1.0 - random.uniform(0.0, LIFETIME_JITTER)
+        self.expires_at = now + max_lifetime * jitter if max_lifetime else float("inf")
+
+    def socket_has_news(self) -> bool:
+        """True if the server sent something (or hung up) while the connection sat idle.
+
+        An idle session in our pool never receives data unprompted: readable
+        means a termination notice, EOF from a restart, or a notification. One
+        non-blocking poll() costs a syscall, not a round trip.
+        """
+        return bool(self._poller.poll(0))
+
+
+def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
+    """Open one connection, named after this process; raises psycopg2.Error."""
+    seconds = settings.connect_timeout if timeout is None else min(timeout, settings.connect_timeout)
+    kwargs: dict[str, Any] = dict(settings.connect_kwargs or {})
+    kwargs["application_name"] = application_name()
+    kwargs.setdefault("connect_timeout", max(1, round(seconds)))  # libpq takes whole seconds, 1 at least
+    conn = psycopg2.connect(settings.dsn, **kwargs)
+    return Entry(conn, settings.max_lifetime)
+
+
+def is_alive(conn: connection) -> bool:
+    """One round trip: does the server still answer on this (idle) connection?"""
+    if conn.closed:
+        return False
+    try:
+        # Autocommit for the probe, so it is one SELECT, not BEGIN + SELECT + ROLLBACK.
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.autocommit = False
+        return True
+    except psycopg2.Error:
+        return False
+
+
+def reset_for_reuse(conn: connection) -> bool:
+    """Bring a returned connection back to idle; False if it cannot be reused."""
+    if conn.closed:
+        return False
+    status = conn.info.transaction_status
+    if status == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN:
+        return False
+    try:
+        if status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            conn.rollback()
+        if conn.autocommit:
+            conn.autocommit = False
+    except psycopg2.Error:
+        return False
+    return not conn.closed
+
+
+def close_quietly(conn: connection) -> None:
+    """Close a connection this process opened (sends Terminate: only in the owner)."""
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a dying connection may fail any way; it is gone either way
+        pass
+
+
+_devnull_fd: int | None = None
+
+
+def detach_inherited(conn: connection) -> None:
+    """Let go of a connection inherited across fork without touching its socket.
+
+    ``close()`` would send libpq's Terminate on the socket the parent still uses
+    and end the parent's session. Pointing the descriptor at /dev/null first
+    makes that Terminate (and any TLS shutdown) go nowhere, then ``close()``
+    frees the descriptor and libpq's memory in this process only.
+    """
+    global _devnull_fd
+    try:
+        fd = conn.fileno()
+    except (psycopg2.Error, ValueError):
+        return  # already closed: nothing on the wire to protect
+    if _devnull_fd is None:
+        _devnull_fd = os.open(os.devnull, os.O_RDWR)
+    os.dup2(_devnull_fd, fd)
+    close_quietly(conn)
+
+
+def format_checkout_stack() -> list[str]:
+    """Where the caller checked a connection out, without the pool's own frames."""
+    frames = traceback.extract_stack()
+    own = os.path.dirname(__file__)
+    return traceback.format_list([f for f in frames if not f.filename.startswith(own)])

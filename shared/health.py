@@ -1,0 +1,28 @@
+"""Health of this process's pools and Redis client, each checked with a real round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import PoolError
+from .registry import current_state
+
+import psycopg2
+
+
+def health_check(timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    """``{pool name: {"ok": bool, "error": str | None}}`` for every open pool of this process."""
+    state = current_state()
+    with state.lock:
+        pools = sorted((name, pool) for name, pool in state.pools.items() if not pool.closed)
+    return {name: _check(pool, timeout) for name, pool in pools}
+
+
+def _check(pool: Any, timeout: float) -> dict[str, Any]:
+    try:
+        with pool.connection(timeout=timeout) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return {"ok": True, "error": None}
+    except (PoolError, psycopg2.Error) as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {"ok": False, "error": pool.settings.redact(message)}

@@ -1,0 +1,97 @@
+"""The pool's background thread: refill to min_size with backoff, trim, report leaks.
+
+It holds the pool by weak reference, so a pool nobody uses any more is
+collected and its thread ends. Threads do not survive fork: a child's pools
+are new objects with maintainers of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+logger = logging.getLogger("forkpool.pool")
+
+INTERVAL = 1.0  # seconds between rounds when nothing wakes the thread
+FIRST_BACKOFF = 0.25
+MAX_BACKOFF = 10.0
+
+
+def next_backoff(previous: float) -> float:
+    """Exponential backoff with jitter, so many processes do not retry in lockstep."""
+    base = FIRST_BACKOFF if previous <= 0 else min(previous * 2, MAX_BACKOFF)
+    return base * random.uniform(0.8, 1.2)
+
+
+class Maintainer:
+    def __init__(self, pool: Pool) -> None:
+        self._pool = weakref.ref(pool)
+        self._name = pool.name
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name=f"forkpool-maintainer[{self._name}]", daemon=True
+                )
+                self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child the thread is gone and its events' locks may be stale."""
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stopping.set()
+        self._start_lock = threading.Lock()
+        self._thread = None
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stopping.is_set():
+            backoff = self._round(backoff)
+            if backoff < 0:
+                return
+            if backoff:
+                self._stopping.wait(backoff)  # a wake() must not cut a backoff short
+            else:
+                self._wake.wait(INTERVAL)
+            self._wake.clear()
+
+    def _round(self, backoff: float) -> float:
+        """One round of upkeep; returns the backoff before the next (-1: pool gone)."""
+        pool = self._pool()
+        if pool is None or pool.closed:
+            return -1.0
+        try:
+            pool.trim()
+            filled = pool.fill()
+            pool.report_leaks()
+        except Exception:  # noqa: BLE001 - the thread must outlive any one bad round
+            logger.exception("%r: maintenance round failed", pool)
+            return next_backoff(backoff)
+        if filled:
+            if backoff:
+                logger.info("%r: connected again", pool)
+            return 0.0
+        delay = next_backoff(backoff)
+        logger.warning("%r: cannot connect: %s; retrying in %.1f s", pool, pool._last_connect_error, delay)
+        return delay

@@ -1,0 +1,424 @@
+"""A thread-safe PostgreSQL connection pool owned by exactly one process.
+
+One lock guards the deques and counters. Callers that find no free connection
+queue FIFO, each on its own condition outside the pool lock (see waiter.py).
+Connecting, health checks, rollbacks and closing happen outside the lock.
+A background maintainer (maintenance.py) refills to ``min_size`` with
+backoff, trims idle and expired connections and reports leaks.
+
+After ``fork()`` a pool is dead in the child: ``detach_after_fork`` lets go
+of its connections without network I/O (the parent still uses them) and the
+child builds its own pool through ``get_pool()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import psycopg2
+
+from . import stats as keys
+from .connections import (
+    Entry,
+    close_quietly,
+    connect,
+    connection,
+    detach_inherited,
+    format_checkout_stack,
+    is_alive,
+    reset_for_reuse,
+)
+from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
+from .maintenance import Maintainer
+from .process_state import all_pools
+from .settings import PoolSettings
+from .waiter import Waiter
+
+logger = logging.getLogger("forkpool.pool")
+
+
+class Pool:
+    """Connections to one server and database, for the threads of one process."""
+
+    def __init__(self, settings: PoolSettings, name: str = "default") -> None:
+        self.name = name
+        self.settings = settings
+        self.identity = settings.identity
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._size_changed = threading.Condition(self._lock)
+        self._idle: deque[Entry] = deque()  # LIFO: hot connections stay hot, cold ones age out
+        self._in_use: dict[connection, Entry] = {}
+        self._waiting: deque[Waiter] = deque()
+        self._opening = 0
+        self._closed = False
+        self._inherited = False
+        # Connections last verified before this moment must be checked before use.
+        self._suspect_before = 0.0
+        self._counts = dict.fromkeys(keys.COUNTERS, 0)
+        self._maintainer = Maintainer(self)
+        all_pools().add(self)
+
+    # -- public API -----------------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float | None = None) -> bool:
+        """Start filling the pool to ``min_size``; with `wait`, fill in this thread first.
+
+        Returns True once ``min_size`` connections are open. A failure to connect
+        is logged, not raised: the maintainer keeps retrying with backoff, so a
+        process starts even while its database is down.
+        """
+        self._raise_if_unusable()
+        if not wait:
+            self._maintainer.start()
+            return False
+        deadline = time.monotonic() + (self.settings.connect_timeout if timeout is None else timeout)
+        self.fill(deadline)  # connections the maintainer already reserved are not opened twice
+        self._maintainer.start()
+        return self.wait(max(deadline - time.monotonic(), 0.0))
+
+    def wait(self, timeout: float) -> bool:
+        """Block until ``min_size`` connections are open, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        with self._size_changed:
+            while self._size() < self.settings.min_size and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._size_changed.wait(left)
+            return not self._closed
+
+    def getconn(self, timeout: float | None = None) -> connection:
+        """Check a connection out; wait (FIFO) up to `timeout` seconds for a free one."""
+        wait = self.settings.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            entry = self._checkout(deadline, wait)
+            if self._usable(entry):
+                break
+            self._retire(entry, broken=True)
+        if self.settings.leak_timeout:
+            entry.checkout_stack = format_checkout_stack()
+        return entry.conn
+
+    def putconn(self, conn: connection) -> None:
+        """Give a connection back: rolled back if mid-transaction, replaced if broken."""
+        entry = self._in_use.get(conn)  # only the borrowing thread returns it: no race
+        if entry is None:
+            raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
+        reusable = reset_for_reuse(conn)
+        now = time.monotonic()
+        if not reusable or now >= entry.expires_at or self._closed:
+            self._retire(entry, broken=not reusable)
+            return
+        entry.returned_at = now
+        with self._lock:
+            del self._in_use[conn]
+            self._hand_over(entry)
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[connection]:
+        """A connection for a block: committed on success, rolled back on error, always returned."""
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        else:
+            conn.commit()
+        finally:
+            self.putconn(conn)
+
+    def stats(self) -> dict[str, Any]:
+        """A consistent snapshot; keys are the constants of ``shared.stats``."""
+        with self._lock:
+            snapshot: dict[str, Any] = {
+                keys.PID: self.pid,
+                keys.NAME: self.name,
+                keys.SERVER: self.identity,
+                keys.MIN_SIZE: self.settings.min_size,
+                keys.MAX_SIZE: self.settings.max_size,
+                keys.SIZE: len(self._idle) + len(self._in_use),
+                keys.IDLE: len(self._idle),
+                keys.IN_USE: len(self._in_use),
+                keys.WAITING: len(self._waiting),
+                keys.OPENING: self._opening,
+            }
+            snapshot.update(self._counts)
+        snapshot[keys.WAIT_MS_TOTAL] = round(snapshot[keys.WAIT_MS_TOTAL], 3)
+        return snapshot
+
+    def close(self) -> None:
+        """Close idle connections now, in-use ones as they come back; wake waiters with PoolClosed."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle = list(self._idle)
+            self._idle.clear()
+            self._counts[keys.CONNECTIONS_CLOSED] += len(idle)
+            waiters = list(self._waiting)
+            self._waiting.clear()
+            self._size_changed.notify_all()
+        for waiter in waiters:
+            waiter.fail(PoolClosed(f"{self!r} was closed while waiting"))
+        self._maintainer.stop()
+        for entry in idle:
+            close_quietly(entry.conn)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "inherited" if self._inherited else "closed" if self._closed else "open"
+        return f"<Pool {self.name!r} {self.identity} pid={self.pid} {state}>"
+
+    # -- fork -------------------------------------------------------------------------
+
+    def detach_after_fork(self) -> None:
+        """In a forked child: drop inherited connections with no network I/O. Idempotent.
+
+        Only the forking thread exists in the child, so no lock is taken: the
+        parent's lock may have been held at fork time by a thread that is gone.
+        """
+        if self._inherited:
+            return
+        self._lock = threading.Lock()
+        self._size_changed = threading.Condition(self._lock)
+        self._closed = self._inherited = True
+        for entry in [*self._idle, *self._in_use.values()]:
+            detach_inherited(entry.conn)
+        self._idle.clear()
+        self._in_use.clear()
+        self._waiting.clear()
+        self._maintainer.forget_after_fork()
+
+    # -- checkout -------------------------------------------------------------------
+
+    def _checkout(self, deadline: float, wait: float) -> Entry:
+        with self._lock:
+            self._raise_if_unusable()
+            if self._idle:
+                return self._lend(self._idle.pop())
+            grow = self._size() + self._opening < self.settings.max_size
+            if grow:
+                self._opening += 1
+            else:
+                waiter = self._enqueue()
+        if grow:
+            return self._open_for_caller(deadline)
+        return self._wait_for(waiter, deadline, wait)
+
+    def _lend(self, entry: Entry) -> Entry:
+        # Called with the pool lock held.
+        entry.checked_out_at = time.monotonic()
+        entry.leak_reported = False
+        self._in_use[entry.conn] = entry
+        self._counts[keys.CHECKOUTS] += 1
+        return entry
+
+    def _enqueue(self) -> Waiter:
+        # Called with the pool lock held.
+        limit = self.settings.max_waiting
+        if limit and len(self._waiting) >= limit:
+            raise TooManyWaiting(f"{self!r}: {len(self._waiting)} callers already waiting (max_waiting={limit})")
+        waiter = Waiter()
+        self._waiting.append(waiter)
+        self._counts[keys.WAITS] += 1
+        return waiter
+
+    def _wait_for(self, waiter: Waiter, deadline: float, wait: float) -> Entry:
+        started = time.monotonic()
+        entry = waiter.wait(max(deadline - started, 0.0))
+        with self._lock:
+            self._counts[keys.WAIT_MS_TOTAL] += (time.monotonic() - started) * 1000.0
+            if entry is None:
+                self._counts[keys.TIMEOUTS] += 1
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+                in_use, size = len(self._in_use), self.settings.max_size
+        if entry is None:
+            raise PoolTimeout(
+                f"{self!r}: no connection free after {wait:.3g} s (max_size {size}, {in_use} in use)"
+            )
+        return entry
+
+    def _open_for_caller(self, deadline: float) -> Entry:
+        try:
+            entry = connect(self.settings, max(deadline - time.monotonic(), 0.0))
+        except psycopg2.Error as exc:
+            with self._lock:
+                self._opening -= 1
+                self._counts[keys.CONNECT_ERRORS] += 1
+            raise ConnectError(f"{self!r}: cannot connect: {self._describe(exc)}") from None
+        with self._lock:
+            self._opening -= 1
+            self._counts[keys.CONNECTIONS_OPENED] += 1
+            if not self._closed:
+                return self._lend(entry)
+            self._counts[keys.CONNECTIONS_CLOSED] += 1
+        close_quietly(entry.conn)
+        raise PoolClosed(f"{self!r} was closed while connecting")
+
+    def _usable(self, entry: Entry) -> bool:
+        """Check the connection first if it sat idle long, predates a failure, or heard from the server."""
+        now = entry.checked_out_at
+        if (
+            now - entry.returned_at < self.settings.check_idle
+            and entry.verified_at >= self._suspect_before
+            and not entry.socket_has_news()
+        ):
+            return True
+        self._counts[keys.CHECKS] += 1  # a lost increment under a race only blurs a counter
+        if is_alive(entry.conn):
+            entry.verified_at = time.monotonic()
+            return True
+        return False
+
+    # -- return, retire, refill ------------------------------------------------------
+
+    def _hand_over(self, entry: Entry) -> None:
+        # Called with the pool lock held: the longest waiter gets it, else it goes idle.
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            self._lend(entry)
+            if waiter.serve(entry):
+                return
+            del self._in_use[entry.conn]  # that waiter had just given up: undo
+            self._counts[keys.CHECKOUTS] -= 1
+        self._idle.append(entry)
+
+    def _retire(self, entry: Entry, broken: bool) -> None:
+        """Close a checked-out connection for good; the maintainer replaces it."""
+        with self._lock:
+            self._in_use.pop(entry.conn, None)
+            self._counts[keys.CONNECTIONS_CLOSED] += 1
+            if broken:
+                self._counts[keys.CONNECTIONS_DISCARDED] += 1
+                # One dead connection suggests the others may be too (server restart):
+                # everything verified before now gets a round trip before reuse.
+                self._suspect_before = time.monotonic()
+            self._size_changed.notify_all()
+        close_quietly(entry.conn)
+        if broken:
+            logger.info("%r: discarded a broken connection", self)
+        self._maintainer.wake()
+
+    def fill(self, deadline: float | None = None) -> bool:
+        """Open connections up to the deficit; False on the first failure (caller backs off)."""
+        wanted = self._reserve_deficit()
+        for done in range(wanted):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._release_reservations(wanted - done)
+                return False
+            try:
+                entry = connect(self.settings, left)
+            except psycopg2.Error as exc:
+                self._release_reservations(wanted - done, failed=True)
+                self._last_connect_error = self._describe(exc)
+                return False
+            self._add_new(entry)
+        return True
+
+    def _reserve_deficit(self) -> int:
+        with self._lock:
+            if self._closed:
+                return 0
+            total = self._size() + self._opening
+            for_waiters = min(len(self._waiting), self.settings.max_size - total)
+            wanted = max(self.settings.min_size - total, for_waiters, 0)
+            self._opening += wanted
+            return wanted
+
+    def _release_reservations(self, count: int, failed: bool = False) -> None:
+        with self._lock:
+            self._opening -= count
+            if failed:
+                self._counts[keys.CONNECT_ERRORS] += 1
+
+    def _add_new(self, entry: Entry) -> None:
+        with self._lock:
+            self._opening -= 1
+            self._counts[keys.CONNECTIONS_OPENED] += 1
+            if not self._closed:
+                self._hand_over(entry)
+                self._size_changed.notify_all()
+                return
+            self._counts[keys.CONNECTIONS_CLOSED] += 1
+        close_quietly(entry.conn)
+
+    # -- maintenance (called by the maintainer thread) --------------------------------
+
+    def trim(self) -> None:
+        """Close idle connections past ``max_lifetime``, and past ``max_idle`` above ``min_size``."""
+        now = time.monotonic()
+        max_idle = self.settings.max_idle
+        with self._lock:
+            keep: deque[Entry] = deque()
+            dropped = []
+            surplus = self._size() - self.settings.min_size
+            for entry in self._idle:  # oldest-returned first
+                idle_too_long = max_idle and now - entry.returned_at > max_idle and surplus > 0
+                if now >= entry.expires_at or idle_too_long:
+                    dropped.append(entry)
+                    surplus -= 1
+                else:
+                    keep.append(entry)
+            self._idle = keep
+            self._counts[keys.CONNECTIONS_CLOSED] += len(dropped)
+        for entry in dropped:
+            close_quietly(entry.conn)
+
+    def report_leaks(self) -> None:
+        """Log, once per checkout, every connection held longer than ``leak_timeout``."""
+        limit = self.settings.leak_timeout
+        if not limit:
+            return
+        now = time.monotonic()
+        with self._lock:
+            late = [e for e in self._in_use.values() if not e.leak_reported and now - e.checked_out_at > limit]
+            for entry in late:
+                entry.leak_reported = True
+            self._counts[keys.LEAK_WARNINGS] += len(late)
+        for entry in late:
+            stack = "".join(entry.checkout_stack or ["  (stack not recorded)\n"])
+            logger.warning(
+                "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
+                self, now - entry.checked_out_at, limit, stack,
+            )
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _size(self) -> int:
+        return len(self._idle) + len(self._in_use)
+
+    def _raise_if_unusable(self) -> None:
+        if self._inherited:
+            raise PoolClosed(
+                f"{self!r} belongs to process {self.pid}, not {os.getpid()} (inherited across fork); "
+                "call get_pool() in this process"
+            )
+        if self._closed:
+            raise PoolClosed(f"{self!r} is closed")
+
+    def _describe(self, exc: BaseException) -> str:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return self.settings.redact(first_line)
+
+    _last_connect_error = ""
+
+
+def _rollback_quietly(conn: connection) -> None:
+    try:
+        conn.rollback()
+    except psycopg2.Error:
+        pass  # the connection is broken: putconn() will discard it

@@ -1,0 +1,177 @@
+"""A pool's settings: defaults, the environment, validation.
+
+Bad values fail at start-up with one line naming the setting and the value,
+never a traceback at the first request, and never showing a password.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Mapping
+
+import psycopg2
+import psycopg2.extensions
+
+from .errors import ConfigError
+from .redact import dsn_identity, dsn_password, redact_text
+
+DEFAULT_SIZE = 4
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_LIFETIME = 3600.0
+DEFAULT_MAX_IDLE = 600.0
+DEFAULT_CHECK_IDLE = 5.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+# Environment variable -> settings field, for the default pool.
+ENV_VARS: dict[str, str] = {
+    "DATABASE_URL": "dsn",
+    "DB_POOL_MIN": "min_size",
+    "DB_POOL_MAX": "max_size",
+    "DB_POOL_TIMEOUT": "timeout",
+    "DB_POOL_MAX_WAITING": "max_waiting",
+    "DB_POOL_MAX_LIFETIME": "max_lifetime",
+    "DB_POOL_MAX_IDLE": "max_idle",
+    "DB_POOL_CHECK_IDLE": "check_idle",
+    "DB_POOL_LEAK_TIMEOUT": "leak_timeout",
+    "DB_POOL_CONNECT_TIMEOUT": "connect_timeout",
+}
+SIZE_ENV = "DB_POOL_SIZE"  # sets min_size = max_size: a fixed-size pool
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Everything that decides how one named pool behaves.
+
+    Times are seconds. ``0`` turns off ``max_waiting`` (unbounded queue),
+    ``max_lifetime``, ``max_idle``, ``check_idle`` (check every checkout) and
+    ``leak_timeout`` (no leak warnings).
+    """
+
+    dsn: str = ""
+    min_size: int = DEFAULT_SIZE
+    max_size: int = DEFAULT_SIZE
+    timeout: float = DEFAULT_TIMEOUT
+    max_waiting: int = 0
+    max_lifetime: float = DEFAULT_MAX_LIFETIME
+    max_idle: float = DEFAULT_MAX_IDLE
+    check_idle: float = DEFAULT_CHECK_IDLE
+    leak_timeout: float = 0.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    connect_kwargs: Mapping[str, Any] | None = None
+
+    @property
+    def identity(self) -> str:
+        """The DSN without its password: how the pool is named in logs and stats."""
+        return dsn_identity(self.dsn)
+
+    def redact(self, text: str) -> str:
+        """Mask this pool's password (and any password-looking part) in `text`."""
+        return redact_text(text, _secrets(self.dsn))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={self.identity if f.name == 'dsn' else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.name != "connect_kwargs"
+        )
+        return f"PoolSettings({shown})"
+
+
+def _secrets(dsn: str) -> tuple[str, ...]:
+    password = dsn_password(dsn)
+    return (password,) if password else ()
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _parse_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number of seconds")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "min_size": _parse_int,
+    "max_size": _parse_int,
+    "max_waiting": _parse_int,
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The default pool's settings that the environment sets (unset variables are absent)."""
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    if env.get(SIZE_ENV, "").strip():
+        size = _parse_int(SIZE_ENV, env[SIZE_ENV])
+        found.update(min_size=size, max_size=size)
+    for var, field in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is None or (field != "dsn" and not raw.strip()):
+            continue
+        parse = _PARSERS.get(field, _parse_seconds)
+        found[field] = raw if field == "dsn" else parse(var, raw)
+    return found
+
+
+def _env_name(field: str) -> str:
+    """How a field is named in messages: its environment variable where it has one."""
+    for var, name in ENV_VARS.items():
+        if name == field:
+            return f"{field} ({var})"
+    return field
+
+
+def validate(settings: PoolSettings) -> PoolSettings:
+    """Return `settings` if coherent, else raise ConfigError naming the culprit."""
+    _check_dsn(settings.dsn)
+    if settings.max_size < 1:
+        raise ConfigError(f"{_env_name('max_size')}={settings.max_size!r} must be at least 1")
+    if settings.min_size < 0:
+        raise ConfigError(f"{_env_name('min_size')}={settings.min_size!r} must not be negative")
+    if settings.max_size < settings.min_size:
+        raise ConfigError(
+            f"{_env_name('max_size')}={settings.max_size!r} is smaller than "
+            f"{_env_name('min_size')}={settings.min_size!r}"
+        )
+    if settings.max_waiting < 0:
+        raise ConfigError(f"{_env_name('max_waiting')}={settings.max_waiting!r} must not be negative")
+    for field in ("timeout", "connect_timeout"):
+        if not getattr(settings, field) > 0:
+            raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must be more than 0 seconds")
+    for field in ("max_lifetime", "max_idle", "check_idle", "leak_timeout"):
+        if getattr(settings, field) < 0:
+            raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must not be negative (0 turns it off)")
+    return settings
+
+
+def _check_dsn(dsn: str) -> None:
+    try:
+        psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
+        secrets = _secrets(dsn)
+        raise ConfigError(
+            f"dsn (DATABASE_URL)={redact_text(dsn, secrets)!r} is not a valid PostgreSQL DSN "
+            f"({redact_text(reason, secrets)})"
+        ) from None
+
+
+def build_settings(base: PoolSettings | None = None, **overrides: Any) -> PoolSettings:
+    """`base` (default: built-in defaults) with the non-None `overrides` applied, validated."""
+    known = {f.name for f in fields(PoolSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown pool setting(s): {', '.join(unknown)}")
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    return validate(replace(base or PoolSettings(), **chosen))
