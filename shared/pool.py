@@ -102,7 +102,7 @@ class Pool:
             entry = self._checkout(deadline, wait)
             if self._usable(entry):
                 break
-            self._retire(entry, broken=True)
+            self._retire(entry, broken=True, checked_out=False)
         if self.settings.leak_timeout:
             entry.checkout_stack = format_checkout_stack()
         return entry.conn
@@ -296,10 +296,16 @@ class Pool:
             self._counts[keys.CHECKOUTS] -= 1
         self._idle.append(entry)
 
-    def _retire(self, entry: Entry, broken: bool) -> None:
-        """Close a checked-out connection for good; the maintainer replaces it."""
+    def _retire(self, entry: Entry, broken: bool, checked_out: bool = True) -> None:
+        """Close a lent connection for good; the maintainer replaces it.
+
+        `checked_out` False: it failed its check inside getconn(), so the caller
+        never had it and it does not count as a checkout.
+        """
         with self._lock:
             self._in_use.pop(entry.conn, None)
+            if not checked_out:
+                self._counts[keys.CHECKOUTS] -= 1
             self._counts[keys.CONNECTIONS_CLOSED] += 1
             if broken:
                 self._counts[keys.CONNECTIONS_DISCARDED] += 1

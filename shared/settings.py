@@ -114,6 +114,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any
     found: dict[str, Any] = {}
     if env.get(SIZE_ENV, "").strip():
         size = _parse_int(SIZE_ENV, env[SIZE_ENV])
+        if size < 1:
+            raise ConfigError(f"{SIZE_ENV}={env[SIZE_ENV]!r} must be at least 1")
         found.update(min_size=size, max_size=size)
     for var, field in ENV_VARS.items():
         raw = env.get(var)

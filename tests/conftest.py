@@ -1,0 +1,139 @@
+"""Fixtures: real PostgreSQL and Redis for the whole session, a clean `shared` per test.
+
+Servers are embedded (started from pip-installed packages) unless DATABASE_URL
+/ REDIS_URL name servers to use instead. Every test gets its own suite id, so it
+counts only its own sessions in pg_stat_activity and CLIENT LIST.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Callable, Iterator
+
+import psycopg2
+import pytest
+
+import shared
+from harness.services import EmbeddedPostgres, EmbeddedRedis, external_database_url, external_redis_url
+from shared import identity
+from shared.process_state import home
+
+ADMIN_APP_NAME = "pytest-admin"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres | None]:
+    """The embedded server (None when DATABASE_URL names an external one)."""
+    if external_database_url():
+        yield None
+        return
+    server = EmbeddedPostgres(max_connections=300)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: EmbeddedPostgres | None) -> str:
+    return external_database_url() or pg_server.url  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    external = external_redis_url()
+    if external:
+        yield external
+        return
+    server = EmbeddedRedis()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def admin(database_url: str) -> Iterator[Callable[..., list[tuple]]]:
+    """Run a query as an observer whose own session is never counted."""
+    state: dict[str, psycopg2.extensions.connection] = {}
+
+    def query(sql: str, *params: object) -> list[tuple]:
+        conn = state.get("conn")
+        if conn is None or conn.closed:
+            conn = state["conn"] = psycopg2.connect(database_url, application_name=ADMIN_APP_NAME)
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg2.OperationalError:
+            conn.close()  # the server restarted under us: reconnect once
+            state.pop("conn")
+            return query(sql, *params)
+
+    yield query
+    if "conn" in state:
+        state["conn"].close()
+
+
+@pytest.fixture
+def suite_id(monkeypatch: pytest.MonkeyPatch) -> str:
+    sid = f"t{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("SUITE_ID", sid)
+    return sid
+
+
+@pytest.fixture
+def sessions(admin: Callable[..., list[tuple]], suite_id: str) -> Callable[..., list[tuple[str, int]]]:
+    """This test's server sessions as (application_name, backend pid)."""
+
+    def list_sessions(role: str | None = None) -> list[tuple[str, int]]:
+        pattern = f"{suite_id}:{role}:%" if role else f"{suite_id}:%"
+        return [tuple(row) for row in admin(
+            "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s ORDER BY pid",
+            pattern,
+        )]
+
+    return list_sessions
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll until `predicate()` holds; the server ends sessions asynchronously."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture
+def count_settles(sessions: Callable[..., list]) -> Callable[..., int]:
+    """Wait for the session count to reach `expected`, then return the count seen."""
+
+    def settle(expected: int, role: str | None = None, timeout: float = 10.0) -> int:
+        wait_for(lambda: len(sessions(role)) == expected, timeout)
+        return len(sessions(role))
+
+    return settle
+
+
+@pytest.fixture(autouse=True)
+def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: str) -> Iterator[None]:
+    """Each test starts with no pools, no configured settings and the default identity."""
+    for var in list(os.environ):
+        if var.startswith("DB_POOL_") or var in ("PROCESS_ROLE",):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    identity._suite_id = identity._role = None
+    yield
+    shared.close_all()
+    state = home().current
+    if state is not None:
+        state.settings.clear()
+    identity._suite_id = identity._role = None

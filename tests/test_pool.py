@@ -1,0 +1,246 @@
+"""The pool in one process: singleton, waiting, timeouts, lifecycle, identity (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg2
+import pytest
+
+import shared
+from shared import stats as keys
+from tests.conftest import wait_for
+
+
+def backend_pid(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def test_get_pool_returns_one_pool_per_name(count_settles, monkeypatch):
+    monkeypatch.setenv("DB_POOL_SIZE", "3")
+    pool = shared.get_pool()
+    assert shared.get_pool() is pool
+    assert shared.get_pool("default") is pool
+    assert pool.wait(10)
+    assert count_settles(3) == 3
+
+
+def test_64_threads_racing_on_first_use_create_one_pool(count_settles, monkeypatch):
+    monkeypatch.setenv("DB_POOL_SIZE", "5")
+    barrier = threading.Barrier(64)
+    seen: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        try:
+            barrier.wait()
+            pool = shared.get_pool()
+            with pool.connection() as conn:
+                seen.append((id(pool), backend_pid(conn)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len({pool_id for pool_id, _ in seen}) == 1
+    assert len({pid for _, pid in seen}) <= 5
+    assert count_settles(5) == 5
+    assert shared.get_pool().stats()[keys.CONNECTIONS_OPENED] == 5
+
+
+def test_connection_commits_on_success_and_rolls_back_on_error(database_url):
+    shared.configure(min_size=1, max_size=1)
+    pool = shared.get_pool()
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS t_commit (v int)")  # temp: lives with the session
+        cur.execute("INSERT INTO t_commit VALUES (1)")
+    with pytest.raises(RuntimeError):
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO t_commit VALUES (2)")
+            raise RuntimeError("boom")
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT array_agg(v) FROM t_commit")
+        assert cur.fetchone()[0] == [1]
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+
+
+def test_putconn_rolls_back_an_open_transaction_and_restores_autocommit():
+    shared.configure(min_size=1, max_size=1)
+    pool = shared.get_pool()
+    conn = pool.getconn()
+    conn.autocommit = True
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+    pool.putconn(conn)
+    again = pool.getconn()
+    assert again is conn
+    assert again.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    again.autocommit = True
+    pool.putconn(again)
+    assert pool.getconn().autocommit is False
+
+
+def test_waiters_are_served_in_fifo_order():
+    shared.configure(min_size=1, max_size=1, timeout=30)
+    pool = shared.get_pool()
+    assert pool.wait(10)
+    held = pool.getconn()
+    waits_before = pool.stats()[keys.WAITS]
+    order: list[int] = []
+
+    def take(i: int) -> None:
+        with pool.connection():
+            order.append(i)
+
+    threads = []
+    for i in range(8):
+        t = threading.Thread(target=take, args=(i,))
+        t.start()
+        threads.append(t)
+        # the next caller queues only once this one is queued
+        assert wait_for(lambda: pool.stats()[keys.WAITING] == i + 1, 5)
+    pool.putconn(held)
+    for t in threads:
+        t.join(10)
+    assert order == list(range(8))
+    assert pool.stats()[keys.WAITS] - waits_before == 8
+
+
+def test_pool_timeout_after_the_wait_never_before_never_hanging():
+    shared.configure(min_size=2, max_size=2)
+    pool = shared.get_pool()
+    held = [pool.getconn(), pool.getconn()]
+    started = time.monotonic()
+    with pytest.raises(shared.PoolTimeout) as caught:
+        pool.getconn(timeout=0.3)
+    waited = time.monotonic() - started
+    assert waited >= 0.3
+    assert waited < 5  # bounded: the caller is not left hanging
+    message = str(caught.value)
+    assert "'default'" in message and "max_size 2" in message and "0.3 s" in message
+    stats = pool.stats()
+    assert stats[keys.TIMEOUTS] == 1 and stats[keys.WAITING] == 0
+    for conn in held:
+        pool.putconn(conn)
+    with pool.connection(timeout=0.5):
+        pass  # a timed-out waiter left no ghost in the queue
+
+
+def test_max_waiting_bounds_the_queue():
+    shared.configure(min_size=1, max_size=1, max_waiting=1)
+    pool = shared.get_pool()
+    held = pool.getconn()
+    waiter = threading.Thread(target=lambda: pytest.raises(shared.PoolTimeout, pool.getconn, timeout=2))
+    waiter.start()
+    assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
+    with pytest.raises(shared.TooManyWaiting):
+        pool.getconn(timeout=1)
+    waiter.join(5)
+    pool.putconn(held)
+
+
+def test_putconn_rejects_a_foreign_connection(database_url):
+    pool = shared.get_pool()
+    stranger = psycopg2.connect(database_url)
+    try:
+        with pytest.raises(shared.PoolError, match="not checked out from this pool"):
+            pool.putconn(stranger)
+    finally:
+        stranger.close()
+
+
+def test_closed_pool_refuses_and_get_pool_builds_a_new_one(count_settles, monkeypatch):
+    monkeypatch.setenv("DB_POOL_SIZE", "2")
+    pool = shared.get_pool()
+    assert pool.wait(10)
+    shared.close_all()
+    assert count_settles(0) == 0
+    with pytest.raises(shared.PoolClosed):
+        pool.getconn()
+    fresh = shared.get_pool()
+    assert fresh is not pool and fresh.wait(10)
+    assert count_settles(2) == 2
+
+
+def test_close_wakes_waiters_with_pool_closed():
+    shared.configure(min_size=1, max_size=1)
+    pool = shared.get_pool()
+    held = pool.getconn()
+    errors: list[BaseException] = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(shared.PoolClosed, pool.getconn, timeout=20).value))
+    t.start()
+    assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
+    pool.close()
+    t.join(5)
+    assert not t.is_alive() and len(errors) == 1
+    pool.putconn(held)  # returned after close: closed, not pooled
+    assert pool.stats()[keys.SIZE] == 0
+
+
+def test_max_lifetime_replaces_connections_keeping_the_size(sessions):
+    shared.configure(min_size=2, max_size=2, max_lifetime=0.5)
+    pool = shared.get_pool()
+    assert pool.wait(10)
+    first = {pid for _, pid in sessions()}
+    assert wait_for(lambda: pool.stats()[keys.CONNECTIONS_OPENED] >= 4, 10)
+    assert wait_for(lambda: len(sessions()) == 2 and not first & {pid for _, pid in sessions()}, 10)
+    assert pool.stats()[keys.SIZE] == 2
+
+
+def test_max_idle_trims_down_to_min_size(count_settles):
+    shared.configure(min_size=1, max_size=4, max_idle=0.3)
+    pool = shared.get_pool()
+    held = [pool.getconn() for _ in range(4)]
+    for conn in held:
+        pool.putconn(conn)
+    assert pool.stats()[keys.SIZE] == 4
+    assert wait_for(lambda: pool.stats()[keys.SIZE] == 1, 10)
+    assert count_settles(1) == 1
+
+
+def test_a_connection_held_too_long_is_reported_once_with_its_stack(caplog):
+    shared.configure(min_size=1, max_size=1, leak_timeout=0.2)
+    pool = shared.get_pool()
+    caplog.set_level(logging.WARNING, logger="forkpool.pool")
+
+    def forgetful_caller():
+        return pool.getconn()
+
+    conn = forgetful_caller()
+    assert wait_for(lambda: pool.stats()[keys.LEAK_WARNINGS] == 1, 5)
+    time.sleep(1.5)  # more maintenance rounds pass: still one report
+    pool.putconn(conn)
+    reports = [r for r in caplog.records if "checked out for" in r.getMessage()]
+    assert len(reports) == 1
+    assert "forgetful_caller" in reports[0].getMessage()
+
+
+def test_application_name_carries_suite_role_and_pid(sessions, suite_id, monkeypatch):
+    import os
+
+    monkeypatch.setenv("PROCESS_ROLE", "web")
+    shared.configure(min_size=1, max_size=1)
+    assert shared.get_pool().wait(10)
+    assert sessions() and all(name == f"{suite_id}:web:{os.getpid()}" for name, _ in sessions())
+    shared.close_all()
+    shared.set_process_role("reporting")
+    assert shared.get_pool().wait(10)
+    assert wait_for(lambda: [n for n, _ in sessions()] == [f"{suite_id}:reporting:{os.getpid()}"], 5)
+
+
+def test_application_name_is_truncated_without_losing_the_pid():
+    shared.set_identity(suite_id="s" * 80, role="r" * 40)
+    name = shared.application_name(pid=4194304)
+    assert len(name) <= 63
+    assert name.endswith(":4194304")
+    assert name.count(":") == 2 and name.startswith("s") and ":r" in name

@@ -1,0 +1,95 @@
+"""Broken connections are discarded and replaced; a server restart never reaches callers."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg2
+import pytest
+
+import shared
+from shared import stats as keys
+from tests.conftest import wait_for
+
+
+def query_backend_pid(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def test_connection_killed_while_in_use_is_discarded_never_reused(admin):
+    shared.configure(min_size=1, max_size=1)
+    pool = shared.get_pool()
+    conn = pool.getconn()
+    admin("SELECT pg_terminate_backend(%s)", query_backend_pid(conn))
+    with pytest.raises(psycopg2.OperationalError):
+        query_backend_pid(conn)
+    pool.putconn(conn)
+    stats = pool.stats()
+    assert stats[keys.CONNECTIONS_DISCARDED] == 1 and stats[keys.SIZE] == 0
+    replacement = pool.getconn(timeout=10)
+    assert replacement is not conn and not replacement.closed
+    query_backend_pid(replacement)
+    pool.putconn(replacement)
+
+
+def test_idle_connection_killed_by_the_server_is_never_handed_out(admin):
+    shared.configure(min_size=3, max_size=3, check_idle=3600)  # the time threshold never fires
+    pool = shared.get_pool()
+    assert pool.wait(10)
+    conns = [pool.getconn() for _ in range(3)]
+    victims = [query_backend_pid(c) for c in conns]
+    for conn in conns:
+        pool.putconn(conn)
+    for pid in victims:
+        admin("SELECT pg_terminate_backend(%s)", pid)
+    assert wait_for(lambda: not admin("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", victims), 5)
+    for _ in range(3):
+        with pool.connection() as conn:
+            assert query_backend_pid(conn) not in victims
+    assert pool.stats()[keys.CONNECTIONS_DISCARDED] == 3
+
+
+def test_server_restart_does_not_surface_to_callers_after_it(pg_server, count_settles, suite_id):
+    if pg_server is None:
+        pytest.skip("needs the embedded server: an external DATABASE_URL cannot be restarted by the tests")
+    shared.configure(min_size=4, max_size=4, check_idle=3600)
+    pool = shared.get_pool()
+    assert pool.wait(10)
+    pg_server.restart()
+    failures: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            with pool.connection(timeout=15) as conn:
+                query_backend_pid(conn)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            failures.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert failures == []
+    assert pool.stats()[keys.CONNECTIONS_DISCARDED] >= 1
+    assert wait_for(lambda: pool.stats()[keys.SIZE] == 4, 10)
+    assert count_settles(4) == 4
+
+
+def test_pool_reconnects_in_the_background_after_an_outage(pg_server, count_settles):
+    if pg_server is None:
+        pytest.skip("needs the embedded server: an external DATABASE_URL cannot be stopped by the tests")
+    shared.configure(min_size=2, max_size=2, connect_timeout=1)
+    pg_server.stop()
+    try:
+        pool = shared.get_pool()
+        assert pool.open(wait=True, timeout=1) is False  # down: open() returns, it does not hang
+        with pytest.raises(shared.ConnectError):
+            pool.getconn(timeout=1)
+        assert wait_for(lambda: pool.stats()[keys.CONNECT_ERRORS] >= 2, 5)
+    finally:
+        pg_server.start()
+    assert wait_for(lambda: pool.stats()[keys.SIZE] == 2, 20)
+    assert count_settles(2) == 2

@@ -1,0 +1,102 @@
+"""Configuration: environment parsing, validation with one clear line, no password anywhere."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+import shared
+from shared.settings import build_settings, settings_from_env
+
+SECRET = "s3cr3t-Pa55"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DB_POOL_SIZE": "four"}, "DB_POOL_SIZE='four'"),
+        ({"DB_POOL_MAX": "1.5"}, "DB_POOL_MAX='1.5'"),
+        ({"DB_POOL_MIN": "5", "DB_POOL_MAX": "2"}, "max_size (DB_POOL_MAX)=2"),
+        ({"DB_POOL_MAX": "0"}, "max_size (DB_POOL_MAX)=0"),
+        ({"DB_POOL_TIMEOUT": "0"}, "timeout (DB_POOL_TIMEOUT)=0.0"),
+        ({"DB_POOL_TIMEOUT": "-3"}, "timeout (DB_POOL_TIMEOUT)=-3.0"),
+        ({"DB_POOL_TIMEOUT": "soon"}, "DB_POOL_TIMEOUT='soon'"),
+        ({"DB_POOL_TIMEOUT": "nan"}, "DB_POOL_TIMEOUT='nan'"),
+        ({"DB_POOL_MAX_LIFETIME": "-1"}, "max_lifetime (DB_POOL_MAX_LIFETIME)=-1.0"),
+        ({"DATABASE_URL": f"host=x password={SECRET} nonsense"}, "DATABASE_URL"),
+    ],
+)
+def test_bad_settings_fail_with_one_line_naming_variable_and_value(monkeypatch, env, named):
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(shared.ConfigError) as caught:
+        shared.configure()
+    message = str(caught.value)
+    assert named in message
+    assert "\n" not in message
+    assert SECRET not in message
+
+
+def test_pool_size_sets_min_and_max_and_explicit_bounds_override():
+    assert settings_from_env({"DB_POOL_SIZE": "7"}) == {"min_size": 7, "max_size": 7}
+    found = settings_from_env({"DB_POOL_SIZE": "7", "DB_POOL_MAX": "9", "DB_POOL_TIMEOUT": "2.5"})
+    assert found == {"min_size": 7, "max_size": 9, "timeout": 2.5}
+
+
+def test_configure_rejects_changing_an_open_pool():
+    shared.configure(min_size=1, max_size=1)
+    shared.get_pool()
+    shared.configure(min_size=1, max_size=1)  # same settings: fine
+    with pytest.raises(shared.ConfigError, match="already open"):
+        shared.configure(min_size=2, max_size=2)
+
+
+def test_unconfigured_named_pool_is_a_clear_error():
+    with pytest.raises(shared.ConfigError, match="'reports' is not configured"):
+        shared.get_pool("reports")
+
+
+def test_named_pools_are_separate_and_reported_separately(database_url):
+    shared.configure("a", dsn=database_url, min_size=1, max_size=1)
+    shared.configure("b", dsn=database_url, min_size=1, max_size=1)
+    a, b = shared.get_pool("a"), shared.get_pool("b")
+    assert a is not b and a.identity == b.identity
+    assert a.wait(10) and b.wait(10)
+    assert [s["name"] for s in shared.all_stats()] == ["a", "b"]
+
+
+def password_dsn(database_url: str) -> str:
+    return database_url.replace("postgres@", f"postgres:{SECRET}@", 1)
+
+
+def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog):
+    caplog.set_level(logging.DEBUG)
+    dsn = password_dsn(database_url)
+    assert SECRET in dsn
+    settings = shared.configure("secret", dsn=dsn, min_size=1, max_size=1)
+    pool = shared.get_pool("secret")
+    assert pool.wait(10)
+    shown = [repr(pool), repr(settings), str(pool.stats()), str(shared.all_stats()), str(shared.health_check())]
+    bad = build_settings(dsn=dsn.rsplit("/", 1)[0] + "/no_such_db", min_size=0, max_size=1, connect_timeout=2)
+    broken = shared.Pool(bad, "broken")
+    with pytest.raises(shared.ConnectError) as caught:
+        broken.getconn(timeout=2)
+    shown.append(str(caught.value))
+    broken.close()
+    shown += [r.getMessage() for r in caplog.records]
+    assert "no_such_db" in caught.value.args[0]
+    for text in shown:
+        assert SECRET not in text
+
+
+def test_bad_configuration_in_a_fresh_process_prints_one_line(monkeypatch):
+    monkeypatch.setenv("DB_POOL_SIZE", "-2")
+    result = subprocess.run(
+        [sys.executable, "-c", "import shared\ntry:\n    shared.configure()\nexcept shared.ConfigError as e:\n    print(e)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.strip().count("\n") == 0
+    assert "DB_POOL_SIZE='-2' must be at least 1" in result.stdout
