@@ -177,3 +177,29 @@ def build_settings(base: PoolSettings | None = None, **overrides: Any) -> PoolSe
         raise ConfigError(f"unknown pool setting(s): {', '.join(unknown)}")
     chosen = {k: v for k, v in overrides.items() if v is not None}
     return validate(replace(base or PoolSettings(), **chosen))
+
+
+def env_int(name: str, default: int, *, minimum: int = 0, environ: Mapping[str, str] | None = None) -> int:
+    """A whole-number setting from the environment, at least `minimum`; ConfigError otherwise."""
+    raw = (os.environ if environ is None else environ).get(name, "")
+    if not raw.strip():
+        return default
+    value = _parse_int(name, raw)
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_bool(name: str, default: bool, *, environ: Mapping[str, str] | None = None) -> bool:
+    raw = (os.environ if environ is None else environ).get(name, "")
+    if not raw.strip():
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a yes/no value (use 1/0, true/false, yes/no, on/off)")

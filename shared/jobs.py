@@ -1,0 +1,76 @@
+"""The shapes of the suite's jobs: validated by the web before enqueueing, by the workers before running.
+
+A job that does not fit is rejected once, with a clear message, never retried.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from .queue import TASK_AGGREGATE, TASK_HOLD, TASK_RECORD_EVENT
+
+MAX_HOLD_SECONDS = 60.0
+KEY_MAX = 200
+
+
+def reject_nul(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them up front, anywhere."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key)
+            reject_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            reject_nul(item)
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RecordEventArgs(_Strict):
+    key: Annotated[str, Field(min_length=1, max_length=KEY_MAX)]
+    data: dict[str, Any] | None = None
+
+    _no_nul = field_validator("key", "data")(reject_nul)
+
+
+class AggregateArgs(_Strict):
+    pass
+
+
+class HoldArgs(_Strict):
+    seconds: Annotated[float, Field(gt=0, le=MAX_HOLD_SECONDS)]
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        # strict floats refuse ints; a whole number of seconds is a fine number of seconds
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class RecordEventJob(_Strict):
+    kind: Literal["record_event"]
+    args: RecordEventArgs
+
+
+class AggregateJob(_Strict):
+    kind: Literal["aggregate"]
+    args: AggregateArgs = AggregateArgs()
+
+
+class HoldJob(_Strict):
+    kind: Literal["hold"]
+    args: HoldArgs
+
+
+Job = Annotated[Union[RecordEventJob, AggregateJob, HoldJob], Field(discriminator="kind")]
+JOB_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
+
+TASK_FOR_KIND = {"record_event": TASK_RECORD_EVENT, "aggregate": TASK_AGGREGATE, "hold": TASK_HOLD}

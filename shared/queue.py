@@ -1,0 +1,55 @@
+"""Task names and the per-process Celery producer that web processes enqueue with.
+
+The web never imports the workers' code: it sends tasks by name through a
+producer-only Celery app built here from the same environment the workers
+read (``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``, else ``REDIS_URL``).
+Kombu cleans its connections up only after ``multiprocessing`` forks, so the
+producer is per process, like the pools: a child never reuses its parent's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from celery import Celery
+
+from .redis_client import redis_url
+
+TASK_RECORD_EVENT = "workers.record_event"
+TASK_AGGREGATE = "workers.aggregate"
+TASK_HOLD = "workers.hold"
+
+_producer: tuple[int, Celery] | None = None
+_producer_lock = threading.Lock()
+
+
+def broker_url() -> str:
+    return os.environ.get("CELERY_BROKER_URL") or redis_url()
+
+
+def result_backend() -> str:
+    return os.environ.get("CELERY_RESULT_BACKEND") or redis_url()
+
+
+def get_celery() -> Celery:
+    """This process's producer app (no tasks, no worker): send_task() and AsyncResult only."""
+    global _producer
+    pid = os.getpid()
+    if _producer is not None and _producer[0] == pid:
+        return _producer[1]
+    with _producer_lock:
+        # Invariant: one producer per process; a forked child never reuses its parent's.
+        if _producer is not None and _producer[0] == pid:
+            return _producer[1]
+        app = Celery("forkpool-producer", broker=broker_url(), backend=result_backend(), set_as_current=False)
+        app.conf.update(
+            task_serializer="json",
+            result_serializer="json",
+            accept_content=["json"],
+            broker_connection_retry_on_startup=True,
+            broker_transport_options={"socket_connect_timeout": 2},
+            redis_socket_connect_timeout=2,
+        )
+        _producer = (pid, app)
+        return app

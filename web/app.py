@@ -1,0 +1,32 @@
+"""The app factory."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from shared.settings import env_int
+
+from .errors import register_error_handlers
+from .extension import ForkPool
+from .views import api
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. No connection is opened here: each worker opens its own pool after fork."""
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=env_int("WEB_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1),
+        DEBUG=False,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    if config:
+        app.config.update(config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    ForkPool(app)
+    register_error_handlers(app)
+    app.register_blueprint(api)
+    return app

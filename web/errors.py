@@ -1,0 +1,69 @@
+"""Every error is a JSON body with a status: no HTML, no traceback, no SQL, no password."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg2
+from flask import Flask, jsonify
+from kombu.exceptions import OperationalError as BrokerError
+from werkzeug.exceptions import HTTPException
+
+from shared import ConnectError, PoolTimeout, TooManyWaiting
+
+logger = logging.getLogger("forkpool.web")
+
+POOL_RETRY_AFTER = "1"
+DATABASE_RETRY_AFTER = "2"
+
+
+class ValidationFailed(Exception):
+    """A request body or parameter that does not fit; `details` says where and why."""
+
+    def __init__(self, message: str, details: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+def error_response(status: int, error: str, message: str, retry_after: str | None = None, **extra: object):
+    response = jsonify({"error": error, "message": message, **extra})
+    response.status_code = status
+    if retry_after:
+        response.headers["Retry-After"] = retry_after
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ValidationFailed)
+    def invalid(exc: ValidationFailed):
+        return error_response(400, "invalid_request", str(exc), details=exc.details)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, name, exc.description or exc.name)
+
+    @app.errorhandler(PoolTimeout)
+    @app.errorhandler(TooManyWaiting)
+    def pool_busy(exc: Exception):
+        logger.warning("503: %s", exc)
+        return error_response(503, "pool_timeout", "all database connections are busy; retry shortly",
+                              retry_after=POOL_RETRY_AFTER)
+
+    @app.errorhandler(ConnectError)
+    @app.errorhandler(psycopg2.OperationalError)
+    def database_down(exc: Exception):
+        logger.warning("503: database unavailable: %s", type(exc).__name__)
+        return error_response(503, "database_unavailable", "the database is unavailable; retry shortly",
+                              retry_after=DATABASE_RETRY_AFTER)
+
+    @app.errorhandler(BrokerError)
+    def broker_down(exc: Exception):
+        logger.warning("503: broker unavailable: %s", type(exc).__name__)
+        return error_response(503, "queue_unavailable", "the task queue is unavailable; retry shortly",
+                              retry_after=DATABASE_RETRY_AFTER)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        logger.exception("500: unhandled error")
+        return error_response(500, "internal_error", "internal server error")

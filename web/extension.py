@@ -1,0 +1,55 @@
+"""A Flask extension that binds this process's `shared` pool to an app, the Flask way.
+
+One connection per app context (request), checked out on first use and always
+returned at teardown; work not committed by the view is rolled back, never
+committed implicitly. The pool is looked up per request, not captured at
+``init_app``, so an app created before fork (``preload_app``) uses each worker's
+own pool.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, g
+
+from shared import Pool, get_pool
+from shared.connections import connection
+
+EXTENSION_KEY = "forkpool"
+_G_KEY = "_forkpool_checkout"
+
+
+class ForkPool:
+    def __init__(self, app: Flask | None = None, pool_name: str = "default") -> None:
+        self.pool_name = pool_name
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions[EXTENSION_KEY] = self
+        app.teardown_appcontext(self._give_back)
+
+    @property
+    def pool(self) -> Pool:
+        return get_pool(self.pool_name)
+
+    def connection(self) -> connection:
+        """This request's connection (the same one for the whole request)."""
+        checkout = g.get(_G_KEY)
+        if checkout is None:
+            pool = self.pool
+            checkout = (pool, pool.getconn())
+            setattr(g, _G_KEY, checkout)
+        return checkout[1]
+
+    def _give_back(self, exc: BaseException | None) -> None:
+        checkout = g.pop(_G_KEY, None)
+        if checkout is not None:
+            pool, conn = checkout
+            pool.putconn(conn)  # rolls back whatever the view left uncommitted
+
+
+def db() -> ForkPool:
+    """The extension of the current app."""
+    from flask import current_app
+
+    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]

@@ -1,0 +1,59 @@
+"""Request bodies and parameters the web accepts, and how a refusal is described."""
+
+from __future__ import annotations
+
+from typing import Any, Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.jobs import reject_nul
+from shared.schema import NAME_MAX, NAME_MIN
+
+from .errors import ValidationFailed
+
+LIMIT_DEFAULT, LIMIT_MAX = 20, 100
+BIGINT_MAX = 2**63 - 1
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[str, Field(min_length=NAME_MIN, max_length=NAME_MAX)]
+    payload: dict[str, Any] | None = None
+
+    _no_nul = field_validator("name", "payload")(reject_nul)
+
+
+def describe(exc: ValidationError) -> list[dict[str, str]]:
+    """Where and why, without echoing the input back."""
+    return [
+        {"loc": ".".join(str(part) for part in err["loc"]) or "body", "msg": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def validate_body(validator: Any, body: Any) -> Any:
+    """`validator` is a model class or a TypeAdapter; ValidationFailed (400) when the body does not fit."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    try:
+        if isinstance(validator, type) and issubclass(validator, BaseModel):
+            return validator.model_validate(body)
+        return validator.validate_python(body)
+    except ValidationError as exc:
+        raise ValidationFailed("the body does not fit", describe(exc)) from None
+
+
+def int_param(args: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be a whole number", [{"loc": name, "msg": "not a whole number"}]) from None
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be between {low} and {high}", [{"loc": name, "msg": "out of range"}])
+    return value

@@ -1,0 +1,56 @@
+"""Gunicorn's settings from the environment, validated before anything starts.
+
+Read by ``web/gunicorn.conf.py`` in the master. A bad value stops Gunicorn
+with one line naming the variable, instead of workers that fail later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from shared.errors import ConfigError
+from shared.settings import build_settings, env_bool, env_int, settings_from_env
+
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class WebServerSettings:
+    bind: str
+    workers: int
+    threads: int
+    max_requests: int
+    max_requests_jitter: int
+    preload: bool
+    timeout: int
+    graceful_timeout: int
+
+
+def web_server_settings(environ: Mapping[str, str] | None = None) -> WebServerSettings:
+    env = os.environ if environ is None else environ
+    port = env_int("PORT", DEFAULT_PORT, minimum=1, environ=env)
+    max_requests = env_int("WEB_MAX_REQUESTS", 0, environ=env)
+    settings = WebServerSettings(
+        bind=env.get("WEB_BIND") or f"127.0.0.1:{port}",
+        workers=env_int("WEB_CONCURRENCY", 2, minimum=1, environ=env),
+        threads=env_int("WEB_THREADS", 1, minimum=1, environ=env),
+        max_requests=max_requests,
+        max_requests_jitter=env_int("WEB_MAX_REQUESTS_JITTER", max_requests // 10, environ=env),
+        preload=env_bool("WEB_PRELOAD", False, environ=env),
+        timeout=env_int("WEB_TIMEOUT", 30, minimum=1, environ=env),
+        graceful_timeout=env_int("WEB_GRACEFUL_TIMEOUT", 30, minimum=1, environ=env),
+    )
+    check_pool_covers_threads(settings.threads, env)
+    return settings
+
+
+def check_pool_covers_threads(threads: int, environ: Mapping[str, str]) -> None:
+    """Each thread may hold one connection at a time: a smaller pool makes threads queue for ever-busy slots."""
+    pool = build_settings(**settings_from_env(environ))
+    if pool.max_size < threads:
+        raise ConfigError(
+            f"WEB_THREADS={threads} needs a pool of at least {threads} connections per worker, "
+            f"but the pool's max_size is {pool.max_size} (set DB_POOL_SIZE >= WEB_THREADS)"
+        )

@@ -1,0 +1,1 @@
+"""forkpool's Celery workers: one pool per task process."""

@@ -1,0 +1,28 @@
+"""All of the workers' Celery settings, in one module (``app.config_from_object``)."""
+
+from shared.queue import broker_url as _broker_url
+from shared.queue import result_backend as _result_backend
+from shared.settings import env_int
+
+broker_url = _broker_url()
+result_backend = _result_backend()
+
+worker_pool = "prefork"
+worker_concurrency = env_int("WORKER_CONCURRENCY", 2, minimum=1)
+worker_max_tasks_per_child = env_int("WORKER_MAX_TASKS_PER_CHILD", 0) or None
+worker_prefetch_multiplier = 1
+
+# A task is acknowledged after it ran; if its process dies mid-task it is
+# redelivered. Tasks are therefore idempotent (record_event writes by key).
+task_acks_late = True
+task_reject_on_worker_lost = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_expires = 24 * 3600
+task_track_started = True
+
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": 3600}
+redis_socket_connect_timeout = 5

@@ -1,0 +1,78 @@
+"""The suite's tasks. Each uses this process's pool; each is safe to run twice (acks_late)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg2
+from celery.utils.log import get_task_logger
+from psycopg2.extras import Json
+from pydantic import BaseModel, ValidationError
+
+from shared import ConnectError, PoolTimeout, get_pool
+from shared.jobs import AggregateArgs, HoldArgs, RecordEventArgs
+from shared.queue import TASK_AGGREGATE, TASK_HOLD, TASK_RECORD_EVENT
+
+from .app import app
+
+logger = get_task_logger(__name__)
+
+# Worth retrying: the database or the pool may be back in a moment.
+TRANSIENT = (psycopg2.OperationalError, ConnectError, PoolTimeout)
+RETRY = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 0.5,
+    "retry_backoff_max": 10,
+    "retry_jitter": True,
+    "max_retries": 6,
+}
+
+
+class InvalidTaskArguments(ValueError):
+    """The task was called with arguments of the wrong type or shape: never retried."""
+
+
+def _parse(model: type[BaseModel], kwargs: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise InvalidTaskArguments(problems) from None
+
+
+@app.task(name=TASK_RECORD_EVENT, throws=(InvalidTaskArguments,), **RETRY)
+def record_event(**kwargs: Any) -> dict[str, Any]:
+    """Write the event row once per key: a redelivered task finds its row and writes nothing."""
+    args = _parse(RecordEventArgs, kwargs)
+    with get_pool().connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO events (key, data, written_by) "
+            "VALUES (%s, %s, current_setting('application_name')) "
+            "ON CONFLICT (key) DO NOTHING RETURNING written_by",
+            (args.key, None if args.data is None else Json(args.data)),
+        )
+        row = cur.fetchone()
+    return {"key": args.key, "created": row is not None, "pid": os.getpid()}
+
+
+@app.task(name=TASK_AGGREGATE, throws=(InvalidTaskArguments,), **RETRY)
+def aggregate(**kwargs: Any) -> dict[str, Any]:
+    _parse(AggregateArgs, kwargs)
+    with get_pool().connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*), count(payload), coalesce(max(id), 0), "
+            "(SELECT count(*) FROM events) FROM items"
+        )
+        items, with_payload, last_id, events = cur.fetchone()
+    return {"items": items, "items_with_payload": with_payload, "last_item_id": last_id, "events": events}
+
+
+@app.task(name=TASK_HOLD, throws=(InvalidTaskArguments,), **RETRY)
+def hold(**kwargs: Any) -> dict[str, Any]:
+    """Keep one connection busy on the server for a while: pool pressure for load tests."""
+    args = _parse(HoldArgs, kwargs)
+    with get_pool().connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid() FROM pg_sleep(%s)", (args.seconds,))
+        backend = cur.fetchone()[0]
+    return {"held_seconds": args.seconds, "pid": os.getpid(), "backend_pid": backend}
