@@ -98,12 +98,13 @@ def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
 
 
 def spawn(argv: Sequence[str], *, log_path: Path, cwd: Path, user: str | None,
-          death_signal: signal.Signals = signal.SIGINT) -> subprocess.Popen:
+          death_signal: signal.Signals = signal.SIGINT,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a long-running server in its own session (a terminal Ctrl-C must
     not reach it; our cleanup stops it) that dies if we die."""
     with open(log_path, "ab") as out:
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                cwd=cwd, start_new_session=True,
+                                cwd=cwd, start_new_session=True, env=env,
                                 preexec_fn=_die_with_parent(death_signal), **_credentials(user))
 
 

@@ -33,6 +33,23 @@ def demo(children: int, pool_size: int) -> None:
     sys.exit(0 if report.passed else 1)
 
 
+@main.command()
+def initdb() -> None:
+    """Create the suite's tables in DATABASE_URL (idempotent)."""
+    import psycopg2
+
+    from shared.schema import init_schema
+
+    try:
+        init_schema()
+    except (shared.PoolError, psycopg2.Error) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"initdb failed: {redact_text(first)}") from None
+    finally:
+        shared.close_all()
+    click.echo("schema ready: tables items, events")
+
+
 def run() -> None:
     """Entry point: user mistakes end with one line, never a traceback."""
     try:

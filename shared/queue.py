@@ -24,6 +24,14 @@ _producer: tuple[int, Celery] | None = None
 _producer_lock = threading.Lock()
 
 
+DEFAULT_QUEUE = "forkpool"
+
+
+def queue_name() -> str:
+    """The queue tasks go to; one per suite lets several runs share one Redis."""
+    return os.environ.get("CELERY_QUEUE") or DEFAULT_QUEUE
+
+
 def broker_url() -> str:
     return os.environ.get("CELERY_BROKER_URL") or redis_url()
 
@@ -44,6 +52,7 @@ def get_celery() -> Celery:
             return _producer[1]
         app = Celery("forkpool-producer", broker=broker_url(), backend=result_backend(), set_as_current=False)
         app.conf.update(
+            task_default_queue=queue_name(),
             task_serializer="json",
             result_serializer="json",
             accept_content=["json"],

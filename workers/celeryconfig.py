@@ -1,11 +1,14 @@
 """All of the workers' Celery settings, in one module (``app.config_from_object``)."""
 
 from shared.queue import broker_url as _broker_url
+from shared.queue import queue_name
 from shared.queue import result_backend as _result_backend
 from shared.settings import env_int
 
 broker_url = _broker_url()
 result_backend = _result_backend()
+
+task_default_queue = queue_name()
 
 worker_pool = "prefork"
 worker_concurrency = env_int("WORKER_CONCURRENCY", 2, minimum=1)

@@ -1,0 +1,5 @@
+"""``python -m harness`` is the ``forkpool`` command."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,227 @@
+"""The suite's servers as real processes: Gunicorn (web) and a Celery worker.
+
+Started from the command line exactly as a user would (``gunicorn -c
+web/gunicorn.conf.py``, ``celery -A workers.app worker``), configured only by
+environment variables, each in its own session, dying with the harness
+(PDEATHSIG), and logging to a file. The harness never imports web or workers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ._procs import ServiceError, free_port, log_tail, spawn
+
+# Settings the plan decides; inherited values would make its ceiling arithmetic wrong.
+_PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND")
+
+
+@dataclass(frozen=True)
+class SuitePlan:
+    """One deployment of the suite: sizes, recycling, servers, and the run's identity."""
+
+    database_url: str
+    redis_url: str
+    suite_id: str
+    web_workers: int = 3
+    web_threads: int = 1
+    worker_concurrency: int = 2
+    pool_size: int = 4
+    max_requests: int = 0
+    max_tasks_per_child: int = 0
+    preload: bool = False
+    port: int = 0
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ceiling(self) -> int:
+        return (self.web_workers + self.worker_concurrency) * self.pool_size
+
+    def env(self, port: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _PLAN_OWNS}
+        env.update(
+            DATABASE_URL=self.database_url,
+            REDIS_URL=self.redis_url,
+            SUITE_ID=self.suite_id,
+            CELERY_QUEUE=f"{self.suite_id}.tasks",
+            DB_POOL_SIZE=str(self.pool_size),
+            WEB_CONCURRENCY=str(self.web_workers),
+            WEB_THREADS=str(self.web_threads),
+            WEB_MAX_REQUESTS=str(self.max_requests),
+            WEB_PRELOAD="1" if self.preload else "0",
+            WORKER_CONCURRENCY=str(self.worker_concurrency),
+            WORKER_MAX_TASKS_PER_CHILD=str(self.max_tasks_per_child),
+            PORT=str(port),
+        )
+        env.update(self.extra_env)
+        return env
+
+
+def package_dir(name: str) -> Path:
+    """Where a package lives, found without importing (running) any of its code."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(f"package {name!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of `parent`, from /proc (the server's worker processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+class SuiteProcess:
+    """A server the harness started; `stop()` ends it and everything it forked."""
+
+    name = "process"
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.argv, self.env, self.log_path = argv, env, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "SuiteProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = spawn(self.argv, log_path=self.log_path, cwd=Path.cwd(), user=None,
+                          death_signal=signal.SIGTERM, env=self.env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def children(self) -> list[int]:
+        return child_pids(self.pid) if self.is_running() else []
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Graceful stop (SIGTERM: workers close their pools), then SIGKILL the whole session."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of its session, if any
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.proc.wait(timeout)
+
+    def _fail(self, what: str) -> ServiceError:
+        return ServiceError(f"{self.name} {what}: {log_tail(self.log_path, 8)}")
+
+
+class WebServer(SuiteProcess):
+    name = "gunicorn"
+
+    def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
+        self.port = plan.port or free_port()
+        conf = package_dir("web") / "gunicorn.conf.py"
+        argv = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--no-control-socket"]
+        super().__init__(argv, plan.env(self.port), log_dir / f"web-{self.port}.log")
+        self.workers = plan.web_workers
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the master runs all its workers and one of them answers /healthz."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise self._fail("exited during start-up")
+            if len(self.children()) >= self.workers and self._healthy():
+                return
+            time.sleep(0.05)
+        raise self._fail(f"not ready after {timeout:.0f} s")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+                return response.status == 200 and json.loads(response.read()).get("status") == "ok"
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+
+class CeleryWorker(SuiteProcess):
+    name = "celery worker"
+
+    def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
+        queue = f"{plan.suite_id}.tasks"
+        argv = [sys.executable, "-m", "celery", "--app", "workers.app", "worker",
+                "--loglevel", "INFO", "--queues", queue, "--hostname", f"{plan.suite_id}@%h",
+                "--without-gossip", "--without-mingle"]
+        super().__init__(argv, plan.env(0), log_dir / f"worker-{plan.suite_id}.log")
+        self.concurrency = plan.worker_concurrency
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise self._fail("exited during start-up")
+            if " ready." in self.log_text() and len(self.children()) >= self.concurrency:
+                return
+            time.sleep(0.05)
+        raise self._fail(f"not ready after {timeout:.0f} s")
+
+
+@dataclass
+class RunningSuite:
+    plan: SuitePlan
+    web: WebServer
+    worker: CeleryWorker
+
+    def stop(self) -> None:
+        self.web.stop()
+        self.worker.stop()
+
+
+def start_suite(plan: SuitePlan, log_dir: Path, timeout: float = 60.0) -> RunningSuite:
+    """Start Gunicorn and the Celery worker side by side; wait until both serve."""
+    web = WebServer(plan, log_dir)
+    worker = CeleryWorker(plan, log_dir)
+    web.start()
+    worker.start()
+    suite = RunningSuite(plan, web, worker)
+    try:
+        web.wait_ready(timeout)
+        worker.wait_ready(timeout)
+    except BaseException:
+        suite.stop()
+        raise
+    return suite

@@ -1,0 +1,126 @@
+"""Procfile, Dockerfile and docker-compose.yml: run what can run here, check the rest against the code.
+
+Docker does not run on these machines, so compose is checked by reading it:
+it parses, its services wait for healthy databases, its commands are the
+Procfile's, and every variable it sets is one the code reads. The Procfile
+itself is started for real with honcho.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import yaml
+
+from harness._procs import free_port
+from tests.conftest import wait_for
+from tests.suite_helpers import http, sessions_by_role
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_DIRS = ("shared", "web", "workers")
+_READS = re.compile(r'(?:env_int|env_bool|env\.get|environ\.get|getenv)\(\s*"([A-Z][A-Z0-9_]+)"|^\s*"([A-Z][A-Z0-9_]+)": "\w+",|_ENV = "([A-Z][A-Z0-9_]+)"', re.M)
+
+
+def variables_the_code_reads() -> set[str]:
+    found: set[str] = set()
+    for folder in CODE_DIRS:
+        for path in (ROOT / folder).rglob("*.py"):
+            for match in _READS.finditer(path.read_text()):
+                found.add(next(group for group in match.groups() if group))
+    return found
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_parses_and_apps_wait_for_healthy_databases():
+    services = compose()["services"]
+    assert {"postgres", "redis", "web", "worker", "initdb"} <= set(services)
+    for db in ("postgres", "redis"):
+        assert services[db]["healthcheck"]["test"]
+    for app in ("web", "worker"):
+        depends = services[app]["depends_on"]
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["redis"]["condition"] == "service_healthy"
+        assert depends["initdb"]["condition"] == "service_completed_successfully"
+        assert services[app]["build"] == "."
+    assert (ROOT / "Dockerfile").exists()
+
+
+def test_compose_commands_are_the_procfile_commands():
+    services, procs = compose()["services"], procfile()
+    assert services["web"]["command"] == shlex.split(procs["web"])
+    assert services["worker"]["command"] == shlex.split(procs["worker"])
+    assert services["initdb"]["command"] == ["forkpool", "initdb"]
+
+
+def test_every_variable_compose_sets_is_read_by_the_code():
+    known = variables_the_code_reads()
+    assert {"DATABASE_URL", "DB_POOL_SIZE", "WEB_CONCURRENCY", "WORKER_CONCURRENCY"} <= known  # the scan works
+    for name in ("web", "worker", "initdb"):
+        unknown = set(compose()["services"][name]["environment"]) - known
+        assert not unknown, f"{name} sets variables nothing reads: {unknown}"
+
+
+def test_readme_configuration_table_lists_exactly_what_the_code_reads():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", readme, re.M))
+    documented |= set(re.findall(r"^\| `[A-Z][A-Z0-9_]+` / `([A-Z][A-Z0-9_]+)`", readme, re.M))
+    assert documented == variables_the_code_reads()
+
+
+def test_dockerfile_copies_every_package_and_runs_the_web_command():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("shared", "web", "workers", "harness"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
+    assert cmd and yaml.safe_load(cmd.group(1)) == shlex.split(procfile()["web"])
+
+
+def test_procfile_runs_under_honcho(database_url, redis_url, admin, pg_server):
+    suite_id = f"honcho{uuid.uuid4().hex[:6]}"
+    url = pg_server.create_database(suite_id) if pg_server else database_url
+    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "SUITE_ID": suite_id,
+           "CELERY_QUEUE": f"{suite_id}.tasks", "DB_POOL_SIZE": "2", "WEB_CONCURRENCY": "2",
+           "WORKER_CONCURRENCY": "1"}
+    init = subprocess.run([sys.executable, "-m", "harness", "initdb"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert init.returncode == 0, init.stderr
+    port = free_port()
+    bindir = Path(sys.executable).parent
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    honcho = subprocess.Popen([str(bindir / "honcho"), "start", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _ready(base), 40, 0.2), "the Procfile's web never became ready"
+        status, job, _ = http(base, "POST", "/jobs", {"kind": "record_event", "args": {"key": suite_id}})
+        assert status == 202
+        assert wait_for(lambda: http(base, "GET", f"/jobs/{job['id']}")[1].get("state") == "SUCCESS", 40, 0.2)
+        wait_for(lambda: {r: sum(p.values()) for r, p in sessions_by_role(admin, suite_id).items()}
+                 == {"web": 4, "worker": 2}, 20)
+        assert {r: sum(p.values()) for r, p in sessions_by_role(admin, suite_id).items()} == {"web": 4, "worker": 2}
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        honcho.wait(30)
+    assert wait_for(lambda: not sessions_by_role(admin, suite_id), 20)
+
+
+def _ready(base: str) -> bool:
+    try:
+        return http(base, "GET", "/readyz", timeout=2)[0] == 200
+    except OSError:
+        return False
