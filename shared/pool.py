@@ -329,8 +329,8 @@ class Pool:
             try:
                 entry = connect(self.settings, left)
             except psycopg2.Error as exc:
-                self._release_reservations(wanted - done, failed=True)
                 self._last_connect_error = self._describe(exc)
+                self._connect_failed(wanted - done)
                 return False
             self._add_new(entry)
         return True
@@ -345,11 +345,20 @@ class Pool:
             self._opening += wanted
             return wanted
 
-    def _release_reservations(self, count: int, failed: bool = False) -> None:
+    def _release_reservations(self, count: int) -> None:
         with self._lock:
             self._opening -= count
-            if failed:
-                self._counts[keys.CONNECT_ERRORS] += 1
+
+    def _connect_failed(self, unopened: int) -> None:
+        """A refill failed: with no connection open that could come back, waiting is futile."""
+        with self._lock:
+            self._opening -= unopened
+            self._counts[keys.CONNECT_ERRORS] += 1
+            stranded: list[Waiter] = []
+            if self._size() == 0:
+                stranded, self._waiting = list(self._waiting), deque()
+        for waiter in stranded:
+            waiter.fail(ConnectError(f"{self!r}: cannot connect: {self._last_connect_error}"))
 
     def _add_new(self, entry: Entry) -> None:
         with self._lock:

@@ -93,3 +93,32 @@ def test_pool_reconnects_in_the_background_after_an_outage(pg_server, count_sett
         pg_server.start()
     assert wait_for(lambda: pool.stats()[keys.SIZE] == 2, 20)
     assert count_settles(2) == 2
+
+
+def test_callers_fail_fast_while_the_database_is_down_not_after_the_timeout(pg_server):
+    if pg_server is None:
+        pytest.skip("needs the embedded server's port")
+    import time
+
+    dead = pg_server.url.replace(f":{pg_server.port}/", ":1/")  # nothing listens there
+    shared.configure(dsn=dead, min_size=3, max_size=3, timeout=30)
+    pool = shared.get_pool()  # the maintainer starts reserving slots and connecting right away
+    errors: list[BaseException] = []
+    waited: list[float] = []
+
+    def caller() -> None:
+        started = time.monotonic()
+        try:
+            pool.getconn()
+        except shared.ConnectError as exc:
+            errors.append(exc)
+        waited.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert len(errors) == 8
+    assert all("cannot connect" in str(e) for e in errors)
+    assert max(waited) < 10  # failed fast, not after the 30 s wait

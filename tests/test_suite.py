@@ -263,3 +263,30 @@ def test_threads_beyond_pool_size_refuse_to_start(suite_database, redis_url, tmp
     assert web.proc.wait(30) != 0
     log = web.log_text()
     assert "WEB_THREADS=4 needs a pool of at least 4" in log and "Traceback" not in log
+
+
+def test_workers_start_while_the_database_is_down_and_tasks_retry_until_it_is_back(redis_url, tmp_path):
+    from harness.services import EmbeddedPostgres
+
+    with EmbeddedPostgres(max_connections=30) as db:
+        url = db.create_database("down_db")
+        init = subprocess.run([sys.executable, "-m", "harness", "initdb"], env=_env(DATABASE_URL=url),
+                              capture_output=True, text=True, timeout=60)
+        assert init.returncode == 0, init.stderr
+        db.stop()
+        plan = SuitePlan(database_url=url, redis_url=redis_url, suite_id=f"down{uuid.uuid4().hex[:6]}",
+                         web_workers=1, worker_concurrency=2, pool_size=1)
+        suite = start_suite(plan, tmp_path)
+        try:
+            children = set(suite.worker.children())
+            status, job, _ = http(suite.web.url, "POST", "/jobs", {"kind": "record_event", "args": {"key": "k"}})
+            assert status == 202
+            assert http(suite.web.url, "GET", "/readyz")[0] == 503
+            assert wait_for(lambda: "Retry in" in suite.worker.log_text(), 20), "the task did not retry"
+            assert set(suite.worker.children()) == children  # no respawn storm
+            db.start_server()
+            assert wait_for(lambda: http(suite.web.url, "GET", f"/jobs/{job['id']}")[1].get("state") == "SUCCESS",
+                            60, 0.2)
+            assert wait_for(lambda: http(suite.web.url, "GET", "/readyz")[0] == 200, 20)
+        finally:
+            suite.stop()
