@@ -7,7 +7,7 @@ import sys
 import click
 
 import shared
-from shared.redact import redact_text
+from shared.redact import describe_error, redact_text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,8 +43,7 @@ def initdb() -> None:
     try:
         init_schema()
     except (shared.PoolError, psycopg2.Error) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise click.ClickException(f"initdb failed: {redact_text(first)}") from None
+        raise click.ClickException(f"initdb failed: {describe_error(exc)}") from None
     finally:
         shared.close_all()
     click.echo("schema ready: tables items, events")

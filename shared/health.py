@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import PoolError
-from .registry import current_state
-
 import psycopg2
+
+from .errors import PoolError
+from .redact import describe_error
+from .registry import current_state
 
 
 def health_check(timeout: float = 2.0) -> dict[str, dict[str, Any]]:
@@ -24,5 +25,4 @@ def _check(pool: Any, timeout: float) -> dict[str, Any]:
             cur.execute("SELECT 1")
         return {"ok": True, "error": None}
     except (PoolError, psycopg2.Error) as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return {"ok": False, "error": pool.settings.redact(message)}
+        return {"ok": False, "error": pool.settings.redact(describe_error(exc))}

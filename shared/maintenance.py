@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING
+
+from .connections import close_quietly
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -82,9 +85,10 @@ class Maintainer:
         if pool is None or pool.closed:
             return -1.0
         try:
-            pool.trim()
+            for entry in pool.take_expired_idle():
+                close_quietly(entry.conn)
             filled = pool.fill()
-            pool.report_leaks()
+            report_leaks(pool)
         except Exception:  # noqa: BLE001 - the thread must outlive any one bad round
             logger.exception("%r: maintenance round failed", pool)
             return next_backoff(backoff)
@@ -95,3 +99,14 @@ class Maintainer:
         delay = next_backoff(backoff)
         logger.warning("%r: cannot connect: %s; retrying in %.1f s", pool, pool._last_connect_error, delay)
         return delay
+
+
+def report_leaks(pool: Pool) -> None:
+    """Log, once per checkout, each connection held longer than ``leak_timeout``, with its stack."""
+    now = time.monotonic()
+    for entry in pool.take_overdue_checkouts():
+        stack = "".join(entry.checkout_stack or ["  (stack not recorded)\n"])
+        logger.warning(
+            "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
+            pool, now - entry.checked_out_at, pool.settings.leak_timeout, stack,
+        )

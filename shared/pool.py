@@ -37,6 +37,7 @@ from .connections import (
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .maintenance import Maintainer
 from .process_state import all_pools
+from .redact import describe_error
 from .settings import PoolSettings
 from .waiter import Waiter
 
@@ -181,7 +182,6 @@ class Pool:
         state = "inherited" if self._inherited else "closed" if self._closed else "open"
         return f"<Pool {self.name!r} {self.identity} pid={self.pid} {state}>"
 
-    # -- fork -------------------------------------------------------------------------
 
     def detach_after_fork(self) -> None:
         """In a forked child: drop inherited connections with no network I/O. Idempotent.
@@ -201,7 +201,6 @@ class Pool:
         self._waiting.clear()
         self._maintainer.forget_after_fork()
 
-    # -- checkout -------------------------------------------------------------------
 
     def _checkout(self, deadline: float, wait: float) -> Entry:
         with self._lock:
@@ -283,7 +282,6 @@ class Pool:
             return True
         return False
 
-    # -- return, retire, refill ------------------------------------------------------
 
     def _hand_over(self, entry: Entry) -> None:
         # Called with the pool lock held: the longest waiter gets it, else it goes idle.
@@ -371,17 +369,17 @@ class Pool:
             self._counts[keys.CONNECTIONS_CLOSED] += 1
         close_quietly(entry.conn)
 
-    # -- maintenance (called by the maintainer thread) --------------------------------
 
-    def trim(self) -> None:
-        """Close idle connections past ``max_lifetime``, and past ``max_idle`` above ``min_size``."""
+    def take_expired_idle(self) -> list[Entry]:
+        """Remove (for the caller to close) idle connections past ``max_lifetime``,
+        and those idle past ``max_idle`` while the pool is above ``min_size``."""
         now = time.monotonic()
         max_idle = self.settings.max_idle
         with self._lock:
             keep: deque[Entry] = deque()
             dropped = []
             surplus = self._size() - self.settings.min_size
-            for entry in self._idle:  # oldest-returned first
+            for entry in self._idle:  # least recently returned first
                 idle_too_long = max_idle and now - entry.returned_at > max_idle and surplus > 0
                 if now >= entry.expires_at or idle_too_long:
                     dropped.append(entry)
@@ -390,28 +388,21 @@ class Pool:
                     keep.append(entry)
             self._idle = keep
             self._counts[keys.CONNECTIONS_CLOSED] += len(dropped)
-        for entry in dropped:
-            close_quietly(entry.conn)
+        return dropped
 
-    def report_leaks(self) -> None:
-        """Log, once per checkout, every connection held longer than ``leak_timeout``."""
+    def take_overdue_checkouts(self) -> list[Entry]:
+        """Checked-out connections held past ``leak_timeout`` and not yet reported (now marked)."""
         limit = self.settings.leak_timeout
         if not limit:
-            return
+            return []
         now = time.monotonic()
         with self._lock:
             late = [e for e in self._in_use.values() if not e.leak_reported and now - e.checked_out_at > limit]
             for entry in late:
                 entry.leak_reported = True
             self._counts[keys.LEAK_WARNINGS] += len(late)
-        for entry in late:
-            stack = "".join(entry.checkout_stack or ["  (stack not recorded)\n"])
-            logger.warning(
-                "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
-                self, now - entry.checked_out_at, limit, stack,
-            )
+        return late
 
-    # -- helpers ------------------------------------------------------------------------
 
     def _size(self) -> int:
         return len(self._idle) + len(self._in_use)
@@ -426,8 +417,7 @@ class Pool:
             raise PoolClosed(f"{self!r} is closed")
 
     def _describe(self, exc: BaseException) -> str:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return self.settings.redact(first_line)
+        return self.settings.redact(describe_error(exc))
 
     _last_connect_error = ""
 

@@ -53,3 +53,9 @@ def dsn_identity(dsn: str) -> str:
     netloc += host if "," in host or ":" not in host else f"[{host}]"
     netloc += f":{port}" if port else ""
     return f"postgresql://{netloc}/{dbname}"
+
+
+def describe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """An exception as one redacted line (driver messages span several lines)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return redact_text(first, secrets)
