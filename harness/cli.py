@@ -1,43 +1,56 @@
-"""The `forkpool` command line."""
+"""The `forkpool` command line.
+
+Exit codes: 0 every check passed; 1 a check failed; 2 bad usage or configuration;
+3 the plan does not fit the server's connection slots.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
+from typing import Any, Callable
 
 import click
+import psycopg2
 
 import shared
-from shared.redact import describe_error, redact_text
+from shared.budget import Budget, DeploymentPlan, ServerLimits, read_server_limits
+from shared.redact import describe_error
+
+EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
+
+
+def size_options(defaults: dict[str, int], from_env: bool) -> Callable[[Callable], Callable]:
+    """--web-workers ... --pool-size, shared by every command that plans a deployment."""
+    specs = [
+        ("--web-workers", "WEB_CONCURRENCY", "Gunicorn worker processes."),
+        ("--web-threads", "WEB_THREADS", "Threads per web worker (> 1: gthread)."),
+        ("--worker-concurrency", "WORKER_CONCURRENCY", "Celery task processes."),
+        ("--pool-size", "DB_POOL_SIZE", "Connections per process (fixed-size pools)."),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for flag, env, help_text in reversed(specs):
+            name = flag[2:].replace("-", "_")
+            command = click.option(flag, type=click.IntRange(min=1), default=defaults[name], show_default=True,
+                                   envvar=env if from_env else None, show_envvar=from_env, help=help_text)(command)
+        return command
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """forkpool: one PostgreSQL pool per process under Gunicorn and Celery, with proof."""
+    """forkpool: one PostgreSQL pool per process under Gunicorn and Celery, with proof.
 
-
-@main.command()
-@click.option("--children", default=3, show_default=True, help="Processes to fork besides the parent.")
-@click.option("--pool-size", default=4, show_default=True, help="Connections per process.")
-def demo(children: int, pool_size: int) -> None:
-    """Run the fork self-check on embedded PostgreSQL (or DATABASE_URL)."""
-    from .selfcheck import run_selfcheck
-    from .services import services
-
-    with services(max_connections=max(50, (children + 2) * pool_size), need_redis=False) as running:
-        click.echo(f"PostgreSQL at {redact_text(running.database_url)}")
-        report = run_selfcheck(running.database_url, children, pool_size, progress=click.echo)
-    for check in report.checks:
-        mark = click.style("PASS", fg="green") if check.passed else click.style("FAIL", fg="red")
-        click.echo(f"{mark}  {check.name}: {check.detail}")
-    click.echo("all checks passed" if report.passed else "some checks FAILED")
-    sys.exit(0 if report.passed else 1)
+    Uses DATABASE_URL / REDIS_URL when set, else starts embedded servers.
+    """
 
 
 @main.command()
 def initdb() -> None:
     """Create the suite's tables in DATABASE_URL (idempotent)."""
-    import psycopg2
-
     from shared.schema import init_schema
 
     try:
@@ -49,10 +62,138 @@ def initdb() -> None:
     click.echo("schema ready: tables items, events")
 
 
+@main.command()
+@size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
+@click.option("--other-clients", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sessions of anything else on the server (admin, migrations, monitoring).")
+@click.option("--max-connections", type=click.IntRange(min=1),
+              help="Plan offline against this max_connections instead of asking DATABASE_URL's server.")
+@click.option("--superuser-reserved", type=click.IntRange(min=0), default=3, show_default=True,
+              help="With --max-connections: superuser_reserved_connections.")
+@click.option("--reserved", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --max-connections: reserved_connections (PostgreSQL 16+).")
+def budget(web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int, other_clients: int,
+           max_connections: int | None, superuser_reserved: int, reserved: int) -> None:
+    """Does the plan fit the server's connection slots? Prints the arithmetic; exit 3 when it does not."""
+    plan = DeploymentPlan(web_workers, web_threads, worker_concurrency, pool_size, other_clients)
+    limits = _limits(max_connections, superuser_reserved, reserved)
+    verdict = Budget(plan, limits)
+    for line in verdict.explain():
+        click.echo(line)
+    sys.exit(0 if verdict.fits else EXIT_DOES_NOT_FIT)
+
+
+def _limits(max_connections: int | None, superuser_reserved: int, reserved: int) -> ServerLimits:
+    if max_connections is not None:
+        return ServerLimits(max_connections, superuser_reserved, reserved)
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        click.echo("(no DATABASE_URL and no --max-connections: PostgreSQL's defaults, 100 and 3 reserved)")
+        return ServerLimits(100, 3, 0)
+    try:
+        conn = psycopg2.connect(url, application_name="forkpool-budget", connect_timeout=5)
+    except psycopg2.Error as exc:
+        raise click.ClickException(f"cannot reach DATABASE_URL: {describe_error(exc)}") from None
+    try:
+        return read_server_limits(conn)
+    finally:
+        conn.close()
+
+
+def load_options(command: Callable) -> Callable:
+    options = [
+        click.option("--duration", type=click.FloatRange(min=1), default=20.0, show_default=True,
+                     help="Seconds of load."),
+        click.option("--users", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Concurrent HTTP clients (Locust users)."),
+        click.option("--task-rate", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                     help="Tasks per second enqueued directly through Celery."),
+        click.option("--max-requests", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Recycle each web worker after this many requests (0: never)."),
+        click.option("--max-tasks-per-child", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Recycle each task process after this many tasks (0: never)."),
+        click.option("--preload/--no-preload", default=False, show_default=True, help="Gunicorn preload_app."),
+        click.option("--kill-workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="SIGKILL this many random web and task processes during the load."),
+        click.option("--max-connections", type=click.IntRange(min=10), default=100, show_default=True,
+                     help="max_connections of the embedded PostgreSQL."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the machine-readable report here."),
+        click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Write report.json, report.txt, connections.png and the logs here."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@size_options({"web_workers": 3, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=False)
+@load_options
+@click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
+def loadtest(**params: Any) -> None:
+    """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
+    sys.exit(_run(params))
+
+
+@main.command()
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report files and logs here.")
+@click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
+def demo(report_dir: Path | None, no_contrast: bool) -> None:
+    """The tour: 3 web workers, 2 task processes, pools of 4, mixed load with recycling and kills."""
+    params = dict(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, duration=20.0, users=10,
+                  task_rate=5.0, max_requests=150, max_tasks_per_child=25, preload=False, kill_workers=2,
+                  max_connections=100, json_path=None, report_dir=report_dir, naive=False)
+    code = _run(params)
+    if not no_contrast:
+        click.echo("\nNow the same suite without the per-process hooks (pool created in the master, inherited):")
+        contrast = {**params, "duration": 8.0, "max_requests": 0, "max_tasks_per_child": 0, "kill_workers": 0,
+                    "naive": True, "report_dir": report_dir / "naive" if report_dir else None}
+        _run(contrast)
+    sys.exit(code)
+
+
+def _run(params: dict[str, Any]) -> int:
+    from rich.console import Console
+
+    from .report import render_terminal, write_json, write_reports
+    from .run import LoadOptions, run_loadtest
+
+    params = dict(params)
+    json_path, report_dir = params.pop("json_path"), params.pop("report_dir")
+    options = LoadOptions(**params)
+    console = Console()
+    report = run_loadtest(options, console, log_dir=report_dir / "logs" if report_dir else None)
+    render_terminal(report, console)
+    if json_path:
+        write_json(report, json_path)
+    if report_dir:
+        write_reports(report, report_dir)
+    if report.checks and report.checks[0].number == 0:
+        return EXIT_DOES_NOT_FIT
+    return 0 if report.passed else EXIT_FAILED
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, envvar="PORT")
+@size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
+def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int) -> None:
+    """Run the suite in the foreground until Ctrl-C or SIGTERM; then stop everything it started."""
+    from .foreground import run_foreground
+
+    sys.exit(run_foreground(port, web_workers, web_threads, worker_concurrency, pool_size))
+
+
 def run() -> None:
     """Entry point: user mistakes end with one line, never a traceback."""
+    from .services import ServiceError
+
     try:
         main(standalone_mode=True)
     except shared.ConfigError as exc:
         click.echo(f"forkpool: invalid configuration: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except ServiceError as exc:
+        click.echo(f"forkpool: {exc}", err=True)
+        sys.exit(EXIT_FAILED)

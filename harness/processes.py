@@ -41,8 +41,13 @@ class SuitePlan:
     max_requests: int = 0
     max_tasks_per_child: int = 0
     preload: bool = False
+    naive: bool = False  # the contrast run: web without pool hooks, pool inherited from the master
     port: int = 0
     extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def queue(self) -> str:
+        return f"{self.suite_id}.tasks"
 
     @property
     def ceiling(self) -> int:
@@ -54,7 +59,7 @@ class SuitePlan:
             DATABASE_URL=self.database_url,
             REDIS_URL=self.redis_url,
             SUITE_ID=self.suite_id,
-            CELERY_QUEUE=f"{self.suite_id}.tasks",
+            CELERY_QUEUE=self.queue,
             DB_POOL_SIZE=str(self.pool_size),
             WEB_CONCURRENCY=str(self.web_workers),
             WEB_THREADS=str(self.web_threads),
@@ -150,7 +155,7 @@ class WebServer(SuiteProcess):
 
     def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
         self.port = plan.port or free_port()
-        conf = package_dir("web") / "gunicorn.conf.py"
+        conf = package_dir("web") / ("gunicorn_naive.conf.py" if plan.naive else "gunicorn.conf.py")
         argv = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--no-control-socket"]
         super().__init__(argv, plan.env(self.port), log_dir / f"web-{self.port}.log")
         self.workers = plan.web_workers
@@ -182,9 +187,8 @@ class CeleryWorker(SuiteProcess):
     name = "celery worker"
 
     def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
-        queue = f"{plan.suite_id}.tasks"
         argv = [sys.executable, "-m", "celery", "--app", "workers.app", "worker",
-                "--loglevel", "INFO", "--queues", queue, "--hostname", f"{plan.suite_id}@%h",
+                "--loglevel", "INFO", "--queues", plan.queue, "--hostname", f"{plan.suite_id}@%h",
                 "--without-gossip", "--without-mingle"]
         super().__init__(argv, plan.env(0), log_dir / f"worker-{plan.suite_id}.log")
         self.concurrency = plan.worker_concurrency

@@ -19,6 +19,7 @@ from .redis_client import redis_url
 TASK_RECORD_EVENT = "workers.record_event"
 TASK_AGGREGATE = "workers.aggregate"
 TASK_HOLD = "workers.hold"
+TASK_POOL_STATS = "workers.pool_stats"
 
 _producer: tuple[int, Celery] | None = None
 _producer_lock = threading.Lock()

@@ -5,6 +5,8 @@ Idempotent: every statement is IF NOT EXISTS, so running it again changes nothin
 
 from __future__ import annotations
 
+import psycopg2
+
 from .registry import get_pool
 
 NAME_MIN, NAME_MAX = 1, 200
@@ -26,7 +28,23 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 def init_schema(pool_name: str = "default") -> None:
-    """Create the tables if missing; an advisory lock serialises concurrent runs."""
-    with get_pool(pool_name).connection() as conn, conn.cursor() as cur:
+    """Create the tables if missing, through this process's pool `pool_name`."""
+    with get_pool(pool_name).connection() as conn:
+        _create(conn)
+
+
+def init_schema_at(dsn: str) -> None:
+    """The same with a one-off connection: for tools that hold no pool (the harness)."""
+    conn = psycopg2.connect(dsn, application_name="forkpool-initdb", connect_timeout=10)
+    try:
+        _create(conn)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _create(conn: psycopg2.extensions.connection) -> None:
+    with conn.cursor() as cur:
+        # Concurrent runs (several harnesses, compose restarts) serialise here.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('forkpool.initdb'))")
         cur.execute(SCHEMA_SQL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import psycopg2
@@ -10,9 +11,9 @@ from celery.utils.log import get_task_logger
 from psycopg2.extras import Json
 from pydantic import BaseModel, ValidationError
 
-from shared import ConnectError, PoolTimeout, get_pool
+from shared import ConnectError, PoolTimeout, get_pool, process_role
 from shared.jobs import AggregateArgs, HoldArgs, RecordEventArgs
-from shared.queue import TASK_AGGREGATE, TASK_HOLD, TASK_RECORD_EVENT
+from shared.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT
 
 from .app import app
 
@@ -76,3 +77,14 @@ def hold(**kwargs: Any) -> dict[str, Any]:
         cur.execute("SELECT pg_backend_pid() FROM pg_sleep(%s)", (args.seconds,))
         backend = cur.fetchone()[0]
     return {"held_seconds": args.seconds, "pid": os.getpid(), "backend_pid": backend}
+
+
+@app.task(name=TASK_POOL_STATS)
+def pool_stats(linger: float = 0.0) -> dict[str, Any]:
+    """This task process's pid, role and pool stats, for comparing with what the server sees.
+
+    `linger` (at most 2 s, no connection held) keeps the process busy so that
+    concurrent calls spread over every process of the worker.
+    """
+    time.sleep(min(max(float(linger), 0.0), 2.0))
+    return {"pid": os.getpid(), "role": process_role(), "pool": get_pool().stats()}

