@@ -69,6 +69,11 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _cell(value: object) -> str | Text:
+    """Floats to one decimal, anything else as plain text (names must not parse as markup)."""
+    return _fmt(value) if isinstance(value, float) else Text("-" if value is None else str(value))
+
+
 def _status_counts(counts: dict[str, int]) -> str:
     # Numeric codes in order, then "error" and friends.
     keys = sorted(counts, key=lambda k: (not k.isdigit(), k))
@@ -89,7 +94,7 @@ def _roles_table(report: RunReport) -> Table:
     peak = max((s.total for s in report.samples), default=sum(r.max_observed for r in report.roles))
     table.add_row(Text("total", style="bold"), str(sum(r.processes for r in report.roles)), "",
                   f"{report.ceiling} (ceiling)", str(sum(r.observed_steady for r in report.roles)),
-                  str(peak), _verdict_cell(peak <= report.ceiling))
+                  str(peak), _verdict_cell(peak <= report.ceiling and all(r.passed for r in report.roles)))
     return table
 
 
@@ -107,22 +112,17 @@ def _checks_table(report: RunReport, secrets: tuple[str, ...]) -> Table:
 
 
 def _load_table(report: RunReport) -> Table:
-    load = report.load
+    load, lat = report.load, report.load.latency_ms
     table = Table(title="Load")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    lat = load.latency_ms
-    rows = [
-        ("requests", str(load.requests)),
-        ("failures", str(load.failures)),
-        ("req/s", _fmt(load.requests_per_s)),
-        ("p50 / p95 / p99 ms", " / ".join(_fmt(lat.get(k)) for k in ("p50", "p95", "p99"))),
-        ("status counts", _status_counts(load.status_counts)),
-        ("tasks enqueued / completed", f"{load.tasks_enqueued} / {load.tasks_completed}"),
-        ("tasks/s", _fmt(load.tasks_per_s)),
-    ]
-    for row in rows:
-        table.add_row(*row)
+    table.add_row("requests", str(load.requests))
+    table.add_row("failures", str(load.failures))
+    table.add_row("req/s", _fmt(load.requests_per_s))
+    table.add_row("p50 / p95 / p99 ms", " / ".join(_fmt(lat.get(k)) for k in ("p50", "p95", "p99")))
+    table.add_row("status counts", _status_counts(load.status_counts))
+    table.add_row("tasks enqueued / completed", f"{load.tasks_enqueued} / {load.tasks_completed}")
+    table.add_row("tasks/s", _fmt(load.tasks_per_s))
     return table
 
 
@@ -133,9 +133,7 @@ def _endpoints_table(report: RunReport) -> Table:
     for title, _ in columns:
         table.add_column(title, justify="left" if title == "endpoint" else "right")
     for ep in report.load.endpoints:
-        cells = [ep.get(key) for _, key in columns]
-        table.add_row(*(_fmt(v) if isinstance(v, float) else Text(str(v if v is not None else "-"))
-                        for v in cells))
+        table.add_row(*(_cell(ep.get(key)) for _, key in columns))
     return table
 
 

@@ -135,7 +135,8 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
     report.checks.append(checks.check_work_done(keys, rows, load.status_counts, web_kills * plan.web_threads))
     web_reports = web_pool_reports(suite.web.url, set(suite.web.children()))
     worker_reports = worker_pool_reports(celery, plan.queue, plan.worker_concurrency)
-    final = sampler.sample_now()  # after the reports: a process that answered and then recycled is dead now
+    final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
+    _let_recycled_exit({**web_reports, **worker_reports}, final)
     report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive))
     return steady
 
@@ -189,6 +190,17 @@ def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
             found.append(Event(sample.t, "recycle", f"process {pid} ended its sessions"))
         before = now
     return found
+
+
+def _let_recycled_exit(reports: dict[int, dict], final: Sample, grace: float = 3.0) -> None:
+    """A process that reported, then closed its pool to recycle, may still be exiting: give it `grace`.
+
+    One still alive after that, holding nothing while its stats say otherwise, is a real disagreement.
+    """
+    closing = [pid for pid in reports if not final.by_pid().get(pid)]
+    deadline = time.monotonic() + grace
+    while any(pid_alive(pid) for pid in closing) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _wait_for(sampler: Sampler, ok: Callable[[Sample], bool], timeout: float) -> Sample | None:
