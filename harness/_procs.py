@@ -193,11 +193,12 @@ def sweep_stale(prefix: str, base: Path) -> None:
                 pids.append(int(pidfile.read_text().split()[0]))
         except (OSError, ValueError, IndexError):
             continue
-        if not any(_alive(pid) for pid in pids):
+        if not any(pid_alive(pid) for pid in pids):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a zombie counts: it is not reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 
+from ._procs import pid_alive
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+__all__ = ["pid_alive", "rows_for_keys", "web_pool_reports"]
 
 
 def _get_pool(url: str) -> dict | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from typing import Any, Callable
+
+from harness._procs import pid_alive  # noqa: F401 - re-exported for the suite tests
 
 
 def http(base: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
@@ -33,13 +34,3 @@ def sessions_by_role(admin: Callable[..., list[tuple]], suite_id: str) -> dict[s
         _, role, pid = name.rsplit(":", 2)
         found.setdefault(role, {})[int(pid)] = count
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True

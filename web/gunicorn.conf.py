@@ -8,23 +8,15 @@ import sys
 
 from shared.errors import ConfigError
 from shared.gunicorn_hooks import on_exit, post_fork, pre_fork, when_ready, worker_exit  # noqa: F401
-from web.server_settings import web_server_settings
+from web.server_settings import gunicorn_settings, web_server_settings
 
 try:
     _web = web_server_settings()
 except ConfigError as exc:
     sys.exit(f"forkpool: invalid configuration: {exc}")
 
+# Gunicorn reads this file's module-level names as its settings.
+globals().update(gunicorn_settings(_web))
 wsgi_app = "web.wsgi:app"
-bind = _web.bind
-workers = _web.workers
-threads = _web.threads
-worker_class = "gthread" if _web.threads > 1 else "sync"
-max_requests = _web.max_requests
-max_requests_jitter = _web.max_requests_jitter
 preload_app = _web.preload
-timeout = _web.timeout
-graceful_timeout = _web.graceful_timeout
-accesslog = "-"
-errorlog = "-"
 proc_name = "forkpool-web"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from shared.errors import ConfigError
 from shared.settings import build_settings, env_bool, env_int, settings_from_env
@@ -54,3 +54,19 @@ def check_pool_covers_threads(threads: int, environ: Mapping[str, str]) -> None:
             f"WEB_THREADS={threads} needs a pool of at least {threads} connections per worker, "
             f"but the pool's max_size is {pool.max_size} (set DB_POOL_SIZE >= WEB_THREADS)"
         )
+
+
+def gunicorn_settings(web: WebServerSettings) -> dict[str, Any]:
+    """The Gunicorn settings both configuration files share (the naive one differs in app and hooks)."""
+    return {
+        "bind": web.bind,
+        "workers": web.workers,
+        "threads": web.threads,
+        "worker_class": "gthread" if web.threads > 1 else "sync",
+        "max_requests": web.max_requests,
+        "max_requests_jitter": web.max_requests_jitter,
+        "timeout": web.timeout,
+        "graceful_timeout": web.graceful_timeout,
+        "accesslog": "-",
+        "errorlog": "-",
+    }
