@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -43,6 +43,7 @@ class SuitePlan:
     preload: bool = False
     naive: bool = False  # the contrast run: web without pool hooks, pool inherited from the master
     port: int = 0
+    metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR shared by web and workers; start_suite makes a fresh one
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -69,6 +70,8 @@ class SuitePlan:
             WORKER_MAX_TASKS_PER_CHILD=str(self.max_tasks_per_child),
             PORT=str(port),
         )
+        if self.metrics_dir:
+            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update(self.extra_env)
         return env
 
@@ -217,6 +220,11 @@ class RunningSuite:
 
 def start_suite(plan: SuitePlan, log_dir: Path, timeout: float = 60.0) -> RunningSuite:
     """Start Gunicorn and the Celery worker side by side; wait until both serve."""
+    if not plan.metrics_dir:
+        # A fresh, empty directory per run: nothing of an earlier run's processes is served.
+        fresh = log_dir / f"metrics-{plan.suite_id}"
+        fresh.mkdir(parents=True, exist_ok=True)
+        plan = replace(plan, metrics_dir=str(fresh))
     web = WebServer(plan, log_dir)
     worker = CeleryWorker(plan, log_dir)
     web.start()

@@ -20,6 +20,7 @@ from .errors import (
     TooManyWaiting,
 )
 from .health import health_check
+from .manager import manager_stats, pool_for
 from .identity import application_name, process_role, set_identity, set_process_role, suite_id
 from .pool import Pool
 from .redis_client import get_redis
@@ -43,6 +44,8 @@ __all__ = [
     "configure",
     "get_pool",
     "get_redis",
+    "manager_stats",
+    "pool_for",
     "health_check",
     "process_role",
     "set_identity",

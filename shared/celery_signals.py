@@ -9,9 +9,12 @@ and it must finish within 4 s or the child is killed; children end with
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import signals
+
+from . import metrics
 
 from .identity import set_process_role
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
@@ -25,15 +28,32 @@ def wire_celery(role: str = WORKER_ROLE, open_timeout: float = DEFAULT_OPEN_TIME
     def on_worker_init(**_: Any) -> None:
         set_process_role(f"{role}-main")
         release_in_master("celery main process")
+        metrics.prepare_directory()
+        serve_metrics_alone()
 
     def on_process_init(**_: Any) -> None:
         start_in_child(role, timeout=open_timeout)
 
     def on_process_shutdown(**_: Any) -> None:
         stop_in_child()
+        metrics.mark_dead(os.getpid())
 
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="forkpool.worker_init")
     signals.worker_process_init.connect(on_process_init, weak=False, dispatch_uid="forkpool.worker_process_init")
     signals.worker_process_shutdown.connect(
         on_process_shutdown, weak=False, dispatch_uid="forkpool.worker_process_shutdown"
     )
+
+
+METRICS_PORT_ENV = "WORKER_METRICS_PORT"
+
+
+def serve_metrics_alone() -> None:
+    """With WORKER_METRICS_PORT set, the main process serves the workers' metrics itself."""
+    from prometheus_client import start_http_server
+
+    from .settings import env_int
+
+    port = env_int(METRICS_PORT_ENV, 0, minimum=0)
+    if port:
+        start_http_server(port, addr="127.0.0.1", registry=metrics.suite_registry())

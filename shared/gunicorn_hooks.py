@@ -2,7 +2,8 @@
 
 Use from a ``gunicorn.conf.py``::
 
-    from shared.gunicorn_hooks import when_ready, pre_fork, post_fork, worker_exit, on_exit
+    from shared.gunicorn_hooks import (on_starting, when_ready, pre_fork, post_fork,
+                                       worker_exit, child_exit, on_exit)
 
 Order (gunicorn/arbiter.py): with ``preload_app`` the application is imported
 in the master before ``when_ready``; ``pre_fork`` runs in the master before each
@@ -16,9 +17,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import metrics
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
 
 WEB_ROLE = "web"
+
+
+def on_starting(server: Any) -> None:
+    metrics.prepare_directory()
 
 
 def when_ready(server: Any) -> None:
@@ -41,3 +47,8 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     release_in_master("gunicorn master")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # In the master, after reaping: the worker's gauges must not outlive it.
+    metrics.mark_dead(worker.pid)

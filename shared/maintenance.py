@@ -15,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .connections import close_quietly
+from .metrics import export_pool, forget_pool
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -58,6 +59,10 @@ class Maintainer:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        pool = self._pool()
+        if pool is not None and thread is not None:
+            _publish(pool)  # the last counts before the pool's gauges go to zero
+            forget_pool(pool)
 
     def forget_after_fork(self) -> None:
         """In a forked child the thread is gone and its events' locks may be stale."""
@@ -89,6 +94,7 @@ class Maintainer:
                 close_quietly(entry.conn)
             filled = pool.fill()
             report_leaks(pool)
+            _publish(pool)
         except Exception:  # noqa: BLE001 - the thread must outlive any one bad round
             logger.exception("%r: maintenance round failed", pool)
             return next_backoff(backoff)
@@ -110,3 +116,10 @@ def report_leaks(pool: Pool) -> None:
             "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
             pool, now - entry.checked_out_at, pool.settings.leak_timeout, stack,
         )
+
+
+def _publish(pool: Pool) -> None:
+    try:
+        export_pool(pool)
+    except Exception:  # noqa: BLE001 - metrics are best effort; the pool must go on
+        logger.debug("%r: exporting metrics failed", pool, exc_info=True)

@@ -63,6 +63,8 @@ class Pool:
         # Connections last verified before this moment must be checked before use.
         self._suspect_before = 0.0
         self._counts = dict.fromkeys(keys.COUNTERS, 0)
+        self._wait_times: deque[float] = deque(maxlen=1000)  # queued waits, drained by the metrics export
+        self.last_active = time.monotonic()  # last checkout: what least-recently-used eviction goes by
         self._maintainer = Maintainer(self)
         all_pools().add(self)
 
@@ -218,7 +220,7 @@ class Pool:
 
     def _lend(self, entry: Entry) -> Entry:
         # Called with the pool lock held.
-        entry.checked_out_at = time.monotonic()
+        entry.checked_out_at = self.last_active = time.monotonic()
         entry.leak_reported = False
         self._in_use[entry.conn] = entry
         self._counts[keys.CHECKOUTS] += 1
@@ -237,8 +239,10 @@ class Pool:
     def _wait_for(self, waiter: Waiter, deadline: float, wait: float) -> Entry:
         started = time.monotonic()
         entry = waiter.wait(max(deadline - started, 0.0))
+        waited = time.monotonic() - started
         with self._lock:
-            self._counts[keys.WAIT_MS_TOTAL] += (time.monotonic() - started) * 1000.0
+            self._counts[keys.WAIT_MS_TOTAL] += waited * 1000.0
+            self._wait_times.append(waited)
             if entry is None:
                 self._counts[keys.TIMEOUTS] += 1
                 if waiter in self._waiting:
@@ -389,6 +393,13 @@ class Pool:
             self._idle = keep
             self._counts[keys.CONNECTIONS_CLOSED] += len(dropped)
         return dropped
+
+    def drain_wait_times(self) -> list[float]:
+        """Seconds each queued caller waited since the last drain (for the wait histogram)."""
+        with self._lock:
+            waits = list(self._wait_times)
+            self._wait_times.clear()
+        return waits
 
     def take_overdue_checkouts(self) -> list[Entry]:
         """Checked-out connections held past ``leak_timeout`` and not yet reported (now marked)."""

@@ -12,6 +12,7 @@ import os
 import threading
 from typing import Any, Mapping
 
+from . import manager
 from .errors import ConfigError
 from .pool import Pool
 from .process_state import ProcessState, all_pools, home
@@ -161,7 +162,10 @@ def _create_pool(name: str) -> Pool:
         # first use serialise here, and the losers find the winner's pool.
         pool = state.pools.get(name)
         if pool is None or pool.closed:
-            pool = Pool(_settings_for(name, state), name)
+            settings = _settings_for(name, state)
+            manager.make_room(state)
+            manager.start_idle_closer(state)
+            pool = Pool(settings, name)
             state.pools[name] = pool
             pool.open(wait=False)  # no I/O here: the maintainer thread connects
         return pool

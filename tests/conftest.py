@@ -136,4 +136,5 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
     state = home().current
     if state is not None:
         state.settings.clear()
+        state.manager_counts = dict.fromkeys(state.manager_counts, 0)
     identity._suite_id = identity._role = None

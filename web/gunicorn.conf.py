@@ -7,7 +7,9 @@ Sizes come from the environment (see README, Configuration). The hooks from
 import sys
 
 from shared.errors import ConfigError
-from shared.gunicorn_hooks import on_exit, post_fork, pre_fork, when_ready, worker_exit  # noqa: F401
+from shared.gunicorn_hooks import (  # noqa: F401
+    child_exit, on_exit, on_starting, post_fork, pre_fork, when_ready, worker_exit,
+)
 from web.server_settings import gunicorn_settings, web_server_settings
 
 try:

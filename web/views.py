@@ -9,10 +9,11 @@ from typing import Any
 
 import redis
 from celery.result import AsyncResult
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 from psycopg2.extras import Json
 
-from shared import all_stats, get_redis, health_check, process_role, suite_id
+from shared import all_stats, get_redis, health_check, manager_stats, process_role, suite_id
+from shared import metrics
 from shared.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from shared.queue import get_celery
 
@@ -63,7 +64,15 @@ def pool_info():
         "suite_id": suite_id(),
         "pool": db().pool.stats(),
         "pools": all_stats(),
+        "manager": manager_stats(),
     }
+
+
+@api.get("/metrics")
+def prometheus_metrics():
+    """The whole suite's pool metrics (web and workers) when PROMETHEUS_MULTIPROC_DIR is shared."""
+    metrics.export_process()
+    return Response(metrics.render_metrics(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
 
 
 @api.post("/items")
