@@ -176,6 +176,34 @@ def _run(params: dict[str, Any]) -> int:
 
 
 @main.command()
+@click.option("--url", help="The suite's web URL (default: the suite `forkpool up` started, else :8000).")
+@click.option("--database-url", help="Where to count the server's sessions (default: `forkpool up`'s, else DATABASE_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
+    """Every process's pool in a running suite, totals per role, and the server's count beside them."""
+    import json
+    import urllib.error
+
+    from .stats_view import collect, read_state
+
+    state = read_state()
+    url = (url or state.get("web_url") or "http://127.0.0.1:8000").rstrip("/")
+    database_url = database_url or state.get("database_url") or os.environ.get("DATABASE_URL")
+    try:
+        found = collect(url, database_url)
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"no suite answers at {url}: {exc}") from None
+    except psycopg2.Error as exc:
+        raise click.ClickException(f"cannot count the server's sessions: {describe_error(exc)}") from None
+    if as_json:
+        click.echo(json.dumps(found, indent=1))
+        return
+    from .report import render_stats
+
+    render_stats(found)
+
+
+@main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, envvar="PORT")
 @size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
 def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int) -> None:

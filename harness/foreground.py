@@ -15,6 +15,7 @@ from shared.schema import init_schema_at
 from shared.settings import env_bool, env_int
 
 from .processes import SuitePlan, start_suite
+from .stats_view import clear_state, write_state
 from .services import redact_url, services
 
 
@@ -37,6 +38,7 @@ def run_foreground(port: int, web_workers: int, web_threads: int, worker_concurr
         )
         logs = Path(tempfile.mkdtemp(prefix=f"forkpool-up-{plan.suite_id}-"))
         suite = start_suite(plan, logs)
+        write_state(web_url=suite.web.url, database_url=running.database_url, suite_id=plan.suite_id)
         try:
             click.echo(f"web        {suite.web.url}  (try {suite.web.url}/pool)")
             click.echo(f"PostgreSQL {redact_url(running.database_url)}")
@@ -51,4 +53,5 @@ def run_foreground(port: int, web_workers: int, web_threads: int, worker_concurr
             click.echo("stopping")
             return 0
         finally:
+            clear_state()
             suite.stop()

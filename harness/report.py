@@ -247,3 +247,23 @@ def write_reports(report: RunReport, directory: Path) -> dict[str, Path]:
     # Redact again as a whole: cheap, and covers any string a table cell let through.
     paths["text"].write_text(redact_text(console.export_text(), _secrets(report)), encoding="utf-8")
     return paths
+
+
+def render_stats(found: dict[str, Any], console: Console | None = None) -> None:
+    """`forkpool stats`: one row per process, then totals per role beside the server's count."""
+    console = console or Console()
+    server = found["server_checked"]
+    table = Table(title=f"Pools of suite {found['suite_id']}")
+    for name in ("role", "pid", "size", "idle", "in use", "waiting", "max", "server"):
+        table.add_column(name, justify="left" if name == "role" else "right")
+    for row in found["processes"]:
+        table.add_row(row["role"], str(row["pid"]), *(str(row.get(k, "")) for k in ("size", "idle", "in_use",
+                      "waiting", "max_size")), str(row["server"]) if server else "-")
+    console.print(table)
+    totals = Table(title="Per role")
+    for name in ("role", "processes", "size", "in use", "waiting", "timeouts", "server"):
+        totals.add_column(name, justify="left" if name == "role" else "right")
+    for role, t in sorted(found["roles"].items()):
+        totals.add_row(role, *(str(t.get(k, 0)) for k in ("processes", "size", "in_use", "waiting", "timeouts")),
+                       str(t.get("server", 0)) if server else "-")
+    console.print(totals)

@@ -9,9 +9,18 @@ Used by ``forkpool budget``, before every harness run, and at server start-up.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
+import psycopg2
 import psycopg2.extensions
+
+from .errors import ConfigError
+from .redact import describe_error
+from .settings import build_settings, env_int, settings_from_env
+
+log = logging.getLogger("forkpool.budget")
 
 
 @dataclass(frozen=True)
@@ -94,3 +103,50 @@ def read_server_limits(conn: psycopg2.extensions.connection) -> ServerLimits:
         superuser_reserved=found.get("superuser_reserved_connections", 0),
         reserved=found.get("reserved_connections", 0),
     )
+
+
+CHECK_ENV = "DB_BUDGET_CHECK"  # enforce (default) | warn | off
+ALLOWANCE_ENV = "DB_BUDGET_OTHER_CLIENTS"  # connection slots to leave for everything else
+_MODES = ("enforce", "warn", "off")
+
+
+def startup_check(role: str, processes: int, threads: int) -> list[str]:
+    """At a server's start (master, before forking): does this deployment's share fit?
+
+    Returns the arithmetic; raises ConfigError when it does not fit and the
+    check is enforced. A database that cannot be reached is not a reason to
+    refuse to start (the pools reconnect later): the check is then skipped.
+    """
+    mode = (os.environ.get(CHECK_ENV) or "enforce").strip().lower()
+    if mode not in _MODES:
+        raise ConfigError(f"{CHECK_ENV}={mode!r} must be one of {', '.join(_MODES)}")
+    if mode == "off":
+        return []
+    pool = build_settings(**settings_from_env())
+    allowance = env_int(ALLOWANCE_ENV, 0, minimum=0)
+    try:
+        conn = psycopg2.connect(pool.dsn, application_name="forkpool-budget", connect_timeout=3)
+    except psycopg2.Error as exc:
+        log.warning("%s: budget check skipped, the database is unreachable: %s", role, pool.redact(describe_error(exc)))
+        return []
+    try:
+        limits = read_server_limits(conn)
+    finally:
+        conn.close()  # a master keeps nothing open across fork
+    share = processes * pool.max_size
+    lines = [
+        f"{role}: {processes} processes x pool {pool.max_size} = {share} connections"
+        f" (+ {allowance} for other clients) of {limits.available} available"
+        f" (max_connections {limits.max_connections} - reserved {limits.superuser_reserved + limits.reserved})",
+    ]
+    if pool.max_size < threads:
+        lines.append(f"{role}: {threads} threads need a pool of at least {threads}")
+    fits = share + allowance <= limits.available and pool.max_size >= threads
+    for line in lines:
+        log.info("%s", line)
+    if not fits:
+        verdict = f"{lines[-1]}: does not fit ({CHECK_ENV}=warn or off to start anyway)"
+        if mode == "enforce":
+            raise ConfigError(verdict)
+        log.warning("%s", verdict)
+    return lines

@@ -9,12 +9,16 @@ and it must finish within 4 s or the child is killed; children end with
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any
 
 from celery import signals
 
 from . import metrics
+from .budget import startup_check
+from .errors import ConfigError
 
 from .identity import set_process_role
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
@@ -25,9 +29,15 @@ WORKER_ROLE = "worker"
 def wire_celery(role: str = WORKER_ROLE, open_timeout: float = DEFAULT_OPEN_TIMEOUT) -> None:
     """Connect the pool lifecycle to Celery's worker signals (idempotent)."""
 
-    def on_worker_init(**_: Any) -> None:
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
         set_process_role(f"{role}-main")
         release_in_master("celery main process")
+        concurrency = getattr(sender, "concurrency", None) or 1
+        try:
+            startup_check(role, int(concurrency), threads=1)
+        except ConfigError as exc:
+            logging.getLogger("forkpool.budget").error("%s", exc)
+            sys.exit(f"forkpool: {exc}")
         metrics.prepare_directory()
         serve_metrics_alone()
 

@@ -14,17 +14,28 @@ ends the sessions when the socket closes), ``on_exit`` in the master at the end.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any
 
 from . import metrics
+from .budget import startup_check
+from .errors import ConfigError
+from .identity import set_process_role
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
 
 WEB_ROLE = "web"
 
 
 def on_starting(server: Any) -> None:
+    set_process_role(f"{WEB_ROLE}-master")
     metrics.prepare_directory()
+    try:
+        startup_check(WEB_ROLE, server.cfg.workers, server.cfg.threads)
+    except ConfigError as exc:
+        logging.getLogger("forkpool.budget").error("%s", exc)
+        sys.exit(f"forkpool: {exc}")
 
 
 def when_ready(server: Any) -> None:

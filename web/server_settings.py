@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from shared.errors import ConfigError
+from shared.logging_setup import logging_config
 from shared.settings import build_settings, env_bool, env_int, settings_from_env
 
 DEFAULT_PORT = 8000
@@ -69,4 +70,5 @@ def gunicorn_settings(web: WebServerSettings) -> dict[str, Any]:
         "graceful_timeout": web.graceful_timeout,
         "accesslog": "-",
         "errorlog": "-",
+        "logconfig_dict": logging_config(extra_loggers=("gunicorn.error", "gunicorn.access")),
     }

@@ -7,10 +7,11 @@ the main process holds none.
 
 import sys
 
-from celery import Celery
+from celery import Celery, signals
 
 from shared.celery_signals import wire_celery
 from shared.errors import ConfigError
+from shared.logging_setup import configure_logging
 
 app = Celery("workers", include=["workers.tasks"])
 try:
@@ -18,3 +19,9 @@ try:
 except ConfigError as exc:
     sys.exit(f"forkpool: invalid configuration: {exc}")
 wire_celery()
+
+
+@signals.setup_logging.connect(weak=False)
+def _suite_logging(**_: object) -> None:
+    # Connected: Celery leaves logging to us, so workers log like the rest of the suite.
+    configure_logging(extra_loggers=("celery", "celery.task"))
