@@ -56,6 +56,7 @@ def wire_celery(role: str = WORKER_ROLE, open_timeout: float = DEFAULT_OPEN_TIME
 
 
 METRICS_PORT_ENV = "WORKER_METRICS_PORT"
+METRICS_ADDR_ENV = "WORKER_METRICS_ADDR"
 
 
 def serve_metrics_alone() -> None:
@@ -66,4 +67,5 @@ def serve_metrics_alone() -> None:
 
     port = env_int(METRICS_PORT_ENV, 0, minimum=0)
     if port:
-        start_http_server(port, addr="127.0.0.1", registry=metrics.suite_registry())
+        addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
+        start_http_server(port, addr=addr, registry=metrics.suite_registry())

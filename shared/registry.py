@@ -7,6 +7,7 @@ owns those sessions) and builds its own pools on first use.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -205,10 +206,20 @@ def _after_fork_hook_in_child() -> None:
         logger.exception("forkpool: detaching inherited pools failed")
 
 
+def _close_at_exit() -> None:
+    # Plain scripts: end the sessions with a proper Terminate, not a dropped socket.
+    # (Celery children leave with os._exit(): their worker_process_shutdown closes instead.)
+    try:
+        close_all()
+    except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+        logger.debug("closing pools at exit failed", exc_info=True)
+
+
 if not getattr(_HOLDER, "fork_hook_installed", False):
     os.register_at_fork(
         before=_before_fork,
         after_in_parent=_after_fork_in_parent,
         after_in_child=_after_fork_hook_in_child,
     )
+    atexit.register(_close_at_exit)
     _HOLDER.fork_hook_installed = True  # type: ignore[attr-defined]

@@ -98,3 +98,21 @@ def test_child_start_is_bounded_when_the_database_is_down(pg_server, monkeypatch
     started = time.monotonic()
     assert start_in_child("worker", timeout=1.0) is False
     assert time.monotonic() - started < 3.5  # inside Celery's 4 s worker_process_init budget
+
+
+def test_plain_scripts_close_their_pools_at_interpreter_exit(database_url):
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit\n"
+        "seen = {}\n"
+        "atexit.register(lambda: print('closed at exit:', seen['pool'].closed))  # runs after shared's handler\n"
+        "import shared\n"
+        "seen['pool'] = shared.get_pool()\n"
+        "assert seen['pool'].wait(10)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DATABASE_URL": database_url, "DB_POOL_SIZE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "closed at exit: True" in result.stdout
