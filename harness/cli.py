@@ -137,6 +137,48 @@ def loadtest(**params: Any) -> None:
 
 
 @main.command()
+@click.option("--duration", type=click.FloatRange(min=5), default=600.0, show_default=True, help="Seconds of load.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report files (memory.png too) and logs here.")
+def soak(duration: float, report_dir: Path | None) -> None:
+    """Long mixed load with recycling on: connection counts and memory per process must stay flat."""
+    params = dict(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, duration=duration, users=10,
+                  task_rate=5.0, max_requests=500, max_tasks_per_child=100, preload=False, kill_workers=0,
+                  max_connections=100, json_path=None, report_dir=report_dir, naive=False, soak=True)
+    sys.exit(_run(params))
+
+
+@main.command()
+@click.argument("scenario", type=click.Choice(["all", "pg-restart", "pg-down-at-start", "out-of-slots",
+                                               "redis-restart", "slow-queries"]))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the figures and checks here.")
+def fault(scenario: str, json_path: Path | None) -> None:
+    """Break something under load (on embedded servers) and measure how the suite comes back."""
+    import json
+    from dataclasses import asdict
+
+    from .fault_scenarios import SCENARIOS
+
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    results = []
+    for name in names:
+        click.echo(f"== {name}")
+        result = SCENARIOS[name]()
+        results.append(result)
+        for key, value in result.figures.items():
+            click.echo(f"   {key}: {value}")
+        for check in result.checks:
+            mark = click.style("PASS", fg="green") if check.passed else click.style("FAIL", fg="red")
+            click.echo(f"   {mark} {check.number}. {check.name}: {check.detail}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps([{"name": r.name, "passed": r.passed, "figures": r.figures,
+                                          "checks": [asdict(c) for c in r.checks]} for r in results], indent=1))
+    sys.exit(0 if all(r.passed for r in results) else EXIT_FAILED)
+
+
+@main.command()
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report files and logs here.")
 @click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")

@@ -107,6 +107,7 @@ class RunReport:
     overlaps: list[Overlap] = field(default_factory=list)
     load: LoadResult = field(default_factory=LoadResult)
     budget: dict[str, Any] = field(default_factory=dict)
+    rss: list[tuple[float, str, int, int]] = field(default_factory=list)  # (t, role, pid, kB) every second
 
     @property
     def passed(self) -> bool:

@@ -242,6 +242,11 @@ def write_reports(report: RunReport, directory: Path) -> dict[str, Path]:
              "text": directory / "report.txt"}
     write_json(report, paths["json"])
     write_chart(report, paths["chart"])
+    if report.rss:
+        from .rss import write_memory_chart
+
+        paths["memory"] = directory / "memory.png"
+        write_memory_chart(report.rss, paths["memory"])
     console = Console(record=True, width=120, file=io.StringIO())
     render_terminal(report, console)
     # Redact again as a whole: cheap, and covers any string a table cell let through.

@@ -21,6 +21,7 @@ from .chaos import DirectEnqueuer, Killer, producer, worker_pool_reports
 from .load import LocustRun
 from .model import Check, Event, LoadResult, RunReport, Sample
 from .processes import RunningSuite, SuitePlan, start_suite
+from .rss import RssSampler, check_memory_flat
 from .sampler import Sampler
 from .services import redact_url, services
 from .suite_probe import pid_alive, rows_for_keys, web_pool_reports
@@ -47,6 +48,7 @@ class LoadOptions:
     naive: bool = False
     max_connections: int = 100  # of the embedded server; ignored with DATABASE_URL
     other_clients: int = 2  # the harness's own sessions (sampler, checks)
+    soak: bool = False  # add check 6: memory per process stays flat
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(self.web_workers, self.web_threads, self.worker_concurrency, self.pool_size,
@@ -96,10 +98,12 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
     console.print(f"starting {options.web_workers} web workers and {options.worker_concurrency} task processes, "
                   f"pool {options.pool_size} each: ceiling {plan.ceiling}; logs in {logs}")
     suite = start_suite(plan, logs)
+    rss = RssSampler(suite, sampler.now).start()
     steady = None
     try:
         steady = _drive(suite, sampler, options, report, console, logs)
     finally:
+        report.rss = rss.stop()
         suite.stop()
         report.samples = sampler.stop()
         report.duration_s = round(time.monotonic() - started, 2)
@@ -172,6 +176,8 @@ def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None) ->
     """Checks that need the whole series: the ceiling under load, per-role summaries, recycles."""
     check, report.overlaps = checks.check_ceiling(report.samples, report.ceiling, options.pool_size)
     report.checks.insert(1, check)
+    if options.soak:
+        report.checks.append(check_memory_flat(report.rss))
     report.checks.sort(key=lambda c: c.number)
     report.roles = checks.role_summaries(report.samples, steady,
                                          {checks.WEB: options.web_workers, checks.WORKER: options.worker_concurrency},

@@ -350,23 +350,26 @@ class EmbeddedPostgres(_Server):
 
 
 class EmbeddedRedis(_Server):
-    """A throwaway Redis without persistence, on 127.0.0.1 only."""
+    """A throwaway Redis on 127.0.0.1 only; with `persistent`, an fsync'd append-only file
+    keeps its data (the task queue) across a restart in place."""
 
     kind = "redis"
     stop_signals = {"fast": signal.SIGINT, "immediate": signal.SIGKILL}
 
-    def __init__(self, port: int | None = None, base_dir: str | Path | None = None) -> None:
+    def __init__(self, port: int | None = None, base_dir: str | Path | None = None,
+                 persistent: bool = False) -> None:
         super().__init__(port, base_dir)
         self._binary = redis_server_binary()
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
     def _argv(self) -> list[str]:
-        return [str(self._binary), "--port", str(self.port), "--bind", self.host, "--save", "",
-                "--appendonly", "no", "--dir", str(self._tmp()), "--daemonize", "no",
-                "--logfile", str(self.log_path)]
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        return [str(self._binary), "--port", str(self.port), "--bind", self.host, "--save", "", *durability,
+                "--dir", str(self._tmp()), "--daemonize", "no", "--logfile", str(self.log_path)]
 
     def _ping(self) -> bool:
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=1, socket_timeout=1)

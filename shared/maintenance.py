@@ -39,6 +39,7 @@ class Maintainer:
         self._name = pool.name
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._server_back = threading.Event()  # ends a backoff early: a caller just connected
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -53,9 +54,14 @@ class Maintainer:
     def wake(self) -> None:
         self._wake.set()
 
+    def server_is_back(self) -> None:
+        """A caller connected while we were backing off: refill now, not at the end of the backoff."""
+        self._server_back.set()
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stopping.set()
         self._wake.set()
+        self._server_back.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -67,6 +73,7 @@ class Maintainer:
     def forget_after_fork(self) -> None:
         """In a forked child the thread is gone and its events' locks may be stale."""
         self._wake = threading.Event()
+        self._server_back = threading.Event()
         self._stopping = threading.Event()
         self._stopping.set()
         self._start_lock = threading.Lock()
@@ -79,10 +86,12 @@ class Maintainer:
             if backoff < 0:
                 return
             if backoff:
-                self._stopping.wait(backoff)  # a wake() must not cut a backoff short
+                # wake() (a discard) must not cut a backoff short; proof that the server is back does.
+                self._server_back.wait(backoff)
             else:
                 self._wake.wait(INTERVAL)
             self._wake.clear()
+            self._server_back.clear()
 
     def _round(self, backoff: float) -> float:
         """One round of upkeep; returns the backoff before the next (-1: pool gone)."""

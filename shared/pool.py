@@ -82,9 +82,10 @@ class Pool:
             self._maintainer.start()
             return False
         deadline = time.monotonic() + (self.settings.connect_timeout if timeout is None else timeout)
-        self.fill(deadline)  # connections the maintainer already reserved are not opened twice
+        filled = self.fill(deadline)  # connections the maintainer already reserved are not opened twice
         self._maintainer.start()
-        return self.wait(max(deadline - time.monotonic(), 0.0))
+        # A refused connection will not be accepted a moment later: do not sit out the budget.
+        return filled and self.wait(max(deadline - time.monotonic(), 0.0))
 
     def wait(self, timeout: float) -> bool:
         """Block until ``min_size`` connections are open, or `timeout` passes."""
@@ -262,6 +263,7 @@ class Pool:
                 self._opening -= 1
                 self._counts[keys.CONNECT_ERRORS] += 1
             raise ConnectError(f"{self!r}: cannot connect: {self._describe(exc)}") from None
+        self._maintainer.server_is_back()
         with self._lock:
             self._opening -= 1
             self._counts[keys.CONNECTIONS_OPENED] += 1

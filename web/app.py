@@ -10,6 +10,7 @@ from shared.settings import env_int
 
 from .errors import register_error_handlers
 from .extension import ForkPool
+from .openapi import openapi_bp
 from .views import api
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -29,4 +30,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ForkPool(app)
     register_error_handlers(app)
     app.register_blueprint(api)
+    app.register_blueprint(openapi_bp)
     return app

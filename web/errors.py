@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import psycopg2
+import redis
 from flask import Flask, jsonify
 from kombu.exceptions import OperationalError as BrokerError
 from werkzeug.exceptions import HTTPException
@@ -58,10 +59,13 @@ def register_error_handlers(app: Flask) -> None:
                               retry_after=DATABASE_RETRY_AFTER)
 
     @app.errorhandler(BrokerError)
+    @app.errorhandler(redis.RedisError)
     def broker_down(exc: Exception):
         logger.warning("503: broker unavailable: %s", type(exc).__name__)
         return error_response(503, "queue_unavailable", "the task queue is unavailable; retry shortly",
                               retry_after=DATABASE_RETRY_AFTER)
+
+    app.register_error_handler(RecursionError, lambda exc: error_response(400, "bad_request", "the JSON body is nested too deeply"))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +25,7 @@ class ItemIn(BaseModel):
     payload: dict[str, Any] | None = None
 
     _no_nul = field_validator("name", "payload")(reject_nul)
+    _storable = field_validator("payload")(lambda v: json.dumps(v, allow_nan=False, ensure_ascii=False).encode() and v)  # jsonb-storable
 
 
 def describe(exc: ValidationError) -> list[dict[str, str]]:

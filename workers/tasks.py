@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 from celery.utils.log import get_task_logger
 from psycopg2.extras import Json
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,8 @@ logger = get_task_logger(__name__)
 TRANSIENT = (psycopg2.OperationalError, ConnectError, PoolTimeout)
 RETRY = {
     "autoretry_for": TRANSIENT,
+    # A statement timeout is an OperationalError too, but running the same query again times out again.
+    "dont_autoretry_for": (psycopg2.errors.QueryCanceled,),
     "retry_backoff": 0.5,
     "retry_backoff_max": 10,
     "retry_jitter": True,

@@ -1,0 +1,37 @@
+"""Fault scenarios under load, on real servers and processes: each must come back whole.
+
+The figures each run measures are printed (pytest -s shows them) and, for the
+README's reliability section, produced by `forkpool fault all --json`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.fault_scenarios import SCENARIOS
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_fault_scenario_comes_back_whole(name):
+    result = SCENARIOS[name]()
+    print(name, json.dumps(result.figures, default=str))
+    failed = [f"{c.number}. {c.name}: {c.detail}" for c in result.checks if not c.passed]
+    assert result.checks and not failed, failed
+
+
+def test_soak_machinery_reports_flat_memory_and_counts(tmp_path):
+    """The 10-minute soak runs on demand (`forkpool soak`); here a short one proves its checks and series."""
+    result = subprocess.run([sys.executable, "-m", "harness", "soak", "--duration", "8", "--report", str(tmp_path)],
+                            capture_output=True, text=True, timeout=240,
+                            env={k: v for k, v in __import__("os").environ.items()
+                                 if k not in ("DATABASE_URL", "REDIS_URL")})
+    body = json.loads((tmp_path / "report.json").read_text())
+    numbers = [c["number"] for c in body["checks"]]
+    assert numbers == [1, 2, 3, 4, 5, 6], numbers
+    assert body["rss"] and {row[1] for row in body["rss"]} >= {"web", "worker"}
+    assert (tmp_path / "memory.png").stat().st_size > 5000
+    assert result.returncode == 0, result.stdout[-3000:]
