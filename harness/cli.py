@@ -51,14 +51,14 @@ def main() -> None:
 @main.command()
 def initdb() -> None:
     """Create the suite's tables in DATABASE_URL (idempotent)."""
-    from shared.schema import init_schema
+    from shared.schema import init_schema_at
+    from shared.settings import build_settings, settings_from_env
 
+    settings = build_settings(**settings_from_env())  # a bad DATABASE_URL is one clear line
     try:
-        init_schema()
-    except (shared.PoolError, psycopg2.Error) as exc:
-        raise click.ClickException(f"initdb failed: {describe_error(exc)}") from None
-    finally:
-        shared.close_all()
+        init_schema_at(settings.dsn)  # one connection, no pool: nothing retries behind the user's back
+    except psycopg2.Error as exc:
+        raise click.ClickException(f"initdb failed: {settings.redact(describe_error(exc))}") from None
     click.echo("schema ready: tables items, events")
 
 

@@ -15,18 +15,26 @@ MAX_HOLD_SECONDS = 60.0
 KEY_MAX = 200
 
 
-def reject_nul(value: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them up front, anywhere."""
+MAX_DEPTH = 32
+
+
+def reject_nul(value: Any, depth: int = 0) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them up front, anywhere.
+
+    Nesting is bounded too: deeper documents are refused rather than recursed into.
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError(f"must not be nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")
     elif isinstance(value, dict):
         for key, item in value.items():
-            reject_nul(key)
-            reject_nul(item)
+            reject_nul(key, depth + 1)
+            reject_nul(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            reject_nul(item)
+            reject_nul(item, depth + 1)
     return value
 
 

@@ -17,6 +17,7 @@ from shared import metrics
 from shared.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from shared.queue import get_celery
 
+from .errors import ValidationFailed
 from .extension import db
 from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn, int_param, validate_body
 
@@ -34,7 +35,10 @@ def item_json(row: tuple) -> dict[str, Any]:
 
 
 def json_body() -> Any:
-    return request.get_json()  # 400 for malformed JSON, 415 when not application/json
+    try:
+        return request.get_json()  # 400 for malformed JSON, 415 when not application/json
+    except RecursionError:
+        raise ValidationFailed("the body is nested too deeply") from None
 
 
 @api.get("/healthz")
