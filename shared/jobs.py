@@ -5,6 +5,8 @@ A job that does not fit is rejected once, with a clear message, never retried.
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -38,6 +40,16 @@ def reject_nul(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def storable(value: Any) -> Any:
+    """What PostgreSQL's text and jsonb can hold: no NUL, bounded nesting, finite numbers, valid Unicode."""
+    reject_nul(value)
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except ValueError:  # NaN / Infinity (allow_nan) or a lone surrogate (UnicodeEncodeError)
+        raise ValueError("must be storable: finite numbers and valid Unicode only") from None
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -46,7 +58,7 @@ class RecordEventArgs(_Strict):
     key: Annotated[str, Field(min_length=1, max_length=KEY_MAX)]
     data: dict[str, Any] | None = None
 
-    _no_nul = field_validator("key", "data")(reject_nul)
+    _storable = field_validator("key", "data")(storable)
 
 
 class AggregateArgs(_Strict):
@@ -60,7 +72,9 @@ class HoldArgs(_Strict):
     @classmethod
     def _number(cls, value: Any) -> Any:
         # strict floats refuse ints; a whole number of seconds is a fine number of seconds
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        # (one beyond float range stays an int and is refused as not a number)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        return float(value) if whole and abs(value) <= sys.float_info.max else value
 
 
 class RecordEventJob(_Strict):

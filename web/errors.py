@@ -42,7 +42,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         name = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, name, exc.description or exc.name)
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]  # e.g. Allow on a 405
+        return error_response(exc.code or 500, name, exc.description or exc.name), headers
 
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(TooManyWaiting)
@@ -64,8 +65,6 @@ def register_error_handlers(app: Flask) -> None:
         logger.warning("503: broker unavailable: %s", type(exc).__name__)
         return error_response(503, "queue_unavailable", "the task queue is unavailable; retry shortly",
                               retry_after=DATABASE_RETRY_AFTER)
-
-    app.register_error_handler(RecursionError, lambda exc: error_response(400, "bad_request", "the JSON body is nested too deeply"))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

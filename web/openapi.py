@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from shared.jobs import JOB_ADAPTER, KEY_MAX, MAX_HOLD_SECONDS
+from shared.jobs import JOB_ADAPTER, KEY_MAX, MAX_DEPTH, MAX_HOLD_SECONDS
 from shared.schema import NAME_MAX, NAME_MIN
 
 from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn
@@ -46,10 +46,12 @@ def request_schemas() -> dict[str, dict[str, Any]]:
     components: dict[str, Any] = {}
     item_in = _hoist(ItemIn.model_json_schema(ref_template=REF, mode="validation"), components)
     item_in.setdefault("description", "A new item. Text anywhere in it (name, payload keys and strings) "
-                                      "must not contain NUL characters.")
+                                      "must not contain NUL characters or lone surrogates, numbers must be "
+                                      f"finite, and the payload may nest at most {MAX_DEPTH} levels deep.")
     job = _hoist(JOB_ADAPTER.json_schema(ref_template=REF, mode="validation"), components)
     job["title"] = "Job"
-    job.setdefault("description", "A job for the workers, by kind. Text in it must not contain NUL characters.")
+    job.setdefault("description", "A job for the workers, by kind. Text in it must not contain NUL characters, "
+                                  f"and `data` may nest at most {MAX_DEPTH} levels deep.")
     components["ItemIn"] = item_in
     components["Job"] = job
     return components

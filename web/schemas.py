@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.jobs import reject_nul
+from shared.jobs import storable
 from shared.schema import NAME_MAX, NAME_MIN
 
 from .errors import ValidationFailed
@@ -24,14 +23,14 @@ class ItemIn(BaseModel):
     name: Annotated[str, Field(min_length=NAME_MIN, max_length=NAME_MAX)]
     payload: dict[str, Any] | None = None
 
-    _no_nul = field_validator("name", "payload")(reject_nul)
-    _storable = field_validator("payload")(lambda v: json.dumps(v, allow_nan=False, ensure_ascii=False).encode() and v)  # jsonb-storable
+    _storable = field_validator("name", "payload")(storable)
 
 
 def describe(exc: ValidationError) -> list[dict[str, str]]:
     """Where and why, without echoing the input back."""
     return [
-        {"loc": ".".join(str(part) for part in err["loc"]) or "body", "msg": err["msg"]}
+        {"loc": ".".join(str(part) for part in err["loc"]) or "body",  # not the union tag error: it quotes the input
+         "msg": err["msg"].rsplit(" found using ", 1)[-1] if err["type"] == "union_tag_invalid" else err["msg"]}
         for err in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
 

@@ -1,0 +1,117 @@
+"""Task arguments of the wrong type or shape are refused once, never retried, never reach the database."""
+
+from __future__ import annotations
+
+from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
+    Any,
+    FUZZ,
+    KEY_MAX,
+    MAX_HOLD_SECONDS,
+    given,
+    nested,
+    pytest,
+    settings,
+    shared,
+    st,
+    storable_char,
+    suite,
+    uuid,
+)
+
+
+# --------------------------------------------------------------------------- task arguments
+
+
+@pytest.fixture
+def tasks(monkeypatch, pg_server, database_url):
+    """workers.tasks, in-process, with DATABASE_URL on a port nothing listens on: touching it would fail loudly."""
+    import workers.tasks
+
+    shared.close_all()
+    if pg_server is not None:
+        monkeypatch.setenv("DATABASE_URL", pg_server.url.replace(f":{pg_server.port}/", ":1/"))
+    return workers.tasks
+
+
+def mutate(valid: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    return {**valid, key: value}
+
+
+not_a_str = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.binary(max_size=5),
+                      st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                                 max_size=2))
+bad_key = st.one_of(not_a_str, st.just(""), st.text(storable_char, min_size=KEY_MAX + 1, max_size=KEY_MAX + 30),
+                    st.text(max_size=5).map(lambda t: t + "\x00"),
+                    st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2))
+bad_data = st.one_of(st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
+                     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.just("a\x00b"),
+                                                                          min_size=1, max_size=2),
+                     st.just({"\x00": 1}), st.just({"nested": [{"deep": "\x00"}]}))
+bad_seconds = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.lists(st.integers(), max_size=2),
+                        st.floats(max_value=0), st.floats(min_value=MAX_HOLD_SECONDS, exclude_min=True),
+                        st.just(float("nan")), st.integers(max_value=0),
+                        st.integers(min_value=int(MAX_HOLD_SECONDS) + 1, max_value=2**1000))
+extra_names = st.text(min_size=1, max_size=10).filter(lambda k: k not in ("key", "data", "seconds"))
+good_record = st.fixed_dictionaries({"key": st.text(storable_char, min_size=1, max_size=KEY_MAX)},
+                                    optional={"data": st.none() | st.dictionaries(st.text(storable_char, max_size=5),
+                                                                                 st.integers(), max_size=2)})
+good_hold = st.fixed_dictionaries({"seconds": st.floats(0, MAX_HOLD_SECONDS, exclude_min=True)})
+
+wrong_task_calls = st.one_of(
+    st.tuples(st.just("record_event"), st.just({})),
+    st.tuples(st.just("record_event"), good_record.map(lambda d: {k: v for k, v in d.items() if k != "key"})),
+    st.tuples(st.just("record_event"), st.builds(lambda d, v: mutate(d, "key", v), good_record, bad_key)),
+    st.tuples(st.just("record_event"), st.builds(lambda d, v: mutate(d, "data", v), good_record, bad_data)),
+    st.tuples(st.just("record_event"), st.builds(lambda d, k, v: mutate(d, k, v), good_record, extra_names,
+                                                 st.integers())),
+    st.tuples(st.just("hold"), st.just({})),
+    st.tuples(st.just("hold"), st.builds(lambda d, v: mutate(d, "seconds", v), good_hold, bad_seconds)),
+    st.tuples(st.just("hold"), st.builds(lambda d, k, v: mutate(d, k, v), good_hold, extra_names, st.integers())),
+    st.tuples(st.just("aggregate"), st.dictionaries(extra_names | st.sampled_from(["key", "seconds"]),
+                                                    st.integers() | st.text(max_size=3), min_size=1, max_size=3)),
+)
+
+
+@settings(FUZZ, max_examples=300)
+@given(call=wrong_task_calls)
+def test_task_arguments_of_the_wrong_shape_are_rejected_without_retry_or_database(tasks, call):
+    name, kwargs = call
+    task = getattr(tasks, name)
+    with pytest.raises(tasks.InvalidTaskArguments):
+        task.run(**kwargs)  # through Celery's autoretry wrapper: a retry would raise Retry instead
+    assert not shared.all_stats(), "validation opened a pool"
+    result = task.apply(kwargs=kwargs)  # run eagerly, like a worker would
+    assert result.state == "FAILURE" and isinstance(result.result, tasks.InvalidTaskArguments)
+    assert not shared.all_stats()
+
+
+@pytest.mark.parametrize("name", ["record_event", "aggregate", "hold"])
+def test_invalid_task_arguments_is_never_retried(tasks, name):
+    task = getattr(tasks, name)
+    assert tasks.InvalidTaskArguments in task.throws
+    assert not issubclass(tasks.InvalidTaskArguments, tuple(task.autoretry_for))
+    assert tasks.InvalidTaskArguments not in task.autoretry_for
+
+
+def test_valid_task_arguments_do_reach_the_database(suite):
+    import workers.tasks
+
+    key = f"fuzz-{uuid.uuid4().hex}"
+    assert workers.tasks.record_event.run(key=key, data={"k": "'; DROP TABLE events; --"})["created"] is True
+    assert workers.tasks.record_event.run(key=key)["created"] is False  # idempotent by key
+    assert suite.sql("SELECT data FROM events WHERE key = %s", key) == [({"k": "'; DROP TABLE events; --"},)]
+
+
+
+
+def test_hold_task_refuses_an_int_beyond_float_range(tasks):
+    with pytest.raises(tasks.InvalidTaskArguments):
+        tasks.hold.run(seconds=10**309)
+
+
+@pytest.mark.parametrize("data", [{"a": float("nan")}, {"a": float("inf")}, {"\ud800": 1}])
+def test_record_event_task_refuses_data_jsonb_cannot_store(suite, data):
+    import workers.tasks
+
+    with pytest.raises(workers.tasks.InvalidTaskArguments):
+        workers.tasks.record_event.run(key=f"k-{uuid.uuid4().hex}", data=data)
