@@ -1,6 +1,6 @@
 """The pool against its peers: checkout cost, fairness and health-check overhead.
 
-    python -m benchmarks.pool_bench                  # default run: about 2 minutes on 2 cores
+    python -m benchmarks.pool_bench                  # default run: about 2.5 minutes on 2 cores
     python -m benchmarks.pool_bench --quick          # a few seconds: does everything still run?
     python -m benchmarks.pool_bench --rounds 15 --ops 40000 --out /tmp/results
 
@@ -30,7 +30,10 @@ psycopg_pool with check=ConnectionPool.check_connection, SQLAlchemy with
 pool_pre_ping=True; psycopg2's pool has no check (n/a).
 
 Method: one run, every contender against the same server, interleaved round by round
-with the order of scenarios and of contenders shuffled in each round. A contender's
+with the order of scenarios and of contenders shuffled in each round; within a round each
+contender is measured in several passes, the round's order and its reverse alternately
+(1 thread: 10 passes sharing the round's operations; 8 threads: 2 passes of one window
+each). A round's figure is the passes' time over their operations. A contender's
 figure is the median over rounds of its ns per operation; its ratio to ours is computed
 within each round and the median of those ratios is reported, so a slow moment of the
 (noisy, shared) machine hits both sides of a ratio. Nothing here asserts a timing.
@@ -116,7 +119,7 @@ def members(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
         run = {"ours": "ours", "ours_check_always": "ours_check_always",
                "psycopg_pool": "psycopg_pool_check", "sqlalchemy": "sqlalchemy_pre_ping"}
         na = {"psycopg2": "psycopg2.pool has no health check",
-              "connect": "a fresh connection per operation needs no check (see (b))"}
+              "connect": "nothing to check: fresh connection each time (see (b))"}
         return run, na
     run = {"ours": "ours", "ours_nocheck": "ours_nocheck", "psycopg2": "psycopg2",
            "psycopg_pool": "psycopg_pool", "sqlalchemy": "sqlalchemy"}
@@ -124,7 +127,7 @@ def members(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
     if scenario.op == "select1":
         run["connect"] = "connect"
     else:
-        na["connect"] = "checkout without a query is meaningless without a pool"
+        na["connect"] = "SELECT 1 scenarios only"
     return run, na
 
 
@@ -281,10 +284,7 @@ class Sample:
 
 
 def run_ops(op: Callable[[], None], n: int) -> Sample:
-    """One thread, `n` operations after a short warm-up."""
-    for _ in range(max(n // 20, 3)):
-        op()
-    gc.collect()
+    """`n` operations in this thread."""
     started = time.perf_counter_ns()
     for _ in range(n):
         op()
@@ -317,7 +317,6 @@ def run_window(op: Callable[[], None], threads: int, window: float) -> Sample:
     workers = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True) for i in range(threads)]
     for thread in workers:
         thread.start()
-    gc.collect()
     barrier.wait()
     started = time.perf_counter_ns()
     time.sleep(window)
@@ -329,6 +328,14 @@ def run_window(op: Callable[[], None], threads: int, window: float) -> Sample:
     elapsed = max(ends) - started
     total = sum(counts)
     return Sample(elapsed / total if total else float("inf"), counts, elapsed)
+
+
+# A round measures each contender of a scenario in several passes, in the round's shuffled
+# order then reversed, alternately (A B C C B A A B C ...): the machine's slow spells, and on
+# a VM the way a loopback round trip costs ~30 us when client and server share a CPU but
+# ~300 us when they do not, then fall on every contender alike instead of on one.
+PASSES_1T = 10
+PASSES_8T = 2
 
 
 @dataclass
@@ -346,6 +353,9 @@ class Plan:
             return self.connect_ops
         return self.select_ops if scenario.op == "select1" else self.ops
 
+    def passes(self, scenario: Scenario) -> int:
+        return PASSES_8T if scenario.windowed else PASSES_1T
+
 
 @dataclass
 class Series:
@@ -353,12 +363,24 @@ class Series:
     fairness: list[float] = field(default_factory=list)
     ops: list[list[int]] = field(default_factory=list)
 
+    def add(self, samples: list[Sample]) -> None:
+        """One round: the passes' operations and time summed; fairness, the mean of the passes'."""
+        total = sum(sum(s.ops) for s in samples)
+        self.ns.append(sum(s.elapsed_ns for s in samples) / total if total else float("inf"))
+        self.ops.append([sum(column) for column in zip(*(s.ops for s in samples))])
+        fair = [s.fairness for s in samples if s.fairness is not None]
+        if fair:
+            self.fairness.append(sum(fair) / len(fair))
+
 
 def measure(scenario: Scenario, contender: Contender, plan: Plan, scale: float = 1.0) -> Sample:
+    """One pass: 1 thread, its share of the round's operations; 8 threads, one whole window
+    (a fairness figure needs a window long enough for every thread to have had its turns)."""
     op = make_op(scenario.op, contender.getconn, contender.putconn)
     if scenario.windowed:
         return run_window(op, scenario.threads, plan.window * scale)
-    return run_ops(op, max(int(plan.ops_for(scenario, contender.family) * scale), 1))
+    share = scale / plan.passes(scenario)
+    return run_ops(op, max(round(plan.ops_for(scenario, contender.family) * share), 1))
 
 
 def run_rounds(contenders: dict[str, Contender], plan: Plan, progress: Callable[[str], None]
@@ -367,10 +389,13 @@ def run_rounds(contenders: dict[str, Contender], plan: Plan, progress: Callable[
     results: dict[str, dict[str, Series]] = {s.key: {} for s in SCENARIOS}
     lineup = {s.key: {col: key for col, key in members(s)[0].items() if key in contenders} for s in SCENARIOS}
 
-    # One warm-up round, not recorded: first connections used, psycopg's prepared statements, caches.
+    # One warm-up round, not recorded: every connection used once, psycopg's prepared statements, caches.
     for scenario in SCENARIOS:
         for key in lineup[scenario.key].values():
-            measure(scenario, contenders[key], plan, scale=0.2)
+            for _ in range(plan.passes(scenario)):
+                measure(scenario, contenders[key], plan, scale=0.2)
+    gc.collect()
+    gc.freeze()  # what setup allocated stays out of the collections during the runs
 
     for number in range(plan.rounds):
         began = time.monotonic()
@@ -379,13 +404,13 @@ def run_rounds(contenders: dict[str, Contender], plan: Plan, progress: Callable[
         for scenario in scenarios:
             columns = list(lineup[scenario.key].items())
             rng.shuffle(columns)
-            for column, key in columns:
-                sample = measure(scenario, contenders[key], plan)
-                series = results[scenario.key].setdefault(column, Series())
-                series.ns.append(sample.ns_per_op)
-                series.ops.append(sample.ops)
-                if sample.fairness is not None:
-                    series.fairness.append(sample.fairness)
+            samples: dict[str, list[Sample]] = {column: [] for column, _ in columns}
+            gc.collect()
+            for number_of_pass in range(plan.passes(scenario)):
+                for column, key in columns if number_of_pass % 2 == 0 else columns[::-1]:
+                    samples[column].append(measure(scenario, contenders[key], plan))
+            for column, taken in samples.items():
+                results[scenario.key].setdefault(column, Series()).add(taken)
         progress(f"round {number + 1}/{plan.rounds} done in {time.monotonic() - began:.1f} s")
     return results
 
@@ -580,57 +605,73 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def table_rows(scenario: dict[str, Any]) -> list[list[str]]:
     rows = []
     order = [c for c in PEERS + DIAGNOSTICS if c in scenario["results"] or c in scenario["not_applicable"]]
     for column in order:
         row = scenario["results"].get(column)
         if row is None:
-            rows.append([column, "n/a", "", "", "", scenario["not_applicable"][column]])
+            rows.append([column, "n/a", "", "", "", "", scenario["not_applicable"][column]])
             continue
         ns, ratio, fair = row["ns_per_op"], row["ratio_to_ours"], row["fairness"]
-        ratio_text = "1 (ref)" if column == "ours" else \
-            f"{_ratio(ratio['median'])} ({_ratio(ratio['min'])}-{_ratio(ratio['max'])})" if ratio else "-"
+        name = column + (" *" if row["role"] == "diagnostic" else "")
+        if column == "ours":
+            ratio_cells = ["1", ""]
+        elif ratio:
+            ratio_cells = [_ratio(ratio["median"]), f"{_ratio(ratio['min'])}-{_ratio(ratio['max'])}"]
+        else:
+            ratio_cells = ["-", ""]
         fair_text = f"{fair['median']:.2f} (min {fair['min']:.2f})" if fair else "-"
-        rows.append([column + (" *" if row["role"] == "diagnostic" else ""), _ns(ns["median"]),
-                     f"{_ns(ns['min'])}-{_ns(ns['max'])}", ratio_text, fair_text, row["config"]])
+        rows.append([name, _ns(ns["median"]), f"{_ns(ns['min'])}-{_ns(ns['max'])}", *ratio_cells, fair_text,
+                     row["contender"] if row["contender"] != column else ""])
     return rows
 
 
-HEADERS = ["contender", "median ns/op", "min-max ns/op", "ratio to ours (paired median, min-max)",
-           "fairness (median, min)", "configuration / note"]
+HEADERS = ["contender", "median ns/op", "min-max ns/op", "/ ours (paired median)", "/ ours min-max",
+           "fairness median (min)", "instance or note"]
 
 
 def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 150))
+    console = Console(width=max(Console().width, 130))
     machine = report["machine"]
     console.print(f"[bold]pool_bench[/] {report['started_utc']}  {machine['cpu_model']}, "
                   f"{machine['cpus_usable']} usable cores, Python {machine['python']['version']}, "
-                  f"PostgreSQL {machine['postgresql']['version']}")
+                  f"PostgreSQL {machine['postgresql']['version']}, {report['duration_s']:.0f} s")
     cfg = report["config"]
-    console.print(f"rounds {cfg['rounds']}, ops {cfg['ops']} (SELECT 1: {cfg['select_ops']}, connect: "
-                  f"{cfg['connect_ops']}), 8-thread window {cfg['window_s']} s, seed {cfg['seed']}")
+    console.print(f"rounds {cfg['rounds']}, 1 thread: {cfg['ops']} ops (SELECT 1: {cfg['select_ops']}, connect: "
+                  f"{cfg['connect_ops']}) in {PASSES_1T} interleaved passes; 8 threads: {PASSES_8T} passes of "
+                  f"{cfg['window_s']} s; seed {cfg['seed']}")
+    legend = Table(title="contenders", title_justify="left")
+    legend.add_column("instance")
+    legend.add_column("configuration")
+    for key, contender in report["contenders"].items():
+        legend.add_row(key, contender["config"])
+    console.print(legend)
     for key, scenario in report["scenarios"].items():
         table = Table(title=f"{scenario['label']}  [{key}]", title_justify="left")
         for header in HEADERS:
-            table.add_column(header, justify="right" if "ns" in header or "ratio" in header or
-                             "fairness" in header else "left", overflow="fold")
+            table.add_column(header, justify="left" if header in ("contender", "instance or note") else "right")
         for row in table_rows(scenario):
             table.add_row(*row)
         console.print(table)
-    console.print("* diagnostic variant of ours, not a peer. Ratios > 1: the contender costs more than ours.")
+    console.print("* diagnostic variant of ours, not a peer. A ratio above 1: the contender costs more than ours.")
     derived = report["derived"]
-    table = Table(title="health checks: ours on / off (ours vs ours_nocheck, paired)", title_justify="left")
+    table = Table(title="health checks: ours on / off (ours / ours_nocheck, paired)", title_justify="left")
     for header in ("scenario", "median", "min-max"):
         table.add_column(header)
     for key, value in derived["ours_checks_on_vs_off"].items():
         table.add_row(key, _ratio(value and value["median"]),
                       f"{_ratio(value['min'])}-{_ratio(value['max'])}" if value else "-")
     console.print(table)
-    table = Table(title="(c) / (b) per pool as configured, paired by round", title_justify="left")
+    table = Table(title="(c) / (b): each pool with its checks on / the same without, paired by round "
+                  "(ours: identical settings, i.e. the noise floor)", title_justify="left")
     for header in ("pool", "1 thread", "8 threads"):
         table.add_column(header)
     for family, by_threads in derived["checks_c_vs_b"].items():
@@ -640,7 +681,7 @@ def print_report(report: dict[str, Any]) -> None:
     for header in ("goal", "figure", "target", "met"):
         table.add_column(header)
     for goal in derived["goals"]:
-        table.add_row(goal["goal"], _ratio(goal["figure"]), goal["target"],
+        table.add_row(goal["goal"], _figure(goal["figure"]), goal["target"],
                       "[green]yes[/]" if goal["met"] else "[red]NO[/]")
     console.print(table)
 
@@ -649,15 +690,19 @@ def markdown(report: dict[str, Any]) -> str:
     machine, cfg = report["machine"], report["config"]
     lines = [f"# pool_bench {report['started_utc']}", "",
              "The pool against its peers; produced by `python -m benchmarks.pool_bench`. "
-             "Figures only, nothing asserted.", "",
-             "## Machine", "", "| | |", "|---|---|",
-             f"| CPU | {machine['cpu_model']} |",
-             f"| cores | {machine['cpu_count']} ({machine['cpus_usable']} usable) |",
-             f"| memory | {machine['memory']} |",
-             f"| platform | {machine['platform']} |",
-             f"| load average at start | {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'] or [])} |",
-             f"| Python | {machine['python']['version']} ({machine['python']['implementation']}) |",
-             f"| PostgreSQL | {machine['postgresql']['version']}, {machine['postgresql']['server']} |"]
+             "Figures only, nothing asserted.", ""]
+    if cfg["quick"]:
+        lines += ["**A --quick run: tiny rounds, the figures mean nothing.**", ""]
+    load = " / ".join(", ".join(f"{x:.2f}" for x in machine.get(key) or []) or "-"
+                      for key in ("load_average_at_start", "load_average_at_end"))
+    lines += ["## Machine", "", "| | |", "|---|---|",
+              f"| CPU | {machine['cpu_model']} |",
+              f"| cores | {machine['cpu_count']} ({machine['cpus_usable']} usable) |",
+              f"| memory | {machine['memory']} |",
+              f"| platform | {machine['platform']} |",
+              f"| load average (1, 5, 15 min) at start / end | {load} |",
+              f"| Python | {machine['python']['version']} ({machine['python']['implementation']}) |",
+              f"| PostgreSQL | {machine['postgresql']['version']}, {machine['postgresql']['server']} |"]
     for name, version in machine["packages"].items():
         lines.append(f"| {name} | {version} |")
     source = machine["source"]
@@ -665,13 +710,18 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| git commit | {source['git_commit']} |",
               f"| shared/ uncommitted changes | {dirty} |",
               f"| shared/*.py sha256 | {source['shared_sha256'][:16]} |", "",
-              "## Method", "",
+              "## Contenders", "", "| instance | configuration |", "|---|---|"]
+    lines += [f"| {key} | {c['config']} |" for key, c in report["contenders"].items()]
+    lines += ["", "## Method", "",
               f"{cfg['rounds']} rounds after one warm-up round; in each round the order of scenarios and of "
-              f"contenders is shuffled (seed {cfg['seed']}). 1 thread: {cfg['ops']} operations "
-              f"(SELECT 1: {cfg['select_ops']}, connect per operation: {cfg['connect_ops']}). "
-              f"{THREADS} threads on pools of {POOL_SIZE}: all threads run for {cfg['window_s']} s; "
+              f"contenders is shuffled (seed {cfg['seed']}), and each contender is measured in several passes, "
+              "the round's order and its reverse alternately (A B C C B A ...), so slow spells of the machine "
+              f"fall on all alike. 1 thread: {cfg['ops']} operations per round "
+              f"(SELECT 1: {cfg['select_ops']}, connect per operation: {cfg['connect_ops']}) in {PASSES_1T} passes. "
+              f"{THREADS} threads on pools of {POOL_SIZE}: {PASSES_8T} passes a round, in each all threads run "
+              f"for {cfg['window_s']} s; "
               "ns/op = wall time / operations completed; fairness = fewest operations any thread "
-              "completed / mean per thread. Ratio to ours: contender / ours within each round, median "
+              "completed / mean per thread (mean of the passes). Ratio to ours: contender / ours within each round, median "
               "(min-max) over rounds. SELECT 1 operations commit before returning the connection. "
               f"Total run time {report['duration_s']:.0f} s.", ""]
     for key, scenario in report["scenarios"].items():
@@ -688,15 +738,26 @@ def markdown(report: dict[str, Any]) -> str:
     for key, value in derived["ours_checks_on_vs_off"].items():
         lines.append(f"| {key} | {_ratio(value and value['median'])} | "
                      f"{_ratio(value['min']) + '-' + _ratio(value['max']) if value else '-'} |")
-    lines += ["", "(c) / (b): each pool with its checks on against the same pool's family without, "
-              "paired by round index.", "", "| pool | 1 thread | 8 threads |", "|---|---|---|"]
+    lines += ["", "(c) / (b): each pool with its checks on against the same pool without, paired by round "
+              "index. Ours has the same settings in both: its figure is the noise floor.", "", "| pool | 1 thread | 8 threads |", "|---|---|---|"]
     for family, by_threads in derived["checks_c_vs_b"].items():
         lines.append(f"| {family} | " + " | ".join(_ratio(v and v["median"]) for v in by_threads.values()) + " |")
     lines += ["", "## Goals", "", "| goal | figure | target | met |", "|---|---|---|---|"]
     for goal in derived["goals"]:
-        lines.append(f"| {goal['goal']} | {_ratio(goal['figure'])} | {goal['target']} | "
+        lines.append(f"| {goal['goal']} | {_figure(goal['figure'])} | {goal['target']} | "
                      f"{'yes' if goal['met'] else '**no**'} |")
-    lines.append("")
+    lines += ["", "## Reading the figures", "",
+              "- Checkout + return alone with 8 threads is mostly a test of the GIL: a pool whose fast path "
+              "never releases it runs one thread at a time in 5 ms slices and finds its connections all "
+              "taken less often; one that releases it (a syscall) interleaves threads finely, queues nearly "
+              "every checkout and pays a thread wake-up per handoff. Fairness there also depends on the "
+              "window length, for the same reason.",
+              "- With SELECT 1, every pool sees real contention: fairness near 0 means threads starved while "
+              "others re-took the connection they had just returned (LIFO, no queue).",
+              "- A 1-thread SELECT 1 costs a loopback round trip per statement; on a VM that cost changes "
+              "several-fold with whether the client and its backend run on the same CPU, hence the wide "
+              "min-max. The 8-thread figures are steadier.",
+              "- (c) / (b) for ours compares identical settings: read it as the noise floor of the run.", ""]
     return "\n".join(lines)
 
 
@@ -721,7 +782,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--select-ops", type=int, help="operations per round for 1-thread SELECT 1 (default ops/40)")
     parser.add_argument("--connect-ops", type=int, help="operations per round for connect per operation "
                         "(default ops/700)")
-    parser.add_argument("--window", type=float, help=f"seconds each 8-thread run lasts (default {DEFAULTS['window']})")
+    parser.add_argument("--window", type=float, help="seconds each pass of an 8-thread run lasts, "
+                        f"{PASSES_8T} passes a round (default {DEFAULTS['window']})")
     parser.add_argument("--quick", action="store_true", help="tiny rounds: checks that everything runs, "
                         "figures meaningless")
     parser.add_argument("--seed", type=int, help="seed of the shuffling (default: random, recorded)")

@@ -1,0 +1,423 @@
+"""Where our getconn()/putconn() time goes, and what suggested changes would save.
+
+    python -m benchmarks.hotpath                 # about a minute
+    python -m benchmarks.hotpath --quick
+
+Three parts, all on an embedded PostgreSQL (or DATABASE_URL):
+
+1. the cost of each step of the hot path, timed alone (best of 5 timeit runs);
+2. cProfile of checkout + return cycles (its own overhead inflates Python calls);
+3. PROTOTYPES of suggested changes, as subclasses of shared.Pool defined here only to be
+   measured (shared/ is not changed): checkout + return cost with 1 thread, and with 8
+   threads on a pool of 5 (ns/op and fairness), interleaved and repeated, medians shown.
+   They copy private internals of shared/pool.py at the time of writing; they are
+   measuring instruments, not code to import.
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import random
+import statistics
+import sys
+import threading
+import time
+import timeit
+from contextlib import ExitStack
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+
+import shared
+from shared import stats as keys
+from shared.connections import reset_for_reuse
+from shared.errors import PoolError, PoolTimeout
+from shared.settings import build_settings
+
+from .pool_bench import POOL_SIZE, THREADS, make_op, run_window
+
+IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+_monotonic = time.monotonic
+
+
+# -- prototypes of the suggestions ----------------------------------------------------------
+
+
+class NoCheck(shared.Pool):
+    """Floor: no pre-use check at all (not a suggestion: what the check costs)."""
+
+    def _usable(self, entry: Any) -> bool:
+        return True
+
+
+class TxStatusMixin:
+    """S1 putconn: the common case (idle transaction, autocommit off) decided with one C call,
+    conn.get_transaction_status(), instead of reset_for_reuse()'s conn.info object, .closed twice."""
+
+    def putconn(self, conn: Any) -> None:
+        entry = self._in_use.get(conn)
+        if entry is None:
+            raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
+        if conn.get_transaction_status() == IDLE and not conn.autocommit:
+            reusable = True  # UNKNOWN (closed or broken) and every other case take the full path
+        else:
+            reusable = reset_for_reuse(conn)
+        now = _monotonic()
+        if not reusable or now >= entry.expires_at or self._closed:
+            self._retire(entry, broken=not reusable)
+            return
+        entry.returned_at = now
+        with self._lock:
+            del self._in_use[conn]
+            self._hand_over(entry)
+
+
+class FastGetMixin:
+    """S2 getconn: one locked section for the common case (an idle connection), no deadline
+    computed unless the caller must wait, no _checkout/_raise_if_unusable call layers."""
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        with self._lock:
+            entry = self._lend(self._idle.pop()) if self._idle and not self._closed else None
+        if entry is None:
+            return super().getconn(timeout)  # wait, grow, closed, inherited: the full path
+        if not self._usable(entry):
+            self._retire(entry, broken=True, checked_out=False)
+            return super().getconn(timeout)
+        if self.settings.leak_timeout:
+            from shared.connections import format_checkout_stack
+
+            entry.checkout_stack = format_checkout_stack()
+        return entry.conn
+
+
+class HandoffNoPollMixin:
+    """S3: no socket poll for a connection the caller did not take from the idle deque: one
+    handed straight over by putconn() (it never sat idle, so "the server spoke while it was
+    idle" cannot apply) or freshly opened. _checkout reports which it was."""
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        wait = self.settings.timeout if timeout is None else timeout
+        deadline = _monotonic() + wait
+        while True:
+            entry, handed = self._checkout_flagged(deadline, wait)
+            if self._usable_without_poll(entry) if handed else self._usable(entry):
+                break
+            self._retire(entry, broken=True, checked_out=False)
+        if self.settings.leak_timeout:
+            from shared.connections import format_checkout_stack
+
+            entry.checkout_stack = format_checkout_stack()
+        return entry.conn
+
+    def _checkout_flagged(self, deadline: float, wait: float) -> tuple[Any, bool]:
+        """shared.Pool._checkout, telling whether the entry came from the idle deque."""
+        with self._lock:
+            self._raise_if_unusable()
+            if self._idle:
+                return self._lend(self._idle.pop()), False
+            grow = self._size() + self._opening < self.settings.max_size
+            if grow:
+                self._opening += 1
+            else:
+                waiter = self._enqueue()
+        if grow:
+            return self._open_for_caller(deadline), True
+        return self._wait_for(waiter, deadline, wait), True
+
+    def _usable_without_poll(self, entry: Any) -> bool:
+        if (entry.checked_out_at - entry.returned_at < self.settings.check_idle
+                and entry.verified_at >= self._suspect_before):
+            return True
+        return self._usable(entry)
+
+
+class MinIdlePollMixin:
+    """S4 (a trade-off, not free): poll only a connection idle for at least MIN_IDLE seconds.
+    A termination landing within MIN_IDLE of the return goes unseen, like one landing just
+    after the poll already does; tests/test_recovery.py's killed-while-idle test would need
+    its connections idle longer than MIN_IDLE before the next checkout."""
+
+    MIN_IDLE = 0.001
+
+    def _usable(self, entry: Any) -> bool:
+        if (entry.checked_out_at - entry.returned_at < self.MIN_IDLE
+                and entry.verified_at >= self._suspect_before):
+            return True
+        return super()._usable(entry)
+
+
+class LockWaiter:
+    """S5: a waiter is one pre-acquired threading.Lock; serving releases it. No Condition (pure
+    Python, a lock allocated per wait), no waiter lock taken by the server."""
+
+    __slots__ = ("_gate", "entry", "error", "gave_up", "started")
+
+    def __init__(self) -> None:
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self.entry: Any = None
+        self.error: BaseException | None = None
+        self.gave_up = False
+        self.started = _monotonic()
+
+    def serve(self, entry: Any) -> bool:  # under the pool lock: a waiter still queued never gave up
+        self.entry = entry
+        self._gate.release()
+        return True
+
+    def fail(self, error: BaseException) -> bool:  # after being taken off the queue under the pool lock
+        self.error = error
+        self._gate.release()
+        return True
+
+
+class LockWaiterMixin:
+    """S5: LockWaiter, with the wait time accounted by the serving thread (already under the
+    pool lock) instead of the woken caller taking the pool lock once more."""
+
+    def _enqueue(self) -> Any:
+        limit = self.settings.max_waiting
+        if limit and len(self._waiting) >= limit:
+            return super()._enqueue()  # raises TooManyWaiting
+        waiter = LockWaiter()
+        self._waiting.append(waiter)
+        self._counts[keys.WAITS] += 1
+        return waiter
+
+    def _hand_over(self, entry: Any) -> None:
+        if self._waiting:
+            waiter = self._waiting.popleft()
+            self._lend(entry)
+            waited = _monotonic() - waiter.started
+            self._counts[keys.WAIT_MS_TOTAL] += waited * 1000.0
+            wait_times = getattr(self, "_wait_times", None)
+            if wait_times is not None:
+                wait_times.append(waited)
+            waiter.serve(entry)
+            return
+        self._idle.append(entry)
+
+    def _wait_for(self, waiter: Any, deadline: float, wait: float) -> Any:
+        if not waiter._gate.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+            with self._lock:
+                if waiter in self._waiting:  # nobody took it off the queue: give up
+                    self._waiting.remove(waiter)
+                    waiter.gave_up = True
+                    self._counts[keys.TIMEOUTS] += 1
+                    self._counts[keys.WAIT_MS_TOTAL] += (_monotonic() - waiter.started) * 1000.0
+                    in_use = len(self._in_use)
+                    raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s "
+                                      f"(max_size {self.settings.max_size}, {in_use} in use)")
+            waiter._gate.acquire()  # served or failed just now: the release is on its way
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.entry
+
+
+class LeanMixin(HandoffNoPollMixin, TxStatusMixin):
+    """S1 + S2 + S3 written as they would be in shared/pool.py (no extra call layers)."""
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        with self._lock:
+            entry = self._lend(self._idle.pop()) if self._idle and not self._closed else None
+        if entry is not None and self._usable(entry):
+            if self.settings.leak_timeout:
+                from shared.connections import format_checkout_stack
+
+                entry.checkout_stack = format_checkout_stack()
+            return entry.conn
+        if entry is not None:
+            self._retire(entry, broken=True, checked_out=False)
+        return HandoffNoPollMixin.getconn(self, timeout)  # wait or grow: deadline only now
+
+
+def _variant(name: str, *mixins: type) -> type:
+    return type(name, (*mixins, shared.Pool), {}) if mixins else shared.Pool
+
+
+VARIANTS: dict[str, tuple[type, str]] = {
+    "ours": (shared.Pool, "shared.Pool as it is"),
+    "nocheck": (NoCheck, "no pre-use check at all (floor, not a suggestion)"),
+    "S1": (_variant("S1", TxStatusMixin), "putconn: get_transaction_status() fast path"),
+    "S2": (_variant("S2", FastGetMixin), "getconn: one locked section, no deadline unless waiting"),
+    "S3": (_variant("S3", HandoffNoPollMixin), "no socket poll on a connection handed over, not idle"),
+    "S5": (_variant("S5", LockWaiterMixin), "waiter = one Lock; wait time accounted by the server"),
+    "S1+S2+S3+S5": (_variant("Lean", LeanMixin, LockWaiterMixin), "all of the above: same behaviour"),
+    "+S4": (_variant("LeanMinIdle", MinIdlePollMixin, LeanMixin, LockWaiterMixin),
+            "and poll only after 1 ms idle (a trade-off)"),
+}
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+
+def step_costs(pool: shared.Pool) -> list[tuple[str, float]]:
+    conn = pool.getconn()
+    entry = pool._in_use[conn]
+    pool.putconn(conn)
+    lock = threading.Lock()
+    counts = dict.fromkeys(keys.COUNTERS, 0)
+    env = {"pool": pool, "entry": entry, "conn": conn, "lock": lock, "counts": counts, "keys": keys,
+           "time": time, "reset_for_reuse": reset_for_reuse}
+    steps = [
+        ("getconn() + putconn(), whole cycle", "pool.putconn(pool.getconn())"),
+        ("pool._usable(entry) (time, suspect, poll)", "pool._usable(entry)"),
+        ("  entry.socket_has_news() (poll(0) syscall, GIL released)", "entry.socket_has_news()"),
+        ("reset_for_reuse(conn)", "reset_for_reuse(conn)"),
+        ("  conn.info.transaction_status (new ConnectionInfo each time)", "conn.info.transaction_status"),
+        ("  conn.get_transaction_status() (the same, one C call)", "conn.get_transaction_status()"),
+        ("  conn.closed", "conn.closed"),
+        ("with lock: pass (x2 per cycle)", "with lock: pass"),
+        ("time.monotonic() (x3 per cycle)", "time.monotonic()"),
+        ("counts[keys.CHECKOUTS] += 1", "counts[keys.CHECKOUTS] += 1"),
+    ]
+    found = []
+    for label, stmt in steps:
+        number = 20_000 if "cycle" in label else 100_000
+        best = min(timeit.repeat(stmt, globals=env, number=number, repeat=5)) / number * 1e9
+        found.append((label, best))
+    return found
+
+
+def profile(pool: shared.Pool, cycles: int) -> str:
+    profiler = cProfile.Profile()
+    getconn, putconn = pool.getconn, pool.putconn
+    profiler.enable()
+    for _ in range(cycles):
+        putconn(getconn())
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(14)
+    lines = out.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if "ncalls" in line)
+    return "\n".join(line.replace(os.path.dirname(os.path.dirname(shared.__file__)) + "/", "")
+                     for line in lines[start:] if line.strip())
+
+
+def one_thread(pools: dict[str, Any], cycles: int, reps: int) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {name: [] for name in pools}
+    names = list(pools)
+    for rep in range(reps):
+        random.shuffle(names)
+        for name in names:
+            get, put = pools[name]
+            started = time.perf_counter_ns()
+            for _ in range(cycles):
+                put(get())
+            found[name].append((time.perf_counter_ns() - started) / cycles)
+    return found
+
+
+def eight_threads(pools: dict[str, Any], window: float, reps: int) -> dict[str, list[tuple[float, float]]]:
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name in pools}
+    names = list(pools)
+    for rep in range(reps):
+        random.shuffle(names)
+        for name in names:
+            get, put = pools[name]
+            sample = run_window(make_op("checkout", get, put), THREADS, window)
+            found[name].append((sample.ns_per_op, sample.fairness or 0.0))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.hotpath", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    cycles, reps, window = (500, 2, 0.05) if args.quick else (5_000, 30, 0.4)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 120))
+    with ExitStack() as stack:
+        dsn = os.environ.get("DATABASE_URL")
+        if not dsn:
+            from harness.services import EmbeddedPostgres
+
+            dsn = stack.enter_context(EmbeddedPostgres(max_connections=100)).url
+        pools: dict[str, Any] = {}
+        for name, (cls, _) in VARIANTS.items():
+            pool = cls(build_settings(dsn=dsn, min_size=POOL_SIZE, max_size=POOL_SIZE), f"hotpath-{name}")
+            stack.callback(pool.close)
+            pool.open(wait=True)
+            pools[name] = (pool.getconn, pool.putconn)
+        p2 = psycopg2.pool.ThreadedConnectionPool(POOL_SIZE, POOL_SIZE, dsn)
+        stack.callback(p2.closeall)
+        slots = threading.BoundedSemaphore(POOL_SIZE)
+
+        def p2_get() -> Any:
+            slots.acquire()
+            return p2.getconn()
+
+        def p2_put(conn: Any) -> None:
+            p2.putconn(conn)
+            slots.release()
+
+        references = {"psycopg2 (bare)": (p2.getconn, p2.putconn), "psycopg2 + semaphore": (p2_get, p2_put)}
+        try:
+            import psycopg_pool
+
+            p3 = psycopg_pool.ConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, open=True)
+            stack.callback(p3.close)
+            p3.wait()
+            references["psycopg_pool"] = (p3.getconn, p3.putconn)
+        except ImportError:
+            pass
+
+        first = pools["ours"][0].__self__  # the unchanged pool
+        table = Table(title="1. hot-path steps timed alone (best of 5, ns)", title_justify="left")
+        table.add_column("step")
+        table.add_column("ns", justify="right")
+        for label, ns in step_costs(first):
+            table.add_row(label, f"{ns:,.0f}")
+        console.print(table)
+
+        console.print(f"[bold]2. cProfile, {cycles:,} getconn() + putconn() cycles, by own time[/]")
+        console.print(profile(first, cycles), highlight=False, soft_wrap=True)
+
+        everyone = {**pools, **references}
+        for _ in range(2):  # warm-up
+            one_thread(everyone, max(cycles // 10, 10), 1)
+        single = one_thread(everyone, cycles, reps)
+        # psycopg2's bare pool raises PoolError when 8 threads share 5 connections: 1 thread only.
+        multi = eight_threads({k: v for k, v in everyone.items() if k != "psycopg2 (bare)"}, window,
+                              max(reps // 5, 2))
+        base1 = single["ours"]
+        base8 = [ns for ns, _ in multi["ours"]]
+        table = Table(title=f"3. prototypes: checkout + return; 1 thread ({reps} x {cycles:,} cycles: best and "
+                      f"median) and {THREADS} threads on {POOL_SIZE} ({len(base8)} x {window} s: median); "
+                      "ratios to ours paired by repetition, median",
+                      title_justify="left")
+        for header in ("variant", "1 thread best ns", "median ns", "/ ours", "8 threads ns/op", "/ ours",
+                       "fairness", "what"):
+            table.add_column(header, justify="left" if header in ("variant", "what") else "right")
+        notes = {name: note for name, (_, note) in VARIANTS.items()}
+        notes.update({"psycopg2 (bare)": "reference: raises PoolError when exhausted",
+                      "psycopg2 + semaphore": "reference: as in pool_bench", "psycopg_pool": "reference"})
+        for name in everyone:
+            ns1 = single[name]
+            r1 = statistics.median(a / b for a, b in zip(ns1, base1))
+            cells8 = ["-", "-", "-"]
+            if name in multi:
+                ns8 = [ns for ns, _ in multi[name]]
+                fair = [f for _, f in multi[name]]
+                r8 = statistics.median(a / b for a, b in zip(ns8, base8))
+                cells8 = [f"{statistics.median(ns8):,.0f}", f"{r8:.2f}", f"{statistics.median(fair):.2f}"]
+            table.add_row(name, f"{min(ns1):,.0f}", f"{statistics.median(ns1):,.0f}", f"{r1:.2f}", *cells8,
+                          notes.get(name, ""))
+        console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
