@@ -100,13 +100,11 @@ class Pool:
 
     def getconn(self, timeout: float | None = None) -> connection:
         """Check a connection out; wait (FIFO) up to `timeout` seconds for a free one."""
-        wait = self.settings.timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        while True:
-            entry = self._checkout(deadline, wait)
-            if self._usable(entry):
-                break
-            self._retire(entry, broken=True, checked_out=False)
+        entry = self._take_idle()
+        if entry is None or not self._usable(entry):
+            if entry is not None:
+                self._retire(entry, broken=True, checked_out=False)
+            entry = self._checkout_slow(timeout)
         if self.settings.leak_timeout:
             entry.checkout_stack = format_checkout_stack()
         return entry.conn
@@ -205,19 +203,37 @@ class Pool:
         self._maintainer.forget_after_fork()
 
 
-    def _checkout(self, deadline: float, wait: float) -> Entry:
+    def _take_idle(self) -> Entry | None:
+        """The common case in one lock section: an idle connection is there to take."""
+        with self._lock:
+            if self._idle and not self._closed:
+                return self._lend(self._idle.pop())
+        return None
+
+    def _checkout_slow(self, timeout: float | None) -> Entry:
+        wait = self.settings.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            entry, fresh = self._checkout(deadline, wait)
+            # A connection just opened, or handed over by the thread that returned it,
+            # never sat idle: there is nothing for the pre-use check to find.
+            if fresh or self._usable(entry):
+                return entry
+            self._retire(entry, broken=True, checked_out=False)
+
+    def _checkout(self, deadline: float, wait: float) -> tuple[Entry, bool]:
         with self._lock:
             self._raise_if_unusable()
             if self._idle:
-                return self._lend(self._idle.pop())
+                return self._lend(self._idle.pop()), False
             grow = self._size() + self._opening < self.settings.max_size
             if grow:
                 self._opening += 1
             else:
                 waiter = self._enqueue()
         if grow:
-            return self._open_for_caller(deadline)
-        return self._wait_for(waiter, deadline, wait)
+            return self._open_for_caller(deadline), True
+        return self._wait_for(waiter, deadline, wait), True
 
     def _lend(self, entry: Entry) -> Entry:
         # Called with the pool lock held.
@@ -238,22 +254,21 @@ class Pool:
         return waiter
 
     def _wait_for(self, waiter: Waiter, deadline: float, wait: float) -> Entry:
-        started = time.monotonic()
-        entry = waiter.wait(max(deadline - started, 0.0))
-        waited = time.monotonic() - started
+        entry = waiter.wait(max(deadline - time.monotonic(), 0.0))
+        if entry is not None:
+            return entry  # _hand_over counted the wait while it held the lock
         with self._lock:
-            self._counts[keys.WAIT_MS_TOTAL] += waited * 1000.0
-            self._wait_times.append(waited)
-            if entry is None:
-                self._counts[keys.TIMEOUTS] += 1
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-                in_use, size = len(self._in_use), self.settings.max_size
-        if entry is None:
-            raise PoolTimeout(
-                f"{self!r}: no connection free after {wait:.3g} s (max_size {size}, {in_use} in use)"
-            )
-        return entry
+            self._count_wait(time.monotonic() - waiter.started)
+            self._counts[keys.TIMEOUTS] += 1
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            in_use, size = len(self._in_use), self.settings.max_size
+        raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s (max_size {size}, {in_use} in use)")
+
+    def _count_wait(self, waited: float) -> None:
+        # Called with the pool lock held.
+        self._counts[keys.WAIT_MS_TOTAL] += waited * 1000.0
+        self._wait_times.append(waited)
 
     def _open_for_caller(self, deadline: float) -> Entry:
         try:
@@ -295,6 +310,7 @@ class Pool:
             waiter = self._waiting.popleft()
             self._lend(entry)
             if waiter.serve(entry):
+                self._count_wait(entry.checked_out_at - waiter.started)
                 return
             del self._in_use[entry.conn]  # that waiter had just given up: undo
             self._counts[keys.CHECKOUTS] -= 1

@@ -11,14 +11,16 @@ while holding its own.
 from __future__ import annotations
 
 import threading
+import time
 
 from .connections import Entry
 
 
 class Waiter:
-    __slots__ = ("_cond", "entry", "error", "gave_up")
+    __slots__ = ("_cond", "entry", "error", "gave_up", "started")
 
     def __init__(self) -> None:
+        self.started = time.monotonic()
         self._cond = threading.Condition(threading.Lock())
         self.entry: Entry | None = None
         self.error: BaseException | None = None
