@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from typing import Callable
 
 import psycopg2
@@ -15,7 +14,6 @@ from shared import stats as keys
 from shared.budget import Budget, DeploymentPlan, ServerLimits
 from shared.settings import build_settings
 
-from . import checks
 from .chaos import DirectEnqueuer, producer
 from .faults import Bench, FaultResult, Prober, outcome_counts, recovery_time
 from .model import Check
@@ -205,7 +203,7 @@ def slow_queries(statement_timeout_ms: int = 500) -> FaultResult:
     try:
         url = f"{bench.pg.url}?{options}"
         bench.plan = bench.plan.__class__(**{**bench.plan.__dict__, "database_url": url})
-        suite = bench.start()
+        bench.start()
         bench.wait_exact(0, 30)
         app = producer(bench.plan.redis_url)
         started = time.monotonic()

@@ -22,12 +22,11 @@ from typing import Any, Callable
 from shared.schema import init_schema_at
 
 from . import checks
-from .chaos import DirectEnqueuer, producer
 from .model import Check, Sample
 from .processes import RunningSuite, SuitePlan, start_suite
 from .sampler import Sampler
 from .services import EmbeddedPostgres, EmbeddedRedis
-from .suite_probe import pid_alive, rows_for_keys
+from .suite_probe import pid_alive
 
 POOL = 2
 PROBE_INTERVAL = 0.05

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Flask, g
 
 from shared import Pool, get_pool
-from shared.connections import connection
+from shared.connections import connection as PgConnection
 
 EXTENSION_KEY = "forkpool"
 _G_KEY = "_forkpool_checkout"
@@ -32,7 +32,7 @@ class ForkPool:
     def pool(self) -> Pool:
         return get_pool(self.pool_name)
 
-    def connection(self) -> connection:
+    def connection(self) -> PgConnection:
         """This request's connection (the same one for the whole request)."""
         checkout = g.get(_G_KEY)
         if checkout is None:

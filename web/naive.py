@@ -16,7 +16,7 @@ from psycopg2.pool import ThreadedConnectionPool
 from shared.identity import application_name
 from shared.settings import build_settings, settings_from_env
 from web import create_app
-from web.extension import EXTENSION_KEY, ForkPool
+from web.extension import ForkPool
 
 
 class InheritedPool:
