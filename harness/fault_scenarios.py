@@ -18,18 +18,9 @@ from .chaos import DirectEnqueuer, producer
 from .faults import Bench, FaultResult, Prober, outcome_counts, recovery_time
 from .model import Check
 from .services import EmbeddedPostgres
-from .suite_probe import rows_for_keys
+from .suite_probe import wait_for_rows
 
 DRAIN_S = 60.0
-
-
-def _wait_rows(database_url: str, keys_: list[str], timeout: float = DRAIN_S) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = rows_for_keys(database_url, keys_)
-        if len(rows) == len(set(keys_)) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.25)
 
 
 def _tasks_check(number: int, keys_: list[str], rows: dict[str, int]) -> Check:
@@ -56,7 +47,7 @@ def pg_restart(outage: float = 2.0) -> FaultResult:
         time.sleep(5)
         tasks.stop()
         probes = reads.stop()
-        rows = _wait_rows(bench.pg.url, tasks.keys)
+        rows = wait_for_rows(bench.pg.url, tasks.keys, DRAIN_S)
         counts = outcome_counts(probes)
         late = [p for p in probes if p[0] >= back and not p[1].startswith("2")]
         result.figures = {"outage_s": round(back - down, 2), "recovery_s": _round(recovery_time(probes, back)),
@@ -99,7 +90,7 @@ def pg_down_at_start(outage: float = 6.0) -> FaultResult:
         time.sleep(0.5)
         probes = readyz.stop()
         while_down = [p for p in probes if p[0] < restarting]
-        rows = _wait_rows(bench.pg.url, [key])
+        rows = wait_for_rows(bench.pg.url, [key], DRAIN_S)
         result.figures = {"start_s": round(start_s, 2), "respawns_while_down": respawns,
                           "ready_after_s": _round(recovery_time(probes, back)),
                           "readyz_while_down": outcome_counts(while_down)}
@@ -174,7 +165,7 @@ def redis_restart(outage: float = 2.0) -> FaultResult:
         time.sleep(6)
         job_probes, read_probes = jobs.stop(), reads.stop()
         accepted = [sent["args"]["key"] for (t, status, _), sent in zip(job_probes, jobs.sent) if status == "202"]
-        rows = _wait_rows(bench.pg.url, accepted, 90)
+        rows = wait_for_rows(bench.pg.url, accepted, 90)
         reads_failed = [p for p in read_probes if not p[1].startswith("2")]
         job_counts = outcome_counts(job_probes)
         result.figures = {"outage_s": round(back - down, 2), "reads": outcome_counts(read_probes),

@@ -24,7 +24,7 @@ from .processes import RunningSuite, SuitePlan, start_suite
 from .rss import RssSampler, check_memory_flat
 from .sampler import Sampler
 from .services import redact_url, services
-from .suite_probe import pid_alive, rows_for_keys, web_pool_reports
+from .suite_probe import pid_alive, wait_for_rows, web_pool_reports
 
 STEADY_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 60.0
@@ -127,7 +127,7 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
     load_end = sampler.now()
     report.events.append(Event(load_end, "phase", "load ends"))
     keys = load.event_keys + load.direct_keys
-    rows = _wait_rows(plan.database_url, keys, DRAIN_TIMEOUT_S)
+    rows = wait_for_rows(plan.database_url, keys, DRAIN_TIMEOUT_S)
     load.tasks_completed = sum(1 for k in load.direct_keys if rows.get(k))
     load.tasks_per_s = round(load.tasks_completed / max(time.monotonic() - load_start, 1e-9), 2)
     report.load = load
@@ -217,12 +217,3 @@ def _wait_for(sampler: Sampler, ok: Callable[[Sample], bool], timeout: float) ->
             return latest
         time.sleep(0.05)
     return sampler.latest()
-
-
-def _wait_rows(database_url: str, keys: list[str], timeout: float) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = rows_for_keys(database_url, keys)
-        if len(rows) == len(set(keys)) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.25)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ import psycopg2
 
 from ._procs import pid_alive
 
-__all__ = ["pid_alive", "rows_for_keys", "web_pool_reports"]
+__all__ = ["pid_alive", "rows_for_keys", "wait_for_rows", "web_pool_reports"]
 
 
 def _get_pool(url: str) -> dict | None:
@@ -45,3 +46,13 @@ def rows_for_keys(database_url: str, keys: list[str]) -> dict[str, int]:
             return dict(cur.fetchall())
     finally:
         conn.close()
+
+
+def wait_for_rows(database_url: str, keys: list[str], timeout: float) -> dict[str, int]:
+    """Poll until every key has its `events` row (the tasks drained) or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = rows_for_keys(database_url, keys)
+        if len(rows) == len(set(keys)) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.25)
