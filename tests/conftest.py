@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import psycopg2
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 import shared
 from harness.services import EmbeddedPostgres, EmbeddedRedis, external_database_url, external_redis_url
@@ -21,6 +22,12 @@ from shared import identity
 from shared.process_state import home
 
 ADMIN_APP_NAME = "pytest-admin"
+
+# In CI every property test sees the same examples, so a red run is always reproducible;
+# locally they explore new ones each time.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

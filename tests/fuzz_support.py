@@ -37,7 +37,7 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 import redis
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
@@ -176,6 +176,19 @@ def strings_in(value: Any, keys: bool = True) -> list[str]:
             stack.extend(item.values())
             if keys:
                 stack.extend(item)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def keys_in(value: Any) -> set[str]:
+    """Every dict key in a JSON value, at any depth."""
+    found, stack = set(), [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.update(k for k in item if isinstance(k, str))
+            stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
     return found

@@ -53,3 +53,78 @@ def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, da
     assert "connect" in report["scenarios"]["select1_1t"]["results"]
     assert "psycopg2" in report["scenarios"]["checked_select1_8t"]["not_applicable"]
     assert report["derived"]["ours_checks_on_vs_off"]["select1_8t"]["median"] > 0
+
+
+# -- the suite end to end (benchmarks.suite_bench) ------------------------------------------------------------
+
+WEB_VARIANTS = {f"{worker_class}/{mode}" for worker_class in ("sync", "gthread")
+                for mode in ("pool", "connect", "floor", "floor-b")}
+CELERY_VARIANTS = {f"prefork/{mode}" for mode in ("pool", "connect", "floor")}
+
+
+@pytest.mark.timeout(60)
+def test_quick_suite_benchmark_reports_every_variant(tmp_path: Path) -> None:
+    # Its own embedded PostgreSQL and Redis: the session's servers are not used.
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.suite_bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=58,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [json_file] = tmp_path.glob("suite_bench_*.json")
+    [md_file] = tmp_path.glob("suite_bench_*.md")
+    assert md_file.read_text().startswith("# suite_bench")
+    report = json.loads(json_file.read_text())
+    assert report["config"]["load_generator"]["name"] in ("wrk", "python")
+    assert report["machine"]["postgresql"]["version"] and report["machine"]["redis"]
+
+    web = report["web"]["figures"]
+    assert set(web) == WEB_VARIANTS
+    for key, row in web.items():
+        assert row["requests"] > 0 and row["errors"] == 0, key
+        for what in ("rps", "p50_ms", "p99_ms"):
+            assert row[what]["median"] > 0, (key, what)
+        assert row["rps_to_floor"]["median"] > 0, key
+
+    celery = report["celery"]["figures"]
+    assert set(celery) == CELERY_VARIANTS
+    for key, row in celery.items():
+        assert row["tasks_per_s"]["median"] > 0, key
+        assert row["rows_written"] == row["tasks"] > 0, key
+
+    startup = report["startup"]
+    for name in ("web sync/pool", "web gthread/pool", "celery prefork/pool"):
+        assert startup[name]["processes"] >= 2 and startup[name]["ms"]["median"] > 0, name
+        assert startup[name]["all_full"] and min(startup[name]["pool_sizes"]) >= 1, name
+
+    for phase, variants in (("web", WEB_VARIANTS), ("celery", CELERY_VARIANTS)):
+        memory = report[phase]["memory"]
+        assert set(memory) == variants
+        for key, row in memory.items():
+            assert row["rss_kib"]["min"] > 0, (phase, key)
+    assert {g["goal"].split(":")[0] for g in report["goals"]} == {"web sync", "web gthread", "celery"}
+
+
+WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:40000/item
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.61ms  642.11us  12.30ms   80.00%
+    Req/Sec     2.50k   120.00     2.70k    70.00%
+  Latency Distribution
+     50%    1.50ms
+     75%    1.90ms
+     90%    2.30ms
+     99%  850.00us
+  7500 requests in 3.00s, 1.20MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   2499.50
+Transfer/sec:    410.00KB
+"""
+
+
+def test_wrk_output_is_read() -> None:
+    from benchmarks.loadgen import parse_wrk
+
+    result = parse_wrk(WRK_OUTPUT)
+    assert (result.requests, result.errors, result.seconds, result.rps) == (7500, 7, 3.0, 2499.5)
+    assert (result.p50_ms, result.p99_ms) == (1.5, 0.85)
