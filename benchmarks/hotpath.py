@@ -11,7 +11,10 @@ Three parts, all on an embedded PostgreSQL (or DATABASE_URL):
    measured (shared/ is not changed): checkout + return cost with 1 thread, and with 8
    threads on a pool of 5 (ns/op and fairness), interleaved and repeated, medians shown.
    They copy private internals of shared/pool.py at the time of writing; they are
-   measuring instruments, not code to import.
+   measuring instruments, not code to import. S1, S2, S3 and S5's wait accounting have
+   since been adopted in shared/ (so those rows now measure close to ours); S4 (poll
+   only after 1 ms idle) and S5's Lock-based waiter were not, for the reasons in
+   BENCHMARKS.md (fairness, and a window in which a dead connection is handed out).
 
 Prints figures; asserts nothing.
 """
