@@ -15,6 +15,7 @@ import pytest
 from harness.fault_scenarios import SCENARIOS
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_fault_scenario_comes_back_whole(name):
     result = SCENARIOS[name]()

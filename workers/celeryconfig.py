@@ -27,5 +27,7 @@ result_expires = 24 * 3600
 task_track_started = True
 
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": 3600}
+# A task taken but not acknowledged (its ack lost with the broker connection) is
+# redelivered after this many seconds; keep it above the longest task.
+broker_transport_options = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)}
 redis_socket_connect_timeout = 5
