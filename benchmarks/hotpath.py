@@ -11,10 +11,12 @@ Three parts, all on an embedded PostgreSQL (or DATABASE_URL):
    measured (shared/ is not changed): checkout + return cost with 1 thread, and with 8
    threads on a pool of 5 (ns/op and fairness), interleaved and repeated, medians shown.
    They copy private internals of shared/pool.py at the time of writing; they are
-   measuring instruments, not code to import. S1, S2, S3 and S5's wait accounting have
-   since been adopted in shared/ (so those rows now measure close to ours); S4 (poll
-   only after 1 ms idle) and S5's Lock-based waiter were not, for the reasons in
-   BENCHMARKS.md (fairness, and a window in which a dead connection is handed out).
+   measuring instruments, not code to import. S1 (one-call return check), S2 (idle
+   checkout in one lock section), S3 (no poll on handed-over connections) and S5's wait
+   accounting were adopted in shared/ and are part of "ours"; what remains here are the
+   changes not adopted, S4 (poll only after 1 ms idle) and S5's Lock-based waiter, for
+   the reasons in BENCHMARKS.md (fairness, and a window in which a dead connection is
+   handed out).
 
 Prints figures; asserts nothing.
 """
@@ -36,18 +38,16 @@ from contextlib import ExitStack
 from typing import Any
 
 import psycopg2
-import psycopg2.extensions
 import psycopg2.pool
 
 import shared
 from shared import stats as keys
 from shared.connections import reset_for_reuse
-from shared.errors import PoolError, PoolTimeout
+from shared.errors import PoolTimeout
 from shared.settings import build_settings
 
 from .pool_bench import POOL_SIZE, THREADS, make_op, run_window
 
-IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 _monotonic = time.monotonic
 
 
@@ -59,88 +59,6 @@ class NoCheck(shared.Pool):
 
     def _usable(self, entry: Any) -> bool:
         return True
-
-
-class TxStatusMixin:
-    """S1 putconn: the common case (idle transaction, autocommit off) decided with one C call,
-    conn.get_transaction_status(), instead of reset_for_reuse()'s conn.info object, .closed twice."""
-
-    def putconn(self, conn: Any) -> None:
-        entry = self._in_use.get(conn)
-        if entry is None:
-            raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
-        if conn.get_transaction_status() == IDLE and not conn.autocommit:
-            reusable = True  # UNKNOWN (closed or broken) and every other case take the full path
-        else:
-            reusable = reset_for_reuse(conn)
-        now = _monotonic()
-        if not reusable or now >= entry.expires_at or self._closed:
-            self._retire(entry, broken=not reusable)
-            return
-        entry.returned_at = now
-        with self._lock:
-            del self._in_use[conn]
-            self._hand_over(entry)
-
-
-class FastGetMixin:
-    """S2 getconn: one locked section for the common case (an idle connection), no deadline
-    computed unless the caller must wait, no _checkout/_raise_if_unusable call layers."""
-
-    def getconn(self, timeout: float | None = None) -> Any:
-        with self._lock:
-            entry = self._lend(self._idle.pop()) if self._idle and not self._closed else None
-        if entry is None:
-            return super().getconn(timeout)  # wait, grow, closed, inherited: the full path
-        if not self._usable(entry):
-            self._retire(entry, broken=True, checked_out=False)
-            return super().getconn(timeout)
-        if self.settings.leak_timeout:
-            from shared.connections import format_checkout_stack
-
-            entry.checkout_stack = format_checkout_stack()
-        return entry.conn
-
-
-class HandoffNoPollMixin:
-    """S3: no socket poll for a connection the caller did not take from the idle deque: one
-    handed straight over by putconn() (it never sat idle, so "the server spoke while it was
-    idle" cannot apply) or freshly opened. _checkout reports which it was."""
-
-    def getconn(self, timeout: float | None = None) -> Any:
-        wait = self.settings.timeout if timeout is None else timeout
-        deadline = _monotonic() + wait
-        while True:
-            entry, handed = self._checkout_flagged(deadline, wait)
-            if self._usable_without_poll(entry) if handed else self._usable(entry):
-                break
-            self._retire(entry, broken=True, checked_out=False)
-        if self.settings.leak_timeout:
-            from shared.connections import format_checkout_stack
-
-            entry.checkout_stack = format_checkout_stack()
-        return entry.conn
-
-    def _checkout_flagged(self, deadline: float, wait: float) -> tuple[Any, bool]:
-        """shared.Pool._checkout, telling whether the entry came from the idle deque."""
-        with self._lock:
-            self._raise_if_unusable()
-            if self._idle:
-                return self._lend(self._idle.pop()), False
-            grow = self._size() + self._opening < self.settings.max_size
-            if grow:
-                self._opening += 1
-            else:
-                waiter = self._enqueue()
-        if grow:
-            return self._open_for_caller(deadline), True
-        return self._wait_for(waiter, deadline, wait), True
-
-    def _usable_without_poll(self, entry: Any) -> bool:
-        if (entry.checked_out_at - entry.returned_at < self.settings.check_idle
-                and entry.verified_at >= self._suspect_before):
-            return True
-        return self._usable(entry)
 
 
 class MinIdlePollMixin:
@@ -226,37 +144,16 @@ class LockWaiterMixin:
         return waiter.entry
 
 
-class LeanMixin(HandoffNoPollMixin, TxStatusMixin):
-    """S1 + S2 + S3 written as they would be in shared/pool.py (no extra call layers)."""
-
-    def getconn(self, timeout: float | None = None) -> Any:
-        with self._lock:
-            entry = self._lend(self._idle.pop()) if self._idle and not self._closed else None
-        if entry is not None and self._usable(entry):
-            if self.settings.leak_timeout:
-                from shared.connections import format_checkout_stack
-
-                entry.checkout_stack = format_checkout_stack()
-            return entry.conn
-        if entry is not None:
-            self._retire(entry, broken=True, checked_out=False)
-        return HandoffNoPollMixin.getconn(self, timeout)  # wait or grow: deadline only now
-
-
 def _variant(name: str, *mixins: type) -> type:
     return type(name, (*mixins, shared.Pool), {}) if mixins else shared.Pool
 
 
 VARIANTS: dict[str, tuple[type, str]] = {
-    "ours": (shared.Pool, "shared.Pool as it is"),
+    "ours": (shared.Pool, "shared.Pool as it is (S1, S2, S3 adopted)"),
     "nocheck": (NoCheck, "no pre-use check at all (floor, not a suggestion)"),
-    "S1": (_variant("S1", TxStatusMixin), "putconn: get_transaction_status() fast path"),
-    "S2": (_variant("S2", FastGetMixin), "getconn: one locked section, no deadline unless waiting"),
-    "S3": (_variant("S3", HandoffNoPollMixin), "no socket poll on a connection handed over, not idle"),
     "S5": (_variant("S5", LockWaiterMixin), "waiter = one Lock; wait time accounted by the server"),
-    "S1+S2+S3+S5": (_variant("Lean", LeanMixin, LockWaiterMixin), "all of the above: same behaviour"),
-    "+S4": (_variant("LeanMinIdle", MinIdlePollMixin, LeanMixin, LockWaiterMixin),
-            "and poll only after 1 ms idle (a trade-off)"),
+    "S4": (_variant("S4", MinIdlePollMixin), "poll only after 1 ms idle (a trade-off)"),
+    "S4+S5": (_variant("S4S5", MinIdlePollMixin, LockWaiterMixin), "both not-adopted changes together"),
 }
 
 

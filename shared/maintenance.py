@@ -112,7 +112,7 @@ class Maintainer:
                 logger.info("%r: connected again", pool)
             return 0.0
         delay = next_backoff(backoff)
-        logger.warning("%r: cannot connect: %s; retrying in %.1f s", pool, pool._last_connect_error, delay)
+        logger.warning("%r: cannot connect: %s; retrying in %.1f s", pool, pool.last_connect_error, delay)
         return delay
 
 

@@ -63,6 +63,7 @@ class Pool(PoolUpkeep):
         self._inherited = False
         # Connections last verified before this moment must be checked before use.
         self._suspect_before = 0.0
+        self._last_connect_error = ""  # the latest refill failure, for the maintainer's log line
         self._counts = dict.fromkeys(keys.COUNTERS, 0)
         self._wait_times: deque[float] = deque(maxlen=1000)  # queued waits, drained by the metrics export
         self.last_active = time.monotonic()  # last checkout: what least-recently-used eviction goes by
@@ -179,6 +180,11 @@ class Pool(PoolUpkeep):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def last_connect_error(self) -> str:
+        """The latest failure to open a connection (redacted), "" if none yet."""
+        return self._last_connect_error
 
     def __repr__(self) -> str:
         state = "inherited" if self._inherited else "closed" if self._closed else "open"
@@ -354,7 +360,6 @@ class Pool(PoolUpkeep):
     def _describe(self, exc: BaseException) -> str:
         return self.settings.redact(describe_error(exc))
 
-    _last_connect_error = ""
 
 
 def _rollback_quietly(conn: connection) -> None:

@@ -28,7 +28,6 @@ class ProcessState:
         self.pools: dict[str, Any] = {}  # name -> Pool, created by get_pool()
         self.settings: dict[str, Any] = {}  # name -> PoolSettings from configure()
         self.redis: Any = None  # this process's redis.Redis, created by get_redis()
-        self.redis_url: str | None = None
         self.manager_counts = {"evicted": 0, "closed_idle": 0}  # see manager.py
         self.idle_closer: Any = None  # the thread closing idle pools, when enabled
 
