@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import psycopg2
+import psycopg2.extensions
 
 from . import stats as keys
 from .connections import (
@@ -43,6 +44,14 @@ from .upkeep import PoolUpkeep
 from .waiter import Waiter
 
 logger = logging.getLogger("forkpool.pool")
+
+# A connection back for less than this long was in use a moment ago: a termination
+# landing in that moment goes unseen, as one landing while the caller held it does.
+# Polling it would cost more than the rest of the checkout (see BENCHMARKS.md).
+JUST_RETURNED = 0.001
+
+_monotonic = time.monotonic  # the hot path's clock, without two attribute lookups per call
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
 class Pool(PoolUpkeep):
@@ -116,15 +125,19 @@ class Pool(PoolUpkeep):
         entry = self._in_use.get(conn)  # only the borrowing thread returns it: no race
         if entry is None:
             raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
-        reusable = reset_for_reuse(conn)
-        now = time.monotonic()
+        # The common case asks psycopg2 one question; anything else takes the full reset.
+        reusable = (conn.get_transaction_status() == _IDLE and not conn.autocommit) or reset_for_reuse(conn)
+        now = _monotonic()
         if not reusable or now >= entry.expires_at or self._closed:
             self._retire(entry, broken=not reusable)
             return
         entry.returned_at = now
         with self._lock:
             del self._in_use[conn]
-            self._hand_over(entry)
+            if self._waiting:
+                self._hand_over(entry)
+            else:
+                self._idle.append(entry)
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[connection]:
@@ -214,7 +227,13 @@ class Pool(PoolUpkeep):
         """The common case in one lock section: an idle connection is there to take."""
         with self._lock:
             if self._idle and not self._closed:
-                return self._lend(self._idle.pop())
+                entry = self._idle.pop()
+                # _lend() inline: this is the path every checkout of a busy pool takes.
+                entry.checked_out_at = self.last_active = _monotonic()
+                entry.leak_reported = False
+                self._in_use[entry.conn] = entry
+                self._counts[keys.CHECKOUTS] += 1
+                return entry
         return None
 
     def _checkout_slow(self, timeout: float | None) -> Entry:
@@ -243,8 +262,8 @@ class Pool(PoolUpkeep):
         return self._wait_for(waiter, deadline, wait), True
 
     def _lend(self, entry: Entry) -> Entry:
-        # Called with the pool lock held.
-        entry.checked_out_at = self.last_active = time.monotonic()
+        # Called with the pool lock held. Inlined in _take_idle(): keep the two alike.
+        entry.checked_out_at = self.last_active = _monotonic()
         entry.leak_reported = False
         self._in_use[entry.conn] = entry
         self._counts[keys.CHECKOUTS] += 1
@@ -297,13 +316,10 @@ class Pool(PoolUpkeep):
 
     def _usable(self, entry: Entry) -> bool:
         """Check the connection first if it sat idle long, predates a failure, or heard from the server."""
-        now = entry.checked_out_at
-        if (
-            now - entry.returned_at < self.settings.check_idle
-            and entry.verified_at >= self._suspect_before
-            and not entry.socket_has_news()
-        ):
-            return True
+        idle_for = entry.checked_out_at - entry.returned_at
+        if idle_for < self.settings.check_idle and entry.verified_at >= self._suspect_before:
+            if idle_for < JUST_RETURNED or not entry.socket_has_news():
+                return True
         self._counts[keys.CHECKS] += 1  # a lost increment under a race only blurs a counter
         if is_alive(entry.conn):
             entry.verified_at = time.monotonic()
