@@ -62,7 +62,7 @@ from .contenders import APP_NAME, POOL_SIZE, build_contenders
 from .figures import derive, summarize
 from .machine import load_average, machine_info, pool_bench_packages
 from .output import print_report, write_results
-from .scenarios import PASSES_8T, SCENARIOS, THREADS, Plan, run_rounds
+from .scenarios import PASSES_8T, SCENARIOS, SETTLE, THREADS, Plan, run_rounds
 
 # Re-exported for callers of the former single module (benchmarks.hotpath imports these from here).
 from .scenarios import make_op, run_window
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.monotonic() - began, 1),
         "config": {"rounds": plan.rounds, "ops": plan.ops, "select_ops": plan.select_ops,
                    "connect_ops": plan.connect_ops, "window_s": plan.window, "threads": THREADS,
-                   "pool_size": POOL_SIZE, "seed": plan.seed, "quick": plan.quick},
+                   "pool_size": POOL_SIZE, "seed": plan.seed, "quick": plan.quick, "settle_s": SETTLE},
         "machine": machine,
         "contenders": {key: {"family": c.family, "config": c.config} for key, c in contenders.items()},
         "scenarios": scenarios,

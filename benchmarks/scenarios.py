@@ -2,8 +2,8 @@
 
 A round measures each contender of a scenario in several passes, in the round's shuffled
 order then reversed, alternately; 1 thread runs a fixed number of operations, 8 threads all
-run for a fixed window (cost = window / operations completed, fairness = fewest operations
-any thread completed / mean per thread).
+run for a fixed window, counted from SETTLE after they are released (cost = window / operations
+completed, fairness = fewest operations any thread completed / mean per thread).
 """
 
 from __future__ import annotations
@@ -111,42 +111,45 @@ def run_ops(op: Callable[[], None], n: int) -> Sample:
     return Sample(elapsed / n, [n], elapsed)
 
 
-def run_window(op: Callable[[], None], threads: int, window: float) -> Sample:
-    """`threads` threads released together, each running `op` until `window` seconds have passed."""
-    counts = [0] * threads
-    ends = [0] * threads
+# Threads released by the barrier start one at a time, as each gets the GIL: the first can run
+# alone for a whole switch interval (5 ms) per latecomer before all are in the loop. The window
+# is measured from SETTLE after the release, so it counts the pool, not the threads' start-up.
+SETTLE = 0.05
+
+
+def run_window(op: Callable[[], None], threads: int, window: float, settle: float = SETTLE) -> Sample:
+    """`threads` threads released together, running `op`; counted over `window` seconds after `settle`."""
+    counts = [0] * threads  # each thread's own slot: no lock, read by the main thread
     stop = [False]
     errors: list[BaseException] = []
     barrier = threading.Barrier(threads + 1)
 
     def worker(index: int) -> None:
-        done = 0
         try:
             barrier.wait()
             while not stop[0]:
                 op()
-                done += 1
+                counts[index] += 1
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
             stop[0] = True
-        finally:
-            counts[index] = done
-            ends[index] = time.perf_counter_ns()
 
     workers = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True) for i in range(threads)]
     for thread in workers:
         thread.start()
     barrier.wait()
-    started = time.perf_counter_ns()
+    time.sleep(settle)
+    started, before = time.perf_counter_ns(), counts[:]
     time.sleep(window)
+    after, elapsed = counts[:], time.perf_counter_ns() - started
     stop[0] = True
     for thread in workers:
         thread.join()
     if errors:
         raise errors[0]
-    elapsed = max(ends) - started
-    total = sum(counts)
-    return Sample(elapsed / total if total else float("inf"), counts, elapsed)
+    done = [end - begin for begin, end in zip(before, after)]
+    total = sum(done)
+    return Sample(elapsed / total if total else float("inf"), done, elapsed)
 
 
 # A round measures each contender of a scenario in several passes, in the round's shuffled

@@ -48,7 +48,10 @@ def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, da
             assert row["ratio_to_ours"]["median"] > 0, (key, name)
             assert all(ns > 0 for ns in row["per_round"]["ns_per_op"]), (key, name)
             if scenario["threads"] > 1:
-                assert 0 < row["fairness"]["median"] <= 1, (key, name)
+                # 0 is a real figure: a peer without a queue can starve a thread for a whole window.
+                assert 0 <= row["fairness"]["median"] <= 1, (key, name)
+                if name == "ours":
+                    assert row["fairness"]["median"] > 0, key  # FIFO: every thread gets its turns
     assert "psycopg2" in report["scenarios"]["select1_8t"]["results"]
     assert "connect" in report["scenarios"]["select1_1t"]["results"]
     assert "psycopg2" in report["scenarios"]["checked_select1_8t"]["not_applicable"]
