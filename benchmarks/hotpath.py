@@ -12,11 +12,13 @@ Three parts, all on an embedded PostgreSQL (or DATABASE_URL):
    threads on a pool of 5 (ns/op and fairness), interleaved and repeated, medians shown.
    They copy private internals of shared/pool.py at the time of writing; they are
    measuring instruments, not code to import. S1 (one-call return check), S2 (idle
-   checkout in one lock section), S3 (no poll on handed-over connections) and S5's wait
-   accounting were adopted in shared/ and are part of "ours"; what remains here are the
-   changes not adopted, S4 (poll only after 1 ms idle) and S5's Lock-based waiter, for
-   the reasons in BENCHMARKS.md (fairness, and a window in which a dead connection is
-   handed out).
+   checkout in one lock section), S3 (no poll on handed-over connections), S4 (no poll
+   for a connection back less than 1 ms) and S5's wait accounting were adopted in shared/
+   and are part of "ours"; what remains here are the changes not adopted, for the reasons
+   in BENCHMARKS.md: S5's Lock-based waiter and S6, bounded barging (Go's sync.Mutex
+   "normal mode": a returned connection goes to the longest waiter only once it has
+   waited 1 ms; until then the returning thread may take it back), which cuts the
+   8-thread cost by half or more but drops fairness below 0.9.
 
 Prints figures; asserts nothing.
 """
@@ -41,6 +43,7 @@ import psycopg2
 import psycopg2.pool
 
 import shared
+import shared.waiter
 from shared import stats as keys
 from shared.connections import reset_for_reuse
 from shared.errors import PoolTimeout
@@ -59,21 +62,6 @@ class NoCheck(shared.Pool):
 
     def _usable(self, entry: Any) -> bool:
         return True
-
-
-class MinIdlePollMixin:
-    """S4 (a trade-off, not free): poll only a connection idle for at least MIN_IDLE seconds.
-    A termination landing within MIN_IDLE of the return goes unseen, like one landing just
-    after the poll already does; tests/test_recovery.py's killed-while-idle test would need
-    its connections idle longer than MIN_IDLE before the next checkout."""
-
-    MIN_IDLE = 0.001
-
-    def _usable(self, entry: Any) -> bool:
-        if (entry.checked_out_at - entry.returned_at < self.MIN_IDLE
-                and entry.verified_at >= self._suspect_before):
-            return True
-        return super()._usable(entry)
 
 
 class LockWaiter:
@@ -144,16 +132,85 @@ class LockWaiterMixin:
         return waiter.entry
 
 
+class NudgeWaiter(shared.waiter.Waiter):
+    """S6: a waiter that can also be woken without a connection, to try the idle deque."""
+
+    __slots__ = ("nudged",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nudged = False
+
+    def nudge(self) -> None:
+        with self._cond:
+            self.nudged = True
+            self._cond.notify()
+
+    def wait(self, timeout: float) -> Any:
+        with self._cond:
+            if self.entry is None and self.error is None and not self.nudged:
+                self._cond.wait(timeout)
+            if self.error is not None:
+                raise self.error
+            if self.entry is None and not self.nudged:
+                self.gave_up = True
+            return self.entry
+
+
+class BargingMixin:
+    """S6: hand a returned connection over only to a waiter that has waited HANDOFF_AFTER;
+    otherwise it goes idle (the returning thread may take it back at once) and the longest
+    waiter is woken to try for it. Waiters still queue FIFO."""
+
+    HANDOFF_AFTER = 0.001
+
+    def _enqueue(self) -> Any:
+        waiter = NudgeWaiter()
+        self._waiting.append(waiter)
+        self._counts[keys.WAITS] += 1
+        return waiter
+
+    def putconn(self, conn: Any) -> None:
+        entry = self._in_use.get(conn)
+        if entry is None or not reset_for_reuse(conn) or self._closed:
+            return super().putconn(conn)
+        now = _monotonic()
+        entry.returned_at = now
+        with self._lock:
+            del self._in_use[conn]
+            waiting = self._waiting
+            if waiting and now - waiting[0].started >= self.HANDOFF_AFTER:
+                self._hand_over(entry)
+                return
+            self._idle.append(entry)
+            if waiting and not waiting[0].nudged:
+                waiting[0].nudge()
+
+    def _wait_for(self, waiter: Any, deadline: float, wait: float) -> Any:
+        while True:
+            entry = waiter.wait(max(deadline - _monotonic(), 0.0))
+            if entry is not None:
+                return entry
+            if not waiter.nudged or waiter.gave_up:
+                return super()._wait_for(waiter, deadline, wait)  # timed out: raises
+            with self._lock:
+                if waiter.entry is not None:
+                    return waiter.entry
+                if self._idle:
+                    self._waiting.remove(waiter)
+                    return self._lend(self._idle.pop())
+                waiter.nudged = False  # beaten to it: keep our place in the queue
+
+
 def _variant(name: str, *mixins: type) -> type:
     return type(name, (*mixins, shared.Pool), {}) if mixins else shared.Pool
 
 
 VARIANTS: dict[str, tuple[type, str]] = {
-    "ours": (shared.Pool, "shared.Pool as it is (S1, S2, S3 adopted)"),
+    "ours": (shared.Pool, "shared.Pool as it is (S1-S4 adopted)"),
     "nocheck": (NoCheck, "no pre-use check at all (floor, not a suggestion)"),
     "S5": (_variant("S5", LockWaiterMixin), "waiter = one Lock; wait time accounted by the server"),
-    "S4": (_variant("S4", MinIdlePollMixin), "poll only after 1 ms idle (a trade-off)"),
-    "S4+S5": (_variant("S4S5", MinIdlePollMixin, LockWaiterMixin), "both not-adopted changes together"),
+    "S6": (_variant("S6", BargingMixin), "bounded barging: hand over only after a 1 ms wait"),
 }
 
 

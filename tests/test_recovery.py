@@ -122,3 +122,22 @@ def test_callers_fail_fast_while_the_database_is_down_not_after_the_timeout(pg_s
     assert len(errors) == 8
     assert all("cannot connect" in str(e) for e in errors)
     assert max(waited) < 10  # failed fast, not after the 30 s wait
+
+
+@pytest.mark.parametrize("just_returned, polls", [(60.0, 0), (0.0, 50)])
+def test_only_a_connection_back_for_a_moment_skips_the_socket_poll(monkeypatch, just_returned, polls):
+    # The constant is widened / zeroed so the test does not depend on how fast this machine is.
+    import shared.pool
+    from shared.connections import Entry
+
+    monkeypatch.setattr(shared.pool, "JUST_RETURNED", just_returned)
+    calls = []
+    real = Entry.socket_has_news
+    monkeypatch.setattr(Entry, "socket_has_news", lambda self: calls.append(1) or real(self))
+    shared.configure(min_size=1, max_size=1, check_idle=3600)
+    pool = shared.get_pool()
+    assert pool.wait(10)
+    for _ in range(50):
+        pool.putconn(pool.getconn())
+    assert len(calls) == polls
+    assert pool.stats()[keys.CONNECTIONS_DISCARDED] == 0
