@@ -274,16 +274,25 @@ def one_thread(pools: dict[str, Any], cycles: int, reps: int) -> dict[str, list[
     return found
 
 
-def eight_threads(pools: dict[str, Any], window: float, reps: int) -> dict[str, list[tuple[float, float]]]:
+def eight_threads(pools: dict[str, Any], window: float, reps: int, kind: str = "checkout"
+                  ) -> dict[str, list[tuple[float, float]]]:
     found: dict[str, list[tuple[float, float]]] = {name: [] for name in pools}
     names = list(pools)
     for rep in range(reps):
         random.shuffle(names)
         for name in names:
             get, put = pools[name]
-            sample = run_window(make_op("checkout", get, put), THREADS, window)
+            sample = run_window(make_op(kind, get, put), THREADS, window)
             found[name].append((sample.ns_per_op, sample.fairness or 0.0))
     return found
+
+
+def _windowed_cells(found: dict[str, list[tuple[float, float]]], name: str) -> list[str]:
+    if name not in found:
+        return ["-", "-", "-"]
+    ns = [ns for ns, _ in found[name]]
+    ratio = statistics.median(a / b for a, b in zip(ns, (ns for ns, _ in found["ours"])))
+    return [f"{statistics.median(ns):,.0f}", f"{ratio:.2f}", f"{statistics.median(f for _, f in found[name]):.2f}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 180))
     with ExitStack() as stack:
         dsn = os.environ.get("DATABASE_URL")
         if not dsn:
@@ -349,14 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         # psycopg2's bare pool raises PoolError when 8 threads share 5 connections: 1 thread only.
         multi = eight_threads({k: v for k, v in everyone.items() if k != "psycopg2 (bare)"}, window,
                               max(reps // 5, 2))
+        with_query = eight_threads({k: v for k, v in everyone.items() if k != "psycopg2 (bare)"}, window,
+                                   max(reps // 5, 2), kind="select1")
         base1 = single["ours"]
-        base8 = [ns for ns, _ in multi["ours"]]
         table = Table(title=f"3. prototypes: checkout + return; 1 thread ({reps} x {cycles:,} cycles: best and "
-                      f"median) and {THREADS} threads on {POOL_SIZE} ({len(base8)} x {window} s: median); "
-                      "ratios to ours paired by repetition, median",
+                      f"median) and {THREADS} threads on {POOL_SIZE} ({len(multi['ours'])} x {window} s: median), "
+                      "without and with SELECT 1; ratios to ours paired by repetition, median",
                       title_justify="left")
         for header in ("variant", "1 thread best ns", "median ns", "/ ours", "8 threads ns/op", "/ ours",
-                       "fairness", "what"):
+                       "fairness", "8 threads + SELECT 1 ns/op", "/ ours", "fairness", "what"):
             table.add_column(header, justify="left" if header in ("variant", "what") else "right")
         notes = {name: note for name, (_, note) in VARIANTS.items()}
         notes.update({"psycopg2 (bare)": "reference: raises PoolError when exhausted",
@@ -364,14 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in everyone:
             ns1 = single[name]
             r1 = statistics.median(a / b for a, b in zip(ns1, base1))
-            cells8 = ["-", "-", "-"]
-            if name in multi:
-                ns8 = [ns for ns, _ in multi[name]]
-                fair = [f for _, f in multi[name]]
-                r8 = statistics.median(a / b for a, b in zip(ns8, base8))
-                cells8 = [f"{statistics.median(ns8):,.0f}", f"{r8:.2f}", f"{statistics.median(fair):.2f}"]
-            table.add_row(name, f"{min(ns1):,.0f}", f"{statistics.median(ns1):,.0f}", f"{r1:.2f}", *cells8,
-                          notes.get(name, ""))
+            table.add_row(name, f"{min(ns1):,.0f}", f"{statistics.median(ns1):,.0f}", f"{r1:.2f}",
+                          *_windowed_cells(multi, name), *_windowed_cells(with_query, name), notes.get(name, ""))
         console.print(table)
     return 0
 

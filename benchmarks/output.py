@@ -148,11 +148,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {goal['goal']} | {_figure(goal['figure'])} | {goal['target']} | "
                      f"{'yes' if goal['met'] else '**no**'} |")
     lines += ["", "## Reading the figures", "",
-              "- Checkout + return alone with 8 threads is mostly a test of the GIL: a pool whose fast path "
-              "never releases it runs one thread at a time in 5 ms slices and finds its connections all "
-              "taken less often; one that releases it (a syscall) interleaves threads finely, queues nearly "
-              "every checkout and pays a thread wake-up per handoff. Fairness there also depends on the "
-              "window length, for the same reason.",
+              "- Checkout + return alone with 8 threads on 5 connections measures thread switches under "
+              "the GIL: a FIFO pool hands each returned connection to a sleeping waiter, a thread wake-up "
+              "per operation; a pool without a queue lets the running thread take back what it returned, "
+              "switches less and starves the rest (fairness near 0).",
               "- With SELECT 1, every pool sees real contention: fairness near 0 means threads starved while "
               "others re-took the connection they had just returned (LIFO, no queue).",
               "- A 1-thread SELECT 1 costs a loopback round trip per statement; on a VM that cost changes "
