@@ -13,9 +13,10 @@ Three parts, all on an embedded PostgreSQL (or DATABASE_URL):
    They copy private internals of shared/pool.py at the time of writing; they are
    measuring instruments, not code to import. S1 (one-call return check), S2 (idle
    checkout in one lock section), S3 (no poll on handed-over connections), S4 (no poll
-   for a connection back less than 1 ms) and S5's wait accounting were adopted in shared/
-   and are part of "ours"; what remains here are the changes not adopted, for the reasons
-   in BENCHMARKS.md: S5's Lock-based waiter and S6, bounded barging (Go's sync.Mutex
+   for a connection back less than 1 ms) and S5 (a waiter sleeps on one lock created held,
+   not a Condition; its wait is counted by the thread serving it) were adopted in shared/
+   and are part of "ours"; what remains here is the change not adopted, for the reasons
+   in BENCHMARKS.md: S6, bounded barging (Go's sync.Mutex
    "normal mode": a returned connection goes to the longest waiter only once it has
    waited 1 ms; until then the returning thread may take it back), which cuts the
    8-thread cost by half or more but drops fairness below 0.9.
@@ -43,7 +44,6 @@ import psycopg2
 import psycopg2.pool
 
 import shared
-import shared.waiter
 from shared import stats as keys
 from shared.connections import reset_for_reuse
 from shared.errors import PoolTimeout
@@ -64,87 +64,17 @@ class NoCheck(shared.Pool):
         return True
 
 
-class LockWaiter:
-    """S5: a waiter is one pre-acquired threading.Lock; serving releases it. No Condition (pure
-    Python, a lock allocated per wait), no waiter lock taken by the server."""
+class NudgeWaiter:
+    """S6: a waiter (on a Condition) that can also be woken without a connection, to try the idle deque."""
 
-    __slots__ = ("_gate", "entry", "error", "gave_up", "started")
+    __slots__ = ("_cond", "entry", "error", "nudged", "started")
 
     def __init__(self) -> None:
-        self._gate = threading.Lock()
-        self._gate.acquire()
+        self._cond = threading.Condition(threading.Lock())
         self.entry: Any = None
         self.error: BaseException | None = None
-        self.gave_up = False
-        self.started = _monotonic()
-
-    def serve(self, entry: Any) -> bool:  # under the pool lock: a waiter still queued never gave up
-        self.entry = entry
-        self._gate.release()
-        return True
-
-    def fail(self, error: BaseException) -> bool:  # after being taken off the queue under the pool lock
-        self.error = error
-        self._gate.release()
-        return True
-
-
-class LockWaiterMixin:
-    """S5: LockWaiter, with the wait time accounted by the serving thread (already under the
-    pool lock) instead of the woken caller taking the pool lock once more."""
-
-    def _enqueue(self) -> Any:
-        limit = self.settings.max_waiting
-        if limit and len(self._waiting) >= limit:
-            return super()._enqueue()  # raises TooManyWaiting
-        waiter = LockWaiter()
-        self._waiting.append(waiter)
-        self._counts[keys.WAITS] += 1
-        return waiter
-
-    def _hand_over(self, entry: Any) -> None:
-        if self._waiting:
-            waiter = self._waiting.popleft()
-            self._lend(entry)
-            waited = _monotonic() - waiter.started
-            self._counts[keys.WAIT_MS_TOTAL] += waited * 1000.0
-            wait_times = getattr(self, "_wait_times", None)
-            if wait_times is not None:
-                wait_times.append(waited)
-            waiter.serve(entry)
-            return
-        self._idle.append(entry)
-
-    def _wait_for(self, waiter: Any, deadline: float, wait: float) -> Any:
-        if not waiter._gate.acquire(timeout=max(deadline - _monotonic(), 0.0)):
-            with self._lock:
-                if waiter in self._waiting:  # nobody took it off the queue: give up
-                    self._waiting.remove(waiter)
-                    waiter.gave_up = True
-                    self._counts[keys.TIMEOUTS] += 1
-                    self._counts[keys.WAIT_MS_TOTAL] += (_monotonic() - waiter.started) * 1000.0
-                    in_use = len(self._in_use)
-                    raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s "
-                                      f"(max_size {self.settings.max_size}, {in_use} in use)")
-            waiter._gate.acquire()  # served or failed just now: the release is on its way
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.entry
-
-
-class NudgeWaiter(shared.waiter.Waiter):
-    """S6: a waiter that can also be woken without a connection, to try the idle deque."""
-
-    __slots__ = ("nudged",)
-
-    def __init__(self) -> None:
-        super().__init__()
         self.nudged = False
-
-    def nudge(self) -> None:
-        with self._cond:
-            self.nudged = True
-            self._cond.notify()
+        self.started = _monotonic()
 
     def wait(self, timeout: float) -> Any:
         with self._cond:
@@ -152,9 +82,22 @@ class NudgeWaiter(shared.waiter.Waiter):
                 self._cond.wait(timeout)
             if self.error is not None:
                 raise self.error
-            if self.entry is None and not self.nudged:
-                self.gave_up = True
             return self.entry
+
+    def _wake(self, **state: Any) -> None:
+        with self._cond:
+            for name, value in state.items():
+                setattr(self, name, value)
+            self._cond.notify()
+
+    def serve(self, entry: Any) -> None:
+        self._wake(entry=entry)
+
+    def fail(self, error: BaseException) -> None:
+        self._wake(error=error)
+
+    def nudge(self) -> None:
+        self._wake(nudged=True)
 
 
 class BargingMixin:
@@ -191,25 +134,26 @@ class BargingMixin:
             entry = waiter.wait(max(deadline - _monotonic(), 0.0))
             if entry is not None:
                 return entry
-            if not waiter.nudged or waiter.gave_up:
-                return super()._wait_for(waiter, deadline, wait)  # timed out: raises
-            with self._lock:
+            with self._lock:  # served, nudged or timed out: decided under the pool lock
                 if waiter.entry is not None:
                     return waiter.entry
-                if self._idle:
+                if waiter.nudged and self._idle:
                     self._waiting.remove(waiter)
                     return self._lend(self._idle.pop())
-                waiter.nudged = False  # beaten to it: keep our place in the queue
-
+                if _monotonic() < deadline:
+                    waiter.nudged = False  # beaten to it: keep our place in the queue
+                    continue
+                self._waiting.remove(waiter)
+                self._counts[keys.TIMEOUTS] += 1
+            raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s (prototype S6)")
 
 def _variant(name: str, *mixins: type) -> type:
     return type(name, (*mixins, shared.Pool), {}) if mixins else shared.Pool
 
 
 VARIANTS: dict[str, tuple[type, str]] = {
-    "ours": (shared.Pool, "shared.Pool as it is (S1-S4 adopted)"),
+    "ours": (shared.Pool, "shared.Pool as it is (S1-S5 adopted)"),
     "nocheck": (NoCheck, "no pre-use check at all (floor, not a suggestion)"),
-    "S5": (_variant("S5", LockWaiterMixin), "waiter = one Lock; wait time accounted by the server"),
     "S6": (_variant("S6", BargingMixin), "bounded barging: hand over only after a 1 ms wait"),
 }
 

@@ -280,16 +280,23 @@ class Pool(PoolUpkeep):
         return waiter
 
     def _wait_for(self, waiter: Waiter, deadline: float, wait: float) -> Entry:
-        entry = waiter.wait(max(deadline - time.monotonic(), 0.0))
-        if entry is not None:
-            return entry  # _hand_over counted the wait while it held the lock
-        with self._lock:
-            self._count_wait(time.monotonic() - waiter.started)
-            self._counts[keys.TIMEOUTS] += 1
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
-            in_use, size = len(self._in_use), self.settings.max_size
-        raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s (max_size {size}, {in_use} in use)")
+        if not waiter.sleep(max(deadline - _monotonic(), 0.0)):
+            with self._lock:
+                # Still queued: nobody can serve us once we are off it. Not queued: a
+                # server or close() took us off under this lock, and its wake-up is due.
+                timed_out = waiter in self._waiting
+                if timed_out:
+                    self._waiting.remove(waiter)
+                    self._count_wait(_monotonic() - waiter.started)
+                    self._counts[keys.TIMEOUTS] += 1
+                in_use, size = len(self._in_use), self.settings.max_size
+            if timed_out:
+                raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s (max_size {size}, {in_use} in use)")
+            waiter.sleep_until_woken()
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.entry is not None  # woken without an error: served
+        return waiter.entry  # _hand_over counted the wait while it held the lock
 
     def _count_wait(self, waited: float) -> None:
         # Called with the pool lock held.
@@ -329,14 +336,13 @@ class Pool(PoolUpkeep):
 
     def _hand_over(self, entry: Entry) -> None:
         # Called with the pool lock held: the longest waiter gets it, else it goes idle.
-        while self._waiting:
+        # A queued waiter has not given up (it leaves the queue under this lock to do so).
+        if self._waiting:
             waiter = self._waiting.popleft()
             self._lend(entry)
-            if waiter.serve(entry):
-                self._count_wait(entry.checked_out_at - waiter.started)
-                return
-            del self._in_use[entry.conn]  # that waiter had just given up: undo
-            self._counts[keys.CHECKOUTS] -= 1
+            self._count_wait(entry.checked_out_at - waiter.started)
+            waiter.serve(entry)
+            return
         self._idle.append(entry)
 
     def _retire(self, entry: Entry, broken: bool, checked_out: bool = True) -> None:

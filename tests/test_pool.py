@@ -136,6 +136,46 @@ def test_pool_timeout_after_the_wait_never_before_never_hanging():
         pass  # a timed-out waiter left no ghost in the queue
 
 
+def test_timeouts_racing_handoffs_lose_no_connection_and_serve_no_one_twice():
+    # Waits as long as a hold: many timeouts land just as a connection is handed over.
+    shared.configure(min_size=2, max_size=2, timeout=30)
+    pool = shared.get_pool()
+    assert pool.wait(10)
+    outcomes = {"served": 0, "timeouts": 0}
+    holders: set[int] = set()
+    guard = threading.Lock()
+
+    def caller(seed: int) -> None:
+        for i in range(150):
+            try:
+                conn = pool.getconn(timeout=0.0005 * ((seed + i) % 4))
+            except shared.PoolTimeout:
+                with guard:
+                    outcomes["timeouts"] += 1
+                continue
+            with guard:
+                assert id(conn) not in holders  # one connection, one holder
+                holders.add(id(conn))
+                outcomes["served"] += 1
+            time.sleep(0.0002 * (i % 3))
+            with guard:
+                holders.discard(id(conn))
+            pool.putconn(conn)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcomes["served"] + outcomes["timeouts"] == 8 * 150
+    assert outcomes["timeouts"] > 0 and outcomes["served"] > 0  # both sides of the race ran
+    stats = pool.stats()
+    assert stats[keys.IN_USE] == 0 and stats[keys.WAITING] == 0 and stats[keys.IDLE] == 2
+    assert stats[keys.TIMEOUTS] == outcomes["timeouts"] and stats[keys.CONNECTIONS_DISCARDED] == 0
+    with pool.connection(timeout=1), pool.connection(timeout=1):
+        pass  # both connections are there to take
+
+
 def test_max_waiting_bounds_the_queue():
     shared.configure(min_size=1, max_size=1, max_waiting=1)
     pool = shared.get_pool()
