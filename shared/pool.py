@@ -1,7 +1,7 @@
 """A thread-safe PostgreSQL connection pool owned by exactly one process.
 
 One lock guards the deques and counters. Callers that find no free connection
-queue FIFO, each on its own condition outside the pool lock (see waiter.py).
+queue FIFO, each sleeping on its own lock outside the pool lock (see waiter.py).
 Connecting, health checks, rollbacks and closing happen outside the lock.
 A background maintainer (maintenance.py) refills to ``min_size`` with
 backoff, trims idle and expired connections and reports leaks.
