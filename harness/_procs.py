@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -36,8 +37,40 @@ class ServiceError(RuntimeError):
     """A throwaway server could not be started or stopped."""
 
 
+# Listening ports come from below the kernel's ephemeral range: a port from inside it can be
+# taken, between our check and the server's bind, by any outgoing connection (a load generator
+# without keep-alive opens thousands).
+LISTEN_PORTS = range(20000, 32768)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the kernel considers free right now (racy: callers retry)."""
+    low = _ephemeral_low()
+    candidates = range(LISTEN_PORTS.start, min(LISTEN_PORTS.stop, low))
+    for _ in range(200):
+        port = random.choice(candidates) if len(candidates) > 100 else _kernel_port(host)
+        if port not in RESERVED_PORTS and _bindable(host, port):
+            return port
+    return _kernel_port(host)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere the check below still applies
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _kernel_port(host: str) -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))

@@ -273,3 +273,13 @@ def test_services_without_redis(monkeypatch: pytest.MonkeyPatch, pg: EmbeddedPos
     monkeypatch.delenv("REDIS_URL", raising=False)
     with services(need_redis=False) as running:
         assert running.redis is None and running.redis_url is None
+
+
+def test_free_ports_come_from_below_the_ephemeral_range():
+    # A port inside it can be taken by an outgoing connection before the server binds it.
+    from harness._procs import LISTEN_PORTS, free_port
+
+    ports = {free_port() for _ in range(50)}
+    assert all(port in LISTEN_PORTS for port in ports), sorted(ports)
+    assert not ports & {5432, 6379}
+    assert len(ports) > 40  # spread out: parallel runs rarely pick the same one
