@@ -277,9 +277,12 @@ def test_services_without_redis(monkeypatch: pytest.MonkeyPatch, pg: EmbeddedPos
 
 def test_free_ports_come_from_below_the_ephemeral_range():
     # A port inside it can be taken by an outgoing connection before the server binds it.
-    from harness._procs import LISTEN_PORTS, free_port
+    from harness._procs import LISTEN_PORTS, _ephemeral_low, free_port
 
     ports = {free_port() for _ in range(50)}
-    assert all(port in LISTEN_PORTS for port in ports), sorted(ports)
+    ceiling = min(LISTEN_PORTS.stop, _ephemeral_low())
+    if ceiling - LISTEN_PORTS.start > 100:
+        assert all(LISTEN_PORTS.start <= port < ceiling for port in ports), sorted(ports)
+    # else: this machine's ephemeral range starts too low to stay out of it; the kernel's choice is used
     assert not ports & {5432, 6379}
     assert len(ports) > 40  # spread out: parallel runs rarely pick the same one
