@@ -112,6 +112,14 @@ def reset_for_reuse(conn: connection) -> bool:
     return not conn.closed
 
 
+def rollback_quietly(conn: connection) -> None:
+    """Roll back after a failed block; a broken connection fails here too, and putconn() discards it."""
+    try:
+        conn.rollback()
+    except psycopg2.Error:
+        pass
+
+
 def close_quietly(conn: connection) -> None:
     """Close a connection this process opened (sends Terminate: only in the owner)."""
     try:

@@ -34,6 +34,7 @@ from .connections import (
     format_checkout_stack,
     is_alive,
     reset_for_reuse,
+    rollback_quietly,
 )
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .maintenance import Maintainer
@@ -137,7 +138,7 @@ class Pool(PoolUpkeep):
             if self._waiting:
                 self._hand_over(entry)
             else:
-                self._idle.append(entry)
+                self._idle.append(entry)  # _hand_over()'s common case, without the call
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[connection]:
@@ -146,7 +147,7 @@ class Pool(PoolUpkeep):
         try:
             yield conn
         except BaseException:
-            _rollback_quietly(conn)
+            rollback_quietly(conn)
             raise
         else:
             conn.commit()
@@ -203,7 +204,6 @@ class Pool(PoolUpkeep):
         state = "inherited" if self._inherited else "closed" if self._closed else "open"
         return f"<Pool {self.name!r} {self.identity} pid={self.pid} {state}>"
 
-
     def detach_after_fork(self) -> None:
         """In a forked child: drop inherited connections with no network I/O. Idempotent.
 
@@ -221,7 +221,6 @@ class Pool(PoolUpkeep):
         self._in_use.clear()
         self._waiting.clear()
         self._maintainer.forget_after_fork()
-
 
     def _take_idle(self) -> Entry | None:
         """The common case in one lock section: an idle connection is there to take."""
@@ -280,7 +279,12 @@ class Pool(PoolUpkeep):
         return waiter
 
     def _wait_for(self, waiter: Waiter, deadline: float, wait: float) -> Entry:
-        if not waiter.sleep(max(deadline - _monotonic(), 0.0)):
+        try:
+            woken = waiter.sleep(max(deadline - _monotonic(), 0.0))
+        except BaseException:  # KeyboardInterrupt and the like: leave no ghost in the queue
+            self._abandon(waiter)
+            raise
+        if not woken:
             with self._lock:
                 # Still queued: nobody can serve us once we are off it. Not queued: a
                 # server or close() took us off under this lock, and its wake-up is due.
@@ -297,6 +301,16 @@ class Pool(PoolUpkeep):
             raise waiter.error
         assert waiter.entry is not None  # woken without an error: served
         return waiter.entry  # _hand_over counted the wait while it held the lock
+
+    def _abandon(self, waiter: Waiter) -> None:
+        """An interrupted waiter: off the queue, or the connection it was just served given back."""
+        with self._lock:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+                return
+            served = waiter.entry  # _hand_over sets it under this lock
+        if served is not None:
+            self.putconn(served.conn)
 
     def _count_wait(self, waited: float) -> None:
         # Called with the pool lock held.
@@ -332,7 +346,6 @@ class Pool(PoolUpkeep):
             entry.verified_at = time.monotonic()
             return True
         return False
-
 
     def _hand_over(self, entry: Entry) -> None:
         # Called with the pool lock held: the longest waiter gets it, else it goes idle.
@@ -382,10 +395,3 @@ class Pool(PoolUpkeep):
     def _describe(self, exc: BaseException) -> str:
         return self.settings.redact(describe_error(exc))
 
-
-
-def _rollback_quietly(conn: connection) -> None:
-    try:
-        conn.rollback()
-    except psycopg2.Error:
-        pass  # the connection is broken: putconn() will discard it

@@ -176,6 +176,47 @@ def test_timeouts_racing_handoffs_lose_no_connection_and_serve_no_one_twice():
         pass  # both connections are there to take
 
 
+@pytest.mark.parametrize("served_first", [False, True])
+def test_a_waiter_interrupted_in_its_sleep_leaves_no_ghost_and_keeps_no_connection(monkeypatch, served_first):
+    # KeyboardInterrupt lands in a sleeping caller: before it was served, or just as it was.
+    from shared.waiter import Waiter
+
+    shared.configure(min_size=1, max_size=1, timeout=30)
+    pool = shared.get_pool()
+    held = pool.getconn()
+    real_sleep = Waiter.sleep
+
+    def interrupted(self, timeout):
+        if served_first:
+            real_sleep(self, timeout)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Waiter, "sleep", interrupted)
+    caught: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            pool.getconn()
+        except KeyboardInterrupt as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    if served_first:
+        assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
+        pool.putconn(held)
+    t.join(10)
+    assert len(caught) == 1
+    stats = pool.stats()
+    assert stats[keys.WAITING] == 0
+    assert stats[keys.IN_USE] == (0 if served_first else 1)  # the served connection came back
+    monkeypatch.setattr(Waiter, "sleep", real_sleep)
+    if not served_first:
+        pool.putconn(held)
+    with pool.connection(timeout=1):
+        pass
+
+
 def test_max_waiting_bounds_the_queue():
     shared.configure(min_size=1, max_size=1, max_waiting=1)
     pool = shared.get_pool()
