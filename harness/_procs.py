@@ -45,12 +45,12 @@ LISTEN_PORTS = range(20000, 32768)
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the kernel considers free right now (racy: callers retry)."""
-    low = _ephemeral_low()
-    candidates = range(LISTEN_PORTS.start, min(LISTEN_PORTS.stop, low))
-    for _ in range(200):
-        port = random.choice(candidates) if len(candidates) > 100 else _kernel_port(host)
-        if port not in RESERVED_PORTS and _bindable(host, port):
-            return port
+    candidates = range(LISTEN_PORTS.start, min(LISTEN_PORTS.stop, _ephemeral_low()))
+    if len(candidates) > 100:  # else the ephemeral range starts too low to stay out of it
+        for _ in range(200):
+            port = random.choice(candidates)
+            if port not in RESERVED_PORTS and _bindable(host, port):
+                return port
     return _kernel_port(host)
 
 
