@@ -11,7 +11,10 @@ COPY shared ./shared
 COPY web ./web
 COPY workers ./workers
 COPY harness ./harness
-RUN pip install . && useradd --system --no-create-home forkpool
+COPY suite ./suite
+# The library (shared/, distribution `forkpool`) and the suite in one call:
+# pip takes the suite's `forkpool` requirement from ./shared.
+RUN pip install "./shared[all]" . && useradd --system --no-create-home forkpool
 
 USER forkpool
 EXPOSE 8000

@@ -5,8 +5,10 @@
     python3 bootstrap.py test      # the whole test suite
     python3 bootstrap.py forkpool ARGS...   # any forkpool command
 
-Creates ./.venv and installs the project with its `dev` and `embedded` extras
-(again only when pyproject.toml changes), then runs the command in it.
+Creates ./.venv and installs the library (shared/, the `forkpool` distribution,
+with all its extras) and the suite (this directory, with its `dev` and
+`embedded` extras) in one pip call, again only when a pyproject.toml changes,
+then runs the command in it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("FORKPOOL_VENV", ROOT / ".venv"))
 STAMP = VENV / ".forkpool-installed"
+PROJECT_FILES = ("pyproject.toml", "shared/pyproject.toml")
 
 
 def venv_bin(name: str) -> Path:
@@ -28,16 +31,17 @@ def venv_bin(name: str) -> Path:
 
 
 def ensure_venv() -> None:
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(b"".join((ROOT / p).read_bytes() for p in PROJECT_FILES)).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and venv_bin("forkpool").exists():
         return
     if not venv_bin("python").exists():
         print(f"bootstrap: creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("bootstrap: installing forkpool[dev,embedded] (first run only)", flush=True)
+    print("bootstrap: installing forkpool (shared/) and the suite (first run only)", flush=True)
     pip = [str(venv_bin("python")), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    subprocess.run(pip + ["-e", f"{ROOT}[dev,embedded]"], check=True)
+    # One call: pip takes the suite's `forkpool` requirement from ./shared, never from an index.
+    subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", "-e", f"{ROOT}[dev,embedded]"], check=True)
     STAMP.write_text(wanted)
 
 

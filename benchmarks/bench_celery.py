@@ -2,7 +2,7 @@
 
 One task, ``bench.write_row(key)``: INSERT one row into bench_events, committed, through a
 connection from ``benchmarks.db_modes`` (BENCH_DB_MODE: pool | connect | floor). Broker and
-results: REDIS_URL; queue: BENCH_QUEUE. In pool mode ``shared.celery_signals.wire_celery()``
+results: REDIS_URL; queue: BENCH_QUEUE. In pool mode ``forkpool.celery.wire_celery()``
 gives each task process its own pool in worker_process_init; receivers connected before and
 after it time that hook into BENCH_STARTUP_FILE (Celery calls receivers in connection order).
 """
@@ -42,7 +42,7 @@ def _startup_begins(**_: Any) -> None:
 
 
 if _mode == "pool":
-    from shared.celery_signals import wire_celery
+    from forkpool.celery import wire_celery
 
     wire_celery()
 

@@ -1,6 +1,6 @@
 """The pools under test in pool_bench, each opened and filled to POOL_SIZE before the first round.
 
-    ours               shared.Pool (min = max = 5), getconn()/putconn(), default settings
+    ours               forkpool.Pool (min = max = 5), getconn()/putconn(), default settings
     ours_nocheck       diagnostic: ours with its pre-use health check removed
     ours_check_always  diagnostic: ours with check_idle=0 (a round trip before every checkout)
     psycopg2           ThreadedConnectionPool(5, 5) behind a BoundedSemaphore(5)
@@ -50,22 +50,22 @@ def build_contenders(dsn: str, stack: ExitStack) -> dict[str, Contender]:
     import psycopg2.pool
     import psycopg_pool
 
-    import shared
-    from shared.settings import build_settings
+    import forkpool
+    from forkpool.settings import build_settings
 
     found: dict[str, Contender] = {}
 
-    def ours(key: str, name: str, config: str, cls: type = shared.Pool, **extra: Any) -> None:
+    def ours(key: str, name: str, config: str, cls: type = forkpool.Pool, **extra: Any) -> None:
         pool = cls(build_settings(dsn=dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, **extra), name)
         stack.callback(pool.close)
         pool.open(wait=True)
         found[key] = Contender(key, "ours", config, pool.getconn, pool.putconn, pool=pool)
 
-    ours("ours", "bench", "shared.Pool, default settings (check_idle 5 s + idle socket poll)")
-    nocheck = _no_check_pool_class(shared.Pool)
+    ours("ours", "bench", "forkpool.Pool, default settings (check_idle 5 s + idle socket poll)")
+    nocheck = _no_check_pool_class(forkpool.Pool)
     if nocheck is not None:
-        ours("ours_nocheck", "bench-nocheck", "shared.Pool with its pre-use check removed (diagnostic)", nocheck)
-    ours("ours_check_always", "bench-check-always", "shared.Pool, check_idle=0: a round trip per checkout "
+        ours("ours_nocheck", "bench-nocheck", "forkpool.Pool with its pre-use check removed (diagnostic)", nocheck)
+    ours("ours_check_always", "bench-check-always", "forkpool.Pool, check_idle=0: a round trip per checkout "
          "(diagnostic)", check_idle=0)
 
     # psycopg2's pool raises PoolError when exhausted; the semaphore makes threads wait instead.

@@ -2,7 +2,7 @@
 
     with connection() as conn, conn.cursor() as cur: ...   # committed on success
 
-    pool     this project's per-process pool: ``shared.get_pool().connection()``
+    pool     this project's per-process pool: ``forkpool.get_pool().connection()``
     connect  ``psycopg2.connect()`` + ``close()`` around every use
     floor    one bare psycopg2 connection per thread of the process, opened lazily on first
              use after fork, pid-checked, no pool (sync workers and Celery processes have one
@@ -36,7 +36,7 @@ def current_mode() -> str:
 def connection_source(mode: str) -> ConnectionSource:
     """A callable returning a context manager that lends one connection."""
     if mode == "pool":
-        from shared import get_pool
+        from forkpool import get_pool
 
         return lambda: get_pool().connection()
     if mode == "connect":

@@ -33,7 +33,7 @@ def summarize(results: dict[str, dict[str, Series]], contenders: dict[str, Conte
         for column, key in run.items():
             series = by_column.get(column)
             if series is None:
-                na.setdefault(column, "not measured (diagnostic unavailable with this version of shared.Pool)")
+                na.setdefault(column, "not measured (diagnostic unavailable with this version of forkpool.Pool)")
                 continue
             ratios = paired(series.ns, ours.ns) if ours else []
             rows[column] = {

@@ -35,8 +35,8 @@ graceful_timeout = 10
 proc_name = f"bench-{_worker_class}-{_mode}"
 
 if _mode == "pool":
-    from shared.gunicorn_hooks import on_exit, pre_fork, when_ready, worker_exit  # noqa: F401
-    from shared.gunicorn_hooks import post_fork as _open_pool
+    from forkpool.gunicorn import on_exit, pre_fork, when_ready, worker_exit  # noqa: F401
+    from forkpool.gunicorn import post_fork as _open_pool
 
     def post_fork(server, worker):  # noqa: ANN001 - Gunicorn's hook signature
         started = time.perf_counter()

@@ -7,7 +7,7 @@ Three parts, all on an embedded PostgreSQL (or DATABASE_URL):
 
 1. the cost of each step of the hot path, timed alone (best of 5 timeit runs);
 2. cProfile of checkout + return cycles (its own overhead inflates Python calls);
-3. PROTOTYPES of suggested changes, as subclasses of shared.Pool defined here only to be
+3. PROTOTYPES of suggested changes, as subclasses of forkpool.Pool defined here only to be
    measured (shared/ is not changed): checkout + return cost with 1 thread, and with 8
    threads on a pool of 5 (ns/op and fairness), interleaved and repeated, medians shown.
    They copy private internals of shared/pool.py at the time of writing; they are
@@ -43,11 +43,11 @@ from typing import Any
 import psycopg2
 import psycopg2.pool
 
-import shared
-from shared import stats as keys
-from shared.connections import reset_for_reuse
-from shared.errors import PoolTimeout
-from shared.settings import build_settings
+import forkpool
+from forkpool import stats as keys
+from forkpool.connections import reset_for_reuse
+from forkpool.errors import PoolTimeout
+from forkpool.settings import build_settings
 
 from .pool_bench import POOL_SIZE, THREADS, make_op, run_window
 
@@ -57,7 +57,7 @@ _monotonic = time.monotonic
 # -- prototypes of the suggestions ----------------------------------------------------------
 
 
-class NoCheck(shared.Pool):
+class NoCheck(forkpool.Pool):
     """Floor: no pre-use check at all (not a suggestion: what the check costs)."""
 
     def _usable(self, entry: Any) -> bool:
@@ -148,11 +148,11 @@ class BargingMixin:
             raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s (prototype S6)")
 
 def _variant(name: str, *mixins: type) -> type:
-    return type(name, (*mixins, shared.Pool), {}) if mixins else shared.Pool
+    return type(name, (*mixins, forkpool.Pool), {}) if mixins else forkpool.Pool
 
 
 VARIANTS: dict[str, tuple[type, str]] = {
-    "ours": (shared.Pool, "shared.Pool as it is (S1-S5 adopted)"),
+    "ours": (forkpool.Pool, "forkpool.Pool as it is (S1-S5 adopted)"),
     "nocheck": (NoCheck, "no pre-use check at all (floor, not a suggestion)"),
     "S6": (_variant("S6", BargingMixin), "bounded barging: hand over only after a 1 ms wait"),
 }
@@ -161,7 +161,7 @@ VARIANTS: dict[str, tuple[type, str]] = {
 # -- measurements ---------------------------------------------------------------------------
 
 
-def step_costs(pool: shared.Pool) -> list[tuple[str, float]]:
+def step_costs(pool: forkpool.Pool) -> list[tuple[str, float]]:
     conn = pool.getconn()
     entry = pool._in_use[conn]
     pool.putconn(conn)
@@ -189,7 +189,7 @@ def step_costs(pool: shared.Pool) -> list[tuple[str, float]]:
     return found
 
 
-def profile(pool: shared.Pool, cycles: int) -> str:
+def profile(pool: forkpool.Pool, cycles: int) -> str:
     profiler = cProfile.Profile()
     getconn, putconn = pool.getconn, pool.putconn
     profiler.enable()
@@ -200,7 +200,7 @@ def profile(pool: shared.Pool, cycles: int) -> str:
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(14)
     lines = out.getvalue().splitlines()
     start = next(i for i, line in enumerate(lines) if "ncalls" in line)
-    return "\n".join(line.replace(os.path.dirname(os.path.dirname(shared.__file__)) + "/", "")
+    return "\n".join(line.replace(os.path.dirname(os.path.dirname(forkpool.__file__)) + "/", "")
                      for line in lines[start:] if line.strip())
 
 

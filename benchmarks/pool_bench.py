@@ -6,7 +6,7 @@
 
 Contenders, all holding 5 connections to the same server:
 
-    ours          shared.Pool (min = max = 5), getconn()/putconn(), default settings
+    ours          forkpool.Pool (min = max = 5), getconn()/putconn(), default settings
     psycopg2      psycopg2.pool.ThreadedConnectionPool(5, 5) behind a BoundedSemaphore(5),
                   so threads wait instead of getting PoolError when it is exhausted
     psycopg_pool  psycopg_pool.ConnectionPool (psycopg 3), min = max = 5, getconn()/putconn()

@@ -17,7 +17,7 @@ STARTUP_FILE_ENV = "BENCH_STARTUP_FILE"
 
 def pool_state() -> dict[str, Any]:
     """This process's default pool: open connections, its minimum, and whether it is full."""
-    from shared import get_pool
+    from forkpool import get_pool
 
     stats = get_pool().stats()
     return {"pool_size": stats["size"], "pool_min": stats["min_size"], "full": stats["size"] >= stats["min_size"]}

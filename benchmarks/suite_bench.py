@@ -10,8 +10,8 @@ ignored: connect-per-request churns connections, which a shared server should no
 
 1. Web: Gunicorn, 2 sync workers and 2 gthread workers x 4 threads, serving
    benchmarks/bench_app.py (GET /item: one SELECT by primary key, committed), three ways
-   with the same endpoint code (benchmarks/db_modes.py): pool (shared.get_pool(), the
-   shared.gunicorn_hooks hooks, a pool of 1 for sync and 4 for gthread: as many connections
+   with the same endpoint code (benchmarks/db_modes.py): pool (forkpool.get_pool(), the
+   forkpool.gunicorn hooks, a pool of 1 for sync and 4 for gthread: as many connections
    as the floor holds), connect (psycopg2.connect + close per request), floor (one bare
    psycopg2 connection per thread, opened lazily after fork, pid-checked, no pool). Load from
    wrk when it is on PATH (else a Python fallback: benchmarks/loadgen.py), keep-alive off (see

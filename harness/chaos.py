@@ -11,7 +11,7 @@ from typing import Callable
 
 from celery import Celery
 
-from shared.queue import TASK_POOL_STATS, TASK_RECORD_EVENT
+from suite.queue import TASK_POOL_STATS, TASK_RECORD_EVENT
 
 from .model import Event
 from .processes import RunningSuite

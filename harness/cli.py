@@ -1,4 +1,8 @@
-"""The `forkpool` command line.
+"""The suite's subcommands of `forkpool`: demo, loadtest, soak, fault, up, stats, initdb.
+
+The library owns the `forkpool` command (forkpool/cli.py); these join it through
+the entry point group ``forkpool.commands`` (root pyproject.toml), each as a
+``name_command(argv, prog)`` function wrapping the click command below.
 
 Exit codes: 0 every check passed; 1 a check failed; 2 bad usage or configuration;
 3 the plan does not fit the server's connection slots.
@@ -14,9 +18,8 @@ from typing import Any, Callable
 import click
 import psycopg2
 
-import shared
-from shared.budget import Budget, DeploymentPlan, ServerLimits, read_server_limits
-from shared.redact import describe_error
+import forkpool
+from forkpool.redact import describe_error
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
 
@@ -40,19 +43,14 @@ def size_options(defaults: dict[str, int], from_env: bool) -> Callable[[Callable
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """forkpool: one PostgreSQL pool per process under Gunicorn and Celery, with proof.
-
-    Uses DATABASE_URL / REDIS_URL when set, else starts embedded servers.
-    """
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@main.command()
+@click.command(context_settings=_CONTEXT)
 def initdb() -> None:
     """Create the suite's tables in DATABASE_URL (idempotent)."""
-    from shared.schema import init_schema_at
-    from shared.settings import build_settings, settings_from_env
+    from suite.schema import init_schema_at
+    from forkpool.settings import build_settings, settings_from_env
 
     settings = build_settings(**settings_from_env())  # a bad DATABASE_URL is one clear line
     try:
@@ -60,44 +58,6 @@ def initdb() -> None:
     except psycopg2.Error as exc:
         raise click.ClickException(f"initdb failed: {settings.redact(describe_error(exc))}") from None
     click.echo("schema ready: tables items, events")
-
-
-@main.command()
-@size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
-@click.option("--other-clients", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Sessions of anything else on the server (admin, migrations, monitoring).")
-@click.option("--max-connections", type=click.IntRange(min=1),
-              help="Plan offline against this max_connections instead of asking DATABASE_URL's server.")
-@click.option("--superuser-reserved", type=click.IntRange(min=0), default=3, show_default=True,
-              help="With --max-connections: superuser_reserved_connections.")
-@click.option("--reserved", type=click.IntRange(min=0), default=0, show_default=True,
-              help="With --max-connections: reserved_connections (PostgreSQL 16+).")
-def budget(web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int, other_clients: int,
-           max_connections: int | None, superuser_reserved: int, reserved: int) -> None:
-    """Does the plan fit the server's connection slots? Prints the arithmetic; exit 3 when it does not."""
-    plan = DeploymentPlan(web_workers, web_threads, worker_concurrency, pool_size, other_clients)
-    limits = _limits(max_connections, superuser_reserved, reserved)
-    verdict = Budget(plan, limits)
-    for line in verdict.explain():
-        click.echo(line)
-    sys.exit(0 if verdict.fits else EXIT_DOES_NOT_FIT)
-
-
-def _limits(max_connections: int | None, superuser_reserved: int, reserved: int) -> ServerLimits:
-    if max_connections is not None:
-        return ServerLimits(max_connections, superuser_reserved, reserved)
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        click.echo("(no DATABASE_URL and no --max-connections: PostgreSQL's defaults, 100 and 3 reserved)")
-        return ServerLimits(100, 3, 0)
-    try:
-        conn = psycopg2.connect(url, application_name="forkpool-budget", connect_timeout=5)
-    except psycopg2.Error as exc:
-        raise click.ClickException(f"cannot reach DATABASE_URL: {describe_error(exc)}") from None
-    try:
-        return read_server_limits(conn)
-    finally:
-        conn.close()
 
 
 def load_options(command: Callable) -> Callable:
@@ -127,7 +87,7 @@ def load_options(command: Callable) -> Callable:
     return command
 
 
-@main.command()
+@click.command(context_settings=_CONTEXT)
 @size_options({"web_workers": 3, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=False)
 @load_options
 @click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
@@ -136,7 +96,7 @@ def loadtest(**params: Any) -> None:
     sys.exit(_run(params))
 
 
-@main.command()
+@click.command(context_settings=_CONTEXT)
 @click.option("--duration", type=click.FloatRange(min=5), default=600.0, show_default=True, help="Seconds of load.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report files (memory.png too) and logs here.")
@@ -148,7 +108,7 @@ def soak(duration: float, report_dir: Path | None) -> None:
     sys.exit(_run(params))
 
 
-@main.command()
+@click.command(context_settings=_CONTEXT)
 @click.argument("scenario", type=click.Choice(["all", "pg-restart", "pg-down-at-start", "out-of-slots",
                                                "redis-restart", "slow-queries"]))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -178,7 +138,7 @@ def fault(scenario: str, json_path: Path | None) -> None:
     sys.exit(0 if all(r.passed for r in results) else EXIT_FAILED)
 
 
-@main.command()
+@click.command(context_settings=_CONTEXT)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report files and logs here.")
 @click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
@@ -217,7 +177,7 @@ def _run(params: dict[str, Any]) -> int:
     return 0 if report.passed else EXIT_FAILED
 
 
-@main.command()
+@click.command(context_settings=_CONTEXT)
 @click.option("--url", help="The suite's web URL (default: the suite `forkpool up` started, else :8000).")
 @click.option("--database-url", help="Where to count the server's sessions (default: `forkpool up`'s, else DATABASE_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -245,7 +205,7 @@ def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
     render_stats(found)
 
 
-@main.command()
+@click.command(context_settings=_CONTEXT)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, envvar="PORT")
 @size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
 def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int) -> None:
@@ -255,15 +215,33 @@ def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, p
     sys.exit(run_foreground(port, web_workers, web_threads, worker_concurrency, pool_size))
 
 
-def run() -> None:
-    """Entry point: user mistakes end with one line, never a traceback."""
-    from .services import ServiceError
+def _entry(command: click.Command) -> Callable[[list[str], str], int]:
+    """A click command as a `forkpool` subcommand: user mistakes end with one line, never a traceback."""
 
-    try:
-        main(standalone_mode=True)
-    except shared.ConfigError as exc:
-        click.echo(f"forkpool: invalid configuration: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except ServiceError as exc:
-        click.echo(f"forkpool: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    def run(argv: list[str], prog: str) -> int:
+        from .services import ServiceError
+
+        try:
+            command.main(args=argv, prog_name=prog, standalone_mode=True)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILED)
+        except forkpool.ConfigError as exc:
+            click.echo(f"{prog}: invalid configuration: {exc}", err=True)
+            return EXIT_USAGE
+        except ServiceError as exc:
+            click.echo(f"{prog}: {exc}", err=True)
+            return EXIT_FAILED
+        return 0
+
+    run.__doc__ = command.help
+    run.__name__ = f"{command.name}_command"
+    return run
+
+
+demo_command = _entry(demo)
+loadtest_command = _entry(loadtest)
+soak_command = _entry(soak)
+fault_command = _entry(fault)
+up_command = _entry(up)
+stats_command = _entry(stats)
+initdb_command = _entry(initdb)

@@ -9,10 +9,10 @@ from typing import Callable
 
 import psycopg2
 
-from shared import ConnectError, Pool, PoolTimeout
-from shared import stats as keys
-from shared.budget import Budget, DeploymentPlan, ServerLimits
-from shared.settings import build_settings
+from forkpool import ConnectError, Pool, PoolTimeout
+from forkpool import stats as keys
+from forkpool.budget import Budget, DeploymentPlan, ServerLimits
+from forkpool.settings import build_settings
 
 from .chaos import DirectEnqueuer, producer
 from .faults import Bench, FaultResult, Prober, outcome_counts, recovery_time

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from shared.schema import init_schema_at
+from suite.schema import init_schema_at
 
 from . import checks
 from .model import Check, Sample

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from shared.schema import init_schema_at
-from shared.settings import env_bool, env_int
+from suite.schema import init_schema_at
+from forkpool.settings import env_bool, env_int
 
 from .processes import SuitePlan, start_suite
 from .stats_view import clear_state, write_state

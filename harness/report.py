@@ -1,6 +1,6 @@
 """Show a harness run: tables on the terminal, report.json, and a connections chart (PNG).
 
-Every free-form string goes through `shared.redact` first: the plan carries the
+Every free-form string goes through `forkpool.redact` first: the plan carries the
 database URL, and driver errors quoted in check details or load errors can echo it.
 """
 
@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.model import RunReport
-from shared.redact import dsn_password, redact_text
+from forkpool.redact import dsn_password, redact_text
 
 # A literal password shorter than this is masked only where it sits in a URL or a
 # password=... pair: replacing "ab" everywhere would garble the report.

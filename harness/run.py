@@ -13,8 +13,8 @@ from typing import Callable
 import psycopg2
 from rich.console import Console
 
-from shared.budget import Budget, DeploymentPlan, read_server_limits
-from shared.schema import init_schema_at
+from forkpool.budget import Budget, DeploymentPlan, read_server_limits
+from suite.schema import init_schema_at
 
 from . import checks
 from .chaos import DirectEnqueuer, Killer, producer, worker_pool_reports

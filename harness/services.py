@@ -37,7 +37,7 @@ import psycopg2.extensions
 import redis
 from psycopg2 import sql
 
-from shared.redact import redact_text
+from forkpool.redact import redact_text
 
 from ._procs import (ServiceError, chown_tree, default_base_dir, free_port, init_data_dir, log_tail,
                      make_tmp_dir, postgres_bindir, redis_server_binary, server_user, spawn, stop)

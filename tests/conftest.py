@@ -16,10 +16,10 @@ import psycopg2
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-import shared
+import forkpool
 from harness.services import EmbeddedPostgres, EmbeddedRedis, external_database_url, external_redis_url
-from shared import identity
-from shared.process_state import home
+from forkpool import identity
+from forkpool import registry
 
 ADMIN_APP_NAME = "pytest-admin"
 
@@ -139,9 +139,9 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
     monkeypatch.setenv("REDIS_URL", redis_url)
     identity._suite_id = identity._role = None
     yield
-    shared.close_all()
-    state = home().current
-    if state is not None:
-        state.settings.clear()
-        state.manager_counts = dict.fromkeys(state.manager_counts, 0)
+    forkpool.close_all()
+    registry.configured().clear()
+    pools = registry.process_pools.peek()
+    if pools is not None:
+        pools.manager_counts = dict.fromkeys(pools.manager_counts, 0)
     identity._suite_id = identity._role = None

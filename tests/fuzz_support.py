@@ -41,10 +41,10 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-import shared
-import shared.queue as shared_queue
-from shared.jobs import KEY_MAX, MAX_DEPTH, MAX_HOLD_SECONDS
-from shared.schema import NAME_MAX, init_schema
+import forkpool
+import suite.queue as suite_queue
+from suite.jobs import KEY_MAX, MAX_DEPTH, MAX_HOLD_SECONDS
+from suite.schema import NAME_MAX, init_schema
 from web import create_app
 from web.app import DEFAULT_MAX_BODY_BYTES
 from web.openapi import openapi_spec
@@ -107,7 +107,7 @@ def suite(pg_server, database_url, redis_url, suite_id, monkeypatch) -> Iterator
         monkeypatch.setenv("DATABASE_URL", pg_server.create_database(f"fuzz_{uuid.uuid4().hex[:16]}"))
     queue = f"fuzz-{uuid.uuid4().hex}"
     monkeypatch.setenv("CELERY_QUEUE", queue)
-    monkeypatch.setattr(shared_queue, "_producer", None)  # a producer built now, for this queue
+    monkeypatch.setattr(suite_queue, "_producer", None)  # a producer built now, for this queue
     init_schema()
     db = psycopg2.connect(os.environ["DATABASE_URL"], application_name="pytest-fuzz")
     db.autocommit = True
@@ -116,7 +116,7 @@ def suite(pg_server, database_url, redis_url, suite_id, monkeypatch) -> Iterator
         yield Suite(create_app({"TESTING": True}).test_client(), db, rds, queue, suite_id)
     finally:
         db.close()
-        producer = shared_queue._producer
+        producer = suite_queue._producer
         if producer is not None:
             producer[1].close()
         rds.delete(queue, *rds.scan_iter(f"{suite_id}:job:*"))

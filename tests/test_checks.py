@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from harness import checks
 from harness.model import Sample
-from shared.budget import Budget, DeploymentPlan, ServerLimits
+from forkpool.budget import Budget, DeploymentPlan, ServerLimits
 
 P = 4
 EXPECTED = {"web": 12, "worker": 8}

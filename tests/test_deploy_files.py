@@ -24,7 +24,7 @@ from tests.conftest import wait_for
 from tests.suite_helpers import http, sessions_by_role
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("shared", "web", "workers")
+CODE_DIRS = ("shared/forkpool", "suite", "web", "workers")
 _READS = re.compile(r'(?:env_int|env_bool|env\.get|environ\.get|getenv)\(\s*"([A-Z][A-Z0-9_]+)"|^\s*"([A-Z][A-Z0-9_]+)": "\w+",|_ENV = "([A-Z][A-Z0-9_]+)"', re.M)
 
 
@@ -84,7 +84,7 @@ def test_readme_configuration_table_lists_exactly_what_the_code_reads():
 
 def test_dockerfile_copies_every_package_and_runs_the_web_command():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("shared", "web", "workers", "harness"):
+    for package in ("shared", "web", "workers", "harness", "suite"):
         assert f"COPY {package} ./{package}" in dockerfile
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
     assert cmd and yaml.safe_load(cmd.group(1)) == shlex.split(procfile()["web"])
@@ -96,7 +96,7 @@ def test_procfile_runs_under_honcho(database_url, redis_url, admin, pg_server):
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "SUITE_ID": suite_id,
            "CELERY_QUEUE": f"{suite_id}.tasks", "DB_POOL_SIZE": "2", "WEB_CONCURRENCY": "2",
            "WORKER_CONCURRENCY": "1"}
-    init = subprocess.run([sys.executable, "-m", "harness", "initdb"], env=env, capture_output=True, text=True,
+    init = subprocess.run([sys.executable, "-m", "forkpool", "initdb"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert init.returncode == 0, init.stderr
     port = free_port()

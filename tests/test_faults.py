@@ -26,7 +26,7 @@ def test_fault_scenario_comes_back_whole(name):
 
 def test_soak_machinery_reports_flat_memory_and_counts(tmp_path):
     """The 10-minute soak runs on demand (`forkpool soak`); here a short one proves its checks and series."""
-    result = subprocess.run([sys.executable, "-m", "harness", "soak", "--duration", "8", "--report", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "forkpool", "soak", "--duration", "8", "--report", str(tmp_path)],
                             capture_output=True, text=True, timeout=240,
                             env={k: v for k, v in __import__("os").environ.items()
                                  if k not in ("DATABASE_URL", "REDIS_URL")})

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-import shared
-from shared import stats as keys
+import forkpool
+from forkpool import stats as keys
 
 
 def backend_pids(pool, count: int) -> list[int]:
@@ -32,10 +32,10 @@ def backend_pids(pool, count: int) -> list[int]:
 def child_uses_its_own_pool(report_fd: int, size: int) -> None:
     """Runs in the child: build a pool, report its backend pids, close it properly."""
     try:
-        pool = shared.get_pool()
+        pool = forkpool.get_pool()
         pids = backend_pids(pool, size)
         os.write(report_fd, (",".join(map(str, pids)) + "\n").encode())
-        shared.close_all()
+        forkpool.close_all()
         code = 0
     except BaseException as exc:  # noqa: BLE001 - the parent reads the failure
         os.write(report_fd, f"error {exc!r}\n".encode())
@@ -53,14 +53,14 @@ def read_report(fd: int) -> list[int]:
 @pytest.mark.parametrize("child_closes", ["close_all", "exit_without_closing"])
 def test_os_fork_child_gets_own_pool_and_parent_sessions_survive(count_settles, monkeypatch, child_closes):
     monkeypatch.setenv("DB_POOL_SIZE", "3")
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     parent_pids = backend_pids(pool, 3)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
         if child_closes == "exit_without_closing":
-            shared.get_pool()  # the inherited pool is never touched again; the process just ends
+            forkpool.get_pool()  # the inherited pool is never touched again; the process just ends
             os._exit(0)
         child_uses_its_own_pool(write_fd, 3)
     os.close(write_fd)
@@ -79,7 +79,7 @@ def test_os_fork_child_gets_own_pool_and_parent_sessions_survive(count_settles, 
 
 def test_while_children_run_the_server_sees_exactly_what_each_process_owns(sessions, count_settles, monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "2")
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     children, go_fds = [], []
     for _ in range(3):
@@ -88,11 +88,11 @@ def test_while_children_run_the_server_sees_exactly_what_each_process_owns(sessi
         pid = os.fork()
         if pid == 0:
             os.close(ready_r), os.close(go_w)
-            child = shared.get_pool()
+            child = forkpool.get_pool()
             ok = child is not pool and child.wait(10)
             os.write(ready_w, b"1" if ok else b"0")
             os.read(go_r, 1)  # hold the pool open until the parent has counted
-            shared.close_all()
+            forkpool.close_all()
             os._exit(0 if ok else 1)
         os.close(ready_w), os.close(go_r)
         assert os.read(ready_r, 1) == b"1"
@@ -113,14 +113,14 @@ def test_while_children_run_the_server_sees_exactly_what_each_process_owns(sessi
 
 
 def _mp_child(queue) -> None:
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     queue.put(backend_pids(pool, 2))
-    shared.close_all()
+    forkpool.close_all()
 
 
 def test_multiprocessing_fork_children_get_their_own_pools(count_settles, monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "2")
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     parent_pids = backend_pids(pool, 2)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -139,7 +139,7 @@ def test_multiprocessing_fork_children_get_their_own_pools(count_settles, monkey
 
 def test_inherited_pool_object_refuses_use_in_the_child(monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "1")
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -147,7 +147,7 @@ def test_inherited_pool_object_refuses_use_in_the_child(monkeypatch):
         try:
             pool.getconn()
             os.write(write_fd, b"handed out an inherited connection")
-        except shared.PoolClosed as exc:
+        except forkpool.PoolClosed as exc:
             os.write(write_fd, b"ok" if "inherited across fork" in str(exc) else str(exc).encode())
         os._exit(0)
     os.close(write_fd)
@@ -158,17 +158,17 @@ def test_inherited_pool_object_refuses_use_in_the_child(monkeypatch):
 
 def test_after_fork_in_child_is_idempotent(count_settles, monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "2")
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        shared.after_fork_in_child()
-        child = shared.get_pool()
-        shared.after_fork_in_child()  # again: must not drop the child's own pool
-        ok = shared.get_pool() is child and child.wait(10)
+        forkpool.after_fork_in_child()
+        child = forkpool.get_pool()
+        forkpool.after_fork_in_child()  # again: must not drop the child's own pool
+        ok = forkpool.get_pool() is child and child.wait(10)
         os.write(write_fd, b"ok" if ok else b"no")
-        shared.close_all()
+        forkpool.close_all()
         os._exit(0)
     os.close(write_fd)
     assert os.read(read_fd, 2) == b"ok"
@@ -178,16 +178,16 @@ def test_after_fork_in_child_is_idempotent(count_settles, monkeypatch):
 
 def test_reload_and_double_import_do_not_create_a_second_pool(count_settles, monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "2")
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     assert pool.wait(10)
-    for name in ("shared.registry", "shared.pool", "shared.process_state", "shared"):
+    for name in ("forkpool.registry", "forkpool.pool", "forkpool.per_process", "forkpool.live_pools", "forkpool"):
         importlib.reload(sys.modules[name])
-    assert shared.get_pool() is pool
+    assert forkpool.get_pool() is pool
     # The same file imported again under another module name (a second sys.path entry).
-    spec = importlib.util.spec_from_file_location("registry_copy", shared.registry.__file__,
+    spec = importlib.util.spec_from_file_location("registry_copy", forkpool.registry.__file__,
                                                   submodule_search_locations=None)
     copy = importlib.util.module_from_spec(spec)
-    copy.__package__ = "shared"
+    copy.__package__ = "forkpool"
     spec.loader.exec_module(copy)
     assert copy.get_pool() is pool
     assert count_settles(2) == 2

@@ -34,7 +34,7 @@ from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
     redis,
     same_json_in_database,
     settings,
-    shared,
+    forkpool,
     st,
     storable_char,
     stored_item,

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-FORKPOOL = [sys.executable, "-m", "harness"]
+FORKPOOL = [sys.executable, "-m", "forkpool"]
 
 
 def forkpool(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:

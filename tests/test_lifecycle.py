@@ -12,9 +12,10 @@ import time
 import pytest
 from celery import signals
 
-import shared
-from shared import celery_signals, gunicorn_hooks
-from shared.lifecycle import start_in_child
+import forkpool
+from forkpool import celery as celery_signals
+from forkpool import gunicorn as gunicorn_hooks
+from forkpool.lifecycle import start_in_child
 
 
 def fork_child(body) -> tuple[int, int]:
@@ -47,14 +48,14 @@ def release(children: list[tuple[int, int]]) -> None:
 
 def test_gunicorn_hooks_master_holds_none_each_worker_holds_its_pool(sessions, count_settles, monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "3")
-    assert shared.get_pool().wait(10)  # the app opened a pool at import (preload_app)
+    assert forkpool.get_pool().wait(10)  # the app opened a pool at import (preload_app)
     gunicorn_hooks.when_ready(server=None)
     assert count_settles(0) == 0
 
     def worker() -> None:
         gunicorn_hooks.pre_fork(server=None, worker=None)
         gunicorn_hooks.post_fork(server=None, worker=None)
-        assert shared.get_pool().stats()["size"] == 3  # eager: full before serving
+        assert forkpool.get_pool().stats()["size"] == 3  # eager: full before serving
         gunicorn_hooks.worker_exit(server=None, worker=None)
         gunicorn_hooks.post_fork(server=None, worker=None)  # reopen to be counted while alive
 
@@ -70,13 +71,13 @@ def test_celery_signals_open_in_each_child_and_close_on_shutdown(sessions, count
     monkeypatch.setenv("DB_POOL_SIZE", "2")
     celery_signals.wire_celery()
     celery_signals.wire_celery()  # idempotent: one receiver per signal
-    shared.get_pool().wait(10)
+    forkpool.get_pool().wait(10)
     signals.worker_init.send(sender=None)
     assert count_settles(0) == 0
 
     def child() -> None:
         signals.worker_process_init.send(sender=None)
-        assert shared.get_pool().stats()["size"] == 2
+        assert forkpool.get_pool().stats()["size"] == 2
 
     children = [fork_child(child) for _ in range(2)]
     assert count_settles(4, role="worker") == 4
@@ -107,9 +108,9 @@ def test_plain_scripts_close_their_pools_at_interpreter_exit(database_url):
     script = (
         "import atexit\n"
         "seen = {}\n"
-        "atexit.register(lambda: print('closed at exit:', seen['pool'].closed))  # runs after shared's handler\n"
-        "import shared\n"
-        "seen['pool'] = shared.get_pool()\n"
+        "atexit.register(lambda: print('closed at exit:', seen['pool'].closed))  # runs after forkpool's handler\n"
+        "import forkpool\n"
+        "seen['pool'] = forkpool.get_pool()\n"
         "assert seen['pool'].wait(10)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,

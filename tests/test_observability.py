@@ -68,7 +68,7 @@ def test_gauges_of_killed_processes_disappear(launch, admin):
 def test_forkpool_stats_reports_every_process_beside_the_server(launch, admin, suite_database):
     suite = launch(web_workers=2, worker_concurrency=2)
     settled(admin, suite)
-    result = subprocess.run([sys.executable, "-m", "harness", "stats", "--url", suite.web.url, "--database-url",
+    result = subprocess.run([sys.executable, "-m", "forkpool", "stats", "--url", suite.web.url, "--database-url",
                              suite_database, "--json"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
@@ -77,7 +77,7 @@ def test_forkpool_stats_reports_every_process_beside_the_server(launch, admin, s
         total = found["roles"][role]
         assert total["processes"] == processes and total["size"] == total["server"] == processes * POOL
     assert all(row["size"] == row["server"] == POOL for row in found["processes"])
-    table = subprocess.run([sys.executable, "-m", "harness", "stats", "--url", suite.web.url, "--database-url",
+    table = subprocess.run([sys.executable, "-m", "forkpool", "stats", "--url", suite.web.url, "--database-url",
                             suite_database], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "Per role" in table.stdout
 
@@ -110,7 +110,7 @@ def test_json_logs_carry_role_and_pid(launch):
 
 
 def test_text_logs_mask_passwords(caplog):
-    from shared.logging_setup import IdentityFilter, TextFormatter
+    from suite.logging_setup import IdentityFilter, TextFormatter
 
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "dsn postgresql://u:hunter22@h/db", None, None)
     IdentityFilter().filter(record)

@@ -9,8 +9,8 @@ import time
 import psycopg2
 import pytest
 
-import shared
-from shared import stats as keys
+import forkpool
+from forkpool import stats as keys
 from tests.conftest import wait_for
 
 
@@ -22,9 +22,9 @@ def backend_pid(conn) -> int:
 
 def test_get_pool_returns_one_pool_per_name(count_settles, monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "3")
-    pool = shared.get_pool()
-    assert shared.get_pool() is pool
-    assert shared.get_pool("default") is pool
+    pool = forkpool.get_pool()
+    assert forkpool.get_pool() is pool
+    assert forkpool.get_pool("default") is pool
     assert pool.wait(10)
     assert count_settles(3) == 3
 
@@ -38,7 +38,7 @@ def test_64_threads_racing_on_first_use_create_one_pool(count_settles, monkeypat
     def race() -> None:
         try:
             barrier.wait()
-            pool = shared.get_pool()
+            pool = forkpool.get_pool()
             with pool.connection() as conn:
                 seen.append((id(pool), backend_pid(conn)))
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -53,12 +53,12 @@ def test_64_threads_racing_on_first_use_create_one_pool(count_settles, monkeypat
     assert len({pool_id for pool_id, _ in seen}) == 1
     assert len({pid for _, pid in seen}) <= 5
     assert count_settles(5) == 5
-    assert shared.get_pool().stats()[keys.CONNECTIONS_OPENED] == 5
+    assert forkpool.get_pool().stats()[keys.CONNECTIONS_OPENED] == 5
 
 
 def test_connection_commits_on_success_and_rolls_back_on_error(database_url):
-    shared.configure(min_size=1, max_size=1)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1)
+    pool = forkpool.get_pool()
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS t_commit (v int)")  # temp: lives with the session
         cur.execute("INSERT INTO t_commit VALUES (1)")
@@ -73,8 +73,8 @@ def test_connection_commits_on_success_and_rolls_back_on_error(database_url):
 
 
 def test_putconn_rolls_back_an_open_transaction_and_restores_autocommit():
-    shared.configure(min_size=1, max_size=1)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1)
+    pool = forkpool.get_pool()
     conn = pool.getconn()
     conn.autocommit = True
     conn.autocommit = False
@@ -91,8 +91,8 @@ def test_putconn_rolls_back_an_open_transaction_and_restores_autocommit():
 
 
 def test_waiters_are_served_in_fifo_order():
-    shared.configure(min_size=1, max_size=1, timeout=30)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1, timeout=30)
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     held = pool.getconn()
     waits_before = pool.stats()[keys.WAITS]
@@ -117,11 +117,11 @@ def test_waiters_are_served_in_fifo_order():
 
 
 def test_pool_timeout_after_the_wait_never_before_never_hanging():
-    shared.configure(min_size=2, max_size=2)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=2, max_size=2)
+    pool = forkpool.get_pool()
     held = [pool.getconn(), pool.getconn()]
     started = time.monotonic()
-    with pytest.raises(shared.PoolTimeout) as caught:
+    with pytest.raises(forkpool.PoolTimeout) as caught:
         pool.getconn(timeout=0.3)
     waited = time.monotonic() - started
     assert waited >= 0.3
@@ -138,8 +138,8 @@ def test_pool_timeout_after_the_wait_never_before_never_hanging():
 
 def test_timeouts_racing_handoffs_lose_no_connection_and_serve_no_one_twice():
     # Waits as long as a hold: many timeouts land just as a connection is handed over.
-    shared.configure(min_size=2, max_size=2, timeout=30)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=2, max_size=2, timeout=30)
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     outcomes = {"served": 0, "timeouts": 0}
     holders: set[int] = set()
@@ -149,7 +149,7 @@ def test_timeouts_racing_handoffs_lose_no_connection_and_serve_no_one_twice():
         for i in range(150):
             try:
                 conn = pool.getconn(timeout=0.0005 * ((seed + i) % 4))
-            except shared.PoolTimeout:
+            except forkpool.PoolTimeout:
                 with guard:
                     outcomes["timeouts"] += 1
                 continue
@@ -179,10 +179,10 @@ def test_timeouts_racing_handoffs_lose_no_connection_and_serve_no_one_twice():
 @pytest.mark.parametrize("served_first", [False, True])
 def test_a_waiter_interrupted_in_its_sleep_leaves_no_ghost_and_keeps_no_connection(monkeypatch, served_first):
     # KeyboardInterrupt lands in a sleeping caller: before it was served, or just as it was.
-    from shared.waiter import Waiter
+    from forkpool.waiter import Waiter
 
-    shared.configure(min_size=1, max_size=1, timeout=30)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1, timeout=30)
+    pool = forkpool.get_pool()
     held = pool.getconn()
     real_sleep = Waiter.sleep
 
@@ -218,23 +218,23 @@ def test_a_waiter_interrupted_in_its_sleep_leaves_no_ghost_and_keeps_no_connecti
 
 
 def test_max_waiting_bounds_the_queue():
-    shared.configure(min_size=1, max_size=1, max_waiting=1)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1, max_waiting=1)
+    pool = forkpool.get_pool()
     held = pool.getconn()
-    waiter = threading.Thread(target=lambda: pytest.raises(shared.PoolTimeout, pool.getconn, timeout=2))
+    waiter = threading.Thread(target=lambda: pytest.raises(forkpool.PoolTimeout, pool.getconn, timeout=2))
     waiter.start()
     assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
-    with pytest.raises(shared.TooManyWaiting):
+    with pytest.raises(forkpool.TooManyWaiting):
         pool.getconn(timeout=1)
     waiter.join(5)
     pool.putconn(held)
 
 
 def test_putconn_rejects_a_foreign_connection(database_url):
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     stranger = psycopg2.connect(database_url)
     try:
-        with pytest.raises(shared.PoolError, match="not checked out from this pool"):
+        with pytest.raises(forkpool.PoolError, match="not checked out from this pool"):
             pool.putconn(stranger)
     finally:
         stranger.close()
@@ -242,23 +242,23 @@ def test_putconn_rejects_a_foreign_connection(database_url):
 
 def test_closed_pool_refuses_and_get_pool_builds_a_new_one(count_settles, monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "2")
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     assert pool.wait(10)
-    shared.close_all()
+    forkpool.close_all()
     assert count_settles(0) == 0
-    with pytest.raises(shared.PoolClosed):
+    with pytest.raises(forkpool.PoolClosed):
         pool.getconn()
-    fresh = shared.get_pool()
+    fresh = forkpool.get_pool()
     assert fresh is not pool and fresh.wait(10)
     assert count_settles(2) == 2
 
 
 def test_close_wakes_waiters_with_pool_closed():
-    shared.configure(min_size=1, max_size=1)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1)
+    pool = forkpool.get_pool()
     held = pool.getconn()
     errors: list[BaseException] = []
-    t = threading.Thread(target=lambda: errors.append(pytest.raises(shared.PoolClosed, pool.getconn, timeout=20).value))
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(forkpool.PoolClosed, pool.getconn, timeout=20).value))
     t.start()
     assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
     pool.close()
@@ -269,8 +269,8 @@ def test_close_wakes_waiters_with_pool_closed():
 
 
 def test_max_lifetime_replaces_connections_keeping_the_size(sessions):
-    shared.configure(min_size=2, max_size=2, max_lifetime=0.5)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=2, max_size=2, max_lifetime=0.5)
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     first = {pid for _, pid in sessions()}
     assert wait_for(lambda: pool.stats()[keys.CONNECTIONS_OPENED] >= 4, 10)
@@ -279,8 +279,8 @@ def test_max_lifetime_replaces_connections_keeping_the_size(sessions):
 
 
 def test_max_idle_trims_down_to_min_size(count_settles):
-    shared.configure(min_size=1, max_size=4, max_idle=0.3)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=4, max_idle=0.3)
+    pool = forkpool.get_pool()
     held = [pool.getconn() for _ in range(4)]
     for conn in held:
         pool.putconn(conn)
@@ -290,8 +290,8 @@ def test_max_idle_trims_down_to_min_size(count_settles):
 
 
 def test_a_connection_held_too_long_is_reported_once_with_its_stack(caplog):
-    shared.configure(min_size=1, max_size=1, leak_timeout=0.2)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1, leak_timeout=0.2)
+    pool = forkpool.get_pool()
     caplog.set_level(logging.WARNING, logger="forkpool.pool")
 
     def forgetful_caller():
@@ -310,18 +310,18 @@ def test_application_name_carries_suite_role_and_pid(sessions, suite_id, monkeyp
     import os
 
     monkeypatch.setenv("PROCESS_ROLE", "web")
-    shared.configure(min_size=1, max_size=1)
-    assert shared.get_pool().wait(10)
+    forkpool.configure(min_size=1, max_size=1)
+    assert forkpool.get_pool().wait(10)
     assert sessions() and all(name == f"{suite_id}:web:{os.getpid()}" for name, _ in sessions())
-    shared.close_all()
-    shared.set_process_role("reporting")
-    assert shared.get_pool().wait(10)
+    forkpool.close_all()
+    forkpool.set_process_role("reporting")
+    assert forkpool.get_pool().wait(10)
     assert wait_for(lambda: [n for n, _ in sessions()] == [f"{suite_id}:reporting:{os.getpid()}"], 5)
 
 
 def test_application_name_is_truncated_without_losing_the_pid():
-    shared.set_identity(suite_id="s" * 80, role="r" * 40)
-    name = shared.application_name(pid=4194304)
+    forkpool.set_identity(suite_id="s" * 80, role="r" * 40)
+    name = forkpool.application_name(pid=4194304)
     assert len(name) <= 63
     assert name.endswith(":4194304")
     assert name.count(":") == 2 and name.startswith("s") and ":r" in name

@@ -7,8 +7,8 @@ import threading
 import psycopg2
 import pytest
 
-import shared
-from shared import stats as keys
+import forkpool
+from forkpool import stats as keys
 from tests.conftest import wait_for
 
 
@@ -19,8 +19,8 @@ def query_backend_pid(conn) -> int:
 
 
 def test_connection_killed_while_in_use_is_discarded_never_reused(admin):
-    shared.configure(min_size=1, max_size=1)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1)
+    pool = forkpool.get_pool()
     conn = pool.getconn()
     admin("SELECT pg_terminate_backend(%s)", query_backend_pid(conn))
     with pytest.raises(psycopg2.OperationalError):
@@ -35,8 +35,8 @@ def test_connection_killed_while_in_use_is_discarded_never_reused(admin):
 
 
 def test_idle_connection_killed_by_the_server_is_never_handed_out(admin):
-    shared.configure(min_size=3, max_size=3, check_idle=3600)  # the time threshold never fires
-    pool = shared.get_pool()
+    forkpool.configure(min_size=3, max_size=3, check_idle=3600)  # the time threshold never fires
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     conns = [pool.getconn() for _ in range(3)]
     victims = [query_backend_pid(c) for c in conns]
@@ -54,8 +54,8 @@ def test_idle_connection_killed_by_the_server_is_never_handed_out(admin):
 def test_server_restart_does_not_surface_to_callers_after_it(pg_server, count_settles, suite_id):
     if pg_server is None:
         pytest.skip("needs the embedded server: an external DATABASE_URL cannot be restarted by the tests")
-    shared.configure(min_size=4, max_size=4, check_idle=3600)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=4, max_size=4, check_idle=3600)
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     pg_server.restart()
     failures: list[BaseException] = []
@@ -81,12 +81,12 @@ def test_server_restart_does_not_surface_to_callers_after_it(pg_server, count_se
 def test_pool_reconnects_in_the_background_after_an_outage(pg_server, count_settles):
     if pg_server is None:
         pytest.skip("needs the embedded server: an external DATABASE_URL cannot be stopped by the tests")
-    shared.configure(min_size=2, max_size=2, connect_timeout=1)
+    forkpool.configure(min_size=2, max_size=2, connect_timeout=1)
     pg_server.stop()
     try:
-        pool = shared.get_pool()
+        pool = forkpool.get_pool()
         assert pool.open(wait=True, timeout=1) is False  # down: open() returns, it does not hang
-        with pytest.raises(shared.ConnectError):
+        with pytest.raises(forkpool.ConnectError):
             pool.getconn(timeout=1)
         assert wait_for(lambda: pool.stats()[keys.CONNECT_ERRORS] >= 2, 5)
     finally:
@@ -101,8 +101,8 @@ def test_callers_fail_fast_while_the_database_is_down_not_after_the_timeout(pg_s
     import time
 
     dead = pg_server.url.replace(f":{pg_server.port}/", ":1/")  # nothing listens there
-    shared.configure(dsn=dead, min_size=3, max_size=3, timeout=30)
-    pool = shared.get_pool()  # the maintainer starts reserving slots and connecting right away
+    forkpool.configure(dsn=dead, min_size=3, max_size=3, timeout=30)
+    pool = forkpool.get_pool()  # the maintainer starts reserving slots and connecting right away
     errors: list[BaseException] = []
     waited: list[float] = []
 
@@ -110,7 +110,7 @@ def test_callers_fail_fast_while_the_database_is_down_not_after_the_timeout(pg_s
         started = time.monotonic()
         try:
             pool.getconn()
-        except shared.ConnectError as exc:
+        except forkpool.ConnectError as exc:
             errors.append(exc)
         waited.append(time.monotonic() - started)
 
@@ -127,15 +127,15 @@ def test_callers_fail_fast_while_the_database_is_down_not_after_the_timeout(pg_s
 @pytest.mark.parametrize("just_returned, polls", [(60.0, 0), (0.0, 50)])
 def test_only_a_connection_back_for_a_moment_skips_the_socket_poll(monkeypatch, just_returned, polls):
     # The constant is widened / zeroed so the test does not depend on how fast this machine is.
-    import shared.pool
-    from shared.connections import Entry
+    import forkpool.pool
+    from forkpool.connections import Entry
 
-    monkeypatch.setattr(shared.pool, "JUST_RETURNED", just_returned)
+    monkeypatch.setattr(forkpool.pool, "JUST_RETURNED", just_returned)
     calls = []
     real = Entry.socket_has_news
     monkeypatch.setattr(Entry, "socket_has_news", lambda self: calls.append(1) or real(self))
-    shared.configure(min_size=1, max_size=1, check_idle=3600)
-    pool = shared.get_pool()
+    forkpool.configure(min_size=1, max_size=1, check_idle=3600)
+    pool = forkpool.get_pool()
     assert pool.wait(10)
     for _ in range(50):
         pool.putconn(pool.getconn())

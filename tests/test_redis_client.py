@@ -6,7 +6,7 @@ import os
 
 import redis
 
-import shared
+import forkpool
 
 
 def named_clients(suite_id: str, redis_url: str) -> list[str]:
@@ -19,24 +19,24 @@ def named_clients(suite_id: str, redis_url: str) -> list[str]:
 
 def test_one_named_client_per_process(suite_id, redis_url, monkeypatch):
     monkeypatch.setenv("PROCESS_ROLE", "worker")
-    client = shared.get_redis()
-    assert shared.get_redis() is client
+    client = forkpool.get_redis()
+    assert forkpool.get_redis() is client
     client.ping()
     assert named_clients(suite_id, redis_url) == [f"{suite_id}:worker:{os.getpid()}"]
 
 
 def test_child_gets_its_own_client_and_parent_keeps_working(suite_id, redis_url):
-    parent = shared.get_redis()
+    parent = forkpool.get_redis()
     parent.set(f"{suite_id}:k", "parent")
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        child = shared.get_redis()
+        child = forkpool.get_redis()
         child.set(f"{suite_id}:child", "1")
         names = named_clients(suite_id, redis_url)
         ok = child is not parent and f"{suite_id}:app:{os.getpid()}" in names
         os.write(write_fd, b"ok" if ok else repr(names).encode())
-        shared.close_all()
+        forkpool.close_all()
         os._exit(0)
     os.close(write_fd)
     assert os.read(read_fd, 500) == b"ok"

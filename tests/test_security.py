@@ -89,7 +89,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def harness(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], env=clean_env(**env),
+    return subprocess.run([sys.executable, "-m", "forkpool", *args], env=clean_env(**env),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import shared
-from shared.settings import build_settings, settings_from_env
+import forkpool
+from forkpool.settings import build_settings, settings_from_env
 
 SECRET = "s3cr3t-Pa55"
 
@@ -32,8 +32,8 @@ SECRET = "s3cr3t-Pa55"
 def test_bad_settings_fail_with_one_line_naming_variable_and_value(monkeypatch, env, named):
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    with pytest.raises(shared.ConfigError) as caught:
-        shared.configure()
+    with pytest.raises(forkpool.ConfigError) as caught:
+        forkpool.configure()
     message = str(caught.value)
     assert named in message
     assert "\n" not in message
@@ -47,25 +47,25 @@ def test_pool_size_sets_min_and_max_and_explicit_bounds_override():
 
 
 def test_configure_rejects_changing_an_open_pool():
-    shared.configure(min_size=1, max_size=1)
-    shared.get_pool()
-    shared.configure(min_size=1, max_size=1)  # same settings: fine
-    with pytest.raises(shared.ConfigError, match="already open"):
-        shared.configure(min_size=2, max_size=2)
+    forkpool.configure(min_size=1, max_size=1)
+    forkpool.get_pool()
+    forkpool.configure(min_size=1, max_size=1)  # same settings: fine
+    with pytest.raises(forkpool.ConfigError, match="already open"):
+        forkpool.configure(min_size=2, max_size=2)
 
 
 def test_unconfigured_named_pool_is_a_clear_error():
-    with pytest.raises(shared.ConfigError, match="'reports' is not configured"):
-        shared.get_pool("reports")
+    with pytest.raises(forkpool.ConfigError, match="'reports' is not configured"):
+        forkpool.get_pool("reports")
 
 
 def test_named_pools_are_separate_and_reported_separately(database_url):
-    shared.configure("a", dsn=database_url, min_size=1, max_size=1)
-    shared.configure("b", dsn=database_url, min_size=1, max_size=1)
-    a, b = shared.get_pool("a"), shared.get_pool("b")
+    forkpool.configure("a", dsn=database_url, min_size=1, max_size=1)
+    forkpool.configure("b", dsn=database_url, min_size=1, max_size=1)
+    a, b = forkpool.get_pool("a"), forkpool.get_pool("b")
     assert a is not b and a.identity == b.identity
     assert a.wait(10) and b.wait(10)
-    assert [s["name"] for s in shared.all_stats()] == ["a", "b"]
+    assert [s["name"] for s in forkpool.all_stats()] == ["a", "b"]
 
 
 def password_dsn(database_url: str) -> str:
@@ -76,13 +76,13 @@ def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog):
     caplog.set_level(logging.DEBUG)
     dsn = password_dsn(database_url)
     assert SECRET in dsn
-    settings = shared.configure("secret", dsn=dsn, min_size=1, max_size=1)
-    pool = shared.get_pool("secret")
+    settings = forkpool.configure("secret", dsn=dsn, min_size=1, max_size=1)
+    pool = forkpool.get_pool("secret")
     assert pool.wait(10)
-    shown = [repr(pool), repr(settings), str(pool.stats()), str(shared.all_stats()), str(shared.health_check())]
+    shown = [repr(pool), repr(settings), str(pool.stats()), str(forkpool.all_stats()), str(forkpool.health_check())]
     bad = build_settings(dsn=dsn.rsplit("/", 1)[0] + "/no_such_db", min_size=0, max_size=1, connect_timeout=2)
-    broken = shared.Pool(bad, "broken")
-    with pytest.raises(shared.ConnectError) as caught:
+    broken = forkpool.Pool(bad, "broken")
+    with pytest.raises(forkpool.ConnectError) as caught:
         broken.getconn(timeout=2)
     shown.append(str(caught.value))
     broken.close()
@@ -95,7 +95,7 @@ def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog):
 def test_bad_configuration_in_a_fresh_process_prints_one_line(monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "-2")
     result = subprocess.run(
-        [sys.executable, "-c", "import shared\ntry:\n    shared.configure()\nexcept shared.ConfigError as e:\n    print(e)"],
+        [sys.executable, "-c", "import forkpool\ntry:\n    forkpool.configure()\nexcept forkpool.ConfigError as e:\n    print(e)"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.stdout.strip().count("\n") == 0

@@ -9,8 +9,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import shared
-from shared import stats as keys
+import forkpool
+from forkpool import stats as keys
 
 
 def invariants_hold(snapshot: dict) -> bool:
@@ -31,7 +31,7 @@ def invariants_hold(snapshot: dict) -> bool:
     break_some=st.booleans(),
 )
 def test_stats_are_consistent_under_concurrent_load(database_url, max_size, threads, rounds, hold_ms, break_some):
-    pool = shared.Pool(shared.configure("prop", min_size=1, max_size=max_size, timeout=10), "prop")
+    pool = forkpool.Pool(forkpool.configure("prop", min_size=1, max_size=max_size, timeout=10), "prop")
     pool.open()
     snapshots: list[dict] = []
     done: list[int] = []

@@ -26,7 +26,7 @@ POOL = 2
 @pytest.fixture(scope="module")
 def suite_database(pg_server, database_url) -> str:
     url = pg_server.create_database(f"suite_{uuid.uuid4().hex[:8]}") if pg_server else database_url
-    result = subprocess.run([sys.executable, "-m", "harness", "initdb"], env=_env(DATABASE_URL=url),
+    result = subprocess.run([sys.executable, "-m", "forkpool", "initdb"], env=_env(DATABASE_URL=url),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "schema ready" in result.stdout, result.stderr
     return url
@@ -182,7 +182,7 @@ def test_tasks_enqueued_directly_through_celery(launch, admin_db):
     )
     assert cli.returncode == 0, cli.stderr
     code = (
-        "from shared.queue import get_celery\n"
+        "from suite.queue import get_celery\n"
         f"r = get_celery().send_task('workers.record_event', kwargs={{'key': {key + '-py'!r}}})\n"
         "print(r.get(timeout=30))\n"
     )
@@ -275,7 +275,7 @@ def test_workers_start_while_the_database_is_down_and_tasks_retry_until_it_is_ba
 
     with EmbeddedPostgres(max_connections=30) as db:
         url = db.create_database("down_db")
-        init = subprocess.run([sys.executable, "-m", "harness", "initdb"], env=_env(DATABASE_URL=url),
+        init = subprocess.run([sys.executable, "-m", "forkpool", "initdb"], env=_env(DATABASE_URL=url),
                               capture_output=True, text=True, timeout=60)
         assert init.returncode == 0, init.stderr
         db.stop()

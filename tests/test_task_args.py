@@ -11,7 +11,7 @@ from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
     nested,
     pytest,
     settings,
-    shared,
+    forkpool,
     st,
     storable_char,
     suite,
@@ -27,7 +27,7 @@ def tasks(monkeypatch, pg_server, database_url):
     """workers.tasks, in-process, with DATABASE_URL on a port nothing listens on: touching it would fail loudly."""
     import workers.tasks
 
-    shared.close_all()
+    forkpool.close_all()
     if pg_server is not None:
         monkeypatch.setenv("DATABASE_URL", pg_server.url.replace(f":{pg_server.port}/", ":1/"))
     return workers.tasks
@@ -79,10 +79,10 @@ def test_task_arguments_of_the_wrong_shape_are_rejected_without_retry_or_databas
     task = getattr(tasks, name)
     with pytest.raises(tasks.InvalidTaskArguments):
         task.run(**kwargs)  # through Celery's autoretry wrapper: a retry would raise Retry instead
-    assert not shared.all_stats(), "validation opened a pool"
+    assert not forkpool.all_stats(), "validation opened a pool"
     result = task.apply(kwargs=kwargs)  # run eagerly, like a worker would
     assert result.state == "FAILURE" and isinstance(result.result, tasks.InvalidTaskArguments)
-    assert not shared.all_stats()
+    assert not forkpool.all_stats()
 
 
 @pytest.mark.parametrize("name", ["record_event", "aggregate", "hold"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-import shared
-from shared.schema import init_schema
+import forkpool
+from suite.schema import init_schema
 from web import create_app
-from web.extension import EXTENSION_KEY, ForkPool
+from forkpool.flask import EXTENSION_KEY, ForkPool
 
 
 @pytest.fixture
@@ -23,11 +23,11 @@ def client(pg_server, database_url, monkeypatch):
 def test_extension_is_registered_the_flask_way():
     app = create_app()
     ext = app.extensions[EXTENSION_KEY]
-    assert isinstance(ext, ForkPool) and ext.pool is shared.get_pool()
+    assert isinstance(ext, ForkPool) and ext.pool is forkpool.get_pool()
 
 
 def test_request_connection_is_returned_and_uncommitted_work_rolled_back(client):
-    pool = shared.get_pool()
+    pool = forkpool.get_pool()
     assert client.post("/items", json={"name": "kept"}).status_code == 201
     stats = pool.stats()
     assert stats["in_use"] == 0 and stats["checkouts"] >= 1
@@ -42,13 +42,13 @@ def test_request_connection_is_returned_and_uncommitted_work_rolled_back(client)
 
 
 def test_pool_timeout_is_a_503_with_retry_after(client, monkeypatch):
-    shared.close_all()
-    shared.configure(min_size=1, max_size=1, timeout=0.2)
-    held = shared.get_pool().getconn()
+    forkpool.close_all()
+    forkpool.configure(min_size=1, max_size=1, timeout=0.2)
+    held = forkpool.get_pool().getconn()
     try:
         response = client.get("/items")
     finally:
-        shared.get_pool().putconn(held)
+        forkpool.get_pool().putconn(held)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.get_json()["error"] == "pool_timeout"
@@ -58,7 +58,7 @@ def test_pool_timeout_is_a_503_with_retry_after(client, monkeypatch):
 def test_unreachable_database_is_a_503_not_a_500(client, monkeypatch, pg_server):
     if pg_server is None:
         pytest.skip("needs the embedded server's port")
-    shared.close_all()
+    forkpool.close_all()
     monkeypatch.setenv("DATABASE_URL", pg_server.url.replace(f":{pg_server.port}/", ":1/"))
     response = client.post("/items", json={"name": "x"})
     assert response.status_code == 503 and response.headers["Retry-After"]

@@ -6,10 +6,10 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from shared.settings import env_int
+from forkpool.settings import env_int
 
 from .errors import register_error_handlers
-from .extension import ForkPool
+from forkpool.flask import ForkPool
 from .openapi import openapi_bp
 from .views import api
 

@@ -10,7 +10,7 @@ from flask import Flask, jsonify
 from kombu.exceptions import OperationalError as BrokerError
 from werkzeug.exceptions import HTTPException
 
-from shared import ConnectError, PoolTimeout, TooManyWaiting
+from forkpool import ConnectError, PoolTimeout, TooManyWaiting
 
 logger = logging.getLogger("forkpool.web")
 

@@ -1,13 +1,13 @@
 """Gunicorn settings for the suite's web tier: ``gunicorn -c web/gunicorn.conf.py``.
 
 Sizes come from the environment (see README, Configuration). The hooks from
-``shared.gunicorn_hooks`` keep exactly one pool per worker and none in the master.
+``forkpool.gunicorn`` keep exactly one pool per worker and none in the master.
 """
 
 import sys
 
-from shared.errors import ConfigError
-from shared.gunicorn_hooks import (  # noqa: F401
+from forkpool.errors import ConfigError
+from forkpool.gunicorn import (  # noqa: F401
     child_exit, on_exit, on_starting, post_fork, pre_fork, when_ready, worker_exit,
 )
 from web.server_settings import gunicorn_settings, web_server_settings

@@ -2,7 +2,7 @@
 
 import sys
 
-from shared.errors import ConfigError
+from forkpool.errors import ConfigError
 from web.server_settings import gunicorn_settings, web_server_settings
 
 try:

@@ -13,10 +13,10 @@ from typing import Any
 
 from psycopg2.pool import ThreadedConnectionPool
 
-from shared.identity import application_name
-from shared.settings import build_settings, settings_from_env
+from forkpool.identity import application_name
+from forkpool.settings import build_settings, settings_from_env
 from web import create_app
-from web.extension import ForkPool
+from forkpool.flask import ForkPool
 
 
 class InheritedPool:

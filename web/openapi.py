@@ -17,8 +17,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from shared.jobs import JOB_ADAPTER, KEY_MAX, MAX_DEPTH, MAX_HOLD_SECONDS
-from shared.schema import NAME_MAX, NAME_MIN
+from suite.jobs import JOB_ADAPTER, KEY_MAX, MAX_DEPTH, MAX_HOLD_SECONDS
+from suite.schema import NAME_MAX, NAME_MIN
 
 from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn
 

@@ -6,8 +6,8 @@ from typing import Any, Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.jobs import storable
-from shared.schema import NAME_MAX, NAME_MIN
+from suite.jobs import storable
+from suite.schema import NAME_MAX, NAME_MIN
 
 from .errors import ValidationFailed
 

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from shared.errors import ConfigError
-from shared.logging_setup import logging_config
-from shared.settings import build_settings, env_bool, env_int, settings_from_env
+from forkpool.errors import ConfigError
+from suite.logging_setup import logging_config
+from forkpool.settings import build_settings, env_bool, env_int, settings_from_env
 
 DEFAULT_PORT = 8000
 

@@ -12,13 +12,13 @@ from celery.result import AsyncResult
 from flask import Blueprint, Response, abort, jsonify, request
 from psycopg2.extras import Json
 
-from shared import all_stats, get_redis, health_check, manager_stats, process_role, suite_id
-from shared import metrics
-from shared.jobs import JOB_ADAPTER, TASK_FOR_KIND
-from shared.queue import get_celery
+from forkpool import all_stats, get_redis, health_check, manager_stats, process_role, suite_id
+from forkpool import metrics
+from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
+from suite.queue import get_celery
 
 from .errors import ValidationFailed
-from .extension import db
+from forkpool.flask import db
 from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn, int_param, validate_body
 
 logger = logging.getLogger("forkpool.web")

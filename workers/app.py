@@ -1,6 +1,6 @@
 """The Celery app: ``celery -A workers.app worker``.
 
-Pool wiring lives in ``shared.celery_signals``: each task process opens its own
+Pool wiring lives in ``forkpool.celery``: each task process opens its own
 pool in ``worker_process_init`` and closes it in ``worker_process_shutdown``;
 the main process holds none.
 """
@@ -9,16 +9,16 @@ import sys
 
 from celery import Celery, signals
 
-from shared.celery_signals import wire_celery
-from shared.errors import ConfigError
-from shared.logging_setup import configure_logging
+from forkpool.celery import wire_celery
+from forkpool.errors import ConfigError
+from suite.logging_setup import configure_logging
 
 app = Celery("workers", include=["workers.tasks"])
 try:
     app.config_from_object("workers.celeryconfig", force=True)
 except ConfigError as exc:
     sys.exit(f"forkpool: invalid configuration: {exc}")
-wire_celery()
+wire_celery(app)
 
 
 @signals.setup_logging.connect(weak=False)

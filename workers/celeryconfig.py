@@ -1,9 +1,9 @@
 """All of the workers' Celery settings, in one module (``app.config_from_object``)."""
 
-from shared.queue import broker_url as _broker_url
-from shared.queue import queue_name
-from shared.queue import result_backend as _result_backend
-from shared.settings import env_int
+from suite.queue import broker_url as _broker_url
+from suite.queue import queue_name
+from suite.queue import result_backend as _result_backend
+from forkpool.settings import env_int
 
 broker_url = _broker_url()
 result_backend = _result_backend()

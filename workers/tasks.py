@@ -12,9 +12,9 @@ from celery.utils.log import get_task_logger
 from psycopg2.extras import Json
 from pydantic import BaseModel, ValidationError
 
-from shared import ConnectError, PoolTimeout, get_pool, process_role
-from shared.jobs import AggregateArgs, HoldArgs, RecordEventArgs
-from shared.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT
+from forkpool import ConnectError, PoolTimeout, get_pool, process_role
+from suite.jobs import AggregateArgs, HoldArgs, RecordEventArgs
+from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT
 
 from .app import app
 

@@ -14,7 +14,7 @@ import threading
 
 from celery import Celery
 
-from .redis_client import redis_url
+from forkpool.redis_client import redis_url
 
 TASK_RECORD_EVENT = "workers.record_event"
 TASK_AGGREGATE = "workers.aggregate"

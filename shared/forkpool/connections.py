@@ -11,6 +11,7 @@ import random
 import select
 import time
 import traceback
+import weakref
 from typing import Any
 
 import psycopg2
@@ -132,22 +133,47 @@ _devnull_fd: int | None = None
 
 
 def detach_inherited(conn: connection) -> None:
-    """Let go of a connection inherited across fork without touching its socket.
+    """Let go of a connection inherited across fork: no network I/O, no lock.
 
-    ``close()`` would send libpq's Terminate on the socket the parent still uses
-    and end the parent's session. Pointing the descriptor at /dev/null first
-    makes that Terminate (and any TLS shutdown) go nowhere, then ``close()``
-    frees the descriptor and libpq's memory in this process only.
+    Never ``close()`` here. It would send libpq's Terminate on the socket the
+    parent still uses (ending the parent's session), and it takes the
+    connection's mutex, which psycopg2 holds for a whole query: a parent thread
+    mid-query at fork time never releases it in the child, and the child hangs
+    (40 of 40 forks under six busy threads did). Instead:
+
+    - point the descriptor at /dev/null, so nothing this process does with the
+      object (a stray query, an exec'd program) can reach the parent's socket;
+    - drop the object: psycopg2 >= 2.8 skips PQfinish, and the mutex, when a
+      connection is deallocated in a process other than its creator
+      (``CONN_CHECK_PID`` in connection_type.c, psycopg2#829);
+    - close the /dev/null descriptor once the object is gone (psycopg2 never
+      closes it then), unless that number no longer holds /dev/null.
     """
-    global _devnull_fd
     try:
-        fd = conn.fileno()
+        fd = conn.fileno()  # PQsocket(): reads a field, takes no lock
     except (psycopg2.Error, ValueError):
         return  # already closed: nothing on the wire to protect
+    devnull = _devnull()
+    os.dup2(devnull, fd)
+    weakref.finalize(conn, _close_if_devnull, fd, os.fstat(devnull))
+
+
+def _devnull() -> int:
+    global _devnull_fd
     if _devnull_fd is None:
         _devnull_fd = os.open(os.devnull, os.O_RDWR)
-    os.dup2(_devnull_fd, fd)
-    close_quietly(conn)
+    return _devnull_fd
+
+
+def _close_if_devnull(fd: int, devnull: os.stat_result) -> None:
+    # If the object was closed explicitly in this process, libpq closed fd and the
+    # number may now belong to someone else: leave it alone then.
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return
+    if (found.st_dev, found.st_ino) == (devnull.st_dev, devnull.st_ino) and fd != _devnull_fd:
+        os.close(fd)
 
 
 def format_checkout_stack() -> list[str]:

@@ -13,8 +13,8 @@ import logging.config
 import os
 from typing import Any
 
-from .identity import process_role, suite_id
-from .redact import redact_text
+from forkpool.identity import process_role, suite_id
+from forkpool.redact import redact_text
 
 LOG_FORMAT_ENV = "LOG_FORMAT"
 LOG_LEVEL_ENV = "LOG_LEVEL"

@@ -1,15 +1,23 @@
 """Gunicorn server hooks that keep one pool per worker process and none in the master.
 
-Use from a ``gunicorn.conf.py``::
+In a ``gunicorn.conf.py``, either take them as they are::
 
-    from shared.gunicorn_hooks import (on_starting, when_ready, pre_fork, post_fork,
-                                       worker_exit, child_exit, on_exit)
+    from forkpool.gunicorn import when_ready, pre_fork, post_fork, worker_exit, on_exit
+
+or call them from hooks you already have, one line each::
+
+    import forkpool.gunicorn
+
+    def post_fork(server, worker):
+        forkpool.gunicorn.post_fork(server, worker)
+        ...  # your own
 
 Order (gunicorn/arbiter.py): with ``preload_app`` the application is imported
 in the master before ``when_ready``; ``pre_fork`` runs in the master before each
 fork, ``post_fork`` in the child before it loads (or uses) the application,
 ``worker_exit`` in the child as it exits (not after SIGKILL: then the server
 ends the sessions when the socket closes), ``on_exit`` in the master at the end.
+None of them imports gunicorn: they only read ``server.cfg`` and ``worker.pid``.
 """
 
 from __future__ import annotations
@@ -19,18 +27,19 @@ import os
 import sys
 from typing import Any
 
-from . import metrics
 from .budget import startup_check
 from .errors import ConfigError
 from .identity import set_process_role
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
+from .metrics_dir import mark_dead, prepare_directory
 
 WEB_ROLE = "web"
+ROLE_ENV = "PROCESS_ROLE"
 
 
 def on_starting(server: Any) -> None:
     set_process_role(f"{WEB_ROLE}-master")
-    metrics.prepare_directory()
+    prepare_directory()
     try:
         startup_check(WEB_ROLE, server.cfg.workers, server.cfg.threads)
     except ConfigError as exc:
@@ -48,7 +57,7 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    role = os.environ.get("PROCESS_ROLE") or WEB_ROLE
+    role = os.environ.get(ROLE_ENV) or WEB_ROLE
     start_in_child(role, timeout=DEFAULT_OPEN_TIMEOUT)
 
 
@@ -62,4 +71,4 @@ def on_exit(server: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     # In the master, after reaping: the worker's gauges must not outlive it.
-    metrics.mark_dead(worker.pid)
+    mark_dead(worker.pid)

@@ -12,10 +12,10 @@ import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from .connections import close_quietly
-from .metrics import export_pool, forget_pool
+from .per_process import home
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -25,6 +25,23 @@ logger = logging.getLogger("forkpool.pool")
 INTERVAL = 1.0  # seconds between rounds when nothing wakes the thread
 FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 10.0
+
+
+def add_stats_listener(name: str, publish: Callable[[Any], None], forget: Callable[[Any], None]) -> None:
+    """Have every pool's stats published once a round, and forgotten when it closes.
+
+    forkpool.metrics registers itself here when imported: the pool never imports
+    an exporter, so prometheus_client stays optional. Keyed by `name`, so a
+    reloaded listener replaces itself.
+    """
+    _listeners()[name] = (publish, forget)
+
+
+def _listeners() -> dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]]:
+    holder = home()
+    if not hasattr(holder, "stats_listeners"):
+        holder.stats_listeners = {}
+    return holder.stats_listeners  # type: ignore[no-any-return]
 
 
 def next_backoff(previous: float) -> float:
@@ -68,7 +85,8 @@ class Maintainer:
         pool = self._pool()
         if pool is not None and thread is not None:
             _publish(pool)  # the last counts before the pool's gauges go to zero
-            forget_pool(pool)
+            for _, forget in list(_listeners().values()):
+                forget(pool)
 
     def forget_after_fork(self) -> None:
         """In a forked child the thread is gone and its events' locks may be stale."""
@@ -128,7 +146,8 @@ def report_leaks(pool: Pool) -> None:
 
 
 def _publish(pool: Pool) -> None:
-    try:
-        export_pool(pool)
-    except Exception:  # noqa: BLE001 - metrics are best effort; the pool must go on
-        logger.debug("%r: exporting metrics failed", pool, exc_info=True)
+    for publish, _ in list(_listeners().values()):
+        try:
+            publish(pool)
+        except Exception:  # noqa: BLE001 - metrics are best effort; the pool must go on
+            logger.debug("%r: exporting metrics failed", pool, exc_info=True)

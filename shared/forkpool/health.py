@@ -8,15 +8,12 @@ import psycopg2
 
 from .errors import PoolError
 from .redact import describe_error
-from .registry import current_state
+from .registry import open_pools
 
 
 def health_check(timeout: float = 2.0) -> dict[str, dict[str, Any]]:
     """``{pool name: {"ok": bool, "error": str | None}}`` for every open pool of this process."""
-    state = current_state()
-    with state.lock:
-        pools = sorted((name, pool) for name, pool in state.pools.items() if not pool.closed)
-    return {name: _check(pool, timeout) for name, pool in pools}
+    return {pool.name: _check(pool, timeout) for pool in open_pools()}
 
 
 def _check(pool: Any, timeout: float) -> dict[str, Any]:

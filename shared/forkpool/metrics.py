@@ -11,19 +11,24 @@ wait histogram summed per pool and role. Gauges of dead processes are dropped
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for /metrics endpoints
+from .extras import import_extra
 
-from . import stats as keys
-from .identity import process_role
+import_extra("prometheus_client", "prometheus", "forkpool.metrics")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess  # noqa: E402
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402,F401 - re-exported for /metrics endpoints
+
+from . import stats as keys  # noqa: E402
+from .identity import process_role  # noqa: E402
+from .maintenance import add_stats_listener  # noqa: E402
+from .metrics_dir import MULTIPROC_ENV, multiprocess_dir, pid_alive, pids_with_files  # noqa: E402,F401
+from .per_process import install_fork_hooks  # noqa: E402
+from .registry import open_pools  # noqa: E402
+
 LABELS = ("pool", "role")
 
 _GAUGE_KEYS = {
@@ -55,68 +60,40 @@ _exported: dict[int, dict[str, float]] = {}
 _export_lock = threading.Lock()
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get(MULTIPROC_ENV) or None
-
-
 def export_pool(pool: Any) -> None:
     """Publish one pool's current stats (called by its maintainer, and before a scrape)."""
     snapshot = pool.stats()
+    waits = pool.drain_wait_times()
     labels = (snapshot[keys.NAME], process_role())
-    for key, gauge in GAUGES.items():
-        gauge.labels(*labels).set(snapshot[key])
     with _export_lock:
         # Invariant: a counter only ever advances by what this pool did since its last export.
+        # Every prometheus_client call is made under this lock, which fork holds (below):
+        # a child never inherits one of its locks mid-update from an exporting thread.
+        for key, gauge in GAUGES.items():
+            gauge.labels(*labels).set(snapshot[key])
         before = _exported.setdefault(id(pool), {})
         for key, counter in COUNTERS.items():
             delta = snapshot[key] - before.get(key, 0)
             if delta > 0:
                 counter.labels(*labels).inc(delta)
             before[key] = snapshot[key]
-    for seconds in pool.drain_wait_times():
-        WAIT_SECONDS.labels(*labels).observe(seconds)
+        for seconds in waits:
+            WAIT_SECONDS.labels(*labels).observe(seconds)
 
 
 def export_process() -> None:
     """Publish every open pool of this process now (before a scrape, so it is not a second stale)."""
-    from .registry import current_state
-
-    state = current_state()
-    with state.lock:
-        pools = [pool for pool in state.pools.values() if not pool.closed]
-    for pool in pools:
+    for pool in open_pools():
         export_pool(pool)
 
 
 def forget_pool(pool: Any) -> None:
     """A closed pool's gauges drop to zero (its process may live on with other pools)."""
     labels = (pool.name, process_role())
-    for gauge in GAUGES.values():
-        gauge.labels(*labels).set(0)
     with _export_lock:
+        for gauge in GAUGES.values():
+            gauge.labels(*labels).set(0)
         _exported.pop(id(pool), None)
-
-
-def prepare_directory() -> None:
-    """At a master's start: create the directory, drop files of processes that no longer exist.
-
-    A fresh run (the harness gives each run its own directory) starts empty; a
-    restarted server keeps nothing of processes that are gone.
-    """
-    path = multiprocess_dir()
-    if path is None:
-        return
-    os.makedirs(path, exist_ok=True)
-    for pid in _pids_with_files(path):
-        if not _alive(pid):
-            for name in glob.glob(os.path.join(path, f"*_{pid}.db")):
-                os.remove(name)
-
-
-def mark_dead(pid: int) -> None:
-    """A process ended: its gauges go (counters stay, summed into the totals)."""
-    if multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(pid)
 
 
 def suite_registry() -> CollectorRegistry:
@@ -135,24 +112,33 @@ def render_metrics() -> bytes:
     """The exposition text for a scrape."""
     path = multiprocess_dir()
     if path is not None:
-        for pid in _pids_with_files(path):
-            if not _alive(pid):
-                mark_dead(pid)  # died without a hook (SIGKILL): its gauges must not linger
+        for pid in pids_with_files(path):
+            if not pid_alive(pid):
+                multiprocess.mark_process_dead(pid)  # died without a hook (SIGKILL): its gauges must not linger
     return generate_latest(suite_registry())
 
 
-_PID_IN_NAME = re.compile(r"_(\d+)\.db$")
+def _hold_export_lock() -> None:
+    # Before fork, as the logging module does with its lock: no exporting thread is
+    # inside prometheus_client at the moment of fork. Bounded, in case one is stuck.
+    _HELD[0] = _export_lock.acquire(timeout=1.0)
 
 
-def _pids_with_files(path: str) -> set[int]:
-    return {int(m.group(1)) for name in os.listdir(path) if (m := _PID_IN_NAME.search(name))}
+def _release_export_lock() -> None:
+    if _HELD[0]:
+        _export_lock.release()
+    _HELD[0] = False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _new_export_lock_in_child() -> None:
+    global _export_lock
+    _export_lock = threading.Lock()
+    _HELD[0] = False
+
+
+_HELD = [False]
+
+# Every pool's maintainer publishes through this module from now on.
+add_stats_listener("prometheus", export_pool, forget_pool)
+install_fork_hooks("metrics", before=_hold_export_lock, after_in_parent=_release_export_lock,
+                   after_in_child=_new_export_lock_in_child)

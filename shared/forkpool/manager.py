@@ -1,7 +1,8 @@
 """Pools keyed by configuration, with limits for processes that reach many databases.
 
-``pool_for(dsn, ...)`` returns the same pool for the same configuration and a
-new one for another. Two limits, both off by default:
+``registry.pool_for(dsn, ...)`` returns the same pool for the same configuration
+and a new one for another; this module holds the policies it applies, on the
+registry's per-process state. Two limits, both off by default:
 
 - ``DB_MAX_POOLS``: at most this many pools per process; making room evicts the
   least recently used *idle* pool (never one with a connection in use or a
@@ -19,7 +20,7 @@ import time
 from typing import Any
 
 from .errors import ConfigError, PoolError
-from .settings import PoolSettings, build_settings, env_int, _parse_seconds
+from .settings import PoolSettings, env_int, _parse_seconds
 
 logger = logging.getLogger("forkpool.manager")
 
@@ -45,18 +46,6 @@ def config_key(settings: PoolSettings) -> str:
     """``<dsn without password>#<8 hex>``: readable in stats, distinct per configuration."""
     digest = hashlib.blake2b(repr(sorted(vars(settings).items())).encode(), key=_SALT, digest_size=4)
     return f"{settings.identity}#{digest.hexdigest()}"
-
-
-def pool_for(dsn: str, **options: Any) -> Any:
-    """The pool for this configuration in this process; the same object for the same configuration."""
-    from .registry import current_state, get_pool
-
-    settings = build_settings(dsn=dsn, **options)
-    key = config_key(settings)
-    state = current_state()
-    with state.lock:
-        state.settings.setdefault(key, settings)
-    return get_pool(key)
 
 
 def is_idle(pool: Any) -> bool:
@@ -118,14 +107,3 @@ def start_idle_closer(state: Any) -> None:
 
     state.idle_closer = threading.Thread(target=sweep, name="forkpool-idle-closer", daemon=True)
     state.idle_closer.start()
-
-
-def manager_stats() -> dict[str, Any]:
-    """Pools open in this process, the limits, and how many pools the limits closed."""
-    from .registry import current_state
-
-    state = current_state()
-    with state.lock:
-        open_count = sum(1 for p in state.pools.values() if not p.closed)
-        counts = dict(state.manager_counts)
-    return {"pools": open_count, "max_pools": max_pools(), "idle_close_s": idle_close_seconds(), **counts}

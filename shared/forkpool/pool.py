@@ -6,9 +6,11 @@ Connecting, health checks, rollbacks and closing happen outside the lock.
 A background maintainer (maintenance.py) refills to ``min_size`` with
 backoff, trims idle and expired connections and reports leaks.
 
-After ``fork()`` a pool is dead in the child: ``detach_after_fork`` lets go
-of its connections without network I/O (the parent still uses them) and the
-child builds its own pool through ``get_pool()``.
+After ``fork()`` a pool is dead in the child: the at-fork hook at the end of
+this module calls ``detach_after_fork`` on every pool the child inherited, which
+lets go of its connections without network I/O and without taking any lock (the
+parent still uses them, and a parent thread may have held any of their locks at
+fork time). The child builds its own pool through ``get_pool()``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .connections import (
 )
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .maintenance import Maintainer
-from .process_state import all_pools
+from .live_pools import all_pools
 from .redact import describe_error
 from .settings import PoolSettings
 from .upkeep import PoolUpkeep
@@ -207,8 +209,8 @@ class Pool(PoolUpkeep):
     def detach_after_fork(self) -> None:
         """In a forked child: drop inherited connections with no network I/O. Idempotent.
 
-        Only the forking thread exists in the child, so no lock is taken: the
-        parent's lock may have been held at fork time by a thread that is gone.
+        No lock is taken, the pool's or a connection's: any of them may have been
+        held at fork time by a parent thread that does not exist in the child.
         """
         if self._inherited:
             return
@@ -394,4 +396,5 @@ class Pool(PoolUpkeep):
 
     def _describe(self, exc: BaseException) -> str:
         return self.settings.redact(describe_error(exc))
+
 

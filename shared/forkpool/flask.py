@@ -1,4 +1,10 @@
-"""A Flask extension that binds this process's `shared` pool to an app, the Flask way.
+"""A Flask extension that binds this process's forkpool pool to an app, the Flask way (extra ``flask``).
+
+    from forkpool.flask import ForkPool
+
+    db = ForkPool()          # in your extensions module
+    db.init_app(app)         # in create_app()
+    db.connection()          # in a view: this request's connection
 
 One connection per app context (request), checked out on first use and always
 returned at teardown; work not committed by the view is rolled back, never
@@ -9,10 +15,19 @@ own pool.
 
 from __future__ import annotations
 
-from flask import Flask, g
+from typing import TYPE_CHECKING
 
-from shared import Pool, get_pool
-from shared.connections import connection as PgConnection
+from .connections import connection as PgConnection
+from .extras import import_extra
+from .pool import Pool
+from .registry import get_pool
+
+import_extra("flask", "flask", "forkpool.flask")
+
+from flask import g  # noqa: E402
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 EXTENSION_KEY = "forkpool"
 _G_KEY = "_forkpool_checkout"

@@ -4,7 +4,7 @@
   closes whatever the application opened at import time (``preload_app``);
 - a child detaches what it inherited, then opens its own pools eagerly, so a
   steady deployment holds exactly processes x pool size connections;
-- a child closes its pools when it exits.
+- a child closes its pools (and every ``per_process`` instance) when it exits.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import logging
 import time
 
 from .identity import set_process_role
-from .registry import DEFAULT, after_fork_in_child, close_all, current_state, get_pool
+from .metrics_dir import enable_if_configured
+from .per_process import home
+from .registry import after_fork_in_child, close_all, get_pool, open_pools, pool_names
 
 logger = logging.getLogger("forkpool.lifecycle")
 
@@ -22,11 +24,11 @@ DEFAULT_OPEN_TIMEOUT = 2.5
 
 
 def release_in_master(where: str) -> None:
-    """Close every pool and client a master process has, logging what it found."""
-    state = current_state()
-    open_pools = [name for name, pool in state.pools.items() if not pool.closed]
-    if open_pools or state.redis is not None:
-        logger.info("%s: closing pools %s opened in the master; masters hold no connections", where, open_pools)
+    """Close every pool, client and per_process instance a master has, saying what it found."""
+    names = [pool.name for pool in open_pools()]
+    if names or home().created:
+        logger.info("%s: closing %s opened in the master; masters hold no connections",
+                    where, f"pools {names}" if names else "per-process instances")
     close_all()
 
 
@@ -38,10 +40,10 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
     """
     set_process_role(role)
     after_fork_in_child()
+    enable_if_configured()
     deadline = time.monotonic() + timeout
-    names = {DEFAULT, *current_state().settings}
     full = True
-    for name in sorted(names):
+    for name in pool_names():
         pool = get_pool(name)
         full = pool.open(wait=True, timeout=max(deadline - time.monotonic(), 0.0)) and full
     if not full:
@@ -50,5 +52,5 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
 
 
 def stop_in_child() -> None:
-    """Close this process's pools and client: its server sessions end now, not at TCP timeout."""
+    """Close this process's pools and per_process instances: its sessions end now, not at TCP timeout."""
     close_all()

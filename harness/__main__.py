@@ -1,5 +1,0 @@
-"""``python -m harness`` is the ``forkpool`` command."""
-
-from .cli import run
-
-run()

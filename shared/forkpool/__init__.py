@@ -1,0 +1,81 @@
+"""forkpool: fork-safe, thread-safe per-process PostgreSQL pools and singletons for pre-forking servers.
+
+    from forkpool import get_pool
+
+    with get_pool().connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+
+``get_pool()`` is this process's pool: the same object on every call in the
+process, a new one in a forked child, whose inherited connections are let go
+without network I/O. ``per_process`` gives any client the same guarantees.
+Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
+``forkpool.flask`` (extension). See docs/fork-story.md for why.
+
+Modules, bottom-up (each imports only those above it):
+errors, stats, redact, identity, settings -> per_process -> connections,
+waiter -> maintenance, upkeep, live_pools -> pool -> manager -> registry ->
+health, budget, metrics_dir -> lifecycle -> gunicorn, celery, flask, metrics,
+redis_client, cli.
+"""
+
+from __future__ import annotations
+
+from . import stats
+from .errors import (
+    ConfigError,
+    ConnectError,
+    ForkpoolError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiting,
+)
+from .extras import MissingExtra
+from .health import health_check
+from .identity import application_name, process_role, set_identity, set_process_role, suite_id
+from .per_process import PerProcess, per_process
+from .pool import Pool
+from .redis_client import get_redis
+from .registry import (
+    after_fork_in_child,
+    all_stats,
+    close_all,
+    configure,
+    get_pool,
+    manager_stats,
+    pool_for,
+)
+from .settings import PoolSettings
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "ForkpoolError",
+    "MissingExtra",
+    "PerProcess",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "PoolSettings",
+    "PoolTimeout",
+    "TooManyWaiting",
+    "after_fork_in_child",
+    "all_stats",
+    "application_name",
+    "close_all",
+    "configure",
+    "get_pool",
+    "get_redis",
+    "health_check",
+    "manager_stats",
+    "per_process",
+    "pool_for",
+    "process_role",
+    "set_identity",
+    "set_process_role",
+    "stats",
+    "suite_id",
+]
+

@@ -1,0 +1,7 @@
+"""``python -m forkpool`` is the ``forkpool`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""Wire Celery's prefork signals so each task process owns its pools and the main process none.
+
+Call ``wire_celery(app)`` once where the Celery app is defined; calling it again
+is harmless (each receiver is connected under a fixed ``dispatch_uid``).
+Signals (celery/signals.py): ``worker_init`` runs in the main process before
+the pool's children exist, so whatever it leaves open is inherited: it closes
+everything. ``worker_process_init`` runs in every child, replacements included,
+and must finish within ``worker_proc_alive_timeout`` (4 s) or the child is
+killed and respawned: opening the pools is bounded well inside it. Children end
+with ``os._exit()``, so ``atexit`` never runs there: ``worker_process_shutdown``
+closes instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from .budget import startup_check
+from .errors import ConfigError
+from .extras import import_extra
+from .identity import set_process_role
+from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
+from .metrics_dir import mark_dead, prepare_directory
+from .settings import env_int
+
+WORKER_ROLE = "worker"
+METRICS_PORT_ENV = "WORKER_METRICS_PORT"
+METRICS_ADDR_ENV = "WORKER_METRICS_ADDR"
+# Share of worker_proc_alive_timeout that opening the pools may take at most.
+_ALIVE_SHARE = 0.6
+
+
+def wire_celery(app: Any = None, *, role: str = WORKER_ROLE, open_timeout: float | None = None) -> None:
+    """Connect the pool lifecycle to Celery's worker signals. Idempotent.
+
+    With `app`, opening the pools in a new child stays within 60 % of the app's
+    ``worker_proc_alive_timeout``; `open_timeout` overrides that bound.
+    """
+    signals = import_extra("celery.signals", "celery", "forkpool.celery")
+    if open_timeout is None:
+        alive = getattr(getattr(app, "conf", None), "worker_proc_alive_timeout", None) or 4.0
+        open_timeout = min(DEFAULT_OPEN_TIMEOUT, float(alive) * _ALIVE_SHARE)
+    bound = open_timeout
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        set_process_role(f"{role}-main")
+        release_in_master("celery main process")
+        concurrency = getattr(sender, "concurrency", None) or 1
+        try:
+            startup_check(role, int(concurrency), threads=1)
+        except ConfigError as exc:
+            logging.getLogger("forkpool.budget").error("%s", exc)
+            sys.exit(f"forkpool: {exc}")
+        prepare_directory()
+        serve_metrics_alone()
+
+    def on_process_init(**_: Any) -> None:
+        start_in_child(role, timeout=bound)
+
+    def on_process_shutdown(**_: Any) -> None:
+        stop_in_child()
+        mark_dead(os.getpid())
+
+    signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="forkpool.worker_init")
+    signals.worker_process_init.connect(on_process_init, weak=False, dispatch_uid="forkpool.worker_process_init")
+    signals.worker_process_shutdown.connect(
+        on_process_shutdown, weak=False, dispatch_uid="forkpool.worker_process_shutdown"
+    )
+
+
+def serve_metrics_alone() -> None:
+    """With WORKER_METRICS_PORT set, the main process serves the workers' metrics itself."""
+    port = env_int(METRICS_PORT_ENV, 0, minimum=0)
+    if port:
+        from prometheus_client import start_http_server
+
+        from . import metrics
+
+        addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
+        start_http_server(port, addr=addr, registry=metrics.suite_registry())

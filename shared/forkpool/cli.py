@@ -1,0 +1,162 @@
+"""The ``forkpool`` command: the library's own subcommands, plus any that installed packages add.
+
+A package adds ``forkpool NAME`` the way Flask extensions add ``flask``
+subcommands, with an entry point in the group ``forkpool.commands``::
+
+    [project.entry-points."forkpool.commands"]
+    demo = "harness.cli:demo_command"
+
+The object it names is called as ``command(argv, prog)`` (the arguments after
+NAME, and ``"forkpool NAME"`` for its usage lines) and returns an exit code;
+the first line of its docstring is its line in ``forkpool --help``.
+
+Exit codes: 0 success; 1 a check failed; 2 bad usage or configuration;
+3 the plan does not fit the server's connection slots. A user's mistake ends
+in one line on stderr, never a traceback, and never shows a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import entry_points
+from typing import Any, Callable, Sequence
+
+from .errors import ForkpoolError
+from .redact import describe_error, redact_text
+
+EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
+ENTRY_POINT_GROUP = "forkpool.commands"
+
+Command = Callable[[list[str], str], "int | None"]
+
+
+class UsageError(ForkpoolError):
+    """The command cannot run as asked; the message says what to change."""
+
+
+def budget_command(argv: list[str], prog: str) -> int:
+    """Does a deployment fit the server's connection slots? Prints the arithmetic; exit 3 when not."""
+    from .budget import Budget, DeploymentPlan
+
+    parser = argparse.ArgumentParser(prog=prog, description=budget_command.__doc__)
+    _size_option(parser, "--web-workers", "WEB_CONCURRENCY", 2, "Gunicorn worker processes.")
+    _size_option(parser, "--web-threads", "WEB_THREADS", 1, "Threads per web worker (> 1: gthread).")
+    _size_option(parser, "--worker-concurrency", "WORKER_CONCURRENCY", 2, "Celery task processes.")
+    _size_option(parser, "--pool-size", "DB_POOL_SIZE", 4, "Connections per process (fixed-size pools).")
+    parser.add_argument("--other-clients", type=_count(0), default=0, metavar="N",
+                        help="Sessions of anything else on the server (admin, migrations, monitoring). Default 0.")
+    parser.add_argument("--max-connections", type=_count(1), metavar="N",
+                        help="Plan offline against this max_connections instead of asking DATABASE_URL's server.")
+    parser.add_argument("--superuser-reserved", type=_count(0), default=3, metavar="N",
+                        help="With --max-connections: superuser_reserved_connections. Default 3.")
+    parser.add_argument("--reserved", type=_count(0), default=0, metavar="N",
+                        help="With --max-connections: reserved_connections (PostgreSQL 16+). Default 0.")
+    args = parser.parse_args(argv)
+    plan = DeploymentPlan(args.web_workers, args.web_threads, args.worker_concurrency, args.pool_size,
+                          args.other_clients)
+    verdict = Budget(plan, _limits(args.max_connections, args.superuser_reserved, args.reserved))
+    for line in verdict.explain():
+        print(line)
+    return 0 if verdict.fits else EXIT_DOES_NOT_FIT
+
+
+def _limits(max_connections: int | None, superuser_reserved: int, reserved: int) -> Any:
+    import psycopg2
+
+    from .budget import ServerLimits, read_server_limits
+    from .settings import build_settings
+
+    if max_connections is not None:
+        return ServerLimits(max_connections, superuser_reserved, reserved)
+    if not os.environ.get("DATABASE_URL"):
+        print("(no DATABASE_URL and no --max-connections: PostgreSQL's defaults, 100 and 3 reserved)")
+        return ServerLimits(100, 3, 0)
+    settings = build_settings(dsn=os.environ["DATABASE_URL"])  # a malformed URL is a ConfigError: one line
+    try:
+        conn = psycopg2.connect(settings.dsn, application_name="forkpool-budget", connect_timeout=5)
+    except psycopg2.Error as exc:
+        raise UsageError(f"cannot reach DATABASE_URL ({settings.identity}): "
+                         f"{settings.redact(describe_error(exc))}") from None
+    try:
+        return read_server_limits(conn)
+    finally:
+        conn.close()
+
+
+LIBRARY_COMMANDS: dict[str, Command] = {"budget": budget_command}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``forkpool``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = available_commands()
+    if not args or args[0] in ("-h", "--help"):
+        print(_overview(commands))
+        return 0 if args else EXIT_USAGE
+    name, rest = args[0], args[1:]
+    if name not in commands:
+        known = ", ".join(sorted(commands))
+        print(f"forkpool: no command {name!r} (commands: {known}; see forkpool --help)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        code = _load(commands[name])(rest, f"forkpool {name}")
+    except KeyboardInterrupt:
+        return 130
+    except ForkpoolError as exc:  # configuration and usage errors: one line, no traceback
+        print(f"forkpool {name}: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    return int(code or 0)
+
+
+def available_commands() -> dict[str, Any]:
+    """Library commands, then installed packages' commands (entry points), by name."""
+    found: dict[str, Any] = dict(LIBRARY_COMMANDS)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(point.name, point)
+    return found
+
+
+def _load(command: Any) -> Command:
+    return command.load() if hasattr(command, "load") else command  # type: ignore[no-any-return]
+
+
+def _overview(commands: dict[str, Any]) -> str:
+    lines = ["usage: forkpool COMMAND [ARGS]...", "",
+             "Fork-safe per-process PostgreSQL pools: tools for a deployment.", "", "commands:"]
+    for name in sorted(commands):
+        try:
+            doc = (_load(commands[name]).__doc__ or "").strip().splitlines()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break --help
+            doc = [f"(cannot load: {describe_error(exc)})"]
+        lines.append(f"  {name:<10} {doc[0] if doc else ''}")
+    lines += ["", "forkpool COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def _size_option(parser: argparse.ArgumentParser, flag: str, env: str, default: int, text: str) -> None:
+    raw = os.environ.get(env)
+    try:
+        value = _count(1)(raw) if raw else default
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{env}={raw!r}: {exc}; set a whole number of at least 1") from None
+    parser.add_argument(flag, type=_count(1), default=value, metavar="N",
+                        help=f"{text} Default {value} (env {env}).")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Every live Pool object of this process, and what fork does to them.
+
+Kept apart from pool.py so the pool reads as a pool; this module does not
+import it. Before fork the parent holds every pool's lock (the child inherits
+consistent deques); in the child, each inherited pool gets fresh locks and lets
+go of its connections without network I/O (``Pool.detach_after_fork``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+from .per_process import home, install_fork_hooks
+
+logger = logging.getLogger("forkpool.pool")
+
+
+def all_pools() -> "weakref.WeakSet[Any]":
+    """Every live Pool object of this process, named or not (the fork hook detaches them all)."""
+    holder = home()
+    pools = getattr(holder, "all_pools", None)
+    if pools is None:
+        pools = holder.all_pools = weakref.WeakSet()
+    return pools  # type: ignore[no-any-return]
+
+
+def _hold_pool_locks() -> None:
+    # Before fork, in the parent: hold every pool lock so the child inherits each
+    # pool's deques consistent (no connection half-way between idle and in use).
+    # Bounded: a lock not free within a second is left alone; the child never takes it.
+    held = []
+    for pool in list(all_pools()):
+        if pool._lock.acquire(timeout=1.0):
+            held.append(pool._lock)
+    home().held_at_fork = held
+
+
+def _release_pool_locks() -> None:
+    for lock in getattr(home(), "held_at_fork", ()):
+        lock.release()
+    home().held_at_fork = []
+
+
+def detach_inherited_pools() -> None:
+    # In the child: only the forking thread exists. Each pool gets fresh locks and
+    # lets go of its connections (detach_after_fork), whether or not a registry knows it.
+    home().held_at_fork = []
+    pid = os.getpid()
+    for pool in list(all_pools()):
+        if pool.pid != pid:
+            try:
+                pool.detach_after_fork()
+            except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+                logger.warning("%r: detaching after fork failed", pool, exc_info=True)
+
+
+install_fork_hooks("pool", before=_hold_pool_locks, after_in_parent=_release_pool_locks,
+                   after_in_child=detach_inherited_pools)

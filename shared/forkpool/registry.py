@@ -1,0 +1,190 @@
+"""This process's pools, one per name: ``get_pool``, ``configure``, ``pool_for``, ``close_all``.
+
+The pools of a process are one ``per_process`` instance (``ProcessPools``):
+created on first use in the process that uses it; in a forked child the
+inherited one is detached (no network I/O, no lock) and the child builds its
+own on first use. Settings registered with ``configure()`` are configuration,
+not connections: they are process-independent and a child keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Mapping
+
+from . import manager
+from .errors import ConfigError
+from .live_pools import all_pools, detach_inherited_pools
+from .per_process import close_all as close_every_instance
+from .per_process import detach_inherited, home, per_process
+from .pool import Pool
+from .settings import PoolSettings, build_settings, settings_from_env
+
+logger = logging.getLogger("forkpool.registry")
+
+DEFAULT = "default"
+
+
+class ProcessPools:
+    """The named pools of one process, and what the pool manager's limits closed."""
+
+    def __init__(self) -> None:
+        # Guards creation and removal of pools (not their use).
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+        self.pools: dict[str, Pool] = {}
+        self.manager_counts = {"evicted": 0, "closed_idle": 0}  # see manager.py
+        self.idle_closer: threading.Thread | None = None
+
+    def detach_inherited(self) -> None:
+        # In a forked child, with no lock taken (see per_process): the pools themselves
+        # were detached by live_pools' at-fork hook; dropping them here is all that is left.
+        for pool in list(self.pools.values()):
+            pool.detach_after_fork()
+        self.pools = {}
+
+    def close(self) -> None:
+        with self.lock:
+            pools, self.pools = list(self.pools.values()), {}
+        for pool in pools:
+            pool.close()
+
+
+process_pools = per_process(ProcessPools, detach=ProcessPools.detach_inherited, close=ProcessPools.close,
+                            key="forkpool.pools")
+
+
+def configured() -> dict[str, PoolSettings]:
+    """Settings registered with configure(), by pool name; kept across fork and reload."""
+    holder = home()
+    if not hasattr(holder, "configured"):
+        holder.configured = {}
+    return holder.configured  # type: ignore[no-any-return]
+
+
+def get_pool(name: str = DEFAULT) -> Pool:
+    """This process's pool called `name`: created on first use, the same object after."""
+    state = process_pools()
+    pool = state.pools.get(name)
+    if pool is not None and not pool.closed:
+        return pool
+    return _create_pool(state, name)
+
+
+def configure(
+    name: str = DEFAULT,
+    *,
+    dsn: str | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    timeout: float | None = None,
+    max_waiting: int | None = None,
+    max_lifetime: float | None = None,
+    max_idle: float | None = None,
+    check_idle: float | None = None,
+    leak_timeout: float | None = None,
+    connect_timeout: float | None = None,
+    connect_kwargs: Mapping[str, Any] | None = None,
+) -> PoolSettings:
+    """Register the settings of pool `name` before its first use; returns them validated.
+
+    Unset keywords keep their defaults, which for the default pool come from the
+    environment (DATABASE_URL, DB_POOL_*). Raises ConfigError on a bad value,
+    or when the pool is already open in this process with other settings.
+    """
+    base = build_settings(**settings_from_env()) if name == DEFAULT else PoolSettings()
+    settings = build_settings(
+        base, dsn=dsn, min_size=min_size, max_size=max_size, timeout=timeout,
+        max_waiting=max_waiting, max_lifetime=max_lifetime, max_idle=max_idle,
+        check_idle=check_idle, leak_timeout=leak_timeout, connect_timeout=connect_timeout,
+        connect_kwargs=connect_kwargs,
+    )
+    state = process_pools()
+    with state.lock:
+        open_pool = state.pools.get(name)
+        if open_pool is not None and not open_pool.closed and open_pool.settings != settings:
+            raise ConfigError(f"pool {name!r} is already open with other settings; close it before reconfiguring")
+        configured()[name] = settings
+    return settings
+
+
+def pool_for(dsn: str, **options: Any) -> Pool:
+    """The pool for this configuration in this process; the same object for the same configuration."""
+    settings = build_settings(dsn=dsn, **options)
+    key = manager.config_key(settings)
+    state = process_pools()
+    with state.lock:
+        configured().setdefault(key, settings)
+    return get_pool(key)
+
+
+def open_pools() -> list[Pool]:
+    """This process's open named pools, by name."""
+    state = process_pools()
+    with state.lock:
+        return [pool for _, pool in sorted(state.pools.items()) if not pool.closed]
+
+
+def pool_names() -> list[str]:
+    """The default pool and every configured one: what a worker opens at start."""
+    return sorted({DEFAULT, *configured()})
+
+
+def close_all() -> None:
+    """Close every pool, client and per_process instance of this process (worker exit, masters)."""
+    close_every_instance()
+    pid = os.getpid()
+    for pool in list(all_pools()):  # pools made with Pool(...) directly too
+        if pool.pid == pid:
+            pool.close()
+
+
+def after_fork_in_child() -> None:
+    """Detach every pool and per_process instance inherited from the parent. No I/O, no locks, idempotent.
+
+    ``os.fork()`` runs this already (at-fork hooks); the Gunicorn and Celery
+    hooks call it too, for a fork made by C code that Python's hooks do not see.
+    """
+    detach_inherited()
+    detach_inherited_pools()
+
+
+def all_stats() -> list[dict[str, Any]]:
+    """`Pool.stats()` of every pool this process has open, by name."""
+    return [pool.stats() for pool in open_pools()]
+
+
+def manager_stats() -> dict[str, Any]:
+    """Pools open in this process, the limits, and how many pools the limits closed."""
+    state = process_pools()
+    with state.lock:
+        open_count = sum(1 for p in state.pools.values() if not p.closed)
+        counts = dict(state.manager_counts)
+    return {"pools": open_count, "max_pools": manager.max_pools(), "idle_close_s": manager.idle_close_seconds(),
+            **counts}
+
+
+def _create_pool(state: ProcessPools, name: str) -> Pool:
+    with state.lock:
+        # Invariant: at most one open Pool per name per process. Threads racing on
+        # first use serialise here, and the losers find the winner's pool.
+        pool = state.pools.get(name)
+        if pool is None or pool.closed:
+            settings = _settings_for(name)
+            manager.make_room(state)
+            manager.start_idle_closer(state)
+            pool = Pool(settings, name)
+            state.pools[name] = pool
+            pool.open(wait=False)  # no I/O here: the maintainer thread connects
+        return pool
+
+
+def _settings_for(name: str) -> PoolSettings:
+    settings = configured().get(name)
+    if settings is not None:
+        return settings
+    if name == DEFAULT:
+        return build_settings(**settings_from_env())
+    raise ConfigError(f"pool {name!r} is not configured: call forkpool.configure({name!r}, dsn=...) first")
