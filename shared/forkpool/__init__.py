@@ -11,11 +11,18 @@ without network I/O. ``per_process`` gives any client the same guarantees.
 Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
 ``forkpool.flask`` (extension). See docs/fork-story.md for why.
 
-Modules, bottom-up (each imports only those above it):
-errors, stats, redact, identity, settings -> per_process -> connections,
-waiter -> maintenance, upkeep, live_pools -> pool -> manager -> registry ->
-health, budget, metrics_dir -> lifecycle -> gunicorn, celery, flask, metrics,
-redis_client, cli.
+Modules, bottom-up (each imports only modules on lines above its own;
+tests/test_layers.py keeps it so):
+
+    errors, identity, per_process, redact, stats
+    extras, live_pools, settings
+    budget, connections, manager, metrics_dir, redis_client
+    cli, maintenance, upkeep, waiter
+    pool
+    registry
+    flask, health, metrics
+    lifecycle
+    celery, gunicorn
 """
 
 from __future__ import annotations

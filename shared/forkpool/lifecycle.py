@@ -13,7 +13,7 @@ import logging
 import time
 
 from .identity import set_process_role
-from .metrics_dir import enable_if_configured
+from .metrics_dir import multiprocess_dir
 from .per_process import home
 from .registry import after_fork_in_child, close_all, get_pool, open_pools, pool_names
 
@@ -40,7 +40,9 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
     """
     set_process_role(role)
     after_fork_in_child()
-    enable_if_configured()
+    if multiprocess_dir() is not None:
+        # The suite collects metrics: importing the exporter registers it with every pool.
+        from . import metrics  # noqa: F401
     deadline = time.monotonic() + timeout
     full = True
     for name in pool_names():

@@ -11,18 +11,14 @@ import glob
 import os
 import re
 
+from .extras import import_extra
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PID_IN_NAME = re.compile(r"_(\d+)\.db$")
 
 
 def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
-
-
-def enable_if_configured() -> None:
-    """In a worker: publish this process's pool stats when the suite collects metrics."""
-    if multiprocess_dir() is not None:
-        from . import metrics  # noqa: F401 - importing it registers the exporter with every pool
 
 
 def prepare_directory() -> None:
@@ -44,8 +40,7 @@ def prepare_directory() -> None:
 def mark_dead(pid: int) -> None:
     """A process ended: its gauges go (counters stay, summed into the totals)."""
     if multiprocess_dir() is not None:
-        from .metrics import multiprocess
-
+        multiprocess = import_extra("prometheus_client.multiprocess", "prometheus", MULTIPROC_ENV)
         multiprocess.mark_process_dead(pid)
 
 

@@ -1,0 +1,135 @@
+"""How the code is layered: the library in layers with no import circle, and nothing of the suite in it.
+
+A newcomer reads forkpool bottom-up (the order is in forkpool/__init__.py);
+web and workers use the library's public modules and never each other.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "shared" / "forkpool"
+SUITE_PACKAGES = {"web", "workers", "harness", "suite", "benchmarks", "tests"}
+EXTRAS = ("flask", "celery", "gunicorn", "redis", "prometheus_client")
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Modules `path` imports when it runs: top level and inside functions, not under TYPE_CHECKING."""
+    tree = ast.parse(path.read_text())
+    type_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only.update(id(child) for child in ast.walk(node))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                found.update([node.module] if node.module else [a.name for a in node.names])
+            elif node.module:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def library_graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in LIBRARY.glob("*.py"):
+        deps = set()
+        for name in runtime_imports(path):
+            if name.startswith("forkpool."):
+                name = name.split(".")[1]
+            elif name == "forkpool":
+                continue
+            deps.add(name.split(".")[0])
+        graph[path.stem] = {d for d in deps if (LIBRARY / f"{d}.py").exists() and d != path.stem}
+    return graph
+
+
+def test_the_library_has_no_import_circle():
+    graph = library_graph()
+    state: dict[str, int] = {}
+    circles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                circles.append(path[path.index(dep):] + [module, dep] if dep in path else [module, dep])
+            elif not state.get(dep):
+                visit(dep, path + [module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if not state.get(module):
+            visit(module, [])
+    assert not circles, f"import circles: {circles}"
+
+
+def test_the_library_imports_nothing_of_the_suite():
+    for path in LIBRARY.glob("*.py"):
+        roots = {name.split(".")[0] for name in runtime_imports(path)}
+        assert not roots & SUITE_PACKAGES, f"{path.name} imports {roots & SUITE_PACKAGES}"
+
+
+@pytest.mark.parametrize("package, forbidden", [("web", "workers"), ("workers", "web")])
+def test_web_and_workers_do_not_import_each_other(package, forbidden):
+    for path in (ROOT / package).rglob("*.py"):
+        roots = {name.split(".")[0] for name in runtime_imports(path)}
+        assert forbidden not in roots, f"{path.relative_to(ROOT)} imports {forbidden}"
+
+
+def test_the_core_and_the_server_hooks_import_without_any_extra():
+    # Every extra made unimportable: the pool, the CLI and the hooks still load,
+    # and asking for an extra's feature names the extra to install.
+    program = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {EXTRAS!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+import forkpool, forkpool.cli, forkpool.gunicorn, forkpool.lifecycle, forkpool.budget
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {EXTRAS!r})
+assert not loaded, loaded
+try:
+    forkpool.get_redis()
+except forkpool.MissingExtra as exc:
+    print(exc)
+for module in ("forkpool.metrics", "forkpool.flask", "forkpool.celery"):
+    try:
+        importlib.import_module(module)
+        if module == "forkpool.celery":
+            forkpool.celery.wire_celery()
+    except forkpool.MissingExtra as exc:
+        print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.rsplit("'", 2)[-2] for line in lines] == [
+        "forkpool[redis]", "forkpool[prometheus]", "forkpool[flask]", "forkpool[celery]"], lines
+
+
+def test_the_layers_written_in_the_package_docstring_are_the_real_ones():
+    import forkpool
+
+    doc = forkpool.__doc__ or ""
+    block = doc[doc.index("Modules, bottom-up"):].split("\n\n", 1)[1]
+    layers = [[name.strip() for name in line.split(",")] for line in block.strip().splitlines()]
+    level = {name: number for number, names in enumerate(layers) for name in names}
+    graph = library_graph()
+    modules = set(graph) - {"__init__", "__main__"}
+    assert set(level) == modules, f"missing from the docstring: {modules - set(level)}; extra: {set(level) - modules}"
+    for module, deps in graph.items():
+        for dep in deps:
+            if module in level:
+                assert level[dep] < level[module], f"{module} imports {dep}, listed on the same line or below"
