@@ -58,9 +58,9 @@ def _git(*args: str) -> str | None:
 
 
 def source_state() -> dict[str, Any]:
-    """Which shared/ was measured: the tree moves, so its commit, dirty files and a content hash."""
+    """Which library (shared/forkpool) was measured: the tree moves, so its commit, dirty files and a content hash."""
     digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "shared").glob("*.py")):
+    for path in sorted((REPO_ROOT / "shared" / "forkpool").glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     dirty = _git("status", "--porcelain", "--", "shared")
     return {"git_commit": _git("rev-parse", "HEAD"),
@@ -163,5 +163,5 @@ def machine_markdown(machine: dict[str, Any], extra_rows: Iterable[tuple[str, st
     dirty = ", ".join(source["shared_dirty_files"]) or "none"
     lines += [f"| git commit | {source['git_commit']} |",
               f"| shared/ uncommitted changes | {dirty} |",
-              f"| shared/*.py sha256 | {source['shared_sha256'][:16]} |"]
+              f"| shared/forkpool/*.py sha256 | {source['shared_sha256'][:16]} |"]
     return lines
