@@ -67,10 +67,21 @@ def test_gunicorn_hooks_master_holds_none_each_worker_holds_its_pool(sessions, c
     assert count_settles(0) == 0
 
 
+def forkpool_receivers(signal) -> list[str]:
+    """forkpool's receivers connected to a Celery signal, by dispatch_uid."""
+    return [key[0] for key, _ in signal.receivers if str(key[0]).startswith("forkpool.")]
+
+
 def test_celery_signals_open_in_each_child_and_close_on_shutdown(sessions, count_settles, monkeypatch):
+    from celery import Celery
+
     monkeypatch.setenv("DB_POOL_SIZE", "2")
+    celery_signals.wire_celery(Celery("first"))
+    celery_signals.wire_celery(Celery("second"))  # idempotent: one receiver per signal
     celery_signals.wire_celery()
-    celery_signals.wire_celery()  # idempotent: one receiver per signal
+    assert forkpool_receivers(signals.worker_init) == ["forkpool.worker_init"]
+    assert forkpool_receivers(signals.worker_process_init) == ["forkpool.worker_process_init"]
+    assert forkpool_receivers(signals.worker_process_shutdown) == ["forkpool.worker_process_shutdown"]
     forkpool.get_pool().wait(10)
     signals.worker_init.send(sender=None)
     assert count_settles(0) == 0
