@@ -76,8 +76,8 @@ def test_celery_signals_open_in_each_child_and_close_on_shutdown(sessions, count
     from celery import Celery
 
     monkeypatch.setenv("DB_POOL_SIZE", "2")
-    celery_signals.wire_celery(Celery("first"))
-    celery_signals.wire_celery(Celery("second"))  # idempotent: one receiver per signal
+    celery_signals.wire_celery(Celery("first", set_as_current=False))
+    celery_signals.wire_celery(Celery("second", set_as_current=False))  # idempotent: one receiver per signal
     celery_signals.wire_celery()
     assert forkpool_receivers(signals.worker_init) == ["forkpool.worker_init"]
     assert forkpool_receivers(signals.worker_process_init) == ["forkpool.worker_process_init"]
