@@ -1,8 +1,10 @@
-"""Adopting forkpool in an existing app: forkpool's Gunicorn hooks called from a user's own, run for real.
+"""Adopting forkpool in an existing app: the recipes of docs/adopting.md, run for real.
 
-Gunicorn runs tests/adoption/own_hooks with 2 workers and DB_POOL_SIZE=2: the
-server must show exactly workers x 2 sessions, every one held by a worker,
-none by the master.
+Each recipe's files live in tests/adoption/<name>/ and the doc shows them
+verbatim (checked below). Gunicorn runs them with 2 workers, the Celery worker
+with 2 prefork processes on the test Redis, all with DB_POOL_SIZE=2: the
+server must show exactly processes x 2 sessions, every one held by a child,
+none by the master, and a request or a task must run a query on one of them.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import pytest
 
 from harness._procs import free_port, log_tail, spawn
 from harness.processes import child_pids
-from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ADOPTION = REPO / "tests" / "adoption"
+DOC = REPO / "docs" / "adopting.md"
 WORKERS = 2
 POOL = 2
 
@@ -167,3 +169,94 @@ def test_user_hooks_call_forkpool_hooks_in_one_line(servers, recipe_env, tmp_pat
     assert sorted(line for line in lines if line[0] == "worker_exit") == sorted(
         ["worker_exit", str(pid), "0"] for pid in workers)  # forkpool's worker_exit closed every pool
     assert count_settles(0) == 0
+
+
+# -- docs/adopting.md recipes -------------------------------------------------------------------------
+
+def test_recipe_plain_wsgi_app_under_gunicorn(servers, recipe_env, tmp_path, sessions, count_settles, suite_id):
+    server, url = start_gunicorn(servers, "wsgi_app", "app:app", recipe_env, tmp_path)
+    backends = assert_children_hold_exactly(server, "web", sessions, count_settles, suite_id)
+    every_backend = {b for held in backends.values() for b in held}
+    for _ in range(10):
+        status, body = get(url)
+        match = re.fullmatch(rb"served by backend (\d+)\n", body)
+        assert status == 200 and match and int(match.group(1)) in every_backend
+    assert server.stop() == 0
+    assert count_settles(0) == 0
+
+
+def test_recipe_flask_extension_with_an_app_factory(servers, recipe_env, tmp_path, sessions, count_settles,
+                                                    suite_id):
+    server, url = start_gunicorn(servers, "flask_app", "app:create_app()", recipe_env, tmp_path)
+    backends = assert_children_hold_exactly(server, "web", sessions, count_settles, suite_id)
+    every_backend = {b for held in backends.values() for b in held}
+    for _ in range(10):
+        status, body = get(url)
+        assert status == 200 and json.loads(body)["backend_pid"] in every_backend
+    assert server.stop() == 0
+    assert count_settles(0) == 0
+
+
+def test_recipe_celery_prefork_worker(servers, recipe_env, redis_url, tmp_path, sessions, count_settles, suite_id):
+    from celery import Celery
+
+    queue = f"{suite_id}.adoption"
+    env = {**recipe_env, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
+    argv = [sys.executable, "-m", "celery", "--app", "tasks", "worker", "--pool", "prefork",
+            "--concurrency", str(WORKERS), "--queues", queue, "--hostname", f"{suite_id}@%h",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = Server(argv, ADOPTION / "celery_app", env, tmp_path / "celery-worker.log")
+    servers.append(worker)
+    worker.wait_until(lambda: " ready." in worker.log() and len(worker.children()) == WORKERS, "celery ready")
+    backends = assert_children_hold_exactly(worker, "worker", sessions, count_settles, suite_id)
+    every_backend = {b for held in backends.values() for b in held}
+
+    producer = Celery("producer", broker=redis_url, backend=redis_url, set_as_current=False)
+    try:
+        results = [producer.send_task("tasks.backend_pid", queue=queue) for _ in range(6)]
+        answers = [result.get(timeout=30) for result in results]
+    finally:
+        producer.close()
+    assert all(answer in every_backend for answer in answers), (answers, backends)
+    assert count_settles(WORKERS * POOL) == WORKERS * POOL  # running tasks opened nothing more
+
+    assert worker.stop() == 0
+    assert count_settles(0) == 0
+
+
+# -- the doc shows exactly the files the tests run ----------------------------------------------------
+
+SNIPPET = re.compile(r"^File: \[`(tests/adoption/[^`]+)`\]\([^)]*\)\n\n```[a-z]*\n(.*?)^```$", re.M | re.S)
+RECIPES = ("wsgi_app", "flask_app", "celery_app")
+
+
+def doc_snippets() -> dict[str, str]:
+    return {path: code for path, code in SNIPPET.findall(DOC.read_text())}
+
+
+def test_the_doc_shows_each_recipe_file_verbatim():
+    shown = doc_snippets()
+    files = sorted(str(p.relative_to(REPO)) for recipe in RECIPES for p in (ADOPTION / recipe).glob("*.py"))
+    assert sorted(shown) == files  # every recipe file is in the doc, and the doc shows no other
+    for path, code in shown.items():
+        assert code == (REPO / path).read_text(), path
+
+
+EXCERPT = re.compile(r"^Excerpt of \[`(tests/adoption/[^`]+)`\]\([^)]*\)\n\n```[a-z]*\n(.*?)^```$", re.M | re.S)
+
+
+def test_the_doc_excerpts_of_the_hooks_file_are_in_it():
+    excerpts = EXCERPT.findall(DOC.read_text())
+    assert [path for path, _ in excerpts] == ["tests/adoption/own_hooks/gunicorn.conf.py"]
+    for path, code in excerpts:
+        text = (REPO / path).read_text()
+        for block in code.split("\n\n\n"):  # top-level blocks, each as it is in the file
+            assert block.strip() and block.strip() in text, block
+
+
+def test_each_recipe_is_at_most_ten_lines_of_code():
+    """Lines of code: not blank, not a comment, not an import."""
+    for recipe in RECIPES:
+        lines = [line for p in (ADOPTION / recipe).glob("*.py") for line in p.read_text().splitlines()
+                 if line.strip() and not line.lstrip().startswith(("#", "import ", "from "))]
+        assert len(lines) <= 10, (recipe, lines)
