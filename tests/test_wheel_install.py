@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -200,7 +201,15 @@ def test_the_forkpool_command_runs(clean_venv: CleanVenv) -> None:
     helped = clean_venv.run([str(clean_venv.bin / "forkpool"), "--help"])
     assert helped.returncode == 0, helped.stderr
     listed = helped.stdout.split("commands:\n", 1)[1].split("\n\n", 1)[0]
-    assert [line.split()[0] for line in listed.splitlines()] == ["budget"]  # none of the suite's commands
+    own = clean_venv.script("import json, forkpool.cli; print(json.dumps(sorted(forkpool.cli.LIBRARY_COMMANDS)))")
+    assert own.returncode == 0, own.stderr
+    library_commands = json.loads(own.stdout)
+    assert "budget" in library_commands
+    # Exactly the library's own: none of the commands the suite adds through entry points.
+    suite_commands = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"][
+        "forkpool.commands"]
+    assert suite_commands and not set(suite_commands) & set(library_commands)
+    assert [line.split()[0] for line in listed.splitlines()] == library_commands
 
     fits = clean_venv.run([str(clean_venv.bin / "forkpool"), "budget", "--max-connections", "20"])
     assert fits.returncode == 0, fits.stderr
