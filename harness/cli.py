@@ -6,6 +6,9 @@ the entry point group ``forkpool.commands`` (root pyproject.toml), each as a
 
 Exit codes: 0 every check passed; 1 a check failed; 2 bad usage or configuration;
 3 the plan does not fit the server's connection slots.
+
+Every command first checks what it needs (harness/preflight.py): a setting that
+cannot work ends the command before anything starts, with one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import click
 import psycopg2
 
 import forkpool
-from forkpool.redact import describe_error
+from forkpool.redact import describe_error, redact_text
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
 
@@ -52,7 +55,10 @@ def initdb() -> None:
     from suite.schema import init_schema_at
     from forkpool.settings import build_settings, settings_from_env
 
-    settings = build_settings(**settings_from_env())  # a bad DATABASE_URL is one clear line
+    from . import preflight
+
+    preflight.check_database(os.environ.get("DATABASE_URL", ""))
+    settings = build_settings(**settings_from_env())  # the pool settings too: one clear line
     try:
         init_schema_at(settings.dsn)  # one connection, no pool: nothing retries behind the user's back
     except psycopg2.Error as exc:
@@ -93,6 +99,9 @@ def load_options(command: Callable) -> Callable:
 @click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
 def loadtest(**params: Any) -> None:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
+    from . import preflight
+
+    preflight.check_suite(preflight.SuiteNeeds(params["pool_size"], params["web_threads"]))
     sys.exit(_run(params))
 
 
@@ -102,6 +111,9 @@ def loadtest(**params: Any) -> None:
               help="Write report files (memory.png too) and logs here.")
 def soak(duration: float, report_dir: Path | None) -> None:
     """Long mixed load with recycling on: connection counts and memory per process must stay flat."""
+    from . import preflight
+
+    preflight.check_suite(preflight.SuiteNeeds(pool_size=4))
     params = dict(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, duration=duration, users=10,
                   task_rate=5.0, max_requests=500, max_tasks_per_child=100, preload=False, kill_workers=0,
                   max_connections=100, json_path=None, report_dir=report_dir, naive=False, soak=True)
@@ -118,8 +130,11 @@ def fault(scenario: str, json_path: Path | None) -> None:
     import json
     from dataclasses import asdict
 
+    from . import preflight
     from .fault_scenarios import SCENARIOS
+    from .faults import POOL
 
+    preflight.check_suite(preflight.SuiteNeeds(pool_size=POOL, embedded_only=True))
     names = list(SCENARIOS) if scenario == "all" else [scenario]
     results = []
     for name in names:
@@ -144,6 +159,9 @@ def fault(scenario: str, json_path: Path | None) -> None:
 @click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
 def demo(report_dir: Path | None, no_contrast: bool) -> None:
     """The tour: 3 web workers, 2 task processes, pools of 4, mixed load with recycling and kills."""
+    from . import preflight
+
+    preflight.check_suite(preflight.SuiteNeeds(pool_size=4))
     params = dict(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, duration=20.0, users=10,
                   task_rate=5.0, max_requests=150, max_tasks_per_child=25, preload=False, kill_workers=2,
                   max_connections=100, json_path=None, report_dir=report_dir, naive=False)
@@ -186,11 +204,20 @@ def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
     import json
     import urllib.error
 
+    from . import preflight
     from .stats_view import collect, read_state
 
     state = read_state()
     url = (url or state.get("web_url") or "http://127.0.0.1:8000").rstrip("/")
-    database_url = database_url or state.get("database_url") or os.environ.get("DATABASE_URL")
+    # A bad URL is named as the user gave it: the option, `forkpool up`'s state file, or the variable.
+    setting = "--database-url"
+    if not database_url and state.get("database_url"):
+        database_url, setting = state["database_url"], "--database-url (default: `forkpool up`'s)"
+    elif not database_url:
+        database_url, setting = os.environ.get("DATABASE_URL"), "DATABASE_URL"
+    if database_url:
+        preflight.check_database(database_url, setting)
+    preflight.check_web(url)
     try:
         found = collect(url, database_url)
     except (urllib.error.URLError, OSError) as exc:
@@ -210,8 +237,14 @@ def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
 @size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
 def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int) -> None:
     """Run the suite in the foreground until Ctrl-C or SIGTERM; then stop everything it started."""
+    from click.core import ParameterSource
+
+    from . import preflight
     from .foreground import run_foreground
 
+    from_env = click.get_current_context().get_parameter_source("port") == ParameterSource.ENVIRONMENT
+    preflight.check_suite(preflight.SuiteNeeds(pool_size, web_threads, port=port,
+                                               port_setting="PORT" if from_env else "--port"))
     sys.exit(run_foreground(port, web_workers, web_threads, worker_concurrency, pool_size))
 
 
@@ -219,12 +252,16 @@ def _entry(command: click.Command) -> Callable[[list[str], str], int]:
     """A click command as a `forkpool` subcommand: user mistakes end with one line, never a traceback."""
 
     def run(argv: list[str], prog: str) -> int:
+        from .preflight import PreflightError
         from .services import ServiceError
 
         try:
             command.main(args=argv, prog_name=prog, standalone_mode=True)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILED)
+        except PreflightError as exc:  # already says which setting and what to do
+            click.echo(f"{prog}: {redact_text(str(exc))}", err=True)
+            return EXIT_USAGE
         except forkpool.ConfigError as exc:
             click.echo(f"{prog}: invalid configuration: {exc}", err=True)
             return EXIT_USAGE

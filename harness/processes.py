@@ -54,8 +54,9 @@ class SuitePlan:
     def ceiling(self) -> int:
         return (self.web_workers + self.worker_concurrency) * self.pool_size
 
-    def env(self, port: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _PLAN_OWNS}
+    def env(self, port: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The processes' environment: `environ` (default os.environ) with the plan's settings."""
+        env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in _PLAN_OWNS}
         env.update(
             DATABASE_URL=self.database_url,
             REDIS_URL=self.redis_url,
