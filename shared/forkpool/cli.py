@@ -23,7 +23,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
-from .errors import ForkpoolError
+from .errors import ConfigError, ForkpoolError
 from .redact import describe_error, redact_text
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
@@ -73,12 +73,17 @@ def _limits(max_connections: int | None, superuser_reserved: int, reserved: int)
     if not os.environ.get("DATABASE_URL"):
         print("(no DATABASE_URL and no --max-connections: PostgreSQL's defaults, 100 and 3 reserved)")
         return ServerLimits(100, 3, 0)
-    settings = build_settings(dsn=os.environ["DATABASE_URL"])  # a malformed URL is a ConfigError: one line
+    offline = "or plan offline with --max-connections N"
+    try:
+        settings = build_settings(dsn=os.environ["DATABASE_URL"])
+    except ConfigError as exc:  # names DATABASE_URL and shows its value, password masked
+        raise UsageError(f"{exc}; use a URL like postgresql://user@host:5432/dbname, {offline}") from None
     try:
         conn = psycopg2.connect(settings.dsn, application_name="forkpool-budget", connect_timeout=5)
     except psycopg2.Error as exc:
-        raise UsageError(f"cannot reach DATABASE_URL ({settings.identity}): "
-                         f"{settings.redact(describe_error(exc))}") from None
+        raise UsageError(f"DATABASE_URL={settings.redact(settings.dsn)!r}: cannot connect "
+                         f"({settings.redact(describe_error(exc))}); start the server or correct the URL, "
+                         f"{offline}") from None
     try:
         return read_server_limits(conn)
     finally:
