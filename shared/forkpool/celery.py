@@ -1,7 +1,8 @@
 """Wire Celery's prefork signals so each task process owns its pools and the main process none.
 
 Call ``wire_celery(app)`` once where the Celery app is defined; calling it again
-is harmless (each receiver is connected under a fixed ``dispatch_uid``).
+is harmless: each receiver is connected once (a fixed ``dispatch_uid``), and
+the latest call's role and time bound are the ones used.
 Signals (celery/signals.py): ``worker_init`` runs in the main process before
 the pool's children exist, so whatever it leaves open is inherited: it closes
 everything. ``worker_process_init`` runs in every child, replacements included,
@@ -43,41 +44,47 @@ def wire_celery(app: Any = None, *, role: str = WORKER_ROLE, open_timeout: float
     if open_timeout is None:
         alive = getattr(getattr(app, "conf", None), "worker_proc_alive_timeout", None) or 4.0
         open_timeout = min(DEFAULT_OPEN_TIMEOUT, float(alive) * _ALIVE_SHARE)
-    bound = open_timeout
-
-    def on_worker_init(sender: Any = None, **_: Any) -> None:
-        set_process_role(f"{role}-main")
-        release_in_master("celery main process")
-        concurrency = getattr(sender, "concurrency", None) or 1
-        try:
-            startup_check(role, int(concurrency), threads=1)
-        except ConfigError as exc:
-            logging.getLogger("forkpool.budget").error("%s", exc)
-            sys.exit(f"forkpool: {exc}")
-        prepare_directory()
-        serve_metrics_alone()
-
-    def on_process_init(**_: Any) -> None:
-        start_in_child(role, timeout=bound)
-
-    def on_process_shutdown(**_: Any) -> None:
-        stop_in_child()
-        mark_dead(os.getpid())
-
-    signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="forkpool.worker_init")
-    signals.worker_process_init.connect(on_process_init, weak=False, dispatch_uid="forkpool.worker_process_init")
+    _wiring.update(role=role, open_timeout=open_timeout)
+    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="forkpool.worker_init")
+    signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="forkpool.worker_process_init")
     signals.worker_process_shutdown.connect(
-        on_process_shutdown, weak=False, dispatch_uid="forkpool.worker_process_shutdown"
+        _on_process_shutdown, weak=False, dispatch_uid="forkpool.worker_process_shutdown"
     )
+
+
+# What the receivers use: set by the latest wire_celery() call.
+_wiring: dict[str, Any] = {"role": WORKER_ROLE, "open_timeout": DEFAULT_OPEN_TIMEOUT}
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    role = _wiring["role"]
+    set_process_role(f"{role}-main")
+    release_in_master("celery main process")
+    concurrency = getattr(sender, "concurrency", None) or 1
+    try:
+        startup_check(role, int(concurrency), threads=1)
+    except ConfigError as exc:
+        logging.getLogger("forkpool.budget").error("%s", exc)
+        sys.exit(f"forkpool: {exc}")
+    prepare_directory()
+    serve_metrics_alone()
+
+
+def _on_process_init(**_: Any) -> None:
+    start_in_child(_wiring["role"], timeout=_wiring["open_timeout"])
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    stop_in_child()
+    mark_dead(os.getpid())
 
 
 def serve_metrics_alone() -> None:
     """With WORKER_METRICS_PORT set, the main process serves the workers' metrics itself."""
     port = env_int(METRICS_PORT_ENV, 0, minimum=0)
     if port:
+        from . import metrics  # raises MissingExtra naming `prometheus` when it is not installed
         from prometheus_client import start_http_server
-
-        from . import metrics
 
         addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
         start_http_server(port, addr=addr, registry=metrics.suite_registry())
