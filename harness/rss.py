@@ -56,7 +56,7 @@ class RssSampler:
             self._stop.wait(INTERVAL)
 
 
-def check_memory_flat(series: list[tuple[float, str, int, int]], number: int = 6) -> Check:
+def check_memory_flat(series: list[tuple[float, str, int, int]], number: int = 7) -> Check:
     """Each role's median RSS in the last third of the run is within GROWTH_LIMIT of the first third."""
     if not series:
         return Check(number, "memory (RSS) per process stays flat", False, "no RSS samples")

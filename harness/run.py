@@ -22,6 +22,7 @@ from .load import LocustRun
 from .model import Check, Event, LoadResult, RunReport, Sample
 from .processes import RunningSuite, SuitePlan, start_suite
 from .rss import RssSampler, check_memory_flat
+from .socket_watch import SocketWatch
 from .sampler import Sampler
 from .services import redact_url, services
 from .suite_probe import pid_alive, wait_for_rows, web_pool_reports
@@ -48,7 +49,7 @@ class LoadOptions:
     naive: bool = False
     max_connections: int = 100  # of the embedded server; ignored with DATABASE_URL
     other_clients: int = 2  # the harness's own sessions (sampler, checks)
-    soak: bool = False  # add check 6: memory per process stays flat
+    soak: bool = False  # add check 7: memory per process stays flat
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(self.web_workers, self.web_threads, self.worker_concurrency, self.pool_size,
@@ -113,7 +114,7 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
 
 def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
            console: Console, logs: Path) -> Sample | None:
-    """Steady state, load with disturbances, drain, settle; appends checks 1, 3, 4 and 5."""
+    """Steady state, load with disturbances, drain, settle; appends checks 1, 3, 4, 5 and 6."""
     plan = suite.plan
     expected = checks.expected_by_role(plan.web_workers, plan.worker_concurrency, plan.pool_size)
     patience = NAIVE_WAIT_S if plan.naive else STEADY_TIMEOUT_S
@@ -123,7 +124,11 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
     report.events.append(Event(sampler.now(), "phase", "load starts"))
     celery = producer(plan.redis_url)
     load_start = time.monotonic()
-    load = _run_load(suite, sampler, options, report, console, logs, celery)
+    watch = SocketWatch(plan.database_url, plan.redis_url, [suite.web.pid, suite.worker.pid]).start()
+    try:
+        load = _run_load(suite, sampler, options, report, console, logs, celery)
+    finally:
+        watch.stop()
     load_end = sampler.now()
     report.events.append(Event(load_end, "phase", "load ends"))
     keys = load.event_keys + load.direct_keys
@@ -142,6 +147,8 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
     final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
     _let_recycled_exit({**web_reports, **worker_reports}, final)
     report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive))
+    watch.look()  # once more after the load, recycling and kills
+    report.checks.append(watch.check())
     return steady
 
 

@@ -67,7 +67,7 @@ def test_loadtest_with_recycling_and_kills_passes(tmp_path):
                       "--report", str(report))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     body = json.loads((tmp_path / "run.json").read_text())
-    assert body["passed"] is True and [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5]
+    assert body["passed"] is True and [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6]
     assert all(c["passed"] for c in body["checks"])
     assert body["ceiling"] == 15 and len(body["samples"]) > 50
     assert [e for e in body["events"] if e["kind"] == "kill"]
@@ -84,6 +84,8 @@ def test_naive_run_fails_its_checks_and_says_so(tmp_path):
     assert body["naive"] is True and body["passed"] is False
     steady = body["checks"][0]
     assert steady["number"] == 1 and not steady["passed"] and "masters holding connections" in steady["detail"]
+    [outside] = [c for c in body["checks"] if c["number"] == 6]  # the same failure, seen in the sockets
+    assert not outside["passed"] and "held by" in outside["detail"]
     assert "as expected" in result.stdout
 
 

@@ -14,9 +14,9 @@ Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
-    errors, identity, per_process, redact, stats
+    errors, identity, kernel_sockets, per_process, redact, stats
     extras, live_pools, settings
-    budget, connections, manager, metrics_dir, redis_client
+    budget, connections, doctor, manager, metrics_dir, redis_client
     cli, maintenance, upkeep, waiter
     pool
     registry

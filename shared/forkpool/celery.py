@@ -10,6 +10,13 @@ and must finish within ``worker_proc_alive_timeout`` (4 s) or the child is
 killed and respawned: opening the pools is bounded well inside it. Children end
 with ``os._exit()``, so ``atexit`` never runs there: ``worker_process_shutdown``
 closes instead.
+
+A pool process forked after the main process connected to the broker (every
+replacement: ``max_tasks_per_child``, a killed child) inherits the main
+process's broker and result-backend sockets inside kombu objects it never
+uses; they keep those connections referenced until the child exits. The child
+points its copies at /dev/null (``kernel_sockets.detach_shared_with_parent``):
+no byte is sent, no lock taken, and only sockets the main process holds too.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from .budget import startup_check
 from .errors import ConfigError
 from .extras import import_extra
 from .identity import set_process_role
+from .kernel_sockets import detach_shared_with_parent, endpoints_of
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
 from .metrics_dir import mark_dead, prepare_directory
 from .settings import env_int
@@ -44,7 +52,7 @@ def wire_celery(app: Any = None, *, role: str = WORKER_ROLE, open_timeout: float
     if open_timeout is None:
         alive = getattr(getattr(app, "conf", None), "worker_proc_alive_timeout", None) or 4.0
         open_timeout = min(DEFAULT_OPEN_TIMEOUT, float(alive) * _ALIVE_SHARE)
-    _wiring.update(role=role, open_timeout=open_timeout)
+    _wiring.update(role=role, open_timeout=open_timeout, app=app)
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="forkpool.worker_init")
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="forkpool.worker_process_init")
     signals.worker_process_shutdown.connect(
@@ -53,7 +61,8 @@ def wire_celery(app: Any = None, *, role: str = WORKER_ROLE, open_timeout: float
 
 
 # What the receivers use: set by the latest wire_celery() call.
-_wiring: dict[str, Any] = {"role": WORKER_ROLE, "open_timeout": DEFAULT_OPEN_TIMEOUT}
+_wiring: dict[str, Any] = {"role": WORKER_ROLE, "open_timeout": DEFAULT_OPEN_TIMEOUT, "app": None,
+                           "broker_endpoints": set()}
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
@@ -68,10 +77,25 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         sys.exit(f"forkpool: {exc}")
     prepare_directory()
     serve_metrics_alone()
+    # Resolved once here, before any child exists: children inherit the answer.
+    _wiring["broker_endpoints"] = _broker_endpoints(getattr(sender, "app", None) or _wiring["app"])
 
 
 def _on_process_init(**_: Any) -> None:
+    detach_shared_with_parent(_wiring["broker_endpoints"])
     start_in_child(_wiring["role"], timeout=_wiring["open_timeout"])
+
+
+def _broker_endpoints(app: Any) -> set[tuple[str, int]]:
+    conf = getattr(app, "conf", None)
+    if conf is None:
+        return set()
+    found: set[tuple[str, int]] = set()
+    for url in (conf.broker_url, conf.result_backend):
+        if isinstance(url, str):
+            for part in url.split(";"):  # kombu takes a failover list
+                found |= endpoints_of(part.strip(), 6379 if part.strip().startswith("redis") else 5672)
+    return found
 
 
 def _on_process_shutdown(**_: Any) -> None:

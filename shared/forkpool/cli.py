@@ -90,7 +90,14 @@ def _limits(max_connections: int | None, superuser_reserved: int, reserved: int)
         conn.close()
 
 
-LIBRARY_COMMANDS: dict[str, Command] = {"budget": budget_command}
+def doctor_command(argv: list[str], prog: str) -> int:
+    """Check a running Gunicorn / Celery deployment from the outside: shared sockets, masters, counts."""
+    from .doctor.command import doctor_command as run
+
+    return run(argv, prog)
+
+
+LIBRARY_COMMANDS: dict[str, Command] = {"budget": budget_command, "doctor": doctor_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.extensions
 
 from .identity import application_name
+from .kernel_sockets import devnull_fd
 from .settings import PoolSettings
 
 connection = psycopg2.extensions.connection
@@ -129,9 +130,6 @@ def close_quietly(conn: connection) -> None:
         pass
 
 
-_devnull_fd: int | None = None
-
-
 def detach_inherited(conn: connection) -> None:
     """Let go of a connection inherited across fork: no network I/O, no lock.
 
@@ -153,16 +151,9 @@ def detach_inherited(conn: connection) -> None:
         fd = conn.fileno()  # PQsocket(): reads a field, takes no lock
     except (psycopg2.Error, ValueError):
         return  # already closed: nothing on the wire to protect
-    devnull = _devnull()
+    devnull = devnull_fd()
     os.dup2(devnull, fd)
     weakref.finalize(conn, _close_if_devnull, fd, os.fstat(devnull))
-
-
-def _devnull() -> int:
-    global _devnull_fd
-    if _devnull_fd is None:
-        _devnull_fd = os.open(os.devnull, os.O_RDWR)
-    return _devnull_fd
 
 
 def _close_if_devnull(fd: int, devnull: os.stat_result) -> None:
@@ -172,7 +163,7 @@ def _close_if_devnull(fd: int, devnull: os.stat_result) -> None:
         found = os.fstat(fd)
     except OSError:
         return
-    if (found.st_dev, found.st_ino) == (devnull.st_dev, devnull.st_ino) and fd != _devnull_fd:
+    if (found.st_dev, found.st_ino) == (devnull.st_dev, devnull.st_ino) and fd != devnull_fd():
         os.close(fd)
 
 

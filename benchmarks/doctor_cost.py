@@ -1,0 +1,71 @@
+"""What a `forkpool doctor` refresh costs on a deployment of 20 processes.
+
+    .venv/bin/python -m benchmarks.doctor_cost [--refreshes 30]
+
+Starts embedded PostgreSQL and Redis and the suite with 9 Gunicorn workers and
+9 Celery pool processes (2 masters + 18 workers = 20 processes, pools of 2),
+then times doctor's refresh (find the trees, the servers, every socket, the
+sessions, the findings: what `--watch` repeats) in this process, and the whole
+command (`forkpool doctor --json`, interpreter start included) as a user runs
+it. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from forkpool.doctor.discovery import find_servers, find_trees
+from forkpool.doctor.findings import Expectations, evaluate
+from forkpool.doctor.survey import survey
+from harness.processes import SuitePlan, start_suite
+from harness.services import EmbeddedPostgres, EmbeddedRedis
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--refreshes", type=int, default=30)
+    args = parser.parse_args()
+    with EmbeddedPostgres(max_connections=100) as pg, EmbeddedRedis() as rd, tempfile.TemporaryDirectory() as tmp:
+        plan = SuitePlan(database_url=pg.url, redis_url=rd.url, suite_id=f"cost{uuid.uuid4().hex[:6]}",
+                         web_workers=9, worker_concurrency=9, pool_size=2)
+        suite = start_suite(plan, Path(tmp) / "logs")
+        try:
+            masters = [suite.web.pid, suite.worker.pid]
+            expect = Expectations({"*": 2})
+            refresh_ms, survey_ms = [], []
+            findings: list = []
+            processes: list = []
+            for _ in range(args.refreshes):
+                started = time.perf_counter()
+                processes = find_trees(masters)
+                found = survey(processes, find_servers(pg.url, rd.url), pg.url, rd.url)
+                findings = evaluate(found, expect)
+                refresh_ms.append((time.perf_counter() - started) * 1000)
+                survey_ms.append(found.took_ms)
+            command_ms = []
+            for _ in range(5):
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "forkpool", "doctor", "--json", "--pid", str(masters[0]),
+                                "--pid", str(masters[1]), "--dsn", pg.url, "--redis-url", rd.url, "--pool-size", "2"],
+                               capture_output=True, check=False, timeout=60)
+                command_ms.append((time.perf_counter() - started) * 1000)
+        finally:
+            suite.stop()
+    print(f"processes examined: {len(processes)}; error findings: {sum(f.severity == 'error' for f in findings)}")
+    print(f"refresh (trees + servers + sockets + sessions + findings): median {statistics.median(refresh_ms):.1f} ms, "
+          f"max {max(refresh_ms):.1f} ms over {len(refresh_ms)}")
+    print(f"  of which sockets and sessions (survey): median {statistics.median(survey_ms):.1f} ms")
+    print(f"whole command, interpreter start included: median {statistics.median(command_ms):.0f} ms over "
+          f"{len(command_ms)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""What the operating system says about sockets: read from /proc and netlink, never from the sockets.
+
+Linux only. A process's open sockets are its ``/proc/PID/fd`` links to
+``socket:[INODE]``; the inode is the socket's identity, so the same inode in
+two processes is one socket shared by both (an inheritance across fork nobody
+undid). TCP endpoints come from ``/proc/PID/net/tcp{,6}`` (the table of that
+process's network namespace). For Unix sockets the kernel's ``sock_diag``
+netlink interface gives each socket's peer (``ss -x`` uses it): a client's
+socket has no path of its own, but its peer (the server's accepted socket)
+carries the listening path, such as ``/run/postgresql/.s.PGSQL.5432``.
+
+Nothing here writes to, reads from, or attaches to an examined process: every
+fact comes from the kernel's tables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+TCP_ESTABLISHED = 0x01
+TCP_LISTEN = 0x0A
+_UNIX_LISTENING = 0x00010000  # __SO_ACCEPTCON in /proc/net/unix's Flags
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    inode: int
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: int
+
+
+@dataclass(frozen=True)
+class UnixSocket:
+    inode: int
+    path: str  # "" for an unnamed socket
+    listening: bool
+    peer: int = 0  # the peer's inode (sock_diag), 0 if unknown or none
+
+
+_devnull_fd: int | None = None
+
+
+def devnull_fd() -> int:
+    """One descriptor on /dev/null for this process, to point unwanted inherited sockets at."""
+    global _devnull_fd
+    if _devnull_fd is None:
+        _devnull_fd = os.open(os.devnull, os.O_RDWR)
+    return _devnull_fd
+
+
+def socket_inodes(pid: int | str) -> list[int]:
+    """Inodes of the sockets `pid` has open; [] if it is gone or not ours to read."""
+    return list(socket_fds(pid).values())
+
+
+def socket_fds(pid: int | str) -> dict[int, int]:
+    """`pid`'s open sockets: file descriptor -> socket inode ({} if it is gone or not ours to read)."""
+    base = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        try:
+            target = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            found[int(name)] = int(target[8:-1])
+    return found
+
+
+def netns_of(pid: int) -> int | None:
+    """The inode of `pid`'s network namespace: processes with the same one share TCP tables."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def tcp_table(pid: int | str = "self") -> dict[int, TcpSocket]:
+    """Every TCP socket of `pid`'s network namespace, by inode (0: no process holds it any more)."""
+    table: dict[int, TcpSocket] = {}
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as stream:
+                next(stream)
+                for line in stream:
+                    fields = line.split()
+                    entry = TcpSocket(int(fields[9]), _hex_endpoint(fields[1], family),
+                                      _hex_endpoint(fields[2], family), int(fields[3], 16))
+                    if entry.inode:
+                        table[entry.inode] = entry
+        except (OSError, StopIteration):
+            continue
+    return table
+
+
+def tcp_endpoints_in_use(pid: int | str = "self") -> set[tuple[str, int]]:
+    """Local (address, port) of every established TCP socket in `pid`'s namespace, held or not."""
+    found = set()
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as stream:
+                next(stream)
+                for line in stream:
+                    fields = line.split()
+                    if int(fields[3], 16) == TCP_ESTABLISHED:
+                        found.add(_hex_endpoint(fields[1], family))
+        except (OSError, StopIteration):
+            continue
+    return found
+
+
+def unix_table(pid: int | str = "self") -> dict[int, UnixSocket]:
+    """Every Unix socket of `pid`'s namespace, by inode, with peers where the kernel says."""
+    table: dict[int, UnixSocket] = {}
+    try:
+        with open(f"/proc/{pid}/net/unix") as stream:
+            next(stream)
+            for line in stream:
+                fields = line.split()
+                inode = int(fields[6])
+                path = fields[7] if len(fields) > 7 else ""
+                table[inode] = UnixSocket(inode, path, bool(int(fields[3], 16) & _UNIX_LISTENING))
+    except (OSError, StopIteration):
+        return table
+    for inode, peer in unix_peers().items():
+        if inode in table:
+            old = table[inode]
+            table[inode] = UnixSocket(old.inode, old.path, old.listening, peer)
+    return table
+
+
+# sock_diag (linux/sock_diag.h, linux/unix_diag.h)
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+_UDIAG_SHOW_PEER = 0x4
+_UNIX_DIAG_PEER = 2
+
+
+def unix_peers() -> dict[int, int]:
+    """Each connected Unix socket's peer inode, in this process's network namespace ({} if unavailable)."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    except OSError:
+        return {}
+    peers: dict[int, int] = {}
+    with sock:
+        request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, _UDIAG_SHOW_PEER, 0, 0)
+        header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+        sock.sendall(header + request)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return peers
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind in (_NLMSG_DONE, _NLMSG_ERROR) or length < 16:
+                    return peers
+                inode = struct.unpack_from("=I", data, offset + 20)[0]  # unix_diag_msg.udiag_ino
+                attr = offset + 16 + 16
+                end = offset + length
+                while attr + 4 <= end:
+                    attr_len, attr_type = struct.unpack_from("=HH", data, attr)
+                    if attr_len < 4:
+                        break
+                    if attr_type == _UNIX_DIAG_PEER:
+                        peers[inode] = struct.unpack_from("=I", data, attr + 4)[0]
+                    attr += (attr_len + 3) & ~3
+                offset += (length + 3) & ~3
+
+
+def detach_shared_with_parent(endpoints: Iterable[tuple[str, int]]) -> list[int]:
+    """In a forked child: point at /dev/null each TCP socket to `endpoints` that the parent holds too.
+
+    For clients whose inherited objects the child cannot reach or must not
+    touch (Celery's broker connections in a recycled pool process): the socket
+    is the parent's, still in use there; the child's copy is only a reference
+    that keeps the connection alive. ``dup2`` replaces that reference without a
+    byte on the wire and without a lock. A socket the parent does not hold (one
+    the child opened itself) is never touched. Returns the descriptors detached.
+    """
+    wanted = set(endpoints)
+    theirs = set(socket_inodes(os.getppid()))
+    if not wanted or not theirs:
+        return []
+    table = tcp_table()
+    detached = []
+    for fd, inode in socket_fds("self").items():
+        entry = table.get(inode)
+        if inode in theirs and entry is not None and entry.state == TCP_ESTABLISHED and entry.remote in wanted:
+            os.dup2(devnull_fd(), fd)
+            detached.append(fd)
+    return detached
+
+
+def endpoints_of(url: str, default_port: int) -> set[tuple[str, int]]:
+    """The (address, port) pairs a server URL's host resolves to; empty for a Unix socket or no host."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or default_port
+    except ValueError:
+        return set()
+    if not host:
+        return set()
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    found = set()
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        found.add((str(ip), port))
+    return found
+
+
+def _hex_endpoint(text: str, family: int) -> tuple[str, int]:
+    address, port = text.split(":")
+    raw = bytes.fromhex(address)
+    # The kernel prints each 32-bit word in host order (little-endian here).
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(socket.inet_ntop(family, raw))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), int(port, 16)

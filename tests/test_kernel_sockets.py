@@ -1,0 +1,54 @@
+"""What the kernel says about sockets, and the detach of a socket a child shares with its parent."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import redis
+
+from forkpool import kernel_sockets
+
+
+def test_a_process_sees_its_own_tcp_socket_by_inode_with_both_ends(redis_url):
+    parts = urlsplit(redis_url)
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        inode = kernel_sockets.socket_fds("self")[sock.fileno()]
+        entry = kernel_sockets.tcp_table()[inode]
+        assert entry.state == kernel_sockets.TCP_ESTABLISHED
+        assert entry.local == sock.getsockname()[:2] and entry.remote == (parts.hostname, parts.port)
+        assert inode in kernel_sockets.socket_inodes(os.getpid())
+
+
+def test_a_child_detaches_what_it_shares_with_its_parent_and_nothing_it_opened(redis_url):
+    parts = urlsplit(redis_url)
+    endpoints = kernel_sockets.endpoints_of(redis_url, 6379)
+    assert (parts.hostname, parts.port) in endpoints
+    client = redis.Redis.from_url(redis_url)
+    client.ping()
+    inherited = client.connection_pool._available_connections[0]._sock.fileno()  # noqa: SLF001 - the test's own
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            own = socket.create_connection((parts.hostname, parts.port))
+            detached = kernel_sockets.detach_shared_with_parent(endpoints)
+            mine = kernel_sockets.socket_fds("self")
+            devnull = os.fstat(kernel_sockets.devnull_fd())
+            now = os.fstat(inherited)
+            # Every detached descriptor is now /dev/null; the child's own socket is not among them.
+            ok = (inherited in detached and own.fileno() not in detached and own.fileno() in mine
+                  and (now.st_dev, now.st_ino) == (devnull.st_dev, devnull.st_ino))
+            os.write(write_fd, b"ok" if ok else f"{detached} {inherited}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    answer = os.read(read_fd, 200)
+    os.waitpid(pid, 0)
+    assert answer == b"ok", answer
+    assert client.ping() is True  # the parent's connection is untouched
+    assert inherited in kernel_sockets.socket_fds("self")
+    client.close()
