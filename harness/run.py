@@ -147,7 +147,8 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
     final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
     _let_recycled_exit({**web_reports, **worker_reports}, final)
     report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive))
-    watch.look()  # once more after the load, recycling and kills
+    watch.look()  # twice more after the load, recycling and kills: a finding must be seen twice
+    watch.look()
     report.checks.append(watch.check())
     return steady
 

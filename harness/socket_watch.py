@@ -2,7 +2,9 @@
 
 A thread surveys the suite's two process trees with `forkpool doctor`'s code
 (the kernel's socket tables, nothing sent on any socket) once a second during
-the load, and once more after it. Unlike checks 1-5, which count sessions the
+the load, and once more after it. A finding counts when two surveys in a row
+see it: a child caught in the microseconds between its fork and its at-fork
+hook holds its parent's sockets for that instant, which is the fork, not a leak. Unlike checks 1-5, which count sessions the
 server sees by name, this sees the sockets themselves: an inherited connection
 that nobody detached shows here even if no query ever went through it.
 """
@@ -28,7 +30,8 @@ class SocketWatch:
         self.servers = find_servers(database_url, redis_url)
         self.surveys = 0
         self.took_ms: list[float] = []
-        self.findings: dict[str, str] = {}  # first message per (code, pids): a finding persists across surveys
+        self.findings: dict[str, str] = {}  # message per (code, pids) seen in two surveys in a row
+        self._last: dict[str, str] = {}  # what the previous survey saw
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-socket-watch", daemon=True)
 
@@ -41,13 +44,14 @@ class SocketWatch:
         self._thread.join(10)
 
     def look(self) -> None:
-        """One survey of both trees; remembers every shared socket and master connection seen."""
+        """One survey of both trees; remembers shared sockets and master connections seen twice in a row."""
         found = survey(find_trees(self.master_pids), self.servers, None, None)
         self.surveys += 1
         self.took_ms.append(found.took_ms)
-        for finding in evaluate(found, Expectations({})):
-            if finding.code in _WATCHED:
-                self.findings.setdefault(f"{finding.code}:{finding.pids}", finding.message)
+        seen = {f"{f.code}:{f.pids}": f.message for f in evaluate(found, Expectations({})) if f.code in _WATCHED}
+        for key in seen.keys() & self._last.keys():
+            self.findings.setdefault(key, seen[key])
+        self._last = seen
 
     def check(self) -> Check:
         name = "no socket held by two processes, no master holding a connection (seen from the outside)"
@@ -56,7 +60,9 @@ class SocketWatch:
             return Check(6, name, False, "no survey was made")
         if self.findings:
             first = next(iter(self.findings.values()))
-            return Check(6, name, False, f"{len(self.findings)} finding(s) in {self.surveys} surveys; first: {first}")
+            kinds = ", ".join(sorted({key.split(":", 1)[0] for key in self.findings}))
+            return Check(6, name, False, f"{len(self.findings)} finding(s) ({kinds}) in {self.surveys} surveys; "
+                                         f"first: {first}")
         return Check(6, name, True, f"{self.surveys} surveys of every process's sockets "
                                     f"(median {median:.0f} ms each): none shared, masters hold none")
 

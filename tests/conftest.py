@@ -20,6 +20,7 @@ import forkpool
 from harness.services import EmbeddedPostgres, EmbeddedRedis, external_database_url, external_redis_url
 from forkpool import identity
 from forkpool import registry
+from tests.server_support import Server
 
 ADMIN_APP_NAME = "pytest-admin"
 
@@ -145,3 +146,11 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
     if pools is not None:
         pools.manager_counts = dict.fromkeys(pools.manager_counts, 0)
     identity._suite_id = identity._role = None
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()

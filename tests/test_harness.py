@@ -85,7 +85,7 @@ def test_naive_run_fails_its_checks_and_says_so(tmp_path):
     steady = body["checks"][0]
     assert steady["number"] == 1 and not steady["passed"] and "masters holding connections" in steady["detail"]
     [outside] = [c for c in body["checks"] if c["number"] == 6]  # the same failure, seen in the sockets
-    assert not outside["passed"] and "held by" in outside["detail"]
+    assert not outside["passed"] and "master-connection, shared-socket" in outside["detail"]
     assert "as expected" in result.stdout
 
 

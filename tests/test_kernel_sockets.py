@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from forkpool import kernel_sockets
+from forkpool import endpoints, kernel_sockets
 
 
 def test_a_process_sees_its_own_tcp_socket_by_inode_with_both_ends(redis_url):
@@ -23,8 +23,8 @@ def test_a_process_sees_its_own_tcp_socket_by_inode_with_both_ends(redis_url):
 
 def test_a_child_detaches_what_it_shares_with_its_parent_and_nothing_it_opened(redis_url):
     parts = urlsplit(redis_url)
-    endpoints = kernel_sockets.endpoints_of(redis_url, 6379)
-    assert (parts.hostname, parts.port) in endpoints
+    redis_endpoints = endpoints.url(redis_url, 6379)
+    assert (parts.hostname, parts.port) in redis_endpoints.tcp
     client = redis.Redis.from_url(redis_url)
     client.ping()
     inherited = client.connection_pool._available_connections[0]._sock.fileno()  # noqa: SLF001 - the test's own
@@ -34,7 +34,7 @@ def test_a_child_detaches_what_it_shares_with_its_parent_and_nothing_it_opened(r
         code = 1
         try:
             own = socket.create_connection((parts.hostname, parts.port))
-            detached = kernel_sockets.detach_shared_with_parent(endpoints)
+            detached = kernel_sockets.detach_connected_to(redis_endpoints, only_shared_with_parent=True)
             mine = kernel_sockets.socket_fds("self")
             devnull = os.fstat(kernel_sockets.devnull_fd())
             now = os.fstat(inherited)

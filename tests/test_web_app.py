@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg2
 import pytest
 
@@ -14,7 +16,7 @@ from forkpool.flask import EXTENSION_KEY, ForkPool
 @pytest.fixture
 def client(pg_server, database_url, monkeypatch):
     if pg_server is not None:
-        monkeypatch.setenv("DATABASE_URL", pg_server.create_database(f"web_{id(monkeypatch)}"))
+        monkeypatch.setenv("DATABASE_URL", pg_server.create_database(f"web_{uuid.uuid4().hex[:12]}"))
     init_schema()
     app = create_app({"TESTING": True})
     return app.test_client()

@@ -14,10 +14,10 @@ Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
-    errors, identity, kernel_sockets, per_process, redact, stats
-    extras, live_pools, settings
-    budget, connections, doctor, manager, metrics_dir, redis_client
-    cli, maintenance, upkeep, waiter
+    endpoints, errors, identity, per_process, redact, stats
+    extras, kernel_sockets, live_pools, settings
+    budget, connections, doctor, integrations, manager, metrics_dir, redis_client
+    cli, maintenance, protection, upkeep, waiter
     pool
     registry
     flask, health, metrics
@@ -42,6 +42,7 @@ from .health import health_check
 from .identity import application_name, process_role, set_identity, set_process_role, suite_id
 from .per_process import PerProcess, per_process
 from .pool import Pool
+from .protection import protect
 from .redis_client import get_redis
 from .registry import (
     after_fork_in_child,
@@ -80,6 +81,7 @@ __all__ = [
     "per_process",
     "pool_for",
     "process_role",
+    "protect",
     "set_identity",
     "set_process_role",
     "stats",

@@ -15,7 +15,7 @@ A pool process forked after the main process connected to the broker (every
 replacement: ``max_tasks_per_child``, a killed child) inherits the main
 process's broker and result-backend sockets inside kombu objects it never
 uses; they keep those connections referenced until the child exits. The child
-points its copies at /dev/null (``kernel_sockets.detach_shared_with_parent``):
+points its copies at /dev/null (``kernel_sockets.detach_connected_to``):
 no byte is sent, no lock taken, and only sockets the main process holds too.
 """
 
@@ -30,9 +30,11 @@ from .budget import startup_check
 from .errors import ConfigError
 from .extras import import_extra
 from .identity import set_process_role
-from .kernel_sockets import detach_shared_with_parent, endpoints_of
+from . import endpoints
+from .kernel_sockets import detach_connected_to
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
 from .metrics_dir import mark_dead, prepare_directory
+from .per_process import install_fork_hooks
 from .settings import env_int
 
 WORKER_ROLE = "worker"
@@ -62,7 +64,7 @@ def wire_celery(app: Any = None, *, role: str = WORKER_ROLE, open_timeout: float
 
 # What the receivers use: set by the latest wire_celery() call.
 _wiring: dict[str, Any] = {"role": WORKER_ROLE, "open_timeout": DEFAULT_OPEN_TIMEOUT, "app": None,
-                           "broker_endpoints": set()}
+                           "broker_endpoints": endpoints.Endpoints()}
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
@@ -82,19 +84,27 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 
 def _on_process_init(**_: Any) -> None:
-    detach_shared_with_parent(_wiring["broker_endpoints"])
+    _detach_broker_sockets()  # again, for a fork the at-fork hook did not see
     start_in_child(_wiring["role"], timeout=_wiring["open_timeout"])
 
 
-def _broker_endpoints(app: Any) -> set[tuple[str, int]]:
+def _detach_broker_sockets() -> None:
+    # In a pool process just forked by the main process (the at-fork hook: the
+    # moment the child exists, not later at worker_process_init).
+    if _wiring["broker_endpoints"]:
+        detach_connected_to(_wiring["broker_endpoints"], only_shared_with_parent=True)
+
+
+def _broker_endpoints(app: Any) -> endpoints.Endpoints:
     conf = getattr(app, "conf", None)
+    found = endpoints.Endpoints()
     if conf is None:
-        return set()
-    found: set[tuple[str, int]] = set()
+        return found
     for url in (conf.broker_url, conf.result_backend):
         if isinstance(url, str):
             for part in url.split(";"):  # kombu takes a failover list
-                found |= endpoints_of(part.strip(), 6379 if part.strip().startswith("redis") else 5672)
+                part = part.strip()
+                found |= endpoints.url(part, 6379 if part.startswith("redis") else 5672)
     return found
 
 
@@ -112,3 +122,6 @@ def serve_metrics_alone() -> None:
 
         addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
         start_http_server(port, addr=addr, registry=metrics.suite_registry())
+
+
+install_fork_hooks("celery-broker-sockets", after_in_child=_detach_broker_sockets)

@@ -16,11 +16,12 @@ fact comes from the kernel's tables.
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
 import os
 import socket
 import struct
 from dataclasses import dataclass
+
+from .endpoints import Endpoints
 
 TCP_ESTABLISHED = 0x01
 TCP_LISTEN = 0x0A
@@ -181,52 +182,45 @@ def unix_peers() -> dict[int, int]:
                 offset += (length + 3) & ~3
 
 
-def detach_shared_with_parent(endpoints: Iterable[tuple[str, int]]) -> list[int]:
-    """In a forked child: point at /dev/null each TCP socket to `endpoints` that the parent holds too.
+def detach_connected_to(endpoints: Endpoints, *, only_shared_with_parent: bool = False) -> list[int]:
+    """Point at /dev/null each of this process's sockets connected to `endpoints`; returns their descriptors.
 
-    For clients whose inherited objects the child cannot reach or must not
-    touch (Celery's broker connections in a recycled pool process): the socket
-    is the parent's, still in use there; the child's copy is only a reference
-    that keeps the connection alive. ``dup2`` replaces that reference without a
-    byte on the wire and without a lock. A socket the parent does not hold (one
-    the child opened itself) is never touched. Returns the descriptors detached.
+    For a forked child only: its copies of the parent's connections go nowhere
+    from now on, without a byte on the wire and without a lock (the parent's
+    sockets are untouched: ``dup2`` replaces this process's reference only).
+    Run it before the child opens anything of its own (the at-fork hook), or
+    with `only_shared_with_parent`, which leaves alone every socket the parent
+    does not hold too (one the child opened itself).
     """
-    wanted = set(endpoints)
-    theirs = set(socket_inodes(os.getppid()))
-    if not wanted or not theirs:
+    if not endpoints:
         return []
-    table = tcp_table()
+    theirs: set[int] | None = None
+    if only_shared_with_parent:
+        theirs = set(socket_inodes(os.getppid()))
+        if not theirs:
+            return []
+    tcp = tcp_table() if endpoints.tcp else {}
+    unix = unix_table() if endpoints.unix else {}
     detached = []
     for fd, inode in socket_fds("self").items():
-        entry = table.get(inode)
-        if inode in theirs and entry is not None and entry.state == TCP_ESTABLISHED and entry.remote in wanted:
+        if theirs is not None and inode not in theirs:
+            continue
+        if _leads_to(inode, tcp, unix, endpoints):
             os.dup2(devnull_fd(), fd)
             detached.append(fd)
     return detached
 
 
-def endpoints_of(url: str, default_port: int) -> set[tuple[str, int]]:
-    """The (address, port) pairs a server URL's host resolves to; empty for a Unix socket or no host."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port or default_port
-    except ValueError:
-        return set()
-    if not host:
-        return set()
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return set()
-    found = set()
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        found.add((str(ip), port))
-    return found
+def _leads_to(inode: int, tcp: dict[int, TcpSocket], unix: dict[int, UnixSocket], endpoints: Endpoints) -> bool:
+    entry = tcp.get(inode)
+    if entry is not None:
+        return entry.state == TCP_ESTABLISHED and entry.remote in endpoints.tcp
+    sock = unix.get(inode)
+    if sock is None or not sock.peer or sock.listening:
+        return False
+    peer = unix.get(sock.peer)
+    # An accepted Unix socket carries its listener's path: the server's socket file.
+    return peer is not None and peer.path in endpoints.unix
 
 
 def _hex_endpoint(text: str, family: int) -> tuple[str, int]:

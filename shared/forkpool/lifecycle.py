@@ -14,6 +14,7 @@ import time
 
 from .identity import set_process_role
 from .metrics_dir import multiprocess_dir
+from . import protection
 from .per_process import home
 from .registry import after_fork_in_child, close_all, get_pool, open_pools, pool_names
 
@@ -26,7 +27,7 @@ DEFAULT_OPEN_TIMEOUT = 2.5
 def release_in_master(where: str) -> None:
     """Close every pool, client and per_process instance a master has, saying what it found."""
     names = [pool.name for pool in open_pools()]
-    if names or home().created:
+    if names or home().created or protection.protected():
         logger.info("%s: closing %s opened in the master; masters hold no connections",
                     where, f"pools {names}" if names else "per-process instances")
     close_all()
@@ -48,6 +49,7 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
     for name in pool_names():
         pool = get_pool(name)
         full = pool.open(wait=True, timeout=max(deadline - time.monotonic(), 0.0)) and full
+    full = protection.warm_all(deadline) and full
     if not full:
         logger.warning("%s: pools not full after %.1f s; they keep connecting in the background", role, timeout)
     return full

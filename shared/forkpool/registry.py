@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Any, Mapping
 
-from . import manager
+from . import manager, protection
 from .errors import ConfigError
 from .live_pools import all_pools, detach_inherited_pools
 from .per_process import close_all as close_every_instance
@@ -128,13 +128,25 @@ def open_pools() -> list[Pool]:
 
 
 def pool_names() -> list[str]:
-    """The default pool and every configured one: what a worker opens at start."""
-    return sorted({DEFAULT, *configured()})
+    """What a worker opens at start: every pool configured or used so far in this process's lineage,
+    and the default pool, unless the process protects pools of its own and never used forkpool's."""
+    names = {*configured(), *_used()}
+    if not protection.protected():
+        names.add(DEFAULT)
+    return sorted(names)
+
+
+def _used() -> set[str]:
+    holder = home()
+    if not hasattr(holder, "used_pools"):
+        holder.used_pools = set()
+    return holder.used_pools  # type: ignore[no-any-return]
 
 
 def close_all() -> None:
-    """Close every pool, client and per_process instance of this process (worker exit, masters)."""
+    """Close every pool, client, per_process instance and protected object of this process (worker exit, masters)."""
     close_every_instance()
+    protection.release_all()
     pid = os.getpid()
     for pool in list(all_pools()):  # pools made with Pool(...) directly too
         if pool.pid == pid:
@@ -149,6 +161,7 @@ def after_fork_in_child() -> None:
     """
     detach_inherited()
     detach_inherited_pools()
+    protection.detach_inherited()
 
 
 def all_stats() -> list[dict[str, Any]]:
@@ -177,6 +190,7 @@ def _create_pool(state: ProcessPools, name: str) -> Pool:
             manager.start_idle_closer(state)
             pool = Pool(settings, name)
             state.pools[name] = pool
+            _used().add(name)
             pool.open(wait=False)  # no I/O here: the maintainer thread connects
         return pool
 

@@ -1,0 +1,59 @@
+"""A bare psycopg2 or psycopg (3) connection, and how any DB-API connection is dropped in a child.
+
+A protected bare connection is the process's own: a forked child's copy is
+pointed at /dev/null and left unclosed (psycopg2 >= 2.8 and psycopg 3 skip
+PQfinish for a connection made in another process), so any use in the child
+fails at once instead of corrupting the parent's session; the child makes its
+own connection. Masters close theirs before forking, workers at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ..endpoints import Endpoints, postgres
+from ..kernel_sockets import devnull_fd
+
+
+def drop_without_io(dbapi_connection: Any) -> None:
+    """Point a connection made in another process at /dev/null; never close it (no I/O, no lock).
+
+    ``fileno()`` reads a field in both drivers and takes no lock; ``close()``
+    would send Terminate on the parent's socket and, in psycopg2, wait for a
+    mutex a parent thread may hold mid-query.
+    """
+    try:
+        fd = dbapi_connection.fileno()
+    except Exception:  # noqa: BLE001 - closed already, or no socket: nothing to protect
+        return
+    if fd is not None and fd >= 0:
+        os.dup2(devnull_fd(), fd)
+
+
+def dsn_of(dbapi_connection: Any) -> str:
+    info = getattr(dbapi_connection, "info", None)  # psycopg 3 ConnectionInfo, psycopg2 ConnectionInfo (2.8+)
+    if info is not None and hasattr(info, "dsn"):
+        return str(info.dsn)
+    return str(getattr(dbapi_connection, "dsn", ""))
+
+
+class BareConnection:
+    name = "dbapi"
+
+    def attach(self, obj: Any) -> Endpoints:
+        return postgres(dsn_of(obj))
+
+    def detach(self, obj: Any) -> None:
+        pass  # its socket went to /dev/null with the others: using it in the child now fails cleanly
+
+    def release(self, obj: Any) -> None:
+        if not obj.closed:
+            obj.close()
+
+    def warm(self, obj: Any, deadline: float) -> bool:
+        return time.monotonic() <= deadline
+
+
+INTEGRATION = BareConnection()

@@ -1,0 +1,104 @@
+"""SQLAlchemy engines, and Flask-SQLAlchemy's ``db``: one pool per process, through SQLAlchemy's events.
+
+- ``do_connect``: each new DB-API connection carries this process's identity
+  (``application_name`` = ``<suite>:<role>:<pid>``) unless the app set one.
+- ``connect`` / ``checkout``: the pid check of SQLAlchemy's own recipe (pooling
+  docs, "Using Connection Pools with Multiprocessing or os.fork()"): a
+  connection made in another process is dropped without I/O and the pool
+  connects anew. It catches a fork that Python's at-fork hooks did not see.
+- In a forked child, after its inherited sockets went to /dev/null,
+  ``engine.dispose(close=False)`` (SQLAlchemy >= 1.4.33) replaces the pool
+  without touching the old one: no close, no lock of the old pool taken.
+- A master disposes properly (it owns the connections); a worker opens
+  ``pool_size`` connections at start and disposes at exit.
+
+Flask-SQLAlchemy keeps one engine per app and bind in ``db._app_engines``:
+private, read because ``db.engines`` needs an app context that server hooks
+do not have (tried with Flask-SQLAlchemy 3.1).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterator
+
+from ..endpoints import Endpoints, postgres
+from ..identity import application_name
+from .dbapi import drop_without_io
+
+_ATTACHED = "_forkpool_attached"
+
+
+def engines_of(obj: Any) -> Iterator[Any]:
+    """The engines behind `obj`: itself, or every engine of a Flask-SQLAlchemy ``db``."""
+    app_engines = getattr(obj, "_app_engines", None)
+    if app_engines is None:
+        yield obj
+        return
+    for by_bind in list(app_engines.values()):
+        yield from by_bind.values()
+
+
+def attach_engine(engine: Any) -> Endpoints:
+    from sqlalchemy import event, exc
+
+    if not getattr(engine, _ATTACHED, False):
+
+        @event.listens_for(engine, "do_connect")
+        def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:
+            cparams.setdefault("application_name", application_name())
+
+        @event.listens_for(engine, "connect")
+        def _remember_pid(dbapi_connection: Any, connection_record: Any) -> None:
+            connection_record.info["forkpool_pid"] = os.getpid()
+
+        @event.listens_for(engine, "checkout")
+        def _check_pid(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
+            if connection_record.info.get("forkpool_pid", os.getpid()) != os.getpid():
+                drop_without_io(dbapi_connection)
+                connection_record.dbapi_connection = connection_proxy.dbapi_connection = None
+                raise exc.DisconnectionError("connection made in another process; connecting anew")
+
+        setattr(engine, _ATTACHED, True)
+    if engine.dialect.name != "postgresql":
+        return Endpoints()
+    return postgres(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+
+class SQLAlchemyEngines:
+    name = "sqlalchemy"
+
+    def attach(self, obj: Any) -> Endpoints:
+        found = Endpoints()
+        for engine in engines_of(obj):
+            found |= attach_engine(engine)
+        return found
+
+    def detach(self, obj: Any) -> None:
+        for engine in engines_of(obj):
+            engine.dispose(close=False)  # the old pool is dereferenced, not touched
+
+    def release(self, obj: Any) -> None:
+        for engine in engines_of(obj):
+            engine.dispose()
+
+    def warm(self, obj: Any, deadline: float) -> bool:
+        done = True
+        for engine in engines_of(obj):
+            attach_engine(engine)  # an engine Flask-SQLAlchemy made since protect()
+            size = getattr(engine.pool, "size", lambda: 0)()
+            held = []
+            try:
+                for _ in range(size):
+                    if time.monotonic() > deadline:
+                        done = False
+                        break
+                    held.append(engine.raw_connection())
+            finally:
+                for conn in held:
+                    conn.close()  # back to the pool
+        return done
+
+
+INTEGRATION = SQLAlchemyEngines()

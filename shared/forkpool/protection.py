@@ -1,0 +1,175 @@
+"""``forkpool.protect(obj)``: the per-process lifecycle for pools and clients users already have.
+
+    engine = forkpool.protect(create_engine(url))        # SQLAlchemy, Flask-SQLAlchemy's db,
+    pool = forkpool.protect(ConnectionPool(conninfo))    # psycopg_pool, redis.Redis,
+    client = forkpool.protect(redis.Redis(...))          # redis.asyncio.Redis, a bare connection
+
+A protected object gets what forkpool's own pool gets:
+
+- a master (the Gunicorn arbiter, the Celery main process) releases it before
+  forking (``release``: closed properly, by the process that owns it);
+- a forked child first points every socket it inherited to the object's
+  servers at /dev/null (``kernel_sockets.detach_connected_to``, run in the
+  at-fork hook, before the child opens anything), then lets the object drop
+  what it held (``detach``): no network I/O, no lock a parent thread may hold;
+- a new worker opens its connections eagerly (``warm``), within the time the
+  server hooks allow (Celery's 4 s);
+- the worker closes them when it exits (``close``: Gunicorn ``worker_exit``,
+  Celery ``worker_process_shutdown``, ``atexit``).
+
+Each library's part is an ``Integration`` in ``forkpool/integrations/``,
+attached through the library's own extension API where it has one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from .endpoints import Endpoints
+from .errors import ConfigError
+from .kernel_sockets import detach_connected_to
+from .per_process import home, install_fork_hooks
+
+logger = logging.getLogger("forkpool.protect")
+T = TypeVar("T")
+
+
+class Integration(Protocol):
+    """What forkpool needs to know about one kind of object."""
+
+    name: str
+
+    def attach(self, obj: Any) -> Endpoints:
+        """Once, in the process calling protect(): hook events, set identities; return where it connects."""
+
+    def detach(self, obj: Any) -> None:
+        """In a forked child, after its inherited sockets went to /dev/null: let go, no I/O, no lock."""
+
+    def release(self, obj: Any) -> None:
+        """In a master before it forks, and at a worker's exit: close every connection, properly."""
+
+    def warm(self, obj: Any, deadline: float) -> bool:
+        """In a new worker: open the connections the object keeps, by `deadline`; True when done."""
+
+
+@dataclass
+class Protected:
+    ref: Any  # weakref.ref to the object, or a strong reference where the type has no weakrefs
+    integration: Integration
+    endpoints: Endpoints
+    pid: int = field(default_factory=os.getpid)
+
+    def target(self) -> Any:
+        return self.ref() if isinstance(self.ref, weakref.ref) else self.ref
+
+
+def protect(obj: T, integration: Integration | None = None) -> T:
+    """Give `obj` the per-process lifecycle; returns it. Protecting an object twice is harmless."""
+    from .integrations import integration_for
+
+    for entry in _entries():
+        if entry.target() is obj:
+            return obj
+    chosen = integration or integration_for(obj)
+    if chosen is None:
+        raise ConfigError(f"forkpool.protect: no integration for {type(obj).__module__}.{type(obj).__qualname__}; "
+                          "supported: SQLAlchemy Engine, Flask-SQLAlchemy, psycopg_pool pools, redis clients, "
+                          "psycopg2 / psycopg connections (Django: add 'forkpool.django' to INSTALLED_APPS)")
+    endpoints = chosen.attach(obj)
+    try:
+        ref: Any = weakref.ref(obj)
+    except TypeError:
+        ref = obj
+    _entries().append(Protected(ref, chosen, endpoints))
+    return obj
+
+
+def protected() -> list[tuple[Any, str]]:
+    """The live protected objects of this process, with their integration's name."""
+    return [(obj, e.integration.name) for e in _entries() if (obj := e.target()) is not None]
+
+
+def release_all() -> None:
+    """Close every protected object's connections (masters before forking, workers at exit)."""
+    for entry in list(_entries()):
+        obj = entry.target()
+        if obj is not None:
+            try:
+                # Again now, before a fork: Flask-SQLAlchemy makes engines after protect(db).
+                entry.endpoints = entry.integration.attach(obj)
+                entry.integration.release(obj)
+            except Exception:  # noqa: BLE001 - one failure must not keep the others open
+                logger.warning("releasing %s failed", entry.integration.name, exc_info=True)
+
+
+def warm_all(deadline: float) -> bool:
+    """Open every protected object's connections in a new worker; False if one is not done by `deadline`."""
+    done = True
+    for entry in list(_entries()):
+        obj = entry.target()
+        if obj is None:
+            continue
+        try:
+            done = entry.integration.warm(obj, deadline) and done
+        except Exception as exc:  # noqa: BLE001 - the database may be down: the worker starts anyway
+            logger.warning("opening %s's connections failed: %s", entry.integration.name, type(exc).__name__)
+            done = False
+    return done
+
+
+def detach_inherited() -> None:
+    """In a forked child (at-fork hook, server hooks): the inherited objects let go. Idempotent."""
+    pid = os.getpid()
+    inherited = [e for e in _entries() if e.pid != pid]
+    if not inherited:
+        return
+    endpoints = Endpoints()
+    for entry in inherited:
+        endpoints |= entry.endpoints
+    try:
+        detach_connected_to(endpoints)
+    except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        logger.warning("pointing inherited sockets at /dev/null failed", exc_info=True)
+    for entry in inherited:
+        entry.pid = pid
+        obj = entry.target()
+        if obj is None:
+            continue
+        try:
+            entry.integration.detach(obj)
+        except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+            logger.warning("detaching inherited %s failed", entry.integration.name, exc_info=True)
+
+
+def unprotect_all() -> None:
+    """Forget every protected object (tests; a process that hands its objects over)."""
+    _entries().clear()
+
+
+def _entries() -> list[Protected]:
+    holder = home()
+    if not hasattr(holder, "protected"):
+        holder.protected = []
+    entries = holder.protected
+    entries[:] = [e for e in entries if e.target() is not None]
+    return entries  # type: ignore[no-any-return]
+
+
+def _close_at_exit() -> None:
+    # Plain scripts: sessions end with a goodbye, not a dropped socket. Celery children
+    # leave with os._exit(): worker_process_shutdown releases there.
+    try:
+        release_all()
+    except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+        logger.debug("releasing protected objects at exit failed", exc_info=True)
+
+
+if "protection" not in home().hooks_installed:
+    import atexit
+
+    atexit.register(_close_at_exit)
+install_fork_hooks("protection", after_in_child=detach_inherited)

@@ -1,0 +1,30 @@
+"""A Celery app with a SQLAlchemy engine made at import time; PROTECT=1 hands it to forkpool."""
+
+import os
+
+from celery import Celery
+from sqlalchemy import create_engine, text
+
+import forkpool
+from forkpool.celery import wire_celery
+
+app = Celery("sqla_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
+app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
+                worker_hijack_root_logger=False)
+engine = create_engine(os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
+                       pool_size=2, max_overflow=0, pool_timeout=10)
+if os.environ.get("PROTECT") == "1":
+    forkpool.protect(engine)
+    wire_celery(app)
+
+with engine.connect() as conn:  # work at import: in the main process
+    conn.execute(text("SELECT 1"))
+
+
+@app.task
+def backend():
+    try:
+        with engine.connect() as conn:
+            return [os.getpid(), conn.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.01)")).scalar()]
+    except Exception as exc:  # noqa: BLE001 - the test counts what users would see
+        return [os.getpid(), f"error {type(exc).__name__}"]

@@ -1,0 +1,26 @@
+"""A WSGI app with a SQLAlchemy engine made at import time; PROTECT=1 hands it to forkpool.protect."""
+
+import os
+
+from sqlalchemy import create_engine, text
+
+import forkpool
+
+engine = create_engine(os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
+                       pool_size=2, max_overflow=0, pool_timeout=10)
+if os.environ.get("PROTECT") == "1":
+    forkpool.protect(engine)
+
+with engine.connect() as conn:  # work at import: in the master, under preload_app
+    conn.execute(text("SELECT 1"))
+
+
+def app(environ, start_response):
+    try:
+        with engine.connect() as conn:
+            backend = conn.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.005)")).scalar()
+        status, body = "200 OK", f"{os.getpid()} {backend}"
+    except Exception as exc:  # noqa: BLE001 - the test counts what users would see
+        status, body = "500 Internal Server Error", f"{os.getpid()} error {type(exc).__name__}"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [body.encode()]
