@@ -97,6 +97,9 @@ def load_options(command: Callable) -> Callable:
 @size_options({"web_workers": 3, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=False)
 @load_options
 @click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
+@click.option("--stack", type=click.Choice(["forkpool", "flask-sqlalchemy"]), default="forkpool", show_default=True,
+              help="The data layer web and workers run on: forkpool's pool, or Flask-SQLAlchemy / SQLAlchemy "
+                   "protected by forkpool.protect().")
 def loadtest(**params: Any) -> None:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
     from . import preflight

@@ -24,7 +24,7 @@ from typing import Mapping
 from ._procs import ServiceError, free_port, log_tail, spawn
 
 # Settings the plan decides; inherited values would make its ceiling arithmetic wrong.
-_PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND")
+_PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND", "DB_POOL_SIZE", "STACK_POOL_SIZE")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class SuitePlan:
     max_tasks_per_child: int = 0
     preload: bool = False
     naive: bool = False  # the contrast run: web without pool hooks, pool inherited from the master
+    stack: str = "forkpool"  # the data layer web and workers run on (suite/stacks.py)
     port: int = 0
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR shared by web and workers; start_suite makes a fresh one
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -70,7 +71,11 @@ class SuitePlan:
             WORKER_CONCURRENCY=str(self.worker_concurrency),
             WORKER_MAX_TASKS_PER_CHILD=str(self.max_tasks_per_child),
             PORT=str(port),
+            SUITE_STACK=self.stack,
         )
+        if self.stack != "forkpool":
+            # The stack's own pool has the plan's size; forkpool's default pool stays closed.
+            env["STACK_POOL_SIZE"] = env.pop("DB_POOL_SIZE")
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update(self.extra_env)

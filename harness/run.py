@@ -47,6 +47,7 @@ class LoadOptions:
     preload: bool = False
     kill_workers: int = 0
     naive: bool = False
+    stack: str = "forkpool"  # the data layer web and workers run on: forkpool, flask-sqlalchemy
     max_connections: int = 100  # of the embedded server; ignored with DATABASE_URL
     other_clients: int = 2  # the harness's own sessions (sampler, checks)
     soak: bool = False  # add check 7: memory per process stays flat
@@ -80,7 +81,7 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
                      web_workers=options.web_workers, web_threads=options.web_threads,
                      worker_concurrency=options.worker_concurrency, pool_size=options.pool_size,
                      max_requests=options.max_requests, max_tasks_per_child=options.max_tasks_per_child,
-                     preload=options.preload or options.naive, naive=options.naive)
+                     preload=options.preload or options.naive, naive=options.naive, stack=options.stack)
     report = RunReport(suite_id=suite_id, plan=asdict(options), naive=options.naive,
                        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        duration_s=0.0, ceiling=plan.ceiling)

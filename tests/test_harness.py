@@ -76,6 +76,17 @@ def test_loadtest_with_recycling_and_kills_passes(tmp_path):
     assert "PASS: every ceiling held" in result.stdout
 
 
+def test_loadtest_on_the_flask_sqlalchemy_stack_holds_the_ceiling(tmp_path):
+    """The same load and checks, with Flask-SQLAlchemy (web) and a SQLAlchemy engine (workers) protected."""
+    result = forkpool("loadtest", "--stack", "flask-sqlalchemy", "--duration", "5", "--users", "4",
+                      "--max-requests", "40", "--max-tasks-per-child", "5", "--web-workers", "2",
+                      "--worker-concurrency", "2", "--pool-size", "2", "--json", str(tmp_path / "stack.json"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    body = json.loads((tmp_path / "stack.json").read_text())
+    assert body["plan"]["stack"] == "flask-sqlalchemy" and body["ceiling"] == 8
+    assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6] and all(c["passed"] for c in body["checks"])
+
+
 def test_naive_run_fails_its_checks_and_says_so(tmp_path):
     result = forkpool("loadtest", "--naive", "--duration", "5", "--users", "6", "--pool-size", "3",
                       "--json", str(tmp_path / "naive.json"))

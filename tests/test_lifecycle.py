@@ -107,6 +107,7 @@ def test_child_start_is_bounded_when_the_database_is_down(pg_server, monkeypatch
     if pg_server is None:
         pytest.skip("needs the embedded server")
     monkeypatch.setenv("DATABASE_URL", pg_server.url.replace(f":{pg_server.port}/", ":1/"))  # nothing listens
+    monkeypatch.setenv("DB_POOL_SIZE", "2")
     started = time.monotonic()
     assert start_in_child("worker", timeout=1.0) is False
     assert time.monotonic() - started < 3.5  # inside Celery's 4 s worker_process_init budget
@@ -128,3 +129,16 @@ def test_plain_scripts_close_their_pools_at_interpreter_exit(database_url):
                             env={**os.environ, "DATABASE_URL": database_url, "DB_POOL_SIZE": "1"})
     assert result.returncode == 0, result.stderr
     assert "closed at exit: True" in result.stdout
+
+
+def test_a_worker_opens_forkpools_default_pool_only_when_its_size_is_set_or_it_was_used(monkeypatch, sessions):
+    """An app that only protects its own engine gets no second pool from DATABASE_URL alone."""
+    from forkpool import registry
+
+    monkeypatch.delenv("DB_POOL_SIZE", raising=False)
+    assert registry.pool_names() == []
+    monkeypatch.setenv("DB_POOL_MIN", "1")
+    assert registry.pool_names() == ["default"]
+    monkeypatch.delenv("DB_POOL_MIN")
+    forkpool.get_pool()  # used (in a master before forking, say): its workers open it too
+    assert registry.pool_names() == ["default"]

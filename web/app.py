@@ -10,6 +10,7 @@ from forkpool.settings import env_int
 
 from .errors import register_error_handlers
 from forkpool.flask import ForkPool
+from suite.stacks import FLASK_SQLALCHEMY, stack
 from .openapi import openapi_bp
 from .views import api
 
@@ -27,7 +28,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    ForkPool(app)
+    if stack() == FLASK_SQLALCHEMY:
+        from .sqlalchemy_binding import SQLAlchemyBinding
+
+        SQLAlchemyBinding(app)
+    else:
+        ForkPool(app)
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(openapi_bp)

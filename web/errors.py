@@ -11,6 +11,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from werkzeug.exceptions import HTTPException
 
 from forkpool import ConnectError, PoolTimeout, TooManyWaiting
+from suite.stacks import stack_errors
 
 logger = logging.getLogger("forkpool.web")
 
@@ -45,6 +46,8 @@ def register_error_handlers(app: Flask) -> None:
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]  # e.g. Allow on a 405
         return error_response(exc.code or 500, name, exc.description or exc.name), headers
 
+    busy_errors, down_errors = stack_errors()
+
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(TooManyWaiting)
     def pool_busy(exc: Exception):
@@ -58,6 +61,11 @@ def register_error_handlers(app: Flask) -> None:
         logger.warning("503: database unavailable: %s", type(exc).__name__)
         return error_response(503, "database_unavailable", "the database is unavailable; retry shortly",
                               retry_after=DATABASE_RETRY_AFTER)
+
+    for error in busy_errors:
+        app.register_error_handler(error, pool_busy)
+    for error in down_errors:
+        app.register_error_handler(error, database_down)
 
     @app.errorhandler(BrokerError)
     @app.errorhandler(redis.RedisError)

@@ -12,7 +12,7 @@ from celery.result import AsyncResult
 from flask import Blueprint, Response, abort, jsonify, request
 from psycopg2.extras import Json
 
-from forkpool import all_stats, get_redis, health_check, manager_stats, process_role, suite_id
+from forkpool import all_stats, get_redis, manager_stats, process_role, suite_id
 from forkpool import metrics
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
@@ -48,8 +48,7 @@ def healthz():
 
 @api.get("/readyz")
 def readyz():
-    db().pool  # make sure this process's pool exists before checking it
-    pools = health_check(timeout=2.0)
+    pools = db().health(timeout=2.0)
     try:
         get_redis().ping()
         redis_state: dict[str, Any] = {"ok": True, "error": None}

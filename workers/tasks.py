@@ -12,16 +12,19 @@ from celery.utils.log import get_task_logger
 from psycopg2.extras import Json
 from pydantic import BaseModel, ValidationError
 
-from forkpool import ConnectError, PoolTimeout, get_pool, process_role
+from forkpool import ConnectError, PoolTimeout, process_role
 from suite.jobs import AggregateArgs, HoldArgs, RecordEventArgs
 from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT
+from suite.stacks import make_worker_engine, stack_errors, worker_store
 
 from .app import app
+
+make_worker_engine()  # the flask-sqlalchemy stack: an engine made at import, as users do
 
 logger = get_task_logger(__name__)
 
 # Worth retrying: the database or the pool may be back in a moment.
-TRANSIENT = (psycopg2.OperationalError, ConnectError, PoolTimeout)
+TRANSIENT = (psycopg2.OperationalError, ConnectError, PoolTimeout, *stack_errors()[0], *stack_errors()[1])
 RETRY = {
     "autoretry_for": TRANSIENT,
     # A statement timeout is an OperationalError too, but running the same query again times out again.
@@ -49,7 +52,7 @@ def _parse(model: type[BaseModel], kwargs: dict[str, Any]) -> Any:
 def record_event(**kwargs: Any) -> dict[str, Any]:
     """Write the event row once per key: a redelivered task finds its row and writes nothing."""
     args = _parse(RecordEventArgs, kwargs)
-    with get_pool().connection() as conn, conn.cursor() as cur:
+    with worker_store().connection() as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO events (key, data, written_by) "
             "VALUES (%s, %s, current_setting('application_name')) "
@@ -63,7 +66,7 @@ def record_event(**kwargs: Any) -> dict[str, Any]:
 @app.task(name=TASK_AGGREGATE, throws=(InvalidTaskArguments,), **RETRY)
 def aggregate(**kwargs: Any) -> dict[str, Any]:
     _parse(AggregateArgs, kwargs)
-    with get_pool().connection() as conn, conn.cursor() as cur:
+    with worker_store().connection() as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT count(*), count(payload), coalesce(max(id), 0), "
             "(SELECT count(*) FROM events) FROM items"
@@ -76,7 +79,7 @@ def aggregate(**kwargs: Any) -> dict[str, Any]:
 def hold(**kwargs: Any) -> dict[str, Any]:
     """Keep one connection busy on the server for a while: pool pressure for load tests."""
     args = _parse(HoldArgs, kwargs)
-    with get_pool().connection() as conn, conn.cursor() as cur:
+    with worker_store().connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid() FROM pg_sleep(%s)", (args.seconds,))
         backend = cur.fetchone()[0]
     return {"held_seconds": args.seconds, "pid": os.getpid(), "backend_pid": backend}
@@ -90,4 +93,4 @@ def pool_stats(linger: float = 0.0) -> dict[str, Any]:
     concurrent calls spread over every process of the worker.
     """
     time.sleep(min(max(float(linger), 0.0), 2.0))
-    return {"pid": os.getpid(), "role": process_role(), "pool": get_pool().stats()}
+    return {"pid": os.getpid(), "role": process_role(), "pool": worker_store().stats()}

@@ -15,10 +15,11 @@ own pool.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .connections import connection as PgConnection
 from .extras import import_extra
+from .health import health_check
 from .pool import Pool
 from .registry import get_pool
 
@@ -55,6 +56,11 @@ class ForkPool:
             checkout = (pool, pool.getconn())
             setattr(g, _G_KEY, checkout)
         return checkout[1]
+
+    def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+        """A round trip through each of this process's pools (creating this extension's first)."""
+        self.pool
+        return health_check(timeout)
 
     def _give_back(self, exc: BaseException | None) -> None:
         checkout = g.pop(_G_KEY, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -35,6 +36,7 @@ from .kernel_sockets import detach_connected_to
 from .per_process import home, install_fork_hooks
 
 logger = logging.getLogger("forkpool.protect")
+WARM_IN_WORKER_S = 2.5  # like the server hooks' bound on opening a worker's pools
 T = TypeVar("T")
 
 
@@ -85,6 +87,13 @@ def protect(obj: T, integration: Integration | None = None) -> T:
     except TypeError:
         ref = obj
     _entries().append(Protected(ref, chosen, endpoints))
+    if getattr(home(), "started_worker", None) == os.getpid():
+        # Protected in a worker that has already started (an app loaded after post_fork,
+        # without preload_app): its connections open now, as they would have at start.
+        try:
+            chosen.warm(obj, time.monotonic() + WARM_IN_WORKER_S)
+        except Exception as exc:  # noqa: BLE001 - the database may be down: the worker serves anyway
+            logger.warning("opening %s's connections failed: %s", chosen.name, type(exc).__name__)
     return obj
 
 
@@ -107,7 +116,11 @@ def release_all() -> None:
 
 
 def warm_all(deadline: float) -> bool:
-    """Open every protected object's connections in a new worker; False if one is not done by `deadline`."""
+    """Open every protected object's connections in a new worker; False if one is not done by `deadline`.
+
+    Marks this process a started worker: an object protected later in it warms at once.
+    """
+    home().started_worker = os.getpid()
     done = True
     for entry in list(_entries()):
         obj = entry.target()

@@ -127,11 +127,19 @@ def open_pools() -> list[Pool]:
         return [pool for _, pool in sorted(state.pools.items()) if not pool.closed]
 
 
+# Setting any of these says "this deployment uses forkpool's default pool".
+_SIZE_SETTINGS = ("DB_POOL_SIZE", "DB_POOL_MIN", "DB_POOL_MAX")
+
+
 def pool_names() -> list[str]:
-    """What a worker opens at start: every pool configured or used so far in this process's lineage,
-    and the default pool, unless the process protects pools of its own and never used forkpool's."""
+    """What a worker opens at start: every pool configured with configure() or used before the fork,
+    and the default pool when its size is set in the environment (DB_POOL_SIZE / _MIN / _MAX).
+
+    DATABASE_URL alone is not enough: every library reads it, and an app that
+    only protects its own SQLAlchemy engine must not get a second pool.
+    """
     names = {*configured(), *_used()}
-    if not protection.protected():
+    if any(os.environ.get(name, "").strip() for name in _SIZE_SETTINGS):
         names.add(DEFAULT)
     return sorted(names)
 

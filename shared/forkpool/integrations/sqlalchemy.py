@@ -2,10 +2,9 @@
 
 - ``do_connect``: each new DB-API connection carries this process's identity
   (``application_name`` = ``<suite>:<role>:<pid>``) unless the app set one.
-- ``connect`` / ``checkout``: the pid check of SQLAlchemy's own recipe (pooling
-  docs, "Using Connection Pools with Multiprocessing or os.fork()"): a
-  connection made in another process is dropped without I/O and the pool
-  connects anew. It catches a fork that Python's at-fork hooks did not see.
+  That is the only listener: nothing is added to the checkout path. (SQLAlchemy's
+  own recipe checks the pid at every checkout; here the at-fork hook and the
+  server hooks do that work once per fork instead, see BENCHMARKS.md.)
 - In a forked child, after its inherited sockets went to /dev/null,
   ``engine.dispose(close=False)`` (SQLAlchemy >= 1.4.33) replaces the pool
   without touching the old one: no close, no lock of the old pool taken.
@@ -19,13 +18,11 @@ do not have (tried with Flask-SQLAlchemy 3.1).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Iterator
 
 from ..endpoints import Endpoints, postgres
 from ..identity import application_name
-from .dbapi import drop_without_io
 
 _ATTACHED = "_forkpool_attached"
 
@@ -41,24 +38,13 @@ def engines_of(obj: Any) -> Iterator[Any]:
 
 
 def attach_engine(engine: Any) -> Endpoints:
-    from sqlalchemy import event, exc
+    from sqlalchemy import event
 
     if not getattr(engine, _ATTACHED, False):
 
         @event.listens_for(engine, "do_connect")
         def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:
             cparams.setdefault("application_name", application_name())
-
-        @event.listens_for(engine, "connect")
-        def _remember_pid(dbapi_connection: Any, connection_record: Any) -> None:
-            connection_record.info["forkpool_pid"] = os.getpid()
-
-        @event.listens_for(engine, "checkout")
-        def _check_pid(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
-            if connection_record.info.get("forkpool_pid", os.getpid()) != os.getpid():
-                drop_without_io(dbapi_connection)
-                connection_record.dbapi_connection = connection_proxy.dbapi_connection = None
-                raise exc.DisconnectionError("connection made in another process; connecting anew")
 
         setattr(engine, _ATTACHED, True)
     if engine.dialect.name != "postgresql":
