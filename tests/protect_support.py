@@ -13,18 +13,79 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable
 
 from harness._procs import free_port
-from tests.server_support import Server, get, gunicorn_argv
+from tests.server_support import Server, by_process, get, gunicorn_argv
 
 APPS = Path(__file__).with_name("protect_apps")
 
 
-def doctor(master: int, database_url: str, *extra: str) -> dict:
+def doctor(master: int, database_url: str, *extra: str, redis_url: str | None = None) -> dict:
+    redis = ["--redis-url", redis_url] if redis_url else []
     result = subprocess.run([sys.executable, "-m", "forkpool", "doctor", "--json", "--pid", str(master),
-                             "--dsn", database_url, *extra], capture_output=True, text=True, timeout=60)
+                             "--dsn", database_url, *redis, *extra], capture_output=True, text=True, timeout=60)
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout)
+
+
+def errors(report: dict) -> list[dict]:
+    """Doctor's error findings (what makes it exit 1)."""
+    return [f for f in report["findings"] if f["severity"] == "error"]
+
+
+def connections(report: dict, kind: str, server: str | None = None) -> list[dict]:
+    """Doctor's sockets of `kind` ("postgresql" / "redis"), to `server` ("ip:port") when given."""
+    return [c for c in report["connections"] if c["kind"] == kind and (server is None or c["server"] == server)]
+
+
+def shared(report: dict, kind: str, server: str | None = None) -> list[dict]:
+    """Sockets held by more than one process: inherited, never detached."""
+    return [c for c in connections(report, kind, server) if len(c["pids"]) > 1]
+
+
+def held_by(report: dict, kind: str, server: str | None = None) -> dict[int, int]:
+    """{pid: sockets it holds} over every examined process (0 for none), a shared socket in each holder."""
+    counts = {p["pid"]: 0 for p in report["processes"]}
+    for conn in connections(report, kind, server):
+        for pid in conn["pids"]:
+            counts[pid] = counts.get(pid, 0) + 1
+    return counts
+
+
+def masters(report: dict) -> list[int]:
+    return [p["pid"] for p in report["processes"] if p["role"] == "master"]
+
+
+def shared_backends(answers: list[tuple[int, str]]) -> dict[str, set[int]]:
+    """Server sessions (backend pid, Redis client id) that answered for more than one worker pid."""
+    seen: dict[str, set[int]] = {}
+    for pid, backend in answers:
+        if not backend.startswith("error"):
+            seen.setdefault(backend, set()).add(pid)
+    return {b: pids for b, pids in seen.items() if len(pids) > 1}
+
+
+def failures(answers: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    return [a for a in answers if a[1].startswith("error")]
+
+
+def exact(sessions: Callable[[], list], suite_id: str, role: str, live: Iterable[int], per_process: int) -> bool:
+    """The sessions by identity are exactly `per_process` for each of `live` in `role`, and nothing else."""
+    held = by_process(sessions, suite_id)
+    return held.keys() == {(role, pid) for pid in live} and all(len(b) == per_process for b in held.values())
+
+
+def redis_sessions(redis_url: str, suite_id: str) -> Callable[[], list[tuple[str, int]]]:
+    """A lister of this test's Redis clients (CLIENT LIST) as (client name, client id), like `sessions`."""
+    import redis
+
+    def listing() -> list[tuple[str, int]]:
+        with redis.Redis.from_url(redis_url, client_name="pytest-admin") as admin:
+            return [(c["name"], int(c["id"])) for c in admin.client_list()
+                    if c.get("name", "").startswith(f"{suite_id}:")]
+
+    return listing
 
 
 def start_gunicorn_app(servers: list[Server], app_dir: Path, conf: str, app: str, env: dict[str, str],
@@ -38,6 +99,7 @@ def start_gunicorn_app(servers: list[Server], app_dir: Path, conf: str, app: str
 
 
 def http_load(url: str, requests: int = 60, threads: int = 6) -> list[tuple[int, str]]:
+    """`requests` GETs of `url` from `threads` threads: (worker pid, backend or "error <kind>") each."""
     def one(_: int) -> tuple[int, str]:
         status, body = get(url)
         worker, _, rest = body.decode().partition(" ")
@@ -79,3 +141,35 @@ def task_load(redis_url: str, queue: str, task: str, count: int = 16, wait: floa
     finally:
         producer.close()
     return answers
+
+
+def in_child(work: Callable[[], object]) -> str:
+    """Fork; the child runs `work` and reports str(result) (or "error <kind>: <message>"); returns the report."""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                report = str(work())
+            except BaseException as exc:  # noqa: BLE001 - the parent asserts on it
+                report = f"error {type(exc).__name__}: {exc}"
+            os.write(write_fd, report.encode()[:60000])
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+def endpoint_of(url: str) -> str:
+    """A server URL's "ip:port", as doctor reports a connection's far end."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
