@@ -9,7 +9,8 @@
 process, a new one in a forked child, whose inherited connections are let go
 without network I/O. ``per_process`` gives any client the same guarantees.
 Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
-``forkpool.flask`` (extension). See docs/fork-story.md for why.
+``forkpool.flask`` (extension), ``"forkpool.django"`` (an app for
+``INSTALLED_APPS``). See docs/fork-story.md for why.
 
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
@@ -23,6 +24,7 @@ tests/test_layers.py keeps it so):
     flask, health, metrics
     lifecycle
     celery, gunicorn
+    django
 """
 
 from __future__ import annotations
