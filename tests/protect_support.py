@@ -66,6 +66,15 @@ def shared_backends(answers: list[tuple[int, str]]) -> dict[str, set[int]]:
     return {b: pids for b, pids in seen.items() if len(pids) > 1}
 
 
+def backends_by_worker(answers: list[tuple[int, str]]) -> dict[int, set[str]]:
+    """{worker pid: the sessions it answered from}: more than its pool holds means a pool closed and reopened."""
+    found: dict[int, set[str]] = {}
+    for pid, backend in answers:
+        if not backend.startswith("error"):
+            found.setdefault(pid, set()).add(backend)
+    return found
+
+
 def failures(answers: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return [a for a in answers if a[1].startswith("error")]
 

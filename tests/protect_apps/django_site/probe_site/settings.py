@@ -1,0 +1,52 @@
+"""A minimal Django project for the protection tests; its database comes from DATABASE_URL.
+
+PROTECT=1 adds "forkpool.django" to INSTALLED_APPS (the only difference between
+the runs). DJANGO_DB=pool uses Django's native pool (psycopg 3 + psycopg_pool,
+min = max = 2); DJANGO_DB=classic one persistent connection per thread
+(CONN_MAX_AGE).
+"""
+
+import os
+from urllib.parse import unquote, urlsplit
+
+SECRET_KEY = "forkpool-tests-only"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+ROOT_URLCONF = "probe_site.urls"
+MIDDLEWARE: list[str] = []
+INSTALLED_APPS = ["probe"]
+if os.environ.get("PROTECT") == "1":
+    INSTALLED_APPS.append("forkpool.django")
+
+
+def database_from_url(url: str) -> dict:
+    parts = urlsplit(url)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+
+
+DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
+if os.environ.get("DJANGO_DB", "pool") == "pool":
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 2, "timeout": 5}}
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = 600
+
+# Celery reads these (namespace "CELERY"); the web never starts a worker.
+CELERY_BROKER_URL = CELERY_RESULT_BACKEND = os.environ.get("REDIS_URL", "")
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "celery")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {"forkpool": {"handlers": ["stderr"], "level": "INFO"}},
+}

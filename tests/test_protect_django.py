@@ -1,0 +1,150 @@
+""""forkpool.django" in INSTALLED_APPS, under real Gunicorn (preload_app) and Celery prefork, with recycling.
+
+The project is tests/protect_apps/django_site: one table, a view and a task
+answering "<worker pid> <backend pid>", work at import (Gunicorn master) and in
+a worker_init receiver (Celery main process). Each case runs twice, the only
+difference being the app in INSTALLED_APPS (and forkpool's hooks wired).
+Unprotected, the failure users report: workers share the master's sessions
+(errors, timeouts), Celery's fixup closes the pool at every task. Protected:
+exactly processes x pool size sessions by identity, none held by a master,
+none shared, each process's tasks on its own pool's sessions only, none left
+when a child exits or the server stops.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.protect_support import (APPS, backends_by_worker, doctor, errors, exact, failures, http_load,
+                                   shared_backends, start_celery_app, start_gunicorn_app, task_load)
+from tests.server_support import by_process
+
+pytest.importorskip("django", reason="forkpool.django needs Django (pip install 'forkpool[django]')")
+NEEDS_POOL = pytest.mark.skipif(importlib.util.find_spec("psycopg_pool") is None or
+                                importlib.util.find_spec("psycopg") is None,
+                                reason="Django's native pool needs psycopg 3 and psycopg_pool (psycopg[pool])")
+DATABASES = [pytest.param("pool", marks=NEEDS_POOL), "classic"]
+
+SITE = APPS / "django_site"
+WORKERS, POOL, CONCURRENCY = 3, 2, 2
+SIZE = {"pool": POOL, "classic": 1}  # server sessions per process: the pool's, or one persistent connection
+SETTINGS = "probe_site.settings"
+FORK_PROGRAM = Path(__file__).with_name("django_fork_program.py")
+FORKS = 20
+
+
+@pytest.fixture
+def probe_table(admin) -> None:
+    admin("CREATE TABLE IF NOT EXISTS probe_hit (id bigserial PRIMARY KEY, worker int NOT NULL, "
+          "backend int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+
+
+def site_env(protected: bool, db: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PROTECT": "1" if protected else "0", "DJANGO_DB": db,
+            "DJANGO_SETTINGS_MODULE": SETTINGS, **extra}
+
+
+@pytest.mark.parametrize("db", DATABASES)
+@pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
+def test_django_under_gunicorn_preload(protected, db, probe_table, servers, database_url, sessions, suite_id,
+                                       tmp_path):
+    conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
+    server, url = start_gunicorn_app(servers, SITE, conf, "probe_site.wsgi:application", site_env(protected, db),
+                                     tmp_path / "gunicorn.log", WORKERS)
+    if protected:  # every worker opened its own at start; the master holds none
+        assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), SIZE[db]), timeout=15), \
+            (server.children(), by_process(sessions, suite_id))
+    before = doctor(server.pid, database_url, "--pool-size", str(SIZE[db]))
+    answers = http_load(url)
+    if not protected:
+        assert {"shared-socket", "master-connection"} <= {f["code"] for f in before["findings"]}, before["findings"]
+        assert shared_backends(answers) or failures(answers), answers  # what users report
+        return
+    assert errors(before) == []
+    assert failures(answers) == [] and shared_backends(answers) == {}, answers
+    # No churn: every worker answered from its own pool's sessions (or its one connection).
+    assert all(len(b) <= SIZE[db] for b in backends_by_worker(answers).values()), backends_by_worker(answers)
+    # Recycled workers (max_requests) closed their sessions; the replacements opened theirs at start.
+    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), SIZE[db]), timeout=15), \
+        (server.children(), by_process(sessions, suite_id))
+    after = doctor(server.pid, database_url, "--pool-size", str(SIZE[db]))
+    assert errors(after) == []
+    assert server.stop() == 0
+    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+
+
+@NEEDS_POOL
+@pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
+def test_django_pool_under_celery_prefork(protected, probe_table, servers, database_url, redis_url, sessions,
+                                          suite_id, tmp_path):
+    queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
+    env = site_env(protected, "pool", REDIS_URL=redis_url)
+    worker = start_celery_app(servers, SITE, "probe_site", queue, env, tmp_path / "celery.log", CONCURRENCY)
+    if protected:  # each child's pool opened at start, after the fixup's receiver (which would close it)
+        assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
+            (worker.children(), by_process(sessions, suite_id))
+    at_start = by_process(sessions, suite_id)
+    before = doctor(worker.pid, database_url, "--pool-size", str(POOL))
+    answers = task_load(redis_url, queue, "probe.tasks.backend", wait=45 if protected else 20)
+    found = fixup_findings(worker.log())
+    per_child = backends_by_worker(answers)
+    if not protected:
+        assert "master-connection" in {f["code"] for f in before["findings"]}, before["findings"]
+        assert any(f["connections"] or f["pools"] for f in found), found  # the fixup os.close()s and closes those
+        # celery#10554: the fixup closes the pool around every task, so a child's tasks meet new sessions.
+        assert failures(answers) or any(len(b) > POOL for b in per_child.values()), per_child
+        return
+    assert errors(before) == []
+    assert found and all(f == {"connections": [], "pools": []} for f in found), found
+    assert failures(answers) == [] and shared_backends(answers) == {}, answers
+    # One pool per child, kept across tasks: the first children's tasks ran on the sessions opened at start.
+    assert all(len(b) <= POOL for b in per_child.values()), per_child
+    for (_, pid), backends in at_start.items():
+        assert per_child.get(pid, set()) <= {str(b) for b in backends}, (pid, per_child.get(pid), backends)
+    assert len(per_child) > CONCURRENCY  # max_tasks_per_child recycled some
+    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
+        (worker.children(), by_process(sessions, suite_id))
+    after = doctor(worker.pid, database_url, "--pool-size", str(POOL))
+    assert errors(after) == []
+    assert worker.stop() == 0
+    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+
+
+def fixup_findings(log: str) -> list[dict]:
+    """What each child's receiver saw just before the fixup's worker_process_init receiver (see probe_site/celery.py)."""
+    return [{"connections": ast.literal_eval(conns), "pools": ast.literal_eval(pools)}
+            for conns, pools in re.findall(r"fixup-will-find pid=\d+ connections=(\[.*?\]) pools=(\[.*?\])", log)]
+
+
+@pytest.mark.parametrize("db", DATABASES)
+def test_forks_of_a_busy_django_process_keep_the_parents_sessions(db, probe_table, database_url, sessions, suite_id):
+    """Forks while a thread queries (and, pooled, checks out and returns): children inherit nothing usable, never
+    hang on a lock, open their own; the parent's sessions stay the same and alive; none outlives its child."""
+    env = site_env(True, db, PYTHONPATH=os.pathsep.join([str(SITE), str(Path(__file__).resolve().parents[1])]))
+    result = subprocess.run([sys.executable, str(FORK_PROGRAM), str(FORKS)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert "error" not in report, (report, result.stderr[-2000:])
+    assert report["statuses"] == [0] * FORKS, report["statuses"]  # none hung ("hung"), none failed
+    assert report["trouble"] == [] and report["busy_ops"] > 0
+    assert len(report["before"]) == 2 and report["after"] == report["before"] and report["main_backend_alive"]
+    inherited = 2 if db == "pool" else 1  # the pool and the main thread's connection / the connection
+    for child in report["children"]:
+        assert (child["pools"], child["connection"], child["graveyard"]) == ([], False, inherited), child
+        assert child["backend"] not in report["before"], child
+        assert child["name"] == f"{suite_id}:app:{child['pid']}", child  # identity made in the child
+    assert len(report["children"]) == FORKS
+    assert report["children_sessions"] == []  # each child closed its own at exit, the parent still running
+    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
