@@ -148,3 +148,39 @@ def test_forks_of_a_busy_django_process_keep_the_parents_sessions(db, probe_tabl
     assert len(report["children"]) == FORKS
     assert report["children_sessions"] == []  # each child closed its own at exit, the parent still running
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+
+
+WORKER_INIT_PROGRAM = """
+import json
+from celery import signals
+from celery.fixups.django import DjangoFixup
+from probe_site.celery import app
+from forkpool.django import celery_fixup
+
+fixup = next(f for f in app._fixups if isinstance(f, DjangoFixup))
+fixup.on_import_modules()  # what a worker does first: django.setup(), so forkpool.django's ready()
+
+
+class Worker:  # what the receivers read of a WorkController
+    app, pool_cls, concurrency = app, "prefork", 1
+
+
+signals.worker_init.send(sender=Worker())
+print(json.dumps({"db_reuse_max": fixup.worker_fixup.db_reuse_max, "boundaries": celery_fixup._state["boundaries"]}))
+"""
+
+
+@NEEDS_POOL
+@pytest.mark.parametrize("reuse_max", [None, "5"], ids=["celery-default", "project-setting"])
+def test_celery_task_boundaries_leave_a_project_db_reuse_max_alone(reuse_max, probe_table, redis_url, suite_id):
+    """Celery's default closes pools at every task: forkpool turns that off through the fixup's db_reuse_max and
+    closes connections itself (never the pool). A project's own CELERY_DB_REUSE_MAX is kept as it is."""
+    env = site_env(True, "pool", REDIS_URL=redis_url, PYTHONPATH=str(SITE), CELERY_DB_REUSE_MAX=reuse_max or "")
+    result = subprocess.run([sys.executable, "-c", WORKER_INIT_PROGRAM], cwd=SITE, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    if reuse_max is None:
+        assert report == {"db_reuse_max": sys.maxsize, "boundaries": True}
+    else:
+        assert report == {"db_reuse_max": 5, "boundaries": False}
