@@ -1,14 +1,15 @@
 """Celery's Django fixup next to forkpool.django: it finds nothing to harm, and pools live as long as their process.
 
 Celery turns on ``celery.fixups.django`` when ``DJANGO_SETTINGS_MODULE`` is
-set. Its ``DjangoWorkerFixup`` (read in Celery 5.4 to 5.7, run with 5.7.0):
+set. Its ``DjangoWorkerFixup`` (read in Celery 5.4.0, 5.5.3, 5.6.0 and
+5.7.0; run with 5.7.0):
 
 1. at ``worker_process_init``, ``os.close()``s the file descriptor of every
    inherited Django connection (a later close of that object then acts on a
    descriptor number that may have been reused), then closes each connection
-   and, for pooled aliases under prefork, the pool: ``pool.close()`` in a child
+   and (5.6+), for pooled aliases, the pool: ``pool.close()`` in a child
    takes the inherited pool's lock and says goodbye on the parent's sockets;
-2. closes connections and pools again at every ``task_prerun`` and
+2. closes connections, and (5.6+) pools, again at every ``task_prerun`` and
    ``task_postrun`` (celery#10554): each task pays a new pool;
 3. closes nothing when the child exits (children end with ``os._exit``).
 
@@ -44,7 +45,9 @@ What forkpool does about each, in order of the worker's life:
   pools every that many tasks). Why not replace the fixup's receivers: its
   cache closing and model checks stay Celery's.
   The one private attribute: ``app._fixups``, Celery's list of the app's
-  fixup instances (Celery 5.4 to 5.7), to reach ``worker_fixup.db_reuse_max``.
+  fixup instances (the same in 5.4.0 to 5.7.0), to reach the public
+  ``worker_fixup.db_reuse_max``. Without it (another Celery), nothing is
+  changed: the pool is then closed between tasks, as before.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ The graveyard: an inherited pool may not be closed in the child (``close()``
 takes the pool's lock and says goodbye on the parent's sockets) and may not be
 dropped either: psycopg_pool's ``ConnectionPool.__del__`` stops the workers,
 which puts tasks on its queue and takes the scheduler's lock, both of which a
-parent thread may have held at fork time (psycopg_pool 3.2 and 3.3.3 read).
+parent thread may have held at fork time (read in psycopg_pool 3.3.3).
 So every inherited pool, and the connection the wrapper held, is kept
 referenced for the life of the process in ``graveyard()``: at most one pool and
 one connection per alias per fork generation (a Gunicorn or Celery child
@@ -39,8 +39,9 @@ after fork therefore carries the child's pid. An ``application_name`` the
 project set itself is never overwritten.
 
 Private API: ``DatabaseWrapper._connection_pools`` (a class attribute, no
-public accessor: ``close_pool()`` closes, which a child must not do). Read on
-Django 5.1 to 6.0 sources, run with Django 5.2.19.
+public accessor: ``close_pool()`` closes, which a child must not do). Read in
+Django 5.1.15 and 5.2.19 (the same code), run with 5.2.19; Django 6 (Python
+3.12+) not tried.
 """
 
 from __future__ import annotations
