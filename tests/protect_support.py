@@ -118,6 +118,21 @@ def http_load(url: str, requests: int = 60, threads: int = 6) -> list[tuple[int,
         return list(pool.map(one, range(requests)))
 
 
+def recycled_http_load(server: Server, url: str, requests: int = 60) -> list[tuple[int, str]]:
+    """Load until max_requests has replaced a worker, then load the replacements too.
+
+    A uvicorn worker checks its request limit on a timer tick, so a short burst
+    may end before any worker leaves: the first burst is followed by a wait
+    for a replaced worker, then a second burst.
+    """
+    from tests.conftest import wait_for
+
+    first = set(server.children())
+    answers = http_load(url, requests)
+    assert wait_for(lambda: bool(set(server.children()) - first), timeout=30), "no worker was recycled"
+    return answers + http_load(url, requests // 2)
+
+
 def start_celery_app(servers: list[Server], app_dir: Path, module: str, queue: str, env: dict[str, str], log: Path,
                      concurrency: int = 2, max_tasks_per_child: int = 3) -> Server:
     argv = [sys.executable, "-m", "celery", "--app", module, "worker", "--pool", "prefork",
@@ -140,14 +155,21 @@ def task_load(redis_url: str, queue: str, task: str, count: int = 16, wait: floa
     producer = Celery("producer", broker=redis_url, backend=redis_url, set_as_current=False)
     deadline = time.monotonic() + wait
     answers: list[tuple[int, str]] = []
+    results = []
     try:
-        for result in [producer.send_task(task, queue=queue) for _ in range(count)]:
+        results = [producer.send_task(task, queue=queue) for _ in range(count)]
+        for result in results:
             try:
                 worker, backend = result.get(timeout=max(deadline - time.monotonic(), 0.1))
                 answers.append((int(worker), str(backend)))
             except CeleryTimeout:
                 answers.append((0, "error timeout"))
     finally:
+        for result in results:  # now, while the broker is up: a pending result unsubscribes when collected
+            try:
+                result.backend.remove_pending_result(result)
+            except Exception:  # noqa: BLE001 - done already, or the backend is gone
+                pass
         producer.close()
     return answers
 
