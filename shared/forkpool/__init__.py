@@ -15,13 +15,14 @@ Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
     endpoints, errors, identity, per_process, redact, stats
-    extras, kernel_sockets, live_pools, settings
-    budget, connections, doctor, integrations, manager, metrics_dir, redis_client
-    cli, maintenance, protection, upkeep, waiter
+    drivers, extras, kernel_sockets, live_pools
+    doctor, integrations, metrics_dir, redis_client, settings
+    budget, connections, manager, protection
+    cli, maintenance, upkeep, waiter
     pool
     registry
-    flask, health, metrics
-    lifecycle
+    health, metrics
+    flask, lifecycle
     celery, gunicorn
 """
 
