@@ -19,9 +19,9 @@ tests/test_layers.py keeps it so):
     doctor, integrations, metrics_dir, redis_client, settings
     budget, connections, manager, protection
     cli, maintenance, upkeep, waiter
-    pool
-    registry
-    health, metrics
+    aio_upkeep, pool
+    aio_pool, registry
+    aio_registry, health, metrics
     flask, lifecycle
     celery, gunicorn
 """
@@ -29,6 +29,8 @@ tests/test_layers.py keeps it so):
 from __future__ import annotations
 
 from . import stats
+from .aio_pool import AsyncPool
+from .aio_registry import async_stats, close_async_pools, get_async_pool, open_async_pools
 from .errors import (
     ConfigError,
     ConnectError,
@@ -59,6 +61,11 @@ from .settings import PoolSettings
 __version__ = "0.2.0"
 
 __all__ = [
+    "AsyncPool",
+    "async_stats",
+    "close_async_pools",
+    "get_async_pool",
+    "open_async_pools",
     "ConfigError",
     "ConnectError",
     "ForkpoolError",
