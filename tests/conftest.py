@@ -130,6 +130,30 @@ def count_settles(sessions: Callable[..., list]) -> Callable[..., int]:
     return settle
 
 
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per driver (modules opt in with `pytestmark = pytest.mark.usefixtures("driver")`)."""
+    import importlib.util
+
+    if importlib.util.find_spec(request.param) is None:
+        pytest.skip(f"driver {request.param} is not installed")
+    monkeypatch.setenv("DB_POOL_DRIVER", request.param)
+    return request.param
+
+
+def transaction_status(conn: object) -> str:
+    """"IDLE", "INTRANS", ... for a connection of either driver."""
+    status = getattr(conn, "get_transaction_status", None)
+    if status is not None:  # psycopg2
+        import psycopg2.extensions as ext
+
+        names = {ext.TRANSACTION_STATUS_IDLE: "IDLE", ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
+                 ext.TRANSACTION_STATUS_INERROR: "INERROR", ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
+                 ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN"}
+        return names[status()]
+    return conn.info.transaction_status.name  # type: ignore[attr-defined]  # psycopg 3
+
+
 @pytest.fixture(autouse=True)
 def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: str) -> Iterator[None]:
     """Each test starts with no pools, no configured settings and the default identity."""

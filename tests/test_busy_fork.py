@@ -21,6 +21,9 @@ import pytest
 
 from tests.conftest import wait_for
 
+# Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.
+pytestmark = pytest.mark.usefixtures("driver")
+
 PROGRAM = Path(__file__).with_name("busy_fork_program.py")
 FORKS = 40
 

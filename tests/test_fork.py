@@ -13,6 +13,9 @@ import pytest
 import forkpool
 from forkpool import stats as keys
 
+# Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.
+pytestmark = pytest.mark.usefixtures("driver")
+
 
 def backend_pids(pool, count: int) -> list[int]:
     """Check out `count` connections at once and ask each its backend pid (a real round trip)."""

@@ -11,7 +11,10 @@ import pytest
 
 import forkpool
 from forkpool import stats as keys
-from tests.conftest import wait_for
+from tests.conftest import transaction_status, wait_for
+
+# Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.
+pytestmark = pytest.mark.usefixtures("driver")
 
 
 def backend_pid(conn) -> int:
@@ -69,7 +72,7 @@ def test_connection_commits_on_success_and_rolls_back_on_error(database_url):
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT array_agg(v) FROM t_commit")
         assert cur.fetchone()[0] == [1]
-        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        assert transaction_status(conn) == "INTRANS"
 
 
 def test_putconn_rolls_back_an_open_transaction_and_restores_autocommit():
@@ -80,11 +83,11 @@ def test_putconn_rolls_back_an_open_transaction_and_restores_autocommit():
     conn.autocommit = False
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
-    assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+    assert transaction_status(conn) == "INTRANS"
     pool.putconn(conn)
     again = pool.getconn()
     assert again is conn
-    assert again.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    assert transaction_status(again) == "IDLE"
     again.autocommit = True
     pool.putconn(again)
     assert pool.getconn().autocommit is False
@@ -325,3 +328,17 @@ def test_application_name_is_truncated_without_losing_the_pid():
     assert len(name) <= 63
     assert name.endswith(":4194304")
     assert name.count(":") == 2 and name.startswith("s") and ":r" in name
+
+
+def test_the_pool_hands_out_connections_of_the_configured_driver(driver):
+    pool = forkpool.get_pool()
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        module = type(conn).__module__.split(".")[0]
+    assert pool.driver.name == driver and module == driver
+
+
+def test_an_unknown_or_missing_driver_is_one_configuration_error(monkeypatch):
+    monkeypatch.setenv("DB_POOL_DRIVER", "asyncpg")
+    with pytest.raises(forkpool.ConfigError, match="DB_POOL_DRIVER='asyncpg' must be one of psycopg2, psycopg"):
+        forkpool.configure()

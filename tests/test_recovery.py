@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 
-import psycopg2
 import pytest
 
 import forkpool
 from forkpool import stats as keys
 from tests.conftest import wait_for
+
+# Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.
+pytestmark = pytest.mark.usefixtures("driver")
 
 
 def query_backend_pid(conn) -> int:
@@ -23,7 +25,7 @@ def test_connection_killed_while_in_use_is_discarded_never_reused(admin):
     pool = forkpool.get_pool()
     conn = pool.getconn()
     admin("SELECT pg_terminate_backend(%s)", query_backend_pid(conn))
-    with pytest.raises(psycopg2.OperationalError):
+    with pytest.raises(pool.driver.Error):
         query_backend_pid(conn)
     pool.putconn(conn)
     stats = pool.stats()

@@ -6,11 +6,14 @@ import random
 import threading
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import forkpool
 from forkpool import stats as keys
+
+pytestmark = pytest.mark.usefixtures("driver")  # once per driver
 
 
 def invariants_hold(snapshot: dict) -> bool:

@@ -16,13 +16,14 @@ Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
     endpoints, errors, identity, per_process, redact, stats
-    extras, kernel_sockets, live_pools, settings
-    budget, connections, doctor, integrations, manager, metrics_dir, redis_client
-    cli, maintenance, protection, upkeep, waiter
-    pool
-    registry
-    flask, health, metrics
-    lifecycle
+    drivers, extras, kernel_sockets, live_pools
+    doctor, integrations, metrics_dir, redis_client, settings
+    budget, connections, manager, protection
+    cli, maintenance, upkeep, waiter
+    aio_upkeep, pool
+    aio_pool, registry
+    aio_registry, health, metrics
+    flask, lifecycle
     celery, gunicorn
     django
 """
@@ -30,6 +31,8 @@ tests/test_layers.py keeps it so):
 from __future__ import annotations
 
 from . import stats
+from .aio_pool import AsyncPool
+from .aio_registry import async_stats, close_async_pools, get_async_pool, open_async_pools
 from .errors import (
     ConfigError,
     ConnectError,
@@ -60,6 +63,11 @@ from .settings import PoolSettings
 __version__ = "0.2.0"
 
 __all__ = [
+    "AsyncPool",
+    "async_stats",
+    "close_async_pools",
+    "get_async_pool",
+    "open_async_pools",
     "ConfigError",
     "ConnectError",
     "ForkpoolError",

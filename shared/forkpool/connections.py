@@ -14,14 +14,12 @@ import traceback
 import weakref
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-
+from .drivers import get_driver
 from .identity import application_name
 from .kernel_sockets import devnull_fd
 from .settings import PoolSettings
 
-connection = psycopg2.extensions.connection
+connection = Any  # a psycopg2 or psycopg 3 connection, whichever the pool's driver makes
 
 # A lifetime is shortened by up to this fraction, so connections opened together
 # (a pool filled at start-up) do not all expire, and reconnect, together.
@@ -68,57 +66,20 @@ class Entry:
 
 
 def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
-    """Open one connection, named after this process; raises psycopg2.Error."""
+    """Open one connection with the pool's driver, named after this process; raises the driver's Error."""
     seconds = settings.connect_timeout if timeout is None else min(timeout, settings.connect_timeout)
     kwargs: dict[str, Any] = dict(settings.connect_kwargs or {})
     kwargs["application_name"] = application_name()
     kwargs.setdefault("connect_timeout", max(1, round(seconds)))  # libpq takes whole seconds, 1 at least
-    conn = psycopg2.connect(settings.dsn, **kwargs)
+    conn = get_driver(settings.driver).connect(settings.dsn, kwargs)
     return Entry(conn, settings.max_lifetime)
-
-
-def is_alive(conn: connection) -> bool:
-    """One round trip: does the server still answer on this (idle) connection?"""
-    if conn.closed:
-        return False
-    try:
-        # Autocommit for the probe, so it is one SELECT, not BEGIN + SELECT + ROLLBACK.
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        conn.autocommit = False
-        return True
-    except psycopg2.Error:
-        return False
-
-
-_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
-
-
-def reset_for_reuse(conn: connection) -> bool:
-    """Bring a returned connection back to idle; False if it cannot be reused."""
-    status = conn.get_transaction_status()  # UNKNOWN once closed: then the full path below
-    if status == _IDLE and not conn.autocommit:
-        return True  # the common case, and the cheapest question psycopg2 can answer
-    if conn.closed:
-        return False
-    if status == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN:
-        return False
-    try:
-        if status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-            conn.rollback()
-        if conn.autocommit:
-            conn.autocommit = False
-    except psycopg2.Error:
-        return False
-    return not conn.closed
 
 
 def rollback_quietly(conn: connection) -> None:
     """Roll back after a failed block; a broken connection fails here too, and putconn() discards it."""
     try:
         conn.rollback()
-    except psycopg2.Error:
+    except Exception:  # noqa: BLE001 - either driver's error, or a closed connection: discarded on return
         pass
 
 
@@ -135,22 +96,24 @@ def detach_inherited(conn: connection) -> None:
 
     Never ``close()`` here. It would send libpq's Terminate on the socket the
     parent still uses (ending the parent's session), and it takes the
-    connection's mutex, which psycopg2 holds for a whole query: a parent thread
-    mid-query at fork time never releases it in the child, and the child hangs
-    (40 of 40 forks under six busy threads did). Instead:
+    connection's lock (psycopg2's per-connection mutex, held for a whole query;
+    psycopg 3's ``Connection.lock``): a parent thread mid-query at fork time
+    never releases it in the child, and the child hangs (40 of 40 forks under
+    six busy threads did). Instead:
 
     - point the descriptor at /dev/null, so nothing this process does with the
       object (a stray query, an exec'd program) can reach the parent's socket;
     - drop the object: psycopg2 >= 2.8 skips PQfinish, and the mutex, when a
       connection is deallocated in a process other than its creator
-      (``CONN_CHECK_PID`` in connection_type.c, psycopg2#829);
-    - close the /dev/null descriptor once the object is gone (psycopg2 never
+      (``CONN_CHECK_PID`` in connection_type.c, psycopg2#829); psycopg 3's
+      ``PGconn.__del__`` checks the pid the same way;
+    - close the /dev/null descriptor once the object is gone (the driver never
       closes it then), unless that number no longer holds /dev/null.
     """
     try:
-        fd = conn.fileno()  # PQsocket(): reads a field, takes no lock
-    except (psycopg2.Error, ValueError):
-        return  # already closed: nothing on the wire to protect
+        fd = conn.fileno()  # PQsocket(): reads a field, takes no lock (either driver)
+    except Exception:  # noqa: BLE001 - closed already (each driver says so its own way): nothing to protect
+        return
     devnull = devnull_fd()
     os.dup2(devnull, fd)
     weakref.finalize(conn, _close_if_devnull, fd, os.fstat(devnull))

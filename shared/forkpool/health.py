@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg2
-
 from .errors import PoolError
 from .redact import describe_error
 from .registry import open_pools
@@ -21,5 +19,5 @@ def _check(pool: Any, timeout: float) -> dict[str, Any]:
         with pool.connection(timeout=timeout) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
         return {"ok": True, "error": None}
-    except (PoolError, psycopg2.Error) as exc:
+    except (PoolError, pool.driver.Error) as exc:
         return {"ok": False, "error": pool.settings.redact(describe_error(exc))}

@@ -33,8 +33,9 @@ def _hold_pool_locks() -> None:
     # Bounded: a lock not free within a second is left alone; the child never takes it.
     held = []
     for pool in list(all_pools()):
-        if pool._lock.acquire(timeout=1.0):
-            held.append(pool._lock)
+        lock = getattr(pool, "_lock", None)  # an asyncio pool has none: its loop's thread is its lock
+        if lock is not None and lock.acquire(timeout=1.0):
+            held.append(lock)
     home().held_at_fork = held
 
 

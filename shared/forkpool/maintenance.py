@@ -34,10 +34,10 @@ def add_stats_listener(name: str, publish: Callable[[Any], None], forget: Callab
     an exporter, so prometheus_client stays optional. Keyed by `name`, so a
     reloaded listener replaces itself.
     """
-    _listeners()[name] = (publish, forget)
+    stats_listeners()[name] = (publish, forget)
 
 
-def _listeners() -> dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]]:
+def stats_listeners() -> dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]]:
     holder = home()
     if not hasattr(holder, "stats_listeners"):
         holder.stats_listeners = {}
@@ -85,7 +85,7 @@ class Maintainer:
         pool = self._pool()
         if pool is not None and thread is not None:
             _publish(pool)  # the last counts before the pool's gauges go to zero
-            for _, forget in list(_listeners().values()):
+            for _, forget in list(stats_listeners().values()):
                 forget(pool)
 
     def forget_after_fork(self) -> None:
@@ -146,7 +146,7 @@ def report_leaks(pool: Pool) -> None:
 
 
 def _publish(pool: Pool) -> None:
-    for publish, _ in list(_listeners().values()):
+    for publish, _ in list(stats_listeners().values()):
         try:
             publish(pool)
         except Exception:  # noqa: BLE001 - metrics are best effort; the pool must go on

@@ -23,9 +23,6 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import psycopg2
-import psycopg2.extensions
-
 from . import stats as keys
 from .connections import (
     Entry,
@@ -34,10 +31,9 @@ from .connections import (
     connection,
     detach_inherited,
     format_checkout_stack,
-    is_alive,
-    reset_for_reuse,
     rollback_quietly,
 )
+from .drivers import get_driver
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .maintenance import Maintainer
 from .live_pools import all_pools
@@ -54,7 +50,6 @@ logger = logging.getLogger("forkpool.pool")
 JUST_RETURNED = 0.001
 
 _monotonic = time.monotonic  # the hot path's clock, without two attribute lookups per call
-_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
 class Pool(PoolUpkeep):
@@ -65,6 +60,8 @@ class Pool(PoolUpkeep):
         self.settings = settings
         self.identity = settings.identity
         self.pid = os.getpid()
+        self.driver = get_driver(settings.driver)
+        self._is_clean = self.driver.is_clean  # putconn's one question, looked up once
         self._lock = threading.Lock()
         self._size_changed = threading.Condition(self._lock)
         self._idle: deque[Entry] = deque()  # LIFO: hot connections stay hot, cold ones age out
@@ -128,8 +125,8 @@ class Pool(PoolUpkeep):
         entry = self._in_use.get(conn)  # only the borrowing thread returns it: no race
         if entry is None:
             raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
-        # The common case asks psycopg2 one question; anything else takes the full reset.
-        reusable = (conn.get_transaction_status() == _IDLE and not conn.autocommit) or reset_for_reuse(conn)
+        # The common case asks the driver one question; anything else takes the full reset.
+        reusable = self._is_clean(conn) or self.driver.reset_for_reuse(conn)
         now = _monotonic()
         if not reusable or now >= entry.expires_at or self._closed:
             self._retire(entry, broken=not reusable)
@@ -322,7 +319,7 @@ class Pool(PoolUpkeep):
     def _open_for_caller(self, deadline: float) -> Entry:
         try:
             entry = connect(self.settings, max(deadline - time.monotonic(), 0.0))
-        except psycopg2.Error as exc:
+        except self.driver.Error as exc:
             with self._lock:
                 self._opening -= 1
                 self._counts[keys.CONNECT_ERRORS] += 1
@@ -344,7 +341,7 @@ class Pool(PoolUpkeep):
             if idle_for < JUST_RETURNED or not entry.socket_has_news():
                 return True
         self._counts[keys.CHECKS] += 1  # a lost increment under a race only blurs a counter
-        if is_alive(entry.conn):
+        if self.driver.is_alive(entry.conn):
             entry.verified_at = time.monotonic()
             return True
         return False

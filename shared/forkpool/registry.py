@@ -156,8 +156,8 @@ def close_all() -> None:
     close_every_instance()
     protection.release_all()
     pid = os.getpid()
-    for pool in list(all_pools()):  # pools made with Pool(...) directly too
-        if pool.pid == pid:
+    for pool in list(all_pools()):  # pools made with Pool(...) directly too; async ones close in their loop
+        if pool.pid == pid and isinstance(pool, Pool):
             pool.close()
 
 
@@ -193,7 +193,7 @@ def _create_pool(state: ProcessPools, name: str) -> Pool:
         # first use serialise here, and the losers find the winner's pool.
         pool = state.pools.get(name)
         if pool is None or pool.closed:
-            settings = _settings_for(name)
+            settings = settings_for(name)
             manager.make_room(state)
             manager.start_idle_closer(state)
             pool = Pool(settings, name)
@@ -203,7 +203,8 @@ def _create_pool(state: ProcessPools, name: str) -> Pool:
         return pool
 
 
-def _settings_for(name: str) -> PoolSettings:
+def settings_for(name: str) -> PoolSettings:
+    """The settings pool `name` is made with: configured, or for the default pool the environment."""
     settings = configured().get(name)
     if settings is not None:
         return settings

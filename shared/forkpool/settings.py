@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import psycopg2
 import psycopg2.extensions
 
+from .drivers import resolve_name
 from .errors import ConfigError
 from .redact import dsn_identity, dsn_password, redact_text
 
@@ -36,6 +37,7 @@ ENV_VARS: dict[str, str] = {
     "DB_POOL_CHECK_IDLE": "check_idle",
     "DB_POOL_LEAK_TIMEOUT": "leak_timeout",
     "DB_POOL_CONNECT_TIMEOUT": "connect_timeout",
+    "DB_POOL_DRIVER": "driver",
 }
 SIZE_ENV = "DB_POOL_SIZE"  # sets min_size = max_size: a fixed-size pool
 
@@ -60,6 +62,7 @@ class PoolSettings:
     leak_timeout: float = 0.0
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     connect_kwargs: Mapping[str, Any] | None = None
+    driver: str = ""  # "psycopg2", "psycopg" (3), or "" for the installed one (psycopg2 first)
 
     @property
     def identity(self) -> str:
@@ -122,7 +125,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any
         if raw is None or (field != "dsn" and not raw.strip()):
             continue
         parse = _PARSERS.get(field, _parse_seconds)
-        found[field] = raw if field == "dsn" else parse(var, raw)
+        found[field] = raw.strip() if field == "driver" else raw if field == "dsn" else parse(var, raw)
     return found
 
 
@@ -154,6 +157,7 @@ def validate(settings: PoolSettings) -> PoolSettings:
     for field in ("max_lifetime", "max_idle", "check_idle", "leak_timeout"):
         if getattr(settings, field) < 0:
             raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must not be negative (0 turns it off)")
+    resolve_name(settings.driver)  # an unknown or missing driver fails at start-up, not at the first checkout
     return settings
 
 

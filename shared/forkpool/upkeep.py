@@ -11,8 +11,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import psycopg2
-
 from . import stats as keys
 from .connections import Entry, close_quietly, connect
 from .errors import ConnectError
@@ -20,6 +18,7 @@ from .errors import ConnectError
 if TYPE_CHECKING:
     import threading
 
+    from .drivers import Driver
     from .maintenance import Maintainer
     from .settings import PoolSettings
     from .waiter import Waiter
@@ -39,6 +38,7 @@ class PoolUpkeep:
     _wait_times: deque[float]
     _maintainer: Maintainer
     _last_connect_error: str
+    driver: Driver
 
     def _size(self) -> int: ...  # noqa: E704 - implemented by Pool
     def _hand_over(self, entry: Entry) -> None: ...  # noqa: E704
@@ -54,7 +54,7 @@ class PoolUpkeep:
                 return False
             try:
                 entry = connect(self.settings, left)
-            except psycopg2.Error as exc:
+            except self.driver.Error as exc:
                 self._last_connect_error = self._describe(exc)
                 self._connect_failed(wanted - done)
                 return False

@@ -1,0 +1,351 @@
+"""An asyncio PostgreSQL pool (psycopg 3) owned by one process and one event loop.
+
+The same semantics as the threaded ``Pool``, in asyncio terms. Every change to
+the deques and counters happens in the loop's thread between two awaits, so no
+lock is needed: that is the invariant, and nothing here mutates pool state
+after an ``await`` without checking again. Callers that find no free
+connection wait FIFO, each on a future of its own; connecting, checks,
+rollbacks and closing happen outside any such section. A maintainer task
+(aio_upkeep.py) refills to ``min_size`` with backoff, trims and reports leaks.
+
+Cancellation: a caller cancelled while waiting leaves the queue (or hands back
+the connection it was served at that very moment); one cancelled while holding
+a connection gets it rolled back and returned by ``connection()``, or discarded
+when the cancelled query left it busy. No connection is lost, none handed out twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from . import stats as keys
+from .aio_upkeep import AsyncPoolUpkeep
+from .connections import Entry, format_checkout_stack
+from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
+from .extras import import_extra
+from .identity import application_name
+from .live_pools import all_pools
+from .pool import JUST_RETURNED
+from .redact import describe_error
+from .settings import PoolSettings
+
+logger = logging.getLogger("forkpool.pool")
+_monotonic = time.monotonic
+
+
+class AsyncPool(AsyncPoolUpkeep):
+    """Connections to one server and database, for the coroutines of one event loop in one process."""
+
+    def __init__(self, settings: PoolSettings, name: str = "default") -> None:
+        psycopg = import_extra("psycopg", "psycopg", "forkpool's asyncio pool")
+        self._psycopg = psycopg
+        self._idle_status = int(psycopg.pq.TransactionStatus.IDLE)
+        self._intrans = (int(psycopg.pq.TransactionStatus.INTRANS), int(psycopg.pq.TransactionStatus.INERROR))
+        self.name = name
+        self.settings = settings
+        self.identity = settings.identity
+        self.pid = os.getpid()
+        self.loop = asyncio.get_running_loop()
+        self._idle: deque[Entry] = deque()  # LIFO
+        self._in_use: dict[Any, Entry] = {}
+        self._waiting: deque[tuple[asyncio.Future[Entry], float]] = deque()  # (future, when it queued)
+        self._opening = 0
+        self._closed = False
+        self._inherited = False
+        self._suspect_before = 0.0
+        self._last_connect_error = ""
+        self._counts = dict.fromkeys(keys.COUNTERS, 0)
+        self._wait_times: deque[float] = deque(maxlen=1000)
+        self._size_changed = asyncio.Event()
+        self.last_active = _monotonic()
+        self._init_upkeep()
+        all_pools().add(self)  # the at-fork hook detaches it in a child, as it does the threaded pools
+
+    # -- public API -----------------------------------------------------------------
+
+    async def open(self, wait: bool = False, timeout: float | None = None) -> bool:
+        """Start the maintainer; with `wait`, fill to ``min_size`` first. True once full."""
+        self._raise_if_unusable()
+        if not wait:
+            self._start_maintainer()
+            return False
+        deadline = _monotonic() + (self.settings.connect_timeout if timeout is None else timeout)
+        filled = await self.fill(deadline)
+        self._start_maintainer()
+        return filled and await self.wait(max(deadline - _monotonic(), 0.0))
+
+    async def wait(self, timeout: float) -> bool:
+        """Until ``min_size`` connections are open, or `timeout` passes."""
+        deadline = _monotonic() + timeout
+        while self._size() < self.settings.min_size and not self._closed:
+            left = deadline - _monotonic()
+            if left <= 0:
+                return False
+            self._size_changed.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._size_changed.wait()
+            except TimeoutError:
+                return False
+        return not self._closed
+
+    async def getconn(self, timeout: float | None = None) -> Any:
+        """Check a connection out; wait (FIFO) up to `timeout` seconds for a free one."""
+        self._raise_if_unusable()
+        wait = self.settings.timeout if timeout is None else timeout
+        deadline = _monotonic() + wait
+        while True:
+            entry, fresh = await self._checkout(deadline, wait)
+            if fresh or await self._usable(entry):
+                break
+            self._retire(entry, broken=True, checked_out=False)
+        if self.settings.leak_timeout:
+            entry.checkout_stack = format_checkout_stack()
+        return entry.conn
+
+    async def putconn(self, conn: Any) -> None:
+        """Give a connection back: rolled back if mid-transaction, discarded if broken or busy."""
+        entry = self._in_use.get(conn)
+        if entry is None:
+            raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
+        clean = conn.pgconn.transaction_status == self._idle_status and not conn.autocommit
+        reusable = clean or await self._reset(conn)
+        now = _monotonic()
+        if not reusable or now >= entry.expires_at or self._closed:
+            self._retire(entry, broken=not reusable)
+            return
+        entry.returned_at = now
+        del self._in_use[conn]
+        self._hand_over(entry)
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """A connection for a block: committed on success, rolled back on error or cancellation, always returned."""
+        conn = await self.getconn(timeout)
+        try:
+            yield conn
+        except BaseException:
+            await _quietly(conn.rollback())
+            raise
+        else:
+            await conn.commit()
+        finally:
+            # Shielded: a second cancellation must not lose the connection on its way back.
+            await asyncio.shield(self.putconn(conn))
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot with the keys of ``forkpool.stats``, as the threaded pool's."""
+        snapshot: dict[str, Any] = {
+            keys.PID: self.pid, keys.NAME: self.name, keys.SERVER: self.identity,
+            keys.MIN_SIZE: self.settings.min_size, keys.MAX_SIZE: self.settings.max_size,
+            keys.SIZE: self._size(), keys.IDLE: len(self._idle), keys.IN_USE: len(self._in_use),
+            keys.WAITING: sum(1 for f, _ in self._waiting if not f.done()), keys.OPENING: self._opening,
+        }
+        snapshot.update(self._counts)
+        snapshot[keys.WAIT_MS_TOTAL] = round(snapshot[keys.WAIT_MS_TOTAL], 3)
+        return snapshot
+
+    async def close(self) -> None:
+        """Close idle connections now, in-use ones as they come back; waiters get PoolClosed."""
+        if self._closed:
+            return
+        self._closed = True
+        idle, self._idle = list(self._idle), deque()
+        self._counts[keys.CONNECTIONS_CLOSED] += len(idle)
+        waiters, self._waiting = list(self._waiting), deque()
+        self._size_changed.set()
+        for future, _ in waiters:
+            if not future.done():
+                future.set_exception(PoolClosed(f"{self!r} was closed while waiting"))
+        await self._stop_maintainer()
+        for entry in idle:
+            await _quietly(entry.conn.close())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "inherited" if self._inherited else "closed" if self._closed else "open"
+        return f"<AsyncPool {self.name!r} {self.identity} pid={self.pid} {state}>"
+
+    def detach_after_fork(self) -> None:
+        """In a forked child: drop every connection with no I/O and no lock (the at-fork hook). Idempotent."""
+        from .connections import detach_inherited
+
+        if self._inherited:
+            return
+        self._closed = self._inherited = True
+        for entry in [*self._idle, *self._in_use.values()]:
+            detach_inherited(entry.conn)
+        self._idle, self._in_use, self._waiting = deque(), {}, deque()
+        self._forget_maintainer()
+
+    # -- checkout ---------------------------------------------------------------------
+
+    async def _checkout(self, deadline: float, wait: float) -> tuple[Entry, bool]:
+        self._raise_if_unusable()
+        if self._idle:
+            return self._lend(self._idle.pop()), False
+        if self._size() + self._opening < self.settings.max_size:
+            self._opening += 1  # capacity reserved before the first await
+            return await self._open_for_caller(deadline), True
+        return await self._wait_in_line(deadline, wait), True
+
+    async def _wait_in_line(self, deadline: float, wait: float) -> Entry:
+        limit = self.settings.max_waiting
+        queued = sum(1 for f, _ in self._waiting if not f.done())
+        if limit and queued >= limit:
+            raise TooManyWaiting(f"{self!r}: {queued} callers already waiting (max_waiting={limit})")
+        future: asyncio.Future[Entry] = self.loop.create_future()
+        self._waiting.append((future, _monotonic()))
+        self._counts[keys.WAITS] += 1
+        try:
+            async with asyncio.timeout(max(deadline - _monotonic(), 0.0)):
+                return await future
+        except TimeoutError:
+            if _served(future):
+                return future.result()  # served as the time ran out: the caller takes it
+            self._leave(future)
+            self._counts[keys.TIMEOUTS] += 1
+            raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s "
+                              f"(max_size {self.settings.max_size}, {len(self._in_use)} in use)") from None
+        except asyncio.CancelledError:
+            if _served(future):
+                self._give_back_served(future.result())  # it never reached the cancelled caller
+            else:
+                self._leave(future)
+            raise
+
+    def _leave(self, future: asyncio.Future[Entry]) -> None:
+        for item in self._waiting:
+            if item[0] is future:
+                self._waiting.remove(item)
+                self._count_wait(_monotonic() - item[1])
+                return
+
+    def _give_back_served(self, entry: Entry) -> None:
+        del self._in_use[entry.conn]
+        self._counts[keys.CHECKOUTS] -= 1
+        self._hand_over(entry)
+
+    def _lend(self, entry: Entry) -> Entry:
+        entry.checked_out_at = self.last_active = _monotonic()
+        entry.leak_reported = False
+        self._in_use[entry.conn] = entry
+        self._counts[keys.CHECKOUTS] += 1
+        return entry
+
+    def _hand_over(self, entry: Entry) -> None:
+        """The longest waiter still waiting gets `entry`, else it goes idle. No await in here."""
+        while self._waiting:
+            future, queued_at = self._waiting.popleft()
+            if future.done():
+                continue  # cancelled or timed out: it left
+            self._lend(entry)
+            self._count_wait(entry.checked_out_at - queued_at)
+            future.set_result(entry)
+            return
+        self._idle.append(entry)
+
+    def _count_wait(self, waited: float) -> None:
+        self._counts[keys.WAIT_MS_TOTAL] += max(waited, 0.0) * 1000.0
+        self._wait_times.append(max(waited, 0.0))
+
+    async def _open_for_caller(self, deadline: float) -> Entry:
+        try:
+            entry = await self.connect(max(deadline - _monotonic(), 0.0))
+        except BaseException as exc:
+            self._opening -= 1
+            if isinstance(exc, self._psycopg.Error):
+                self._counts[keys.CONNECT_ERRORS] += 1
+                raise ConnectError(f"{self!r}: cannot connect: {self._describe(exc)}") from None
+            raise
+        self._opening -= 1
+        self._counts[keys.CONNECTIONS_OPENED] += 1
+        self._server_is_back()
+        if not self._closed:
+            self._size_changed.set()
+            return self._lend(entry)
+        self._counts[keys.CONNECTIONS_CLOSED] += 1
+        await _quietly(entry.conn.close())
+        raise PoolClosed(f"{self!r} was closed while connecting")
+
+    async def connect(self, timeout: float | None = None) -> Entry:
+        """Open one psycopg 3 async connection, named after this process; raises psycopg.Error."""
+        seconds = self.settings.connect_timeout if timeout is None else min(timeout, self.settings.connect_timeout)
+        kwargs: dict[str, Any] = dict(self.settings.connect_kwargs or {})
+        kwargs["application_name"] = application_name()
+        kwargs.setdefault("connect_timeout", max(1, round(seconds)))
+        conn = await self._psycopg.AsyncConnection.connect(self.settings.dsn, **kwargs)
+        return Entry(conn, self.settings.max_lifetime)
+
+    async def _usable(self, entry: Entry) -> bool:
+        idle_for = entry.checked_out_at - entry.returned_at
+        if idle_for < self.settings.check_idle and entry.verified_at >= self._suspect_before:
+            if idle_for < JUST_RETURNED or not entry.socket_has_news():
+                return True
+        self._counts[keys.CHECKS] += 1
+        try:
+            await entry.conn.execute("SELECT 1")
+            await entry.conn.rollback()
+        except self._psycopg.Error:
+            return False
+        entry.verified_at = _monotonic()
+        return True
+
+    async def _reset(self, conn: Any) -> bool:
+        status = conn.pgconn.transaction_status
+        if conn.closed or status not in (self._idle_status, *self._intrans):
+            return False  # closed, broken, or a cancelled query still running on it
+        try:
+            if status != self._idle_status:
+                await conn.rollback()
+            if conn.autocommit:
+                await conn.set_autocommit(False)
+        except self._psycopg.Error:
+            return False
+        return not conn.closed
+
+    def _retire(self, entry: Entry, broken: bool, checked_out: bool = True) -> None:
+        """Close a lent connection for good (in the background); the maintainer replaces it."""
+        self._in_use.pop(entry.conn, None)
+        if not checked_out:
+            self._counts[keys.CHECKOUTS] -= 1
+        self._counts[keys.CONNECTIONS_CLOSED] += 1
+        if broken:
+            self._counts[keys.CONNECTIONS_DISCARDED] += 1
+            self._suspect_before = _monotonic()
+            logger.info("%r: discarded a broken connection", self)
+        self._size_changed.set()
+        self._closing.add(self.loop.create_task(_quietly(entry.conn.close())))
+        self._wake_maintainer()
+
+    def _size(self) -> int:
+        return len(self._idle) + len(self._in_use)
+
+    def _raise_if_unusable(self) -> None:
+        if self._inherited:
+            raise PoolClosed(f"{self!r} belongs to process {self.pid}, not {os.getpid()} (inherited across fork)")
+        if self._closed:
+            raise PoolClosed(f"{self!r} is closed")
+
+    def _describe(self, exc: BaseException) -> str:
+        return self.settings.redact(describe_error(exc))
+
+
+def _served(future: asyncio.Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception:  # noqa: BLE001 - a dying connection may fail any way; it is gone either way
+        pass

@@ -1,0 +1,169 @@
+"""The two PostgreSQL drivers the pool speaks, behind one small interface.
+
+    driver = get_driver("psycopg")      # or "psycopg2"; "" picks the installed one (psycopg2 first)
+
+A driver opens a connection, says whether a returned one is clean (the hot
+path: one or two attribute reads), brings one back to idle, checks one with a
+round trip, rolls back and closes quietly. Nothing here takes a pool lock.
+
+Across fork both drivers leave the parent's session alone when an object made
+in another process is deallocated (psycopg2 >= 2.8: ``CONN_CHECK_PID`` in
+connection_type.c; psycopg 3: ``PGconn.__del__`` compares ``_procpid``), which
+is what the pool's fork detach relies on; tests/test_busy_fork.py runs on both.
+psycopg 3's connection also has a Python-level lock (``Connection.lock``) held
+while a query runs: the detach never takes it, as it never calls ``close()``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+PSYCOPG2, PSYCOPG = "psycopg2", "psycopg"
+NAMES = (PSYCOPG2, PSYCOPG)
+
+
+class Driver:
+    """What the pool asks of a driver. Subclasses fill in the module-specific parts."""
+
+    name = ""
+    Error: type[Exception] = Exception  # the driver's base error: anything the server or the network can raise
+    # True when a returned connection needs nothing: idle, not in autocommit. Set per driver to a
+    # closure over the driver's constants, because putconn() calls it on every return.
+    is_clean: Callable[[Any], bool]
+
+    def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def reset_for_reuse(self, conn: Any) -> bool:
+        """Bring a returned connection back to idle; False if it cannot be reused."""
+        raise NotImplementedError
+
+    def is_alive(self, conn: Any) -> bool:
+        """One round trip: does the server still answer on this (idle) connection?"""
+        if conn.closed:
+            return False
+        try:
+            conn.autocommit = True  # one SELECT, not BEGIN + SELECT + ROLLBACK
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            conn.autocommit = False
+            return True
+        except self.Error:
+            return False
+
+    def rollback_quietly(self, conn: Any) -> None:
+        """Roll back after a failed block; a broken connection fails here too and is discarded on return."""
+        try:
+            conn.rollback()
+        except self.Error:
+            pass
+
+    def close_quietly(self, conn: Any) -> None:
+        """Close a connection this process opened (sends Terminate: only ever in the owner)."""
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a dying connection may fail any way; it is gone either way
+            pass
+
+
+class Psycopg2Driver(Driver):
+    name = PSYCOPG2
+
+    def __init__(self) -> None:
+        import psycopg2
+        import psycopg2.extensions as ext
+
+        self._psycopg2 = psycopg2
+        self.Error = psycopg2.Error
+        self._idle, self._unknown = ext.TRANSACTION_STATUS_IDLE, ext.TRANSACTION_STATUS_UNKNOWN
+        idle = self._idle
+        self.is_clean = lambda conn: conn.get_transaction_status() == idle and not conn.autocommit
+
+    def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
+        return self._psycopg2.connect(dsn, **kwargs)
+
+    def reset_for_reuse(self, conn: Any) -> bool:
+        status = conn.get_transaction_status()  # UNKNOWN once closed
+        if status == self._idle and not conn.autocommit:
+            return True
+        if conn.closed or status == self._unknown:
+            return False
+        try:
+            if status != self._idle:
+                conn.rollback()
+            if conn.autocommit:
+                conn.autocommit = False
+        except self.Error:
+            return False
+        return not conn.closed
+
+
+class PsycopgDriver(Driver):
+    """psycopg 3: the same guarantees; statuses read from ``conn.pgconn`` (libpq's own, no enum built)."""
+
+    name = PSYCOPG
+
+    def __init__(self) -> None:
+        import psycopg
+        from psycopg import pq
+
+        self._psycopg = psycopg
+        self.Error = psycopg.Error
+        self._idle, self._unknown = int(pq.TransactionStatus.IDLE), int(pq.TransactionStatus.UNKNOWN)
+        self._active = int(pq.TransactionStatus.ACTIVE)
+        idle = self._idle
+        self.is_clean = lambda conn: conn.pgconn.transaction_status == idle and not conn.autocommit
+
+    def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
+        return self._psycopg.connect(dsn, **kwargs)
+
+    def reset_for_reuse(self, conn: Any) -> bool:
+        status = conn.pgconn.transaction_status
+        if status == self._idle and not conn.autocommit:
+            return True
+        if conn.closed or status in (self._unknown, self._active):
+            return False  # closed, broken, or a query still running (a cursor not consumed)
+        try:
+            if status != self._idle:
+                conn.rollback()
+            if conn.autocommit:
+                conn.autocommit = False
+        except self.Error:
+            return False
+        return not conn.closed
+
+
+_CLASSES: dict[str, type[Driver]] = {PSYCOPG2: Psycopg2Driver, PSYCOPG: PsycopgDriver}
+_made: dict[str, Driver] = {}
+
+
+def installed() -> list[str]:
+    """The supported drivers importable here, in the order "" picks them."""
+    return [name for name in NAMES if importlib.util.find_spec(name) is not None]
+
+
+def resolve_name(name: str) -> str:
+    """The driver a setting names ("" : the first installed); ConfigError for an unknown or missing one."""
+    if name and name not in NAMES:
+        raise ConfigError(f"DB_POOL_DRIVER={name!r} must be one of {', '.join(NAMES)}")
+    present = installed()
+    if not name:
+        if not present:
+            raise ConfigError("no PostgreSQL driver is installed: pip install 'forkpool[psycopg]' or psycopg2-binary")
+        return present[0]
+    if name not in present:
+        extra = "psycopg" if name == PSYCOPG else "psycopg2"
+        raise ConfigError(f"DB_POOL_DRIVER={name!r} is not installed: pip install 'forkpool[{extra}]'")
+    return name
+
+
+def get_driver(name: str = "") -> Driver:
+    """The driver object for `name` (one per process and name; drivers hold no connection state)."""
+    resolved = resolve_name(name)
+    driver = _made.get(resolved)
+    if driver is None:
+        driver = _made.setdefault(resolved, _CLASSES[resolved]())
+    return driver

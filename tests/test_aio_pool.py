@@ -1,0 +1,270 @@
+"""The asyncio pool: one per process and event loop, FIFO on futures, cancellation-safe, fork-safe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+import forkpool
+from forkpool import stats as keys
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def invariants(snapshot: dict) -> bool:
+    return (snapshot[keys.SIZE] == snapshot[keys.IDLE] + snapshot[keys.IN_USE]
+            and snapshot[keys.CONNECTIONS_OPENED] - snapshot[keys.CONNECTIONS_CLOSED] == snapshot[keys.SIZE]
+            and snapshot[keys.SIZE] <= snapshot[keys.MAX_SIZE])
+
+
+async def backend_pid(conn) -> int:
+    cur = await conn.execute("SELECT pg_backend_pid()")
+    return (await cur.fetchone())[0]
+
+
+def test_one_pool_per_loop_shared_by_its_coroutines_and_a_new_one_for_another_loop():
+    forkpool.configure(min_size=1, max_size=2)
+
+    async def main():
+        pools = await asyncio.gather(*(forkpool.get_async_pool() for _ in range(20)))
+        assert all(p is pools[0] for p in pools)
+        assert await pools[0].wait(10)
+        await forkpool.close_async_pools()
+        return pools[0]
+
+    first = run(main())
+    second = run(main())
+    assert first is not second and first.closed and second.closed
+
+
+def test_a_block_commits_on_success_rolls_back_on_error_and_always_returns(sessions, suite_id):
+    forkpool.configure(min_size=1, max_size=1)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        async with pool.connection() as conn:
+            await conn.execute("CREATE TEMP TABLE t_async (v int)")
+            await conn.execute("INSERT INTO t_async VALUES (1)")
+        with pytest.raises(RuntimeError):
+            async with pool.connection() as conn:
+                await conn.execute("INSERT INTO t_async VALUES (2)")
+                raise RuntimeError("boom")
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT array_agg(v), current_setting('application_name') FROM t_async")
+            values, name = await cur.fetchone()
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return values, name, snapshot
+
+    values, name, snapshot = run(main())
+    assert values == [1] and name == f"{suite_id}:app:{os.getpid()}"
+    assert snapshot[keys.IN_USE] == 0 and snapshot[keys.CHECKOUTS] == 3 and invariants(snapshot)
+    assert set(snapshot) == set(keys.ALL_KEYS)
+
+
+def test_waiters_are_served_fifo_and_time_out_with_pool_timeout():
+    forkpool.configure(min_size=1, max_size=1, timeout=30)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        held = await pool.getconn()
+        order: list[int] = []
+
+        async def wait_turn(number: int) -> None:
+            async with pool.connection() as conn:
+                order.append(number)
+                await conn.execute("SELECT 1")
+
+        waiters = [asyncio.create_task(wait_turn(n)) for n in range(8)]
+        await asyncio.sleep(0.1)  # all queued, in creation order
+        assert pool.stats()[keys.WAITING] == 8
+        await pool.putconn(held)
+        await asyncio.gather(*waiters)
+        held = await pool.getconn()
+        with pytest.raises(forkpool.PoolTimeout):
+            await pool.getconn(timeout=0.2)
+        await pool.putconn(held)
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return order, snapshot
+
+    order, snapshot = run(main())
+    assert order == list(range(8))
+    assert snapshot[keys.TIMEOUTS] == 1 and snapshot[keys.WAITING] == 0 and invariants(snapshot)
+
+
+def test_max_waiting_refuses_the_next_caller():
+    forkpool.configure(min_size=1, max_size=1, max_waiting=1)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        held = await pool.getconn()
+        queued = asyncio.create_task(pool.getconn(timeout=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(forkpool.TooManyWaiting):
+            await pool.getconn(timeout=5)
+        await pool.putconn(held)
+        await pool.putconn(await queued)
+        await forkpool.close_async_pools()
+
+    run(main())
+
+
+def test_cancellation_loses_no_connection_and_leaves_no_ghost_in_the_queue():
+    forkpool.configure(min_size=2, max_size=2)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        assert await pool.wait(10)
+        held = [await pool.getconn(), await pool.getconn()]
+        # Cancelled while waiting: off the queue.
+        waiting = [asyncio.create_task(pool.getconn(timeout=30)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        for task in waiting[::2]:
+            task.cancel()
+        await asyncio.sleep(0)
+        for conn in held:
+            await pool.putconn(conn)  # served to the two waiters still in line
+        served = [await task for task in waiting[1::2]]
+        assert pool.stats()[keys.WAITING] == 0
+        for conn in served:
+            await pool.putconn(conn)
+
+        # Cancelled while holding, mid-query: the block returns (or discards) the connection.
+        async def slow():
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_sleep(5)")
+
+        tasks = [asyncio.create_task(slow()) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert await pool.wait(10)  # the maintainer replaced whatever was discarded
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return snapshot
+
+    snapshot = run(main())
+    assert snapshot[keys.IN_USE] == 0 and snapshot[keys.WAITING] == 0 and invariants(snapshot)
+    assert snapshot[keys.SIZE] == 2
+
+
+def test_a_server_side_kill_is_discarded_and_the_pool_refills(admin, suite_id):
+    forkpool.configure(min_size=2, max_size=2, check_idle=0)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        assert await pool.wait(10)
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+              f"{suite_id}:%")
+        for _ in range(4):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")  # never handed a dead one: the pre-use check caught them
+        assert await pool.wait(10)
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return snapshot
+
+    snapshot = run(main())
+    assert snapshot[keys.CONNECTIONS_DISCARDED] >= 2 and snapshot[keys.SIZE] == 2 and invariants(snapshot)
+
+
+def test_reuse_within_the_idle_threshold_costs_no_round_trip():
+    forkpool.configure(min_size=1, max_size=1, check_idle=5)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        for _ in range(50):
+            async with pool.connection():
+                pass
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return snapshot
+
+    assert run(main())[keys.CHECKS] == 0
+
+
+def test_a_forked_child_gets_its_own_async_pool_and_the_parents_sessions_survive(count_settles):
+    forkpool.configure(min_size=2, max_size=2)
+
+    async def parent_pids():
+        pool = await forkpool.get_async_pool()
+        assert await pool.wait(10)
+        conns = [await pool.getconn(), await pool.getconn()]
+        pids = [await backend_pid(c) for c in conns]
+        for conn in conns:
+            await pool.putconn(conn)
+        return pool, pids
+
+    loop = asyncio.new_event_loop()
+    try:
+        pool, before = loop.run_until_complete(parent_pids())
+        read_fd, write_fd = os.pipe()
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                assert pool.closed  # the inherited one is detached: PoolClosed on use
+
+                async def own():
+                    mine = await forkpool.get_async_pool()
+                    async with mine.connection() as conn:
+                        pid = await backend_pid(conn)
+                    await forkpool.close_async_pools()
+                    return mine is not pool and pid not in before
+
+                os.write(write_fd, b"ok" if asyncio.run(own()) else b"no")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        assert os.read(read_fd, 2) == b"ok"
+        os.waitpid(child, 0)
+        assert count_settles(2) == 2
+        _, after = loop.run_until_complete(parent_pids())
+        assert sorted(after) == sorted(before)
+        loop.run_until_complete(forkpool.close_async_pools())
+    finally:
+        loop.close()
+
+
+def test_lifetime_and_idle_trimming_reconnect_with_the_same_counts():
+    forkpool.configure(min_size=1, max_size=3, max_idle=0.3, max_lifetime=600)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        held = [await pool.getconn() for _ in range(3)]
+        for conn in held:
+            await pool.putconn(conn)
+        assert pool.stats()[keys.SIZE] == 3
+        await asyncio.sleep(1.6)  # past max_idle, and a maintainer round or two
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return snapshot
+
+    snapshot = run(main())
+    assert snapshot[keys.SIZE] == 1 and invariants(snapshot)  # trimmed back to min_size
+
+
+def test_connect_failure_is_a_connect_error_with_no_password(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:s3cret@127.0.0.1:1/db")  # nothing listens on port 1
+    forkpool.configure(min_size=0, max_size=1, connect_timeout=1)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        try:
+            with pytest.raises(forkpool.ConnectError) as raised:
+                await pool.getconn(timeout=2)
+            return str(raised.value), repr(pool)
+        finally:
+            await forkpool.close_async_pools()
+
+    message, shown = run(main())
+    assert "s3cret" not in message + shown and "127.0.0.1" in message
