@@ -4,11 +4,23 @@ A protected bare connection is the process's own: a forked child's copy is
 pointed at /dev/null and left unclosed (psycopg2 >= 2.8 and psycopg 3 skip
 PQfinish for a connection made in another process), so any use in the child
 fails at once instead of corrupting the parent's session; the child makes its
-own connection. Masters close theirs before forking, workers at exit.
+own connection. Masters close theirs before forking, workers at exit. (A
+master's connection is then closed in its workers too: using it there fails
+with the driver's "connection already closed" / "the connection is closed".)
+
+A process that needs a connection of its own, in every worker::
+
+    own = forkpool.per_process(lambda: psycopg2.connect(dsn, application_name=forkpool.application_name()),
+                               detach=drop_without_io, close=lambda conn: conn.close())
+
+    with own().cursor() as cur: ...   # this process's connection, made on first use
+
+Tried with psycopg2 2.9.13 and psycopg 3.3.9 (``Connection`` and ``AsyncConnection``).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from typing import Any
@@ -46,14 +58,29 @@ class BareConnection:
         return postgres(dsn_of(obj))
 
     def detach(self, obj: Any) -> None:
-        pass  # its socket went to /dev/null with the others: using it in the child now fails cleanly
+        # Its socket went to /dev/null with the others (this again covers a DSN that hides
+        # the server, a service file say): using it in the child now fails cleanly.
+        drop_without_io(obj)
 
     def release(self, obj: Any) -> None:
-        if not obj.closed:
-            obj.close()
+        if obj.closed:
+            return
+        pending = obj.close()
+        if inspect.isawaitable(pending):  # psycopg's AsyncConnection: from sync hooks, with no loop
+            _run_to_end(pending, fallback=obj.pgconn.finish)
 
     def warm(self, obj: Any, deadline: float) -> bool:
         return time.monotonic() <= deadline
+
+
+def _run_to_end(coroutine: Any, fallback: Any) -> None:
+    """Finish a coroutine that awaits nothing (a bare ``AsyncConnection.close()``); else close it, run `fallback`."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    fallback()
 
 
 INTEGRATION = BareConnection()
