@@ -12,12 +12,13 @@ object working in a child and the parent's sessions surviving it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
 
 import pytest
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import forkpool
 from forkpool import identity, protection
@@ -163,3 +164,17 @@ def test_release_closes_the_pool_properly_and_leaves_it_openable(database_url, s
     assert INTEGRATION.warm(pool, time.monotonic() + 10)  # a new worker's start: the same object, open again
     assert len(sessions()) == 2 and not pool.closed
     pool.close()
+
+
+def test_an_async_pool_is_released_in_its_own_idle_loop_and_opens_again(database_url, sessions, forget_protected):
+    loop = asyncio.new_event_loop()  # alive, not running: a Celery main process's per-process loop, say
+    pool = forkpool.protect(AsyncConnectionPool(database_url, min_size=2, max_size=2, timeout=3, open=False))
+    loop.run_until_complete(pool.open(wait=True))
+    assert wait_for(lambda: len(sessions()) == 2, timeout=10), sessions()
+    protection.release_all()  # pool.close() ran in its loop
+    assert pool.closed
+    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+    loop.run_until_complete(pool.open(wait=True))  # the same object, openable again
+    assert len(sessions()) == 2
+    loop.run_until_complete(pool.close())
+    loop.close()

@@ -123,6 +123,8 @@ def test_redis_under_celery_prefork(variant, protected, servers, database_url, r
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_a_sync_child_never_waits_for_the_pool_lock_a_parent_thread_held(protected, redis_url, suite_id,
                                                                         forget_protected):
+    if not protected and int(redis.__version__.split(".")[0]) < 6:
+        pytest.skip(f"redis-py {redis.__version__} makes a new pool lock in its own fork reset (before 6)")
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     if protected:
         forkpool.protect(client)
@@ -150,7 +152,7 @@ def test_a_sync_child_never_waits_for_the_pool_lock_a_parent_thread_held(protect
         done.set()
         holder.join()
     if not protected:
-        assert report == "lock held"  # the child's first command would wait forever
+        assert report == "lock held"  # the child's first command would wait forever (reset, get_connection)
     else:
         child_id, name = report.split()
         assert int(child_id) != parent_id and name.startswith(f"{suite_id}:") and not name.endswith(f":{os.getpid()}")

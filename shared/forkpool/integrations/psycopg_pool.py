@@ -41,8 +41,8 @@ needs the same values anyway, private ones included (below).
   pool is rebuilt and when a worker starts (its role is set by then).
 
 Private attributes, read only where psycopg_pool stores a constructor
-argument nowhere else (tried with psycopg_pool 3.3.3; the same names since
-3.1): ``_configure``, ``_check``, ``_reset``, ``_reconnect_failed``; ``_pool``
+argument nowhere else (tried with psycopg_pool 3.3.3, 3.2.6 and 3.1.9, with
+psycopg 3.3.9: the same names): ``_configure``, ``_check``, ``_reset``, ``_reconnect_failed``; ``_pool``
 (its idle connections: in a child, and for an async pool at release);
 ``_sched_runner`` (an async pool's task, which tells the pool's loop).
 """

@@ -11,10 +11,11 @@ would freeze the name of whichever process wrote it: the at-fork hook runs
 before the server hooks set the worker's role.)
 
 Sync client. redis-py resets a pool by pid (``ConnectionPool._checkpid``),
-but that reset takes ``_fork_lock`` (with a 5 s timeout, then
-``ChildDeadlockedError``) and, since redis-py 8, the pool's ``_lock`` (no
-timeout): a child forked while a parent thread held either hangs or fails
-on its first command. In a child, after its inherited sockets went to
+but that takes ``_fork_lock`` (with a 5 s timeout, then
+``ChildDeadlockedError``), and since redis-py 6 the reset keeps the pool's
+``_lock`` (5.x made a new one), which redis-py 8's ``reset()`` takes and 6
+and 7 take right after, in ``get_connection()`` (no timeout): a child forked
+while a parent thread held either hangs or fails on its first command. In a child, after its inherited sockets went to
 /dev/null, forkpool gives the pool two new locks and leaves the rest to
 redis-py's own pid check: the inherited connections are dropped there, and
 their ``disconnect()`` skips ``shutdown()`` in a process other than their
@@ -41,7 +42,8 @@ such a connection on its next use (``_close()``, or dropping its streams
 when their loop is closed).
 
 Private attributes, each only where redis-py has no public way (tried with
-redis-py 8.1.0; 5.x and 6.x have the same names): sync ``pool._fork_lock``
+redis-py 8.1.0, 6.4.0 and 5.0.8: the same names; 5.x has no asyncio pool
+lock, and its sync client no ``single_connection_lock``, set anyway): sync ``pool._fork_lock``
 and ``pool._lock`` (replaced in a child); asyncio ``pool._lock`` and
 ``BlockingConnectionPool._condition`` (replaced in a child),
 ``pool._available_connections`` / ``pool._in_use_connections`` and a
