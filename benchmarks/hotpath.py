@@ -45,13 +45,15 @@ import psycopg2.pool
 
 import forkpool
 from forkpool import stats as keys
-from forkpool.connections import reset_for_reuse
+from forkpool.drivers import get_driver
 from forkpool.errors import PoolTimeout
 from forkpool.settings import build_settings
 
 from .pool_bench import POOL_SIZE, THREADS, make_op, run_window
 
 _monotonic = time.monotonic
+# The pools here run on psycopg2 (the driver "" picks first); its reset moved from connections.py to drivers.py.
+reset_for_reuse = get_driver("psycopg2").reset_for_reuse
 
 
 # -- prototypes of the suggestions ----------------------------------------------------------
