@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -44,6 +45,15 @@ def _version(*dists: str) -> str | None:
     return None
 
 
+def _forkpool_version() -> str | None:
+    """The forkpool imported (a stale forkpool.egg-info in the working directory can shadow its metadata)."""
+    try:
+        import forkpool
+    except ImportError:
+        return None
+    return getattr(forkpool, "__version__", None) or _version("forkpool")
+
+
 def _libpq(number: int) -> str:
     major, minor = divmod(number, 10000)
     return f"{major}.{minor}" if major >= 10 else f"{major}.{minor // 100}.{minor % 100}"
@@ -64,7 +74,8 @@ def source_state() -> dict[str, Any]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     dirty = _git("status", "--porcelain", "--", "shared")
     return {"git_commit": _git("rev-parse", "HEAD"),
-            "shared_dirty_files": [line[3:] for line in dirty.splitlines()] if dirty else [],
+            # _git() strips the output, and with it the first line's leading status blank: split instead.
+            "shared_dirty_files": [line.split(maxsplit=1)[-1] for line in dirty.splitlines()] if dirty else [],
             "shared_sha256": digest.hexdigest()}
 
 
@@ -96,7 +107,7 @@ def pool_bench_packages() -> dict[str, str | None]:
     import psycopg2
 
     return {
-        "forkpool (ours)": _version("forkpool"),
+        "forkpool (ours)": _forkpool_version(),
         "psycopg2-binary": _version("psycopg2-binary", "psycopg2"),
         "psycopg2 libpq": _libpq(psycopg2.__libpq_version__),
         "psycopg": _version("psycopg"),
@@ -107,12 +118,30 @@ def pool_bench_packages() -> dict[str, str | None]:
     }
 
 
+def aio_bench_packages() -> dict[str, str | None]:
+    """aio_bench's peers, the libpq psycopg links, and the event loop measured."""
+    import asyncio
+
+    import psycopg
+
+    policy = type(asyncio.get_event_loop_policy())
+    return {
+        "forkpool (ours)": _forkpool_version(),
+        "psycopg": _version("psycopg"),
+        "psycopg implementation": psycopg.pq.__impl__,
+        "psycopg libpq": _libpq(psycopg.pq.version()),
+        "psycopg-pool": _version("psycopg-pool", "psycopg_pool"),
+        "asyncpg": _version("asyncpg"),
+        "event loop": f"asyncio ({policy.__module__}.{policy.__qualname__})",
+    }
+
+
 def suite_packages() -> dict[str, str | None]:
     """What the suite benchmark's servers run on."""
     import psycopg2
 
     return {
-        "forkpool (ours)": _version("forkpool"),
+        "forkpool (ours)": _forkpool_version(),
         "psycopg2-binary": _version("psycopg2-binary", "psycopg2"),
         "psycopg2 libpq": _libpq(psycopg2.__libpq_version__),
         "gunicorn": _version("gunicorn"),
@@ -154,6 +183,7 @@ def machine_markdown(machine: dict[str, Any], extra_rows: Iterable[tuple[str, st
              f"| memory | {machine['memory']} |",
              f"| platform | {machine['platform']} |",
              f"| load average (1, 5, 15 min) at start / end | {load} |",
+             f"| CPU use during the run | {cpu_use_text(machine.get('cpu_use'))} |",
              f"| Python | {machine['python']['version']} ({machine['python']['implementation']}) |",
              f"| PostgreSQL | {machine['postgresql']['version']}, {machine['postgresql']['server']} |"]
     lines += [f"| {name} | {value} |" for name, value in extra_rows]
@@ -165,3 +195,90 @@ def machine_markdown(machine: dict[str, Any], extra_rows: Iterable[tuple[str, st
               f"| shared/ uncommitted changes | {dirty} |",
               f"| shared/forkpool/*.py sha256 | {source['shared_sha256'][:16]} |"]
     return lines
+
+
+# -- how busy the machine was during a run ----------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat() -> list[int] | None:
+    """All CPUs' counters from /proc/stat: user nice system idle iowait irq softirq steal (ticks)."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process, from /proc/<pid>/stat."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def postmaster_pid(dsn: str) -> int | None:
+    """The local PostgreSQL server's main process (the parent of a backend), or None if not on this machine."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn, application_name="bench:probe")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+        found = _proc_cpu(backend)
+    finally:
+        conn.close()
+    return found[0] if found else None
+
+
+def _server_cpu(postmaster: int | None) -> dict[int, float]:
+    if postmaster is None:
+        return {}
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            info = _proc_cpu(int(entry.name))
+            if info and (info[0] == postmaster or int(entry.name) == postmaster):
+                found[int(entry.name)] = info[1]
+    return found
+
+
+class CpuMeter:
+    """How busy the machine's CPUs were between start and result(), and whose work it was: this
+    process, the benchmark's PostgreSQL server (postmaster and its live children; backends that
+    exited before the end are not counted) and everything else (other people's work)."""
+
+    def __init__(self, postmaster: int | None = None) -> None:
+        self.postmaster = postmaster
+        self._stat, self._self, self._server = _proc_stat(), os.times(), _server_cpu(postmaster)
+        self._began = time.monotonic()
+
+    def result(self) -> dict[str, Any] | None:
+        stat, now, server = _proc_stat(), os.times(), _server_cpu(self.postmaster)
+        if stat is None or self._stat is None:
+            return None
+        seconds = time.monotonic() - self._began
+        delta = [b - a for a, b in zip(self._stat, stat)]
+        total = sum(delta) or 1
+        capacity = seconds * (os.cpu_count() or 1)  # CPU seconds the machine had
+        busy = (total - delta[3] - delta[4]) / total  # all but idle and iowait
+        own = (now.user + now.system - self._self.user - self._self.system) / capacity
+        served = sum(cpu - self._server.get(pid, 0.0) for pid, cpu in server.items()) / capacity \
+            if self.postmaster else None
+        return {"seconds": round(seconds, 1), "cpus": os.cpu_count(),
+                "machine_busy_pct": round(100 * busy, 1), "steal_pct": round(100 * delta[7] / total, 1),
+                "this_process_pct": round(100 * own, 1),
+                "server_pct": None if served is None else round(100 * served, 1),
+                "others_pct": round(100 * max(busy - own - (served or 0.0), 0.0), 1)}
+
+
+def cpu_use_text(use: dict[str, Any] | None) -> str:
+    if not use:
+        return "-"
+    server = "" if use["server_pct"] is None else f", its PostgreSQL {use['server_pct']} %"
+    return (f"{use['machine_busy_pct']} % busy over {use['seconds']} s on {use['cpus']} CPUs: "
+            f"this benchmark {use['this_process_pct']} %{server}, everything else {use['others_pct']} % "
+            f"(steal {use['steal_pct']} %)")
