@@ -1,8 +1,11 @@
 """The pools under test in pool_bench, each opened and filled to POOL_SIZE before the first round.
 
-    ours               forkpool.Pool (min = max = 5), getconn()/putconn(), default settings
+    ours               forkpool.Pool (min = max = 5) on psycopg2, getconn()/putconn(), default settings
     ours_nocheck       diagnostic: ours with its pre-use health check removed
     ours_check_always  diagnostic: ours with check_idle=0 (a round trip before every checkout)
+    ours_psycopg       forkpool.Pool on psycopg 3 (driver="psycopg"), default settings: the
+                       reference psycopg_pool is paired against (same driver on both sides)
+    ours_psycopg_nocheck  diagnostic: ours_psycopg with its pre-use health check removed
     psycopg2           ThreadedConnectionPool(5, 5) behind a BoundedSemaphore(5)
     psycopg_pool       psycopg 3's ConnectionPool (and psycopg_pool_check, with check=)
     sqlalchemy         QueuePool over psycopg2 (and sqlalchemy_pre_ping)
@@ -56,17 +59,24 @@ def build_contenders(dsn: str, stack: ExitStack) -> dict[str, Contender]:
     found: dict[str, Contender] = {}
 
     def ours(key: str, name: str, config: str, cls: type = forkpool.Pool, **extra: Any) -> None:
+        extra.setdefault("driver", "psycopg2")  # what "" picks when both are installed, said explicitly
         pool = cls(build_settings(dsn=dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, **extra), name)
         stack.callback(pool.close)
         pool.open(wait=True)
         found[key] = Contender(key, "ours", config, pool.getconn, pool.putconn, pool=pool)
 
-    ours("ours", "bench", "forkpool.Pool, default settings (check_idle 5 s + idle socket poll)")
+    ours("ours", "bench", "forkpool.Pool on psycopg2, default settings (check_idle 5 s + idle socket poll)")
     nocheck = _no_check_pool_class(forkpool.Pool)
     if nocheck is not None:
         ours("ours_nocheck", "bench-nocheck", "forkpool.Pool with its pre-use check removed (diagnostic)", nocheck)
     ours("ours_check_always", "bench-check-always", "forkpool.Pool, check_idle=0: a round trip per checkout "
          "(diagnostic)", check_idle=0)
+    # The same pool on psycopg 3: psycopg_pool's figures are paired against this one (same driver).
+    ours("ours_psycopg", "bench-psycopg", 'forkpool.Pool on psycopg 3 (driver="psycopg"), default settings',
+         driver="psycopg")
+    if nocheck is not None:
+        ours("ours_psycopg_nocheck", "bench-psycopg-nocheck", "forkpool.Pool on psycopg 3 with its pre-use check "
+             "removed (diagnostic)", nocheck, driver="psycopg")
 
     # psycopg2's pool raises PoolError when exhausted; the semaphore makes threads wait instead.
     p2 = psycopg2.pool.ThreadedConnectionPool(POOL_SIZE, POOL_SIZE, dsn, application_name=f"{APP_NAME}:psycopg2")

@@ -1,12 +1,14 @@
 """The pool against its peers: checkout cost, fairness and health-check overhead.
 
-    python -m benchmarks.pool_bench                  # default run: about 2.5 minutes on 2 cores
+    python -m benchmarks.pool_bench                  # default run: about 3.5 minutes on 2 cores
     python -m benchmarks.pool_bench --quick          # a few seconds: does everything still run?
     python -m benchmarks.pool_bench --rounds 15 --ops 40000 --out /tmp/results
 
 Contenders, all holding 5 connections to the same server:
 
-    ours          forkpool.Pool (min = max = 5), getconn()/putconn(), default settings
+    ours          forkpool.Pool (min = max = 5) on psycopg2, getconn()/putconn(), default settings
+    ours_psycopg  the same on psycopg 3 (driver="psycopg"): psycopg_pool's figures are also
+                  paired against it, the same driver on both sides
     psycopg2      psycopg2.pool.ThreadedConnectionPool(5, 5) behind a BoundedSemaphore(5),
                   so threads wait instead of getting PoolError when it is exhausted
     psycopg_pool  psycopg_pool.ConnectionPool (psycopg 3), min = max = 5, getconn()/putconn()
@@ -14,12 +16,13 @@ Contenders, all holding 5 connections to the same server:
                   engine.raw_connection() / .close()
     connect       psycopg2.connect() + close() per operation (SELECT 1 scenarios only)
 
-and two diagnostic variants of ours, which are not peers:
+and three diagnostic variants of ours, which are not peers:
 
     ours_nocheck       ours with its pre-use health check removed (``_usable`` always true):
                        the "checks off" baseline of the on/off overhead
     ours_check_always  ours with check_idle=0: a round trip before every checkout, like
                        psycopg_pool's check= and SQLAlchemy's pool_pre_ping
+    ours_psycopg_nocheck  ours_psycopg with its pre-use health check removed
 
 Scenarios: (a) checkout + return, (b) checkout + SELECT 1 + commit + return, each with
 1 thread (a fixed number of operations) and with 8 threads on the pool of 5 (all threads
@@ -60,7 +63,7 @@ from pathlib import Path
 
 from .contenders import APP_NAME, POOL_SIZE, build_contenders
 from .figures import derive, summarize
-from .machine import load_average, machine_info, pool_bench_packages
+from .machine import CpuMeter, load_average, machine_info, pool_bench_packages, postmaster_pid
 from .output import print_report, write_results
 from .scenarios import PASSES_8T, SCENARIOS, SETTLE, THREADS, Plan, run_rounds
 
@@ -130,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             server = stack.enter_context(EmbeddedPostgres(max_connections=100))
             dsn = server.url
         machine = machine_info(dsn, embedded, APP_NAME, pool_bench_packages())
-        progress("opening pools")
+        meter = CpuMeter(postmaster_pid(dsn) if embedded else None)
+        progress(f"opening pools (load average {machine['load_average_at_start']})")
         contenders = build_contenders(dsn, stack)
         progress(f"{plan.rounds} rounds x {len(SCENARIOS)} scenarios")
-        results = run_rounds(contenders, plan, progress)
+        results, rounds = run_rounds(contenders, plan, progress)
         ours_stats = {key: c.pool.stats() for key, c in contenders.items() if c.pool is not None}
+        machine["cpu_use"] = meter.result()
     machine["load_average_at_end"] = load_average()
 
     scenarios = summarize(results, contenders)
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "contenders": {key: {"family": c.family, "config": c.config} for key, c in contenders.items()},
         "scenarios": scenarios,
         "derived": derive(scenarios),
+        "rounds": rounds,
         "ours_pool_stats": ours_stats,
     }
     print_report(report)

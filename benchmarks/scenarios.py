@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .contenders import Contender
+from .machine import load_average
 
 THREADS = 8
 
@@ -47,18 +48,24 @@ SCENARIO_BY_KEY = {s.key: s for s in SCENARIOS}
 
 # Column (how a contender is named in the results) -> instance measured, per kind of scenario.
 PEERS = ["ours", "psycopg2", "psycopg_pool", "sqlalchemy", "connect"]
-DIAGNOSTICS = ["ours_nocheck", "ours_check_always"]
+# ours on psycopg 3: not a peer but a second reference, the one psycopg_pool is paired against.
+OURS_PSYCOPG = "ours_psycopg"
+DIAGNOSTICS = ["ours_nocheck", "ours_check_always", "ours_psycopg_nocheck"]
+# The columns on psycopg 3, each also reported as a ratio to OURS_PSYCOPG (the same driver on both sides).
+PSYCOPG3_COLUMNS = (OURS_PSYCOPG, "psycopg_pool", "ours_psycopg_nocheck")
+COLUMN_ORDER = ["ours", OURS_PSYCOPG, *PEERS[1:], *DIAGNOSTICS]
 
 
 def members(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
     """(column -> contender instance measured, column -> why not applicable)."""
     if scenario.checks:
-        run = {"ours": "ours", "ours_check_always": "ours_check_always",
+        run = {"ours": "ours", OURS_PSYCOPG: OURS_PSYCOPG, "ours_check_always": "ours_check_always",
                "psycopg_pool": "psycopg_pool_check", "sqlalchemy": "sqlalchemy_pre_ping"}
         na = {"psycopg2": "psycopg2.pool has no health check",
               "connect": "nothing to check: fresh connection each time (see (b))"}
         return run, na
-    run = {"ours": "ours", "ours_nocheck": "ours_nocheck", "psycopg2": "psycopg2",
+    run = {"ours": "ours", "ours_nocheck": "ours_nocheck", OURS_PSYCOPG: OURS_PSYCOPG,
+           "ours_psycopg_nocheck": "ours_psycopg_nocheck", "psycopg2": "psycopg2",
            "psycopg_pool": "psycopg_pool", "sqlalchemy": "sqlalchemy"}
     na: dict[str, str] = {}
     if scenario.op == "select1":
@@ -206,8 +213,10 @@ def measure(scenario: Scenario, contender: Contender, plan: Plan, scale: float =
 
 
 def run_rounds(contenders: dict[str, Contender], plan: Plan, progress: Callable[[str], None]
-               ) -> dict[str, dict[str, Series]]:
+               ) -> tuple[dict[str, dict[str, Series]], list[dict[str, Any]]]:
+    """Every round's series per scenario and column, and per round its duration and the load average after it."""
     rng = random.Random(plan.seed)
+    rounds: list[dict[str, Any]] = []
     results: dict[str, dict[str, Series]] = {s.key: {} for s in SCENARIOS}
     lineup = {s.key: {col: key for col, key in members(s)[0].items() if key in contenders} for s in SCENARIOS}
 
@@ -233,5 +242,9 @@ def run_rounds(contenders: dict[str, Contender], plan: Plan, progress: Callable[
                     samples[column].append(measure(scenario, contenders[key], plan))
             for column, taken in samples.items():
                 results[scenario.key].setdefault(column, Series()).add(taken)
-        progress(f"round {number + 1}/{plan.rounds} done in {time.monotonic() - began:.1f} s")
-    return results
+        load = load_average()
+        rounds.append({"seconds": round(time.monotonic() - began, 2),
+                       "load_average": [round(x, 2) for x in load] if load else None})
+        progress(f"round {number + 1}/{plan.rounds} done in {rounds[-1]['seconds']:.1f} s, "
+                 f"load {(rounds[-1]['load_average'] or ['?'])[0]}")
+    return results, rounds

@@ -42,6 +42,10 @@ def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, da
         results, not_applicable = scenario["results"], scenario["not_applicable"]
         assert PEERS <= set(results) | set(not_applicable), key
         assert "ours" in results and "psycopg_pool" in results and "sqlalchemy" in results, key
+        # psycopg 3: ours on the same driver, and psycopg_pool paired against it
+        assert "ours_psycopg" in results, key
+        assert results["psycopg_pool"]["ratio_to_ours_psycopg"]["median"] > 0, key
+        assert results["psycopg_pool"]["driver"] == results["ours_psycopg"]["driver"] == "psycopg 3", key
         for name, row in results.items():
             figures = row["ns_per_op"]
             assert 0 < figures["min"] <= figures["median"] <= figures["max"], (key, name)
@@ -50,12 +54,19 @@ def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, da
             if scenario["threads"] > 1:
                 # 0 is a real figure: a peer without a queue can starve a thread for a whole window.
                 assert 0 <= row["fairness"]["median"] <= 1, (key, name)
-                if name == "ours":
+                if name in ("ours", "ours_psycopg"):
                     assert row["fairness"]["median"] > 0, key  # FIFO: every thread gets its turns
     assert "psycopg2" in report["scenarios"]["select1_8t"]["results"]
     assert "connect" in report["scenarios"]["select1_1t"]["results"]
     assert "psycopg2" in report["scenarios"]["checked_select1_8t"]["not_applicable"]
     assert report["derived"]["ours_checks_on_vs_off"]["select1_8t"]["median"] > 0
+    assert report["derived"]["ours_psycopg_checks_on_vs_off"]["select1_8t"]["median"] > 0
+    assert "ours_psycopg_nocheck" in report["scenarios"]["select1_8t"]["results"]
+    goals = report["derived"]["goals"]
+    assert {g["driver"] for g in goals} == {"psycopg2", "psycopg 3"}
+    assert all(g["figure"] is not None for g in goals), goals
+    assert len(report["rounds"]) == report["config"]["rounds"]
+    assert machine["cpu_use"]["machine_busy_pct"] >= 0
 
 
 # -- the suite end to end (benchmarks.suite_bench) ------------------------------------------------------------
