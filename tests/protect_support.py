@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 from harness._procs import free_port
 from tests.server_support import Server, by_process, get, gunicorn_argv
@@ -27,6 +27,24 @@ def doctor(master: int, database_url: str, *extra: str, redis_url: str | None = 
                              "--dsn", database_url, *redis, *extra], capture_output=True, text=True, timeout=60)
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout)
+
+
+def settled_doctor(master: int, database_url: str, *extra: str, redis_url: str | None = None,
+                   timeout: float = 20.0) -> dict:
+    """Doctor until it finds no error, or `timeout`: the last report.
+
+    After a load with recycling a child may have just exited, and the server
+    not yet noticed its session (an orphan for a moment): a steady
+    deployment is clean, a broken one stays flagged.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        report = doctor(master, database_url, *extra, redis_url=redis_url)
+        if not errors(report) or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
 
 
 def errors(report: dict) -> list[dict]:

@@ -1,4 +1,4 @@
-"""forkpool.protect(conn) for a bare psycopg2 / psycopg connection, under real Gunicorn (preload_app) and Celery prefork.
+"""forkpool.protect(conn), a bare psycopg2 / psycopg connection, under real Gunicorn (preload_app) and Celery prefork.
 
 A connection made at import time, with recycling (max_requests /
 max_tasks_per_child), each case twice. Unprotected: the workers talk through
@@ -18,17 +18,21 @@ import asyncio
 import os
 import uuid
 
-import psycopg
 import psycopg2
 import pytest
+
+try:
+    import psycopg
+except ImportError:  # the psycopg (3) cases skip, saying so
+    psycopg = None
 
 import forkpool
 from forkpool import protection
 from forkpool.integrations.dbapi import drop_without_io
 from tests.conftest import wait_for
 from tests.protect_support import (APPS, doctor, errors, failures, held_by, http_load, in_child, masters,
-                                   recycled_http_load, shared, shared_backends, start_celery_app, start_gunicorn_app,
-                                   task_load)
+                                   recycled_http_load, settled_doctor, shared, shared_backends, start_celery_app,
+                                   start_gunicorn_app, task_load)
 from tests.server_support import by_process
 
 APP = APPS / "dbapi"
@@ -40,6 +44,11 @@ CLOSED = {"psycopg2": "error InterfaceError", "psycopg": "error OperationalError
 DEVNULL = {"psycopg2": "error DatabaseError: could not receive data from server: Socket operation on non-socket",
            "psycopg": "error OperationalError: consuming input failed: could not receive data from server: "
                       "Socket operation on non-socket"}
+
+
+def _needs(driver: str) -> None:
+    if driver == "psycopg" and psycopg is None:
+        pytest.skip("psycopg (3) is not installed: pip install 'psycopg[binary]'")
 
 
 @pytest.fixture
@@ -64,6 +73,7 @@ def _one_each(sessions, suite_id: str, role: str, live: list[int], answered: set
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_bare_connection_under_gunicorn_preload(variant, protected, servers, database_url, sessions, suite_id,
                                                 tmp_path):
+    _needs(variant)
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant}
     conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
     server, url = start_gunicorn_app(servers, APP, conf, "web:app", env, tmp_path / "gunicorn.log", WORKERS)
@@ -81,7 +91,7 @@ def test_bare_connection_under_gunicorn_preload(variant, protected, servers, dat
     assert len(answered) > WORKERS  # max_requests recycled some
     steady = lambda: _one_each(sessions, suite_id, "web", server.children(), answered)  # noqa: E731
     assert wait_for(steady, timeout=15), (by_process(sessions, suite_id), server.children(), answered)
-    after = doctor(server.pid, database_url, "--pool-size", "1")
+    after = settled_doctor(server.pid, database_url, "--pool-size", "1")
     assert errors(after) == [] and held_by(after, "postgresql")[server.pid] == 0, after["findings"]
     assert wait_for(steady, timeout=15), (by_process(sessions, suite_id), server.children(), answered)
     assert server.stop() == 0
@@ -92,6 +102,7 @@ def test_bare_connection_under_gunicorn_preload(variant, protected, servers, dat
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_bare_connection_under_celery_prefork(variant, protected, servers, database_url, redis_url, sessions,
                                               suite_id, tmp_path):
+    _needs(variant)
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant, "REDIS_URL": redis_url}
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
     worker = start_celery_app(servers, APP, "tasks", queue, env, tmp_path / "celery.log", CONCURRENCY)
@@ -109,7 +120,7 @@ def test_bare_connection_under_celery_prefork(variant, protected, servers, datab
     assert len(answered | {pid for pid, _ in inherited}) > CONCURRENCY  # max_tasks_per_child recycled some
     steady = lambda: _one_each(sessions, suite_id, "worker", worker.children(), answered)  # noqa: E731
     assert wait_for(steady, timeout=15), (by_process(sessions, suite_id), worker.children(), answered)
-    after = doctor(worker.pid, database_url, "--pool-size", "1")
+    after = settled_doctor(worker.pid, database_url, "--pool-size", "1")
     assert errors(after) == [] and held_by(after, "postgresql")[worker.pid] == 0, after["findings"]
     assert worker.stop() == 0
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
@@ -137,6 +148,7 @@ def _backend(conn) -> int:
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_a_child_fails_cleanly_on_a_protected_connection_and_the_parent_keeps_its_session(
         driver, protected, database_url, sessions, forget_protected):
+    _needs(driver)
     conn = _connect(driver, database_url)
     if protected:
         forkpool.protect(conn)
@@ -153,6 +165,7 @@ def test_a_child_fails_cleanly_on_a_protected_connection_and_the_parent_keeps_it
 
 @pytest.mark.parametrize("driver", VARIANTS)
 def test_per_process_gives_each_child_its_own_connection(driver, database_url, sessions, forget_protected):
+    _needs(driver)
     own = forkpool.per_process(lambda: _connect(driver, database_url), detach=drop_without_io,
                                close=lambda mine: mine.close(), key=f"test.own.{driver}")
     parent = _backend(own())
@@ -165,6 +178,7 @@ def test_per_process_gives_each_child_its_own_connection(driver, database_url, s
 
 def test_an_async_connection_is_released_from_sync_hooks_and_fails_cleanly_in_a_child(database_url, sessions,
                                                                                     forget_protected):
+    _needs("psycopg")
     loop = asyncio.new_event_loop()
     conn = loop.run_until_complete(psycopg.AsyncConnection.connect(
         database_url, application_name=forkpool.application_name(), autocommit=True))

@@ -18,16 +18,18 @@ import time
 import uuid
 
 import pytest
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-import forkpool
-from forkpool import identity, protection
-from forkpool.integrations.psycopg_pool import INTEGRATION
-from tests.conftest import wait_for
-from tests.protect_support import (APPS, doctor, errors, exact, failures, held_by, http_load, in_child, masters,
-                                   recycled_http_load, shared, shared_backends, start_celery_app, start_gunicorn_app,
-                                   task_load)
-from tests.server_support import by_process
+pytest.importorskip("psycopg_pool", reason="psycopg_pool is not installed: pip install 'forkpool[psycopg_pool]'")
+from psycopg_pool import AsyncConnectionPool, ConnectionPool  # noqa: E402
+
+import forkpool  # noqa: E402
+from forkpool import identity, protection  # noqa: E402
+from forkpool.integrations.psycopg_pool import INTEGRATION  # noqa: E402
+from tests.conftest import wait_for  # noqa: E402
+from tests.protect_support import (APPS, doctor, errors, exact, failures, held_by, http_load, in_child,  # noqa: E402
+                                   masters, recycled_http_load, settled_doctor, shared, shared_backends,
+                                   start_celery_app, start_gunicorn_app, task_load)
+from tests.server_support import by_process  # noqa: E402
 
 APP = APPS / "pgpool"
 WORKERS, POOL, CONCURRENCY = 3, 2, 2
@@ -56,6 +58,8 @@ def _protected(before: dict, answers: list, first: list) -> None:
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_psycopg_pool_under_gunicorn_preload(variant, protected, servers, database_url, sessions, suite_id,
                                              tmp_path):
+    if variant == "asyncio":
+        pytest.importorskip("uvicorn_worker", reason="the asyncio app runs under Gunicorn's uvicorn worker (dev extra)")
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant}
     conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
     module = "asgi:app" if variant == "asyncio" else "web:app"
@@ -71,7 +75,7 @@ def test_psycopg_pool_under_gunicorn_preload(variant, protected, servers, databa
     assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), \
         (by_process(sessions, suite_id), server.children())
-    after = doctor(server.pid, database_url, "--pool-size", str(POOL))
+    after = settled_doctor(server.pid, database_url, "--pool-size", str(POOL))
     assert errors(after) == [] and held_by(after, "postgresql")[server.pid] == 0, after["findings"]
     # Steady again (no replacement booting) before the stop: a worker spawned as the master
     # handles SIGTERM misses it (Gunicorn's own race) and the stop would not be graceful.
@@ -99,7 +103,7 @@ def test_psycopg_pool_under_celery_prefork(variant, protected, servers, database
     assert len({pid for pid, _ in answers}) > CONCURRENCY  # max_tasks_per_child recycled some
     assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
         (by_process(sessions, suite_id), worker.children())
-    after = doctor(worker.pid, database_url, "--pool-size", str(POOL))
+    after = settled_doctor(worker.pid, database_url, "--pool-size", str(POOL))
     assert errors(after) == [] and held_by(after, "postgresql")[worker.pid] == 0, after["findings"]
     # Steady again (no replacement starting) before the stop, which must be graceful.
     assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \

@@ -1,4 +1,4 @@
-"""forkpool.protect(redis client), sync and asyncio, under real Gunicorn (preload_app) and Celery prefork, with recycling.
+"""forkpool.protect(redis client), sync and asyncio, under real Gunicorn (preload_app) and Celery prefork.
 
 Each case runs twice. Unprotected (a client made at import time, as users do):
 the master keeps its connection and the workers hold the same socket (doctor
@@ -25,8 +25,8 @@ from forkpool import identity, protection
 from harness.services import EmbeddedRedis
 from tests.conftest import wait_for
 from tests.protect_support import (APPS, doctor, endpoint_of, errors, exact, failures, held_by, http_load, in_child,
-                                   recycled_http_load, redis_sessions, shared, shared_backends, start_celery_app,
-                                   start_gunicorn_app, task_load)
+                                   recycled_http_load, redis_sessions, settled_doctor, shared, shared_backends,
+                                   start_celery_app, start_gunicorn_app, task_load)
 from tests.server_support import by_process
 
 APP = APPS / "redispy"
@@ -54,6 +54,8 @@ def forget_protected():
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_redis_under_gunicorn_preload(variant, protected, servers, database_url, redis_url, suite_id, tmp_path):
+    if variant == "asyncio":
+        pytest.importorskip("uvicorn_worker", reason="the asyncio app runs under Gunicorn's uvicorn worker (dev extra)")
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant}
     conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
     module = "asgi:app" if variant == "asyncio" else "web:app"
@@ -76,7 +78,7 @@ def test_redis_under_gunicorn_preload(variant, protected, servers, database_url,
     assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     assert wait_for(lambda: exact(clients, suite_id, "web", server.children(), 1), timeout=15), \
         (by_process(clients, suite_id), server.children())
-    after = doctor(server.pid, database_url, redis_url=redis_url)
+    after = settled_doctor(server.pid, database_url, redis_url=redis_url)
     assert errors(after) == [] and held_by(after, "redis", at)[server.pid] == 0, after["findings"]
     # Steady again (no replacement booting) before the stop: a worker spawned as the master
     # handles SIGTERM misses it (Gunicorn's own race) and the stop would not be graceful.
@@ -111,7 +113,7 @@ def test_redis_under_celery_prefork(variant, protected, servers, database_url, r
     assert len({pid for pid, _ in answers}) > CONCURRENCY  # max_tasks_per_child recycled some
     assert wait_for(lambda: exact(clients, suite_id, "worker", worker.children(), 1), timeout=15), \
         (by_process(clients, suite_id), worker.children())
-    after = doctor(worker.pid, database_url, redis_url=redis_url)
+    after = settled_doctor(worker.pid, database_url, redis_url=redis_url)
     assert errors(after) == [] and held_by(after, "redis", at)[worker.pid] == 0, after["findings"]
     # Steady again (no replacement starting) before the stop, which must be graceful.
     assert wait_for(lambda: exact(clients, suite_id, "worker", worker.children(), 1), timeout=15), \

@@ -1,4 +1,4 @@
-"""psycopg_pool pools (``ConnectionPool``, ``AsyncConnectionPool``, the null pools): the same object, reborn per process.
+"""psycopg_pool pools (``ConnectionPool``, ``AsyncConnectionPool``, the null pools): one object, rebuilt per process.
 
 psycopg_pool is not fork-safe by design: its worker threads (or tasks) do
 not exist in a child, so an inherited pool times out there (psycopg#544), and
