@@ -5,6 +5,10 @@
 - a child detaches what it inherited, then opens its own pools eagerly, so a
   steady deployment holds exactly processes x pool size connections;
 - a child closes its pools (and every ``per_process`` instance) when it exits.
+
+An async worker (``uvicorn_worker.UvicornWorker``) differs in one step: its
+asyncio pools belong to the event loop that opens them, and that loop starts
+after the server's hooks ran, so the app's lifespan opens and closes them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,18 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
     if not full:
         logger.warning("%s: pools not full after %.1f s; they keep connecting in the background", role, timeout)
     return full
+
+
+def start_async_child(role: str) -> None:
+    """In an async worker after fork: detach what was inherited, open nothing.
+
+    The worker's event loop does not exist yet: the app's lifespan startup opens
+    the pools in it (``await open_async_pools()``), bounded like ``start_in_child``.
+    """
+    set_process_role(role)
+    after_fork_in_child()
+    if multiprocess_dir() is not None:
+        from . import metrics  # noqa: F401 - the exporter registers with every pool, async ones too
 
 
 def stop_in_child() -> None:
