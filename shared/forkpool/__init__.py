@@ -32,7 +32,7 @@ from __future__ import annotations
 from . import stats
 from .aio_pool import AsyncPool
 from .aio_redis import close_async_redis, get_async_redis
-from .aio_registry import async_stats, close_async_pools, get_async_pool, open_async_pools
+from .aio_registry import async_health_check, async_stats, close_async_pools, get_async_pool, open_async_pools
 from .errors import (
     ConfigError,
     ConnectError,
@@ -64,6 +64,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AsyncPool",
+    "async_health_check",
     "async_stats",
     "close_async_pools",
     "close_async_redis",

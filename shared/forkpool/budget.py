@@ -81,10 +81,11 @@ class Budget:
         """The arithmetic, line by line, as printed by ``forkpool budget``."""
         p, s = self.plan, self.limits
         shares = [p.web_connections, p.worker_connections] + ([p.asgi_connections] if p.asgi_workers else [])
+        asgi = f"asgi:    {p.asgi_workers} workers x pool {p.pool_size} = {p.asgi_connections}"
         lines = [
             f"web:     {p.web_workers} workers x pool {p.pool_size} = {p.web_connections}",
             f"workers: {p.worker_concurrency} processes x pool {p.pool_size} = {p.worker_connections}",
-            *([f"asgi:    {p.asgi_workers} workers x pool {p.pool_size} = {p.asgi_connections}"] if p.asgi_workers else []),
+            *([asgi] if p.asgi_workers else []),
             f"ceiling: {' + '.join(map(str, shares))} = {p.ceiling}",
             f"needed:  ceiling {p.ceiling} + other clients {p.other_clients} = {self.needed}",
             f"server:  max_connections {s.max_connections} - superuser_reserved {s.superuser_reserved}"

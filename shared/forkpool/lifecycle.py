@@ -20,7 +20,7 @@ from .identity import set_process_role
 from .metrics_dir import multiprocess_dir
 from . import protection
 from .per_process import home
-from .registry import after_fork_in_child, close_all, get_pool, open_pools, pool_names
+from .registry import after_fork_in_child, close_all, get_pool, pool_names, process_pools
 
 logger = logging.getLogger("forkpool.lifecycle")
 
@@ -30,7 +30,9 @@ DEFAULT_OPEN_TIMEOUT = 2.5
 
 def release_in_master(where: str) -> None:
     """Close every pool, client and per_process instance a master has, saying what it found."""
-    names = [pool.name for pool in open_pools()]
+    # peek(), not open_pools(): asking must not create the registry's instance and then report it.
+    state = process_pools.peek()
+    names = sorted(name for name, pool in state.pools.items() if not pool.closed) if state is not None else []
     if names or home().created or protection.protected():
         logger.info("%s: closing %s opened in the master; masters hold no connections",
                     where, f"pools {names}" if names else "per-process instances")
