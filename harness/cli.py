@@ -80,7 +80,7 @@ def load_options(command: Callable) -> Callable:
                      help="Recycle each task process after this many tasks (0: never)."),
         click.option("--preload/--no-preload", default=False, show_default=True, help="Gunicorn preload_app."),
         click.option("--kill-workers", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="SIGKILL this many random web and task processes during the load."),
+                     help="SIGKILL this many random web, task (and asgi) processes during the load, in turn."),
         click.option("--max-connections", type=click.IntRange(min=10), default=100, show_default=True,
                      help="max_connections of the embedded PostgreSQL."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -96,6 +96,9 @@ def load_options(command: Callable) -> Callable:
 @click.command(context_settings=_CONTEXT)
 @size_options({"web_workers": 3, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=False)
 @load_options
+@click.option("--asgi-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also run the async tier (Starlette under Gunicorn's uvicorn workers) with this many workers, "
+                   "pool --pool-size each; half the users load it (0: off).")
 @click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
 @click.option("--stack", type=click.Choice(["forkpool", "flask-sqlalchemy"]), default="forkpool", show_default=True,
               help="The data layer web and workers run on: forkpool's pool, or Flask-SQLAlchemy / SQLAlchemy "
@@ -104,6 +107,8 @@ def loadtest(**params: Any) -> None:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
     from . import preflight
 
+    if params["asgi_workers"] and (params["naive"] or params["stack"] != "forkpool"):
+        raise click.UsageError("--asgi-workers runs forkpool's asyncio pool: not with --naive or another --stack")
     preflight.check_suite(preflight.SuiteNeeds(params["pool_size"], params["web_threads"]))
     sys.exit(_run(params))
 
