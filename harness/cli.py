@@ -166,18 +166,19 @@ def fault(scenario: str, json_path: Path | None) -> None:
               help="Write report files and logs here.")
 @click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
 def demo(report_dir: Path | None, no_contrast: bool) -> None:
-    """The tour: 3 web workers, 2 task processes, pools of 4, mixed load with recycling and kills."""
+    """The tour: 3 web workers, 2 task processes, 2 ASGI workers, pools of 4, mixed load with recycling and kills."""
     from . import preflight
 
     preflight.check_suite(preflight.SuiteNeeds(pool_size=4))
-    params = dict(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, duration=20.0, users=10,
-                  task_rate=5.0, max_requests=150, max_tasks_per_child=25, preload=False, kill_workers=2,
+    # The async tier adds about a second to the tour (README: the proof): its Gunicorn starts beside the others.
+    params = dict(web_workers=3, web_threads=1, worker_concurrency=2, asgi_workers=2, pool_size=4, duration=20.0,
+                  users=10, task_rate=5.0, max_requests=150, max_tasks_per_child=25, preload=False, kill_workers=3,
                   max_connections=100, json_path=None, report_dir=report_dir, naive=False)
     code = _run(params)
     if not no_contrast:
         click.echo("\nNow the same suite without the per-process hooks (pool created in the master, inherited):")
         contrast = {**params, "duration": 8.0, "max_requests": 0, "max_tasks_per_child": 0, "kill_workers": 0,
-                    "naive": True, "report_dir": report_dir / "naive" if report_dir else None}
+                    "asgi_workers": 0, "naive": True, "report_dir": report_dir / "naive" if report_dir else None}
         _run(contrast)
     sys.exit(code)
 
