@@ -149,11 +149,7 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
     report.checks.append(checks.check_settled([s for s in sampler.samples if s.t > load_end], expected,
                                               plan.pool_size, pid_alive))
     report.checks.append(checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options)))
-    web_reports = web_pool_reports(suite.web.url, set(suite.web.children()))
-    worker_reports = worker_pool_reports(celery, plan.queue, plan.worker_concurrency)
-    asgi_reports = web_pool_reports(suite.asgi.url, set(suite.asgi.children())) if suite.asgi else None
-    final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
-    _let_recycled_exit({**web_reports, **worker_reports, **(asgi_reports or {})}, final)
+    web_reports, worker_reports, asgi_reports, final = _pool_reports(suite, sampler, celery)
     report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive,
                                                   asgi_reports))
     watch.look()  # twice more after the load, recycling and kills: a finding must be seen twice
@@ -225,6 +221,26 @@ def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
             found.append(Event(sample.t, "recycle", f"process {pid} ended its sessions"))
         before = now
     return found
+
+
+def _pool_reports(suite: RunningSuite, sampler: Sampler, celery, rounds: int = 3
+                  ) -> tuple[dict[int, dict], dict[int, dict], dict[int, dict] | None, Sample]:
+    """Each process's own stats (check 5), then the server's count; asked again while a role has no live report.
+
+    Asking recycles processes too: the stats tasks count towards max_tasks_per_child,
+    the GET /pool requests towards max_requests. A role whose every reporter then
+    exited is asked again (its replacements answer), at most `rounds` times.
+    """
+    plan = suite.plan
+    for _ in range(rounds):
+        web = web_pool_reports(suite.web.url, set(suite.web.children()))
+        asgi = web_pool_reports(suite.asgi.url, set(suite.asgi.children())) if suite.asgi else None
+        worker = worker_pool_reports(celery, plan.queue, plan.worker_concurrency)  # last: it recycles the most
+        final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
+        _let_recycled_exit({**web, **worker, **(asgi or {})}, final)
+        if all(any(pid_alive(pid) for pid in reports) for reports in (web, worker, asgi) if reports is not None):
+            break
+    return web, worker, asgi, final
 
 
 def _let_recycled_exit(reports: dict[int, dict], final: Sample, grace: float = 3.0) -> None:
