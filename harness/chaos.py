@@ -75,8 +75,12 @@ def worker_pool_reports(app: Celery, queue: str, processes: int, timeout: float 
     return reports
 
 
+# How a kill is described: run.py counts "web worker" kills (dropped requests allowed) by this text.
+KIND = {"web": "web worker", "worker": "task process", "asgi": "asgi worker"}
+
+
 class Killer:
-    """SIGKILLs `count` random web and task processes, spread over the load phase."""
+    """SIGKILLs `count` random web, task (and asgi) processes, spread over the load phase, in turn."""
 
     def __init__(self, suite: RunningSuite, count: int, duration: float, clock: Callable[[], float]) -> None:
         self.suite, self.count, self.duration, self.clock = suite, count, duration, clock
@@ -103,10 +107,14 @@ class Killer:
             at = self.duration * (0.2 + 0.5 * i / max(self.count - 1, 1))
             if self._stop.wait(max(start + at - time.monotonic(), 0.0)):
                 return
-            self._kill_one(web=i % 2 == 0)
+            self._kill_one(self._turns()[i % len(self._turns())])
 
-    def _kill_one(self, web: bool) -> None:
-        server = self.suite.web if web else self.suite.worker
+    def _turns(self) -> list[str]:
+        return ["web", "worker"] + (["asgi"] if self.suite.asgi is not None else [])
+
+    def _kill_one(self, role: str) -> None:
+        server = {"web": self.suite.web, "worker": self.suite.worker, "asgi": self.suite.asgi}[role]
+        assert server is not None
         for _ in range(5):  # a chosen process may have just recycled on its own: pick again
             candidates = server.children()
             if not candidates:
@@ -120,5 +128,4 @@ class Killer:
         else:
             return
         self.killed.add(pid)
-        kind = "web worker" if web else "task process"
-        self.events.append(Event(self.clock(), "kill", f"SIGKILL {kind} {pid}"))
+        self.events.append(Event(self.clock(), "kill", f"SIGKILL {KIND[role]} {pid}"))

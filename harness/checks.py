@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 from .model import Check, Overlap, RoleSummary, Sample
 
-WEB, WORKER = "web", "worker"
+WEB, WORKER, ASGI = "web", "worker", "asgi"
 
 # A recycled process and its replacement may overlap: at most one pool's worth,
 # for at most this long (seconds), is tolerated above the ceiling.
@@ -19,8 +19,13 @@ OVERLAP_BOUND_S = 5.0
 SETTLE_BOUND_S = 20.0
 
 
-def expected_by_role(web_workers: int, worker_concurrency: int, pool_size: int) -> dict[str, int]:
-    return {WEB: web_workers * pool_size, WORKER: worker_concurrency * pool_size}
+def expected_by_role(web_workers: int, worker_concurrency: int, pool_size: int,
+                     asgi_workers: int = 0) -> dict[str, int]:
+    """processes x pool size per role; the async tier's role only when it runs."""
+    expected = {WEB: web_workers * pool_size, WORKER: worker_concurrency * pool_size}
+    if asgi_workers:
+        expected[ASGI] = asgi_workers * pool_size
+    return expected
 
 
 def check_steady_state(sample: Sample | None, expected: dict[str, int], master_pids: Iterable[int],
@@ -96,7 +101,8 @@ def check_work_done(keys: list[str], rows_per_key: dict[str, int], status_counts
     """4: every task wrote its row exactly once; no 5xx but 503 (pool timeout), which is counted.
 
     A web worker SIGKILLed by the harness drops the requests it was serving (at most
-    its thread count): those connection errors, and only those, are allowed.
+    its thread count; for an ASGI worker, at most one per load user it served):
+    those connection errors, and only those, are allowed.
     """
     missing = [k for k in keys if rows_per_key.get(k, 0) == 0]
     doubled = [k for k in keys if rows_per_key.get(k, 0) > 1]
@@ -107,29 +113,33 @@ def check_work_done(keys: list[str], rows_per_key: dict[str, int], status_counts
     detail = (f"{len(keys)} tasks, {len(keys) - len(missing)} rows written, {len(missing)} missing, "
               f"{len(doubled)} written twice; HTTP 503 (pool timeout): {status_counts.get('503', 0)}, "
               f"other 5xx: {other}, dropped connections: {dropped} (allowed {killed_in_flight}: in flight on "
-              "killed web workers)")
+              "killed web and asgi workers)")
     return Check(4, "every task done exactly once; no 5xx but counted 503s", passed, detail)
 
 
 def check_stats_agree(web_reports: dict[int, dict], worker_reports: dict[int, dict],
-                      server_by_pid: dict[int, int], is_alive: Callable[[int], bool]) -> Check:
+                      server_by_pid: dict[int, int], is_alive: Callable[[int], bool],
+                      asgi_reports: dict[int, dict] | None = None) -> Check:
     """5: each live process's own pool stats agree with what the server saw for its pid.
 
-    Reports come from GET /pool (web) and a stats task (workers); a process that
-    answered and was recycled before the server was asked is left out, and said so.
+    Reports come from GET /pool (web, and asgi when it runs) and a stats task
+    (workers); a process that answered and was recycled before the server was
+    asked is left out, and said so. Every role that runs must have a live report.
     """
-    reports = {**web_reports, **worker_reports}
+    by_role = {WEB: web_reports, WORKER: worker_reports, **({ASGI: asgi_reports} if asgi_reports is not None else {})}
+    reports = {pid: r for role_reports in by_role.values() for pid, r in role_reports.items()}
     live = {pid: r for pid, r in reports.items() if is_alive(pid)}
     disagree = {pid: (r.get("size"), server_by_pid.get(pid, 0)) for pid, r in live.items()
                 if r.get("size") != server_by_pid.get(pid, 0)}
-    heard_from_both = bool(set(web_reports) & set(live)) and bool(set(worker_reports) & set(live))
-    passed = heard_from_both and not disagree
-    detail = (f"{len(web_reports)} web and {len(worker_reports)} task processes reported, {len(live)} still alive; "
+    unheard = [role for role, role_reports in by_role.items() if not set(role_reports) & set(live)]
+    passed = not unheard and not disagree
+    heard = ", ".join(f"{len(r)} {'task' if role == WORKER else role}" for role, r in by_role.items())
+    detail = (f"{heard} processes reported, {len(live)} still alive; "
               f"disagreeing (pool size, server): {disagree or 'none'}")
     if len(live) < len(reports):
         detail += f"; recycled since reporting: {sorted(set(reports) - set(live))}"
-    if not heard_from_both:
-        detail += "; no live report from one of the roles"
+    if unheard:
+        detail += f"; no live report from {', '.join(unheard)}"
     return Check(5, "each process's pool stats agree with the server", passed, detail)
 
 

@@ -80,7 +80,7 @@ def load_options(command: Callable) -> Callable:
                      help="Recycle each task process after this many tasks (0: never)."),
         click.option("--preload/--no-preload", default=False, show_default=True, help="Gunicorn preload_app."),
         click.option("--kill-workers", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="SIGKILL this many random web and task processes during the load."),
+                     help="SIGKILL this many random web, task (and asgi) processes during the load, in turn."),
         click.option("--max-connections", type=click.IntRange(min=10), default=100, show_default=True,
                      help="max_connections of the embedded PostgreSQL."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -96,6 +96,9 @@ def load_options(command: Callable) -> Callable:
 @click.command(context_settings=_CONTEXT)
 @size_options({"web_workers": 3, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=False)
 @load_options
+@click.option("--asgi-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also run the async tier (Starlette under Gunicorn's uvicorn workers) with this many workers, "
+                   "pool --pool-size each; half the users load it (0: off).")
 @click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
 @click.option("--stack", type=click.Choice(["forkpool", "flask-sqlalchemy"]), default="forkpool", show_default=True,
               help="The data layer web and workers run on: forkpool's pool, or Flask-SQLAlchemy / SQLAlchemy "
@@ -104,6 +107,8 @@ def loadtest(**params: Any) -> None:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
     from . import preflight
 
+    if params["asgi_workers"] and (params["naive"] or params["stack"] != "forkpool"):
+        raise click.UsageError("--asgi-workers runs forkpool's asyncio pool: not with --naive or another --stack")
     preflight.check_suite(preflight.SuiteNeeds(params["pool_size"], params["web_threads"]))
     sys.exit(_run(params))
 
@@ -161,18 +166,19 @@ def fault(scenario: str, json_path: Path | None) -> None:
               help="Write report files and logs here.")
 @click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
 def demo(report_dir: Path | None, no_contrast: bool) -> None:
-    """The tour: 3 web workers, 2 task processes, pools of 4, mixed load with recycling and kills."""
+    """The tour: 3 web workers, 2 task processes, 2 ASGI workers, pools of 4, mixed load with recycling and kills."""
     from . import preflight
 
     preflight.check_suite(preflight.SuiteNeeds(pool_size=4))
-    params = dict(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, duration=20.0, users=10,
-                  task_rate=5.0, max_requests=150, max_tasks_per_child=25, preload=False, kill_workers=2,
+    # The async tier adds about a second to the tour (README: the proof): its Gunicorn starts beside the others.
+    params = dict(web_workers=3, web_threads=1, worker_concurrency=2, asgi_workers=2, pool_size=4, duration=20.0,
+                  users=10, task_rate=5.0, max_requests=150, max_tasks_per_child=25, preload=False, kill_workers=3,
                   max_connections=100, json_path=None, report_dir=report_dir, naive=False)
     code = _run(params)
     if not no_contrast:
         click.echo("\nNow the same suite without the per-process hooks (pool created in the master, inherited):")
         contrast = {**params, "duration": 8.0, "max_requests": 0, "max_tasks_per_child": 0, "kill_workers": 0,
-                    "naive": True, "report_dir": report_dir / "naive" if report_dir else None}
+                    "asgi_workers": 0, "naive": True, "report_dir": report_dir / "naive" if report_dir else None}
         _run(contrast)
     sys.exit(code)
 

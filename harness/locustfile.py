@@ -24,7 +24,10 @@ weight     request                                 stats name
 1          ``GET /pool`` (also once at start)      ``/pool``
 =========  ======================================  =========================
 
-Every ``record_event`` key is globally unique, ``f"{SUITE_ID}:{uuid4().hex}"``,
+``AsgiUser`` does the same against the async tier (the Starlette app under
+Gunicorn's uvicorn workers) when ``FORKPOOL_ASGI_HOST`` is set, with its
+stats names prefixed ``asgi `` (``asgi /items?limit=20``); otherwise it does
+not run. Every ``record_event`` key is globally unique, ``f"{SUITE_ID}:{uuid4().hex}"``,
 so a run's events can be found (and counted exactly once) in the ``events`` table.
 
 How responses count (Locust's failure statistics):
@@ -48,6 +51,12 @@ Environment:
     seconds each user waits between tasks (default 0.01 / 0.1).
 ``FORKPOOL_HOST``
     default ``--host`` (default ``http://127.0.0.1:8000``).
+``FORKPOOL_ASGI_HOST``
+    the async tier's URL (``forkpool loadtest --asgi-workers N`` sets it); unset
+    or empty: ``AsgiUser`` does not run.
+``FORKPOOL_ASGI_USERS``
+    how many of the ``-u`` users are ``AsgiUser`` (the rest are ``SuiteUser``);
+    unset or 0: Locust splits them by weight, half each.
 ``FORKPOOL_LOAD_SUMMARY``
     if set, a path: when Locust quits (and after each test in the web UI) a
     JSON summary is written there, atomically::
@@ -55,7 +64,7 @@ Environment:
         {"version": 1, "suite_id": ..., "pid": ..., "started_at": ..., "written_at": ...,
          "status_counts": {"200": n, "201": n, "202": n, "503": n, "error": n, ...},
          "jobs": [{"id": job_id, "key": record_event_key}, ...],   # every 202 from POST /jobs
-         "pool_reports": {"<web pid>": <last GET /pool body from that pid>, ...},
+         "pool_reports": {"<web or asgi pid>": <last GET /pool body from that pid>, ...},
          "stats": {"aggregated": {...}, "endpoints": [...], "failures": [...]}}
 
     ``stats`` holds the figures of ``--csv``'s ``_stats.csv`` and
@@ -94,12 +103,14 @@ WAIT_MAX = max(WAIT_MIN, float(os.environ.get("FORKPOOL_WAIT_MAX", "0.1")))
 SUMMARY_ENV = "FORKPOOL_LOAD_SUMMARY"
 KNOWN_IDS_MAX = 200  # ids one user remembers (items, jobs)
 POOL_TIMEOUT_FAILURE = "503 pool timeout"
+ASGI_HOST = os.environ.get("FORKPOOL_ASGI_HOST", "")
+ASGI_USERS = int(os.environ.get("FORKPOOL_ASGI_USERS") or 0)
 
 # Module-level tallies. Locust runs users as gevent greenlets in one thread and
 # greenlets switch only at I/O, so plain dicts and lists need no locks.
 STATUS_COUNTS: dict[str, int] = {}
 JOBS: list[dict[str, str]] = []  # {"id": job id, "key": record_event key}, one per 202
-POOL_REPORTS: dict[str, dict[str, Any]] = {}  # web pid -> last GET /pool body
+POOL_REPORTS: dict[str, dict[str, Any]] = {}  # web or asgi pid -> last GET /pool body
 _environment: Any = None
 _started_at = time.time()
 
@@ -146,6 +157,10 @@ class SuiteUser(HttpUser):
 
     host = os.environ.get("FORKPOOL_HOST", "http://127.0.0.1:8000")
     wait_time = between(WAIT_MIN, WAIT_MAX)
+    tier = ""  # prefix of this class's stats names: "" for the web tier
+
+    def named(self, name: str) -> str:
+        return f"{self.tier}{name}"
 
     def on_start(self) -> None:
         self.item_ids: list[int] = []
@@ -173,7 +188,8 @@ class SuiteUser(HttpUser):
 
     @task(4)
     def list_items(self) -> None:
-        with self.client.get("/items?limit=20", name="/items?limit=20", catch_response=True) as response:
+        name = self.named("/items?limit=20")
+        with self.client.get("/items?limit=20", name=name, catch_response=True) as response:
             if self.record(response):
                 body = _json(response)
                 items = body.get("items") if isinstance(body, dict) else None
@@ -188,14 +204,15 @@ class SuiteUser(HttpUser):
             if not self.item_ids:
                 return
         item_id = random.choice(self.item_ids)
-        with self.client.get(f"/items/{item_id}", name="/items/[id]", catch_response=True) as response:
+        name = self.named("/items/[id]")
+        with self.client.get(f"/items/{item_id}", name=name, catch_response=True) as response:
             self.record(response, allow_404=True)
 
     @task(3)
     def create_item(self) -> None:
         body = {"name": f"locust-{uuid.uuid4().hex[:12]}",
                 "payload": {"suite": SUITE_ID, "n": random.randint(0, 1_000_000), "tags": ["load"]}}
-        with self.client.post("/items", json=body, name="/items", catch_response=True) as response:
+        with self.client.post("/items", json=body, name=self.named("/items"), catch_response=True) as response:
             if self.record(response):
                 created = _json(response)
                 if isinstance(created, dict) and "id" in created:
@@ -205,7 +222,7 @@ class SuiteUser(HttpUser):
     def enqueue_job(self) -> None:
         key = f"{SUITE_ID}:{uuid.uuid4().hex}"
         body = {"kind": "record_event", "args": {"key": key, "data": {"by": "locust"}}}
-        with self.client.post("/jobs", json=body, name="/jobs", catch_response=True) as response:
+        with self.client.post("/jobs", json=body, name=self.named("/jobs"), catch_response=True) as response:
             if self.record(response) and response.status_code == 202:
                 answer = _json(response)
                 job_id = answer.get("id") if isinstance(answer, dict) else None
@@ -220,16 +237,29 @@ class SuiteUser(HttpUser):
         if not self.job_ids:
             return
         job_id = random.choice(self.job_ids)
-        with self.client.get(f"/jobs/{job_id}", name="/jobs/[id]", catch_response=True) as response:
+        with self.client.get(f"/jobs/{job_id}", name=self.named("/jobs/[id]"), catch_response=True) as response:
             self.record(response, allow_404=True)
 
     @task(1)
     def pool(self) -> None:
-        with self.client.get("/pool", name="/pool", catch_response=True) as response:
+        with self.client.get("/pool", name=self.named("/pool"), catch_response=True) as response:
             if self.record(response):
                 body = _json(response)
                 if isinstance(body, dict) and "pid" in body:
                     POOL_REPORTS[str(body["pid"])] = body
+
+
+class AsgiUser(SuiteUser):
+    """The same client against the async tier; runs only when FORKPOOL_ASGI_HOST names it."""
+
+    abstract = not ASGI_HOST
+    fixed_count = ASGI_USERS
+    tier = "asgi "
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # --host names the web tier and Locust gives it to every class at spawn: this one serves elsewhere.
+        self.host = ASGI_HOST
+        super().__init__(*args, **kwargs)
 
 
 # -- the summary -----------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The suite's servers as real processes: Gunicorn (web) and a Celery worker.
+"""The suite's servers as real processes: Gunicorn (web), a Celery worker, and Gunicorn with uvicorn workers (asgi).
 
 Started from the command line exactly as a user would (``gunicorn -c
-web/gunicorn.conf.py``, ``celery -A workers.app worker``), configured only by
+web/gunicorn.conf.py``, ``celery -A workers.app worker``, ``gunicorn -c
+web/gunicorn_asgi.conf.py`` when the plan has ASGI workers), configured only by
 environment variables, each in its own session, dying with the harness
 (PDEATHSIG), and logging to a file. The harness never imports web or workers.
 """
@@ -24,7 +25,9 @@ from typing import Mapping
 from ._procs import ServiceError, free_port, log_tail, spawn
 
 # Settings the plan decides; inherited values would make its ceiling arithmetic wrong.
-_PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND", "DB_POOL_SIZE", "STACK_POOL_SIZE")
+_PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND", "DB_POOL_SIZE", "STACK_POOL_SIZE",
+              "ASGI_BIND", "ASGI_PORT", "ASGI_POOL_SIZE", "ASGI_CONCURRENCY", "ASGI_MAX_REQUESTS",
+              "ASGI_MAX_REQUESTS_JITTER")
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,9 @@ class SuitePlan:
     web_workers: int = 3
     web_threads: int = 1
     worker_concurrency: int = 2
-    pool_size: int = 4
-    max_requests: int = 0
+    pool_size: int = 4  # every role's: web, worker and asgi processes each hold one pool of this size
+    asgi_workers: int = 0  # uvicorn workers of the async tier; 0: not started
+    max_requests: int = 0  # web and asgi workers alike
     max_tasks_per_child: int = 0
     preload: bool = False
     naive: bool = False  # the contrast run: web without pool hooks, pool inherited from the master
@@ -53,9 +57,9 @@ class SuitePlan:
 
     @property
     def ceiling(self) -> int:
-        return (self.web_workers + self.worker_concurrency) * self.pool_size
+        return (self.web_workers + self.worker_concurrency + self.asgi_workers) * self.pool_size
 
-    def env(self, port: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    def env(self, port: int, environ: Mapping[str, str] | None = None, asgi_port: int = 0) -> dict[str, str]:
         """The processes' environment: `environ` (default os.environ) with the plan's settings."""
         env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in _PLAN_OWNS}
         env.update(
@@ -72,7 +76,12 @@ class SuitePlan:
             WORKER_MAX_TASKS_PER_CHILD=str(self.max_tasks_per_child),
             PORT=str(port),
             SUITE_STACK=self.stack,
+            ASGI_CONCURRENCY=str(max(self.asgi_workers, 1)),
+            ASGI_POOL_SIZE=str(self.pool_size),
+            ASGI_MAX_REQUESTS=str(self.max_requests),
         )
+        if asgi_port:
+            env["ASGI_PORT"] = str(asgi_port)
         if self.stack != "forkpool":
             # The stack's own pool has the plan's size; forkpool's default pool stays closed.
             env["STACK_POOL_SIZE"] = env.pop("DB_POOL_SIZE")
@@ -133,6 +142,10 @@ class SuiteProcess:
     def children(self) -> list[int]:
         return child_pids(self.pid) if self.is_running() else []
 
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the server serves (each server knows how to tell)."""
+        raise NotImplementedError
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -192,6 +205,19 @@ class WebServer(SuiteProcess):
             return False
 
 
+class AsgiServer(WebServer):
+    """The async tier: Gunicorn with ``uvicorn_worker.UvicornWorker`` serving web/asgi_app.py."""
+
+    name = "gunicorn (asgi)"
+
+    def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
+        self.port = free_port()
+        conf = package_dir("web") / "gunicorn_asgi.conf.py"
+        argv = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--no-control-socket"]
+        SuiteProcess.__init__(self, argv, plan.env(0, asgi_port=self.port), log_dir / f"asgi-{self.port}.log")
+        self.workers = plan.asgi_workers
+
+
 class CeleryWorker(SuiteProcess):
     name = "celery worker"
 
@@ -218,27 +244,36 @@ class RunningSuite:
     plan: SuitePlan
     web: WebServer
     worker: CeleryWorker
+    asgi: AsgiServer | None = None  # when the plan has ASGI workers
+
+    @property
+    def servers(self) -> list[SuiteProcess]:
+        return [self.web, self.worker] + ([self.asgi] if self.asgi is not None else [])
+
+    @property
+    def master_pids(self) -> list[int]:
+        """The Gunicorn arbiters and the Celery main process: each must hold no connection."""
+        return [server.pid for server in self.servers]
 
     def stop(self) -> None:
-        self.web.stop()
-        self.worker.stop()
+        for server in self.servers:
+            server.stop()
 
 
 def start_suite(plan: SuitePlan, log_dir: Path, timeout: float = 60.0) -> RunningSuite:
-    """Start Gunicorn and the Celery worker side by side; wait until both serve."""
+    """Start Gunicorn, the Celery worker (and the ASGI tier) side by side; wait until all serve."""
     if not plan.metrics_dir:
         # A fresh, empty directory per run: nothing of an earlier run's processes is served.
         fresh = log_dir / f"metrics-{plan.suite_id}"
         fresh.mkdir(parents=True, exist_ok=True)
         plan = replace(plan, metrics_dir=str(fresh))
-    web = WebServer(plan, log_dir)
-    worker = CeleryWorker(plan, log_dir)
-    web.start()
-    worker.start()
-    suite = RunningSuite(plan, web, worker)
+    suite = RunningSuite(plan, WebServer(plan, log_dir), CeleryWorker(plan, log_dir),
+                         AsgiServer(plan, log_dir) if plan.asgi_workers else None)
+    for server in suite.servers:
+        server.start()
     try:
-        web.wait_ready(timeout)
-        worker.wait_ready(timeout)
+        for server in suite.servers:
+            server.wait_ready(timeout)
     except BaseException:
         suite.stop()
         raise

@@ -25,7 +25,7 @@ from forkpool.redact import dsn_password, redact_text
 # password=... pair: replacing "ab" everywhere would garble the report.
 _MIN_LITERAL_SECRET = 4
 _ROLE_ORDER = ("web", "worker")
-_ROLE_COLOURS = {"web": "tab:blue", "worker": "tab:orange"}
+_ROLE_COLOURS = {"web": "tab:blue", "worker": "tab:orange", "asgi": "tab:green"}
 _EVENT_COLOURS = {"kill": "tab:red", "recycle": "tab:purple"}
 
 

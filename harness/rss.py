@@ -46,8 +46,10 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             t = self.clock()
-            groups = (("web-master", [self.suite.web.pid]), ("web", self.suite.web.children()),
-                      ("worker-main", [self.suite.worker.pid]), ("worker", self.suite.worker.children()))
+            groups = [("web-master", [self.suite.web.pid]), ("web", self.suite.web.children()),
+                      ("worker-main", [self.suite.worker.pid]), ("worker", self.suite.worker.children())]
+            if self.suite.asgi is not None:
+                groups += [("asgi-master", [self.suite.asgi.pid]), ("asgi", self.suite.asgi.children())]
             for role, pids in groups:
                 for pid in pids:
                     kb = rss_kb(pid)
@@ -82,7 +84,8 @@ def write_memory_chart(series: list[tuple[float, str, int, int]], path) -> None:
     fig = Figure(figsize=(10, 5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    colours = {"web": "tab:blue", "worker": "tab:orange", "web-master": "tab:cyan", "worker-main": "tab:brown"}
+    colours = {"web": "tab:blue", "worker": "tab:orange", "asgi": "tab:green", "web-master": "tab:cyan",
+               "worker-main": "tab:brown", "asgi-master": "tab:olive"}
     labelled: set[str] = set()
     for pid in sorted({s[2] for s in series}):
         points = [(t, kb / 1024) for t, _, p, kb in series if p == pid]

@@ -38,7 +38,8 @@ class LoadOptions:
     web_workers: int = 3
     web_threads: int = 1
     worker_concurrency: int = 2
-    pool_size: int = 4
+    pool_size: int = 4  # every role's
+    asgi_workers: int = 0  # the async tier (Gunicorn + uvicorn workers); 0: not started
     duration: float = 20.0
     users: int = 10
     task_rate: float = 5.0
@@ -54,7 +55,12 @@ class LoadOptions:
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(self.web_workers, self.web_threads, self.worker_concurrency, self.pool_size,
-                              self.other_clients)
+                              self.other_clients, self.asgi_workers)
+
+    @property
+    def asgi_users(self) -> int:
+        """Load users sent to the async tier: half of them (at least one) when it runs."""
+        return max(self.users // 2, 1) if self.asgi_workers else 0
 
 
 def run_loadtest(options: LoadOptions, console: Console, log_dir: Path | None = None) -> RunReport:
@@ -80,7 +86,8 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
     plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id=suite_id,
                      web_workers=options.web_workers, web_threads=options.web_threads,
                      worker_concurrency=options.worker_concurrency, pool_size=options.pool_size,
-                     max_requests=options.max_requests, max_tasks_per_child=options.max_tasks_per_child,
+                     asgi_workers=options.asgi_workers, max_requests=options.max_requests,
+                     max_tasks_per_child=options.max_tasks_per_child,
                      preload=options.preload or options.naive, naive=options.naive, stack=options.stack)
     report = RunReport(suite_id=suite_id, plan=asdict(options), naive=options.naive,
                        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -97,7 +104,8 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
     started = time.monotonic()
     sampler = Sampler(database_url, suite_id).start()
     logs = log_dir or Path(tempfile.mkdtemp(prefix=f"forkpool-{suite_id}-"))
-    console.print(f"starting {options.web_workers} web workers and {options.worker_concurrency} task processes, "
+    asgi = f", {options.asgi_workers} asgi workers" if options.asgi_workers else ""
+    console.print(f"starting {options.web_workers} web workers, {options.worker_concurrency} task processes{asgi}, "
                   f"pool {options.pool_size} each: ceiling {plan.ceiling}; logs in {logs}")
     suite = start_suite(plan, logs)
     rss = RssSampler(suite, sampler.now).start()
@@ -117,15 +125,14 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
            console: Console, logs: Path) -> Sample | None:
     """Steady state, load with disturbances, drain, settle; appends checks 1, 3, 4, 5 and 6."""
     plan = suite.plan
-    expected = checks.expected_by_role(plan.web_workers, plan.worker_concurrency, plan.pool_size)
+    expected = checks.expected_by_role(plan.web_workers, plan.worker_concurrency, plan.pool_size, plan.asgi_workers)
     patience = NAIVE_WAIT_S if plan.naive else STEADY_TIMEOUT_S
     steady = _wait_for(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected, patience)
-    report.checks.append(checks.check_steady_state(steady, expected, [suite.web.pid, suite.worker.pid],
-                                                   plan.pool_size))
+    report.checks.append(checks.check_steady_state(steady, expected, suite.master_pids, plan.pool_size))
     report.events.append(Event(sampler.now(), "phase", "load starts"))
     celery = producer(plan.redis_url)
     load_start = time.monotonic()
-    watch = SocketWatch(plan.database_url, plan.redis_url, [suite.web.pid, suite.worker.pid]).start()
+    watch = SocketWatch(plan.database_url, plan.redis_url, suite.master_pids).start()
     try:
         load = _run_load(suite, sampler, options, report, console, logs, celery)
     finally:
@@ -141,13 +148,10 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
               NAIVE_WAIT_S if plan.naive else checks.SETTLE_BOUND_S)
     report.checks.append(checks.check_settled([s for s in sampler.samples if s.t > load_end], expected,
                                               plan.pool_size, pid_alive))
-    web_kills = sum(1 for e in report.events if e.kind == "kill" and "web" in e.detail)
-    report.checks.append(checks.check_work_done(keys, rows, load.status_counts, web_kills * plan.web_threads))
-    web_reports = web_pool_reports(suite.web.url, set(suite.web.children()))
-    worker_reports = worker_pool_reports(celery, plan.queue, plan.worker_concurrency)
-    final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
-    _let_recycled_exit({**web_reports, **worker_reports}, final)
-    report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive))
+    report.checks.append(checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options)))
+    web_reports, worker_reports, asgi_reports, final = _pool_reports(suite, sampler, celery)
+    report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive,
+                                                  asgi_reports))
     watch.look()  # twice more after the load, recycling and kills: a finding must be seen twice
     watch.look()
     report.checks.append(watch.check())
@@ -157,8 +161,11 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
 def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
               console: Console, logs: Path, celery) -> LoadResult:
     plan = suite.plan
+    # The async tier gets its share of the users (harness/locustfile.py's AsgiUser), the web tier the rest.
+    asgi_env = ({"FORKPOOL_ASGI_HOST": suite.asgi.url, "FORKPOOL_ASGI_USERS": str(options.asgi_users)}
+                if suite.asgi else {"FORKPOOL_ASGI_HOST": ""})
     locust = LocustRun(suite.web.url, users=options.users, duration=options.duration,
-                       suite_id=plan.suite_id, workdir=logs / "locust").start()
+                       suite_id=plan.suite_id, workdir=logs / "locust", env=asgi_env).start()
     enqueuer = DirectEnqueuer(celery, plan.queue, plan.suite_id, options.task_rate).start()
     killer = Killer(suite, options.kill_workers, options.duration, sampler.now).start()
     try:
@@ -188,12 +195,21 @@ def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None) ->
     if options.soak:
         report.checks.append(check_memory_flat(report.rss))
     report.checks.sort(key=lambda c: c.number)
-    report.roles = checks.role_summaries(report.samples, steady,
-                                         {checks.WEB: options.web_workers, checks.WORKER: options.worker_concurrency},
-                                         options.pool_size)
+    processes = {checks.WEB: options.web_workers, checks.WORKER: options.worker_concurrency}
+    if options.asgi_workers:
+        processes[checks.ASGI] = options.asgi_workers
+    report.roles = checks.role_summaries(report.samples, steady, processes, options.pool_size)
     killed = {int(e.detail.rsplit(" ", 1)[1]) for e in report.events if e.kind == "kill"}
     report.events.extend(_recycles(report.samples, killed))
     report.events.sort(key=lambda e: e.t)
+
+
+def _in_flight_on_killed(report: RunReport, options: LoadOptions) -> int:
+    """Requests a kill may drop: a web worker's threads; an asgi worker's users (each has one request open)."""
+    kills = [e.detail for e in report.events if e.kind == "kill"]
+    web = sum(1 for d in kills if d.startswith("SIGKILL web worker"))
+    asgi = sum(1 for d in kills if d.startswith("SIGKILL asgi worker"))
+    return web * options.web_threads + asgi * options.asgi_users
 
 
 def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
@@ -205,6 +221,26 @@ def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
             found.append(Event(sample.t, "recycle", f"process {pid} ended its sessions"))
         before = now
     return found
+
+
+def _pool_reports(suite: RunningSuite, sampler: Sampler, celery, rounds: int = 3
+                  ) -> tuple[dict[int, dict], dict[int, dict], dict[int, dict] | None, Sample]:
+    """Each process's own stats (check 5), then the server's count; asked again while a role has no live report.
+
+    Asking recycles processes too: the stats tasks count towards max_tasks_per_child,
+    the GET /pool requests towards max_requests. A role whose every reporter then
+    exited is asked again (its replacements answer), at most `rounds` times.
+    """
+    plan = suite.plan
+    for _ in range(rounds):
+        web = web_pool_reports(suite.web.url, set(suite.web.children()))
+        asgi = web_pool_reports(suite.asgi.url, set(suite.asgi.children())) if suite.asgi else None
+        worker = worker_pool_reports(celery, plan.queue, plan.worker_concurrency)  # last: it recycles the most
+        final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
+        _let_recycled_exit({**web, **worker, **(asgi or {})}, final)
+        if all(any(pid_alive(pid) for pid in reports) for reports in (web, worker, asgi) if reports is not None):
+            break
+    return web, worker, asgi, final
 
 
 def _let_recycled_exit(reports: dict[int, dict], final: Sample, grace: float = 3.0) -> None:

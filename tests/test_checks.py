@@ -92,3 +92,23 @@ def test_budget_arithmetic_and_verdict():
     assert not tight.fits and "DOES NOT FIT" in tight.explain()[-1]
     threads = Budget(DeploymentPlan(2, 8, 1, 4), ServerLimits(100, 3))
     assert not threads.fits and any("threads" in line for line in threads.explain())
+
+
+def test_the_async_tier_is_a_third_role_in_every_count():
+    assert checks.expected_by_role(3, 2, P) == EXPECTED  # off: no asgi role expected
+    with_asgi = checks.expected_by_role(3, 2, P, asgi_workers=2)
+    assert with_asgi == {**EXPECTED, "asgi": 2 * P}
+    steady = steady_sample(extra={("asgi", 301): P, ("asgi", 302): P})
+    assert checks.check_steady_state(steady, with_asgi, [100, 200, 300], P).passed
+    assert not checks.check_steady_state(steady_sample(), with_asgi, [100, 200, 300], P).passed  # asgi missing
+    asgi_master = checks.check_steady_state(steady_sample(extra={("asgi", 301): P, ("asgi", 302): P,
+                                                                  ("asgi", 300): P}), with_asgi, [100, 200, 300], P)
+    assert not asgi_master.passed and "masters holding connections: [300]" in asgi_master.detail
+    alive = lambda pid: True  # noqa: E731
+    web, worker, asgi = {1: {"size": P}}, {2: {"size": P}}, {3: {"size": P}}
+    assert checks.check_stats_agree(web, worker, {1: P, 2: P, 3: P}, alive, asgi).passed
+    unheard = checks.check_stats_agree(web, worker, {1: P, 2: P}, alive, {})
+    assert not unheard.passed and "no live report from asgi" in unheard.detail
+    plan = DeploymentPlan(3, 1, 2, P, other_clients=2, asgi_workers=2)
+    lines = Budget(plan, ServerLimits(100, 3, 0)).explain()
+    assert plan.ceiling == 28 and "asgi:    2 workers x pool 4 = 8" in lines and "ceiling: 12 + 8 + 8 = 28" in lines

@@ -48,10 +48,10 @@ def compose() -> dict:
 
 def test_compose_parses_and_apps_wait_for_healthy_databases():
     services = compose()["services"]
-    assert {"postgres", "redis", "web", "worker", "initdb"} <= set(services)
+    assert {"postgres", "redis", "web", "worker", "asgi", "initdb"} <= set(services)
     for db in ("postgres", "redis"):
         assert services[db]["healthcheck"]["test"]
-    for app in ("web", "worker"):
+    for app in ("web", "worker", "asgi"):
         depends = services[app]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy"
         assert depends["redis"]["condition"] == "service_healthy"
@@ -64,13 +64,15 @@ def test_compose_commands_are_the_procfile_commands():
     services, procs = compose()["services"], procfile()
     assert services["web"]["command"] == shlex.split(procs["web"])
     assert services["worker"]["command"] == shlex.split(procs["worker"])
+    assert services["asgi"]["command"] == shlex.split(procs["asgi"])
+    assert set(procs) == {"web", "worker", "asgi"}  # every process the Procfile runs is a service too
     assert services["initdb"]["command"] == ["forkpool", "initdb"]
 
 
 def test_every_variable_compose_sets_is_read_by_the_code():
     known = variables_the_code_reads()
     assert {"DATABASE_URL", "DB_POOL_SIZE", "WEB_CONCURRENCY", "WORKER_CONCURRENCY"} <= known  # the scan works
-    for name in ("web", "worker", "initdb"):
+    for name in ("web", "worker", "asgi", "initdb"):
         unknown = set(compose()["services"][name]["environment"]) - known
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
 
@@ -95,7 +97,7 @@ def test_procfile_runs_under_honcho(database_url, redis_url, admin, pg_server):
     url = pg_server.create_database(suite_id) if pg_server else database_url
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "SUITE_ID": suite_id,
            "CELERY_QUEUE": f"{suite_id}.tasks", "DB_POOL_SIZE": "2", "WEB_CONCURRENCY": "2",
-           "WORKER_CONCURRENCY": "1"}
+           "WORKER_CONCURRENCY": "1", "ASGI_CONCURRENCY": "1", "ASGI_PORT": str(free_port())}
     init = subprocess.run([sys.executable, "-m", "forkpool", "initdb"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert init.returncode == 0, init.stderr
@@ -105,14 +107,19 @@ def test_procfile_runs_under_honcho(database_url, redis_url, admin, pg_server):
     honcho = subprocess.Popen([str(bindir / "honcho"), "start", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    asgi = f"http://127.0.0.1:{env['ASGI_PORT']}"
     try:
         assert wait_for(lambda: _ready(base), 40, 0.2), "the Procfile's web never became ready"
+        assert wait_for(lambda: _ready(asgi), 40, 0.2), "the Procfile's asgi never became ready"
         status, job, _ = http(base, "POST", "/jobs", {"kind": "record_event", "args": {"key": suite_id}})
         assert status == 202
         assert wait_for(lambda: http(base, "GET", f"/jobs/{job['id']}")[1].get("state") == "SUCCESS", 40, 0.2)
-        wait_for(lambda: {r: sum(p.values()) for r, p in sessions_by_role(admin, suite_id).items()}
-                 == {"web": 4, "worker": 2}, 20)
-        assert {r: sum(p.values()) for r, p in sessions_by_role(admin, suite_id).items()} == {"web": 4, "worker": 2}
+        status, job, _ = http(asgi, "POST", "/jobs", {"kind": "record_event", "args": {"key": f"{suite_id}-a"}})
+        assert status == 202  # the async tier enqueues for the same workers
+        assert wait_for(lambda: http(asgi, "GET", f"/jobs/{job['id']}")[1].get("state") == "SUCCESS", 40, 0.2)
+        want = {"web": 4, "worker": 2, "asgi": 2}
+        wait_for(lambda: {r: sum(p.values()) for r, p in sessions_by_role(admin, suite_id).items()} == want, 20)
+        assert {r: sum(p.values()) for r, p in sessions_by_role(admin, suite_id).items()} == want
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(30)

@@ -76,6 +76,32 @@ def test_loadtest_with_recycling_and_kills_passes(tmp_path):
     assert "PASS: every ceiling held" in result.stdout
 
 
+def test_loadtest_with_an_asgi_tier_recycling_and_kills_passes(tmp_path):
+    """The async tier as a third role: counted exactly, recycled by max_requests, killed, loaded, probed."""
+    report = tmp_path / "report"
+    result = forkpool("loadtest", "--duration", "5", "--users", "6", "--task-rate", "4", "--kill-workers", "3",
+                      "--max-requests", "40", "--max-tasks-per-child", "6", "--web-workers", "2",
+                      "--worker-concurrency", "2", "--asgi-workers", "2", "--pool-size", "3",
+                      "--json", str(tmp_path / "asgi.json"), "--report", str(report))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    body = json.loads((tmp_path / "asgi.json").read_text())
+    assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6] and all(c["passed"] for c in body["checks"])
+    assert body["ceiling"] == 18 and "ceiling: 6 + 6 + 6 = 18" in body["budget"]["arithmetic"]
+    assert "'asgi': 6" in body["checks"][0]["detail"]  # check 1 counted the third role exactly
+    assert "2 asgi processes reported" in body["checks"][4]["detail"]  # check 5 asked every asgi worker
+    assert {r["role"]: r["expected"] for r in body["roles"]} == {"web": 6, "worker": 6, "asgi": 6}
+    assert [e for e in body["events"] if e["detail"].startswith("SIGKILL asgi worker")]
+    asgi_requests = sum(e["requests"] for e in body["load"]["endpoints"] if e["name"].startswith("asgi "))
+    assert asgi_requests > 0 and body["load"]["requests"] > asgi_requests  # both tiers were loaded
+    [asgi_log] = (report / "logs").glob("asgi-*.log")
+    assert "Maximum request limit" in asgi_log.read_text()  # max_requests recycled asgi workers too
+
+
+def test_asgi_workers_need_forkpools_own_stack():
+    result = forkpool("loadtest", "--asgi-workers", "2", "--naive")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--asgi-workers" in result.stderr
+
+
 def test_loadtest_on_the_flask_sqlalchemy_stack_holds_the_ceiling(tmp_path):
     """The same load and checks, with Flask-SQLAlchemy (web) and a SQLAlchemy engine (workers) protected."""
     result = forkpool("loadtest", "--stack", "flask-sqlalchemy", "--duration", "5", "--users", "4",

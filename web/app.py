@@ -11,10 +11,9 @@ from forkpool.settings import env_int
 from .errors import register_error_handlers
 from forkpool.flask import ForkPool
 from suite.stacks import FLASK_SQLALCHEMY, stack
+from .api import DEFAULT_MAX_BODY_BYTES
 from .openapi import openapi_bp
 from .views import api
-
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

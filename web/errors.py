@@ -13,18 +13,13 @@ from werkzeug.exceptions import HTTPException
 from forkpool import ConnectError, PoolTimeout, TooManyWaiting
 from suite.stacks import stack_errors
 
+from .api import DATABASE_RETRY_AFTER, POOL_RETRY_AFTER
+from .schemas import ValidationFailed
+
+__all__ = ["DATABASE_RETRY_AFTER", "POOL_RETRY_AFTER", "ValidationFailed", "error_response",
+           "register_error_handlers"]
+
 logger = logging.getLogger("forkpool.web")
-
-POOL_RETRY_AFTER = "1"
-DATABASE_RETRY_AFTER = "2"
-
-
-class ValidationFailed(Exception):
-    """A request body or parameter that does not fit; `details` says where and why."""
-
-    def __init__(self, message: str, details: list[dict[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.details = details or []
 
 
 def error_response(status: int, error: str, message: str, retry_after: str | None = None, **extra: object):

@@ -9,12 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from suite.jobs import storable
 from suite.schema import NAME_MAX, NAME_MIN
 
-from .errors import ValidationFailed
-
 LIMIT_DEFAULT, LIMIT_MAX = 20, 100
 BIGINT_MAX = 2**63 - 1
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class ValidationFailed(Exception):
+    """A request body or parameter that does not fit (400); `details` says where and why.
+
+    Lives here, not with either app's error handlers, so both apps raise the same one.
+    """
+
+    def __init__(self, message: str, details: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
 
 
 class ItemIn(BaseModel):

@@ -1,7 +1,8 @@
 """Gunicorn's settings from the environment, validated before anything starts.
 
-Read by ``web/gunicorn.conf.py`` in the master. A bad value stops Gunicorn
-with one line naming the variable, instead of workers that fail later.
+Read by ``web/gunicorn.conf.py`` (Flask, WEB_*) and ``web/gunicorn_asgi.conf.py``
+(the ASGI app, ASGI_*) in the master. A bad value stops Gunicorn with one line
+naming the variable, instead of workers that fail later.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from suite.logging_setup import logging_config
 from forkpool.settings import build_settings, env_bool, env_int, settings_from_env
 
 DEFAULT_PORT = 8000
+DEFAULT_ASGI_PORT = 8001
+ASGI_WORKER_CLASS = "uvicorn_worker.UvicornWorker"  # uvicorn.workers is deprecated in favour of this package
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def check_pool_covers_threads(threads: int, environ: Mapping[str, str]) -> None:
 
 
 def gunicorn_settings(web: WebServerSettings) -> dict[str, Any]:
-    """The Gunicorn settings both configuration files share (the naive one differs in app and hooks)."""
+    """The Gunicorn settings both Flask configuration files share (the naive one differs in app and hooks)."""
     return {
         "bind": web.bind,
         "workers": web.workers,
@@ -70,5 +73,59 @@ def gunicorn_settings(web: WebServerSettings) -> dict[str, Any]:
         "graceful_timeout": web.graceful_timeout,
         "accesslog": "-",
         "errorlog": "-",
+        "logconfig_dict": logging_config(extra_loggers=("gunicorn.error", "gunicorn.access")),
+    }
+
+
+@dataclass(frozen=True)
+class AsgiServerSettings:
+    bind: str
+    workers: int
+    pool_size: int
+    max_requests: int
+    max_requests_jitter: int
+    timeout: int
+    graceful_timeout: int
+
+
+def asgi_server_settings(environ: Mapping[str, str] | None = None) -> AsgiServerSettings:
+    """The ASGI tier's own sizes (ASGI_*); timeouts are the web tier's (WEB_TIMEOUT, WEB_GRACEFUL_TIMEOUT)."""
+    env = os.environ if environ is None else environ
+    port = env_int("ASGI_PORT", DEFAULT_ASGI_PORT, minimum=1, environ=env)
+    max_requests = env_int("ASGI_MAX_REQUESTS", 0, environ=env)
+    default_pool = build_settings(**settings_from_env(env)).max_size  # validates DB_POOL_* too
+    return AsgiServerSettings(
+        bind=env.get("ASGI_BIND") or f"127.0.0.1:{port}",
+        workers=env_int("ASGI_CONCURRENCY", 2, minimum=1, environ=env),
+        pool_size=env_int("ASGI_POOL_SIZE", default_pool, minimum=1, environ=env),
+        max_requests=max_requests,
+        max_requests_jitter=env_int("ASGI_MAX_REQUESTS_JITTER", max_requests // 10, environ=env),
+        timeout=env_int("WEB_TIMEOUT", 30, minimum=1, environ=env),
+        graceful_timeout=env_int("WEB_GRACEFUL_TIMEOUT", 30, minimum=1, environ=env),
+    )
+
+
+def asgi_pool_env(asgi: AsgiServerSettings) -> dict[str, str]:
+    """The ASGI server's processes size forkpool's default pool at ASGI_POOL_SIZE, min = max (fixed).
+
+    Set in the master's environment by the configuration file, so its budget
+    check and every worker it forks (which inherit the environment) agree.
+    """
+    size = str(asgi.pool_size)
+    return {"DB_POOL_SIZE": size, "DB_POOL_MIN": size, "DB_POOL_MAX": size}
+
+
+def asgi_gunicorn_settings(asgi: AsgiServerSettings) -> dict[str, Any]:
+    return {
+        "bind": asgi.bind,
+        "workers": asgi.workers,
+        "worker_class": ASGI_WORKER_CLASS,
+        "max_requests": asgi.max_requests,  # the worker passes it on as uvicorn's limit_max_requests
+        "max_requests_jitter": asgi.max_requests_jitter,
+        "timeout": asgi.timeout,
+        "graceful_timeout": asgi.graceful_timeout,
+        "accesslog": "-",
+        "errorlog": "-",
+        # UvicornWorker hands uvicorn's loggers Gunicorn's handlers, which this configures.
         "logconfig_dict": logging_config(extra_loggers=("gunicorn.error", "gunicorn.access")),
     }

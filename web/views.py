@@ -17,21 +17,13 @@ from forkpool import metrics
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
 
-from .errors import ValidationFailed
 from forkpool.flask import db
-from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn, int_param, validate_body
+from .api import ITEM_COLUMNS, JOB_TTL_SECONDS, PUBLISH_RETRY, is_uuid as _is_uuid, item_json, item_page
+from .api import job_key as _job_key
+from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn, ValidationFailed, int_param, validate_body
 
 logger = logging.getLogger("forkpool.web")
 api = Blueprint("api", __name__)
-
-ITEM_COLUMNS = "id, name, payload, created_at"
-JOB_TTL_SECONDS = 24 * 3600
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def item_json(row: tuple) -> dict[str, Any]:
-    item_id, name, payload, created_at = row
-    return {"id": item_id, "name": name, "payload": payload, "created_at": created_at.isoformat()}
 
 
 def json_body() -> Any:
@@ -111,12 +103,7 @@ def list_items():
     with db().connection().cursor() as cur:
         cur.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
         rows = cur.fetchall()
-    items = [item_json(row) for row in rows]
-    return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
-
-
-def _job_key(job_id: str) -> str:
-    return f"{suite_id()}:job:{job_id}"
+    return item_page(rows, limit)
 
 
 @api.post("/jobs")
@@ -148,10 +135,3 @@ def job_status(job_id: str):
     elif result.failed():
         body["error"] = type(result.result).__name__
     return body
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False

@@ -10,7 +10,8 @@ process, a new one in a forked child, whose inherited connections are let go
 without network I/O. ``per_process`` gives any client the same guarantees.
 Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
 ``forkpool.flask`` (extension), ``"forkpool.django"`` (an app for
-``INSTALLED_APPS``). See docs/fork-story.md for why.
+``INSTALLED_APPS``); asyncio: ``await get_async_pool()``, ``get_async_redis()``,
+opened in an ASGI lifespan. See docs/fork-story.md for why.
 
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
@@ -18,7 +19,7 @@ tests/test_layers.py keeps it so):
     endpoints, errors, identity, per_process, redact, stats
     drivers, extras, kernel_sockets, live_pools
     doctor, integrations, metrics_dir, redis_client, settings
-    budget, connections, manager, protection
+    aio_redis, budget, connections, manager, protection
     cli, maintenance, upkeep, waiter
     aio_upkeep, pool
     aio_pool, registry
@@ -32,7 +33,8 @@ from __future__ import annotations
 
 from . import stats
 from .aio_pool import AsyncPool
-from .aio_registry import async_stats, close_async_pools, get_async_pool, open_async_pools
+from .aio_redis import close_async_redis, get_async_redis
+from .aio_registry import async_health_check, async_stats, close_async_pools, get_async_pool, open_async_pools
 from .errors import (
     ConfigError,
     ConnectError,
@@ -64,8 +66,11 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AsyncPool",
+    "async_health_check",
     "async_stats",
     "close_async_pools",
+    "close_async_redis",
+    "get_async_redis",
     "get_async_pool",
     "open_async_pools",
     "ConfigError",

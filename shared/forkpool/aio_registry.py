@@ -19,7 +19,9 @@ import weakref
 from typing import Any
 
 from .aio_pool import AsyncPool
+from .errors import PoolError
 from .per_process import per_process
+from .redact import describe_error
 from .registry import DEFAULT, pool_names, settings_for
 
 OPEN_TIMEOUT = 2.5  # like the server hooks' bound on opening a worker's pools
@@ -69,3 +71,23 @@ def async_stats() -> list[dict[str, Any]]:
     """Stats of this loop's open pools (call from the loop)."""
     pools = _loop_pools().by_loop.get(asyncio.get_running_loop(), {})
     return [pool.stats() for _, pool in sorted(pools.items()) if not pool.closed]
+
+
+async def async_health_check(timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    """``{pool name: {"ok": bool, "error": str | None}}`` for this loop's open pools, each a real round trip."""
+    pools = _loop_pools().by_loop.get(asyncio.get_running_loop(), {})
+    return {name: await _check(pool, timeout) for name, pool in sorted(pools.items()) if not pool.closed}
+
+
+async def _check(pool: AsyncPool, timeout: float) -> dict[str, Any]:
+    import psycopg  # there is a pool: psycopg 3 is installed
+
+    try:
+        # The whole round trip is bounded: a server that accepts but never answers is not ready either.
+        async with asyncio.timeout(timeout), pool.connection(timeout=timeout) as conn:
+            await conn.execute("SELECT 1")
+        return {"ok": True, "error": None}
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {timeout:g} s"}
+    except (PoolError, psycopg.Error) as exc:
+        return {"ok": False, "error": pool.settings.redact(describe_error(exc))}

@@ -1,6 +1,6 @@
 """Does a deployment fit the server? One place for the arithmetic of the connection ceiling.
 
-    ceiling   = (web workers + task processes) x pool size
+    ceiling   = (web workers + task processes + ASGI workers) x pool size
     available = max_connections - superuser_reserved_connections - reserved_connections
     fits      = ceiling + other clients <= available
 
@@ -30,6 +30,7 @@ class DeploymentPlan:
     worker_concurrency: int
     pool_size: int
     other_clients: int = 0  # admin sessions, migrations, monitoring, the harness itself
+    asgi_workers: int = 0  # async (uvicorn) workers, each with one asyncio pool of the same size
 
     @property
     def web_connections(self) -> int:
@@ -40,8 +41,12 @@ class DeploymentPlan:
         return self.worker_concurrency * self.pool_size
 
     @property
+    def asgi_connections(self) -> int:
+        return self.asgi_workers * self.pool_size
+
+    @property
     def ceiling(self) -> int:
-        return self.web_connections + self.worker_connections
+        return self.web_connections + self.worker_connections + self.asgi_connections
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,13 @@ class Budget:
     def explain(self) -> list[str]:
         """The arithmetic, line by line, as printed by ``forkpool budget``."""
         p, s = self.plan, self.limits
+        shares = [p.web_connections, p.worker_connections] + ([p.asgi_connections] if p.asgi_workers else [])
+        asgi = f"asgi:    {p.asgi_workers} workers x pool {p.pool_size} = {p.asgi_connections}"
         lines = [
             f"web:     {p.web_workers} workers x pool {p.pool_size} = {p.web_connections}",
             f"workers: {p.worker_concurrency} processes x pool {p.pool_size} = {p.worker_connections}",
-            f"ceiling: {p.web_connections} + {p.worker_connections} = {p.ceiling}",
+            *([asgi] if p.asgi_workers else []),
+            f"ceiling: {' + '.join(map(str, shares))} = {p.ceiling}",
             f"needed:  ceiling {p.ceiling} + other clients {p.other_clients} = {self.needed}",
             f"server:  max_connections {s.max_connections} - superuser_reserved {s.superuser_reserved}"
             f" - reserved {s.reserved} = {s.available} available",

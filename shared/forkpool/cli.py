@@ -45,6 +45,8 @@ def budget_command(argv: list[str], prog: str) -> int:
     _size_option(parser, "--web-threads", "WEB_THREADS", 1, "Threads per web worker (> 1: gthread).")
     _size_option(parser, "--worker-concurrency", "WORKER_CONCURRENCY", 2, "Celery task processes.")
     _size_option(parser, "--pool-size", "DB_POOL_SIZE", 4, "Connections per process (fixed-size pools).")
+    parser.add_argument("--asgi-workers", type=_count(0), default=0, metavar="N",
+                        help="Async (uvicorn) worker processes, each with a pool of the same size. Default 0.")
     parser.add_argument("--other-clients", type=_count(0), default=0, metavar="N",
                         help="Sessions of anything else on the server (admin, migrations, monitoring). Default 0.")
     parser.add_argument("--max-connections", type=_count(1), metavar="N",
@@ -55,7 +57,7 @@ def budget_command(argv: list[str], prog: str) -> int:
                         help="With --max-connections: reserved_connections (PostgreSQL 16+). Default 0.")
     args = parser.parse_args(argv)
     plan = DeploymentPlan(args.web_workers, args.web_threads, args.worker_concurrency, args.pool_size,
-                          args.other_clients)
+                          args.other_clients, args.asgi_workers)
     verdict = Budget(plan, _limits(args.max_connections, args.superuser_reserved, args.reserved))
     for line in verdict.explain():
         print(line)

@@ -5,6 +5,10 @@
 - a child detaches what it inherited, then opens its own pools eagerly, so a
   steady deployment holds exactly processes x pool size connections;
 - a child closes its pools (and every ``per_process`` instance) when it exits.
+
+An async worker (``uvicorn_worker.UvicornWorker``) differs in one step: its
+asyncio pools belong to the event loop that opens them, and that loop starts
+after the server's hooks ran, so the app's lifespan opens and closes them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from .identity import set_process_role
 from .metrics_dir import multiprocess_dir
 from . import protection
 from .per_process import home
-from .registry import after_fork_in_child, close_all, get_pool, open_pools, pool_names
+from .registry import after_fork_in_child, close_all, get_pool, pool_names, process_pools
 
 logger = logging.getLogger("forkpool.lifecycle")
 
@@ -26,7 +30,9 @@ DEFAULT_OPEN_TIMEOUT = 2.5
 
 def release_in_master(where: str) -> None:
     """Close every pool, client and per_process instance a master has, saying what it found."""
-    names = [pool.name for pool in open_pools()]
+    # peek(), not open_pools(): asking must not create the registry's instance and then report it.
+    state = process_pools.peek()
+    names = sorted(name for name, pool in state.pools.items() if not pool.closed) if state is not None else []
     if names or home().created or protection.protected():
         logger.info("%s: closing %s opened in the master; masters hold no connections",
                     where, f"pools {names}" if names else "per-process instances")
@@ -53,6 +59,18 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
     if not full:
         logger.warning("%s: pools not full after %.1f s; they keep connecting in the background", role, timeout)
     return full
+
+
+def start_async_child(role: str) -> None:
+    """In an async worker after fork: detach what was inherited, open nothing.
+
+    The worker's event loop does not exist yet: the app's lifespan startup opens
+    the pools in it (``await open_async_pools()``), bounded like ``start_in_child``.
+    """
+    set_process_role(role)
+    after_fork_in_child()
+    if multiprocess_dir() is not None:
+        from . import metrics  # noqa: F401 - the exporter registers with every pool, async ones too
 
 
 def stop_in_child() -> None:

@@ -1,0 +1,44 @@
+"""What each endpoint means, whichever app serves it: the Flask app (web/views.py) or the ASGI app (web/asgi_views.py).
+
+Framework-free, so the ASGI workers import no Flask: columns, JSON shapes,
+job keys in Redis, the publish retry, and the Retry-After of each 503.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from forkpool import suite_id
+
+ITEM_COLUMNS = "id, name, payload, created_at"
+JOB_TTL_SECONDS = 24 * 3600
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024  # WEB_MAX_BODY_BYTES: larger request bodies get 413
+
+POOL_RETRY_AFTER = "1"  # a busy pool frees a connection within a request's time
+DATABASE_RETRY_AFTER = "2"  # a server (PostgreSQL, Redis) coming back takes longer
+
+
+def item_json(row: tuple) -> dict[str, Any]:
+    item_id, name, payload, created_at = row
+    return {"id": item_id, "name": name, "payload": payload, "created_at": created_at.isoformat()}
+
+
+def item_page(rows: list[tuple], limit: int) -> dict[str, Any]:
+    """A keyset page: `next_after` is the last id when the page is full, else None (the last page)."""
+    items = [item_json(row) for row in rows]
+    return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
+
+
+def job_key(job_id: str) -> str:
+    """Where a job's kind is remembered in Redis, so GET /jobs/<id> knows the ids this suite handed out."""
+    return f"{suite_id()}:job:{job_id}"
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
