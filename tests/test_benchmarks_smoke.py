@@ -1,4 +1,4 @@
-"""The pool benchmark still runs end to end (--quick). Figures are not checked, only that they exist."""
+"""The benchmarks still run end to end (--quick). Figures are not checked, only that they exist."""
 
 from __future__ import annotations
 
@@ -67,6 +67,55 @@ def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, da
     assert all(g["figure"] is not None for g in goals), goals
     assert len(report["rounds"]) == report["config"]["rounds"]
     assert machine["cpu_use"]["machine_busy_pct"] >= 0
+
+
+# -- the asyncio pools (benchmarks.aio_bench) ------------------------------------------------------------------
+
+AIO_SCENARIOS = {"checkout_1task", "checkout_50tasks", "select1_1task", "select1_50tasks"}
+AIO_POOLS = {"ours", "ours_b", "psycopg_pool", "asyncpg", "asyncpg_noreset"}
+
+
+@pytest.mark.timeout(60)
+def test_quick_aio_benchmark_reports_every_contender_and_scenario(tmp_path: Path, database_url: str) -> None:
+    pytest.importorskip("asyncpg")
+    assert os.environ["DATABASE_URL"] == database_url  # the session's server, as pool_bench
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.aio_bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [json_file] = tmp_path.glob("aio_bench_*.json")
+    [md_file] = tmp_path.glob("aio_bench_*.md")
+    assert md_file.read_text().startswith("# aio_bench")
+    report = json.loads(json_file.read_text())
+
+    machine = report["machine"]
+    assert machine["postgresql"]["version"] and machine["cpu_use"]["machine_busy_pct"] >= 0
+    for package in ("psycopg", "psycopg-pool", "asyncpg", "event loop"):
+        assert machine["packages"][package], package
+
+    assert set(report["scenarios"]) == AIO_SCENARIOS
+    for key, scenario in report["scenarios"].items():
+        results = scenario["results"]
+        assert AIO_POOLS <= set(results), key
+        for name, row in results.items():
+            figures = row["ns_per_op"]
+            assert 0 < figures["min"] <= figures["median"] <= figures["max"], (key, name)
+            assert row["ratio_to_ours"]["median"] > 0, (key, name)
+            if scenario["tasks"] > 1:
+                assert 0 <= row["fairness"]["median"] <= 1, (key, name)
+                if name in ("ours", "ours_b"):
+                    assert row["fairness"]["median"] > 0, key  # FIFO: every task gets its turns
+    assert {"floor_psycopg", "floor_asyncpg"} <= set(report["scenarios"]["select1_1task"]["results"])
+    assert "floor_psycopg" not in report["scenarios"]["checkout_1task"]["results"]
+    derived = report["derived"]
+    assert all(derived["aa_control"][key]["median"] > 0 for key in AIO_SCENARIOS)
+    assert derived["above_floor_ns"]["ours"] and derived["floor_psycopg_over_asyncpg"]["median"] > 0
+    assert {g["verdict"] for g in derived["goals"]} <= {"yes", "no", "inconclusive"}
+    assert {g["peer"] for g in derived["goals"]} == {"psycopg_pool", "asyncpg", "asyncpg_noreset", None}
+    stats = report["ours_pool_stats"]
+    assert set(stats) == {"ours", "ours_b"} and all(s["checkouts"] > 0 for s in stats.values())
+    assert len(report["rounds"]) == report["config"]["rounds"]
 
 
 # -- the suite end to end (benchmarks.suite_bench) ------------------------------------------------------------
