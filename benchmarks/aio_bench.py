@@ -91,15 +91,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def measure_all(dsn: str, plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Open the pools in this loop, run the rounds, close the pools."""
+async def measure_all(dsn: str, plan: Plan, progress: Callable[[str], None], meter: CpuMeter) -> dict[str, Any]:
+    """Open the pools in this loop, run the rounds, read the CPU meter while their backends live, close the pools."""
     async with AsyncExitStack() as stack:
         progress("opening pools")
         contenders = await build_contenders(dsn, stack)
         progress(f"{plan.rounds} rounds x {len(SCENARIOS)} scenarios x {len(contenders)} contenders")
         results, rounds = await run_rounds(contenders, plan, progress)
         ours_stats = {key: c.pool.stats() for key, c in contenders.items() if c.pool is not None}
-    return {"contenders": contenders, "results": results, "rounds": rounds, "ours_stats": ours_stats}
+        cpu_use = meter.result()  # before the pools close: a backend's CPU time is read while it lives
+    return {"contenders": contenders, "results": results, "rounds": rounds, "ours_stats": ours_stats,
+            "cpu_use": cpu_use}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(dsn, embedded, APP_NAME, aio_bench_packages())
         progress(f"load average {machine['load_average_at_start']}")
         meter = CpuMeter(postmaster_pid(dsn) if embedded else None)
-        measured = asyncio.run(measure_all(dsn, plan, progress))
-        machine["cpu_use"] = meter.result()
+        measured = asyncio.run(measure_all(dsn, plan, progress, meter))
+        machine["cpu_use"] = measured["cpu_use"]
     machine["load_average_at_end"] = load_average()
 
     contenders = measured["contenders"]

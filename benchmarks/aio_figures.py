@@ -1,11 +1,14 @@
 """aio_bench's figures: medians, ratios to ours paired by round, the A/A control, and the goals.
 
-A verdict is "inconclusive" when the A/A control (ours_b / ours, two identical pools) is further
-from 1 than the figure is from its target: the run cannot tell that difference from noise.
+A verdict is "inconclusive" when the run cannot tell the figure from its target: the target lies
+inside the 90 % bootstrap interval of the median of the per-round ratios, or the A/A control
+(ours_b / ours, two identical pools) is further from 1 than the figure is from its target.
 """
 
 from __future__ import annotations
 
+import random
+import statistics
 from typing import Any
 
 from .aio_contenders import POOL_SIZE, AioContender
@@ -45,10 +48,26 @@ def summarize(results: dict[str, dict[str, Series]], contenders: dict[str, AioCo
     return scenarios
 
 
-def verdict(figure: float | None, target: float, noise: float | None) -> str:
-    """yes / no against `target` (figure >= target is met), inconclusive when the A/A noise covers the gap."""
+BOOTSTRAP = 2000
+
+
+def median_interval(values: list[float], seed: int = 0) -> tuple[float, float] | None:
+    """90 % bootstrap interval of the median of `values` (resampled with replacement; seeded: reproducible)."""
+    if len(values) < 2:
+        return None
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP))
+    return medians[int(0.05 * BOOTSTRAP)], medians[int(0.95 * BOOTSTRAP) - 1]
+
+
+def verdict(figure: float | None, target: float, noise: float | None,
+            interval: tuple[float, float] | None = None) -> str:
+    """yes / no against `target` (figure >= target is met); inconclusive when the target is inside the
+    interval, or the A/A noise covers the gap."""
     if figure is None:
         return "not measured"
+    if interval is not None and interval[0] <= target <= interval[1]:
+        return "inconclusive"
     if noise is not None and abs(figure - target) / target <= noise:
         return "inconclusive"
     return "yes" if figure >= target else "no"
@@ -78,15 +97,17 @@ def derive(scenarios: dict[str, Any]) -> dict[str, Any]:
                                       ("asyncpg", GOAL_ASYNCPG, "no dearer than"),
                                       ("asyncpg_noreset", GOAL_ASYNCPG, "no dearer than")):
             ratio = median_of(key, peer, "ratio_to_ours")
-            says = verdict(ratio, target, noise[key])
+            row = scenarios[key]["results"].get(peer)
+            interval = median_interval(row["per_round"]["ratio_to_ours"]) if row else None
+            says = verdict(ratio, target, noise[key], interval)
             goals.append({"goal": f"ours {reading} {peer} ({key})", "scenario": key, "peer": peer,
-                          "figure": ratio, "target": f"{peer} / ours >= {target:g}",
+                          "figure": ratio, "interval_90": interval, "target": f"{peer} / ours >= {target:g}",
                           "aa_noise": noise[key], "verdict": says, "met": says == "yes"})
         if scenario.windowed:
             fair = median_of(key, "ours", "fairness")
             met = fair is not None and fair >= GOAL_FAIRNESS
             goals.append({"goal": f"fairness with {TASKS} tasks ({key})", "scenario": key, "peer": None,
-                          "figure": fair, "target": f">= {GOAL_FAIRNESS}", "aa_noise": None,
+                          "figure": fair, "interval_90": None, "target": f">= {GOAL_FAIRNESS}", "aa_noise": None,
                           "verdict": "yes" if met else "no", "met": met})
     return {"aa_control": control, "above_floor_ns": above_floor, "floor_psycopg_over_asyncpg": drivers,
             "goals": goals}

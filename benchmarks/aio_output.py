@@ -13,7 +13,7 @@ from .output import _figure, _ns, _ratio
 
 HEADERS = ["contender", "median ns/op", "min-max ns/op", "/ ours (paired median)", "/ ours min-max",
            "fairness median (min)"]
-GOAL_HEADERS = ["goal", "figure", "target", "A/A noise", "met"]
+GOAL_HEADERS = ["goal", "figure", "90 % interval", "target", "A/A noise", "met"]
 
 
 def table_rows(scenario: dict[str, Any]) -> list[list[str]]:
@@ -34,7 +34,9 @@ def table_rows(scenario: dict[str, Any]) -> list[list[str]]:
 
 
 def goal_rows(derived: dict[str, Any]) -> list[list[str]]:
-    return [[g["goal"], _figure(g["figure"]), g["target"],
+    return [[g["goal"], _figure(g["figure"]),
+             f"{_figure(g['interval_90'][0])}-{_figure(g['interval_90'][1])}" if g.get("interval_90") else "-",
+             g["target"],
              "-" if g["aa_noise"] is None else f"{100 * g['aa_noise']:.1f} %", g["verdict"]]
             for g in derived["goals"]]
 
@@ -118,7 +120,8 @@ def markdown(report: dict[str, Any]) -> str:
               "while holding the connection, or no other task would ever run. ns/op = wall time / operations "
               "completed; fairness = fewest operations any task completed / mean per task (mean of the passes). "
               "Ratio to ours: contender / ours within each round, median (min-max) over rounds. (b) sends BEGIN, "
-              "SELECT 1 and COMMIT on every contender. A verdict is inconclusive when the A/A control (a second, "
+              "SELECT 1 and COMMIT on every contender. A verdict is inconclusive when the target lies inside the "
+              "90 % bootstrap interval of the median of the per-round ratios, or when the A/A control (a second, "
               "identical pool of ours) is further from 1 than the figure is from its target. "
               f"Total run time {report['duration_s']:.0f} s.", ""]
     for key, scenario in report["scenarios"].items():
