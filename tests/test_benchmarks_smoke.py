@@ -118,6 +118,21 @@ def test_quick_aio_benchmark_reports_every_contender_and_scenario(tmp_path: Path
     assert len(report["rounds"]) == report["config"]["rounds"]
 
 
+@pytest.mark.timeout(60)
+def test_quick_psycopg3_profile_runs(tmp_path: Path, database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.psycopg3_profile", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [text_file] = tmp_path.glob("psycopg3_profile_*.txt")
+    text = text_file.read_text()
+    for case in ("driver='psycopg', checkout", "driver='psycopg2', select1", "AsyncPool, checkout + yield",
+                 "AsyncPool, BEGIN/SELECT 1/COMMIT", "== prototypes"):
+        assert case in text, case
+    assert all(f"\n{name} " in text for name in ("stock_b", "P1", "P2")), text[-800:]
+
+
 # -- the suite end to end (benchmarks.suite_bench) ------------------------------------------------------------
 
 WEB_VARIANTS = {f"{worker_class}/{mode}" for worker_class in ("sync", "gthread")
