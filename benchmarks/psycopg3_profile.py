@@ -8,8 +8,8 @@ Then two prototypes of changes to forkpool.AsyncPool's queued checkout, subclass
 here only to be measured (the library is not changed): P1 counts the queue for max_waiting
 only when a limit is set (the stock pool scans every waiter on every wait); P2, on top of P1,
 times a wait with one loop.call_at handle instead of an ``asyncio.timeout`` block. They run
-against the stock pool with 50 tasks, in interleaved windows, ratios paired per round, with a
-second stock pool (stock_b) as the A/A control.
+against the stock pool with 50 and 500 tasks, in interleaved windows, ratios paired per round,
+with a second stock pool (stock_b) as the A/A control.
 
 Each case is timed bare first (ns/op, best of 3), then run once under cProfile; the report lists
 the functions with the most own time (tottime) and the share of the operation spent in
@@ -151,8 +151,8 @@ def prototypes() -> dict[str, type]:
     return {"stock": forkpool.AsyncPool, "stock_b": forkpool.AsyncPool, "P1": P1, "P2": P2}  # stock_b: A/A
 
 
-async def measure_prototypes(dsn: str, window: float, rounds: int) -> str:
-    """50 tasks, acquire + yield + release: each prototype against the stock pool, interleaved, paired."""
+async def measure_prototypes(dsn: str, window: float, rounds: int, tasks: int) -> str:
+    """`tasks` tasks, acquire + yield + release: each prototype against the stock pool, interleaved, paired."""
     from forkpool.settings import build_settings
 
     from .aio_contenders import AioContender
@@ -166,23 +166,23 @@ async def measure_prototypes(dsn: str, window: float, rounds: int) -> str:
         ops = {name: aio_make_op("checkout", AioContender(name, "ours", "", p.getconn, p.putconn, psycopg_transaction),
                                  True) for name, p in pools.items()}
         for op in ops.values():
-            await aio_run_window(op, TASKS, window / 4)  # warm
+            await aio_run_window(op, tasks, window / 4)  # warm
         ns: dict[str, list[float]] = {name: [] for name in ops}
         rng = random.Random(1)
         for _ in range(rounds):
             order = list(ops)
             rng.shuffle(order)
             for name in order + order[::-1]:
-                ns[name].append((await aio_run_window(ops[name], TASKS, window)).ns_per_op)
+                ns[name].append((await aio_run_window(ops[name], tasks, window)).ns_per_op)
         per_round = {name: [sum(v[i:i + 2]) / 2 for i in range(0, len(v), 2)] for name, v in ns.items()}
     finally:
         for pool in pools.values():
             await pool.close()
-    lines = [f"\n== prototypes: acquire + yield + release, {TASKS} tasks on {POOL_SIZE}, {rounds} rounds of 2 windows "
+    lines = [f"\n== prototypes: acquire + yield + release, {tasks} tasks on {POOL_SIZE}, {rounds} rounds of 2 windows "
              f"of {window} s each, shuffled; ratio to stock paired per round"]
     for name, values in per_round.items():
         ratios = [a / b for a, b in zip(values, per_round["stock"])]
-        lines.append(f"{name:6} {statistics.median(values):>10,.0f} ns/op (min {min(values):,.0f}, max {max(values):,.0f})"
+        lines.append(f"{name:8} {statistics.median(values):>10,.0f} ns/op (min {min(values):,.0f}, max {max(values):,.0f})"
                      f"  / stock: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
     return "\n".join(lines) + "\n"
 
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()
         sections = threaded(dsn, stack, ops, args.top)
         sections += asyncio.run(asynchronous(dsn, ops, window, args.top))
-        sections.append(asyncio.run(measure_prototypes(dsn, window, 3 if args.quick else 10)))
+        for tasks, rounds in ((TASKS, 3 if args.quick else 10), (10 * TASKS, 2 if args.quick else 6)):
+            sections.append(asyncio.run(measure_prototypes(dsn, window, rounds, tasks)))
     head = (f"psycopg3_profile {started:%Y-%m-%dT%H:%M:%SZ}: Python {sys.version.split()[0]}, load average at start "
             f"{', '.join(f'{x:.2f}' for x in load)}, at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     text = head + "".join(sections)
