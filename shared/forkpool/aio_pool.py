@@ -200,9 +200,10 @@ class AsyncPool(AsyncPoolUpkeep):
 
     async def _wait_in_line(self, deadline: float, wait: float) -> Entry:
         limit = self.settings.max_waiting
-        queued = sum(1 for f, _ in self._waiting if not f.done())
-        if limit and queued >= limit:
-            raise TooManyWaiting(f"{self!r}: {queued} callers already waiting (max_waiting={limit})")
+        if limit:  # counted only when there is a limit: with many waiters the count costs (BENCHMARKS.md part 3)
+            queued = sum(1 for f, _ in self._waiting if not f.done())
+            if queued >= limit:
+                raise TooManyWaiting(f"{self!r}: {queued} callers already waiting (max_waiting={limit})")
         future: asyncio.Future[Entry] = self.loop.create_future()
         self._waiting.append((future, _monotonic()))
         self._counts[keys.WAITS] += 1
