@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from forkpool.metrics_dir import pid_alive  # noqa: F401 - one definition, the library's
+
 log = logging.getLogger("forkpool.harness")
 
 # The machine's own servers live here; never hand these ports out.
@@ -228,17 +230,6 @@ def sweep_stale(prefix: str, base: Path) -> None:
             continue
         if not any(pid_alive(pid) for pid in pids):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (a zombie counts: it is not reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 # -- binaries ----------------------------------------------------------------

@@ -19,23 +19,27 @@ SUITE_PACKAGES = {"web", "workers", "harness", "suite", "benchmarks", "tests"}
 EXTRAS = ("flask", "celery", "gunicorn", "redis", "prometheus_client")
 
 
-def runtime_imports(path: Path) -> set[str]:
-    """Modules `path` imports when it runs: top level and inside functions, not under TYPE_CHECKING."""
+def runtime_import_nodes(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements `path` runs: top level and inside functions, not under TYPE_CHECKING."""
     tree = ast.parse(path.read_text())
     type_only: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             type_only.update(id(child) for child in ast.walk(node))
+    return [node for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in type_only]
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Modules `path` imports when it runs (a relative import by its name as written)."""
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
+    for node in runtime_import_nodes(path):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1:
                 found.update([node.module] if node.module else [a.name for a in node.names])
             elif node.module:
                 found.add(node.module)
-        elif isinstance(node, ast.Import):
+        else:
             found.update(alias.name for alias in node.names)
     return found
 
@@ -56,15 +60,8 @@ def library_graph() -> dict[str, set[str]]:
 
 def runtime_imports_resolved(path: Path, package: tuple[str, ...]) -> set[str]:
     """The forkpool-level module (first part below forkpool) of each import `path` makes at run time."""
-    tree = ast.parse(path.read_text())
-    type_only: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            type_only.update(id(child) for child in ast.walk(node))
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
+    for node in runtime_import_nodes(path):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = list(package[: len(package) - (node.level - 1)])
@@ -74,7 +71,7 @@ def runtime_imports_resolved(path: Path, package: tuple[str, ...]) -> set[str]:
             else:
                 continue
             found.update(t[0] for t in targets if t)
-        elif isinstance(node, ast.Import):
+        else:
             found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("forkpool."))
     return found
 

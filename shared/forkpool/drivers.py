@@ -37,9 +37,28 @@ class Driver:
     def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
         raise NotImplementedError
 
+    # Set per driver: libpq's transaction statuses as the driver reports them.
+    _idle: int
+    _unusable: tuple[int, ...]  # closed or broken, or (psycopg 3) a query still running on it
+
+    def transaction_status(self, conn: Any) -> int:
+        raise NotImplementedError
+
     def reset_for_reuse(self, conn: Any) -> bool:
         """Bring a returned connection back to idle; False if it cannot be reused."""
-        raise NotImplementedError
+        status = self.transaction_status(conn)
+        if status == self._idle and not conn.autocommit:
+            return True
+        if conn.closed or status in self._unusable:
+            return False
+        try:
+            if status != self._idle:
+                conn.rollback()
+            if conn.autocommit:
+                conn.autocommit = False
+        except self.Error:
+            return False
+        return not conn.closed
 
     def is_alive(self, conn: Any) -> bool:
         """One round trip: does the server still answer on this (idle) connection?"""
@@ -78,27 +97,15 @@ class Psycopg2Driver(Driver):
 
         self._psycopg2 = psycopg2
         self.Error = psycopg2.Error
-        self._idle, self._unknown = ext.TRANSACTION_STATUS_IDLE, ext.TRANSACTION_STATUS_UNKNOWN
+        self._idle, self._unusable = ext.TRANSACTION_STATUS_IDLE, (ext.TRANSACTION_STATUS_UNKNOWN,)
         idle = self._idle
         self.is_clean = lambda conn: conn.get_transaction_status() == idle and not conn.autocommit
 
     def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
         return self._psycopg2.connect(dsn, **kwargs)
 
-    def reset_for_reuse(self, conn: Any) -> bool:
-        status = conn.get_transaction_status()  # UNKNOWN once closed
-        if status == self._idle and not conn.autocommit:
-            return True
-        if conn.closed or status == self._unknown:
-            return False
-        try:
-            if status != self._idle:
-                conn.rollback()
-            if conn.autocommit:
-                conn.autocommit = False
-        except self.Error:
-            return False
-        return not conn.closed
+    def transaction_status(self, conn: Any) -> int:
+        return conn.get_transaction_status()  # type: ignore[no-any-return]  # UNKNOWN once closed
 
 
 class PsycopgDriver(Driver):
@@ -112,28 +119,17 @@ class PsycopgDriver(Driver):
 
         self._psycopg = psycopg
         self.Error = psycopg.Error
-        self._idle, self._unknown = int(pq.TransactionStatus.IDLE), int(pq.TransactionStatus.UNKNOWN)
-        self._active = int(pq.TransactionStatus.ACTIVE)
+        self._idle = int(pq.TransactionStatus.IDLE)
+        # ACTIVE too: a query still running (a cursor not consumed) cannot be rolled back from here.
+        self._unusable = (int(pq.TransactionStatus.UNKNOWN), int(pq.TransactionStatus.ACTIVE))
         idle = self._idle
         self.is_clean = lambda conn: conn.pgconn.transaction_status == idle and not conn.autocommit
 
     def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
         return self._psycopg.connect(dsn, **kwargs)
 
-    def reset_for_reuse(self, conn: Any) -> bool:
-        status = conn.pgconn.transaction_status
-        if status == self._idle and not conn.autocommit:
-            return True
-        if conn.closed or status in (self._unknown, self._active):
-            return False  # closed, broken, or a query still running (a cursor not consumed)
-        try:
-            if status != self._idle:
-                conn.rollback()
-            if conn.autocommit:
-                conn.autocommit = False
-        except self.Error:
-            return False
-        return not conn.closed
+    def transaction_status(self, conn: Any) -> int:
+        return conn.pgconn.transaction_status  # type: ignore[no-any-return]  # libpq's own, no enum built
 
 
 _CLASSES: dict[str, type[Driver]] = {PSYCOPG2: Psycopg2Driver, PSYCOPG: PsycopgDriver}

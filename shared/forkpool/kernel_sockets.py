@@ -86,38 +86,31 @@ def netns_of(pid: int) -> int | None:
         return None
 
 
-def tcp_table(pid: int | str = "self") -> dict[int, TcpSocket]:
-    """Every TCP socket of `pid`'s network namespace, by inode (0: no process holds it any more)."""
-    table: dict[int, TcpSocket] = {}
+def tcp_sockets(pid: int | str = "self") -> list[TcpSocket]:
+    """Every TCP socket of `pid`'s network namespace, as /proc/PID/net/tcp{,6} lists them (inode 0: no
+    process holds it any more)."""
+    found = []
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             with open(f"/proc/{pid}/net/{name}") as stream:
                 next(stream)
                 for line in stream:
                     fields = line.split()
-                    entry = TcpSocket(int(fields[9]), _hex_endpoint(fields[1], family),
-                                      _hex_endpoint(fields[2], family), int(fields[3], 16))
-                    if entry.inode:
-                        table[entry.inode] = entry
+                    found.append(TcpSocket(int(fields[9]), _hex_endpoint(fields[1], family),
+                                           _hex_endpoint(fields[2], family), int(fields[3], 16)))
         except (OSError, StopIteration):
             continue
-    return table
+    return found
+
+
+def tcp_table(pid: int | str = "self") -> dict[int, TcpSocket]:
+    """The TCP sockets of `pid`'s namespace that a process holds, by inode."""
+    return {entry.inode: entry for entry in tcp_sockets(pid) if entry.inode}
 
 
 def tcp_endpoints_in_use(pid: int | str = "self") -> set[tuple[str, int]]:
     """Local (address, port) of every established TCP socket in `pid`'s namespace, held or not."""
-    found = set()
-    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        try:
-            with open(f"/proc/{pid}/net/{name}") as stream:
-                next(stream)
-                for line in stream:
-                    fields = line.split()
-                    if int(fields[3], 16) == TCP_ESTABLISHED:
-                        found.add(_hex_endpoint(fields[1], family))
-        except (OSError, StopIteration):
-            continue
-    return found
+    return {entry.local for entry in tcp_sockets(pid) if entry.state == TCP_ESTABLISHED}
 
 
 def unix_table(pid: int | str = "self") -> dict[int, UnixSocket]:

@@ -49,6 +49,7 @@ def pids_with_files(path: str) -> set[int]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a zombie counts: it is not reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
