@@ -6,6 +6,7 @@ runs outside it.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import select
@@ -68,11 +69,44 @@ class Entry:
 def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
     """Open one connection with the pool's driver, named after this process; raises the driver's Error."""
     seconds = settings.connect_timeout if timeout is None else min(timeout, settings.connect_timeout)
-    kwargs: dict[str, Any] = dict(settings.connect_kwargs or {})
-    kwargs["application_name"] = application_name()
-    kwargs.setdefault("connect_timeout", max(1, round(seconds)))  # libpq takes whole seconds, 1 at least
+    kwargs = connect_params(settings, seconds)
     conn = get_driver(settings.driver).connect(settings.dsn, kwargs)
     return Entry(conn, settings.max_lifetime)
+
+
+def connect_params(settings: PoolSettings, connect_seconds: float) -> dict[str, Any]:
+    """libpq parameters for one connection: the pool's network bounds, then the DSN's, then connect_kwargs.
+
+    The same parameters work for psycopg2 and psycopg 3 (both hand them to libpq).
+    A parameter the DSN names is left to the DSN: a keyword argument would override it.
+    """
+    kwargs: dict[str, Any] = {k: v for k, v in network_params(settings).items() if k not in _dsn_keys(settings.dsn)}
+    kwargs.update(settings.connect_kwargs or {})
+    kwargs["application_name"] = application_name()
+    kwargs.setdefault("connect_timeout", max(1, round(connect_seconds)))  # libpq takes whole seconds, 1 at least
+    return kwargs
+
+
+def network_params(settings: PoolSettings) -> dict[str, int]:
+    """TCP keepalives and tcp_user_timeout as libpq takes them (whole seconds; milliseconds for the latter)."""
+    found: dict[str, int] = {}
+    if settings.keepalives_idle > 0:
+        found.update(keepalives=1, keepalives_idle=max(1, round(settings.keepalives_idle)),
+                     keepalives_interval=max(1, round(settings.keepalives_interval)),
+                     keepalives_count=settings.keepalives_count)
+    if settings.tcp_user_timeout > 0:
+        found["tcp_user_timeout"] = max(1, round(settings.tcp_user_timeout * 1000))
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _dsn_keys(dsn: str) -> frozenset[str]:
+    import psycopg2.extensions  # always installed: settings validates DSNs with it
+
+    try:
+        return frozenset(psycopg2.extensions.parse_dsn(dsn))
+    except Exception:  # noqa: BLE001 - validated at configuration; libpq reports a bad one on connect
+        return frozenset()
 
 
 def rollback_quietly(conn: connection) -> None:
