@@ -20,6 +20,9 @@ from .identity import application_name
 from .kernel_sockets import devnull_fd
 from .settings import PoolSettings
 
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # the peer's FIN (Linux): the server closed the session
+_DEAD = select.POLLERR | select.POLLHUP | select.POLLNVAL | _POLLRDHUP
+
 connection = Any  # a psycopg2 or psycopg 3 connection, whichever the pool's driver makes
 
 # A lifetime is shortened by up to this fraction, so connections opened together
@@ -46,7 +49,7 @@ class Entry:
         now = time.monotonic()
         self.conn = conn
         self._poller = select.poll()
-        self._poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        self._poller.register(conn.fileno(), select.POLLIN | select.POLLPRI | _POLLRDHUP)
         self.created_at = now
         self.verified_at = now  # last time the server is known to have answered
         self.returned_at = now
@@ -64,6 +67,11 @@ class Entry:
         non-blocking poll() costs a syscall, not a round trip.
         """
         return bool(self._poller.poll(0))
+
+    def socket_is_dead(self) -> bool:
+        """True if the kernel already ended the connection: reset, timed out (keepalive,
+        tcp_user_timeout) or hung up by the server. Unlike news, this needs no round trip to decide."""
+        return any(events & _DEAD for _, events in self._poller.poll(0))
 
 
 def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
