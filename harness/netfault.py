@@ -2,10 +2,16 @@
 
 A blackhole that should trip TCP keepalives and ``tcp_user_timeout`` must not be acknowledged by
 anyone: a proxy's kernel acknowledges what the proxy holds (harness/fault_proxy.py). Here the
-packets themselves vanish: a ``clsact`` filter on the loopback device redirects every packet whose
-source or destination port is the server's to an ``ifb`` device that is never brought up, and a
-device that is down drops what it is given. The peers see nothing: no RST, no ICMP, no FIN.
-(netem and the ``drop`` action are not in this machine's kernel; ``mirred`` and ``ifb`` are.)
+packets themselves vanish: a ``clsact`` filter on the loopback device's ingress redirects every
+packet whose source or destination port is the server's to an ``ifb`` device that is never brought
+up, and a device that is down drops what it is given. The peers see nothing: no RST, no ICMP, no
+FIN. (netem and the ``drop`` action are not in this machine's kernel; ``mirred`` and ``ifb`` are.)
+
+Ingress, not egress: a packet dropped on the way out is reported to the sender's TCP as a local
+failure, and Linux retries a keepalive probe that failed locally without counting it, so the
+server's keepalives never ended a silenced session (measured: sessions still there after 40 s).
+Dropped on the way in, the sender believes it sent the packet, as on a real network: both
+kernels' keepalives and tcp_user_timeout then end the connection at ~10 s.
 
 All of it happens in a network namespace of our own (``unshare --net``), which has its own
 loopback: the machine's is never touched, other runs on the machine are not affected, and no rule
@@ -68,7 +74,7 @@ class PacketDrop:
         if self.active:
             return
         for prio, field in ((self._prio(0), "dport"), (self._prio(1), "sport")):
-            subprocess.run(["tc", "filter", "add", "dev", "lo", "egress", "protocol", "ip", "prio", str(prio),
+            subprocess.run(["tc", "filter", "add", "dev", "lo", "ingress", "protocol", "ip", "prio", str(prio),
                             "u32", "match", "ip", field, str(self.port), "0xffff",
                             "action", "mirred", "egress", "redirect", "dev", DROP_DEVICE],
                            check=True, capture_output=True, timeout=10)
@@ -78,7 +84,7 @@ class PacketDrop:
         if not self.active:
             return
         for prio in (self._prio(0), self._prio(1)):
-            subprocess.run(["tc", "filter", "del", "dev", "lo", "egress", "prio", str(prio)],
+            subprocess.run(["tc", "filter", "del", "dev", "lo", "ingress", "prio", str(prio)],
                            check=True, capture_output=True, timeout=10)
         self.active = False
 
