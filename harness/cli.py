@@ -125,7 +125,8 @@ def soak(duration: float, report_dir: Path | None) -> None:
 
 @click.command(context_settings=_CONTEXT)
 @click.argument("scenario", type=click.Choice(["all", "pg-restart", "pg-down-at-start", "out-of-slots",
-                                               "redis-restart", "slow-queries"]))
+                                               "redis-restart", "slow-queries", "blackhole", "latency",
+                                               "reset-mid-query", "reconnect-storm", "redis-blackhole"]))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the figures and checks here.")
 def fault(scenario: str, json_path: Path | None) -> None:

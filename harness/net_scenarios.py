@@ -108,6 +108,7 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
         tasks.stop()
         probes = [p for r in readers for p in r.stop()]
         waits = [d for r in readers for d in r.durations]
+        failed_waits = [d for r in readers for d, p in zip(r.durations, r.results) if not p[1].startswith("2")]
         rows = wait_for_rows(bench.observe_url, tasks.keys, 90)
         kinds = error_kinds(probes)
         timeouts = _worker_timeouts(bench)
@@ -115,6 +116,7 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
         result.figures = {
             "silence_s": round(back - down, 2), "requests": len(probes), "by_status": outcome_counts(probes),
             "errors_by_kind": kinds, "longest_request_s": round(max(waits), 2),
+            "longest_failed_request_s": round(max(failed_waits), 2) if failed_waits else None,
             "recovery_s": _round(recovery_time(probes, back)), "pools_full_after_s": full_after,
             "server_sessions": sessions, "gunicorn_worker_timeouts": timeouts, "web_workers_replaced": replaced,
             "tasks": len(tasks.keys), "tasks_done": sum(1 for k in tasks.keys if rows.get(k)),
