@@ -63,7 +63,11 @@ class FaultProxy:
     """Listens on 127.0.0.1:`port` (a free one by default) and forwards to `upstream`."""
 
     def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int | None = None,
-                 name: str = "proxy") -> None:
+                 name: str = "proxy", server_keepalives: bool = False) -> None:
+        """`server_keepalives`: clients' sockets get the server's keepalives and tcp_user_timeout
+        (faults.SERVER_NETWORK_SETTINGS), so a client that went silent is cut off, and its
+        server session ended, as the server itself would do without a proxy in between."""
+        self.server_keepalives = server_keepalives
         self.upstream = (upstream_host, upstream_port)
         self.host, self.port, self.name = host, port or free_port(host), name
         self.toxics = Toxics()
@@ -163,6 +167,8 @@ class FaultProxy:
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.counters.accepted_at.append(time.monotonic())
+        if self.server_keepalives:
+            _server_keepalives(client_w)
         try:
             server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -236,6 +242,16 @@ class _Link:
         for writer in (self.client_w, self.server_w):
             if not writer.is_closing():
                 writer.close()
+
+
+def _server_keepalives(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 10000)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
