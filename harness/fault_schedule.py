@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from .fault_proxy import FaultProxy
 from .model import Check, Event, Sample
 from .netfault import PacketDrop
 from .services import EmbeddedPostgres
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .model import RunReport
+    from .run import LoadOptions
+    from .sampler import Sampler
 
 EXACT_BOUND_S = 30.0
 
@@ -107,7 +115,7 @@ class FaultSchedule:
                      f"exact again after {detail}")
 
 
-def run_with_faults(options, console, log_dir=None):  # type: ignore[no-untyped-def]  # -> RunReport
+def run_with_faults(options: LoadOptions, console: Console, log_dir: Path | None = None) -> RunReport:
     """The soak on embedded servers, PostgreSQL behind a fault proxy, with the schedule above.
     Runs inside a private network namespace (the CLI re-executes itself in one)."""
     from .faults import SERVER_NETWORK_SETTINGS
@@ -120,7 +128,7 @@ def run_with_faults(options, console, log_dir=None):  # type: ignore[no-untyped-
         with FaultProxy(pg.host, pg.port, name="soak-pg-proxy", server_keepalives=True) as proxy:
             console.print(f"PostgreSQL behind a fault proxy on port {proxy.port}; faults: restart, blackhole, latency")
 
-            def schedule(sampler, exact):  # type: ignore[no-untyped-def]
+            def schedule(sampler: Sampler, exact: Callable[[Sample], bool]) -> FaultSchedule:
                 return FaultSchedule(pg, proxy, options.duration, sampler.now, sampler.latest, exact)
 
             return run_on(proxy.url(pg.url), redis_server.url, options, console, log_dir,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 from forkpool import ConnectError, Pool, PoolTimeout
 from forkpool import stats as keys
@@ -27,7 +28,7 @@ class PoolUnderLoad:
     """`threads` callers looping on a pool of `size` through the proxy: its counters over a window."""
 
     def __init__(self, dsn: str, size: int = 2, threads: int = 6, timeout: float = 1.0,
-                 clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.failures: list[tuple[float, str]] = []  # (when the checkout began, what failed)
         self.pool = Pool(build_settings(dsn=dsn, min_size=size, max_size=size, timeout=timeout), "harness-load")

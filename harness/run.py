@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import psycopg2
 from rich.console import Console
@@ -26,6 +26,9 @@ from .socket_watch import SocketWatch
 from .sampler import Sampler
 from .services import redact_url, services
 from .suite_probe import pid_alive, wait_for_rows, web_pool_reports
+
+if TYPE_CHECKING:
+    from .fault_schedule import FaultSchedule
 
 STEADY_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 60.0
@@ -165,7 +168,7 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
 
 
 def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
-              console: Console, logs: Path, celery, faults=None) -> LoadResult:  # type: ignore[no-untyped-def]
+              console: Console, logs: Path, celery, faults: FaultSchedule | None = None) -> LoadResult:
     plan = suite.plan
     locust = LocustRun(suite.web.url, users=options.users, duration=options.duration,
                        suite_id=plan.suite_id, workdir=logs / "locust").start()
