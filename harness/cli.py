@@ -117,20 +117,50 @@ def loadtest(**params: Any) -> None:
 @click.option("--duration", type=click.FloatRange(min=5), default=600.0, show_default=True, help="Seconds of load.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report files (memory.png too) and logs here.")
-def soak(duration: float, report_dir: Path | None) -> None:
+@click.option("--faults", is_flag=True,
+              help="During the load: PostgreSQL restarts, goes silent (packets dropped), then slow "
+                   "(embedded servers, in a private network namespace; needs root, ip and tc).")
+def soak(duration: float, report_dir: Path | None, faults: bool) -> None:
     """Long mixed load with recycling on: connection counts and memory per process must stay flat."""
     from . import preflight
 
-    preflight.check_suite(preflight.SuiteNeeds(pool_size=4))
+    preflight.check_suite(preflight.SuiteNeeds(pool_size=4, embedded_only=faults))
+    if faults:
+        _enter_private_network(["soak", "--duration", str(duration), "--faults",
+                                *(["--report", str(report_dir)] if report_dir else [])])
     params = dict(web_workers=3, web_threads=1, worker_concurrency=2, pool_size=4, duration=duration, users=10,
                   task_rate=5.0, max_requests=500, max_tasks_per_child=100, preload=False, kill_workers=0,
-                  max_connections=100, json_path=None, report_dir=report_dir, naive=False, soak=True)
+                  max_connections=100, json_path=None, report_dir=report_dir, naive=False, soak=True, faults=faults)
     sys.exit(_run(params))
+
+
+def _enter_private_network(argv: list[str]) -> None:
+    """Run this command again inside a new network namespace (unless already in one), and exit with it:
+    dropping packets there touches nothing outside this run (harness/netfault.py)."""
+    import subprocess
+
+    from .netfault import IN_NETNS_ENV, prepare_namespace, unavailable
+    from .preflight import PreflightError
+
+    state = os.environ.get(IN_NETNS_ENV)
+    if state == "new":  # the namespace's first process: bring it up once
+        prepare_namespace()
+        os.environ[IN_NETNS_ENV] = "1"
+        return
+    if state:
+        return
+    reason = unavailable()
+    if reason:
+        raise PreflightError(f"--faults: {reason}")
+    done = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "forkpool", *argv],
+                          env={**os.environ, IN_NETNS_ENV: "new"})
+    sys.exit(done.returncode)
 
 
 @click.command(context_settings=_CONTEXT)
 @click.argument("scenario", type=click.Choice(["all", "pg-restart", "pg-down-at-start", "out-of-slots",
-                                               "redis-restart", "slow-queries"]))
+                                               "redis-restart", "slow-queries", "blackhole", "latency",
+                                               "reset-mid-query", "reconnect-storm", "redis-blackhole"]))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the figures and checks here.")
 def fault(scenario: str, json_path: Path | None) -> None:

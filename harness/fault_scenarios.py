@@ -17,7 +17,10 @@ from forkpool.settings import build_settings
 from .chaos import DirectEnqueuer, producer
 from .faults import Bench, FaultResult, Prober, outcome_counts, recovery_time
 from .model import Check
+from .net_scenarios import blackhole, redis_blackhole
+from .proxy_scenarios import latency, reset_mid_query
 from .services import EmbeddedPostgres
+from .storm import reconnect_storm
 from .suite_probe import wait_for_rows
 
 DRAIN_S = 60.0
@@ -278,10 +281,26 @@ class _Capture(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-SCENARIOS: dict[str, Callable[[], FaultResult]] = {
+SCENARIOS: dict[str, Callable[..., FaultResult]] = {
     "pg-restart": pg_restart,
     "pg-down-at-start": pg_down_at_start,
     "out-of-slots": out_of_slots,
     "redis-restart": redis_restart,
     "slow-queries": slow_queries,
+    # A bad network (harness/net_scenarios.py, proxy_scenarios.py, storm.py): full length here;
+    # tests/test_faults.py runs them shortened (SHORT below).
+    "blackhole": blackhole,
+    "latency": latency,
+    "reset-mid-query": reset_mid_query,
+    "reconnect-storm": reconnect_storm,
+    "redis-blackhole": redis_blackhole,
+}
+
+# CI's versions: each well under a minute on 2 cores. A silence must still outlast the bound it
+# tests (~11 s), so the blackholes are 14 s, not 20.
+SHORT: dict[str, dict[str, float]] = {
+    "blackhole": {"silence": 14.0},
+    "redis-blackhole": {"silence": 14.0},
+    "latency": {"duration": 6.0},
+    "reconnect-storm": {"outage": 5.0},
 }

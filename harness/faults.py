@@ -22,6 +22,7 @@ from typing import Any, Callable
 from suite.schema import init_schema_at
 
 from . import checks
+from .fault_proxy import FaultProxy
 from .model import Check, Sample
 from .processes import RunningSuite, SuitePlan, start_suite
 from .sampler import Sampler
@@ -30,6 +31,12 @@ from .suite_probe import pid_alive
 
 POOL = 2
 PROBE_INTERVAL = 0.05
+# The server's side of a silent network: a session whose client went silent is probed after 5 s
+# idle and ended when a probe goes unanswered past 10 s (as the pool's defaults do on the client's
+# side); a running query notices a client that hung up within 2 s (PostgreSQL 14+).
+SERVER_NETWORK_SETTINGS: dict[str, object] = {
+    "tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 10000, "client_connection_check_interval": 2000}
 
 
 @dataclass
@@ -47,9 +54,10 @@ class Prober:
     """One client calling an endpoint every 50 ms, recording (t, outcome) for every request."""
 
     def __init__(self, url: str, method: str = "GET", body: Callable[[], dict] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.url, self.method, self.body, self.clock = url, method, body, clock
+                 clock: Callable[[], float] = time.monotonic, timeout: float = 10.0) -> None:
+        self.url, self.method, self.body, self.clock, self.timeout = url, method, body, clock, timeout
         self.results: list[tuple[float, str, dict]] = []  # (t sent, "200"/"503"/"error", JSON body)
+        self.durations: list[float] = []  # seconds each request took, aligned with results
         self.sent: list[dict | None] = []  # the body of each request, aligned with results
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-prober", daemon=True)
@@ -66,7 +74,9 @@ class Prober:
     def _run(self) -> None:
         while not self._stop.is_set():
             sent = self.clock()
-            self.results.append((sent, *self._call()))
+            outcome = self._call()
+            self.durations.append(self.clock() - sent)
+            self.results.append((sent, *outcome))
             self._stop.wait(PROBE_INTERVAL)
 
     def _call(self) -> tuple[str, dict]:
@@ -76,7 +86,7 @@ class Prober:
         request = urllib.request.Request(self.url, method=self.method, data=data,
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return str(response.status), json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return str(exc.code), json.loads(exc.read() or b"{}")
@@ -89,6 +99,16 @@ def outcome_counts(results: list[tuple[float, str, dict]]) -> dict[str, int]:
     for _, status, _ in results:
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def error_kinds(results: list[tuple[float, str, dict]]) -> dict[str, int]:
+    """Failed requests by status and the body's error name, e.g. {"503 database_unavailable": 12}."""
+    kinds: dict[str, int] = {}
+    for _, status, body in results:
+        if not status.startswith("2"):
+            kind = f"{status} {body.get('error', '')}".strip()
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def recovery_time(results: list[tuple[float, str, dict]], back_at: float) -> float | None:
@@ -108,15 +128,28 @@ class Bench:
     """Embedded servers, the suite, a sampler: everything a scenario stands on, stopped in order."""
 
     def __init__(self, name: str, web_workers: int = 2, worker_concurrency: int = 2, persistent_redis: bool = False,
-                 max_connections: int = 60, extra_env: dict[str, str] | None = None) -> None:
+                 max_connections: int = 60, extra_env: dict[str, str] | None = None, proxied: bool = False,
+                 observe_by_socket: bool = False) -> None:
+        """`proxied`: the suite reaches PostgreSQL and Redis through fault proxies (self.pg_proxy,
+        self.redis_proxy); the harness's own observers never do. `observe_by_socket`: they use
+        PostgreSQL's unix socket, so a silenced TCP port does not blind them."""
         self.stack = ExitStack()
-        self.pg = self.stack.enter_context(EmbeddedPostgres(max_connections=max_connections))
+        self.pg = self.stack.enter_context(EmbeddedPostgres(max_connections=max_connections,
+                                                            settings=SERVER_NETWORK_SETTINGS))
         self.redis = self.stack.enter_context(EmbeddedRedis(persistent=persistent_redis))
-        init_schema_at(self.pg.url)
-        self.plan = SuitePlan(database_url=self.pg.url, redis_url=self.redis.url, suite_id=f"{name}{uuid.uuid4().hex[:6]}",
+        self.observe_url = self.pg.socket_url if observe_by_socket else self.pg.url
+        init_schema_at(self.observe_url)
+        database_url, redis_url = self.pg.url, self.redis.url
+        self.pg_proxy = self.redis_proxy = None
+        if proxied:
+            self.pg_proxy = self.stack.enter_context(FaultProxy(self.pg.host, self.pg.port, name="pg-proxy"))
+            self.redis_proxy = self.stack.enter_context(FaultProxy(self.redis.host, self.redis.port,
+                                                                   name="redis-proxy"))
+            database_url, redis_url = self.pg_proxy.url(database_url), self.redis_proxy.url(redis_url)
+        self.plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id=f"{name}{uuid.uuid4().hex[:6]}",
                               web_workers=web_workers, worker_concurrency=worker_concurrency, pool_size=POOL,
                               extra_env=extra_env or {})
-        self.sampler = Sampler(self.pg.url, self.plan.suite_id)
+        self.sampler = Sampler(self.observe_url, self.plan.suite_id)
         self.logs = Path(tempfile.mkdtemp(prefix=f"forkpool-fault-{name}-"))
         self.expected = checks.expected_by_role(web_workers, worker_concurrency, POOL)
         self.suite: RunningSuite | None = None

@@ -26,7 +26,7 @@ from forkpool.redact import dsn_password, redact_text
 _MIN_LITERAL_SECRET = 4
 _ROLE_ORDER = ("web", "worker")
 _ROLE_COLOURS = {"web": "tab:blue", "worker": "tab:orange", "asgi": "tab:green"}
-_EVENT_COLOURS = {"kill": "tab:red", "recycle": "tab:purple"}
+_EVENT_COLOURS = {"kill": "tab:red", "recycle": "tab:purple", "fault": "tab:brown"}
 
 
 # --- redaction ---------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import psycopg2
 from rich.console import Console
@@ -26,6 +26,9 @@ from .socket_watch import SocketWatch
 from .sampler import Sampler
 from .services import redact_url, services
 from .suite_probe import pid_alive, wait_for_rows, web_pool_reports
+
+if TYPE_CHECKING:
+    from .fault_schedule import FaultSchedule
 
 STEADY_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 60.0
@@ -52,6 +55,7 @@ class LoadOptions:
     max_connections: int = 100  # of the embedded server; ignored with DATABASE_URL
     other_clients: int = 2  # the harness's own sessions (sampler, checks)
     soak: bool = False  # add check 7: memory per process stays flat
+    faults: bool = False  # soak --faults: a restart, a blackhole, a latency spike (check 8)
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(self.web_workers, self.web_threads, self.worker_concurrency, self.pool_size,
@@ -65,6 +69,10 @@ class LoadOptions:
 
 def run_loadtest(options: LoadOptions, console: Console, log_dir: Path | None = None) -> RunReport:
     """Start embedded servers (or use DATABASE_URL / REDIS_URL) and run once on them."""
+    if options.faults:
+        from .fault_schedule import run_with_faults
+
+        return run_with_faults(options, console, log_dir)
     max_connections = max(options.max_connections, 10)
     with services(max_connections=max_connections) as running:
         assert running.redis_url is not None
@@ -81,7 +89,10 @@ def check_budget(database_url: str, plan: DeploymentPlan) -> Budget:
 
 
 def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Console,
-           log_dir: Path | None = None) -> RunReport:
+           log_dir: Path | None = None, observe_url: str | None = None,
+           schedule: Callable | None = None) -> RunReport:
+    """`observe_url`: where the harness counts sessions, if not `database_url` (a proxy in between);
+    `schedule(sampler, exact)`: faults to run during the load (harness/fault_schedule.py)."""
     suite_id = f"run{uuid.uuid4().hex[:8]}"
     plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id=suite_id,
                      web_workers=options.web_workers, web_threads=options.web_threads,
@@ -102,7 +113,7 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
         return report
     init_schema_at(database_url)
     started = time.monotonic()
-    sampler = Sampler(database_url, suite_id).start()
+    sampler = Sampler(observe_url or database_url, suite_id).start()
     logs = log_dir or Path(tempfile.mkdtemp(prefix=f"forkpool-{suite_id}-"))
     asgi = f", {options.asgi_workers} asgi workers" if options.asgi_workers else ""
     console.print(f"starting {options.web_workers} web workers, {options.worker_concurrency} task processes{asgi}, "
@@ -111,7 +122,7 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
     rss = RssSampler(suite, sampler.now).start()
     steady = None
     try:
-        steady = _drive(suite, sampler, options, report, console, logs)
+        steady = _drive(suite, sampler, options, report, console, logs, schedule)
     finally:
         report.rss = rss.stop()
         suite.stop()
@@ -122,7 +133,7 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
 
 
 def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
-           console: Console, logs: Path) -> Sample | None:
+           console: Console, logs: Path, schedule: Callable | None = None) -> Sample | None:
     """Steady state, load with disturbances, drain, settle; appends checks 1, 3, 4, 5 and 6."""
     plan = suite.plan
     expected = checks.expected_by_role(plan.web_workers, plan.worker_concurrency, plan.pool_size, plan.asgi_workers)
@@ -134,7 +145,9 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
     load_start = time.monotonic()
     watch = SocketWatch(plan.database_url, plan.redis_url, suite.master_pids).start()
     try:
-        load = _run_load(suite, sampler, options, report, console, logs, celery)
+        faults = schedule(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected) \
+            if schedule else None
+        load = _run_load(suite, sampler, options, report, console, logs, celery, faults)
     finally:
         watch.stop()
     load_end = sampler.now()
@@ -159,7 +172,7 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
 
 
 def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
-              console: Console, logs: Path, celery) -> LoadResult:
+              console: Console, logs: Path, celery, faults: FaultSchedule | None = None) -> LoadResult:
     plan = suite.plan
     # The async tier gets its share of the users (harness/locustfile.py's AsgiUser), the web tier the rest.
     asgi_env = ({"FORKPOOL_ASGI_HOST": suite.asgi.url, "FORKPOOL_ASGI_USERS": str(options.asgi_users)}
@@ -168,6 +181,8 @@ def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, repor
                        suite_id=plan.suite_id, workdir=logs / "locust", env=asgi_env).start()
     enqueuer = DirectEnqueuer(celery, plan.queue, plan.suite_id, options.task_rate).start()
     killer = Killer(suite, options.kill_workers, options.duration, sampler.now).start()
+    if faults is not None:
+        faults.start()
     try:
         with console.status("load running") as status:
             deadline = time.monotonic() + options.duration
@@ -176,13 +191,20 @@ def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, repor
                 seen = latest.by_role() if latest else {}
                 status.update(f"load: {max(deadline - time.monotonic(), 0):4.0f} s left; connections "
                               f"{sum(seen.values())}/{plan.ceiling} {seen}")
+                if faults is not None:
+                    faults.service_restarts()  # from this, the main thread (see FaultSchedule)
                 time.sleep(0.5)
         load = locust.wait(timeout=options.duration + 60)
     finally:
         enqueuer.stop()
         killer.stop()
         locust.stop()
+        if faults is not None:
+            faults.stop()
     report.events.extend(killer.events)
+    if faults is not None:
+        report.events.extend(faults.events)
+        report.checks.append(faults.check(8))
     load.tasks_enqueued = len(enqueuer.keys)
     load.direct_keys = list(enqueuer.keys)
     return load

@@ -247,9 +247,10 @@ class EmbeddedPostgres(_Server):
 
     def __init__(self, max_connections: int = 100, *, port: int | None = None,
                  base_dir: str | Path | None = None, password: str | None = None,
-                 superuser_reserved_connections: int = 3) -> None:
+                 superuser_reserved_connections: int = 3, settings: dict[str, object] | None = None) -> None:
         super().__init__(port, base_dir)
         self.max_connections = max_connections
+        self.extra_settings = dict(settings or {})  # more -c name=value for the server
         self.superuser_reserved_connections = superuser_reserved_connections
         self._password = password
         self._bindir = postgres_bindir()
@@ -266,6 +267,11 @@ class EmbeddedPostgres(_Server):
     @property
     def url(self) -> str:
         return self.url_for(SUPERUSER)
+
+    @property
+    def socket_url(self) -> str:
+        """The superuser over the private unix socket: reaches the server while its TCP port is silenced."""
+        return f"postgresql://{SUPERUSER}@/postgres?host={quote(str(self.socket_dir), safe='')}&port={self.port}"
 
     def url_for(self, dbname: str, user: str = SUPERUSER, password: str | None = None) -> str:
         auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
@@ -308,7 +314,7 @@ class EmbeddedPostgres(_Server):
                     # Throwaway data: durability only costs time.
                     "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
                     # Bounds WAL kept between checkpoints (RAM, on tmpfs).
-                    "max_wal_size": "128MB"}
+                    "max_wal_size": "128MB", **self.extra_settings}
         argv = [str(self._bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
                 "-h", self.host, "-k", str(self.socket_dir)]
         for name, value in settings.items():

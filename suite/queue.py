@@ -14,7 +14,7 @@ import threading
 
 from celery import Celery
 
-from forkpool.redis_client import redis_url
+from forkpool.redis_client import network_options, redis_url
 
 TASK_RECORD_EVENT = "workers.record_event"
 TASK_AGGREGATE = "workers.aggregate"
@@ -58,8 +58,11 @@ def get_celery() -> Celery:
             result_serializer="json",
             accept_content=["json"],
             broker_connection_retry_on_startup=True,
-            broker_transport_options={"socket_connect_timeout": 2},
+            # A silent broker fails a publish within the client's bounds instead of hanging a request.
+            broker_transport_options={**network_options(), "socket_connect_timeout": 2},
             redis_socket_connect_timeout=2,
+            redis_socket_timeout=network_options()["socket_timeout"],
+            redis_socket_keepalive=True,
         )
         _producer = (pid, app)
         return app

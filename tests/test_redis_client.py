@@ -43,3 +43,20 @@ def test_child_gets_its_own_client_and_parent_keeps_working(suite_id, redis_url)
     os.waitpid(pid, 0)
     assert parent.get(f"{suite_id}:k") == b"parent"
     assert parent.get(f"{suite_id}:child") == b"1"
+
+
+def test_redis_client_and_celery_are_bounded_on_a_silent_network():
+    """No RST on a dead link: a reply is awaited 5 s, one retry, kernel keepalives and tcp_user_timeout on."""
+    import socket
+
+    from forkpool.redis_client import network_options
+
+    kwargs = forkpool.get_redis().connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 5 and kwargs["socket_connect_timeout"] == 3 and kwargs["socket_keepalive"]
+    assert kwargs["socket_keepalive_options"][socket.TCP_USER_TIMEOUT] == 10000
+    assert forkpool.get_redis().get_retry().get_retries() == 1
+    from workers import celeryconfig
+
+    assert celeryconfig.broker_transport_options["socket_timeout"] == 5
+    assert celeryconfig.broker_transport_options["health_check_interval"] == 5
+    assert celeryconfig.redis_socket_timeout == network_options()["socket_timeout"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -100,3 +101,61 @@ def test_bad_configuration_in_a_fresh_process_prints_one_line(monkeypatch):
     )
     assert result.stdout.strip().count("\n") == 0
     assert "DB_POOL_SIZE='-2' must be at least 1" in result.stdout
+
+
+def test_network_bounds_are_defaults_the_environment_overrides():
+    """A silent network must fail a caller, not hang it: keepalives and tcp_user_timeout are on by default."""
+    from forkpool.connections import connect_params
+
+    params = connect_params(build_settings(dsn="host=db dbname=app"), 5)
+    assert {k: params[k] for k in ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                                   "tcp_user_timeout", "connect_timeout")} == {
+        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+        "tcp_user_timeout": 10000, "connect_timeout": 5}
+    found = settings_from_env({"DB_POOL_TCP_USER_TIMEOUT": "20", "DB_POOL_KEEPALIVES_IDLE": "0",
+                               "DB_POOL_KEEPALIVES_COUNT": "5", "DB_POOL_KEEPALIVES_INTERVAL": "1.5"})
+    assert found == {"tcp_user_timeout": 20.0, "keepalives_idle": 0.0, "keepalives_count": 5,
+                     "keepalives_interval": 1.5}
+    off = connect_params(build_settings(dsn="host=db", **found), 5)
+    assert "keepalives" not in off and off["tcp_user_timeout"] == 20000
+    # The DSN's own choice wins over the pool's default; connect_kwargs win over both.
+    dsn_set = connect_params(build_settings(dsn="postgresql://db/app?keepalives_idle=60&tcp_user_timeout=0"), 5)
+    assert "keepalives_idle" not in dsn_set and "tcp_user_timeout" not in dsn_set
+    kw = connect_params(build_settings(dsn="host=db", connect_kwargs={"keepalives": 0}), 5)
+    assert kw["keepalives"] == 0
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"DB_POOL_TCP_USER_TIMEOUT": "-1"}, "tcp_user_timeout (DB_POOL_TCP_USER_TIMEOUT)=-1.0"),
+    ({"DB_POOL_KEEPALIVES_COUNT": "0"}, "keepalives_count (DB_POOL_KEEPALIVES_COUNT)=0"),
+    ({"DB_POOL_KEEPALIVES_INTERVAL": "0"}, "keepalives_interval (DB_POOL_KEEPALIVES_INTERVAL)=0.0"),
+])
+def test_bad_network_settings_name_the_variable(monkeypatch, env, named):
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(forkpool.ConfigError, match=r"\(DB_POOL_"):
+        forkpool.configure()
+    with pytest.raises(forkpool.ConfigError) as caught:
+        forkpool.configure()
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize("driver_name", ["psycopg2", "psycopg"])
+def test_pool_connections_carry_the_kernel_socket_options(database_url, driver_name):
+    """Read back from the socket itself: what the kernel enforces, for both drivers."""
+    import socket
+
+    pool = forkpool.Pool(build_settings(dsn=database_url, min_size=1, max_size=1, driver=driver_name), "net")
+    try:
+        with pool.connection() as conn:
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 2
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10000
+            finally:
+                sock.close()
+    finally:
+        pool.close()

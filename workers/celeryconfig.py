@@ -3,6 +3,7 @@
 from suite.queue import broker_url as _broker_url
 from suite.queue import queue_name
 from suite.queue import result_backend as _result_backend
+from forkpool.redis_client import network_options
 from forkpool.settings import env_int
 
 broker_url = _broker_url()
@@ -29,5 +30,12 @@ task_track_started = True
 broker_connection_retry_on_startup = True
 # A task taken but not acknowledged (its ack lost with the broker connection) is
 # redelivered after this many seconds; keep it above the longest task.
-broker_transport_options = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)}
-redis_socket_connect_timeout = 5
+# A silent broker (packets dropped, no RST) must not hang a publish or the consumer: socket
+# timeouts and kernel keepalives as the web's Redis client has (forkpool.redis_client), and kombu's
+# check that drops a BRPOP connection whose reply is overdue by health_check_interval.
+broker_transport_options = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+                            "health_check_interval": 5, **network_options()}
+# The result backend: the same bounds (its socket timeout is 120 s by default).
+redis_socket_connect_timeout = network_options()["socket_connect_timeout"]
+redis_socket_timeout = network_options()["socket_timeout"]
+redis_socket_keepalive = True

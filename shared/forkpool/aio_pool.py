@@ -26,10 +26,9 @@ from typing import Any, AsyncIterator
 
 from . import stats as keys
 from .aio_upkeep import AsyncPoolUpkeep
-from .connections import Entry, format_checkout_stack
+from .connections import Entry, connect_params, format_checkout_stack
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .extras import import_extra
-from .identity import application_name
 from .live_pools import all_pools
 from .pool import JUST_RETURNED
 from .redact import describe_error
@@ -281,9 +280,7 @@ class AsyncPool(AsyncPoolUpkeep):
     async def connect(self, timeout: float | None = None) -> Entry:
         """Open one psycopg 3 async connection, named after this process; raises psycopg.Error."""
         seconds = self.settings.connect_timeout if timeout is None else min(timeout, self.settings.connect_timeout)
-        kwargs: dict[str, Any] = dict(self.settings.connect_kwargs or {})
-        kwargs["application_name"] = application_name()
-        kwargs.setdefault("connect_timeout", max(1, round(seconds)))
+        kwargs = connect_params(self.settings, seconds)
         conn = await self._psycopg.AsyncConnection.connect(self.settings.dsn, **kwargs)
         return Entry(conn, self.settings.max_lifetime)
 

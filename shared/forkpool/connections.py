@@ -6,6 +6,7 @@ runs outside it.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import select
@@ -18,6 +19,9 @@ from .drivers import get_driver
 from .identity import application_name
 from .kernel_sockets import devnull_fd
 from .settings import PoolSettings
+
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # the peer's FIN (Linux): the server closed the session
+_DEAD = select.POLLERR | select.POLLHUP | select.POLLNVAL | _POLLRDHUP
 
 connection = Any  # a psycopg2 or psycopg 3 connection, whichever the pool's driver makes
 
@@ -45,7 +49,7 @@ class Entry:
         now = time.monotonic()
         self.conn = conn
         self._poller = select.poll()
-        self._poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        self._poller.register(conn.fileno(), select.POLLIN | select.POLLPRI | _POLLRDHUP)
         self.created_at = now
         self.verified_at = now  # last time the server is known to have answered
         self.returned_at = now
@@ -64,15 +68,53 @@ class Entry:
         """
         return bool(self._poller.poll(0))
 
+    def socket_is_dead(self) -> bool:
+        """True if the kernel already ended the connection: reset, timed out (keepalive,
+        tcp_user_timeout) or hung up by the server. Unlike news, this needs no round trip to decide."""
+        return any(events & _DEAD for _, events in self._poller.poll(0))
+
 
 def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
     """Open one connection with the pool's driver, named after this process; raises the driver's Error."""
     seconds = settings.connect_timeout if timeout is None else min(timeout, settings.connect_timeout)
-    kwargs: dict[str, Any] = dict(settings.connect_kwargs or {})
-    kwargs["application_name"] = application_name()
-    kwargs.setdefault("connect_timeout", max(1, round(seconds)))  # libpq takes whole seconds, 1 at least
+    kwargs = connect_params(settings, seconds)
     conn = get_driver(settings.driver).connect(settings.dsn, kwargs)
     return Entry(conn, settings.max_lifetime)
+
+
+def connect_params(settings: PoolSettings, connect_seconds: float) -> dict[str, Any]:
+    """libpq parameters for one connection: the pool's network bounds, then the DSN's, then connect_kwargs.
+
+    The same parameters work for psycopg2 and psycopg 3 (both hand them to libpq).
+    A parameter the DSN names is left to the DSN: a keyword argument would override it.
+    """
+    kwargs: dict[str, Any] = {k: v for k, v in network_params(settings).items() if k not in _dsn_keys(settings.dsn)}
+    kwargs.update(settings.connect_kwargs or {})
+    kwargs["application_name"] = application_name()
+    kwargs.setdefault("connect_timeout", max(1, round(connect_seconds)))  # libpq takes whole seconds, 1 at least
+    return kwargs
+
+
+def network_params(settings: PoolSettings) -> dict[str, int]:
+    """TCP keepalives and tcp_user_timeout as libpq takes them (whole seconds; milliseconds for the latter)."""
+    found: dict[str, int] = {}
+    if settings.keepalives_idle > 0:
+        found.update(keepalives=1, keepalives_idle=max(1, round(settings.keepalives_idle)),
+                     keepalives_interval=max(1, round(settings.keepalives_interval)),
+                     keepalives_count=settings.keepalives_count)
+    if settings.tcp_user_timeout > 0:
+        found["tcp_user_timeout"] = max(1, round(settings.tcp_user_timeout * 1000))
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _dsn_keys(dsn: str) -> frozenset[str]:
+    import psycopg2.extensions  # always installed: settings validates DSNs with it
+
+    try:
+        return frozenset(psycopg2.extensions.parse_dsn(dsn))
+    except Exception:  # noqa: BLE001 - validated at configuration; libpq reports a bad one on connect
+        return frozenset()
 
 
 def rollback_quietly(conn: connection) -> None:

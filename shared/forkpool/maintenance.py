@@ -44,10 +44,16 @@ def stats_listeners() -> dict[str, tuple[Callable[[Any], None], Callable[[Any], 
     return holder.stats_listeners  # type: ignore[no-any-return]
 
 
+# Each backoff is scaled by a random factor in [1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER]. Not a
+# setting: the reconnect-storm measurement (harness/storm.py) sets it to 0 in its own processes to
+# show what lockstep retries do to a server; nothing else should.
+BACKOFF_JITTER = 0.2
+
+
 def next_backoff(previous: float) -> float:
     """Exponential backoff with jitter, so many processes do not retry in lockstep."""
     base = FIRST_BACKOFF if previous <= 0 else min(previous * 2, MAX_BACKOFF)
-    return base * random.uniform(0.8, 1.2)
+    return base * random.uniform(1.0 - BACKOFF_JITTER, 1.0 + BACKOFF_JITTER)
 
 
 class Maintainer:

@@ -8,6 +8,7 @@ uses its parent's client; it makes its own on first use.
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from .extras import import_extra
@@ -25,15 +26,38 @@ def redis_url() -> str:
     return os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
 
 
+# A silent network (packets dropped, no RST) must fail a Redis call, not hang it: a reply is
+# awaited at most SOCKET_TIMEOUT, a connection attempt CONNECT_TIMEOUT, and one retry on a fresh
+# connection follows; the kernel also ends an idle connection whose keepalive probes go
+# unanswered (as the PostgreSQL pool's defaults do). A call fails within about 11 s.
+SOCKET_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
+KEEPALIVE_OPTIONS: dict[int, int] = {
+    option: value
+    for option, value in ((getattr(socket, "TCP_KEEPIDLE", None), 5), (getattr(socket, "TCP_KEEPINTVL", None), 2),
+                          (getattr(socket, "TCP_KEEPCNT", None), 3), (getattr(socket, "TCP_USER_TIMEOUT", None), 10000))
+    if option is not None
+}
+
+
+def network_options() -> dict[str, Any]:
+    """Socket settings for any redis-py client (kombu's transport options take the same names)."""
+    return {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT,
+            "socket_keepalive": True, "socket_keepalive_options": dict(KEEPALIVE_OPTIONS)}
+
+
 def _new_client() -> "redis.Redis":
     redis = import_extra("redis", "redis", "forkpool.get_redis")
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
     return redis.Redis.from_url(
         redis_url(),
         client_name=application_name(),
-        socket_connect_timeout=5,
-        socket_timeout=10,
         health_check_interval=30,
         retry_on_timeout=True,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1),  # one retry: a restart, not a silent network
+        **network_options(),
     )
 
 

@@ -86,6 +86,10 @@ def configure(
     check_idle: float | None = None,
     leak_timeout: float | None = None,
     connect_timeout: float | None = None,
+    keepalives_idle: float | None = None,
+    keepalives_interval: float | None = None,
+    keepalives_count: int | None = None,
+    tcp_user_timeout: float | None = None,
     connect_kwargs: Mapping[str, Any] | None = None,
 ) -> PoolSettings:
     """Register the settings of pool `name` before its first use; returns them validated.
@@ -99,7 +103,8 @@ def configure(
         base, dsn=dsn, min_size=min_size, max_size=max_size, timeout=timeout,
         max_waiting=max_waiting, max_lifetime=max_lifetime, max_idle=max_idle,
         check_idle=check_idle, leak_timeout=leak_timeout, connect_timeout=connect_timeout,
-        connect_kwargs=connect_kwargs,
+        keepalives_idle=keepalives_idle, keepalives_interval=keepalives_interval,
+        keepalives_count=keepalives_count, tcp_user_timeout=tcp_user_timeout, connect_kwargs=connect_kwargs,
     )
     state = process_pools()
     with state.lock:

@@ -24,6 +24,17 @@ DEFAULT_MAX_LIFETIME = 3600.0
 DEFAULT_MAX_IDLE = 600.0
 DEFAULT_CHECK_IDLE = 5.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+# A silent network (a failover leaving the old address dropping packets, no RST) must fail a caller
+# well inside Gunicorn's 30 s worker timeout, never hang it. libpq's socket options do it in the
+# kernel, for both drivers: a query whose bytes go unacknowledged fails after tcp_user_timeout; an
+# idle or waiting connection is probed after keepalives_idle, every keepalives_interval, and closed
+# once a probe has gone unanswered past tcp_user_timeout (Linux; elsewhere after keepalives_count
+# probes): ~11 s either way. A new connection fails after connect_timeout (5 s). Long queries on a
+# live network are untouched: the server's kernel acknowledges both the query and the probes.
+DEFAULT_KEEPALIVES_IDLE = 5.0
+DEFAULT_KEEPALIVES_INTERVAL = 2.0
+DEFAULT_KEEPALIVES_COUNT = 3
+DEFAULT_TCP_USER_TIMEOUT = 10.0
 
 # Environment variable -> settings field, for the default pool.
 ENV_VARS: dict[str, str] = {
@@ -38,6 +49,10 @@ ENV_VARS: dict[str, str] = {
     "DB_POOL_LEAK_TIMEOUT": "leak_timeout",
     "DB_POOL_CONNECT_TIMEOUT": "connect_timeout",
     "DB_POOL_DRIVER": "driver",
+    "DB_POOL_KEEPALIVES_IDLE": "keepalives_idle",
+    "DB_POOL_KEEPALIVES_INTERVAL": "keepalives_interval",
+    "DB_POOL_KEEPALIVES_COUNT": "keepalives_count",
+    "DB_POOL_TCP_USER_TIMEOUT": "tcp_user_timeout",
 }
 SIZE_ENV = "DB_POOL_SIZE"  # sets min_size = max_size: a fixed-size pool
 
@@ -48,7 +63,9 @@ class PoolSettings:
 
     Times are seconds. ``0`` turns off ``max_waiting`` (unbounded queue),
     ``max_lifetime``, ``max_idle``, ``check_idle`` (check every checkout) and
-    ``leak_timeout`` (no leak warnings).
+    ``leak_timeout`` (no leak warnings), ``keepalives_idle`` (no TCP keepalives) and
+    ``tcp_user_timeout`` (the system's default). The network settings are libpq's
+    connection parameters; one the DSN or ``connect_kwargs`` sets wins over them.
     """
 
     dsn: str = ""
@@ -61,6 +78,10 @@ class PoolSettings:
     check_idle: float = DEFAULT_CHECK_IDLE
     leak_timeout: float = 0.0
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    keepalives_idle: float = DEFAULT_KEEPALIVES_IDLE
+    keepalives_interval: float = DEFAULT_KEEPALIVES_INTERVAL
+    keepalives_count: int = DEFAULT_KEEPALIVES_COUNT
+    tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT
     connect_kwargs: Mapping[str, Any] | None = None
     driver: str = ""  # "psycopg2", "psycopg" (3), or "" for the installed one (psycopg2 first)
 
@@ -108,6 +129,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "min_size": _parse_int,
     "max_size": _parse_int,
     "max_waiting": _parse_int,
+    "keepalives_count": _parse_int,
 }
 
 
@@ -154,7 +176,10 @@ def validate(settings: PoolSettings) -> PoolSettings:
     for field in ("timeout", "connect_timeout"):
         if not getattr(settings, field) > 0:
             raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must be more than 0 seconds")
-    for field in ("max_lifetime", "max_idle", "check_idle", "leak_timeout"):
+    for field in ("keepalives_interval", "keepalives_count"):
+        if not getattr(settings, field) > 0:
+            raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must be more than 0")
+    for field in ("max_lifetime", "max_idle", "check_idle", "leak_timeout", "keepalives_idle", "tcp_user_timeout"):
         if getattr(settings, field) < 0:
             raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must not be negative (0 turns it off)")
     resolve_name(settings.driver)  # an unknown or missing driver fails at start-up, not at the first checkout

@@ -34,6 +34,7 @@ class PoolUpkeep:
     _waiting: deque[Waiter]
     _opening: int
     _closed: bool
+    _suspect_before: float
     _counts: dict[str, float]
     _wait_times: deque[float]
     _maintainer: Maintainer
@@ -100,22 +101,31 @@ class PoolUpkeep:
 
     def take_expired_idle(self) -> list[Entry]:
         """Remove (for the caller to close) idle connections past ``max_lifetime``,
-        and those idle past ``max_idle`` while the pool is above ``min_size``."""
+        those idle past ``max_idle`` while the pool is above ``min_size``, and those the
+        kernel already ended (a server that hung up, a silent network that keepalives caught):
+        replaced now, not found dead by the next caller, and the pool is full again."""
         now = time.monotonic()
         max_idle = self.settings.max_idle
         with self._lock:
             keep: deque[Entry] = deque()
             dropped = []
+            dead = 0
             surplus = self._size() - self.settings.min_size
             for entry in self._idle:  # least recently returned first
                 idle_too_long = max_idle and now - entry.returned_at > max_idle and surplus > 0
-                if now >= entry.expires_at or idle_too_long:
+                if entry.socket_is_dead():  # one poll() per idle connection per round: no round trip
+                    dropped.append(entry)
+                    dead += 1
+                elif now >= entry.expires_at or idle_too_long:
                     dropped.append(entry)
                     surplus -= 1
                 else:
                     keep.append(entry)
             self._idle = keep
             self._counts[keys.CONNECTIONS_CLOSED] += len(dropped)
+            if dead:
+                self._counts[keys.CONNECTIONS_DISCARDED] += dead
+                self._suspect_before = now  # the others may be gone too: checked before reuse
         return dropped
 
     def drain_wait_times(self) -> list[float]:
