@@ -140,15 +140,8 @@ class AsyncPool(AsyncPoolUpkeep):
 
     def stats(self) -> dict[str, Any]:
         """A snapshot with the keys of ``forkpool.stats``, as the threaded pool's."""
-        snapshot: dict[str, Any] = {
-            keys.PID: self.pid, keys.NAME: self.name, keys.SERVER: self.identity,
-            keys.MIN_SIZE: self.settings.min_size, keys.MAX_SIZE: self.settings.max_size,
-            keys.SIZE: self._size(), keys.IDLE: len(self._idle), keys.IN_USE: len(self._in_use),
-            keys.WAITING: sum(1 for f, _ in self._waiting if not f.done()), keys.OPENING: self._opening,
-        }
-        snapshot.update(self._counts)
-        snapshot[keys.WAIT_MS_TOTAL] = round(snapshot[keys.WAIT_MS_TOTAL], 3)
-        return snapshot
+        waiting = sum(1 for f, _ in self._waiting if not f.done())
+        return keys.snapshot(self, len(self._idle), len(self._in_use), waiting, self._opening, self._counts)
 
     async def close(self) -> None:
         """Close idle connections now, in-use ones as they come back; waiters get PoolClosed."""

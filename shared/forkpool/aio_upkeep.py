@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import stats as keys
 from .errors import ConnectError
 from .maintenance import INTERVAL, next_backoff, stats_listeners
+from .upkeep import sort_idle
 
 if TYPE_CHECKING:
     from .connections import Entry
@@ -36,6 +37,7 @@ class AsyncPoolUpkeep:
     _wait_times: deque[float]
     _size_changed: asyncio.Event
     _last_connect_error: str
+    _suspect_before: float
     _psycopg: Any
 
     def _size(self) -> int: ...  # noqa: E704 - implemented by AsyncPool
@@ -95,20 +97,13 @@ class AsyncPoolUpkeep:
                     future.set_exception(ConnectError(f"{self!r}: cannot connect: {self._last_connect_error}"))
 
     def take_expired_idle(self) -> list[Entry]:
-        """Idle connections past max_lifetime, or past max_idle above min_size: removed, for closing."""
-        now = time.monotonic()
-        keep: deque[Entry] = deque()
-        dropped = []
-        surplus = self._size() - self.settings.min_size
-        for entry in self._idle:
-            too_long = self.settings.max_idle and now - entry.returned_at > self.settings.max_idle and surplus > 0
-            if now >= entry.expires_at or too_long:
-                dropped.append(entry)
-                surplus -= 1
-            else:
-                keep.append(entry)
-        self._idle = keep
+        """Idle connections past max_lifetime, past max_idle above min_size, or already ended by the
+        kernel: removed, for closing (as the threaded pool's upkeep does)."""
+        self._idle, dropped, dead = sort_idle(self._idle, self.settings, self._size())
         self._counts[keys.CONNECTIONS_CLOSED] += len(dropped)
+        if dead:
+            self._counts[keys.CONNECTIONS_DISCARDED] += dead
+            self._suspect_before = time.monotonic()
         return dropped
 
     def drain_wait_times(self) -> list[float]:

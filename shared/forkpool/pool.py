@@ -154,23 +154,10 @@ class Pool(PoolUpkeep):
             self.putconn(conn)
 
     def stats(self) -> dict[str, Any]:
-        """A consistent snapshot; keys are the constants of ``shared.stats``."""
+        """A consistent snapshot; keys are the constants of ``forkpool.stats``."""
         with self._lock:
-            snapshot: dict[str, Any] = {
-                keys.PID: self.pid,
-                keys.NAME: self.name,
-                keys.SERVER: self.identity,
-                keys.MIN_SIZE: self.settings.min_size,
-                keys.MAX_SIZE: self.settings.max_size,
-                keys.SIZE: len(self._idle) + len(self._in_use),
-                keys.IDLE: len(self._idle),
-                keys.IN_USE: len(self._in_use),
-                keys.WAITING: len(self._waiting),
-                keys.OPENING: self._opening,
-            }
-            snapshot.update(self._counts)
-        snapshot[keys.WAIT_MS_TOTAL] = round(snapshot[keys.WAIT_MS_TOTAL], 3)
-        return snapshot
+            return keys.snapshot(self, len(self._idle), len(self._in_use), len(self._waiting), self._opening,
+                                 self._counts)
 
     def close(self) -> None:
         """Close idle connections now, in-use ones as they come back; wake waiters with PoolClosed."""

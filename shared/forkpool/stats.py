@@ -8,6 +8,8 @@ snapshot always satisfies ``size == idle + in_use`` and
 
 from __future__ import annotations
 
+from typing import Any
+
 PID = "pid"  # the process that owns the pool
 NAME = "name"  # the pool's name ("default", ...)
 SERVER = "server"  # the DSN without password: the pool's identity
@@ -45,3 +47,15 @@ COUNTERS = (
     LEAK_WARNINGS,
 )
 ALL_KEYS = (PID, NAME, SERVER, MIN_SIZE, MAX_SIZE) + GAUGES + COUNTERS
+
+
+def snapshot(pool: Any, idle: int, in_use: int, waiting: int, opening: int, counts: dict[str, float]) -> dict[str, Any]:
+    """One stats dict for a pool of either kind (the threaded pool calls it under its lock)."""
+    found: dict[str, Any] = {
+        PID: pool.pid, NAME: pool.name, SERVER: pool.identity,
+        MIN_SIZE: pool.settings.min_size, MAX_SIZE: pool.settings.max_size,
+        SIZE: idle + in_use, IDLE: idle, IN_USE: in_use, WAITING: waiting, OPENING: opening,
+    }
+    found.update(counts)
+    found[WAIT_MS_TOTAL] = round(found[WAIT_MS_TOTAL], 3)
+    return found

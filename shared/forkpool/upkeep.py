@@ -104,28 +104,12 @@ class PoolUpkeep:
         those idle past ``max_idle`` while the pool is above ``min_size``, and those the
         kernel already ended (a server that hung up, a silent network that keepalives caught):
         replaced now, not found dead by the next caller, and the pool is full again."""
-        now = time.monotonic()
-        max_idle = self.settings.max_idle
         with self._lock:
-            keep: deque[Entry] = deque()
-            dropped = []
-            dead = 0
-            surplus = self._size() - self.settings.min_size
-            for entry in self._idle:  # least recently returned first
-                idle_too_long = max_idle and now - entry.returned_at > max_idle and surplus > 0
-                if entry.socket_is_dead():  # one poll() per idle connection per round: no round trip
-                    dropped.append(entry)
-                    dead += 1
-                elif now >= entry.expires_at or idle_too_long:
-                    dropped.append(entry)
-                    surplus -= 1
-                else:
-                    keep.append(entry)
-            self._idle = keep
+            self._idle, dropped, dead = sort_idle(self._idle, self.settings, self._size())
             self._counts[keys.CONNECTIONS_CLOSED] += len(dropped)
             if dead:
                 self._counts[keys.CONNECTIONS_DISCARDED] += dead
-                self._suspect_before = now  # the others may be gone too: checked before reuse
+                self._suspect_before = time.monotonic()  # the others may be gone too: checked before reuse
         return dropped
 
     def drain_wait_times(self) -> list[float]:
@@ -147,3 +131,26 @@ class PoolUpkeep:
                 entry.leak_reported = True
             self._counts[keys.LEAK_WARNINGS] += len(late)
         return late
+
+
+def sort_idle(idle: deque[Entry], settings: PoolSettings, size: int) -> tuple[deque[Entry], list[Entry], int]:
+    """(kept, dropped, how many of the dropped were dead): the upkeep's one pass over the idle deque.
+
+    Shared by the threaded pool (under its lock) and the asyncio pool (between awaits).
+    """
+    now = time.monotonic()
+    keep: deque[Entry] = deque()
+    dropped: list[Entry] = []
+    dead = 0
+    surplus = size - settings.min_size
+    for entry in idle:  # least recently returned first
+        idle_too_long = settings.max_idle and now - entry.returned_at > settings.max_idle and surplus > 0
+        if entry.socket_is_dead():  # one poll() per idle connection per round: no round trip
+            dropped.append(entry)
+            dead += 1
+        elif now >= entry.expires_at or idle_too_long:
+            dropped.append(entry)
+            surplus -= 1
+        else:
+            keep.append(entry)
+    return keep, dropped, dead
