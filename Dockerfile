@@ -12,6 +12,7 @@ COPY web ./web
 COPY workers ./workers
 COPY harness ./harness
 COPY suite ./suite
+COPY django_stack ./django_stack
 # The library (shared/, distribution `forkpool`) and the suite in one call:
 # pip takes the suite's `forkpool` requirement from ./shared.
 RUN pip install "./shared[all]" . && useradd --system --no-create-home forkpool

@@ -23,6 +23,7 @@ import psycopg2
 
 import forkpool
 from forkpool.redact import describe_error, redact_text
+from suite.stacks import DJANGO, FORKPOOL, STACKS
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
 
@@ -100,15 +101,19 @@ def load_options(command: Callable) -> Callable:
               help="Also run the async tier (Starlette under Gunicorn's uvicorn workers) with this many workers, "
                    "pool --pool-size each; half the users load it (0: off).")
 @click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
-@click.option("--stack", type=click.Choice(["forkpool", "flask-sqlalchemy"]), default="forkpool", show_default=True,
-              help="The data layer web and workers run on: forkpool's pool, or Flask-SQLAlchemy / SQLAlchemy "
-                   "protected by forkpool.protect().")
+@click.option("--stack", type=click.Choice(STACKS), default=FORKPOOL, show_default=True,
+              help="The data layer web and workers run on: forkpool's pool; Flask-SQLAlchemy / SQLAlchemy "
+                   "protected by forkpool.protect(); or a Django project and its Celery worker on Django's "
+                   "native pool, protected by \"forkpool.django\".")
 def loadtest(**params: Any) -> None:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
     from . import preflight
 
-    if params["asgi_workers"] and (params["naive"] or params["stack"] != "forkpool"):
+    if params["asgi_workers"] and (params["naive"] or params["stack"] != FORKPOOL):
         raise click.UsageError("--asgi-workers runs forkpool's asyncio pool: not with --naive or another --stack")
+    if params["naive"] and params["stack"] == DJANGO:
+        raise click.UsageError("--naive is the suite's own Flask app without its hooks: not with --stack django")
+    preflight.check_stack(params["stack"])
     preflight.check_suite(preflight.SuiteNeeds(params["pool_size"], params["web_threads"]))
     sys.exit(_run(params))
 

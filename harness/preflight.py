@@ -13,6 +13,7 @@ before network ones, so a typo is never hidden behind a connect timeout.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import urllib.error
@@ -169,6 +170,20 @@ class SuiteNeeds:
     port: int | None = None
     port_setting: str = "--port"
     embedded_only: bool = False  # `fault`: its own servers, whatever DATABASE_URL / REDIS_URL say
+
+
+# What each --stack imports beyond the suite's own needs (module: the distribution pip installs it from).
+STACK_MODULES = {"flask-sqlalchemy": {"flask_sqlalchemy": "flask-sqlalchemy", "sqlalchemy": "sqlalchemy"},
+                 "django": {"django": "django", "psycopg": "psycopg[binary]", "psycopg_pool": "psycopg-pool"}}
+
+
+def check_stack(stack: str) -> None:
+    """The stack's packages must be installed: else its servers would die at start-up with an ImportError."""
+    modules = STACK_MODULES.get(stack, {})
+    missing = [dist for module, dist in modules.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise PreflightError(f"--stack {stack} needs {', '.join(missing)}, which is not installed; "
+                             f"pip install {' '.join(repr(dist) for dist in missing)}")
 
 
 def check_suite(needs: SuiteNeeds, environ: Mapping[str, str] | None = None) -> None:

@@ -2,9 +2,12 @@
 
 Started from the command line exactly as a user would (``gunicorn -c
 web/gunicorn.conf.py``, ``celery -A workers.app worker``, ``gunicorn -c
-web/gunicorn_asgi.conf.py`` when the plan has ASGI workers), configured only by
+web/gunicorn_asgi.conf.py`` when the plan has ASGI workers; with ``--stack
+django``, ``gunicorn -c django_stack/gunicorn.conf.py`` and ``celery -A
+django_stack.celery worker`` instead of web and workers), configured only by
 environment variables, each in its own session, dying with the harness
-(PDEATHSIG), and logging to a file. The harness never imports web or workers.
+(PDEATHSIG), and logging to a file. The harness never imports web, workers or
+django_stack.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
+from suite.stacks import DJANGO as DJANGO_STACK
+
 from ._procs import ServiceError, free_port, log_tail, spawn
 
 # Settings the plan decides; inherited values would make its ceiling arithmetic wrong.
+# DJANGO_SETTINGS_MODULE too: set, it turns Celery's Django fixup on in any worker, the suite's own included.
 _PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND", "DB_POOL_SIZE", "STACK_POOL_SIZE",
               "ASGI_BIND", "ASGI_PORT", "ASGI_POOL_SIZE", "ASGI_CONCURRENCY", "ASGI_MAX_REQUESTS",
-              "ASGI_MAX_REQUESTS_JITTER")
+              "ASGI_MAX_REQUESTS_JITTER", "DJANGO_SETTINGS_MODULE")
+DJANGO_PACKAGE = "django_stack"  # the django stack's own project: it replaces web/ and workers/
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ class SuitePlan:
         if self.stack != "forkpool":
             # The stack's own pool has the plan's size; forkpool's default pool stays closed.
             env["STACK_POOL_SIZE"] = env.pop("DB_POOL_SIZE")
+        if self.stack == DJANGO_STACK:
+            env["DJANGO_SETTINGS_MODULE"] = f"{DJANGO_PACKAGE}.settings"
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update(self.extra_env)
@@ -177,7 +186,10 @@ class WebServer(SuiteProcess):
 
     def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
         self.port = plan.port or free_port()
-        conf = package_dir("web") / ("gunicorn_naive.conf.py" if plan.naive else "gunicorn.conf.py")
+        if plan.stack == DJANGO_STACK:
+            conf = package_dir(DJANGO_PACKAGE) / "gunicorn.conf.py"
+        else:
+            conf = package_dir("web") / ("gunicorn_naive.conf.py" if plan.naive else "gunicorn.conf.py")
         argv = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--no-control-socket"]
         super().__init__(argv, plan.env(self.port), log_dir / f"web-{self.port}.log")
         self.workers = plan.web_workers
@@ -222,7 +234,8 @@ class CeleryWorker(SuiteProcess):
     name = "celery worker"
 
     def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
-        argv = [sys.executable, "-m", "celery", "--app", "workers.app", "worker",
+        app = f"{DJANGO_PACKAGE}.celery" if plan.stack == DJANGO_STACK else "workers.app"
+        argv = [sys.executable, "-m", "celery", "--app", app, "worker",
                 "--loglevel", "INFO", "--queues", plan.queue, "--hostname", f"{plan.suite_id}@%h",
                 "--without-gossip", "--without-mingle"]
         super().__init__(argv, plan.env(0), log_dir / f"worker-{plan.suite_id}.log")

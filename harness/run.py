@@ -51,7 +51,7 @@ class LoadOptions:
     preload: bool = False
     kill_workers: int = 0
     naive: bool = False
-    stack: str = "forkpool"  # the data layer web and workers run on: forkpool, flask-sqlalchemy
+    stack: str = "forkpool"  # the data layer web and workers run on: forkpool, flask-sqlalchemy, django
     max_connections: int = 100  # of the embedded server; ignored with DATABASE_URL
     other_clients: int = 2  # the harness's own sessions (sampler, checks)
     soak: bool = False  # add check 7: memory per process stays flat

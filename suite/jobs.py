@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .queue import TASK_AGGREGATE, TASK_HOLD, TASK_RECORD_EVENT
 
@@ -96,3 +96,21 @@ Job = Annotated[Union[RecordEventJob, AggregateJob, HoldJob], Field(discriminato
 JOB_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
 
 TASK_FOR_KIND = {"record_event": TASK_RECORD_EVENT, "aggregate": TASK_AGGREGATE, "hold": TASK_HOLD}
+
+
+class InvalidTaskArguments(ValueError):
+    """The task was called with arguments of the wrong type or shape: never retried.
+
+    Here, not with either worker's tasks, so the suite's workers and the django
+    stack's refuse a job alike (and the web can name the error without importing either).
+    """
+
+
+def parse_task_args(model: type[BaseModel], kwargs: dict[str, Any]) -> Any:
+    """A task's keyword arguments as `model`, or InvalidTaskArguments saying where and why."""
+    try:
+        return model.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}"
+                             for e in exc.errors(include_url=False))
+        raise InvalidTaskArguments(problems) from None

@@ -3,8 +3,11 @@
     SUITE_STACK=forkpool           forkpool.get_pool() (default)
     SUITE_STACK=flask-sqlalchemy   web: Flask-SQLAlchemy's db; workers: a SQLAlchemy engine made at import;
                                    both handed to forkpool.protect()
+    SUITE_STACK=django             its own small project (django_stack/): Django views and a Celery worker
+                                   with Django, on Django's native pool, protected by "forkpool.django"
 
-Views and tasks ask ``store()`` for a connection and for pool stats; the
+Views and tasks ask ``store()`` for a connection and for pool stats (the
+django stack has views and tasks of its own, on Django's ``connection``); the
 harness runs the same load and the same checks whatever the stack, so a user
 sees the ceiling hold for the stack they run (``forkpool loadtest --stack``).
 A stack's pool size is ``STACK_POOL_SIZE`` (forkpool's ``DB_POOL_SIZE`` would
@@ -22,8 +25,8 @@ from forkpool import stats as keys
 
 STACK_ENV = "SUITE_STACK"
 POOL_SIZE_ENV = "STACK_POOL_SIZE"
-FORKPOOL, FLASK_SQLALCHEMY = "forkpool", "flask-sqlalchemy"
-STACKS = (FORKPOOL, FLASK_SQLALCHEMY)
+FORKPOOL, FLASK_SQLALCHEMY, DJANGO = "forkpool", "flask-sqlalchemy", "django"
+STACKS = (FORKPOOL, FLASK_SQLALCHEMY, DJANGO)
 
 
 def stack_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:

@@ -24,7 +24,7 @@ from tests.conftest import wait_for
 from tests.suite_helpers import http, sessions_by_role
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("shared/forkpool", "suite", "web", "workers")
+CODE_DIRS = ("shared/forkpool", "suite", "web", "workers", "django_stack")
 _READS = re.compile(r'(?:env_int|env_bool|env\.get|environ\.get|getenv)\(\s*"([A-Z][A-Z0-9_]+)"|^\s*"([A-Z][A-Z0-9_]+)": "\w+",|_ENV = "([A-Z][A-Z0-9_]+)"', re.M)
 
 
@@ -86,7 +86,7 @@ def test_readme_configuration_table_lists_exactly_what_the_code_reads():
 
 def test_dockerfile_copies_every_package_and_runs_the_web_command():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("shared", "web", "workers", "harness", "suite"):
+    for package in ("shared", "web", "workers", "harness", "suite", "django_stack"):
         assert f"COPY {package} ./{package}" in dockerfile
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
     assert cmd and yaml.safe_load(cmd.group(1)) == shlex.split(procfile()["web"])

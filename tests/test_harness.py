@@ -113,6 +113,30 @@ def test_loadtest_on_the_flask_sqlalchemy_stack_holds_the_ceiling(tmp_path):
     assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6] and all(c["passed"] for c in body["checks"])
 
 
+def test_loadtest_on_the_django_stack_holds_the_ceiling(tmp_path):
+    """The same load and checks on a Django project and its Celery worker (django_stack/): Django's native pool,
+    "forkpool.django", Celery's Django fixup on; with recycling and kills."""
+    report = tmp_path / "report"
+    result = forkpool("loadtest", "--stack", "django", "--duration", "5", "--users", "4", "--kill-workers", "2",
+                      "--max-requests", "40", "--max-tasks-per-child", "5", "--web-workers", "2",
+                      "--worker-concurrency", "2", "--pool-size", "2", "--json", str(tmp_path / "django.json"),
+                      "--report", str(report))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    body = json.loads((tmp_path / "django.json").read_text())
+    assert body["plan"]["stack"] == "django" and body["ceiling"] == 8
+    assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6] and all(c["passed"] for c in body["checks"])
+    assert [e for e in body["events"] if e["kind"] == "kill"] and body["load"]["tasks_completed"] > 0
+    # The django stack served it: Django's pool answered GET /pool, the Django project's Celery app ran the tasks.
+    assert {r["pool"]["name"] for r in body["load"]["pool_reports"].values()} == {"django:default"}
+    [worker_log] = (report / "logs").glob("worker-*.log")
+    assert ".> app:         django_stack:" in worker_log.read_text()
+
+
+def test_naive_contrast_is_the_suites_own_app_only():
+    result = forkpool("loadtest", "--stack", "django", "--naive")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--naive" in result.stderr
+
+
 def test_naive_run_fails_its_checks_and_says_so(tmp_path):
     result = forkpool("loadtest", "--naive", "--duration", "5", "--users", "6", "--pool-size", "3",
                       "--json", str(tmp_path / "naive.json"))

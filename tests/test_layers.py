@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "shared" / "forkpool"
-SUITE_PACKAGES = {"web", "workers", "harness", "suite", "benchmarks", "tests"}
+SUITE_PACKAGES = {"web", "workers", "harness", "suite", "benchmarks", "tests", "django_stack"}
 EXTRAS = ("flask", "celery", "gunicorn", "redis", "prometheus_client")
 
 
@@ -107,6 +107,16 @@ def test_web_and_workers_do_not_import_each_other(package, forbidden):
     for path in (ROOT / package).rglob("*.py"):
         roots = {name.split(".")[0] for name in runtime_imports(path)}
         assert forbidden not in roots, f"{path.relative_to(ROOT)} imports {forbidden}"
+
+
+def test_the_django_stack_imports_no_flask_and_no_workers():
+    """It reuses the suite's framework-free modules only: web/api.py, web/schemas.py, web/server_settings.py."""
+    for path in (ROOT / "django_stack").rglob("*.py"):
+        imports = runtime_imports(path)
+        roots = {name.split(".")[0] for name in imports}
+        assert not roots & {"flask", "workers", "harness"}, f"{path.relative_to(ROOT)} imports {roots}"
+        web = {name for name in imports if name.split(".")[0] == "web"}
+        assert web <= {"web.api", "web.schemas", "web.server_settings"}, f"{path.relative_to(ROOT)} imports {web}"
 
 
 def test_the_core_and_the_server_hooks_import_without_any_extra():

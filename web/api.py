@@ -1,7 +1,9 @@
-"""What each endpoint means, whichever app serves it: the Flask app (web/views.py) or the ASGI app (web/asgi_views.py).
+"""What each endpoint means, whichever app serves it: the Flask app (web/views.py), the ASGI app (web/asgi_views.py)
+or the django stack's (django_stack/views.py).
 
-Framework-free, so the ASGI workers import no Flask: columns, JSON shapes,
-job keys in Redis, the publish retry, and the Retry-After of each 503.
+Framework-free, so the ASGI workers and the django stack import no Flask: columns,
+JSON shapes, job keys in Redis, the publish retry, the Retry-After of each 503,
+and the names of HTTP errors.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024  # WEB_MAX_BODY_BYTES: larger request bodies 
 
 POOL_RETRY_AFTER = "1"  # a busy pool frees a connection within a request's time
 DATABASE_RETRY_AFTER = "2"  # a server (PostgreSQL, Redis) coming back takes longer
+
+# Werkzeug's names and descriptions: the ASGI app and the django stack answer a bad request as the Flask app does.
+HTTP_ERRORS = {
+    400: ("bad_request", "The browser (or proxy) sent a request that this server could not understand."),
+    404: ("not_found", "The requested URL was not found on the server. If you entered the URL manually please "
+                       "check your spelling and try again."),
+    405: ("method_not_allowed", "The method is not allowed for the requested URL."),
+    413: ("request_entity_too_large", "The data value transmitted exceeds the capacity limit."),
+    415: ("unsupported_media_type", "Did not attempt to load JSON data because the request Content-Type was not "
+                                    "'application/json'."),
+}
 
 
 def item_json(row: tuple) -> dict[str, Any]:

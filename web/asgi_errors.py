@@ -22,23 +22,12 @@ from starlette.responses import JSONResponse, Response
 
 from forkpool import ConnectError, PoolTimeout, TooManyWaiting
 
-from .api import DATABASE_RETRY_AFTER, POOL_RETRY_AFTER
+from .api import DATABASE_RETRY_AFTER, HTTP_ERRORS, POOL_RETRY_AFTER
 from .schemas import ValidationFailed
 
 logger = logging.getLogger("forkpool.web")
 
 Handler = Callable[[Request, Any], Awaitable[Response]]
-
-# Werkzeug's names and descriptions, so both apps answer a bad request alike.
-_HTTP_ERRORS = {
-    400: ("bad_request", "The browser (or proxy) sent a request that this server could not understand."),
-    404: ("not_found", "The requested URL was not found on the server. If you entered the URL manually please "
-                       "check your spelling and try again."),
-    405: ("method_not_allowed", "The method is not allowed for the requested URL."),
-    413: ("request_entity_too_large", "The data value transmitted exceeds the capacity limit."),
-    415: ("unsupported_media_type", "Did not attempt to load JSON data because the request Content-Type was not "
-                                    "'application/json'."),
-}
 
 
 def error_response(status: int, error: str, message: str, retry_after: str | None = None,
@@ -55,7 +44,7 @@ async def invalid(request: Request, exc: ValidationFailed) -> Response:
 
 async def http_error(request: Request, exc: HTTPException) -> Response:
     phrase = HTTPStatus(exc.status_code).phrase
-    code, description = _HTTP_ERRORS.get(exc.status_code, (phrase.lower().replace(" ", "_"), phrase))
+    code, description = HTTP_ERRORS.get(exc.status_code, (phrase.lower().replace(" ", "_"), phrase))
     # Starlette's default detail is the bare phrase ("Not Found"): say what Werkzeug says instead.
     message = description if exc.detail == phrase else str(exc.detail)
     headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "content-type"}  # Allow on a 405

@@ -10,10 +10,10 @@ import psycopg2
 import psycopg2.errors
 from celery.utils.log import get_task_logger
 from psycopg2.extras import Json
-from pydantic import BaseModel, ValidationError
 
 from forkpool import ConnectError, PoolTimeout, process_role
-from suite.jobs import AggregateArgs, HoldArgs, RecordEventArgs
+from suite.jobs import AggregateArgs, HoldArgs, InvalidTaskArguments, RecordEventArgs
+from suite.jobs import parse_task_args as _parse
 from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT
 from suite.stacks import make_worker_engine, stack_errors, worker_store
 
@@ -34,18 +34,6 @@ RETRY = {
     "retry_jitter": True,
     "max_retries": 6,
 }
-
-
-class InvalidTaskArguments(ValueError):
-    """The task was called with arguments of the wrong type or shape: never retried."""
-
-
-def _parse(model: type[BaseModel], kwargs: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(kwargs)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors(include_url=False))
-        raise InvalidTaskArguments(problems) from None
 
 
 @app.task(name=TASK_RECORD_EVENT, throws=(InvalidTaskArguments,), **RETRY)
