@@ -136,6 +136,14 @@ def aio_bench_packages() -> dict[str, str | None]:
     }
 
 
+def _psycopg_libpq() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    return _libpq(psycopg.pq.version())
+
+
 def suite_packages() -> dict[str, str | None]:
     """What the suite benchmark's servers run on."""
     import psycopg2
@@ -149,6 +157,15 @@ def suite_packages() -> dict[str, str | None]:
         "kombu": _version("kombu"),
         "billiard": _version("billiard"),
         "redis (client)": _version("redis"),
+        # the asgi worker class: psycopg 3 and uvicorn's event loop and HTTP parser ("auto": uvloop and
+        # httptools when installed, else asyncio and h11)
+        "psycopg": _version("psycopg"),
+        "psycopg libpq": _psycopg_libpq(),
+        "uvicorn": _version("uvicorn"),
+        "uvicorn-worker": _version("uvicorn-worker"),
+        "uvicorn event loop": "uvloop " + str(_version("uvloop")) if _version("uvloop") else "asyncio",
+        "uvicorn HTTP parser": ("httptools " + str(_version("httptools")) if _version("httptools")
+                                else f"h11 {_version('h11')}"),
     }
 
 
@@ -210,11 +227,12 @@ def _proc_stat() -> list[int] | None:
         return None
 
 
-def _proc_cpu(pid: int) -> tuple[int, float] | None:
-    """(parent pid, user + system CPU seconds) of a live process, from /proc/<pid>/stat."""
+def _proc_cpu(pid: int, reaped: bool = False) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process, from /proc/<pid>/stat; with
+    `reaped`, plus those of its children that exited and were waited for (cutime, cstime)."""
     try:
         rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK
+        return int(rest[1]), sum(int(x) for x in rest[11:15 if reaped else 13]) / _TICK
     except (OSError, ValueError, IndexError):
         return None
 
@@ -234,30 +252,45 @@ def postmaster_pid(dsn: str) -> int | None:
     return found[0] if found else None
 
 
-def _server_cpu(postmaster: int | None) -> dict[int, float]:
+def _server_cpu(postmaster: int | None, reaped: bool = False) -> dict[int, float]:
     if postmaster is None:
         return {}
     found = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            info = _proc_cpu(int(entry.name))
-            if info and (info[0] == postmaster or int(entry.name) == postmaster):
-                found[int(entry.name)] = info[1]
+            pid = int(entry.name)
+            info = _proc_cpu(pid, reaped and pid == postmaster)
+            if info and (info[0] == postmaster or pid == postmaster):
+                found[pid] = info[1]
     return found
+
+
+def _own_cpu(times: Any, reaped: bool) -> float:
+    return times.user + times.system + (times.children_user + times.children_system if reaped else 0.0)
 
 
 class CpuMeter:
     """How busy the machine's CPUs were between start and result(), and whose work it was: this
     process, the benchmark's PostgreSQL server (postmaster and its live children; backends that
-    exited before the end are not counted) and everything else (other people's work)."""
+    exited before the end are not counted) and everything else (other people's work).
 
-    def __init__(self, postmaster: int | None = None) -> None:
-        self.postmaster = postmaster
-        self._stat, self._self, self._server = _proc_stat(), os.times(), _server_cpu(postmaster)
+    With `reaped` (suite_bench: its servers and load generator are its child processes, and
+    connect-per-request ends a backend per request): this process also counts its children that
+    exited and were waited for (and theirs), and the server its backends that exited; the
+    processes in `helpers` (still running at the end, e.g. its Redis) count as this benchmark's."""
+
+    def __init__(self, postmaster: int | None = None, reaped: bool = False, helpers: Iterable[int] = ()) -> None:
+        self.postmaster, self.reaped, self.helpers = postmaster, reaped, [p for p in helpers if p]
+        self._stat, self._self = _proc_stat(), _own_cpu(os.times(), reaped) + self._helpers_cpu()
+        self._server = _server_cpu(postmaster, reaped)
         self._began = time.monotonic()
 
+    def _helpers_cpu(self) -> float:
+        return sum(found[1] for pid in self.helpers if (found := _proc_cpu(pid)))
+
     def result(self) -> dict[str, Any] | None:
-        stat, now, server = _proc_stat(), os.times(), _server_cpu(self.postmaster)
+        stat, server = _proc_stat(), _server_cpu(self.postmaster, self.reaped)
+        mine = _own_cpu(os.times(), self.reaped) + self._helpers_cpu()
         if stat is None or self._stat is None:
             return None
         seconds = time.monotonic() - self._began
@@ -265,7 +298,7 @@ class CpuMeter:
         total = sum(delta) or 1
         capacity = seconds * (os.cpu_count() or 1)  # CPU seconds the machine had
         busy = (total - delta[3] - delta[4]) / total  # all but idle and iowait
-        own = (now.user + now.system - self._self.user - self._self.system) / capacity
+        own = (mine - self._self) / capacity
         served = sum(cpu - self._server.get(pid, 0.0) for pid, cpu in server.items()) / capacity \
             if self.postmaster else None
         return {"seconds": round(seconds, 1), "cpus": os.cpu_count(),
