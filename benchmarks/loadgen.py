@@ -45,10 +45,11 @@ class LoadGenerator:
     version: str
     path: str | None = None
 
-    def run(self, url: str, connections: int, seconds: int) -> LoadResult:
+    def run(self, url: str, connections: int, seconds: int, close: bool = False) -> LoadResult:
+        """`close`: send `Connection: close` with every request (a new TCP connection per request)."""
         if self.name == "wrk":
-            return run_wrk(self.path or "wrk", url, connections, seconds)
-        return run_python(url, connections, seconds)
+            return run_wrk(self.path or "wrk", url, connections, seconds, close)
+        return run_python(url, connections, seconds, close)
 
 
 def choose(preference: str) -> LoadGenerator:
@@ -96,8 +97,9 @@ def parse_wrk(output: str) -> LoadResult:
                       float(rps.group(1)), _ms(percentiles["50"]), _ms(percentiles["99"]))
 
 
-def run_wrk(path: str, url: str, connections: int, seconds: int) -> LoadResult:
-    argv = [path, "-t1", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency", "--timeout", "10s", url]
+def run_wrk(path: str, url: str, connections: int, seconds: int, close: bool = False) -> LoadResult:
+    argv = [path, "-t1", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency", "--timeout", "10s",
+            *(["-H", "Connection: close"] if close else []), url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited with {done.returncode}: {(done.stderr or done.stdout)[-800:]}")
@@ -114,13 +116,14 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def run_python(url: str, connections: int, seconds: float) -> LoadResult:
+def run_python(url: str, connections: int, seconds: float, close: bool = False) -> LoadResult:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
     barrier = threading.Barrier(connections + 1)
     deadline = [0.0]
+    headers = {"Connection": "close"} if close else {}
 
     def client(index: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -129,7 +132,7 @@ def run_python(url: str, connections: int, seconds: float) -> LoadResult:
         while clock() < deadline[0]:
             began = clock()
             try:
-                conn.request("GET", path)
+                conn.request("GET", path, headers=headers)  # after a close, http.client reconnects
                 response = conn.getresponse()
                 response.read()
                 ok = 200 <= response.status < 300

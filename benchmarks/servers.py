@@ -24,6 +24,7 @@ from .startup_probe import STARTUP_FILE_ENV, read_records
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 GUNICORN_CONF = BENCH_DIR / "gunicorn_bench.conf.py"
+GUNICORN_ASGI_CONF = BENCH_DIR / "gunicorn_bench_asgi.conf.py"  # worker class "asgi": uvicorn workers
 
 # Inherited settings that would change what a variant measures (the pools run on their defaults).
 _DROP_ENV = ("PROCESS_ROLE", "PROMETHEUS_MULTIPROC_DIR", "DB_MAX_POOLS", "WEB_BIND", "WEB_CONCURRENCY",
@@ -36,7 +37,7 @@ class Variant:
     """One server to measure: which server, which worker class, which way to a connection."""
 
     server: str  # "web" | "celery"
-    worker_class: str  # "sync" | "gthread" | "prefork"
+    worker_class: str  # "sync" | "gthread" | "asgi" (Gunicorn + uvicorn_worker.UvicornWorker) | "prefork"
     mode: str  # "pool" | "connect" | "floor"
     processes: int
     threads: int
@@ -107,7 +108,10 @@ class BenchWeb(BenchProcess):
         self.port = free_port()
         env = variant_env(variant, dsn, redis_url)
         env.update(BENCH_BIND=f"127.0.0.1:{self.port}", BENCH_KEEPALIVE=str(keepalive))
-        argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--no-control-socket"]
+        conf = GUNICORN_ASGI_CONF if variant.worker_class == "asgi" else GUNICORN_CONF
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--no-control-socket"]
+        # uvicorn cannot be told to close after each response: the client asks, with `Connection: close`.
+        self.close_each = variant.worker_class == "asgi" and not keepalive
         super().__init__(variant, argv, env, work_dir)
 
     @property
