@@ -4,6 +4,7 @@ connect-per-request.
     python -m benchmarks.suite_bench            # about 3.5 minutes on 2 cores
     python -m benchmarks.suite_bench --quick    # about 30 s: does it still run? (figures meaningless)
     python -m benchmarks.suite_bench --generations 10 --tasks 1000 --out /tmp/results
+    python -m benchmarks.suite_bench --web-classes asgi --celery-rounds 0   # the ASGI tier alone
 
 On its own embedded PostgreSQL and Redis (harness.services; DATABASE_URL and REDIS_URL are
 ignored: connect-per-request churns connections, which a shared server should not see):
@@ -21,6 +22,12 @@ ignored: connect-per-request churns connections, which a shared server should no
    order and its reverse. Requests/s, p50/p99 latency and the workers' CPU time per request,
    medians over rounds, ratios to the floor paired by round. A second floor server per worker
    class (floor-b) is measured like the others: its ratio to the floor is the run's noise.
+   ASGI (worker class "asgi"): Gunicorn with uvicorn_worker.UvicornWorker, 2 workers, serving
+   benchmarks/bench_asgi_app.py (the same query on psycopg 3, asyncio) three ways
+   (benchmarks/aio_db_modes.py): pool (forkpool.get_async_pool(), opened in the lifespan, a pool
+   of 1 per worker), connect (psycopg.AsyncConnection.connect + close per request), floor (one
+   bare AsyncConnection per worker opened in the lifespan; the worker's requests serialise on it
+   with an asyncio.Lock); keep-alive off by the client's `Connection: close`.
 2. Celery: a prefork worker (concurrency 2) per mode running benchmarks/bench_celery.py's
    write_row task (one INSERT, committed); N tasks sent and timed until every result is in,
    the variants interleaved in a shuffled order per round.
@@ -45,10 +52,11 @@ from pathlib import Path
 from typing import Any
 
 from .loadgen import WRK_INSTALL, LoadGenerator, choose
-from .machine import load_average, machine_info, suite_packages
+from .machine import CpuMeter, load_average, machine_info, postmaster_pid, suite_packages
 from .suite_figures import goals, summarize_memory, summarize_startup, summarize_throughput
 from .suite_output import print_report, write_results
-from .suite_runs import CELERY_CONCURRENCY, LOAD_CONNECTIONS, WEB_WORKERS, Plan, create_schema, run_celery, run_web
+from .suite_runs import (CELERY_CONCURRENCY, LOAD_CONNECTIONS, WEB_CLASSES, WEB_WORKERS, Plan, create_schema,
+                         run_celery, run_web)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULTS = dict(generations=6, rounds=1, passes=2, seconds=1, warmup=1, celery_rounds=4, tasks=600)
@@ -67,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"(default {DEFAULTS['seconds']})")
     parser.add_argument("--warmup", type=int, help="seconds of load per web variant before the rounds "
                         f"(default {DEFAULTS['warmup']}; 0: ten requests)")
-    parser.add_argument("--celery-rounds", type=int, help=f"Celery rounds (default {DEFAULTS['celery_rounds']})")
+    parser.add_argument("--web-classes", default=",".join(WEB_CLASSES),
+                        help=f"web worker classes to measure, comma-separated (default {','.join(WEB_CLASSES)})")
+    parser.add_argument("--celery-rounds", type=int, help=f"Celery rounds (default {DEFAULTS['celery_rounds']}; "
+                        "0: no Celery phase)")
     parser.add_argument("--tasks", type=int, help=f"tasks per Celery variant and round (default {DEFAULTS['tasks']})")
     parser.add_argument("--keepalive", type=int, default=0, help="Gunicorn keepalive seconds (default 0: "
                         "close after each response; see benchmarks/gunicorn_bench.conf.py for why)")
@@ -82,41 +93,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**32)
-    for name in ("generations", "rounds", "passes", "seconds", "celery_rounds", "tasks"):
+    for name in ("generations", "rounds", "passes", "seconds", "tasks"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    classes = tuple(c for c in WEB_CLASSES if c in args.web_classes.split(","))
+    unknown = set(args.web_classes.split(",")) - set(WEB_CLASSES)
+    if unknown or not classes:
+        parser.error(f"--web-classes: one or more of {', '.join(WEB_CLASSES)}")
+    args.web_classes = classes
+    if args.celery_rounds < 0:
+        parser.error("--celery-rounds must not be negative")
     if args.warmup < 0 or args.keepalive < 0:
         parser.error("--warmup and --keepalive must not be negative")
     return args
 
 
 def method(plan: Plan, loadgen: LoadGenerator) -> str:
-    return (f"Web: {plan.generations} generation(s) of servers; each generation starts eight fresh Gunicorn "
-            "servers one at a time (sync and gthread x pool, connect, floor, and floor-b: a second, identical floor "
-            "server whose ratio to the floor is the run's noise, an A/A control), warms each up "
-            f"({plan.warmup_seconds or 'ten requests'}{' s of load' if plan.warmup_seconds else ''}), runs "
+    classes = plan.web_classes
+    load = ", ".join(f"{LOAD_CONNECTIONS[c]} connections for {c}" for c in classes)
+    asgi = ("ASGI (asgi): Gunicorn with uvicorn_worker.UvicornWorker serving benchmarks/bench_asgi_app.py (the "
+            "same SELECT, committed, on psycopg 3 in the worker's event loop): pool = forkpool.get_async_pool() per "
+            "request, the pool opened full in the lifespan startup, 1 connection per worker; connect = "
+            "psycopg.AsyncConnection.connect() + close() per request; floor = one bare AsyncConnection per worker "
+            "opened in the lifespan startup, the worker's requests serialised on it by an asyncio.Lock (FIFO, as "
+            "the pool's waiters). " if "asgi" in classes else "")
+    return (f"Web: {plan.generations} generation(s) of servers; each generation starts {4 * len(classes)} fresh "
+            f"Gunicorn servers one at a time ({' and '.join(classes)} x pool, connect, floor, and floor-b: a "
+            "second, identical floor server whose ratio to the floor is the run's noise, an A/A control), warms "
+            f"each up ({plan.warmup_seconds or 'ten requests'}{' s of load' if plan.warmup_seconds else ''}), runs "
             f"{plan.rounds} round(s), and stops them: fresh processes are placed on the CPUs anew, so a placement "
             "that favours one server for its whole life falls on every variant alike over the generations. In a "
-            "round the two worker classes come in a shuffled order, and each class's four variants in a shuffled "
+            "round the worker classes come in a shuffled order, and each class's four variants in a shuffled "
             f"order (seed {plan.seed}), in {plan.passes} pass(es): that order, then its reverse, alternately "
-            f"(A B C D D C B A). A pass is {plan.seconds} s of {loadgen.name} load "
-            f"({LOAD_CONNECTIONS['sync']} connections for sync, {LOAD_CONNECTIONS['gthread']} for gthread; "
+            f"(A B C D D C B A). A pass is {plan.seconds} s of {loadgen.name} load ({load}; "
             f"{WEB_WORKERS} workers each); a round's req/s is its passes' requests / their time, its p50 and p99 the "
-            "mean of its passes'. "
-            + ("Keep-alive off: every request, sync or gthread, comes on a new TCP connection (with a few "
+            "mean of its passes'. " + asgi
+            + ("Keep-alive off: every request comes on a new TCP connection (with a few "
                "persistent connections opened in a burst, the gthread workers' accept race often hands all of "
                "them to one worker, which then serves alone at about half the rate: a lottery drawn anew by each "
-               "load run). " if not plan.keepalive else f"Gunicorn keepalive {plan.keepalive} s (gthread; sync "
-                                                        "workers always close). ")
+               "load run; the asgi servers are asked by the client, `Connection: close`, since uvicorn has no "
+               "setting for it). " if not plan.keepalive else f"Gunicorn keepalive {plan.keepalive} s (gthread "
+                                                             "and asgi; sync workers always close). ")
             + "The servers of a generation run "
             "together, idle when not measured. Ratios: variant / floor of the same worker class within each round, "
             "median (min-max) over rounds. Worker CPU us/req: user + system time of the server's worker processes "
             "during the variant's passes (/proc/<pid>/stat) / requests; PostgreSQL's side (for connect, a backend "
-            f"forked per request) is not in it. Celery: {plan.celery_rounds} rounds of {plan.tasks} tasks per "
-            f"variant (concurrency {CELERY_CONCURRENCY}), shuffled per round; the time runs from the first send to "
-            "the last result, sending included. Start-up: measured inside each worker process "
-            "(benchmarks/startup_probe.py) at every start of a server. Memory: VmRSS from /proc/<pid>/status after "
-            "the load (last generation; pages shared with the master counted in every worker).")
+            "forked per request) is not in it. "
+            + (f"Celery: {plan.celery_rounds} rounds of {plan.tasks} tasks per "
+               f"variant (concurrency {CELERY_CONCURRENCY}), shuffled per round; the time runs from the first send to "
+               "the last result, sending included. " if plan.celery_rounds else "No Celery phase. ")
+            + "Start-up: measured inside each worker process "
+            "(benchmarks/startup_probe.py) at every start of a server: from entering post_fork / "
+            "worker_process_init to leaving it; for asgi, the lifespan startup (where its connections open). "
+            "Memory: VmRSS from /proc/<pid>/status after "
+            "the load (last generation; pages shared with the master counted in every worker). CPU use: the "
+            "machine's from /proc/stat over the run; this benchmark = its process, its servers and load "
+            "generator (exited children included) and its Redis; its PostgreSQL = the server's processes, "
+            "exited backends included.")
 
 
 def notes(loadgen: LoadGenerator, quick: bool) -> list[str]:
@@ -139,7 +172,8 @@ def redis_version(url: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan(generations=args.generations, rounds=args.rounds, passes=args.passes, seconds=args.seconds,
-                warmup_seconds=args.warmup, keepalive=args.keepalive, celery_rounds=args.celery_rounds, tasks=args.tasks, seed=args.seed, quick=args.quick)
+                warmup_seconds=args.warmup, keepalive=args.keepalive, web_classes=args.web_classes,
+                celery_rounds=args.celery_rounds, tasks=args.tasks, seed=args.seed, quick=args.quick)
     loadgen = choose(args.loadgen)
     started_at = datetime.now(timezone.utc)
     began = time.monotonic()
@@ -154,13 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         progress("starting an embedded PostgreSQL and Redis")
         dsn = stack.enter_context(EmbeddedPostgres(max_connections=100)).url
-        redis_url = stack.enter_context(EmbeddedRedis()).url
+        redis = stack.enter_context(EmbeddedRedis())
+        redis_url = redis.url
         work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="suite-bench-")))
         machine = machine_info(dsn, True, "suite_bench", suite_packages())
         machine["redis"] = redis_version(redis_url)
         create_schema(dsn)
+        meter = CpuMeter(postmaster_pid(dsn), reaped=True, helpers=[redis.pid or 0])
         web = run_web(plan, dsn, redis_url, work_dir, loadgen, progress)
         celery = run_celery(plan, dsn, redis_url, work_dir, progress)
+        machine["cpu_use"] = meter.result()  # every server stopped and waited for; PostgreSQL still running
     machine["load_average_at_end"] = load_average()
     report = build_report(plan, loadgen, machine, web, celery, started_at, time.monotonic() - began)
     print_report(report)
@@ -181,7 +218,8 @@ def build_report(plan: Plan, loadgen: LoadGenerator, machine: dict[str, Any], we
         "started_utc": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": round(duration, 1),
         "config": {"generations": plan.generations, "rounds": plan.rounds, "passes": plan.passes,
-                   "seconds": plan.seconds, "warmup_s": plan.warmup_seconds, "keepalive_s": plan.keepalive, "celery_rounds": plan.celery_rounds, "tasks": plan.tasks,
+                   "seconds": plan.seconds, "warmup_s": plan.warmup_seconds, "keepalive_s": plan.keepalive,
+                   "web_classes": list(plan.web_classes), "celery_rounds": plan.celery_rounds, "tasks": plan.tasks,
                    "web_workers": WEB_WORKERS, "load_connections": LOAD_CONNECTIONS,
                    "celery_concurrency": CELERY_CONCURRENCY, "seed": plan.seed, "quick": plan.quick,
                    "load_generator": {"name": loadgen.name, "version": loadgen.version}},

@@ -12,6 +12,7 @@ from .figures import paired, spread
 GOAL_FLOOR_RATIO = 0.95  # the pool within 5% of the floor
 GOAL_CPU_RATIO = 1.05  # the same, read as the workers' CPU time per request
 GOAL_CONNECT_RATIO = 5.0  # "many times faster" than connect-per-request, set before the first run
+_CLASS_ORDER = ["sync", "gthread", "asgi"]  # the goals' order (web worker classes)
 
 
 def _series(rounds: list[dict[str, Any]], what: str) -> list[float]:
@@ -112,7 +113,7 @@ def _goal(goal: str, figure: float | None, target: float, noise_level: float | N
 
 def goals(web: dict[str, Any], celery: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
-    for worker_class in sorted({key.split("/")[0] for key in web}, reverse=True):
+    for worker_class in sorted({key.split("/")[0] for key in web}, key=_CLASS_ORDER.index):
         pool, control = web.get(f"{worker_class}/pool"), web.get(f"{worker_class}/floor-b") or {}
         rate_noise = noise(control.get("rps_to_floor"))
         found.append(_goal(f"web {worker_class}: pool within 5% of the floor (req/s, pool / floor)",
@@ -122,6 +123,8 @@ def goals(web: dict[str, Any], celery: dict[str, Any]) -> list[dict[str, Any]]:
                            noise(control.get("worker_cpu_us_per_request_to_floor")), higher_is_better=False))
         found.append(_goal(f"web {worker_class}: pool many times faster than connect-per-request "
                            "(req/s, pool / connect)", _median(pool, "rps_to_connect"), GOAL_CONNECT_RATIO, rate_noise))
+    if not celery:
+        return found  # no Celery phase
     found.append(_goal("celery: pool within 5% of the floor (tasks/s, pool / floor; the web goal applied to tasks; "
                        "no A/A control)", _median(celery.get("prefork/pool"), "tasks_per_s_to_floor"),
                        GOAL_FLOOR_RATIO, None))

@@ -7,16 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .machine import machine_markdown
+from .machine import cpu_use_text, machine_markdown
 
 Table = tuple[str, list[str], list[list[str]]]  # title, headers, rows
 
-_RANK = {name: i for i, name in enumerate(("web", "celery", "sync", "gthread", "prefork",
+_RANK = {name: i for i, name in enumerate(("web", "celery", "sync", "gthread", "asgi", "prefork",
                                             "pool", "connect", "floor", "floor-b"))}
 
 
 def _ordered(rows: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Rows keyed "[server ]class/variant" in a fixed order: web before celery, sync, gthread, then
+    """Rows keyed "[server ]class/variant" in a fixed order: web before celery, sync, gthread, asgi, then
     pool, connect, floor, floor-b (servers start in a shuffled order, so the data comes in any)."""
     def rank(key: str) -> list[int]:
         return [_RANK.get(part, len(_RANK)) for part in key.replace(" ", "/").split("/")]
@@ -40,13 +40,18 @@ def _ratio(s: dict[str, float] | None) -> str:
 def web_tables(report: dict[str, Any]) -> list[Table]:
     web, variants = report["web"]["figures"], report["web"]["variants"]
     tables = []
-    for worker_class in ("sync", "gthread"):
+    for worker_class in ("sync", "gthread", "asgi"):
         keys = [k for k, _ in _ordered(web) if k.startswith(worker_class + "/")]
         if not keys:
             continue
         v = variants[keys[0]]
-        title = (f"web, Gunicorn {worker_class}: {v['processes']} workers x {v['threads']} thread(s), "
-                 f"pool of {v['threads']}; GET /item; {v['load_connections']} connections")
+        if worker_class == "asgi":
+            title = (f"web, ASGI: Gunicorn + uvicorn_worker.UvicornWorker, {v['processes']} workers, pool of 1 "
+                     "(floor: one connection per worker, its requests serialised on an asyncio.Lock); GET /item; "
+                     f"{v['load_connections']} connections")
+        else:
+            title = (f"web, Gunicorn {worker_class}: {v['processes']} workers x {v['threads']} thread(s), "
+                     f"pool of {v['threads']}; GET /item; {v['load_connections']} connections")
         headers = ["variant", "req/s median", "min-max", "/ floor (paired) median (min-max)", "/ connect",
                    "p50 ms", "p99 ms", "p99 / floor", "worker CPU us/req", "errors / requests"]
         rows = []
@@ -64,8 +69,10 @@ def web_tables(report: dict[str, Any]) -> list[Table]:
     return tables
 
 
-def celery_table(report: dict[str, Any]) -> Table:
+def celery_table(report: dict[str, Any]) -> Table | None:
     figures, cfg = report["celery"]["figures"], report["config"]
+    if not figures:
+        return None  # no Celery phase
     title = (f"Celery prefork, concurrency {cfg['celery_concurrency']}, pool of 1: {cfg['tasks']} write_row "
              "tasks per round, sent and timed until every result is in")
     headers = ["variant", "tasks/s median", "min-max", "/ floor (paired) median (min-max)", "/ connect",
@@ -78,7 +85,8 @@ def celery_table(report: dict[str, Any]) -> Table:
 
 def startup_table(report: dict[str, Any]) -> Table:
     title = ("start-up: post_fork / worker_process_init entry to return, per process (pool: the pool full; "
-             "connect and floor open nothing there)")
+             "connect and floor open nothing there); asgi: the lifespan startup (pool: full; floor: its "
+             "connection open; connect: nothing)")
     headers = ["server variant", "processes", "median ms", "min-max ms", "connections held", "all full", "per process ms"]
     rows = []
     for name, row in _ordered(report["startup"]):
@@ -108,7 +116,8 @@ def goals_table(report: dict[str, Any]) -> Table:
 
 
 def all_tables(report: dict[str, Any]) -> list[Table]:
-    return [*web_tables(report), celery_table(report), startup_table(report), memory_table(report),
+    celery = celery_table(report)
+    return [*web_tables(report), *([celery] if celery else []), startup_table(report), memory_table(report),
             goals_table(report)]
 
 
@@ -120,6 +129,17 @@ def headline(report: dict[str, Any]) -> str:
             f"{report['duration_s']:.0f} s")
 
 
+def conditions(report: dict[str, Any]) -> str:
+    """The load on the machine: at the start and end, after each web round, and the CPUs' use."""
+    m = report["machine"]
+    loads = sorted({r["load_1min_after"] for rounds in report["web"]["rounds"].values() for r in rounds
+                    if r.get("load_1min_after") is not None})
+    start, end = (m.get(k) or [None] for k in ("load_average_at_start", "load_average_at_end"))
+    after = f"{loads[0]:.1f}-{loads[-1]:.1f}" if loads else "-"
+    return (f"Conditions: load average (1 min) {_num(start[0], 2)} at the start, {after} after the web rounds, "
+            f"{_num(end[0], 2)} at the end; CPU: {cpu_use_text(m.get('cpu_use'))}.")
+
+
 def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -127,6 +147,7 @@ def print_report(report: dict[str, Any]) -> None:
 
     console = Console(width=max(Console().width, 140))
     console.print(f"[bold]{escape(headline(report))}[/]")
+    console.print(escape(conditions(report)))
     for note in report["notes"]:
         console.print(f"[yellow]{escape(note)}[/]")
     for title, headers, rows in all_tables(report):
@@ -143,6 +164,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# suite_bench {report['started_utc']}", "",
              "The suite end to end, produced by `python -m benchmarks.suite_bench`. Figures only, nothing asserted.", ""]
     lines += [f"> **{note}**" for note in report["notes"]] + ([""] if report["notes"] else [])
+    lines += [conditions(report), ""]
     lines += machine_markdown(report["machine"], [("Redis", report["machine"]["redis"]),
                                                   ("load generator", f"{lg['name']}: {lg['version']}")])
     lines += ["", "## Method", "", report["method"], ""]

@@ -4,6 +4,7 @@ start-up records, RSS per worker process and server sessions each variant holds.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import statistics
@@ -23,9 +24,12 @@ from .servers import BenchCelery, BenchProcess, BenchWeb, Variant, sessions_by_v
 Progress = Callable[[str], None]
 
 WEB_WORKERS = 2
-WEB_CLASSES = {"sync": 1, "gthread": 4}  # worker class -> threads per worker (and pool size)
-# Connections the load generator keeps open: enough to keep every worker thread busy.
-LOAD_CONNECTIONS = {"sync": 4, "gthread": 16}
+# Worker class -> threads per worker, and connections per worker (the pool's size, the floor's count).
+# asgi: Gunicorn with uvicorn_worker.UvicornWorker, one event loop per worker, one connection per worker.
+WEB_CLASSES = {"sync": 1, "gthread": 4, "asgi": 1}
+# Connections the load generator keeps open: enough to keep every worker thread busy; for asgi as many
+# as for gthread, so that each worker has requests waiting for its one connection (8 each).
+LOAD_CONNECTIONS = {"sync": 4, "gthread": 16, "asgi": 16}
 CELERY_CONCURRENCY = 2
 START_TIMEOUT = 60.0
 
@@ -38,7 +42,8 @@ class Plan:
     seconds: int  # each web variant's load, per pass
     warmup_seconds: int  # 0: a few sequential requests only
     keepalive: int  # Gunicorn's keepalive seconds; 0: close after each response (see gunicorn_bench.conf.py)
-    celery_rounds: int
+    web_classes: tuple[str, ...]  # which of WEB_CLASSES to measure
+    celery_rounds: int  # 0: no Celery phase
     tasks: int  # per Celery variant and round
     seed: int
     quick: bool
@@ -54,11 +59,11 @@ def create_schema(dsn: str) -> None:
         conn.close()
 
 
-def web_variants() -> list[Variant]:
+def web_variants(classes: tuple[str, ...] = tuple(WEB_CLASSES)) -> list[Variant]:
     """Per worker class: pool, connect, floor, and floor-b, a second floor server whose ratio
     to the first is the noise of the run (an A/A control)."""
     return [Variant("web", worker_class, mode, WEB_WORKERS, threads, pool_size=threads, control=control)
-            for worker_class, threads in WEB_CLASSES.items()
+            for worker_class, threads in WEB_CLASSES.items() if worker_class in classes
             for mode, control in [*((m, False) for m in MODES), ("floor", True)]]
 
 
@@ -100,11 +105,12 @@ def footprint(servers: list[BenchProcess], dsn: str) -> dict[str, Any]:
 
 def warm_web(server: BenchWeb, loadgen: LoadGenerator, plan: Plan) -> None:
     if plan.warmup_seconds:
-        loadgen.run(server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], plan.warmup_seconds)
+        loadgen.run(server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], plan.warmup_seconds,
+                    server.close_each)
         return
     import urllib.request
 
-    for _ in range(10):
+    for _ in range(10):  # urllib asks for `Connection: close`
         with urllib.request.urlopen(server.url + "/item", timeout=10) as response:
             response.read()
 
@@ -112,7 +118,8 @@ def warm_web(server: BenchWeb, loadgen: LoadGenerator, plan: Plan) -> None:
 def measure_web(server: BenchWeb, loadgen: LoadGenerator, seconds: int) -> dict[str, Any]:
     """One pass of load on one server, with the CPU time its workers used meanwhile."""
     cpu = server.worker_cpu_seconds()
-    result = loadgen.run(server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], seconds)
+    result = loadgen.run(server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], seconds,
+                         server.close_each)
     return {**result.as_dict(), "worker_cpu_s": server.worker_cpu_seconds() - cpu}
 
 
@@ -134,10 +141,10 @@ def run_web(plan: Plan, dsn: str, redis_url: str, work_dir: Path, loadgen: LoadG
     Fresh processes land on the CPUs anew: a placement that favours one server for its whole life
     (a +-10% effect on this VM) then falls on each variant alike over the generations."""
     rng = random.Random(plan.seed)
-    rounds: dict[str, list[dict[str, Any]]] = {v.key: [] for v in web_variants()}
+    rounds: dict[str, list[dict[str, Any]]] = {v.key: [] for v in web_variants(plan.web_classes)}
     startup: list[dict[str, Any]] = []
     for generation in range(plan.generations):
-        variants = web_variants()
+        variants = web_variants(plan.web_classes)
         rng.shuffle(variants)
         servers = [BenchWeb(v, dsn, redis_url, work_dir / f"web-{generation}", plan.keepalive) for v in variants]
         with ExitStack() as stack:
@@ -147,8 +154,10 @@ def run_web(plan: Plan, dsn: str, redis_url: str, work_dir: Path, loadgen: LoadG
                 warm_web(server, loadgen, plan)
             by_key = {s.variant.key: s for s in servers}
             for number in range(plan.rounds):
-                for key, taken in web_round(by_key, loadgen, plan, rng).items():
-                    rounds[key].append({**taken, "generation": generation + 1})
+                taken_round = web_round(by_key, loadgen, plan, rng)
+                load = load_1min()
+                for key, taken in taken_round.items():
+                    rounds[key].append({**taken, "generation": generation + 1, "load_1min_after": load})
                 progress(f"web generation {generation + 1}/{plan.generations}, round {number + 1}/{plan.rounds}: "
                          + ", ".join(f"{key} {rounds[key][-1]['rps']:.0f}/s" for key in rounds))
             held = footprint(servers, dsn)  # type: ignore[arg-type]
@@ -161,7 +170,7 @@ def web_round(by_key: dict[str, BenchWeb], loadgen: LoadGenerator, plan: Plan,
               rng: random.Random) -> dict[str, dict[str, Any]]:
     """The worker classes in a shuffled order; each class's variants in a shuffled order, then its reverse."""
     found: dict[str, dict[str, Any]] = {}
-    classes = list(WEB_CLASSES)
+    classes = [c for c in WEB_CLASSES if c in plan.web_classes]
     rng.shuffle(classes)
     for worker_class in classes:
         order = [key for key in by_key if key.startswith(worker_class + "/")]
@@ -172,6 +181,10 @@ def web_round(by_key: dict[str, BenchWeb], loadgen: LoadGenerator, plan: Plan,
                 passes[key].append(measure_web(by_key[key], loadgen, plan.seconds))
         found.update({key: {**combine(taken), "position": order.index(key)} for key, taken in passes.items()})
     return found
+
+
+def load_1min() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _variant_info(server: BenchProcess, connections: int | None = None) -> dict[str, Any]:
@@ -208,6 +221,8 @@ def rows_written(dsn: str, prefix: str) -> int:
 
 
 def run_celery(plan: Plan, dsn: str, redis_url: str, work_dir: Path, progress: Progress) -> dict[str, Any]:
+    if not plan.celery_rounds:
+        return {"variants": {}, "rounds": {}, "footprint": {}, "startup": []}
     from celery import Celery
 
     rng = random.Random(plan.seed + 1)
@@ -234,6 +249,9 @@ def run_celery(plan: Plan, dsn: str, redis_url: str, work_dir: Path, progress: P
                 seconds = drain(client, server, [f"{prefix}{i}" for i in range(plan.tasks)], timeout)
                 rounds[key].append({"tasks": plan.tasks, "seconds": seconds, "tasks_per_s": plan.tasks / seconds,
                                     "rows_written": rows_written(dsn, prefix), "position": order.index(key)})
+            load = load_1min()
+            for key in order:
+                rounds[key][-1]["load_1min_after"] = load
             progress(f"celery round {number + 1}/{plan.celery_rounds}: " + ", ".join(
                 f"{key} {rounds[key][-1]['tasks_per_s']:.0f}/s" for key in by_key))
         held = footprint(servers, dsn)  # type: ignore[arg-type]

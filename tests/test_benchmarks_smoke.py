@@ -143,8 +143,10 @@ CELERY_VARIANTS = {f"prefork/{mode}" for mode in ("pool", "connect", "floor")}
 @pytest.mark.timeout(60)
 def test_quick_suite_benchmark_reports_every_variant(tmp_path: Path) -> None:
     # Its own embedded PostgreSQL and Redis: the session's servers are not used.
+    # The WSGI classes and Celery; the asgi class has a test of its own (each well within the timeout).
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.suite_bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.suite_bench", "--quick", "--web-classes", "sync,gthread",
+         "--out", str(tmp_path)],
         cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=58,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -182,6 +184,52 @@ def test_quick_suite_benchmark_reports_every_variant(tmp_path: Path) -> None:
     assert {g["goal"].split(":")[0] for g in report["goals"]} == {"web sync", "web gthread", "celery"}
 
 
+ASGI_VARIANTS = {f"asgi/{mode}" for mode in ("pool", "connect", "floor", "floor-b")}
+
+
+@pytest.mark.timeout(60)
+def test_quick_suite_benchmark_asgi_tier(tmp_path: Path) -> None:
+    # Gunicorn with uvicorn workers, on suite_bench's own embedded PostgreSQL and Redis; no Celery phase.
+    pytest.importorskip("uvicorn_worker")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.suite_bench", "--quick", "--web-classes", "asgi", "--celery-rounds", "0",
+         "--out", str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=58,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [json_file] = tmp_path.glob("suite_bench_*.json")
+    [md_file] = tmp_path.glob("suite_bench_*.md")
+    markdown = md_file.read_text()
+    assert markdown.startswith("# suite_bench") and "uvicorn_worker.UvicornWorker" in markdown
+    report = json.loads(json_file.read_text())
+    assert report["config"]["web_classes"] == ["asgi"] and report["config"]["celery_rounds"] == 0
+    machine = report["machine"]
+    assert machine["packages"]["uvicorn"] and machine["packages"]["psycopg"]
+    assert machine["cpu_use"]["machine_busy_pct"] >= 0 and machine["cpu_use"]["this_process_pct"] > 0
+
+    web, variants = report["web"]["figures"], report["web"]["variants"]
+    assert set(web) == ASGI_VARIANTS
+    for key, row in web.items():
+        assert row["requests"] > 0 and row["errors"] == 0, key
+        for what in ("rps", "p50_ms", "p99_ms", "worker_cpu_us_per_request"):
+            assert row[what]["median"] > 0, (key, what)
+        assert row["rps_to_floor"]["median"] > 0 and row["rps_to_connect"]["median"] > 0, key
+        assert all(r["load_1min_after"] is not None for r in report["web"]["rounds"][key]), key
+    assert variants["asgi/pool"]["pool_size"] == 1 and variants["asgi/floor-b"]["control"]
+    assert report["celery"]["figures"] == {}
+
+    startup = report["startup"]  # the lifespan startup: the pool full, the floor's connection open
+    for name, held in (("web asgi/pool", [1]), ("web asgi/floor", [1]), ("web asgi/connect", [0])):
+        assert startup[name]["processes"] >= 2 and startup[name]["all_full"], name
+        assert startup[name]["pool_sizes"] == held, name
+    memory = report["web"]["memory"]
+    assert set(memory) == ASGI_VARIANTS and all(row["rss_kib"]["min"] > 0 for row in memory.values())
+    assert memory["asgi/pool"]["sessions"] == memory["asgi/floor"]["sessions"] == 2  # one per worker
+    goals = report["goals"]
+    assert {g["goal"].split(":")[0] for g in goals} == {"web asgi"} and len(goals) == 3
+    assert all(g["figure"] is not None for g in goals), goals
+
+
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:40000/item
   1 threads and 4 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -206,3 +254,20 @@ def test_wrk_output_is_read() -> None:
     result = parse_wrk(WRK_OUTPUT)
     assert (result.requests, result.errors, result.seconds, result.rps) == (7500, 7, 3.0, 2499.5)
     assert (result.p50_ms, result.p99_ms) == (1.5, 0.85)
+
+
+def test_close_each_request_is_asked_of_wrk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The asgi servers close after a response only when the client asks (uvicorn has no setting for it).
+    from benchmarks import loadgen
+
+    seen: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 0, WRK_OUTPUT, "")
+
+    monkeypatch.setattr(loadgen.subprocess, "run", fake_run)
+    loadgen.run_wrk("wrk", "http://127.0.0.1:1/item", 16, 1, close=True)
+    loadgen.run_wrk("wrk", "http://127.0.0.1:1/item", 16, 1)
+    assert seen[0][-3:] == ["-H", "Connection: close", "http://127.0.0.1:1/item"]
+    assert "-H" not in seen[1]
