@@ -230,6 +230,19 @@ def test_quick_suite_benchmark_asgi_tier(tmp_path: Path) -> None:
     assert all(g["figure"] is not None for g in goals), goals
 
 
+@pytest.mark.timeout(60)
+def test_quick_asgi_profile_runs(tmp_path: Path, database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.asgi_profile", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [text_file] = tmp_path.glob("asgi_profile_*.txt")
+    text = text_file.read_text()
+    for row in ("  pool ", "  floor ", "  floor-b (A/A) ", "cProfile of the pool's cycle", "aio_pool.py"):
+        assert row in text, row
+
+
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:40000/item
   1 threads and 4 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
