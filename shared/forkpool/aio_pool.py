@@ -113,14 +113,28 @@ class AsyncPool(AsyncPoolUpkeep):
         entry = self._in_use.get(conn)
         if entry is None:
             raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
-        clean = conn.pgconn.transaction_status == self._idle_status and not conn.autocommit
-        reusable = clean or await self._reset(conn)
+        if self._return_if_clean(entry):
+            return
+        if await self._reset(conn):
+            self._return(entry)
+        else:
+            self._retire(entry, broken=True)
+
+    def _return_if_clean(self, entry: Entry) -> bool:
+        """The common return, with no await: idle and not in autocommit. False: it needs a reset."""
+        conn = entry.conn
+        if conn.pgconn.transaction_status != self._idle_status or conn.autocommit:
+            return False
+        self._return(entry)
+        return True
+
+    def _return(self, entry: Entry) -> None:
         now = _monotonic()
-        if not reusable or now >= entry.expires_at or self._closed:
-            self._retire(entry, broken=not reusable)
+        if now >= entry.expires_at or self._closed:
+            self._retire(entry, broken=False)
             return
         entry.returned_at = now
-        del self._in_use[conn]
+        del self._in_use[entry.conn]
         self._hand_over(entry)
 
     @asynccontextmanager
@@ -135,8 +149,11 @@ class AsyncPool(AsyncPoolUpkeep):
         else:
             await conn.commit()
         finally:
-            # Shielded: a second cancellation must not lose the connection on its way back.
-            await asyncio.shield(self.putconn(conn))
+            entry = self._in_use.get(conn)
+            # The common return has no await, so no cancellation can interrupt it; a reset
+            # awaits, and is shielded: a second cancellation must not lose the connection.
+            if entry is not None and not self._return_if_clean(entry):
+                await asyncio.shield(self.putconn(conn))
 
     def stats(self) -> dict[str, Any]:
         """A snapshot with the keys of ``forkpool.stats``, as the threaded pool's."""
@@ -197,24 +214,31 @@ class AsyncPool(AsyncPoolUpkeep):
             if queued >= limit:
                 raise TooManyWaiting(f"{self!r}: {queued} callers already waiting (max_waiting={limit})")
         future: asyncio.Future[Entry] = self.loop.create_future()
-        self._waiting.append((future, _monotonic()))
+        now = _monotonic()
+        self._waiting.append((future, now))
         self._counts[keys.WAITS] += 1
+        # One timer per wait, not an asyncio.timeout() block: that costs a third of a contended
+        # acquire (BENCHMARKS.md, part 2, the ASGI tier). The timer fails the future only if it is
+        # still unserved when it fires, so a connection is never both served and timed out.
+        timer = self.loop.call_later(max(deadline - now, 0.0), self._expire, future, wait)
         try:
-            async with asyncio.timeout(max(deadline - _monotonic(), 0.0)):
-                return await future
-        except TimeoutError:
-            if _served(future):
-                return future.result()  # served as the time ran out: the caller takes it
-            self._leave(future)
-            self._counts[keys.TIMEOUTS] += 1
-            raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s "
-                              f"(max_size {self.settings.max_size}, {len(self._in_use)} in use)") from None
+            return await future
         except asyncio.CancelledError:
             if _served(future):
                 self._give_back_served(future.result())  # it never reached the cancelled caller
             else:
                 self._leave(future)
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[Entry], wait: float) -> None:
+        if future.done():
+            return  # served, cancelled or failed first
+        self._leave(future)
+        self._counts[keys.TIMEOUTS] += 1
+        future.set_exception(PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s "
+                                         f"(max_size {self.settings.max_size}, {len(self._in_use)} in use)"))
 
     def _leave(self, future: asyncio.Future[Entry]) -> None:
         for item in self._waiting:
