@@ -283,6 +283,8 @@ class AsyncPool(AsyncPoolUpkeep):
         kwargs: dict[str, Any] = dict(self.settings.connect_kwargs or {})
         kwargs["application_name"] = application_name()
         kwargs.setdefault("connect_timeout", max(1, round(seconds)))
+        if not self.settings.prepare:
+            kwargs["prepare_threshold"] = None  # PgBouncer < 1.21: see PoolSettings.prepare
         conn = await self._psycopg.AsyncConnection.connect(self.settings.dsn, **kwargs)
         return Entry(conn, self.settings.max_lifetime)
 

@@ -71,7 +71,10 @@ def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
     kwargs: dict[str, Any] = dict(settings.connect_kwargs or {})
     kwargs["application_name"] = application_name()
     kwargs.setdefault("connect_timeout", max(1, round(seconds)))  # libpq takes whole seconds, 1 at least
-    conn = get_driver(settings.driver).connect(settings.dsn, kwargs)
+    driver = get_driver(settings.driver)
+    if not settings.prepare:
+        kwargs.update(driver.no_prepare)
+    conn = driver.connect(settings.dsn, kwargs)
     return Entry(conn, settings.max_lifetime)
 
 
