@@ -179,3 +179,15 @@ def servers() -> Iterator[list[Server]]:
     yield started
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_binary() -> str:
+    """The `pgbouncer` binary, or the test is skipped, saying the one command that installs it."""
+    from harness._procs import ServiceError
+    from harness.pgbouncer import pgbouncer_binary as find
+
+    try:
+        return str(find())
+    except ServiceError as exc:
+        pytest.skip(str(exc))

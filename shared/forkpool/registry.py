@@ -87,6 +87,8 @@ def configure(
     leak_timeout: float | None = None,
     connect_timeout: float | None = None,
     connect_kwargs: Mapping[str, Any] | None = None,
+    driver: str | None = None,
+    prepare: bool | None = None,
 ) -> PoolSettings:
     """Register the settings of pool `name` before its first use; returns them validated.
 
@@ -99,7 +101,7 @@ def configure(
         base, dsn=dsn, min_size=min_size, max_size=max_size, timeout=timeout,
         max_waiting=max_waiting, max_lifetime=max_lifetime, max_idle=max_idle,
         check_idle=check_idle, leak_timeout=leak_timeout, connect_timeout=connect_timeout,
-        connect_kwargs=connect_kwargs,
+        connect_kwargs=connect_kwargs, driver=driver, prepare=prepare,
     )
     state = process_pools()
     with state.lock:
