@@ -61,7 +61,7 @@ def find_pgbouncer() -> str | None:
 
 def ensure_pgbouncer() -> None:
     """Install PgBouncer when missing (root with apt); otherwise say how. Never fatal: its tests skip."""
-    if find_pgbouncer():
+    if find_pgbouncer() or os.environ.get("FORKPOOL_PGBOUNCER"):  # there, or the user named their own
         return
     if os.environ.get("FORKPOOL_NO_APT") == "1" or os.name != "posix" or os.geteuid() != 0 \
             or not shutil.which("apt-get"):
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     ensure_venv()
-    if command in ("test", "demo"):
+    if command == "test" or (command == "demo" and "--pgbouncer" in rest):
         ensure_pgbouncer()
     if command == "test":
         args = [str(venv_bin("python")), "-m", "pytest", *rest]

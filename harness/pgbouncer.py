@@ -56,10 +56,18 @@ def install_command() -> str:
     return ("" if os.geteuid() == 0 else "sudo ") + "apt-get install -y pgbouncer"
 
 
+BINARY_ENV = "FORKPOOL_PGBOUNCER"  # a pgbouncer binary of your choice (a newer build); else PATH, /usr/sbin
+
+
 def pgbouncer_binary() -> Path:
-    found = shutil.which("pgbouncer") or (str(SBIN) if os.access(SBIN, os.X_OK) else None)
+    chosen = os.environ.get(BINARY_ENV)
+    if chosen:
+        found = chosen if os.access(chosen, os.X_OK) else None
+    else:
+        found = shutil.which("pgbouncer") or (str(SBIN) if os.access(SBIN, os.X_OK) else None)
     if found is None:
-        raise ServiceError(f"pgbouncer is not installed: install it with `{install_command()}`")
+        where = f" at {BINARY_ENV}={chosen!r}" if chosen else ""
+        raise ServiceError(f"pgbouncer is not installed{where}: install it with `{install_command()}`")
     return Path(found)
 
 

@@ -158,3 +158,46 @@ def test_forkpools_pool_relies_on_no_session_state(bouncer, monkeypatch, suite_i
     assert len(servers) <= 2  # and never more than its pool at the server
     stats = pool.stats()
     assert stats["checks"] >= 7 and stats["connections_discarded"] == 0  # every check passed, nothing thrown away
+
+
+def test_bootstrap_installs_pgbouncer_as_root_with_apt_and_otherwise_says_how(monkeypatch, capsys):
+    import bootstrap
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(bootstrap, "find_pgbouncer", lambda: None)
+    monkeypatch.delenv("FORKPOOL_PGBOUNCER", raising=False)
+    monkeypatch.delenv("FORKPOOL_NO_APT", raising=False)
+    monkeypatch.setattr(bootstrap.subprocess, "run", lambda argv, **kw: calls.append(argv) or
+                        subprocess_result(0))
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(bootstrap.shutil, "which", lambda name: f"/usr/bin/{name}")
+    bootstrap.ensure_pgbouncer()
+    assert calls[:2] == [["apt-get", "update", "-qq"],
+                         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"]]
+    assert ["service", "pgbouncer", "stop"] in calls  # the package's own service, if policy let it start
+    calls.clear()
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)  # not root: nothing run, one command printed
+    bootstrap.ensure_pgbouncer()
+    assert not calls and "Install it with: sudo apt-get install -y pgbouncer" in capsys.readouterr().out
+
+
+def subprocess_result(code: int) -> object:
+    import subprocess
+
+    return subprocess.CompletedProcess([], code)
+
+
+def test_without_pgbouncer_its_tests_show_as_skipped_with_the_command(tmp_path):
+    """Never as passed: the reason names the one command that installs it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "FORKPOOL_PGBOUNCER": str(tmp_path / "no-pgbouncer")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                             "tests/test_pgbouncer.py", "-k", "not without and not bootstrap"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "6 skipped" in result.stdout and "passed" not in result.stdout.splitlines()[-1]
+    assert "pgbouncer is not installed" in result.stdout and "apt-get install -y pgbouncer" in result.stdout
