@@ -211,8 +211,8 @@ def demo(report_dir: Path | None, no_contrast: bool, pgbouncer: bool) -> None:
     sys.exit(code)
 
 
-# The demo's fleet: 4 hosts x (3 web + 2 task processes) x pool 4 = 80 client connections, on a server of 30.
-FLEET_DEMO = dict(hosts=4, web_workers=3, worker_concurrency=2, asgi_workers=0, pool_size=4, max_connections=30,
+# The demo's fleet: 4 hosts x (2 web + 2 task processes) x pool 5 = 80 client connections, on a server of 30.
+FLEET_DEMO = dict(hosts=4, web_workers=2, worker_concurrency=2, asgi_workers=0, pool_size=5, max_connections=30,
                   duration=8.0, users=16, task_rate=8.0, max_requests=60, max_tasks_per_child=10, kill_workers=2,
                   pgbouncer=True, pgbouncer_pool_size=10)
 

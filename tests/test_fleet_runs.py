@@ -72,8 +72,8 @@ def test_the_suite_through_pgbouncer_holds_both_ceilings(tmp_path, pgbouncer_bin
 
 @pytest.mark.timeout(300)
 def test_a_fleet_above_max_connections_runs_only_through_pgbouncer(tmp_path, pgbouncer_binary):
-    """4 hosts x (3 web + 2 task processes) x pool 4 = 80 client connections; the server has 30 slots."""
-    fleet = ["--hosts", "4", "--web-workers", "3", "--worker-concurrency", "2", "--pool-size", "4",
+    """4 hosts x (2 web + 2 task processes) x pool 5 = 80 client connections; the server has 30 slots."""
+    fleet = ["--hosts", "4", "--web-workers", "2", "--worker-concurrency", "2", "--pool-size", "5",
              "--max-connections", "30", "--duration", "5", "--users", "12", "--task-rate", "6",
              "--max-requests", "60", "--max-tasks-per-child", "10"]
     direct = run_json(tmp_path, "direct", *fleet, env=embedded_env(), expect=3)
