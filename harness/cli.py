@@ -189,7 +189,7 @@ def fault(scenario: str, json_path: Path | None) -> None:
               help="Write report files and logs here.")
 @click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
 @click.option("--pgbouncer", is_flag=True,
-              help="Then past one machine (about 30 s more): a fleet of 4 hosts x 20 connections onto "
+              help="Then past one machine (about 45 s more): a fleet of 4 hosts x 20 connections onto "
                    "max_connections 30, refused directly, run through PgBouncer.")
 def demo(report_dir: Path | None, no_contrast: bool, pgbouncer: bool) -> None:
     """The tour: 3 web workers, 2 task processes, 2 ASGI workers, pools of 4, mixed load with recycling and kills."""

@@ -218,9 +218,10 @@ def write_chart(report: RunReport, path: Path) -> None:
                 color="black", linewidth=2)
         if report.pgbouncer:  # behind PgBouncer the lines above are its clients; the server sees this
             ax.step(ts, [s.servers or 0 for s in report.samples], where="post", label="servers (at PostgreSQL)",
-                    color="tab:gray", linewidth=2)
+                    color="darkgoldenrod", linewidth=2.5)
             bound = report.pgbouncer["pool_size"] + report.pgbouncer["reserve"]
-            ax.axhline(bound, color="tab:gray", linestyle="--", linewidth=1.2, label=f"PgBouncer pool + reserve = {bound}")
+            ax.axhline(bound, color="darkgoldenrod", linestyle="--", linewidth=1.2,
+                       label=f"PgBouncer pool + reserve = {bound}")
     ax.axhline(report.ceiling, color="tab:red", linestyle="--", linewidth=1.2,
                label=f"ceiling = {report.ceiling}")
     for i, o in enumerate(report.overlaps):
