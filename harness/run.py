@@ -260,11 +260,14 @@ def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None, pr
 
 
 def _in_flight_on_killed(report: RunReport, options: LoadOptions) -> int:
-    """Requests a kill may drop: a web worker's threads; an asgi worker's users (each has one request open)."""
+    """Requests a kill may drop: a web worker's threads; an asgi worker's users (each has one request open).
+
+    On a fleet, an asgi worker serves only its host's share of the users (they take the hosts in turn).
+    """
     kills = [e.detail for e in report.events if e.kind == "kill"]
     web = sum(1 for d in kills if d.startswith("SIGKILL web worker"))
     asgi = sum(1 for d in kills if d.startswith("SIGKILL asgi worker"))
-    return web * options.web_threads + asgi * options.asgi_users
+    return web * options.web_threads + asgi * -(-options.asgi_users // options.hosts)
 
 
 def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
