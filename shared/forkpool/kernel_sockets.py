@@ -227,10 +227,18 @@ def own_peer(fd: int) -> tuple[str, int] | str | None:
     TIME_WAIT ones too: seconds on a busy host), where this costs a few syscalls
     per socket: a forked child must be up within Celery's 4 s.
     """
+    # With a default timeout set (kombu sets one for a while), wrapping a descriptor makes it
+    # non-blocking, a flag of the open socket itself: the parent's too. Wrap it without one.
+    default = socket.getdefaulttimeout()
+    if default is not None:
+        socket.setdefaulttimeout(None)
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
         return None
+    finally:
+        if default is not None:
+            socket.setdefaulttimeout(default)
     try:
         if sock.type != socket.SOCK_STREAM:
             return None
