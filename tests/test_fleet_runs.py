@@ -85,3 +85,41 @@ def test_a_fleet_above_max_connections_runs_only_through_pgbouncer(tmp_path, pgb
     assert body["ceiling"] == 80 and body["pgbouncer"]["client_peak"] == 80  # every host's pools full, at PgBouncer
     assert body["pgbouncer"]["server_peak"] <= 12 < 27  # what the server saw: PgBouncer's pool + reserve
     assert body["load"]["requests"] > 0 and not [c for c in body["load"]["status_counts"] if c[0] in "5e"]
+
+
+@pytest.mark.timeout(120)
+def test_up_behind_pgbouncer_serves_and_stats_counts_its_clients(tmp_path, pgbouncer_binary):
+    """`forkpool up --pgbouncer`: the suite's connections are PgBouncer's clients, and `forkpool stats` counts them."""
+    import os
+    import signal
+    import subprocess
+
+    from harness._procs import free_port
+    from tests.test_harness import FORKPOOL, ROOT, _answers, _descendants, _alive
+    from tests.conftest import wait_for
+
+    port = free_port()
+    env = {**embedded_env(), "WEB_CONCURRENCY": "2", "WORKER_CONCURRENCY": "1", "DB_POOL_SIZE": "2",
+           "XDG_RUNTIME_DIR": str(tmp_path)}  # where up leaves its state for stats
+    log = open(tmp_path / "up.log", "w")
+    proc = subprocess.Popen([*FORKPOOL, "up", "--port", str(port), "--pgbouncer"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}"), 60, 0.2), (tmp_path / "up.log").read_text()
+        assert "PgBouncer" in (tmp_path / "up.log").read_text()
+        def per_role() -> dict:  # (pool sizes, clients PgBouncer counts) per role
+            stats = subprocess.run([*FORKPOOL, "stats", "--json"], cwd=ROOT, env=env, capture_output=True,
+                                   text=True, timeout=60)
+            assert stats.returncode == 0, stats.stderr
+            return {role: (t["size"], t["server"]) for role, t in json.loads(stats.stdout)["roles"].items()}
+
+        want = {"web": (4, 4), "worker": (2, 2)}
+        wait_for(lambda: per_role() == want, 20, 0.5)  # every worker up, not only the one that answered
+        assert per_role() == want
+        children = _descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert wait_for(lambda: not [p for p in children if _alive(p)], 20), "processes left behind"
