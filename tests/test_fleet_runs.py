@@ -100,13 +100,15 @@ def test_up_behind_pgbouncer_serves_and_stats_counts_its_clients(tmp_path, pgbou
 
     port = free_port()
     env = {**embedded_env(), "WEB_CONCURRENCY": "2", "WORKER_CONCURRENCY": "1", "DB_POOL_SIZE": "2",
-           "XDG_RUNTIME_DIR": str(tmp_path)}  # where up leaves its state for stats
+           "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}  # where up leaves its state for stats
     log = open(tmp_path / "up.log", "w")
     proc = subprocess.Popen([*FORKPOOL, "up", "--port", str(port), "--pgbouncer"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}"), 60, 0.2), (tmp_path / "up.log").read_text()
-        assert "PgBouncer" in (tmp_path / "up.log").read_text()
+        # up prints its servers once they all serve, which may be just after the first /readyz answered.
+        assert wait_for(lambda: "PgBouncer  postgresql://" in (tmp_path / "up.log").read_text(), 20, 0.1), \
+            (tmp_path / "up.log").read_text()
         def per_role() -> dict:  # (pool sizes, clients PgBouncer counts) per role
             stats = subprocess.run([*FORKPOOL, "stats", "--json"], cwd=ROOT, env=env, capture_output=True,
                                    text=True, timeout=60)
