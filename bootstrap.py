@@ -12,8 +12,9 @@ then runs the command in it.
 
 PgBouncer (the `pgbouncer` binary: Debian's and Ubuntu's package, no pip wheel
 carries it) is the one system package: where it is missing and this runs as
-root on a system with apt, it is installed; elsewhere the command that installs
-it is printed, and the tests that need it are skipped with that reason.
+root on a system with apt, `test` installs it (FORKPOOL_NO_APT=1: never);
+elsewhere the command that installs it is printed, and the tests that need it
+are skipped with that reason.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
-PGBOUNCER_INSTALL = "sudo apt-get install -y pgbouncer"  # harness/pgbouncer.py says the same
+def pgbouncer_install() -> str:
+    """The one command that installs PgBouncer (harness/pgbouncer.py's install_command says the same)."""
+    return ("" if os.name == "posix" and os.geteuid() == 0 else "sudo ") + "apt-get install -y pgbouncer"
 
 
 def find_pgbouncer() -> str | None:
@@ -66,7 +69,7 @@ def ensure_pgbouncer() -> None:
     if os.environ.get("FORKPOOL_NO_APT") == "1" or os.name != "posix" or os.geteuid() != 0 \
             or not shutil.which("apt-get"):
         print(f"bootstrap: pgbouncer is not installed; its tests will be skipped. Install it with: "
-              f"{PGBOUNCER_INSTALL}", flush=True)
+              f"{pgbouncer_install()}", flush=True)
         return
     print("bootstrap: installing pgbouncer (apt-get, first run only)", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -76,7 +79,7 @@ def ensure_pgbouncer() -> None:
     for step in steps:
         if subprocess.run(step, env=env, stdout=subprocess.DEVNULL).returncode != 0:
             print(f"bootstrap: `{' '.join(step)}` failed; PgBouncer tests will be skipped. "
-                  f"Install it with: {PGBOUNCER_INSTALL}", file=sys.stderr, flush=True)
+                  f"Install it with: {pgbouncer_install()}", file=sys.stderr, flush=True)
             return
     stop_system_pgbouncer()
 
