@@ -9,12 +9,19 @@ Creates ./.venv and installs the library (shared/, the `forkpool` distribution,
 with all its extras) and the suite (this directory, with its `dev` and
 `embedded` extras) in one pip call, again only when a pyproject.toml changes,
 then runs the command in it.
+
+PgBouncer (the `pgbouncer` binary: Debian's and Ubuntu's package, no pip wheel
+carries it) is the one system package: where it is missing and this runs as
+root on a system with apt, `test` installs it (FORKPOOL_NO_APT=1: never);
+elsewhere the command that installs it is printed, and the tests that need it
+are skipped with that reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -45,6 +52,46 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def pgbouncer_install() -> str:
+    """The one command that installs PgBouncer (harness/pgbouncer.py's install_command says the same)."""
+    return ("" if os.name == "posix" and os.geteuid() == 0 else "sudo ") + "apt-get install -y pgbouncer"
+
+
+def find_pgbouncer() -> str | None:
+    # Debian puts it in /usr/sbin, which a non-root PATH may lack.
+    return shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if os.access(p, os.X_OK)), None)
+
+
+def ensure_pgbouncer() -> None:
+    """Install PgBouncer when missing (root with apt); otherwise say how. Never fatal: its tests skip."""
+    if find_pgbouncer() or os.environ.get("FORKPOOL_PGBOUNCER"):  # there, or the user named their own
+        return
+    if os.environ.get("FORKPOOL_NO_APT") == "1" or os.name != "posix" or os.geteuid() != 0 \
+            or not shutil.which("apt-get"):
+        print(f"bootstrap: pgbouncer is not installed; its tests will be skipped. Install it with: "
+              f"{pgbouncer_install()}", flush=True)
+        return
+    print("bootstrap: installing pgbouncer (apt-get, first run only)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # A list made long ago may no longer name the current version: update first (a few seconds).
+    steps = [["apt-get", "update", "-qq"],
+             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"]]
+    for step in steps:
+        if subprocess.run(step, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            print(f"bootstrap: `{' '.join(step)}` failed; PgBouncer tests will be skipped. "
+                  f"Install it with: {pgbouncer_install()}", file=sys.stderr, flush=True)
+            return
+    stop_system_pgbouncer()
+
+
+def stop_system_pgbouncer() -> None:
+    """The package may start its own service (port 6432) where policy allows: the harness starts its
+    own PgBouncers on free ports, so the system one is stopped and kept from starting at boot."""
+    for step in (["service", "pgbouncer", "stop"], ["update-rc.d", "pgbouncer", "disable"]):
+        if shutil.which(step[0]):
+            subprocess.run(step, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -54,6 +101,8 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     ensure_venv()
+    if command == "test" or (command == "demo" and "--pgbouncer" in rest):
+        ensure_pgbouncer()
     if command == "test":
         args = [str(venv_bin("python")), "-m", "pytest", *rest]
     elif command == "demo":

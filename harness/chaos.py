@@ -80,10 +80,16 @@ KIND = {"web": "web worker", "worker": "task process", "asgi": "asgi worker"}
 
 
 class Killer:
-    """SIGKILLs `count` random web, task (and asgi) processes, spread over the load phase, in turn."""
+    """SIGKILLs `count` times, spread over the load phase, a random process of each role in turn.
 
-    def __init__(self, suite: RunningSuite, count: int, duration: float, clock: Callable[[], float]) -> None:
-        self.suite, self.count, self.duration, self.clock = suite, count, duration, clock
+    On a fleet, each time is a kill on every host at once (one process of the
+    same role on each): the fleet must come back from several hosts' losses together.
+    """
+
+    def __init__(self, hosts: RunningSuite | list[RunningSuite], count: int, duration: float,
+                 clock: Callable[[], float]) -> None:
+        self.hosts = hosts if isinstance(hosts, list) else [hosts]
+        self.count, self.duration, self.clock = count, duration, clock
         self.events: list[Event] = []
         self.killed: set[int] = set()
         self._stop = threading.Event()
@@ -107,16 +113,22 @@ class Killer:
             at = self.duration * (0.2 + 0.5 * i / max(self.count - 1, 1))
             if self._stop.wait(max(start + at - time.monotonic(), 0.0)):
                 return
-            self._kill_one(self._turns()[i % len(self._turns())])
+            role = self._turns()[i % len(self._turns())]
+            for suite in self.hosts:
+                self._kill_one(suite, role)
 
     def _turns(self) -> list[str]:
-        return ["web", "worker"] + (["asgi"] if self.suite.asgi is not None else [])
+        return ["web", "worker"] + (["asgi"] if self.hosts[0].asgi is not None else [])
 
-    def _kill_one(self, role: str) -> None:
-        server = {"web": self.suite.web, "worker": self.suite.worker, "asgi": self.suite.asgi}[role]
+    def _kill_one(self, suite: RunningSuite, role: str) -> None:
+        server = {"web": suite.web, "worker": suite.worker, "asgi": suite.asgi}[role]
         assert server is not None
         for _ in range(5):  # a chosen process may have just recycled on its own: pick again
             candidates = server.children()
+            deadline = time.monotonic() + 2.0
+            while not candidates and time.monotonic() < deadline:  # between a recycled child and its replacement
+                time.sleep(0.05)
+                candidates = server.children()
             if not candidates:
                 return
             pid = self._rng.choice(candidates)
@@ -128,4 +140,5 @@ class Killer:
         else:
             return
         self.killed.add(pid)
-        self.events.append(Event(self.clock(), "kill", f"SIGKILL {KIND[role]} {pid}"))
+        where = f" on {suite.plan.host}" if suite.plan.host else ""
+        self.events.append(Event(self.clock(), "kill", f"SIGKILL {KIND[role]}{where} {pid}"))

@@ -97,12 +97,15 @@ def check_settled(samples_after: list[Sample], expected: dict[str, int], pool_si
 
 
 def check_work_done(keys: list[str], rows_per_key: dict[str, int], status_counts: dict[str, int],
-                    killed_in_flight: int = 0) -> Check:
+                    killed_in_flight: int = 0, writers: dict[str, int] | None = None) -> Check:
     """4: every task wrote its row exactly once; no 5xx but 503 (pool timeout), which is counted.
 
     A web worker SIGKILLed by the harness drops the requests it was serving (at most
     its thread count; for an ASGI worker, at most one per load user it served):
-    those connection errors, and only those, are allowed.
+    those connection errors, and only those, are allowed. `writers` (rows per
+    writer role, from each row's ``written_by``: the server's application_name in
+    the task's transaction) says which host ran the tasks; every row must name a
+    task process, which behind PgBouncer proves the identity reached the server.
     """
     missing = [k for k in keys if rows_per_key.get(k, 0) == 0]
     doubled = [k for k in keys if rows_per_key.get(k, 0) > 1]
@@ -114,7 +117,26 @@ def check_work_done(keys: list[str], rows_per_key: dict[str, int], status_counts
               f"{len(doubled)} written twice; HTTP 503 (pool timeout): {status_counts.get('503', 0)}, "
               f"other 5xx: {other}, dropped connections: {dropped} (allowed {killed_in_flight}: in flight on "
               "killed web and asgi workers)")
+    if writers is not None:
+        strangers = {role: n for role, n in writers.items() if role.partition("@")[0] != WORKER}
+        passed = passed and not strangers
+        detail += "; written by " + (", ".join(f"{role} {n}" for role, n in sorted(writers.items())) or "nobody")
+        if strangers:
+            detail += f" (not a task process: {strangers})"
     return Check(4, "every task done exactly once; no 5xx but counted 503s", passed, detail)
+
+
+def check_server_pool(samples: list[Sample], pool_size: int, reserve: int) -> Check:
+    """8 (behind PgBouncer): PostgreSQL never sees more than PgBouncer's pool + reserve, whatever the clients."""
+    servers = [s.servers for s in samples if s.servers is not None]
+    bound = pool_size + reserve
+    peak = max(servers, default=0)
+    clients = max((s.total for s in samples), default=0)
+    detail = (f"server connections at PostgreSQL peaked at {peak} of PgBouncer's pool {pool_size} + reserve "
+              f"{reserve} = {bound} over {len(servers)} samples, while client connections at PgBouncer "
+              f"peaked at {clients}")
+    return Check(8, "behind PgBouncer: server connections never above its pool (+ reserve)",
+                 bool(servers) and peak <= bound, detail)
 
 
 def check_stats_agree(web_reports: dict[int, dict], worker_reports: dict[int, dict],
@@ -127,13 +149,19 @@ def check_stats_agree(web_reports: dict[int, dict], worker_reports: dict[int, di
     asked is left out, and said so. Every role that runs must have a live report.
     """
     by_role = {WEB: web_reports, WORKER: worker_reports, **({ASGI: asgi_reports} if asgi_reports is not None else {})}
+    return check_reports_agree(by_role, server_by_pid, is_alive)
+
+
+def check_reports_agree(by_role: dict[str, dict[int, dict]], server_by_pid: dict[int, int],
+                        is_alive: Callable[[int], bool]) -> Check:
+    """5, for any roles (``web@h1``, ``worker@h2`` on a fleet): every role needs a live report, and each agrees."""
     reports = {pid: r for role_reports in by_role.values() for pid, r in role_reports.items()}
     live = {pid: r for pid, r in reports.items() if is_alive(pid)}
     disagree = {pid: (r.get("size"), server_by_pid.get(pid, 0)) for pid, r in live.items()
                 if r.get("size") != server_by_pid.get(pid, 0)}
     unheard = [role for role, role_reports in by_role.items() if not set(role_reports) & set(live)]
     passed = not unheard and not disagree
-    heard = ", ".join(f"{len(r)} {'task' if role == WORKER else role}" for role, r in by_role.items())
+    heard = ", ".join(f"{len(r)} {_reporter(role)}" for role, r in by_role.items())
     detail = (f"{heard} processes reported, {len(live)} still alive; "
               f"disagreeing (pool size, server): {disagree or 'none'}")
     if len(live) < len(reports):
@@ -141,6 +169,12 @@ def check_stats_agree(web_reports: dict[int, dict], worker_reports: dict[int, di
     if unheard:
         detail += f"; no live report from {', '.join(unheard)}"
     return Check(5, "each process's pool stats agree with the server", passed, detail)
+
+
+def _reporter(role: str) -> str:
+    """How a role's reporters are named: task processes for the worker role, on any host."""
+    base, at, host = role.partition("@")
+    return ("task" if base == WORKER else base) + at + host
 
 
 def role_summaries(samples: list[Sample], steady: Sample | None, processes: dict[str, int],

@@ -67,6 +67,23 @@ def initdb() -> None:
     click.echo("schema ready: tables items, events")
 
 
+def fleet_options(command: Callable) -> Callable:
+    """--hosts, --pgbouncer and its pool: past one machine."""
+    options = [
+        click.option("--hosts", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Run this many copies of the suite, each a host of a fleet (its own masters, host label "
+                          "h1, h2, ... in every connection's name), on one PostgreSQL, Redis and task queue."),
+        click.option("--pgbouncer", is_flag=True,
+                     help="Put a PgBouncer (transaction pooling, from the `pgbouncer` binary) between the suite and "
+                          "PostgreSQL: clients counted at PgBouncer, servers at PostgreSQL (check 8)."),
+        click.option("--pgbouncer-pool-size", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="With --pgbouncer: its default_pool_size (server connections; reserve 2 more)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def load_options(command: Callable) -> Callable:
     options = [
         click.option("--duration", type=click.FloatRange(min=1), default=20.0, show_default=True,
@@ -105,6 +122,7 @@ def load_options(command: Callable) -> Callable:
               help="The data layer web and workers run on: forkpool's pool; Flask-SQLAlchemy / SQLAlchemy "
                    "protected by forkpool.protect(); or a Django project and its Celery worker on Django's "
                    "native pool, protected by \"forkpool.django\".")
+@fleet_options
 def loadtest(**params: Any) -> None:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
     from . import preflight
@@ -113,8 +131,13 @@ def loadtest(**params: Any) -> None:
         raise click.UsageError("--asgi-workers runs forkpool's asyncio pool: not with --naive or another --stack")
     if params["naive"] and params["stack"] == DJANGO:
         raise click.UsageError("--naive is the suite's own Flask app without its hooks: not with --stack django")
+    if (params["hosts"] > 1 or params["pgbouncer"]) and params["naive"]:
+        raise click.UsageError("--hosts and --pgbouncer prove the hooks: not with --naive")
+    if params["pgbouncer"] and params["stack"] != FORKPOOL:
+        raise click.UsageError("--pgbouncer runs forkpool's own pools (prepared statements off): not with --stack")
     preflight.check_stack(params["stack"])
-    preflight.check_suite(preflight.SuiteNeeds(params["pool_size"], params["web_threads"]))
+    preflight.check_suite(preflight.SuiteNeeds(params["pool_size"], params["web_threads"],
+                                               pgbouncer=params["pgbouncer"]))
     sys.exit(_run(params))
 
 
@@ -200,11 +223,14 @@ def fault(scenario: str, json_path: Path | None) -> None:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report files and logs here.")
 @click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
-def demo(report_dir: Path | None, no_contrast: bool) -> None:
+@click.option("--pgbouncer", is_flag=True,
+              help="Then past one machine (about 45 s more): a fleet of 4 hosts x 20 connections onto "
+                   "max_connections 30, refused directly, run through PgBouncer.")
+def demo(report_dir: Path | None, no_contrast: bool, pgbouncer: bool) -> None:
     """The tour: 3 web workers, 2 task processes, 2 ASGI workers, pools of 4, mixed load with recycling and kills."""
     from . import preflight
 
-    preflight.check_suite(preflight.SuiteNeeds(pool_size=4))
+    preflight.check_suite(preflight.SuiteNeeds(pool_size=4, pgbouncer=pgbouncer))
     # The async tier adds about a second to the tour (README: the proof): its Gunicorn starts beside the others.
     params = dict(web_workers=3, web_threads=1, worker_concurrency=2, asgi_workers=2, pool_size=4, duration=20.0,
                   users=10, task_rate=5.0, max_requests=150, max_tasks_per_child=25, preload=False, kill_workers=3,
@@ -215,7 +241,33 @@ def demo(report_dir: Path | None, no_contrast: bool) -> None:
         contrast = {**params, "duration": 8.0, "max_requests": 0, "max_tasks_per_child": 0, "kill_workers": 0,
                     "asgi_workers": 0, "naive": True, "report_dir": report_dir / "naive" if report_dir else None}
         _run(contrast)
+    if pgbouncer:
+        code = _fleet_contrast(params, report_dir) or code
     sys.exit(code)
+
+
+# The demo's fleet: 4 hosts x (2 web + 2 task processes) x pool 5 = 80 client connections, on a server of 30.
+FLEET_DEMO = dict(hosts=4, web_workers=2, worker_concurrency=2, asgi_workers=0, pool_size=5, max_connections=30,
+                  duration=8.0, users=16, task_rate=8.0, max_requests=60, max_tasks_per_child=10, kill_workers=2,
+                  pgbouncer=True, pgbouncer_pool_size=10)
+
+
+def _fleet_contrast(params: dict[str, Any], report_dir: Path | None) -> int:
+    """The same fleet twice: directly it cannot fit (the budget says so, nothing starts); through PgBouncer it runs."""
+    from forkpool.budget import Budget, ServerLimits
+
+    from .run import LoadOptions
+
+    fleet = {**params, **FLEET_DEMO, "report_dir": report_dir / "fleet" if report_dir else None}
+    options = LoadOptions(**{k: v for k, v in fleet.items() if k not in ("json_path", "report_dir")})
+    click.echo(f"\nPast one machine: {options.hosts} hosts, each {options.deployment().ceiling} connections, onto "
+               f"max_connections {options.max_connections}. Directly, the budget refuses it before anything starts:")
+    limits = ServerLimits(options.max_connections, 3, 0)  # the embedded server's superuser_reserved_connections
+    for line in Budget(options.deployment(), limits).explain():
+        click.echo(f"  budget  {line}")
+    click.echo(f"Through PgBouncer (transaction pooling, {options.pgbouncer_pool_size} server connections + "
+               f"{options.pgbouncer_reserve} reserve), the same fleet:")
+    return _run(fleet)
 
 
 def _run(params: dict[str, Any]) -> int:
@@ -279,7 +331,10 @@ def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
 @click.command(context_settings=_CONTEXT)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, envvar="PORT")
 @size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
-def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int) -> None:
+@click.option("--pgbouncer", is_flag=True, help="Put a PgBouncer (transaction pooling) between the suite and "
+                                                "PostgreSQL; its admin console answers SHOW CLIENTS.")
+def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int,
+       pgbouncer: bool) -> None:
     """Run the suite in the foreground until Ctrl-C or SIGTERM; then stop everything it started."""
     from click.core import ParameterSource
 
@@ -288,8 +343,8 @@ def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, p
 
     from_env = click.get_current_context().get_parameter_source("port") == ParameterSource.ENVIRONMENT
     preflight.check_suite(preflight.SuiteNeeds(pool_size, web_threads, port=port,
-                                               port_setting="PORT" if from_env else "--port"))
-    sys.exit(run_foreground(port, web_workers, web_threads, worker_concurrency, pool_size))
+                                               port_setting="PORT" if from_env else "--port", pgbouncer=pgbouncer))
+    sys.exit(run_foreground(port, web_workers, web_threads, worker_concurrency, pool_size, pgbouncer))
 
 
 def _entry(command: click.Command) -> Callable[[list[str], str], int]:

@@ -7,6 +7,7 @@ import signal
 import tempfile
 import threading
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -14,22 +15,31 @@ import click
 from suite.schema import init_schema_at
 from forkpool.settings import env_bool, env_int
 
+from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
 from .processes import SuitePlan, start_suite
 from .stats_view import clear_state, write_state
 from .services import redact_url, services
 
 
 def run_foreground(port: int, web_workers: int, web_threads: int, worker_concurrency: int,
-                   pool_size: int) -> int:
+                   pool_size: int, pgbouncer: bool = False) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ceiling = (web_workers + worker_concurrency) * pool_size
-    with services(max_connections=max(100, ceiling * 2)) as running:
+    with services(max_connections=max(100, ceiling * 2)) as running, ExitStack() as stack:  # PgBouncer stops first
         assert running.redis_url is not None
         init_schema_at(running.database_url)
+        suite_url, env, bouncer = running.database_url, {}, None
+        if pgbouncer:
+            bouncer = stack.enter_context(EmbeddedPgBouncer(running.database_url,
+                                                            BouncerSettings(max_client_conn=max(200, 2 * ceiling))))
+            suite_url = bouncer.url
+            env = {"DB_BUDGET_MAX_CLIENT_CONN": str(bouncer.settings.max_client_conn)}
+            if not prepares_itself(bouncer.version):
+                env["DB_POOL_PREPARE"] = "off"
         plan = SuitePlan(
-            database_url=running.database_url, redis_url=running.redis_url,
+            database_url=suite_url, redis_url=running.redis_url, extra_env=env,
             suite_id=os.environ.get("SUITE_ID") or f"up{uuid.uuid4().hex[:6]}",
             web_workers=web_workers, web_threads=web_threads, worker_concurrency=worker_concurrency,
             pool_size=pool_size, port=port,
@@ -38,10 +48,14 @@ def run_foreground(port: int, web_workers: int, web_threads: int, worker_concurr
         )
         logs = Path(tempfile.mkdtemp(prefix=f"forkpool-up-{plan.suite_id}-"))
         suite = start_suite(plan, logs)
-        write_state(web_url=suite.web.url, database_url=running.database_url, suite_id=plan.suite_id)
+        # `forkpool stats` counts the suite's connections where they end: PgBouncer's clients, when it stands between.
+        write_state(web_url=suite.web.url, database_url=bouncer.admin_url if bouncer else running.database_url,
+                    suite_id=plan.suite_id)
         try:
             click.echo(f"web        {suite.web.url}  (try {suite.web.url}/pool)")
             click.echo(f"PostgreSQL {redact_url(running.database_url)}")
+            if bouncer is not None:
+                click.echo(f"PgBouncer  {bouncer.url}  (transaction pooling; SHOW CLIENTS on {bouncer.admin_url})")
             click.echo(f"Redis      {redact_url(running.redis_url)}")
             click.echo(f"ceiling    ({web_workers} + {worker_concurrency}) x {pool_size} = {ceiling} connections")
             click.echo(f"logs       {logs}")

@@ -53,7 +53,11 @@ Environment:
     default ``--host`` (default ``http://127.0.0.1:8000``).
 ``FORKPOOL_ASGI_HOST``
     the async tier's URL (``forkpool loadtest --asgi-workers N`` sets it); unset
-    or empty: ``AsgiUser`` does not run.
+    or empty: ``AsgiUser`` does not run. A comma-separated list (a fleet's hosts):
+    users take them in turn.
+``FORKPOOL_WEB_HOSTS``
+    a comma-separated list of web URLs (``forkpool loadtest --hosts N`` sets
+    one per host): ``SuiteUser``s take them in turn instead of ``--host``.
 ``FORKPOOL_ASGI_USERS``
     how many of the ``-u`` users are ``AsgiUser`` (the rest are ``SuiteUser``);
     unset or 0: Locust splits them by weight, half each.
@@ -103,8 +107,18 @@ WAIT_MAX = max(WAIT_MIN, float(os.environ.get("FORKPOOL_WAIT_MAX", "0.1")))
 SUMMARY_ENV = "FORKPOOL_LOAD_SUMMARY"
 KNOWN_IDS_MAX = 200  # ids one user remembers (items, jobs)
 POOL_TIMEOUT_FAILURE = "503 pool timeout"
-ASGI_HOST = os.environ.get("FORKPOOL_ASGI_HOST", "")
+ASGI_HOSTS = [url for url in os.environ.get("FORKPOOL_ASGI_HOST", "").split(",") if url]
+ASGI_HOST = ASGI_HOSTS[0] if ASGI_HOSTS else ""
 ASGI_USERS = int(os.environ.get("FORKPOOL_ASGI_USERS") or 0)
+WEB_HOSTS = [url for url in os.environ.get("FORKPOOL_WEB_HOSTS", "").split(",") if url]
+_spawned: dict[str, int] = {}  # users started per tier: the next one takes the next host
+
+
+def _next_host(tier: str, hosts: list[str]) -> str:
+    """A fleet's hosts, in turn: users spread evenly over them whatever their number."""
+    n = _spawned.get(tier, 0)
+    _spawned[tier] = n + 1
+    return hosts[n % len(hosts)]
 
 # Module-level tallies. Locust runs users as gevent greenlets in one thread and
 # greenlets switch only at I/O, so plain dicts and lists need no locks.
@@ -158,6 +172,11 @@ class SuiteUser(HttpUser):
     host = os.environ.get("FORKPOOL_HOST", "http://127.0.0.1:8000")
     wait_time = between(WAIT_MIN, WAIT_MAX)
     tier = ""  # prefix of this class's stats names: "" for the web tier
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if WEB_HOSTS and not self.tier:
+            self.host = _next_host(self.tier, WEB_HOSTS)  # a fleet: this user's host, over --host
+        super().__init__(*args, **kwargs)
 
     def named(self, name: str) -> str:
         return f"{self.tier}{name}"
@@ -258,7 +277,7 @@ class AsgiUser(SuiteUser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # --host names the web tier and Locust gives it to every class at spawn: this one serves elsewhere.
-        self.host = ASGI_HOST
+        self.host = _next_host(self.tier, ASGI_HOSTS)
         super().__init__(*args, **kwargs)
 
 

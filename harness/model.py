@@ -11,7 +11,8 @@ class Sample:
     """One poll of pg_stat_activity: this run's sessions by (role, client pid)."""
 
     t: float  # seconds since the run started
-    sessions: dict[tuple[str, int], int]  # (role, pid) -> connections
+    sessions: dict[tuple[str, int], int]  # (role, pid) -> connections (behind PgBouncer: its clients)
+    servers: int | None = None  # behind PgBouncer: its server connections, as PostgreSQL counts them
 
     @property
     def total(self) -> int:
@@ -30,7 +31,11 @@ class Sample:
         return found
 
     def to_json(self) -> dict[str, Any]:
-        return {"t": round(self.t, 3), "sessions": [[r, p, c] for (r, p), c in sorted(self.sessions.items())]}
+        body: dict[str, Any] = {"t": round(self.t, 3),
+                                "sessions": [[r, p, c] for (r, p), c in sorted(self.sessions.items())]}
+        if self.servers is not None:
+            body["servers"] = self.servers
+        return body
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class Check:
 
 @dataclass(frozen=True)
 class RoleSummary:
-    role: str  # "web" or "worker"
+    role: str  # "web", "worker", "asgi"; on a fleet with the host: "web@h1"
     processes: int
     pool_size: int
     expected: int  # processes x pool_size
@@ -108,6 +113,7 @@ class RunReport:
     load: LoadResult = field(default_factory=LoadResult)
     budget: dict[str, Any] = field(default_factory=dict)
     rss: list[tuple[float, str, int, int]] = field(default_factory=list)  # (t, role, pid, kB) every second
+    pgbouncer: dict[str, Any] = field(default_factory=dict)  # behind PgBouncer: version, settings, peaks
 
     @property
     def passed(self) -> bool:

@@ -146,6 +146,16 @@ def check_embedded(postgres: bool, redis_server: bool, why: str = "") -> None:
                                  f"{_advice('' if why else f'or set {setting} to a server of your own')}") from None
 
 
+def check_pgbouncer() -> None:
+    """--pgbouncer starts PgBouncer from its binary: a Debian/Ubuntu package, never a pip wheel."""
+    from .pgbouncer import pgbouncer_binary
+
+    try:
+        pgbouncer_binary()
+    except ServiceError as exc:
+        raise PreflightError(f"--pgbouncer needs PgBouncer, but {exc}") from None
+
+
 def check_web(url: str, setting: str = "--url") -> None:
     """A running suite answers GET /healthz at `url` (no I/O behind it: only the server is checked)."""
     try:
@@ -170,6 +180,7 @@ class SuiteNeeds:
     port: int | None = None
     port_setting: str = "--port"
     embedded_only: bool = False  # `fault`: its own servers, whatever DATABASE_URL / REDIS_URL say
+    pgbouncer: bool = False  # --pgbouncer: the `pgbouncer` binary must be installed
 
 
 # What each --stack imports beyond the suite's own needs (module: the distribution pip installs it from).
@@ -208,6 +219,8 @@ def check_suite(needs: SuiteNeeds, environ: Mapping[str, str] | None = None) -> 
             network.append(lambda url=url, name=name, otherwise=otherwise: reach_redis(url, name, otherwise))
     check_embedded(postgres=not database_url, redis_server=not redis_url,
                    why="`forkpool fault` runs on embedded servers" if needs.embedded_only else "")
+    if needs.pgbouncer:
+        check_pgbouncer()
     for reach in network:
         reach()
 

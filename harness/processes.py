@@ -33,7 +33,7 @@ from ._procs import ServiceError, free_port, log_tail, spawn
 # DJANGO_SETTINGS_MODULE too: set, it turns Celery's Django fixup on in any worker, the suite's own included.
 _PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND", "DB_POOL_SIZE", "STACK_POOL_SIZE",
               "ASGI_BIND", "ASGI_PORT", "ASGI_POOL_SIZE", "ASGI_CONCURRENCY", "ASGI_MAX_REQUESTS",
-              "ASGI_MAX_REQUESTS_JITTER", "DJANGO_SETTINGS_MODULE")
+              "ASGI_MAX_REQUESTS_JITTER", "DJANGO_SETTINGS_MODULE", "HOST_LABEL")
 DJANGO_PACKAGE = "django_stack"  # the django stack's own project: it replaces web/ and workers/
 
 
@@ -56,11 +56,23 @@ class SuitePlan:
     stack: str = "forkpool"  # the data layer web and workers run on (suite/stacks.py)
     port: int = 0
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR shared by web and workers; start_suite makes a fresh one
+    host: str = ""  # HOST_LABEL of one host of a fleet (harness/fleet.py); "": a single host, unlabelled
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def queue(self) -> str:
+        """Where tasks go: one queue for the whole fleet, whose every host's task processes consume it."""
         return f"{self.suite_id}.tasks"
+
+    @property
+    def host_queue(self) -> str:
+        """This host's own queue (consumed beside the shared one): the harness's stats probes reach each host."""
+        return f"{self.suite_id}.{self.host}.tasks" if self.host else self.queue
+
+    @property
+    def name(self) -> str:
+        """The suite id, with the host label on a fleet: names logs, metrics directories, Celery nodes."""
+        return f"{self.suite_id}-{self.host}" if self.host else self.suite_id
 
     @property
     def ceiling(self) -> int:
@@ -89,6 +101,8 @@ class SuitePlan:
         )
         if asgi_port:
             env["ASGI_PORT"] = str(asgi_port)
+        if self.host:
+            env["HOST_LABEL"] = self.host
         if self.stack != "forkpool":
             # The stack's own pool has the plan's size; forkpool's default pool stays closed.
             env["STACK_POOL_SIZE"] = env.pop("DB_POOL_SIZE")
@@ -235,10 +249,11 @@ class CeleryWorker(SuiteProcess):
 
     def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
         app = f"{DJANGO_PACKAGE}.celery" if plan.stack == DJANGO_STACK else "workers.app"
+        queues = ",".join(dict.fromkeys((plan.queue, plan.host_queue)))
         argv = [sys.executable, "-m", "celery", "--app", app, "worker",
-                "--loglevel", "INFO", "--queues", plan.queue, "--hostname", f"{plan.suite_id}@%h",
+                "--loglevel", "INFO", "--queues", queues, "--hostname", f"{plan.name}@%h",
                 "--without-gossip", "--without-mingle"]
-        super().__init__(argv, plan.env(0), log_dir / f"worker-{plan.suite_id}.log")
+        super().__init__(argv, plan.env(0), log_dir / f"worker-{plan.name}.log")
         self.concurrency = plan.worker_concurrency
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -273,15 +288,20 @@ class RunningSuite:
             server.stop()
 
 
-def start_suite(plan: SuitePlan, log_dir: Path, timeout: float = 60.0) -> RunningSuite:
-    """Start Gunicorn, the Celery worker (and the ASGI tier) side by side; wait until all serve."""
+def prepare_suite(plan: SuitePlan, log_dir: Path) -> RunningSuite:
+    """The servers of one plan (one host), not started yet."""
     if not plan.metrics_dir:
-        # A fresh, empty directory per run: nothing of an earlier run's processes is served.
-        fresh = log_dir / f"metrics-{plan.suite_id}"
+        # A fresh, empty directory per run (and host): nothing of an earlier run's processes is served.
+        fresh = log_dir / f"metrics-{plan.name}"
         fresh.mkdir(parents=True, exist_ok=True)
         plan = replace(plan, metrics_dir=str(fresh))
-    suite = RunningSuite(plan, WebServer(plan, log_dir), CeleryWorker(plan, log_dir),
-                         AsgiServer(plan, log_dir) if plan.asgi_workers else None)
+    return RunningSuite(plan, WebServer(plan, log_dir), CeleryWorker(plan, log_dir),
+                        AsgiServer(plan, log_dir) if plan.asgi_workers else None)
+
+
+def start_suite(plan: SuitePlan, log_dir: Path, timeout: float = 60.0) -> RunningSuite:
+    """Start Gunicorn, the Celery worker (and the ASGI tier) side by side; wait until all serve."""
+    suite = prepare_suite(plan, log_dir)
     for server in suite.servers:
         server.start()
     try:

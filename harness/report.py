@@ -163,6 +163,12 @@ def render_terminal(report: RunReport, console: Console) -> None:
     mode = " (naive: hooks off)" if report.naive else ""
     console.print(Text(f"suite {report.suite_id}{mode}: started {report.started_at}, "
                        f"{report.duration_s:.1f} s, ceiling {report.ceiling}", style="bold"))
+    if report.pgbouncer:
+        b = report.pgbouncer
+        console.print(Text(f"PgBouncer {b['version']} ({b['pool_mode']} pooling, prepared statements {b['prepare']}): "
+                           f"client connections peak {b['client_peak']} of ceiling {report.ceiling}; server "
+                           f"connections at PostgreSQL peak {b['server_peak']} of pool {b['pool_size']} + reserve "
+                           f"{b['reserve']}"))
     console.print(_roles_table(report))
     console.print(_checks_table(report, secrets))
     console.print(_load_table(report))
@@ -189,9 +195,11 @@ def write_json(report: RunReport, path: Path) -> None:
 
 
 def _roles_seen(report: RunReport) -> list[str]:
-    """web and worker first (always drawn), then any other role the samples show."""
-    others = {role for s in report.samples for role in s.by_role()} - set(_ROLE_ORDER)
-    return list(_ROLE_ORDER) + sorted(others)
+    """web and worker first (always drawn), then any other role the samples show; a fleet's roles as seen."""
+    seen = {role for s in report.samples for role in s.by_role()}
+    if any("@" in role for role in seen):  # web@h1, ...: an unlabelled "web" line would always be 0
+        return sorted(seen)
+    return list(_ROLE_ORDER) + sorted(seen - set(_ROLE_ORDER))
 
 
 def write_chart(report: RunReport, path: Path) -> None:
@@ -208,6 +216,12 @@ def write_chart(report: RunReport, path: Path) -> None:
                     color=_ROLE_COLOURS.get(role), linewidth=1.2)
         ax.step(ts, [s.total for s in report.samples], where="post", label="total",
                 color="black", linewidth=2)
+        if report.pgbouncer:  # behind PgBouncer the lines above are its clients; the server sees this
+            ax.step(ts, [s.servers or 0 for s in report.samples], where="post", label="servers (at PostgreSQL)",
+                    color="darkgoldenrod", linewidth=2.5)
+            bound = report.pgbouncer["pool_size"] + report.pgbouncer["reserve"]
+            ax.axhline(bound, color="darkgoldenrod", linestyle="--", linewidth=1.2,
+                       label=f"PgBouncer pool + reserve = {bound}")
     ax.axhline(report.ceiling, color="tab:red", linestyle="--", linewidth=1.2,
                label=f"ceiling = {report.ceiling}")
     for i, o in enumerate(report.overlaps):
@@ -223,7 +237,7 @@ def write_chart(report: RunReport, path: Path) -> None:
     ax.set_ylim(0, peak * 1.15 + 1)  # headroom so the ceiling line is never on the frame
     ax.set_xlim(0, max([report.duration_s, *ts, 1.0]))
     ax.set_xlabel("seconds since start")
-    ax.set_ylabel("server connections")
+    ax.set_ylabel("client connections (at PgBouncer)" if report.pgbouncer else "server connections")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # connections come whole
     mode = " (naive)" if report.naive else ""
     ax.set_title(f"{report.suite_id}{mode}: {'PASS' if report.passed else 'FAIL'}")

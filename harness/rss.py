@@ -28,8 +28,8 @@ def rss_kb(pid: int) -> int | None:
 class RssSampler:
     """Every second: (t, role, pid, rss_kb) for the web and task processes (masters too)."""
 
-    def __init__(self, suite: RunningSuite, clock: Callable[[], float]) -> None:
-        self.suite, self.clock = suite, clock
+    def __init__(self, suite: RunningSuite | list[RunningSuite], clock: Callable[[], float]) -> None:
+        self.hosts, self.clock = suite if isinstance(suite, list) else [suite], clock
         self.series: list[tuple[float, str, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-rss", daemon=True)
@@ -46,15 +46,17 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             t = self.clock()
-            groups = [("web-master", [self.suite.web.pid]), ("web", self.suite.web.children()),
-                      ("worker-main", [self.suite.worker.pid]), ("worker", self.suite.worker.children())]
-            if self.suite.asgi is not None:
-                groups += [("asgi-master", [self.suite.asgi.pid]), ("asgi", self.suite.asgi.children())]
-            for role, pids in groups:
-                for pid in pids:
-                    kb = rss_kb(pid)
-                    if kb is not None:
-                        self.series.append((round(t, 2), role, pid, kb))
+            for suite in self.hosts:
+                at = f"@{suite.plan.host}" if suite.plan.host else ""  # a fleet's roles carry the host
+                groups = [("web-master", [suite.web.pid]), ("web", suite.web.children()),
+                          ("worker-main", [suite.worker.pid]), ("worker", suite.worker.children())]
+                if suite.asgi is not None:
+                    groups += [("asgi-master", [suite.asgi.pid]), ("asgi", suite.asgi.children())]
+                for role, pids in groups:
+                    for pid in pids:
+                        kb = rss_kb(pid)
+                        if kb is not None:
+                            self.series.append((round(t, 2), role + at, pid, kb))
             self._stop.wait(INTERVAL)
 
 

@@ -1,4 +1,5 @@
-"""One harness run: boot the suite, load it, disturb it, and prove the connection ceiling."""
+"""One harness run: boot the suite (on one host or a fleet, directly or through PgBouncer), load it,
+disturb it, and prove the connection ceiling."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import datetime as dt
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -13,19 +15,21 @@ from typing import TYPE_CHECKING, Callable
 import psycopg2
 from rich.console import Console
 
-from forkpool.budget import Budget, DeploymentPlan, read_server_limits
+from forkpool.budget import Budget, DeploymentPlan, PoolerLimits, read_server_limits
 from suite.schema import init_schema_at
 
 from . import checks
 from .chaos import DirectEnqueuer, Killer, producer, worker_pool_reports
+from .fleet import Fleet, check_fleet_ceiling, host_labels, qualified, start_fleet
 from .load import LocustRun
 from .model import Check, Event, LoadResult, RunReport, Sample
-from .processes import RunningSuite, SuitePlan, start_suite
+from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
+from .processes import SuitePlan
 from .rss import RssSampler, check_memory_flat
 from .socket_watch import SocketWatch
-from .sampler import Sampler
+from .sampler import BouncerSampler, Sampler
 from .services import redact_url, services
-from .suite_probe import pid_alive, wait_for_rows, web_pool_reports
+from .suite_probe import pid_alive, wait_for_rows, web_pool_reports, writers_for_keys
 
 if TYPE_CHECKING:
     from .fault_schedule import FaultSchedule
@@ -56,10 +60,23 @@ class LoadOptions:
     other_clients: int = 2  # the harness's own sessions (sampler, checks)
     soak: bool = False  # add check 7: memory per process stays flat
     faults: bool = False  # soak --faults: a restart, a blackhole, a latency spike (check 8)
+    hosts: int = 1  # copies of the suite, each its own host (harness/fleet.py)
+    pgbouncer: bool = False  # put a PgBouncer (transaction pooling) between the suite and PostgreSQL
+    pgbouncer_pool_size: int = 10  # its default_pool_size: the server connections it may open
+    pgbouncer_reserve: int = 2  # its reserve_pool_size
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(self.web_workers, self.web_threads, self.worker_concurrency, self.pool_size,
-                              self.other_clients, self.asgi_workers)
+                              self.other_clients, self.asgi_workers, self.hosts)
+
+    def bouncer(self) -> BouncerSettings:
+        # Room for every client of the fleet twice over: the client tier is not what a run tests.
+        fleet = self.deployment().fleet_ceiling
+        return BouncerSettings(self.pgbouncer_pool_size, self.pgbouncer_reserve, max(200, 2 * fleet))
+
+    def pooler(self) -> PoolerLimits | None:
+        b = self.bouncer()
+        return PoolerLimits(b.max_client_conn, b.pool_size, b.reserve) if self.pgbouncer else None
 
     @property
     def asgi_users(self) -> int:
@@ -68,42 +85,61 @@ class LoadOptions:
 
 
 def run_loadtest(options: LoadOptions, console: Console, log_dir: Path | None = None) -> RunReport:
-    """Start embedded servers (or use DATABASE_URL / REDIS_URL) and run once on them."""
+    """Start embedded servers (or use DATABASE_URL / REDIS_URL), PgBouncer if asked, and run once on them."""
     if options.faults:
         from .fault_schedule import run_with_faults
 
         return run_with_faults(options, console, log_dir)
     max_connections = max(options.max_connections, 10)
-    with services(max_connections=max_connections) as running:
+    with services(max_connections=max_connections) as running, ExitStack() as stack:  # PgBouncer stops first
         assert running.redis_url is not None
         console.print(f"PostgreSQL {redact_url(running.database_url)}, Redis {redact_url(running.redis_url)}")
-        return run_on(running.database_url, running.redis_url, options, console, log_dir)
+        bouncer = None
+        if options.pgbouncer:
+            bouncer = stack.enter_context(EmbeddedPgBouncer(running.database_url, options.bouncer()))
+            b = bouncer.settings
+            console.print(f"PgBouncer {'.'.join(map(str, bouncer.version))} at {bouncer.url}: transaction pooling, "
+                          f"pool {b.pool_size} + reserve {b.reserve}, max_client_conn {b.max_client_conn}")
+        return run_on(running.database_url, running.redis_url, options, console, log_dir, bouncer)
 
 
-def check_budget(database_url: str, plan: DeploymentPlan) -> Budget:
+def check_budget(database_url: str, plan: DeploymentPlan, pooler: PoolerLimits | None = None) -> Budget:
     conn = psycopg2.connect(database_url, application_name="forkpool-budget", connect_timeout=5)
     try:
-        return Budget(plan, read_server_limits(conn))
+        return Budget(plan, read_server_limits(conn), pooler)
     finally:
         conn.close()
 
 
+def plans_for(options: LoadOptions, suite_id: str, database_url: str, redis_url: str,
+              bouncer: EmbeddedPgBouncer | None = None) -> list[SuitePlan]:
+    """One plan per host; behind PgBouncer the suite's DATABASE_URL is PgBouncer's."""
+    env = {"DB_BUDGET_HOSTS": str(options.hosts)}  # each host's start-up check counts the whole fleet
+    if bouncer is not None:
+        env["DB_BUDGET_MAX_CLIENT_CONN"] = str(bouncer.settings.max_client_conn)
+        if not prepares_itself(bouncer.version):
+            env["DB_POOL_PREPARE"] = "off"  # < 1.21: a statement prepared on one server connection is lost
+    return [SuitePlan(database_url=bouncer.url if bouncer else database_url, redis_url=redis_url,
+                      suite_id=suite_id, web_workers=options.web_workers, web_threads=options.web_threads,
+                      worker_concurrency=options.worker_concurrency, pool_size=options.pool_size,
+                      asgi_workers=options.asgi_workers, max_requests=options.max_requests,
+                      max_tasks_per_child=options.max_tasks_per_child, preload=options.preload or options.naive,
+                      naive=options.naive, stack=options.stack, host=host, extra_env=env)
+            for host in host_labels(options.hosts)]
+
+
 def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Console,
-           log_dir: Path | None = None, observe_url: str | None = None,
-           schedule: Callable | None = None) -> RunReport:
-    """`observe_url`: where the harness counts sessions, if not `database_url` (a proxy in between);
-    `schedule(sampler, exact)`: faults to run during the load (harness/fault_schedule.py)."""
+           log_dir: Path | None = None, bouncer: EmbeddedPgBouncer | None = None,
+           observe_url: str | None = None, schedule: Callable | None = None) -> RunReport:
+    """`bouncer`: the PgBouncer in between, if any; `observe_url`: where the harness counts sessions, if
+    not `database_url` (a proxy in between); `schedule(sampler, exact)`: faults to run during the load
+    (harness/fault_schedule.py)."""
     suite_id = f"run{uuid.uuid4().hex[:8]}"
-    plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id=suite_id,
-                     web_workers=options.web_workers, web_threads=options.web_threads,
-                     worker_concurrency=options.worker_concurrency, pool_size=options.pool_size,
-                     asgi_workers=options.asgi_workers, max_requests=options.max_requests,
-                     max_tasks_per_child=options.max_tasks_per_child,
-                     preload=options.preload or options.naive, naive=options.naive, stack=options.stack)
+    plans = plans_for(options, suite_id, database_url, redis_url, bouncer)
     report = RunReport(suite_id=suite_id, plan=asdict(options), naive=options.naive,
                        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       duration_s=0.0, ceiling=plan.ceiling)
-    budget = check_budget(database_url, options.deployment())
+                       duration_s=0.0, ceiling=sum(plan.ceiling for plan in plans))
+    budget = check_budget(database_url, options.deployment(), bouncer and options.pooler())
     report.budget = {"fits": budget.fits, "arithmetic": budget.explain(), **asdict(budget.limits)}
     for line in budget.explain():
         console.print(f"  budget  {line}")
@@ -113,47 +149,50 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
         return report
     init_schema_at(database_url)
     started = time.monotonic()
-    sampler = Sampler(observe_url or database_url, suite_id).start()
+    sampler = (BouncerSampler(bouncer.admin_url, database_url, suite_id, bouncer.server_role) if bouncer
+               else Sampler(observe_url or database_url, suite_id)).start()
     logs = log_dir or Path(tempfile.mkdtemp(prefix=f"forkpool-{suite_id}-"))
     asgi = f", {options.asgi_workers} asgi workers" if options.asgi_workers else ""
-    console.print(f"starting {options.web_workers} web workers, {options.worker_concurrency} task processes{asgi}, "
-                  f"pool {options.pool_size} each: ceiling {plan.ceiling}; logs in {logs}")
-    suite = start_suite(plan, logs)
-    rss = RssSampler(suite, sampler.now).start()
+    hosts = f"{options.hosts} hosts of " if options.hosts > 1 else ""
+    console.print(f"starting {hosts}{options.web_workers} web workers, {options.worker_concurrency} task processes"
+                  f"{asgi}, pool {options.pool_size} each: ceiling {report.ceiling}; logs in {logs}")
+    fleet = start_fleet(plans, logs)
+    processes = fleet.processes()
+    rss = RssSampler(fleet.hosts, sampler.now).start()
     steady = None
     try:
-        steady = _drive(suite, sampler, options, report, console, logs, schedule)
+        steady = _drive(fleet, sampler, options, report, console, logs, database_url, schedule)
     finally:
         report.rss = rss.stop()
-        suite.stop()
+        fleet.stop()
         report.samples = sampler.stop()
         report.duration_s = round(time.monotonic() - started, 2)
-    _conclude(report, options, steady)
+    _conclude(report, options, steady, processes, bouncer)
     return report
 
 
-def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
-           console: Console, logs: Path, schedule: Callable | None = None) -> Sample | None:
+def _drive(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunReport,
+           console: Console, logs: Path, direct_url: str, schedule: Callable | None = None) -> Sample | None:
     """Steady state, load with disturbances, drain, settle; appends checks 1, 3, 4, 5 and 6."""
-    plan = suite.plan
-    expected = checks.expected_by_role(plan.web_workers, plan.worker_concurrency, plan.pool_size, plan.asgi_workers)
+    plan = fleet.hosts[0].plan
+    expected = fleet.expected()
     patience = NAIVE_WAIT_S if plan.naive else STEADY_TIMEOUT_S
     steady = _wait_for(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected, patience)
-    report.checks.append(checks.check_steady_state(steady, expected, suite.master_pids, plan.pool_size))
+    report.checks.append(checks.check_steady_state(steady, expected, fleet.master_pids, plan.pool_size))
     report.events.append(Event(sampler.now(), "phase", "load starts"))
     celery = producer(plan.redis_url)
     load_start = time.monotonic()
-    watch = SocketWatch(plan.database_url, plan.redis_url, suite.master_pids).start()
+    watch = SocketWatch(plan.database_url, plan.redis_url, fleet.master_pids).start()
     try:
         faults = schedule(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected) \
             if schedule else None
-        load = _run_load(suite, sampler, options, report, console, logs, celery, faults)
+        load = _run_load(fleet, sampler, options, report, console, logs, celery, faults)
     finally:
         watch.stop()
     load_end = sampler.now()
     report.events.append(Event(load_end, "phase", "load ends"))
     keys = load.event_keys + load.direct_keys
-    rows = wait_for_rows(plan.database_url, keys, DRAIN_TIMEOUT_S)
+    rows = wait_for_rows(direct_url, keys, DRAIN_TIMEOUT_S)  # the harness's own queries never go through PgBouncer
     load.tasks_completed = sum(1 for k in load.direct_keys if rows.get(k))
     load.tasks_per_s = round(load.tasks_completed / max(time.monotonic() - load_start, 1e-9), 2)
     report.load = load
@@ -161,26 +200,32 @@ def _drive(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: 
               NAIVE_WAIT_S if plan.naive else checks.SETTLE_BOUND_S)
     report.checks.append(checks.check_settled([s for s in sampler.samples if s.t > load_end], expected,
                                               plan.pool_size, pid_alive))
-    report.checks.append(checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options)))
-    web_reports, worker_reports, asgi_reports, final = _pool_reports(suite, sampler, celery)
-    report.checks.append(checks.check_stats_agree(web_reports, worker_reports, final.by_pid(), pid_alive,
-                                                  asgi_reports))
+    # Which host ran each task, by the name its transaction carried: on a fleet, or through PgBouncer.
+    writers = writers_for_keys(direct_url, keys) if options.hosts > 1 or options.pgbouncer else None
+    report.checks.append(checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options),
+                                                writers))
+    by_role, final = _pool_reports(fleet, sampler, celery)
+    report.checks.append(checks.check_reports_agree(by_role, final.by_pid(), pid_alive))
     watch.look()  # twice more after the load, recycling and kills: a finding must be seen twice
     watch.look()
     report.checks.append(watch.check())
     return steady
 
 
-def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, report: RunReport,
+def _run_load(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunReport,
               console: Console, logs: Path, celery, faults: FaultSchedule | None = None) -> LoadResult:
-    plan = suite.plan
-    # The async tier gets its share of the users (harness/locustfile.py's AsgiUser), the web tier the rest.
-    asgi_env = ({"FORKPOOL_ASGI_HOST": suite.asgi.url, "FORKPOOL_ASGI_USERS": str(options.asgi_users)}
-                if suite.asgi else {"FORKPOOL_ASGI_HOST": ""})
-    locust = LocustRun(suite.web.url, users=options.users, duration=options.duration,
-                       suite_id=plan.suite_id, workdir=logs / "locust", env=asgi_env).start()
+    plan = fleet.hosts[0].plan
+    # The async tier gets its share of the users (harness/locustfile.py's AsgiUser), the web tier the rest;
+    # on a fleet, each tier's users take its hosts in turn.
+    asgi_urls = [suite.asgi.url for suite in fleet.hosts if suite.asgi]
+    env = ({"FORKPOOL_ASGI_HOST": ",".join(asgi_urls), "FORKPOOL_ASGI_USERS": str(options.asgi_users)}
+           if asgi_urls else {"FORKPOOL_ASGI_HOST": ""})
+    if len(fleet.hosts) > 1:
+        env["FORKPOOL_WEB_HOSTS"] = ",".join(suite.web.url for suite in fleet.hosts)
+    locust = LocustRun(fleet.hosts[0].web.url, users=options.users, duration=options.duration,
+                       suite_id=plan.suite_id, workdir=logs / "locust", env=env).start()
     enqueuer = DirectEnqueuer(celery, plan.queue, plan.suite_id, options.task_rate).start()
-    killer = Killer(suite, options.kill_workers, options.duration, sampler.now).start()
+    killer = Killer(fleet.hosts, options.kill_workers, options.duration, sampler.now).start()
     if faults is not None:
         faults.start()
     try:
@@ -190,7 +235,7 @@ def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, repor
                 latest = sampler.latest()
                 seen = latest.by_role() if latest else {}
                 status.update(f"load: {max(deadline - time.monotonic(), 0):4.0f} s left; connections "
-                              f"{sum(seen.values())}/{plan.ceiling} {seen}")
+                              f"{sum(seen.values())}/{report.ceiling} {seen}")
                 if faults is not None:
                     faults.service_restarts()  # from this, the main thread (see FaultSchedule)
                 time.sleep(0.5)
@@ -210,16 +255,27 @@ def _run_load(suite: RunningSuite, sampler: Sampler, options: LoadOptions, repor
     return load
 
 
-def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None) -> None:
-    """Checks that need the whole series: the ceiling under load, per-role summaries, recycles."""
-    check, report.overlaps = checks.check_ceiling(report.samples, report.ceiling, options.pool_size)
+def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None, processes: dict[str, int],
+              bouncer: EmbeddedPgBouncer | None) -> None:
+    """Checks that need the whole series: the ceiling under load (per host), PgBouncer's servers, summaries."""
+    labels = host_labels(options.hosts)
+    if len(labels) > 1:
+        check, report.overlaps = check_fleet_ceiling(report.samples, labels, report.ceiling // len(labels),
+                                                     options.pool_size)
+    else:
+        check, report.overlaps = checks.check_ceiling(report.samples, report.ceiling, options.pool_size)
     report.checks.insert(1, check)
+    if bouncer is not None:
+        report.checks.append(checks.check_server_pool(report.samples, bouncer.settings.pool_size,
+                                                      bouncer.settings.reserve))
+        report.pgbouncer = {
+            "version": ".".join(map(str, bouncer.version)), "pool_mode": "transaction",
+            **asdict(bouncer.settings), "prepare": "on" if prepares_itself(bouncer.version) else "off",
+            "client_peak": max((s.total for s in report.samples), default=0),
+            "server_peak": max((s.servers or 0 for s in report.samples), default=0)}
     if options.soak:
         report.checks.append(check_memory_flat(report.rss))
     report.checks.sort(key=lambda c: c.number)
-    processes = {checks.WEB: options.web_workers, checks.WORKER: options.worker_concurrency}
-    if options.asgi_workers:
-        processes[checks.ASGI] = options.asgi_workers
     report.roles = checks.role_summaries(report.samples, steady, processes, options.pool_size)
     killed = {int(e.detail.rsplit(" ", 1)[1]) for e in report.events if e.kind == "kill"}
     report.events.extend(_recycles(report.samples, killed))
@@ -227,11 +283,14 @@ def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None) ->
 
 
 def _in_flight_on_killed(report: RunReport, options: LoadOptions) -> int:
-    """Requests a kill may drop: a web worker's threads; an asgi worker's users (each has one request open)."""
+    """Requests a kill may drop: a web worker's threads; an asgi worker's users (each has one request open).
+
+    On a fleet, an asgi worker serves only its host's share of the users (they take the hosts in turn).
+    """
     kills = [e.detail for e in report.events if e.kind == "kill"]
     web = sum(1 for d in kills if d.startswith("SIGKILL web worker"))
     asgi = sum(1 for d in kills if d.startswith("SIGKILL asgi worker"))
-    return web * options.web_threads + asgi * options.asgi_users
+    return web * options.web_threads + asgi * -(-options.asgi_users // options.hosts)
 
 
 def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
@@ -245,24 +304,35 @@ def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
     return found
 
 
-def _pool_reports(suite: RunningSuite, sampler: Sampler, celery, rounds: int = 3
-                  ) -> tuple[dict[int, dict], dict[int, dict], dict[int, dict] | None, Sample]:
-    """Each process's own stats (check 5), then the server's count; asked again while a role has no live report.
+def _pool_reports(fleet: Fleet, sampler: Sampler, celery, rounds: int = 3
+                  ) -> tuple[dict[str, dict[int, dict]], Sample]:
+    """Each process's own stats by role (and host), then the server's count; asked again while a role is unheard.
 
     Asking recycles processes too: the stats tasks count towards max_tasks_per_child,
     the GET /pool requests towards max_requests. A role whose every reporter then
     exited is asked again (its replacements answer), at most `rounds` times.
+    Each host's task processes are asked on that host's own queue.
     """
-    plan = suite.plan
     for _ in range(rounds):
-        web = web_pool_reports(suite.web.url, set(suite.web.children()))
-        asgi = web_pool_reports(suite.asgi.url, set(suite.asgi.children())) if suite.asgi else None
-        worker = worker_pool_reports(celery, plan.queue, plan.worker_concurrency)  # last: it recycles the most
+        http: dict[str, dict[int, dict]] = {}
+        for suite in fleet.hosts:
+            host = suite.plan.host
+            http[qualified(checks.WEB, host)] = web_pool_reports(suite.web.url, set(suite.web.children()))
+            if suite.asgi is not None:
+                http[qualified(checks.ASGI, host)] = web_pool_reports(suite.asgi.url, set(suite.asgi.children()))
+        tasks = {qualified(checks.WORKER, suite.plan.host):  # last: they recycle the most
+                 worker_pool_reports(celery, suite.plan.host_queue, suite.plan.worker_concurrency)
+                 for suite in fleet.hosts}
         final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
-        _let_recycled_exit({**web, **worker, **(asgi or {})}, final)
-        if all(any(pid_alive(pid) for pid in reports) for reports in (web, worker, asgi) if reports is not None):
+        # Roles in check 5's order (web, worker, asgi), hosts in order within each: the sort is stable.
+        by_role = dict(sorted({**http, **tasks}.items(), key=lambda item: _ROLE_RANK[item[0].partition("@")[0]]))
+        _let_recycled_exit({pid: r for reports in by_role.values() for pid, r in reports.items()}, final)
+        if all(any(pid_alive(pid) for pid in reports) for reports in by_role.values()):
             break
-    return web, worker, asgi, final
+    return by_role, final
+
+
+_ROLE_RANK = {checks.WEB: 0, checks.WORKER: 1, checks.ASGI: 2}  # check 5 names roles in this order
 
 
 def _let_recycled_exit(reports: dict[int, dict], final: Sample, grace: float = 3.0) -> None:

@@ -94,3 +94,54 @@ class Sampler:
             cur.execute(_QUERY, (len(self.prefix), self.prefix))
             rows = cur.fetchall()
         return Sample(self.now(), parse_sessions(rows))
+
+
+class _Pair:
+    """The admin console and the server, closed together (the sampler reconnects both)."""
+
+    def __init__(self, admin: psycopg2.extensions.connection, server: psycopg2.extensions.connection) -> None:
+        self.admin, self.server = admin, server
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.admin.closed or self.server.closed)
+
+    def close(self) -> None:
+        self.admin.close()
+        self.server.close()
+
+
+class BouncerSampler(Sampler):
+    """Behind PgBouncer: its clients by identity (``SHOW CLIENTS``), and its server connections at PostgreSQL.
+
+    The clients are the suite's connections, so every check that counts
+    sessions by role and pid counts them here; `servers` is how many sessions
+    PgBouncer's own role holds on the server, for check 8.
+    """
+
+    def __init__(self, admin_url: str, database_url: str, suite_id: str, server_role: str,
+                 interval: float = INTERVAL) -> None:
+        super().__init__(database_url, suite_id, interval)
+        self.admin_url, self.server_role = admin_url, server_role
+
+    def _connect(self) -> _Pair:  # type: ignore[override]
+        name = f"forkpool-sampler {self.prefix}"  # outside the run's prefix: never counted
+        admin = psycopg2.connect(self.admin_url, application_name=name, connect_timeout=2)
+        admin.autocommit = True  # the admin console takes no transactions
+        try:
+            server = super()._connect()
+        except BaseException:
+            admin.close()
+            raise
+        return _Pair(admin, server)
+
+    def _sample(self, conn: _Pair) -> Sample:  # type: ignore[override]
+        with conn.admin.cursor() as cur:
+            cur.execute("SHOW CLIENTS")
+            column = [c[0] for c in cur.description].index("application_name")
+            names = [row[column] for row in cur.fetchall()]
+        with conn.server.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (self.server_role,))
+            servers = int(cur.fetchone()[0])
+        rows = [(name, 1) for name in names if name and name.startswith(self.prefix)]
+        return Sample(self.now(), parse_sessions(rows), servers)

@@ -73,4 +73,7 @@ class SocketWatch:
                 self.look()
             except Exception:  # noqa: BLE001 - a process exiting mid-survey; the next one sees the rest
                 pass
-            self._stop.wait(max(INTERVAL - (time.monotonic() - started), 0.05))
+            took = time.monotonic() - started
+            # At most half the time surveying: on a loaded machine, or a fleet of many processes, a survey
+            # can take longer than INTERVAL, and back-to-back surveys would starve the run they watch.
+            self._stop.wait(max(INTERVAL - took, took, 0.05))

@@ -73,10 +73,22 @@ def timeouts_by_role(text: str) -> dict[str, float]:
 
 
 def server_counts(database_url: str, suite: str) -> dict[tuple[str, int], int]:
+    """Sessions per (role, pid) at the server; at PgBouncer's admin console (database ``pgbouncer``), its clients.
+
+    Behind PgBouncer the server's sessions carry whichever client's name ran last
+    on them: the suite's own connections are PgBouncer's clients (`forkpool up
+    --pgbouncer` leaves its admin console's URL for this).
+    """
     conn = psycopg2.connect(database_url, application_name="forkpool-stats", connect_timeout=5)
+    prefix = f"{suite}:"
     try:
         with conn.cursor() as cur:
-            prefix = f"{suite}:"
+            if conn.info.dbname == "pgbouncer":
+                conn.autocommit = True  # the admin console takes no transactions
+                cur.execute("SHOW CLIENTS")
+                column = [c[0] for c in cur.description].index("application_name")
+                return parse_sessions([(row[column], 1) for row in cur.fetchall()
+                                       if (row[column] or "").startswith(prefix)])
             cur.execute(_QUERY, (len(prefix), prefix))
             return parse_sessions(cur.fetchall())
     finally:

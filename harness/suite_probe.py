@@ -11,7 +11,7 @@ import psycopg2
 
 from ._procs import pid_alive
 
-__all__ = ["pid_alive", "rows_for_keys", "wait_for_rows", "web_pool_reports"]
+__all__ = ["pid_alive", "rows_for_keys", "wait_for_rows", "web_pool_reports", "writers_for_keys"]
 
 
 def _get_pool(url: str) -> dict | None:
@@ -56,3 +56,27 @@ def wait_for_rows(database_url: str, keys: list[str], timeout: float) -> dict[st
         if len(rows) == len(set(keys)) or time.monotonic() > deadline:
             return rows
         time.sleep(0.25)
+
+
+def writers_for_keys(database_url: str, keys: list[str]) -> dict[str, int]:
+    """Rows per writer role (``worker@h2``), from ``written_by``: the application_name of the task's transaction.
+
+    A name not of the ``suite:role:pid`` shape counts under itself, so a writer
+    that is no task process of the run shows up as what it is.
+    """
+    if not keys:
+        return {}
+    conn = psycopg2.connect(database_url, application_name="forkpool-harness-check", connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT coalesce(written_by, ''), count(*) FROM events WHERE key = ANY(%s) GROUP BY 1",
+                        (list(keys),))
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    found: dict[str, int] = {}
+    for name, count in rows:
+        parts = name.rsplit(":", 2)
+        role = parts[1] if len(parts) == 3 and parts[2].isdigit() else name or "(none)"
+        found[role] = found.get(role, 0) + count
+    return found

@@ -158,11 +158,11 @@ def transaction_status(conn: object) -> str:
 def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: str) -> Iterator[None]:
     """Each test starts with no pools, no configured settings and the default identity."""
     for var in list(os.environ):
-        if var.startswith("DB_POOL_") or var in ("PROCESS_ROLE",):
+        if var.startswith("DB_POOL_") or var in ("PROCESS_ROLE", "HOST_LABEL"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("REDIS_URL", redis_url)
-    identity._suite_id = identity._role = None
+    identity._suite_id = identity._role = identity._host = None
     yield
     forkpool.close_all()
     registry.configured().clear()
@@ -170,7 +170,7 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
     pools = registry.process_pools.peek()
     if pools is not None:
         pools.manager_counts = dict.fromkeys(pools.manager_counts, 0)
-    identity._suite_id = identity._role = None
+    identity._suite_id = identity._role = identity._host = None
 
 
 @pytest.fixture
@@ -179,3 +179,15 @@ def servers() -> Iterator[list[Server]]:
     yield started
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_binary() -> str:
+    """The `pgbouncer` binary, or the test is skipped, saying the one command that installs it."""
+    from harness._procs import ServiceError
+    from harness.pgbouncer import pgbouncer_binary as find
+
+    try:
+        return str(find())
+    except ServiceError as exc:
+        pytest.skip(str(exc))

@@ -8,14 +8,20 @@ itself is started for real with honcho.
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 import yaml
 
@@ -48,12 +54,13 @@ def compose() -> dict:
 
 def test_compose_parses_and_apps_wait_for_healthy_databases():
     services = compose()["services"]
-    assert {"postgres", "redis", "web", "worker", "asgi", "initdb"} <= set(services)
-    for db in ("postgres", "redis"):
+    assert {"postgres", "pgbouncer", "redis", "web", "worker", "asgi", "initdb"} <= set(services)
+    for db in ("postgres", "pgbouncer", "redis"):
         assert services[db]["healthcheck"]["test"]
     for app in ("web", "worker", "asgi"):
         depends = services[app]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["pgbouncer"]["condition"] == "service_healthy"
         assert depends["redis"]["condition"] == "service_healthy"
         assert depends["initdb"]["condition"] == "service_completed_successfully"
         assert services[app]["build"] == "."
@@ -67,6 +74,110 @@ def test_compose_commands_are_the_procfile_commands():
     assert services["asgi"]["command"] == shlex.split(procs["asgi"])
     assert set(procs) == {"web", "worker", "asgi"}  # every process the Procfile runs is a service too
     assert services["initdb"]["command"] == ["forkpool", "initdb"]
+
+
+def pgbouncer_ini() -> configparser.ConfigParser:
+    ini = configparser.ConfigParser(inline_comment_prefixes=None)
+    ini.read_string((ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text())
+    return ini
+
+
+def test_apps_reach_postgresql_through_pgbouncer_and_agree_with_its_configuration():
+    services, ini = compose()["services"], pgbouncer_ini()
+    assert ini["pgbouncer"]["pool_mode"] == "transaction"
+    bouncer = services["pgbouncer"]
+    assert bouncer["build"] == "deploy/pgbouncer" and bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "6432" in bouncer["healthcheck"]["test"] and ini["pgbouncer"]["listen_port"] == "6432"
+    for app in ("web", "worker", "asgi"):
+        env = services[app]["environment"]
+        assert "@pgbouncer:6432/forkpool" in env["DATABASE_URL"] and "forkpool" in ini["databases"]
+        assert env["DB_POOL_PREPARE"] == "off"  # Debian bookworm's PgBouncer is 1.18: no prepared statements
+        assert env["DB_BUDGET_MAX_CLIENT_CONN"] == ini["pgbouncer"]["max_client_conn"]
+        assert env["HOST_LABEL"] == "auto" and env["DB_BUDGET_HOSTS"].startswith("${")  # replicas are hosts
+    assert "@postgres:5432/" in services["initdb"]["environment"]["DATABASE_URL"]  # DDL straight to the server
+    scale = yaml.load((ROOT / "docker-compose.scale.yml").read_text(), Loader=_TaggedLoader)["services"]
+    assert {name: s["ports"] for name, s in scale.items()} == {  # a free host port per replica
+        "web": ["127.0.0.1::8000"], "asgi": ["127.0.0.1::8001"], "worker": ["127.0.0.1::9100"]}
+
+
+class _TaggedLoader(yaml.SafeLoader):
+    """Compose's merge tags (!override, !reset) read as the values they carry."""
+
+
+_TaggedLoader.add_multi_constructor("!", lambda loader, tag, node: loader.construct_sequence(node)
+                                    if isinstance(node, yaml.SequenceNode) else loader.construct_scalar(node))
+
+
+@pytest.fixture
+def readable_dir() -> Iterator[Path]:
+    """A directory PgBouncer's unprivileged user can reach (pytest's tmp_path is root's, mode 0700)."""
+    from harness._procs import default_base_dir
+
+    path = Path(tempfile.mkdtemp(prefix="forkpool-compose-pgbouncer-", dir=default_base_dir()))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_compose_pgbouncer_configuration_runs_in_transaction_pooling(pgbouncer_binary, database_url,
+                                                                         readable_dir):
+    """deploy/pgbouncer/pgbouncer.ini under the real binary, only its host, port and auth file swapped."""
+    import psycopg2
+
+    from harness._procs import chown_tree, server_user, spawn, stop
+
+    tmp_path = readable_dir
+
+    target = psycopg2.extensions.parse_dsn(database_url)
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:  # the user and database compose's postgres service creates
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'forkpool'")
+        if not cur.fetchone():
+            cur.execute("CREATE ROLE forkpool LOGIN PASSWORD 'compose-secret'")
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = 'forkpool'")
+        if not cur.fetchone():
+            cur.execute("CREATE DATABASE forkpool OWNER forkpool")
+    admin.close()
+    port = free_port()
+    text = (ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text()
+    text = (text.replace("host=postgres port=5432", f"host={target['host']} port={target['port']}")
+            .replace("listen_addr = 0.0.0.0", "listen_addr = 127.0.0.1")
+            .replace("listen_port = 6432", f"listen_port = {port}")
+            .replace("auth_file = /tmp/userlist.txt", f"auth_file = {tmp_path / 'userlist.txt'}"))
+    (tmp_path / "pgbouncer.ini").write_text(text)
+    (tmp_path / "userlist.txt").write_text('"forkpool" "compose-secret"\n')  # what entrypoint.sh writes
+    user = server_user()
+    chown_tree(tmp_path, user)
+    proc = spawn([pgbouncer_binary, str(tmp_path / "pgbouncer.ini")], log_path=tmp_path / "log", cwd=tmp_path,
+                 user=user)
+    url = f"postgresql://forkpool:compose-secret@127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _accepts(url + "/forkpool"), 10), (tmp_path / "log").read_text()
+        conn = psycopg2.connect(url + "/forkpool", application_name="compose:web@c1:7")
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('application_name'), current_user")
+            assert cur.fetchone() == ("compose:web@c1:7", "forkpool")  # SCRAM both ways, the identity passed on
+        conn.close()
+        console = psycopg2.connect(url + "/pgbouncer")
+        console.autocommit = True
+        with console.cursor() as cur:
+            cur.execute("SHOW CONFIG")
+            config = {row[0]: row[1] for row in cur.fetchall()}
+        console.close()
+        assert config["pool_mode"] == "transaction" and config["max_client_conn"] == "400"
+        assert not _accepts(f"postgresql://forkpool:wrong@127.0.0.1:{port}/forkpool")
+    finally:
+        stop(proc, signal.SIGTERM, 10)
+
+
+def _accepts(url: str) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
 
 
 def test_every_variable_compose_sets_is_read_by_the_code():

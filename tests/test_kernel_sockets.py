@@ -52,3 +52,33 @@ def test_a_child_detaches_what_it_shares_with_its_parent_and_nothing_it_opened(r
     assert client.ping() is True  # the parent's connection is untouched
     assert inherited in kernel_sockets.socket_fds("self")
     client.close()
+
+
+def test_own_peer_names_where_a_socket_of_ours_goes_without_reading_the_tables(redis_url, tmp_path):
+    parts = urlsplit(redis_url)
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        assert kernel_sockets.own_peer(sock.fileno()) == (parts.hostname, parts.port)
+        assert sock.getpeername() == (parts.hostname, parts.port)  # the duplicate's close left ours open
+    path = str(tmp_path / "server.sock")
+    with socket.socket(socket.AF_UNIX) as server, socket.socket(socket.AF_UNIX) as client:
+        server.bind(path)
+        server.listen()
+        client.connect(path)
+        assert kernel_sockets.own_peer(client.fileno()) == path  # a client's peer: the listener's socket file
+        assert kernel_sockets.own_peer(server.fileno()) is None  # listening: connected to nothing
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram:
+        assert kernel_sockets.own_peer(datagram.fileno()) is None
+
+
+def test_own_peer_leaves_a_blocking_socket_blocking_under_a_default_timeout(redis_url):
+    parts = urlsplit(redis_url)
+    previous = socket.getdefaulttimeout()
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.settimeout(None)  # blocking: the file description has no O_NONBLOCK
+        socket.setdefaulttimeout(3.0)  # as kombu does for a while
+        try:
+            assert kernel_sockets.own_peer(sock.fileno()) == (parts.hostname, parts.port)
+            assert socket.getdefaulttimeout() == 3.0
+        finally:
+            socket.setdefaulttimeout(previous)
+        assert os.get_blocking(sock.fileno())  # the socket, shared with a parent after fork, is still blocking

@@ -330,6 +330,21 @@ def test_application_name_is_truncated_without_losing_the_pid():
     assert name.count(":") == 2 and name.startswith("s") and ":r" in name
 
 
+def test_a_host_label_joins_the_role_and_is_never_truncated(monkeypatch):
+    monkeypatch.setenv("HOST_LABEL", "h2")
+    forkpool.set_identity(suite_id="run1", role="web")
+    assert forkpool.application_name(pid=42) == "run1:web@h2:42"
+    forkpool.set_identity(suite_id="s" * 80, role="r" * 40)
+    name = forkpool.application_name(pid=4194304)
+    assert len(name) <= 63 and name.endswith("@h2:4194304") and name.count(":") == 2
+    monkeypatch.setenv("HOST_LABEL", "auto")  # the machine's short host name, cleaned
+    import socket
+
+    assert forkpool.application_name(pid=1).endswith(f"@{socket.gethostname().split('.')[0][:20]}:1")
+    monkeypatch.setenv("HOST_LABEL", "")
+    assert "@" not in forkpool.application_name(pid=1)  # one host: the name is as it always was
+
+
 def test_the_pool_hands_out_connections_of_the_configured_driver(driver):
     pool = forkpool.get_pool()
     with pool.connection() as conn, conn.cursor() as cur:

@@ -298,6 +298,8 @@ class AsyncPool(AsyncPoolUpkeep):
         """Open one psycopg 3 async connection, named after this process; raises psycopg.Error."""
         seconds = self.settings.connect_timeout if timeout is None else min(timeout, self.settings.connect_timeout)
         kwargs = connect_params(self.settings, seconds)
+        if not self.settings.prepare:
+            kwargs["prepare_threshold"] = None  # PgBouncer < 1.21: see PoolSettings.prepare
         conn = await self._psycopg.AsyncConnection.connect(self.settings.dsn, **kwargs)
         return Entry(conn, self.settings.max_lifetime)
 

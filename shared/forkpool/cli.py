@@ -38,7 +38,7 @@ class UsageError(ForkpoolError):
 
 def budget_command(argv: list[str], prog: str) -> int:
     """Does a deployment fit the server's connection slots? Prints the arithmetic; exit 3 when not."""
-    from .budget import Budget, DeploymentPlan
+    from .budget import HOSTS_ENV, Budget, DeploymentPlan, PoolerLimits
 
     parser = argparse.ArgumentParser(prog=prog, description=budget_command.__doc__)
     _size_option(parser, "--web-workers", "WEB_CONCURRENCY", 2, "Gunicorn worker processes.")
@@ -49,6 +49,15 @@ def budget_command(argv: list[str], prog: str) -> int:
                         help="Async (uvicorn) worker processes, each with a pool of the same size. Default 0.")
     parser.add_argument("--other-clients", type=_count(0), default=0, metavar="N",
                         help="Sessions of anything else on the server (admin, migrations, monitoring). Default 0.")
+    _size_option(parser, "--hosts", HOSTS_ENV, 1, "Hosts each running this same deployment (a fleet).")
+    parser.add_argument("--pgbouncer-pool-size", type=_count(1), metavar="N",
+                        help="PgBouncer (transaction pooling) stands between the fleet and the server, with this "
+                             "default_pool_size: clients are then counted against its max_client_conn, and the "
+                             "server sees only its pool.")
+    parser.add_argument("--pgbouncer-reserve", type=_count(0), default=0, metavar="N",
+                        help="With --pgbouncer-pool-size: PgBouncer's reserve_pool_size. Default 0.")
+    parser.add_argument("--max-client-conn", type=_count(1), default=100, metavar="N",
+                        help="With --pgbouncer-pool-size: PgBouncer's max_client_conn. Default 100 (PgBouncer's).")
     parser.add_argument("--max-connections", type=_count(1), metavar="N",
                         help="Plan offline against this max_connections instead of asking DATABASE_URL's server.")
     parser.add_argument("--superuser-reserved", type=_count(0), default=3, metavar="N",
@@ -57,8 +66,11 @@ def budget_command(argv: list[str], prog: str) -> int:
                         help="With --max-connections: reserved_connections (PostgreSQL 16+). Default 0.")
     args = parser.parse_args(argv)
     plan = DeploymentPlan(args.web_workers, args.web_threads, args.worker_concurrency, args.pool_size,
-                          args.other_clients, args.asgi_workers)
-    verdict = Budget(plan, _limits(args.max_connections, args.superuser_reserved, args.reserved))
+                          args.other_clients, args.asgi_workers, args.hosts)
+    pooler = None
+    if args.pgbouncer_pool_size:
+        pooler = PoolerLimits(args.max_client_conn, args.pgbouncer_pool_size, args.pgbouncer_reserve)
+    verdict = Budget(plan, _limits(args.max_connections, args.superuser_reserved, args.reserved), pooler)
     for line in verdict.explain():
         print(line)
     return 0 if verdict.fits else EXIT_DOES_NOT_FIT

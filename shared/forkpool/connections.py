@@ -78,7 +78,10 @@ def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
     """Open one connection with the pool's driver, named after this process; raises the driver's Error."""
     seconds = settings.connect_timeout if timeout is None else min(timeout, settings.connect_timeout)
     kwargs = connect_params(settings, seconds)
-    conn = get_driver(settings.driver).connect(settings.dsn, kwargs)
+    driver = get_driver(settings.driver)
+    if not settings.prepare:
+        kwargs.update(driver.no_prepare)  # behind PgBouncer < 1.21: no server-side prepared statements
+    conn = driver.connect(settings.dsn, kwargs)
     return Entry(conn, settings.max_lifetime)
 
 

@@ -30,6 +30,8 @@ class Driver:
 
     name = ""
     Error: type[Exception] = Exception  # the driver's base error: anything the server or the network can raise
+    # Connect arguments that keep the driver from preparing statements on the server (PgBouncer < 1.21).
+    no_prepare: Mapping[str, Any] = {}
     # True when a returned connection needs nothing: idle, not in autocommit. Set per driver to a
     # closure over the driver's constants, because putconn() calls it on every return.
     is_clean: Callable[[Any], bool]
@@ -112,6 +114,8 @@ class PsycopgDriver(Driver):
     """psycopg 3: the same guarantees; statuses read from ``conn.pgconn`` (libpq's own, no enum built)."""
 
     name = PSYCOPG
+    # psycopg 3 prepares a query on the server after its 5th execution on a connection; None: never.
+    no_prepare = {"prepare_threshold": None}
 
     def __init__(self) -> None:
         import psycopg

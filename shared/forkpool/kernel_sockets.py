@@ -10,7 +10,8 @@ socket has no path of its own, but its peer (the server's accepted socket)
 carries the listening path, such as ``/run/postgresql/.s.PGSQL.5432``.
 
 Nothing here writes to, reads from, or attaches to an examined process: every
-fact comes from the kernel's tables.
+fact comes from the kernel's tables, or, for this process's own sockets, from
+getpeername() on a duplicate descriptor (``own_peer``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Iterator
 
 from .endpoints import Endpoints
 
@@ -86,31 +88,40 @@ def netns_of(pid: int) -> int | None:
         return None
 
 
-def tcp_sockets(pid: int | str = "self") -> list[TcpSocket]:
-    """Every TCP socket of `pid`'s network namespace, as /proc/PID/net/tcp{,6} lists them (inode 0: no
-    process holds it any more)."""
-    found = []
+def _tcp_lines(pid: int | str) -> Iterator[tuple[list[str], int]]:
+    """The split lines of `pid`'s namespace's TCP tables, with their address family."""
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             with open(f"/proc/{pid}/net/{name}") as stream:
                 next(stream)
                 for line in stream:
-                    fields = line.split()
-                    found.append(TcpSocket(int(fields[9]), _hex_endpoint(fields[1], family),
-                                           _hex_endpoint(fields[2], family), int(fields[3], 16)))
+                    yield line.split(), family
         except (OSError, StopIteration):
             continue
-    return found
 
 
-def tcp_table(pid: int | str = "self") -> dict[int, TcpSocket]:
-    """The TCP sockets of `pid`'s namespace that a process holds, by inode."""
-    return {entry.inode: entry for entry in tcp_sockets(pid) if entry.inode}
+def tcp_table(pid: int | str = "self", inodes: set[int] | None = None) -> dict[int, TcpSocket]:
+    """Every TCP socket of `pid`'s network namespace held by a process, by inode; only `inodes` if given.
+
+    The namespace's table holds every socket of the machine (or container),
+    TIME_WAIT ones too: tens of thousands after a load test. Endpoints are
+    decoded only for sockets a process holds (and among those, only `inodes`):
+    that costs a third of decoding them all.
+    """
+    table: dict[int, TcpSocket] = {}
+    for fields, family in _tcp_lines(pid):
+        inode = int(fields[9])
+        if not inode or (inodes is not None and inode not in inodes):
+            continue  # no process holds it (TIME_WAIT, ...), or not one asked about
+        table[inode] = TcpSocket(inode, _hex_endpoint(fields[1], family), _hex_endpoint(fields[2], family),
+                                 int(fields[3], 16))
+    return table
 
 
 def tcp_endpoints_in_use(pid: int | str = "self") -> set[tuple[str, int]]:
     """Local (address, port) of every established TCP socket in `pid`'s namespace, held or not."""
-    return {entry.local for entry in tcp_sockets(pid) if entry.state == TCP_ESTABLISHED}
+    return {_hex_endpoint(fields[1], family) for fields, family in _tcp_lines(pid)
+            if int(fields[3], 16) == TCP_ESTABLISHED}
 
 
 def unix_table(pid: int | str = "self") -> dict[int, UnixSocket]:
@@ -192,28 +203,59 @@ def detach_connected_to(endpoints: Endpoints, *, only_shared_with_parent: bool =
         theirs = set(socket_inodes(os.getppid()))
         if not theirs:
             return []
-    tcp = tcp_table() if endpoints.tcp else {}
-    unix = unix_table() if endpoints.unix else {}
     detached = []
     for fd, inode in socket_fds("self").items():
         if theirs is not None and inode not in theirs:
             continue
-        if _leads_to(inode, tcp, unix, endpoints):
+        if _leads_to(own_peer(fd), endpoints):
             os.dup2(devnull_fd(), fd)
             detached.append(fd)
     return detached
 
 
-def _leads_to(inode: int, tcp: dict[int, TcpSocket], unix: dict[int, UnixSocket], endpoints: Endpoints) -> bool:
-    entry = tcp.get(inode)
-    if entry is not None:
-        return entry.state == TCP_ESTABLISHED and entry.remote in endpoints.tcp
-    sock = unix.get(inode)
-    if sock is None or not sock.peer or sock.listening:
-        return False
-    peer = unix.get(sock.peer)
-    # An accepted Unix socket carries its listener's path: the server's socket file.
-    return peer is not None and peer.path in endpoints.unix
+def own_peer(fd: int) -> tuple[str, int] | str | None:
+    """Where this process's stream socket `fd` is connected: (address, port), a Unix path, or None.
+
+    Asked with getpeername() on a duplicate descriptor: a question to the kernel
+    about our own socket, with nothing sent or read, and closing the duplicate
+    leaves the socket to the descriptor it came from. The kernel's tables would
+    say the same but cost their whole size (the machine's every TCP socket,
+    TIME_WAIT ones too: seconds on a busy host), where this costs a few syscalls
+    per socket: a forked child must be up within Celery's 4 s.
+    """
+    # With a default timeout set (kombu sets one for a while), wrapping a descriptor makes it
+    # non-blocking, a flag of the open socket itself: the parent's too. Wrap it without one.
+    default = socket.getdefaulttimeout()
+    if default is not None:
+        socket.setdefaulttimeout(None)
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    finally:
+        if default is not None:
+            socket.setdefaulttimeout(default)
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            return None
+        peer = sock.getpeername()
+    except OSError:
+        return None  # not connected (listening, or closed meanwhile)
+    finally:
+        sock.close()
+    if sock.family == socket.AF_UNIX:
+        # An abstract address comes as bytes; a path as str: the listener's socket file.
+        return peer if isinstance(peer, str) else None
+    ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), int(peer[1])
+
+
+def _leads_to(peer: tuple[str, int] | str | None, endpoints: Endpoints) -> bool:
+    if isinstance(peer, tuple):
+        return peer in endpoints.tcp
+    return peer is not None and peer in endpoints.unix
 
 
 def _hex_endpoint(text: str, family: int) -> tuple[str, int]:

@@ -11,7 +11,6 @@ wait histogram summed per pool and role. Gauges of dead processes are dropped
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 

@@ -91,6 +91,8 @@ def configure(
     keepalives_count: int | None = None,
     tcp_user_timeout: float | None = None,
     connect_kwargs: Mapping[str, Any] | None = None,
+    driver: str | None = None,
+    prepare: bool | None = None,
 ) -> PoolSettings:
     """Register the settings of pool `name` before its first use; returns them validated.
 
@@ -105,6 +107,7 @@ def configure(
         check_idle=check_idle, leak_timeout=leak_timeout, connect_timeout=connect_timeout,
         keepalives_idle=keepalives_idle, keepalives_interval=keepalives_interval,
         keepalives_count=keepalives_count, tcp_user_timeout=tcp_user_timeout, connect_kwargs=connect_kwargs,
+        driver=driver, prepare=prepare,
     )
     state = process_pools()
     with state.lock:
