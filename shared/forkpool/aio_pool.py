@@ -101,8 +101,13 @@ class AsyncPool(AsyncPoolUpkeep):
         deadline = _monotonic() + wait
         while True:
             entry, fresh = await self._checkout(deadline, wait)
-            if fresh or await self._usable(entry):
-                break
+            try:
+                if fresh or await self._usable(entry):
+                    break
+            except BaseException:
+                # Cancelled mid-check: its SELECT 1 may still be running, so it cannot go back idle.
+                self._retire(entry, broken=False, checked_out=False)
+                raise
             self._retire(entry, broken=True, checked_out=False)
         if self.settings.leak_timeout:
             entry.checkout_stack = format_checkout_stack()
@@ -115,7 +120,11 @@ class AsyncPool(AsyncPoolUpkeep):
             raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
         if self._return_if_clean(entry):
             return
-        if await self._reset(conn):
+        # The reset awaits: in a task of its own, so cancelling the caller cannot strand the connection.
+        await asyncio.shield(self._background(self._reset_and_return(entry)))
+
+    async def _reset_and_return(self, entry: Entry) -> None:
+        if await self._reset(entry.conn):
             self._return(entry)
         else:
             self._retire(entry, broken=True)
@@ -150,10 +159,10 @@ class AsyncPool(AsyncPoolUpkeep):
             await conn.commit()
         finally:
             entry = self._in_use.get(conn)
-            # The common return has no await, so no cancellation can interrupt it; a reset
-            # awaits, and is shielded: a second cancellation must not lose the connection.
+            # The common return has no await, so no cancellation can interrupt it; putconn()
+            # shields a reset: a second cancellation must not lose the connection.
             if entry is not None and not self._return_if_clean(entry):
-                await asyncio.shield(self.putconn(conn))
+                await self.putconn(conn)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot with the keys of ``forkpool.stats``, as the threaded pool's."""
@@ -341,8 +350,15 @@ class AsyncPool(AsyncPoolUpkeep):
             self._suspect_before = _monotonic()
             logger.info("%r: discarded a broken connection", self)
         self._size_changed.set()
-        self._closing.add(self.loop.create_task(_quietly(entry.conn.close())))
+        self._background(_quietly(entry.conn.close()))
         self._wake_maintainer()
+
+    def _background(self, coro: Any) -> asyncio.Task[None]:
+        """A task held until it ends (the loop keeps only weak references); close() awaits those left."""
+        task = self.loop.create_task(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
 
     def _size(self) -> int:
         return len(self._idle) + len(self._in_use)

@@ -139,8 +139,12 @@ class Budget:
             lines.append(f"threads: {p.web_threads} threads per web worker need a pool of at least {p.web_threads}")
         verdict = "fits" if self.fits else "DOES NOT FIT"
         clients = f"clients {p.fleet_ceiling} of {b.max_client_conn}, servers " if b else ""
-        lines.append(f"verdict: {clients}{self.needed} of {s.available} -> {verdict} "
-                     f"(headroom {s.available - self.needed})")
+        # Behind PgBouncer the verdict's headroom is the tighter tier's: a plan refused for its
+        # clients must not read as one with room to spare.
+        headroom = s.available - self.needed
+        if b is not None:
+            headroom = min(headroom, b.max_client_conn - p.fleet_ceiling)
+        lines.append(f"verdict: {clients}{self.needed} of {s.available} -> {verdict} (headroom {headroom})")
         return lines
 
 

@@ -8,10 +8,20 @@ round trip, rolls back and closes quietly. Nothing here takes a pool lock.
 
 Across fork both drivers leave the parent's session alone when an object made
 in another process is deallocated (psycopg2 >= 2.8: ``CONN_CHECK_PID`` in
-connection_type.c; psycopg 3: ``PGconn.__del__`` compares ``_procpid``), which
-is what the pool's fork detach relies on; tests/test_busy_fork.py runs on both.
+connection_type.c; psycopg 3: ``PGconn.__del__``, ``__dealloc__`` in the C
+build, compares ``_procpid``), which is what the pool's fork detach relies on;
+tests/test_busy_fork.py runs on both.
 psycopg 3's connection also has a Python-level lock (``Connection.lock``) held
 while a query runs: the detach never takes it, as it never calls ``close()``.
+
+"Detach after fork" and "its socket" are not methods here because they are the
+same for every driver: both connection types (and psycopg 3's async one) expose
+``fileno()``, libpq's ``PQsocket()``, read without a lock or I/O, and both guard
+deallocation by pid. So ``connections.detach_inherited`` (the fork detach, for
+the threaded and the asyncio pool alike) and ``Entry``'s idle-socket poll use
+``fileno()`` directly; a driver without those two properties would need its own
+detach, and would be added here then. tests/test_foreign_dealloc.py checks the
+dealloc guard of both drivers without the pool.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..extras import import_extra
-from ..redact import describe_error, dsn_identity, dsn_password
+from ..redact import describe_error, dsn_identity, dsn_password, redact_text
 from .discovery import find_servers, find_trees
 from .findings import ERROR, Expectations, evaluate
 from .render import as_json, as_table
@@ -64,6 +64,7 @@ def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list]
         servers = find_servers(args.dsn, args.redis_url)
     except psycopg2.Error as exc:
         raise ConfigError(f"--dsn / DATABASE_URL is not a valid DSN: {_describe(exc, args.dsn)}") from None
+    redis_error = _redis_errors(args.redis_url)
     processes = find_trees(args.pid)
     missing = sorted(set(args.pid) - {p.pid for p in processes})
     if missing:
@@ -73,7 +74,22 @@ def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list]
     except psycopg2.Error as exc:
         raise ConfigError(f"cannot list the sessions of {dsn_identity(args.dsn)} (--dsn / DATABASE_URL): "
                           f"{_describe(exc, args.dsn)}") from None
+    except redis_error as exc:
+        raise ConfigError(f"cannot list the clients of {redact_text(args.redis_url)} (--redis-url): "
+                          f"{_describe(exc, args.redis_url)}") from None
     return found, evaluate(found, expect)
+
+
+def _redis_errors(redis_url: str | None) -> type[BaseException] | tuple[type[BaseException], ...]:
+    """The errors a Redis URL's survey may raise (nothing to catch without one); a bad URL refused now."""
+    if not redis_url:
+        return ()
+    redis = import_extra("redis", "redis", "forkpool doctor --redis-url")
+    try:
+        redis.connection.parse_url(redis_url)
+    except ValueError as exc:
+        raise ConfigError(f"--redis-url is not a valid Redis URL: {_describe(exc, redis_url)}") from None
+    return redis.RedisError
 
 
 def _watch(args: argparse.Namespace, expect: Expectations) -> int:
