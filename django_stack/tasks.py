@@ -19,17 +19,14 @@ from psycopg.types.json import Jsonb
 
 from forkpool import process_role
 from suite.jobs import AggregateArgs, HoldArgs, InvalidTaskArguments, RecordEventArgs, parse_task_args
-from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT
+from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT, TASK_RETRY
 
 from .database import pool_stats as _pool_stats
 
 # Worth retrying: the database or the pool (PoolTimeout, wrapped by Django) may be back in a moment.
 RETRY = {
     "autoretry_for": (OperationalError, InterfaceError),
-    "retry_backoff": 0.5,
-    "retry_backoff_max": 10,
-    "retry_jitter": True,
-    "max_retries": 6,
+    **TASK_RETRY,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from celery import Celery
 
@@ -20,6 +21,16 @@ TASK_RECORD_EVENT = "workers.record_event"
 TASK_AGGREGATE = "workers.aggregate"
 TASK_HOLD = "workers.hold"
 TASK_POOL_STATS = "workers.pool_stats"
+
+# How every task of the suite (both stacks) retries a transient database error: Celery's autoretry
+# options. Waits of 1, 2, 4, 8, 10 and 10 s, so a task outlives an outage of RETRY_BUDGET_S.
+# No jitter: Celery's is full jitter (each wait drawn from 0 to n s), under which six retries can all
+# land within a few seconds and give a task up during a short outage (3 % of the draws spend under 8 s,
+# once seen in the pg-down-at-start scenario's 6 s outage). Tasks that failed together retry together,
+# but each through its process's pool, which bounds the connections and jitters its reconnects.
+# (Celery takes retry_backoff as int(max(1, value)): 1 is the shortest first wait it allows.)
+TASK_RETRY: dict[str, Any] = {"retry_backoff": 1, "retry_backoff_max": 10, "retry_jitter": False, "max_retries": 6}
+RETRY_BUDGET_S = 35
 
 _producer: tuple[int, Celery] | None = None
 _producer_lock = threading.Lock()

@@ -15,7 +15,16 @@ from forkpool import suite_id
 
 ITEM_COLUMNS = "id, name, payload, created_at"
 JOB_TTL_SECONDS = 24 * 3600
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# kombu's publish retry: the publish waits its socket timeout (5 s), then kombu reconnects
+# max_retries + 1 times, each connect up to 3 s (forkpool.redis_client's network options):
+# at most 5 + 2 x 3 = 11 s on a silent broker (9.0 s measured), within the web's Redis bound (11.4 s,
+# harness/net_scenarios.py); two retries measured 11.2 s, and the delete that followed a failed
+# publish waited on until the network came back (a CI run: 14.6 s). A broker that refuses (a
+# restart) fails each attempt at once.
+PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# On a failed publish the job's key is left to expire: its id was never handed to a client,
+# so nothing can ask for it, and deleting it would be a second call to a Redis that just failed,
+# doubling the request's wait on a silent network.
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024  # WEB_MAX_BODY_BYTES: larger request bodies get 413
 

@@ -159,13 +159,10 @@ async def enqueue_job(request: Request) -> Response:
     job = validate_body(JOB_ADAPTER, await json_body(request))
     job_id = str(uuid.uuid4())
     client = forkpool.get_async_redis()
-    # Remember the id first, so GET /jobs/<id> knows it the moment a worker might.
+    # Remember the id first, so GET /jobs/<id> knows it the moment a worker might
+    # (a failed publish leaves the key to expire: web/api.py, PUBLISH_RETRY).
     await client.set(job_key(job_id), job.kind, ex=JOB_TTL_SECONDS)
-    try:
-        await in_thread(request, functools.partial(_publish, job.kind, job.args.model_dump(), job_id))
-    except Exception:
-        await client.delete(job_key(job_id))
-        raise
+    await in_thread(request, functools.partial(_publish, job.kind, job.args.model_dump(), job_id))
     return JSONResponse({"id": job_id, "kind": job.kind}, status_code=202, headers={"Location": f"/jobs/{job_id}"})
 
 

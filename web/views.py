@@ -110,16 +110,13 @@ def list_items():
 def enqueue_job():
     job = validate_body(JOB_ADAPTER, json_body())
     job_id = str(uuid.uuid4())
-    # Remember the id first, so GET /jobs/<id> knows it the moment a worker might.
+    # Remember the id first, so GET /jobs/<id> knows it the moment a worker might
+    # (a failed publish leaves the key to expire: web/api.py, PUBLISH_RETRY).
     get_redis().set(_job_key(job_id), job.kind, ex=JOB_TTL_SECONDS)
-    try:
-        get_celery().send_task(
-            TASK_FOR_KIND[job.kind], kwargs=job.args.model_dump(), task_id=job_id,
-            retry=True, retry_policy=PUBLISH_RETRY,
-        )
-    except Exception:
-        get_redis().delete(_job_key(job_id))
-        raise
+    get_celery().send_task(
+        TASK_FOR_KIND[job.kind], kwargs=job.args.model_dump(), task_id=job_id,
+        retry=True, retry_policy=PUBLISH_RETRY,
+    )
     return jsonify({"id": job_id, "kind": job.kind}), 202, {"Location": f"/jobs/{job_id}"}
 
 

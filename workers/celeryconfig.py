@@ -32,7 +32,10 @@ broker_connection_retry_on_startup = True
 # redelivered after this many seconds; keep it above the longest task.
 # A silent broker (packets dropped, no RST) must not hang a publish or the consumer: socket
 # timeouts and kernel keepalives as the web's Redis client has (forkpool.redis_client), and kombu's
-# check that drops a BRPOP connection whose reply is overdue by health_check_interval.
+# check that drops a BRPOP connection whose reply is overdue by health_check_interval. Workers run
+# with --without-heartbeat (Procfile, docker-compose.yml, the harness): the heartbeat publishes in
+# the consumer's event loop with no retry limit (celery#4804), which froze the consumer for as long
+# as the broker was silent; nothing here reads heartbeats (no gossip, no Flower).
 broker_transport_options = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
                             "health_check_interval": 5, **network_options()}
 # The result backend: the same bounds (its socket timeout is 120 s by default).

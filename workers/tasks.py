@@ -14,7 +14,7 @@ from psycopg2.extras import Json
 from forkpool import ConnectError, PoolTimeout, process_role
 from suite.jobs import AggregateArgs, HoldArgs, InvalidTaskArguments, RecordEventArgs
 from suite.jobs import parse_task_args as _parse
-from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT
+from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT, TASK_RETRY
 from suite.stacks import make_worker_engine, stack_errors, worker_store
 
 from .app import app
@@ -29,10 +29,7 @@ RETRY = {
     "autoretry_for": TRANSIENT,
     # A statement timeout is an OperationalError too, but running the same query again times out again.
     "dont_autoretry_for": (psycopg2.errors.QueryCanceled,),
-    "retry_backoff": 0.5,
-    "retry_backoff_max": 10,
-    "retry_jitter": True,
-    "max_retries": 6,
+    **TASK_RETRY,
 }
 
 
