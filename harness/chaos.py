@@ -77,6 +77,10 @@ def worker_pool_reports(app: Celery, queue: str, processes: int, timeout: float 
 
 # How a kill is described: run.py counts "web worker" kills (dropped requests allowed) by this text.
 KIND = {"web": "web worker", "worker": "task process", "asgi": "asgi worker"}
+# How long a kill waits for its role to have a process at all. A Celery pool of one has none
+# between a child leaving at max_tasks_per_child and its replacement finishing
+# worker_process_init: seen taking 5 s on a loaded 2-core machine, when a 2 s wait gave up.
+CANDIDATE_WAIT_S = 10.0
 
 
 class Killer:
@@ -113,24 +117,28 @@ class Killer:
             at = self.duration * (0.2 + 0.5 * i / max(self.count - 1, 1))
             if self._stop.wait(max(start + at - time.monotonic(), 0.0)):
                 return
-            role = self._turns()[i % len(self._turns())]
-            for suite in self.hosts:
-                self._kill_one(suite, role)
+            self._kill_round(self._turns()[i % len(self._turns())])
 
     def _turns(self) -> list[str]:
         return ["web", "worker"] + (["asgi"] if self.hosts[0].asgi is not None else [])
 
-    def _kill_one(self, suite: RunningSuite, role: str) -> None:
+    def _kill_round(self, role: str) -> None:
+        """One process of `role` on every host; a host with none right now is tried again, the others not held up."""
+        pending = list(self.hosts)
+        deadline = time.monotonic() + CANDIDATE_WAIT_S
+        while pending:
+            pending = [suite for suite in pending if not self._kill_one(suite, role)]
+            if pending and (time.monotonic() > deadline or self._stop.wait(0.05)):
+                return
+
+    def _kill_one(self, suite: RunningSuite, role: str) -> bool:
+        """SIGKILL a random process of `role` on `suite`: False when it has none to kill now."""
         server = {"web": suite.web, "worker": suite.worker, "asgi": suite.asgi}[role]
         assert server is not None
         for _ in range(5):  # a chosen process may have just recycled on its own: pick again
             candidates = server.children()
-            deadline = time.monotonic() + 2.0
-            while not candidates and time.monotonic() < deadline:  # between a recycled child and its replacement
-                time.sleep(0.05)
-                candidates = server.children()
-            if not candidates:
-                return
+            if not candidates:  # between a recycled child and its replacement
+                return False
             pid = self._rng.choice(candidates)
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -138,7 +146,8 @@ class Killer:
             except ProcessLookupError:
                 continue
         else:
-            return
+            return False
         self.killed.add(pid)
         where = f" on {suite.plan.host}" if suite.plan.host else ""
         self.events.append(Event(self.clock(), "kill", f"SIGKILL {KIND[role]}{where} {pid}"))
+        return True

@@ -23,7 +23,7 @@ import psycopg2
 
 import forkpool
 from forkpool.redact import describe_error, redact_text
-from suite.stacks import DJANGO, FORKPOOL, STACKS
+from suite.stacks import FORKPOOL, STACKS
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
 
@@ -129,8 +129,8 @@ def loadtest(**params: Any) -> None:
 
     if params["asgi_workers"] and (params["naive"] or params["stack"] != FORKPOOL):
         raise click.UsageError("--asgi-workers runs forkpool's asyncio pool: not with --naive or another --stack")
-    if params["naive"] and params["stack"] == DJANGO:
-        raise click.UsageError("--naive is the suite's own Flask app without its hooks: not with --stack django")
+    if params["naive"] and params["stack"] != FORKPOOL:
+        raise click.UsageError(f"--naive is the suite's own Flask app without its hooks: not with --stack {params['stack']}")
     if (params["hosts"] > 1 or params["pgbouncer"]) and params["naive"]:
         raise click.UsageError("--hosts and --pgbouncer prove the hooks: not with --naive")
     if params["pgbouncer"] and params["stack"] != FORKPOOL:

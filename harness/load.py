@@ -283,6 +283,8 @@ class LocustRun:
             event_keys=[str(job.get("key", "")) for job in jobs],
             pool_reports={str(pid): body for pid, body in summary.get("pool_reports", {}).items()},
             errors=_error_lines(failures),
+            status_by_second=[(int(s), {str(k): int(v) for k, v in c.items()})
+                              for s, c in sorted((summary.get("status_by_second") or {}).items())],
         )
 
 

@@ -95,6 +95,9 @@ class LoadResult:
     tasks_completed: int = 0
     tasks_per_s: float = 0.0
     errors: list[str] = field(default_factory=list)  # distinct error messages, truncated
+    # Responses per second by status, [unix second, {"200": n, "503": n, ...}]; the run places them on
+    # its own clock (RunReport.status_timeline).
+    status_by_second: list[tuple[int, dict[str, int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +117,8 @@ class RunReport:
     budget: dict[str, Any] = field(default_factory=dict)
     rss: list[tuple[float, str, int, int]] = field(default_factory=list)  # (t, role, pid, kB) every second
     pgbouncer: dict[str, Any] = field(default_factory=dict)  # behind PgBouncer: version, settings, peaks
+    # (t, status, n): responses that were not 2xx in each second of the load, on the samples' clock
+    status_timeline: list[tuple[float, str, int]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

@@ -252,7 +252,7 @@ class CeleryWorker(SuiteProcess):
         queues = ",".join(dict.fromkeys((plan.queue, plan.host_queue)))
         argv = [sys.executable, "-m", "celery", "--app", app, "worker",
                 "--loglevel", "INFO", "--queues", queues, "--hostname", f"{plan.name}@%h",
-                "--without-gossip", "--without-mingle"]
+                "--without-gossip", "--without-mingle", "--without-heartbeat"]
         super().__init__(argv, plan.env(0), log_dir / f"worker-{plan.name}.log")
         self.concurrency = plan.worker_concurrency
 

@@ -202,12 +202,30 @@ def _roles_seen(report: RunReport) -> list[str]:
     return list(_ROLE_ORDER) + sorted(seen - set(_ROLE_ORDER))
 
 
+def _draw_failed(ax: Any, failed: list[tuple[float, str, int]]) -> None:
+    by_status: dict[str, list[tuple[float, int]]] = {}
+    for t, status, n in failed:
+        by_status.setdefault(status, []).append((t, n))
+    for status, points in sorted(by_status.items()):
+        ax.bar([t for t, _ in points], [n for _, n in points], width=1.0, align="edge", label=status,
+               alpha=0.7)
+    ax.set_ylabel("failed responses / s")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+
+
 def write_chart(report: RunReport, path: Path) -> None:
     """Connections over time per role and in total, against the ceiling."""
     # Figure + Agg canvas directly: no pyplot global state, safe off the main thread.
-    fig = Figure(figsize=(10, 5), dpi=100)
+    failed = report.status_timeline
+    fig = Figure(figsize=(10, 7 if failed else 5), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    if failed:  # the responses that failed, below, on the same seconds: where they fall against the events
+        ax, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        _draw_failed(bottom, failed)
+    else:
+        ax = bottom = fig.add_subplot()
     ts = [s.t for s in report.samples]
     if report.samples:
         per_role = [s.by_role() for s in report.samples]
@@ -236,7 +254,7 @@ def write_chart(report: RunReport, path: Path) -> None:
     peak = max([report.ceiling, *(s.total for s in report.samples)])
     ax.set_ylim(0, peak * 1.15 + 1)  # headroom so the ceiling line is never on the frame
     ax.set_xlim(0, max([report.duration_s, *ts, 1.0]))
-    ax.set_xlabel("seconds since start")
+    bottom.set_xlabel("seconds since start")
     ax.set_ylabel("client connections (at PgBouncer)" if report.pgbouncer else "server connections")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # connections come whole
     mode = " (naive)" if report.naive else ""

@@ -252,7 +252,14 @@ def _run_load(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunR
         report.checks.append(faults.check(8))
     load.tasks_enqueued = len(enqueuer.keys)
     load.direct_keys = list(enqueuer.keys)
+    report.status_timeline = failed_per_second(load.status_by_second, time.time() - sampler.now())
     return load
+
+
+def failed_per_second(by_second: list[tuple[int, dict[str, int]]], wall_at_zero: float) -> list[tuple[float, str, int]]:
+    """The responses that were not 2xx, per second and status, on the run's clock (0 = the sampler's start)."""
+    return [(round(second - wall_at_zero, 1), status, n) for second, counts in by_second
+            for status, n in sorted(counts.items()) if not status.startswith("2")]
 
 
 def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None, processes: dict[str, int],
