@@ -191,3 +191,20 @@ def pgbouncer_binary() -> str:
         return str(find())
     except ServiceError as exc:
         pytest.skip(str(exc))
+
+
+# Under pytest-xdist (`bootstrap.py test` runs two workers), the modules that run whole deployments
+# under load and time their recovery share one worker, one after another: two of them at once on a
+# 2-core machine would measure each other. Everything else spreads over both workers.
+SERIAL_MODULES = frozenset({"test_faults.py", "test_fleet_runs.py", "test_harness.py"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist registers its marker itself; without it (-p no:xdist, one process) the mark is inert.
+    config.addinivalue_line("markers", "xdist_group(name): run on the same pytest-xdist worker as its group")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group("deployments"))

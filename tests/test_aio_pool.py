@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import os
+import socket
+import sys
+import time
 
 import pytest
 
@@ -156,6 +161,66 @@ def test_cancellation_loses_no_connection_and_leaves_no_ghost_in_the_queue():
     assert snapshot[keys.SIZE] == 2
 
 
+def test_a_waiter_cancelled_just_after_being_served_gives_the_connection_to_the_next_in_line():
+    """The connection was handed to the waiter's future, but the waiter never resumed to take it."""
+    forkpool.configure(min_size=1, max_size=1)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        held = await pool.getconn()
+        first = asyncio.create_task(pool.getconn(timeout=30))
+        second = asyncio.create_task(pool.getconn(timeout=5))
+        await asyncio.sleep(0.05)
+        assert pool.stats()[keys.WAITING] == 2
+        await pool.putconn(held)  # the clean return has no await: `first` is served, not yet resumed
+        served = pool.stats()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        conn = await second
+        assert conn is held  # the one connection went on, FIFO, to the next waiter
+        await pool.putconn(conn)
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return served, snapshot
+
+    served, snapshot = run(main())
+    assert served[keys.IN_USE] == 1 and served[keys.WAITING] == 1  # the race was really run
+    assert snapshot[keys.IN_USE] == 0 and snapshot[keys.IDLE] == 1 and invariants(snapshot)
+    assert snapshot[keys.CHECKOUTS] == 2  # held, then second: the cancelled waiter's is not counted
+
+
+def test_a_caller_cancelled_during_the_pre_use_check_or_a_reset_loses_no_connection():
+    forkpool.configure(min_size=1, max_size=1, check_idle=0)  # every checkout runs a SELECT 1 first
+
+    async def cancelled_at_first_await(coro) -> None:
+        task = asyncio.create_task(coro)
+        await asyncio.sleep(0)  # the task runs up to its first real await: the query in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        assert await pool.wait(10)
+        before = pool.stats()[keys.CHECKS]
+        await cancelled_at_first_await(pool.getconn(timeout=5))
+        assert pool.stats()[keys.CHECKS] == before + 1  # it was cancelled inside the check
+        async with pool.connection(timeout=5) as conn:
+            await conn.execute("SELECT 1")
+        conn = await pool.getconn(timeout=5)
+        await conn.execute("SELECT 1")  # in a transaction: putconn() must roll it back, an await
+        await cancelled_at_first_await(pool.putconn(conn))
+        async with pool.connection(timeout=5) as conn:
+            await conn.execute("SELECT 1")
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return snapshot
+
+    snapshot = run(main())
+    assert snapshot[keys.IN_USE] == 0 and snapshot[keys.TIMEOUTS] == 0 and invariants(snapshot)
+
+
 def test_a_server_side_kill_is_discarded_and_the_pool_refills(admin, suite_id):
     forkpool.configure(min_size=2, max_size=2, check_idle=0)
 
@@ -235,8 +300,18 @@ def test_a_forked_child_gets_its_own_async_pool_and_the_parents_sessions_survive
         loop.close()
 
 
-def test_lifetime_and_idle_trimming_reconnect_with_the_same_counts():
-    forkpool.configure(min_size=1, max_size=3, max_idle=0.3, max_lifetime=600)
+async def until(predicate, timeout: float = 10.0) -> bool:
+    """Poll between awaits, so the maintainer task keeps running."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_idle_trimming_goes_back_to_min_size_with_the_same_counts():
+    forkpool.configure(min_size=1, max_size=3, max_idle=0.3, max_lifetime=0)  # idle trimming only
 
     async def main():
         pool = await forkpool.get_async_pool()
@@ -244,13 +319,51 @@ def test_lifetime_and_idle_trimming_reconnect_with_the_same_counts():
         for conn in held:
             await pool.putconn(conn)
         assert pool.stats()[keys.SIZE] == 3
-        await asyncio.sleep(1.6)  # past max_idle, and a maintainer round or two
+        assert await until(lambda: pool.stats()[keys.SIZE] == 1)
         snapshot = pool.stats()
         await forkpool.close_async_pools()
         return snapshot
 
     snapshot = run(main())
-    assert snapshot[keys.SIZE] == 1 and invariants(snapshot)  # trimmed back to min_size
+    assert snapshot[keys.SIZE] == 1 and snapshot[keys.CONNECTIONS_CLOSED] == 2 and invariants(snapshot)
+
+
+def test_lifetime_trimming_replaces_idle_and_returned_connections_with_new_sessions():
+    forkpool.configure(min_size=2, max_size=2, max_lifetime=0.5, max_idle=0)  # lifetime only
+
+    async def pids_of_both(pool):
+        conns = [await pool.getconn(), await pool.getconn()]
+        pids = {await backend_pid(c) for c in conns}
+        for conn in conns:
+            await pool.putconn(conn)
+        return pids
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        assert await pool.wait(10)
+        first = await pids_of_both(pool)
+        # Idle past its lifetime: the maintainer closes it and refills to min_size.
+        assert await until(lambda: pool.stats()[keys.CONNECTIONS_CLOSED] >= 2 and pool.stats()[keys.SIZE] == 2)
+        second = await pids_of_both(pool)
+        # Checked out past their lifetime (nothing idle for the maintainer to trim meanwhile):
+        # closed on return, not put back idle.
+        closed = pool.stats()[keys.CONNECTIONS_CLOSED]
+        conns = [await pool.getconn(), await pool.getconn()]
+        due = max(pool._in_use[c].expires_at for c in conns)  # noqa: SLF001 - when both are past it
+        await asyncio.sleep(max(due - time.monotonic(), 0) + 0.05)
+        for conn in conns:
+            await pool.putconn(conn)
+        on_return = pool.stats()
+        assert await pool.wait(10)
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return first, second, closed, on_return, snapshot
+
+    first, second, closed, on_return, snapshot = run(main())
+    assert len(first) == len(second) == 2 and first.isdisjoint(second)
+    assert on_return[keys.CONNECTIONS_CLOSED] == closed + 2 and on_return[keys.IDLE] == 0
+    assert on_return[keys.CONNECTIONS_DISCARDED] == 0  # expired, not broken
+    assert snapshot[keys.SIZE] == 2 and invariants(snapshot)
 
 
 def test_connect_failure_is_a_connect_error_with_no_password(monkeypatch):
@@ -268,3 +381,82 @@ def test_connect_failure_is_a_connect_error_with_no_password(monkeypatch):
 
     message, shown = run(main())
     assert "s3cret" not in message + shown and "127.0.0.1" in message
+
+
+def test_reload_and_double_import_do_not_create_a_second_async_pool(count_settles, monkeypatch):
+    """As tests/test_fork.py checks for the threaded pool: the per-process, per-loop pool is found again."""
+    forkpool.configure(min_size=2, max_size=2)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        assert await pool.wait(10)
+        for name in ("forkpool.per_process", "forkpool.live_pools", "forkpool.registry", "forkpool.aio_pool",
+                     "forkpool.aio_registry", "forkpool"):
+            importlib.reload(sys.modules[name])
+        reloaded = await forkpool.get_async_pool()
+        # The same file imported again under another module name (a second sys.path entry).
+        spec = importlib.util.spec_from_file_location("aio_registry_copy", forkpool.aio_registry.__file__)
+        copy = importlib.util.module_from_spec(spec)
+        copy.__package__ = "forkpool"
+        spec.loader.exec_module(copy)
+        copied = await copy.get_async_pool()
+        stats = [s["name"] for s in copy.async_stats()]
+        sessions = count_settles(2)
+        await forkpool.close_async_pools()
+        return pool, reloaded, copied, stats, sessions
+
+    pool, reloaded, copied, stats, sessions = run(main())
+    assert reloaded is pool and copied is pool
+    assert stats == [pool.name] and sessions == 2  # one pool, two sessions: nothing opened twice
+
+
+def test_async_connections_carry_the_network_bounds(database_url):
+    """Read back from the socket itself, as tests/test_settings.py does for the threaded pool, and libpq's
+    connect_timeout from the connection's options; then a server that accepts and never answers fails a
+    connect within connect_timeout instead of hanging it."""
+    forkpool.configure(min_size=1, max_size=1)
+
+    async def options():
+        pool = await forkpool.get_async_pool()
+        async with pool.connection() as conn:
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                kernel = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+            finally:
+                sock.close()
+            libpq = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+        await forkpool.close_async_pools()
+        return kernel, libpq
+
+    kernel, libpq = run(options())
+    assert kernel == (1, 5, 2, 3, 10000)
+    assert libpq["connect_timeout"] == "5"
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # the kernel completes the handshake; nothing ever reads or answers
+    try:
+        forkpool.configure(dsn=f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/db", min_size=0, max_size=1,
+                           connect_timeout=2)
+
+        async def connect_to_silence():
+            pool = await forkpool.get_async_pool()
+            started = time.monotonic()
+            try:
+                # asyncio.timeout: without the bound the connect would hang, past the caller's timeout too
+                with pytest.raises(forkpool.ConnectError):
+                    async with asyncio.timeout(8):
+                        await pool.getconn(timeout=10)
+                return time.monotonic() - started
+            finally:
+                await forkpool.close_async_pools()
+
+        waited = run(connect_to_silence())
+    finally:
+        silent.close()
+    # libpq's (and psycopg's) connect_timeout: 2 s, its minimum; not the caller's 10 s, and not a refusal
+    assert 1.5 < waited < 6, waited

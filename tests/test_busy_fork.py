@@ -6,7 +6,9 @@ whole of a query; before forkpool detached inherited connections without
 ``close()``, 40 of 40 such children hung in the at-fork hook.
 
 Each run forks 40 times at random moments from a process with six threads
-querying through a pool of 4; CI runs three seeds (120 forks) to catch a race.
+querying through a pool of 4; CI runs three seeds per driver (240 forks) to catch a race.
+On 2026-12-03 the whole module ran 20 times in a row on the 2-core machine, under the
+load of other test runs (load average 3-5): 20 of 20 green, 120 runs, 4,800 forks, no hang.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def test_forks_under_busy_threads_never_hang_and_parent_keeps_its_sessions(seed,
             expected = -9 if child["variant"].endswith("_sigkill") else 0
             assert child["status"] == expected, child
             if child["variant"].startswith("own_pool"):
-                assert child["report"].isdigit(), child  # it reached the server on its own connection
+                # It reached the server on a connection of its own, not one of the parent's sessions.
+                assert child["report"].isdigit() and int(child["report"]) not in report["before"], child
 
         assert report["errors"] == 0, report["error_samples"]
         assert report["ops"] > 0

@@ -1,9 +1,11 @@
 """`forkpool doctor` against real deployments: each finding is shown when it is there and only then.
 
 Every case runs the real command (`python -m forkpool doctor --json`) against
-real processes: the suite, its naive contrast, a Flask-less WSGI app with a
-SQLAlchemy engine under Gunicorn's preload_app, a Celery worker whose task
-module connects at import time, and single processes holding sessions.
+real processes: the suite, its naive contrast, a small Flask app with a
+SQLAlchemy engine made at import time (and a warm-up request served there) under
+Gunicorn's preload_app with 3 workers, a Celery worker whose task module
+connects at import time, and single processes holding sessions. Pool sizes,
+discovery without --pid, --watch and the table are in tests/test_doctor_cli.py.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ from tests.conftest import wait_for
 from tests.test_suite import suite_database  # noqa: F401 - fixture: a database with the suite's schema
 
 APPS = Path(__file__).with_name("doctor_apps")
-ERRORS = {"shared-socket", "master-connection", "above-pool-size", "above-ceiling", "orphan-session",
-          "idle-in-transaction"}
 
 
 def doctor(*args: str) -> tuple[int, dict]:
@@ -160,12 +160,23 @@ def test_a_celery_task_module_that_connects_at_import(database_url, redis_url, t
 # -- sessions and their client processes -----------------------------------------------------
 
 
-def hold(mode: str, database_url: str, name: str) -> subprocess.Popen:
-    proc = start([sys.executable, str(APPS / "holder.py"), mode], {"DATABASE_URL": database_url, "APP_NAME": name})
+def start_app(script: str, args: list[str], env: dict, expected: tuple[str, ...] = ("ready",)) -> tuple[
+        subprocess.Popen, str]:
+    """Start doctor_apps/`script` and wait for its first line: "ready" once it holds its sessions."""
+    proc = start([sys.executable, str(APPS / script), *args], env)
     line = proc.stdout.readline().strip()
+    if line not in expected:
+        stop(proc)
+        raise AssertionError(line + proc.stdout.read())
+    return proc, line
+
+
+def hold(mode: str, database_url: str, name: str) -> subprocess.Popen:
+    proc, line = start_app("holder.py", [mode], {"DATABASE_URL": database_url, "APP_NAME": name},
+                           ("ready", "no-permission"))
     if line == "no-permission":
-        pytest.skip("TCP_REPAIR needs CAP_NET_ADMIN (run as root) to make a client vanish silently")
-    assert line == "ready", line + proc.stdout.read()
+        pytest.skip("missing CAP_NET_ADMIN: the holder cannot set TCP_REPAIR on its socket, which makes a client "
+                    "vanish without FIN or RST (run the test as root, or grant the capability)")
     return proc
 
 

@@ -42,6 +42,7 @@ def test_soak_machinery_reports_flat_memory_and_counts(tmp_path):
     numbers = [c["number"] for c in body["checks"]]
     assert numbers == [1, 2, 3, 4, 5, 6, 7], numbers  # 7: memory flat (soak only)
     assert body["rss"] and {row[1] for row in body["rss"]} >= {"web", "worker"}
+    assert_status_over_time_adds_up(body)
     assert (tmp_path / "memory.png").stat().st_size > 5000
     assert result.returncode == 0, result.stdout[-3000:]
 
@@ -67,3 +68,38 @@ def test_soak_with_faults_comes_back_after_each(tmp_path):
     assert faults == ["restart", "blackhole", "latency"], faults
     failed = [f"{c['number']}. {c['detail']}" for c in body["checks"] if not c["passed"]]
     assert result.returncode == 0 and not failed, (failed, result.stdout[-3000:])
+    assert_status_over_time_adds_up(body)
+
+
+def assert_status_over_time_adds_up(body: dict) -> None:
+    """Responses per second add up to the run's status counts; the timeline holds exactly the failed ones."""
+    totals: dict[str, int] = {}
+    for _, counts in body["load"]["status_by_second"]:
+        for status, n in counts.items():
+            totals[status] = totals.get(status, 0) + n
+    assert totals == body["load"]["status_counts"] and sum(totals.values()) == body["load"]["requests"]
+    failed = {s: n for s, n in totals.items() if not s.startswith("2")}
+    timeline: dict[str, int] = {}
+    for _, status, n in body["status_timeline"]:
+        timeline[status] = timeline.get(status, 0) + n
+    assert timeline == failed
+
+
+def test_the_consumer_bound_rests_on_the_workers_own_settings(tmp_path):
+    """The redis-blackhole bound is derived from the broker's health check and needs the heartbeat off
+    wherever the suite starts a worker (the heartbeat would reconnect inside the consumer's loop)."""
+    import shlex
+
+    from kombu.transport.redis import Transport
+
+    from harness.net_scenarios import BROKER_HEALTH_CHECK_S, BRPOP_TIMEOUT_S
+    from harness.processes import CeleryWorker, SuitePlan
+    from tests.test_deploy_files import compose, procfile
+    from workers import celeryconfig
+
+    assert celeryconfig.broker_transport_options["health_check_interval"] == BROKER_HEALTH_CHECK_S
+    assert Transport.brpop_timeout == BRPOP_TIMEOUT_S
+    plan = SuitePlan(database_url="postgresql://h/db", redis_url="redis://h/0", suite_id="argv")
+    harness = CeleryWorker(plan, tmp_path)  # built, never started: its argv is what the harness runs
+    for argv in (shlex.split(procfile()["worker"]), compose()["services"]["worker"]["command"], harness.argv):
+        assert "--without-heartbeat" in argv, argv

@@ -124,3 +124,15 @@ def test_a_pool_setting_the_suite_would_reject(command: str, tmp_path):
 def test_more_web_threads_than_pool_connections(tmp_path):
     result = front_door(["loadtest", "--web-threads", "8", "--pool-size", "4"], tmp_path)
     assert "--pool-size" in assert_refused(result, "--web-threads")
+
+
+@pytest.mark.parametrize("case", ["pg-down", "pg-malformed", "redis-down", "redis-malformed"])
+def test_doctor_takes_an_unusable_server_url_in_one_line(case: str, down_url: str, tmp_path):
+    """doctor reads only the servers it is pointed at: a bad --dsn or --redis-url is one line, exit 2."""
+    args, setting = {
+        "pg-down": (["doctor", "--dsn", down_url], "--dsn"),
+        "pg-malformed": (["doctor", "--dsn", "not a url"], "--dsn"),
+        "redis-down": (["doctor", "--redis-url", f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"], "--redis-url"),
+        "redis-malformed": (["doctor", "--redis-url", f"nothing:{PASSWORD}"], "--redis-url"),
+    }[case]
+    assert_refused(front_door(args, tmp_path), setting)

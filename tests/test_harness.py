@@ -54,6 +54,22 @@ def test_budget_prints_the_arithmetic_and_refuses_what_does_not_fit():
     assert tight.returncode == 3 and "DOES NOT FIT" in tight.stdout
 
 
+def test_budget_knows_a_fleet_and_pgbouncers_two_tiers():
+    plan = ["budget", "--web-workers", "2", "--worker-concurrency", "2", "--pool-size", "5", "--hosts", "4",
+            "--max-connections", "30"]
+    direct = forkpool(*plan)
+    assert direct.returncode == 3, direct.stdout + direct.stderr
+    assert "fleet:   4 hosts x ceiling 20 = 80" in direct.stdout
+    assert "verdict: 80 of 27 -> DOES NOT FIT (headroom -53)" in direct.stdout
+    pooled = forkpool(*plan, "--pgbouncer-pool-size", "10", "--pgbouncer-reserve", "2", "--max-client-conn", "200")
+    assert pooled.returncode == 0, pooled.stdout + pooled.stderr
+    assert "verdict: clients 80 of 200, servers 12 of 27 -> fits (headroom 15)" in pooled.stdout
+    crowded = forkpool(*plan, "--pgbouncer-pool-size", "10", "--max-client-conn", "60")
+    assert crowded.returncode == 3  # the server would have room; PgBouncer's clients would not
+    assert "clients: fleet 80 of PgBouncer's max_client_conn 60 -> DOES NOT FIT (headroom -20)" in crowded.stdout
+    assert crowded.stdout.rstrip().endswith("-> DOES NOT FIT (headroom -20)")
+
+
 def test_budget_reads_the_server(database_url):
     result = forkpool("budget", "--pool-size", "4")
     assert result.returncode == 0, result.stderr
@@ -139,9 +155,11 @@ def test_loadtest_on_the_django_stack_holds_the_ceiling(tmp_path):
     assert ".> app:         django_stack:" in worker_log.read_text()
 
 
-def test_naive_contrast_is_the_suites_own_app_only():
-    result = forkpool("loadtest", "--stack", "django", "--naive")
+@pytest.mark.parametrize("stack", ["django", "flask-sqlalchemy"])
+def test_naive_contrast_is_the_suites_own_app_only(stack):
+    result = forkpool("loadtest", "--stack", stack, "--naive")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--naive" in result.stderr
+    assert stack in result.stderr
 
 
 def test_naive_run_fails_its_checks_and_says_so(tmp_path):

@@ -174,6 +174,63 @@ def test_a_forked_child_gets_its_own_instance_and_the_inherited_one_goes_to_deta
     assert make() is parent and not closed  # the parent's is untouched
 
 
+class DoubleCheckedSingleton:
+    """The singleton most articles write: double-checked locking in __new__, the lock made at import."""
+
+    _lock = threading.Lock()
+    _instance: "DoubleCheckedSingleton | None" = None
+    factory_started = threading.Event()
+    factory_may_finish = threading.Event()
+
+    def __new__(cls) -> "DoubleCheckedSingleton":
+        if cls._instance is None:
+            with cls._lock:
+                if cls._instance is None:
+                    cls.factory_started.set()
+                    cls.factory_may_finish.wait(30)  # a slow connect, in progress at fork time
+                    cls._instance = super().__new__(cls)
+        return cls._instance
+
+
+def test_a_fork_while_a_thread_builds_the_instance_hangs_the_naive_child_not_ours(key):
+    """A parent thread is inside the factory (holding the singleton's lock) when the process forks.
+
+    The naive child waits on a lock no thread of the child will ever release; per_process gives
+    the child fresh slot locks, so its first use builds its own instance at once.
+    """
+    started, may_finish = threading.Event(), threading.Event()
+    parent = os.getpid()
+
+    def slow_thing() -> Thing:
+        if os.getpid() == parent:  # the parent's thread is slow; the child's own first use is not
+            started.set()
+            may_finish.wait(30)
+        return Thing()
+
+    make = forkpool.per_process(slow_thing, key=key)
+    threads = [threading.Thread(target=DoubleCheckedSingleton), threading.Thread(target=make)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert DoubleCheckedSingleton.factory_started.wait(10) and started.wait(10)
+
+        def child() -> dict:
+            # A bounded wait stands for the naive child's unbounded one.
+            naive_free = DoubleCheckedSingleton._lock.acquire(timeout=1)
+            ours = make()
+            return {"naive_lock_free": naive_free, "owner": ours.pid, "pid": os.getpid()}
+
+        seen = run_in_child(child)
+    finally:
+        DoubleCheckedSingleton.factory_may_finish.set()
+        may_finish.set()
+        for thread in threads:
+            thread.join(10)
+    assert seen["naive_lock_free"] is False  # the naive child would hang here forever
+    assert seen["owner"] == seen["pid"]  # ours: a new instance, made in the child, no wait
+    assert make().pid == os.getpid()  # and the parent's thread finished building the parent's
+
+
 def test_a_per_process_psycopg2_connection_survives_a_child_using_its_own(key, database_url):
     make = forkpool.per_process(lambda: psycopg2.connect(database_url, application_name="pp-test"),
                                 detach=detach_inherited, close=lambda c: c.close(), key=key)

@@ -9,6 +9,13 @@ Unprotected, the failure users report: workers share the master's sessions
 exactly processes x pool size sessions by identity, none held by a master,
 none shared, each process's tasks on its own pool's sessions only, none left
 when a child exits or the server stops.
+
+Classic connections under Celery: its fixup os.close()s the descriptor each
+child inherits, so no socket stays shared; what remains unprotected is the
+main process's session, held for its life (doctor: master-connection).
+Celery closes classic connections around every task unless the project sets
+CELERY_DB_REUSE_MAX: protected, a child then holds none between tasks
+("classic"), or one, opened at start and kept ("classic-reused").
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.protect_support import (APPS, backends_by_worker, doctor, errors, exact, failures, http_load,
-                                   shared_backends, start_celery_app, start_gunicorn_app, task_load)
+from tests.protect_support import (APPS, backends_by_worker, doctor, errors, exact, failures, held_by, http_load,
+                                   protected_run_ends_clean, recycled_http_load, shared_backends, start_celery_app,
+                                   start_gunicorn_app, task_load)
 from tests.server_support import by_process
 
 pytest.importorskip("django", reason="forkpool.django needs Django (pip install 'forkpool[django]')")
@@ -39,6 +47,12 @@ DATABASES = [pytest.param("pool", marks=NEEDS_POOL), "classic"]
 SITE = APPS / "django_site"
 WORKERS, POOL, CONCURRENCY = 3, 2, 2
 SIZE = {"pool": POOL, "classic": 1}  # server sessions per process: the pool's, or one persistent connection
+# Under Celery, its Django fixup closes every connection around each task unless the project sets
+# CELERY_DB_REUSE_MAX (forkpool sets the fixup's for pooled aliases: the pool stays, only its connections go
+# back). So a child holds its pool's sessions, and a classic connection only with the project's setting.
+CELERY_DATABASES = [pytest.param("pool", marks=NEEDS_POOL), "classic", "classic-reused"]
+CELERY_SIZE = {"pool": POOL, "classic": 0, "classic-reused": 1}
+REUSE_MAX = "100"  # the project's CELERY_DB_REUSE_MAX: more tasks than a child runs (max_tasks_per_child)
 SETTINGS = "probe_site.settings"
 FORK_PROGRAM = Path(__file__).with_name("django_fork_program.py")
 FORKS = 20
@@ -66,7 +80,7 @@ def test_django_under_gunicorn_preload(protected, db, probe_table, servers, data
         assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), SIZE[db]), timeout=15), \
             (server.children(), by_process(sessions, suite_id))
     before = doctor(server.pid, database_url, "--pool-size", str(SIZE[db]))
-    answers = http_load(url)
+    answers = recycled_http_load(server, url) if protected else http_load(url)
     if not protected:
         assert {"shared-socket", "master-connection"} <= {f["code"] for f in before["findings"]}, before["findings"]
         assert shared_backends(answers) or failures(answers), answers  # what users report
@@ -75,50 +89,49 @@ def test_django_under_gunicorn_preload(protected, db, probe_table, servers, data
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     # No churn: every worker answered from its own pool's sessions (or its one connection).
     assert all(len(b) <= SIZE[db] for b in backends_by_worker(answers).values()), backends_by_worker(answers)
-    # Recycled workers (max_requests) closed their sessions; the replacements opened theirs at start.
-    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), SIZE[db]), timeout=15), \
-        (server.children(), by_process(sessions, suite_id))
-    after = doctor(server.pid, database_url, "--pool-size", str(SIZE[db]))
-    assert errors(after) == []
-    assert server.stop() == 0
-    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+    assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
+    protected_run_ends_clean(server, "web", sessions, suite_id, database_url, SIZE[db])
 
 
-@NEEDS_POOL
+@pytest.mark.parametrize("db", CELERY_DATABASES)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_django_pool_under_celery_prefork(protected, probe_table, servers, database_url, redis_url, sessions,
-                                          suite_id, tmp_path):
+def test_django_under_celery_prefork(protected, db, probe_table, servers, database_url, redis_url, sessions,
+                                     suite_id, tmp_path):
+    size = CELERY_SIZE[db]
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
-    env = site_env(protected, "pool", REDIS_URL=redis_url)
+    env = site_env(protected, db.partition("-")[0], REDIS_URL=redis_url,
+                   CELERY_DB_REUSE_MAX=REUSE_MAX if db == "classic-reused" else "")
     worker = start_celery_app(servers, SITE, "probe_site", queue, env, tmp_path / "celery.log", CONCURRENCY)
-    if protected:  # each child's pool opened at start, after the fixup's receiver (which would close it)
-        assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
+    if protected:  # each child's pool (connection) opened at start, after the fixup's receiver (which would close it)
+        assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), size), timeout=15), \
             (worker.children(), by_process(sessions, suite_id))
     at_start = by_process(sessions, suite_id)
-    before = doctor(worker.pid, database_url, "--pool-size", str(POOL))
+    before = doctor(worker.pid, database_url, "--pool-size", str(size))
     answers = task_load(redis_url, queue, "probe.tasks.backend", wait=45 if protected else 20)
     found = fixup_findings(worker.log())
     per_child = backends_by_worker(answers)
     if not protected:
+        # The main process holds what its worker_init receiver opened, for its whole life, and forks with it.
         assert "master-connection" in {f["code"] for f in before["findings"]}, before["findings"]
+        assert held_by(before, "postgresql")[worker.pid] >= 1, before["connections"]
         assert any(f["connections"] or f["pools"] for f in found), found  # the fixup os.close()s and closes those
-        # celery#10554: the fixup closes the pool around every task, so a child's tasks meet new sessions.
-        assert failures(answers) or any(len(b) > POOL for b in per_child.values()), per_child
+        if db == "pool":  # celery#10554: the fixup closes the pool around every task: new sessions for each task
+            assert failures(answers) or any(len(b) > POOL for b in per_child.values()), per_child
         return
-    assert errors(before) == []
+    assert errors(before) == [] and held_by(before, "postgresql")[worker.pid] == 0, before["findings"]
     assert found and all(f == {"connections": [], "pools": []} for f in found), found
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
-    # One pool per child, kept across tasks: the first children's tasks ran on the sessions opened at start.
-    assert all(len(b) <= POOL for b in per_child.values()), per_child
-    for (_, pid), backends in at_start.items():
-        assert per_child.get(pid, set()) <= {str(b) for b in backends}, (pid, per_child.get(pid), backends)
+    # One pool (connection) per child, kept across tasks: the first children's tasks ran on the sessions opened
+    # at start. "classic": Celery closes the connection around every task, so a child holds none between tasks.
+    if size:
+        assert all(len(b) <= size for b in per_child.values()), per_child
+        for (_, pid), backends in at_start.items():
+            assert per_child.get(pid, set()) <= {str(b) for b in backends}, (pid, per_child.get(pid), backends)
+    else:  # none between tasks counts only if the tasks' sessions carry the identity the count goes by
+        names = task_load(redis_url, queue, "probe.tasks.identity", count=2)
+        assert names and all(name == f"{suite_id}:worker:{pid}" for pid, name in names), names
     assert len(per_child) > CONCURRENCY  # max_tasks_per_child recycled some
-    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
-        (worker.children(), by_process(sessions, suite_id))
-    after = doctor(worker.pid, database_url, "--pool-size", str(POOL))
-    assert errors(after) == []
-    assert worker.stop() == 0
-    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+    protected_run_ends_clean(worker, "worker", sessions, suite_id, database_url, size)
 
 
 def fixup_findings(log: str) -> list[dict]:

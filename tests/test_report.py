@@ -146,3 +146,21 @@ def test_zero_samples_render_and_chart(tmp_path: Path) -> None:
     assert render(empty).rstrip().splitlines()[-1] == "FAIL: no checks ran"
     write_chart(empty, tmp_path / "empty.png")
     assert (tmp_path / "empty.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_failed_responses_go_on_the_runs_clock_and_under_the_connections(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from harness.run import failed_per_second
+
+    by_second = [(1000, {"200": 90, "503": 3}), (1001, {"200": 95}), (1002, {"error": 1, "500": 2, "201": 4})]
+    timeline = failed_per_second(by_second, wall_at_zero=995.5)
+    assert timeline == [(4.5, "503", 3), (6.5, "500", 2), (6.5, "error", 1)]  # 2xx left out, seconds shifted
+    plain, with_errors = make_report(failed=False), make_report(failed=False)
+    with_errors.status_timeline = timeline
+    write_chart(plain, tmp_path / "plain.png")
+    write_chart(with_errors, tmp_path / "errors.png")
+    # The failed responses get a panel of their own below the connections: a taller picture.
+    assert Image.open(tmp_path / "errors.png").height > Image.open(tmp_path / "plain.png").height
+    body = json.loads(json.dumps(with_errors.to_json(), default=str))
+    assert body["status_timeline"] == [list(row) for row in timeline]

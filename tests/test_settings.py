@@ -73,16 +73,21 @@ def password_dsn(database_url: str) -> str:
     return database_url.replace("postgres@", f"postgres:{SECRET}@", 1)
 
 
-def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog):
+def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog, driver):
+    """For each driver: the drivers' own debug logs (psycopg 3 logs every connection attempt) included."""
     caplog.set_level(logging.DEBUG)
     dsn = password_dsn(database_url)
     assert SECRET in dsn
-    settings = forkpool.configure("secret", dsn=dsn, min_size=1, max_size=1)
+    # A named pool reads no DB_POOL_* variable, so the driver is passed, and checked.
+    settings = forkpool.configure("secret", dsn=dsn, min_size=1, max_size=1, driver=driver)
     pool = forkpool.get_pool("secret")
+    assert pool.driver.name == driver
     assert pool.wait(10)
     shown = [repr(pool), repr(settings), str(pool.stats()), str(forkpool.all_stats()), str(forkpool.health_check())]
-    bad = build_settings(dsn=dsn.rsplit("/", 1)[0] + "/no_such_db", min_size=0, max_size=1, connect_timeout=2)
+    bad = build_settings(dsn=dsn.rsplit("/", 1)[0] + "/no_such_db", min_size=0, max_size=1, connect_timeout=2,
+                         driver=driver)
     broken = forkpool.Pool(bad, "broken")
+    assert broken.driver.name == driver
     with pytest.raises(forkpool.ConnectError) as caught:
         broken.getconn(timeout=2)
     shown.append(str(caught.value))

@@ -115,3 +115,19 @@ def test_record_event_task_refuses_data_jsonb_cannot_store(suite, data):
 
     with pytest.raises(workers.tasks.InvalidTaskArguments):
         workers.tasks.record_event.run(key=f"k-{uuid.uuid4().hex}", data=data)
+
+
+@pytest.mark.parametrize("name", ["record_event", "aggregate", "hold"])
+def test_a_task_outlives_a_database_outage_of_the_retry_budget(tasks, name):
+    """The waits Celery's autoretry computes from the task's own options, drawn many times: never jittered
+    below the budget (full jitter could spend six retries in a few seconds and give a task up)."""
+    from celery.utils.time import get_exponential_backoff_interval
+
+    from suite.queue import RETRY_BUDGET_S
+
+    task = getattr(tasks, name)
+    factor = int(max(1.0, float(task.retry_backoff)))  # as celery/app/autoretry.py reads it
+    spent = {sum(get_exponential_backoff_interval(factor=factor, retries=r, maximum=int(task.retry_backoff_max),
+                                                  full_jitter=task.retry_jitter)
+                 for r in range(task.max_retries)) for _ in range(200)}
+    assert spent == {RETRY_BUDGET_S}, spent

@@ -81,3 +81,46 @@ def test_unexpected_errors_are_json_500_without_details(client):
     response = client.get("/boom")
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal_error", "message": "internal server error"}
+
+
+def test_publish_retry_on_a_silent_broker_stays_within_the_web_redis_bound():
+    """kombu's publish waits its socket timeout, then connects max_retries + 1 times (sleeping the
+    policy's intervals between): that worst case must fit the bound the redis-blackhole scenario checks."""
+    from harness.net_scenarios import REDIS_BOUND_S
+    from forkpool.redis_client import CONNECT_TIMEOUT, SOCKET_TIMEOUT
+    from web.api import PUBLISH_RETRY
+
+    retries = PUBLISH_RETRY["max_retries"]
+    sleeps = [min(PUBLISH_RETRY["interval_start"] + i * PUBLISH_RETRY["interval_step"], PUBLISH_RETRY["interval_max"])
+              for i in range(retries)]
+    worst = SOCKET_TIMEOUT + (retries + 1) * CONNECT_TIMEOUT + sum(sleeps)
+    assert worst <= REDIS_BOUND_S, (worst, REDIS_BOUND_S)
+
+
+def test_a_failed_publish_is_a_503_and_makes_no_second_redis_call(client, monkeypatch, redis_url):
+    """The job's key is written, the publish fails (the broker refuses): 503, and the key is left to
+    expire rather than deleted, so a failing Redis is never asked twice within one request."""
+    import redis as redis_py
+
+    import suite.queue
+
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr(suite.queue, "_producer", None)
+    r = redis_py.Redis.from_url(redis_url)
+    before = set(r.scan_iter(f"{forkpool.suite_id()}:job:*"))
+    commands: list[str] = []
+    original = redis_py.Redis.execute_command
+
+    def counting(self, *args, **options):  # type: ignore[no-untyped-def]
+        if self.connection_pool.connection_kwargs.get("port") != 1:  # kombu's own clients of the broker aside
+            commands.append(str(args[0]).upper())
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(redis_py.Redis, "execute_command", counting)
+    response = client.post("/jobs", json={"kind": "record_event", "args": {"key": "k1"}})
+    monkeypatch.setattr(redis_py.Redis, "execute_command", original)
+    assert response.status_code == 503 and response.get_json()["error"] == "queue_unavailable"
+    assert commands == ["SET"], commands
+    left = set(r.scan_iter(f"{forkpool.suite_id()}:job:*")) - before
+    assert len(left) == 1 and 0 < r.ttl(next(iter(left))) <= 24 * 3600
+    monkeypatch.setattr(suite.queue, "_producer", None)

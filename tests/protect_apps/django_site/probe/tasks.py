@@ -13,3 +13,11 @@ def backend():
             return [os.getpid(), cursor.fetchone()[0]]
     except Exception as exc:  # noqa: BLE001 - the test counts what users would see
         return [os.getpid(), f"error {type(exc).__name__}"]
+
+
+@shared_task
+def identity():
+    """The name this task's session carries: "<suite>:worker:<pid>" when forkpool named it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('application_name')")
+        return [os.getpid(), cursor.fetchone()[0]]
