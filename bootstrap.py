@@ -92,6 +92,18 @@ def stop_system_pgbouncer() -> None:
             subprocess.run(step, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def xdist_args(rest: list[str]) -> list[str]:
+    """Two pytest workers (FORKPOOL_TEST_WORKERS), unless the caller chose (-n, -p no:xdist).
+
+    Most tests wait on real servers more than they compute: two workers halve the run on two
+    cores. The modules that time whole deployments under load stay on one worker, one after
+    another (tests/conftest.py, SERIAL_MODULES), so they never measure each other.
+    """
+    chosen = any(a == "-n" or a.startswith(("-n", "--numprocesses")) or a == "no:xdist" for a in rest)
+    workers = os.environ.get("FORKPOOL_TEST_WORKERS", "2")
+    return [] if chosen or workers in ("0", "1") else ["-n", workers, "--dist", "loadgroup"]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -101,10 +113,10 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     ensure_venv()
-    if command == "test" or (command == "demo" and "--pgbouncer" in rest):
+    if command == "test" or "--pgbouncer" in rest:  # demo, loadtest and up take --pgbouncer
         ensure_pgbouncer()
     if command == "test":
-        args = [str(venv_bin("python")), "-m", "pytest", *rest]
+        args = [str(venv_bin("python")), "-m", "pytest", *xdist_args(rest), *rest]
     elif command == "demo":
         args = [str(venv_bin("forkpool")), "demo", *rest]
     elif command == "forkpool":

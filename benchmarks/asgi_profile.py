@@ -32,7 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable
 
-from .machine import REPO_ROOT, cpu_use_text, load_average, source_state
+from .machine import REPO_ROOT, load_average, run_context_line, save_text_result
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TASKS = 8
@@ -129,18 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         meter = CpuMeter(postmaster_pid(pg.url))
         asyncio.run(measure(args, out))
         use = meter.result()
-    source = source_state()
-    loads = " / ".join(", ".join(f"{x:.2f}" for x in found or []) for found in (load_start, load_average()))
-    out[2:2] = [f"Load average (1, 5, 15 min) at start / end: {loads}; CPU: {cpu_use_text(use)}; "
-                f"Python {sys.version.split()[0]}; commit {source['git_commit']}, shared/ dirty: "
-                f"{', '.join(source['shared_dirty_files']) or 'none'}" + ("; --quick: figures meaningless"
-                                                                          if args.quick else ""), ""]
-    text = "\n".join(out) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"asgi_profile_{started:%Y-%m-%dT%H%M%SZ}.txt"
-    path.write_text(text)
-    print(f"results: {path}")
+    out[2:2] = [run_context_line(load_start, use, quick=args.quick), ""]
+    save_text_result(args.out, "asgi_profile", started, "\n".join(out) + "\n")
     return 0
 
 

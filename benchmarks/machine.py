@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -315,3 +316,24 @@ def cpu_use_text(use: dict[str, Any] | None) -> str:
     return (f"{use['machine_busy_pct']} % busy over {use['seconds']} s on {use['cpus']} CPUs: "
             f"this benchmark {use['this_process_pct']} %{server}, everything else {use['others_pct']} % "
             f"(steal {use['steal_pct']} %)")
+
+
+def run_context_line(load_start: list[float] | None, use: dict[str, Any] | None, versions: str = "",
+                     quick: bool = False) -> str:
+    """A text result's context: load at start and end, CPU use, versions, the commit and shared/ changes."""
+    source = source_state()
+    loads = " / ".join(", ".join(f"{x:.2f}" for x in found or []) for found in (load_start, load_average()))
+    return (f"Load average (1, 5, 15 min) at start / end: {loads}; CPU: {cpu_use_text(use)}; "
+            f"Python {sys.version.split()[0]}{', ' + versions if versions else ''}; commit {source['git_commit']}, "
+            f"shared/ dirty: {', '.join(source['shared_dirty_files']) or 'none'}"
+            + ("; --quick: figures meaningless" if quick else ""))
+
+
+def save_text_result(out_dir: Path, name: str, started: datetime, text: str, label: str = "results") -> Path:
+    """Print a benchmark's text result and write it to ``<out_dir>/<name>_<UTC start>.txt``."""
+    print(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}_{started:%Y-%m-%dT%H%M%SZ}.txt"
+    path.write_text(text)
+    print(f"{label}: {path}")
+    return path

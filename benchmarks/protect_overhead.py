@@ -1,14 +1,17 @@
 """Does forkpool.protect add anything to SQLAlchemy's checkout path? Protected against unprotected.
 
-    .venv/bin/python -m benchmarks.protect_overhead [--rounds 9] [--ops 20000]
+    .venv/bin/python -m benchmarks.protect_overhead [--rounds 41] [--ops 5000]    # ~1 min on 2 cores
+    .venv/bin/python -m benchmarks.protect_overhead --quick                       # seconds: does it run?
 
 Three engines on the same embedded PostgreSQL (or DATABASE_URL), QueuePool of
 5, one protected: checkout + return (``engine.connect()`` / close) and
-checkout + ``SELECT 1``, one thread, rounds interleaved in a shuffled order;
-the ratio protected / unprotected is paired per round, then the median is
-taken. The third engine, unprotected too, gives an A/A ratio: the noise floor
-the protected ratio is read against. The goal: within 2 %. Prints figures;
-asserts nothing.
+checkout + ``SELECT 1``, one thread, short rounds interleaved in a shuffled
+order; the ratio protected / unprotected is paired per round, then the median
+is taken, with a bootstrap 95 % interval. Each round is timed in this thread's
+CPU time (what a checkout costs the process, whatever else the machine runs)
+and in wall time. The third engine, unprotected too, gives an A/A ratio: the
+noise floor the protected ratio is read against. The goal: within 2 %. Prints
+figures and writes results/protect_overhead_<UTC>.txt; asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,67 +22,130 @@ import random
 import statistics
 import sys
 import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 from sqlalchemy import create_engine, text
 
 import forkpool
-from harness.services import EmbeddedPostgres
+
+from .machine import _version, load_average, run_context_line, save_text_result
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+GOAL = 1.02
+Loop = Callable[..., tuple[float, float]]
 
 
-def checkout_return(engine, ops: int) -> float:
-    started = time.perf_counter()
+def checkout_return(engine, ops: int) -> tuple[float, float]:
+    cpu, wall = time.thread_time(), time.perf_counter()
     for _ in range(ops):
         with engine.connect():
             pass
-    return (time.perf_counter() - started) / ops * 1e6
+    return (time.thread_time() - cpu) / ops * 1e6, (time.perf_counter() - wall) / ops * 1e6
 
 
-def checkout_select(engine, ops: int) -> float:
+def checkout_select(engine, ops: int) -> tuple[float, float]:
     statement = text("SELECT 1")
-    started = time.perf_counter()
+    cpu, wall = time.thread_time(), time.perf_counter()
     for _ in range(ops):
         with engine.connect() as conn:
             conn.execute(statement)
-    return (time.perf_counter() - started) / ops * 1e6
+    return (time.thread_time() - cpu) / ops * 1e6, (time.perf_counter() - wall) / ops * 1e6
 
 
-def measure(url: str, rounds: int, ops: int) -> None:
+def scenario(name: str, loop: Loop, count: int, engines: dict[str, object], rounds: int,
+             rng: random.Random) -> list[str]:
+    for engine in engines.values():
+        loop(engine, max(count // 10, 1))  # warm: the pool is full, the code paths hot
+    cpu: dict[str, list[float]] = {label: [] for label in engines}
+    wall: dict[str, list[float]] = {label: [] for label in engines}
+    for _ in range(rounds):
+        order = list(engines.items())
+        rng.shuffle(order)
+        for label, engine in order:
+            used, took = loop(engine, count)
+            cpu[label].append(used)
+            wall[label].append(took)
+    out = [f"{name} ({rounds} rounds x {count} ops, µs per op, median of rounds):"]
+    for kind, times in (("CPU (this thread)", cpu), ("wall", wall)):
+        ratios = [p / u for p, u in zip(times["protected"], times["unprotected"])]
+        controls = [c / u for c, u in zip(times["control"], times["unprotected"])]
+        ratio, control = statistics.median(ratios), statistics.median(controls)
+        out += [f"  {kind}: " + ", ".join(f"{label} {statistics.median(v):.2f}" for label, v in times.items()),
+                f"    protected / unprotected   median {ratio:.3f}  95 % {_interval(ratios, rng)}  (middle half "
+                f"{_quartiles(ratios)}, rounds {min(ratios):.3f}-{max(ratios):.3f})",
+                f"    A/A control / unprotected median {control:.3f}  95 % {_interval(controls, rng)}  (middle half "
+                f"{_quartiles(controls)}, rounds {min(controls):.3f}-{max(controls):.3f})",
+                f"    goal <= {GOAL:.2f}: {'met' if ratio <= GOAL else 'missed'}; "
+                f"|protected - 1| = {abs(ratio - 1):.3f} against the A/A's |control - 1| = {abs(control - 1):.3f}"]
+    return [*out, ""]
+
+
+def _interval(values: list[float], rng: random.Random, resamples: int = 2000) -> str:
+    """A percentile bootstrap 95 % interval of the median of `values`."""
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return f"{medians[int(0.025 * resamples)]:.3f}-{medians[int(0.975 * resamples) - 1]:.3f}"
+
+
+def _quartiles(values: list[float]) -> str:
+    low, _, high = statistics.quantiles(values, n=4)
+    return f"{low:.3f}-{high:.3f}"
+
+
+def measure(url: str, rounds: int, ops: int, seed: int, meter) -> tuple[list[str], dict | None]:
+    """The figures, and the CPU use read before the engines let their server sessions go (so it counts them)."""
     url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    plain = create_engine(url, pool_size=5, max_overflow=0)
-    control = create_engine(url, pool_size=5, max_overflow=0)
-    protected = forkpool.protect(create_engine(url, pool_size=5, max_overflow=0))
-    rng = random.Random(7)
-    for name, loop, count in (("checkout + return", checkout_return, ops), ("checkout + SELECT 1", checkout_select,
-                                                                              ops // 10)):
-        for engine in (plain, control, protected):
-            loop(engine, count // 10)  # warm: the pool is full, the code paths hot
-        ratios, controls, plain_us, protected_us = [], [], [], []
-        for _ in range(rounds):
-            order = [plain, control, protected]
-            rng.shuffle(order)
-            times = {id(engine): loop(engine, count) for engine in order}
-            plain_us.append(times[id(plain)])
-            protected_us.append(times[id(protected)])
-            ratios.append(times[id(protected)] / times[id(plain)])
-            controls.append(times[id(control)] / times[id(plain)])
-        print(f"{name}: unprotected {statistics.median(plain_us):.2f} µs, protected "
-              f"{statistics.median(protected_us):.2f} µs; protected / unprotected median {statistics.median(ratios):.3f}"
-              f" (rounds {min(ratios):.3f}-{max(ratios):.3f}); A/A control {statistics.median(controls):.3f}; "
-              "goal <= 1.02")
-    for engine in (plain, control, protected):
-        engine.dispose()
+    engines = {"unprotected": create_engine(url, pool_size=5, max_overflow=0),
+               "control": create_engine(url, pool_size=5, max_overflow=0),
+               "protected": forkpool.protect(create_engine(url, pool_size=5, max_overflow=0))}
+    rng = random.Random(seed)
+    out = [f"Pool events with listeners: {', '.join(f'{k} {describe(e)}' for k, e in engines.items())}", ""]
+    try:
+        out += scenario("checkout + return", checkout_return, ops, engines, rounds, rng)
+        out += scenario("checkout + SELECT 1", checkout_select, ops // 10, engines, rounds, rng)
+        return out, meter.result()
+    finally:
+        for engine in engines.values():
+            engine.dispose()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--ops", type=int, default=20000)
-    args = parser.parse_args()
-    if os.environ.get("DATABASE_URL"):
-        measure(os.environ["DATABASE_URL"], args.rounds, args.ops)
-        return 0
-    with EmbeddedPostgres() as pg:
-        measure(pg.url, args.rounds, args.ops)
+def describe(engine) -> str:
+    """The engine's listeners on the checkout path (pool checkout / checkin) and on connect: "(connect 1, ...)"."""
+    counts = [f"{name} {len(getattr(engine.pool.dispatch, name))}" for name in ("checkout", "checkin", "connect")]
+    dialect = f"do_connect {len(engine.dialect.dispatch.do_connect)}"
+    return f"({', '.join(counts)}, {dialect})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.protect_overhead",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=41)
+    parser.add_argument("--ops", type=int, default=5000, help="checkouts per round and engine (a tenth with SELECT 1)")
+    parser.add_argument("--seed", type=int, default=7, help="the rounds' shuffle")
+    parser.add_argument("--quick", action="store_true", help="two short rounds: checks that everything runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.ops = 4, 200
+    from harness.services import EmbeddedPostgres
+
+    from .machine import CpuMeter, postmaster_pid
+
+    started = datetime.now(timezone.utc)
+    out = [f"# protect_overhead {started:%Y-%m-%dT%H:%M:%SZ}", __doc__.split("\n\n", 2)[2].strip(), ""]
+    load_start = load_average()
+    given = os.environ.get("DATABASE_URL")
+    with nullcontext(SimpleNamespace(url=given)) if given else EmbeddedPostgres(max_connections=30) as pg:
+        os.environ.setdefault("SUITE_ID", "protect-overhead")
+        meter = CpuMeter(postmaster_pid(pg.url))
+        lines, use = measure(pg.url, args.rounds, args.ops, args.seed, meter)
+        out += lines
+    versions = f"SQLAlchemy {_version('sqlalchemy')}, psycopg2 {_version('psycopg2-binary', 'psycopg2')}"
+    out[3:3] = [run_context_line(load_start, use, versions, args.quick), ""]
+    save_text_result(args.out, "protect_overhead", started, "\n".join(out) + "\n")
     return 0
 
 

@@ -39,6 +39,7 @@ from .aio_scenarios import TASKS
 from .aio_scenarios import make_op as aio_make_op
 from .aio_scenarios import run_ops as aio_run_ops
 from .aio_scenarios import run_window as aio_run_window
+from .machine import save_text_result
 from .scenarios import make_op, run_ops
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -242,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"psycopg3_profile {started:%Y-%m-%dT%H:%M:%SZ}: Python {sys.version.split()[0]}, load average at start "
             f"{', '.join(f'{x:.2f}' for x in load)}, at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     text = head + "".join(sections)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"psycopg3_profile_{started:%Y-%m-%dT%H%M%SZ}.txt"
-    path.write_text(text)
-    print(f"written: {path}")
+    save_text_result(args.out, "psycopg3_profile", started, text, label="written")
     return 0
 
 
