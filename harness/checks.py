@@ -159,11 +159,14 @@ def check_reports_agree(by_role: dict[str, dict[int, dict]], server_by_pid: dict
     live = {pid: r for pid, r in reports.items() if is_alive(pid)}
     disagree = {pid: (r.get("size"), server_by_pid.get(pid, 0)) for pid, r in live.items()
                 if r.get("size") != server_by_pid.get(pid, 0)}
+    role_of = {pid: role for role, role_reports in by_role.items() for pid in role_reports}
     unheard = [role for role, role_reports in by_role.items() if not set(role_reports) & set(live)]
     passed = not unheard and not disagree
     heard = ", ".join(f"{len(r)} {_reporter(role)}" for role, r in by_role.items())
     detail = (f"{heard} processes reported, {len(live)} still alive; "
               f"disagreeing (pool size, server): {disagree or 'none'}")
+    if disagree:
+        detail += " (" + ", ".join(f"{role_of[pid]} {pid}" for pid in disagree) + ")"
     if len(live) < len(reports):
         detail += f"; recycled since reporting: {sorted(set(reports) - set(live))}"
     if unheard:

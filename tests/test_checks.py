@@ -79,7 +79,7 @@ def test_stats_must_agree_with_the_server_for_live_processes():
     web, worker = {1: {"size": 4}}, {2: {"size": 4}, 7: {"size": 4}}
     assert checks.check_stats_agree(web, worker, {1: 4, 2: 4}, alive).passed
     wrong = checks.check_stats_agree(web, worker, {1: 0, 2: 4}, alive)
-    assert not wrong.passed and "1: (4, 0)" in wrong.detail
+    assert not wrong.passed and "1: (4, 0)" in wrong.detail and "(web 1)" in wrong.detail
     assert not checks.check_stats_agree({}, worker, {2: 4}, alive).passed
 
 
