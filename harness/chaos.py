@@ -106,9 +106,10 @@ class Killer:
         return self
 
     def stop(self) -> None:
+        """No new round starts; one under way finishes (at most CANDIDATE_WAIT_S), so every host gets its kill."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(5)
+            self._thread.join(CANDIDATE_WAIT_S + 5)
 
     def _run(self) -> None:
         # Kills between 20 % and 70 % of the load phase leave time to recover under load.
@@ -123,13 +124,20 @@ class Killer:
         return ["web", "worker"] + (["asgi"] if self.hosts[0].asgi is not None else [])
 
     def _kill_round(self, role: str) -> None:
-        """One process of `role` on every host; a host with none right now is tried again, the others not held up."""
+        """One process of `role` on every host; a host with none right now is tried again, the others not held up.
+
+        The end of the load does not cut a round short: a host whose only task process was
+        being replaced when the round began would otherwise be skipped (seen on CI, where a
+        replacement's worker_process_init outlasted the load's last 2 s).
+        """
         pending = list(self.hosts)
         deadline = time.monotonic() + CANDIDATE_WAIT_S
         while pending:
             pending = [suite for suite in pending if not self._kill_one(suite, role)]
-            if pending and (time.monotonic() > deadline or self._stop.wait(0.05)):
+            if pending and time.monotonic() > deadline:
                 return
+            if pending:
+                time.sleep(0.05)
 
     def _kill_one(self, suite: RunningSuite, role: str) -> bool:
         """SIGKILL a random process of `role` on `suite`: False when it has none to kill now."""

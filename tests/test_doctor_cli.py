@@ -117,7 +117,16 @@ def test_watch_refreshes_until_ctrl_c_and_exits_cleanly(suite):
             if ready:
                 screen += os.read(controller, 65536)
         proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=30)[1]
+        # Keep reading, as a terminal does: the last redraw on the way out must not block on a full pty.
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(controller, 65536)
+                except OSError:  # the last writer closed the pty
+                    break
+        err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))[1]
     finally:
         if proc.poll() is None:
             proc.kill()
