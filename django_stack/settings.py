@@ -56,6 +56,8 @@ CELERY_WORKER_POOL = "prefork"
 CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 2, minimum=1)
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("WORKER_MAX_TASKS_PER_CHILD", 0) or None
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's consumer without its second close of a broken Redis connection (why: suite/celery_consumer.py).
+CELERY_WORKER_CONSUMER = "suite.celery_consumer:Consumer"
 # Acknowledged after the task ran, redelivered if its process dies: the tasks are idempotent.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -167,7 +167,7 @@ def redis_restart(outage: float = 2.0) -> FaultResult:
         time.sleep(2)
         # A late-acknowledged task running while the broker goes away: its message is unacked and
         # the consumer is waiting on BRPOP, the state in which Celery 5.7 stopped for good
-        # (workers/consumer.py). It must be done, and the worker must go on consuming.
+        # (suite/celery_consumer.py). It must be done, and the worker must go on consuming.
         held = producer(bench.plan.redis_url).send_task(TASK_HOLD, kwargs={"seconds": HELD_S}, queue=bench.plan.queue)
         time.sleep(0.5)
         down = clock()

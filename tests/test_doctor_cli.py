@@ -117,15 +117,17 @@ def test_watch_refreshes_until_ctrl_c_and_exits_cleanly(suite):
             if ready:
                 screen += os.read(controller, 65536)
         proc.send_signal(signal.SIGINT)
-        # Keep reading, as a terminal does: the last redraw on the way out must not block on a full pty.
+        # Keep reading until the process is gone, as a terminal does. Its last redraw is still on
+        # its way through the pty when the process closes it: Linux then answers the reader EIO
+        # while the exiting process waits (in the kernel, up to 30 s) for that output to be taken.
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
             ready, _, _ = select.select([controller], [], [], 0.2)
             if ready:
                 try:
                     screen += os.read(controller, 65536)
-                except OSError:  # the last writer closed the pty
-                    break
+                except OSError:  # EIO: the process closed its end; go on reading until it has exited
+                    time.sleep(0.01)
         err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))[1]
     finally:
         if proc.poll() is None:

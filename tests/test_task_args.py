@@ -134,17 +134,19 @@ def test_a_task_outlives_a_database_outage_of_the_retry_budget(tasks, name):
 
 
 def test_the_workers_run_the_consumer_that_survives_a_broker_restart():
-    """worker_consumer names workers.consumer.Consumer, a subclass of the installed Celery's consumer.
+    """Both stacks name suite.celery_consumer.Consumer, a subclass of the installed Celery's consumer.
 
     Without it a Redis restart while a late-ack task runs stops the worker for good
-    (workers/consumer.py); the redis-restart fault scenario is the test that shows it.
+    (suite/celery_consumer.py); the redis-restart fault scenario is the test that shows it.
     """
     from celery.utils.imports import symbol_by_name
     from celery.worker.consumer import Consumer as CeleryConsumer
 
+    import django_stack.settings
     import workers.app
-    from workers.consumer import Consumer
+    from suite.celery_consumer import Consumer
 
-    chosen = symbol_by_name(workers.app.app.conf.worker_consumer)
-    assert chosen is Consumer and issubclass(chosen, CeleryConsumer)
+    for name in (workers.app.app.conf.worker_consumer, django_stack.settings.CELERY_WORKER_CONSUMER):
+        assert symbol_by_name(name) is Consumer
+    assert issubclass(Consumer, CeleryConsumer)
     assert "on_connection_error_after_connected" in vars(Consumer)

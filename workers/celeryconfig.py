@@ -15,8 +15,8 @@ worker_pool = "prefork"
 worker_concurrency = env_int("WORKER_CONCURRENCY", 2, minimum=1)
 worker_max_tasks_per_child = env_int("WORKER_MAX_TASKS_PER_CHILD", 0) or None
 worker_prefetch_multiplier = 1
-# Celery's consumer without its second close of a broken Redis connection (why: workers/consumer.py).
-worker_consumer = "workers.consumer:Consumer"
+# Celery's consumer without its second close of a broken Redis connection (why: suite/celery_consumer.py).
+worker_consumer = "suite.celery_consumer:Consumer"
 
 # A task is acknowledged after it ran; if its process dies mid-task it is
 # redelivered. Tasks are therefore idempotent (record_event writes by key).

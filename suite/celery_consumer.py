@@ -1,7 +1,7 @@
-"""The workers' Celery consumer: Celery's own, minus one step that stops a worker for good on Redis.
+"""The suite's Celery consumer: Celery's own, minus one step that stops a worker for good on Redis.
 
-Installed by ``worker_consumer`` in ``workers.celeryconfig``, Celery's setting for
-the consumer class.
+Both stacks name it with Celery's setting for the consumer class: ``worker_consumer``
+in ``workers.celeryconfig``, ``CELERY_WORKER_CONSUMER`` in ``django_stack.settings``.
 
 Why: when the broker connection breaks, Celery 5.7's
 ``Consumer.on_connection_error_after_connected`` calls ``connection.collect()``
