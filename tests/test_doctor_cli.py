@@ -108,31 +108,29 @@ def test_watch_refreshes_until_ctrl_c_and_exits_cleanly(suite):
     proc = subprocess.Popen([sys.executable, "-m", "forkpool", "doctor", "--watch", "0.3", "--pid", str(web),
                              "--pool-size", str(POOL), "--dsn", dsn], stdin=terminal, stdout=terminal,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
-    os.close(terminal)
+    # The terminal stays open on this side until the process has gone, as a person's shell keeps it.
+    # Were the process's close the terminal's last, Linux would make the exiting process wait (in
+    # the kernel, 10 to 30 s seen here) for its last output to be read, which EIO stops us reading.
     screen = b""
     try:
         deadline = time.monotonic() + 30
         while screen.count(b"surveyed in") < 3 and time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 1)
-            if ready:
-                screen += os.read(controller, 65536)
+            screen += _read_ready(controller)
         proc.send_signal(signal.SIGINT)
-        # Keep reading until the process is gone, as a terminal does. Its last redraw is still on
-        # its way through the pty when the process closes it: Linux then answers the reader EIO
-        # while the exiting process waits (in the kernel, up to 30 s) for that output to be taken.
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.2)
-            if ready:
-                try:
-                    screen += os.read(controller, 65536)
-                except OSError:  # EIO: the process closed its end; go on reading until it has exited
-                    time.sleep(0.01)
+            screen += _read_ready(controller)  # as a terminal does: the last redraw must not block
         err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))[1]
     finally:
         if proc.poll() is None:
             proc.kill()
+        os.close(terminal)
         os.close(controller)
     assert screen.count(b"surveyed in") >= 3, screen[-2000:]  # redrawn, not printed once
     assert proc.returncode == 0, err  # clean, as the last refresh found it
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def _read_ready(controller: int, wait: float = 0.2) -> bytes:
+    ready, _, _ = select.select([controller], [], [], wait)
+    return os.read(controller, 65536) if ready else b""
