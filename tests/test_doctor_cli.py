@@ -105,9 +105,16 @@ def test_watch_refreshes_until_ctrl_c_and_exits_cleanly(suite):
     _, dsn = suite
     web, _, _, _ = _pids(suite)
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "forkpool", "doctor", "--watch", "0.3", "--pid", str(web),
-                             "--pool-size", str(POOL), "--dsn", dsn], stdin=terminal, stdout=terminal,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+    # Run from a shell's background job (`cmd &`), the tests inherit SIGINT ignored, and so would the
+    # doctor: Ctrl-C would do nothing, rightly. A person's foreground command has it at its default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "forkpool", "doctor", "--watch", "0.3", "--pid", str(web),
+                                 "--pool-size", str(POOL), "--dsn", dsn], stdin=terminal, stdout=terminal,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     # The terminal stays open on this side until the process has gone, as a person's shell keeps it.
     # Were the process's close the terminal's last, Linux would make the exiting process wait (in
     # the kernel, 10 to 30 s seen here) for its last output to be read, which EIO stops us reading.
