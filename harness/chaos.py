@@ -132,12 +132,11 @@ class Killer:
         """
         pending = list(self.hosts)
         deadline = time.monotonic() + CANDIDATE_WAIT_S
-        while pending:
+        while True:
             pending = [suite for suite in pending if not self._kill_one(suite, role)]
-            if pending and time.monotonic() > deadline:
+            if not pending or time.monotonic() > deadline:
                 return
-            if pending:
-                time.sleep(0.05)
+            time.sleep(0.05)
 
     def _kill_one(self, suite: RunningSuite, role: str) -> bool:
         """SIGKILL a random process of `role` on `suite`: False when it has none to kill now."""
