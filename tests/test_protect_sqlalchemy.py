@@ -23,10 +23,9 @@ from sqlalchemy import create_engine, text  # noqa: E402
 import forkpool  # noqa: E402
 from forkpool import identity, protection  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
-from tests.protect_support import (APPS, doctor, errors, exact, failures, held_by, http_load, in_child,  # noqa: E402
-                                   recycled_http_load, settled_doctor, shared_backends, start_celery_app,
-                                   start_gunicorn_app, task_load)
-from tests.server_support import by_process  # noqa: E402
+from tests.protect_support import (APPS, doctor, errors, failures, http_load, in_child,  # noqa: E402
+                                   protected_run_ends_clean, recycled_http_load, shared_backends,
+                                   start_celery_app, start_gunicorn_app, task_load)
 
 APP = APPS / "sqla"
 WORKERS, POOL = 3, 2
@@ -59,17 +58,7 @@ def test_sqlalchemy_under_gunicorn_preload(protected, servers, database_url, ses
     assert errors(before) == [], before["findings"]
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
-    # Recycled workers closed their sessions; the replacements opened theirs at start.
-    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), server.children())
-    after = settled_doctor(server.pid, database_url, "--pool-size", str(POOL))
-    assert errors(after) == [] and held_by(after, "postgresql")[server.pid] == 0, after["findings"]
-    # Steady again (no replacement booting) before the stop: a worker spawned as the master
-    # handles SIGTERM misses it (Gunicorn's own race) and the stop would not be graceful.
-    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), server.children())
-    assert server.stop() == 0
-    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+    protected_run_ends_clean(server, "web", sessions, suite_id, database_url, POOL)
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
@@ -88,15 +77,7 @@ def test_sqlalchemy_under_celery_prefork(protected, servers, database_url, redis
     assert errors(before) == [], before["findings"]
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert len({pid for pid, _ in answers}) > CONCURRENCY  # max_tasks_per_child recycled some
-    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), worker.children())
-    after = settled_doctor(worker.pid, database_url, "--pool-size", str(POOL))
-    assert errors(after) == [] and held_by(after, "postgresql")[worker.pid] == 0, after["findings"]
-    # Steady again (no replacement starting) before the stop, which must be graceful.
-    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), worker.children())
-    assert worker.stop() == 0
-    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+    protected_run_ends_clean(worker, "worker", sessions, suite_id, database_url, POOL)
 
 
 def _backends(engine) -> set[int]:
