@@ -111,4 +111,4 @@ def make_worker_engine() -> None:
         from sqlalchemy import create_engine
 
         engine = create_engine(sqlalchemy_url(), pool_size=pool_size(), max_overflow=0, pool_timeout=10)
-        _worker_store = EngineStore(forkpool.protect(engine))
+        _worker_store = EngineStore(forkpool.protect(engine, eager=True))

@@ -100,7 +100,7 @@ def test_a_child_that_disposes_the_engine_leaves_a_busy_parents_sessions_alive(p
     engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1),
                            pool_size=2, max_overflow=0, pool_timeout=3)
     if protected:
-        forkpool.protect(engine)
+        forkpool.protect(engine, eager=True)
     parent = _backends(engine)
     busy, forked = threading.Event(), threading.Event()
     found: list[int] = []

@@ -27,7 +27,7 @@ class SQLAlchemyBinding:
                               {"pool_size": pool_size(), "max_overflow": 0, "pool_timeout": 10})
         self.app = app
         self.db = SQLAlchemy(app)
-        forkpool.protect(self.db)  # in a worker that has started, this opens the pool now
+        forkpool.protect(self.db, eager=True)  # the ceiling: every process opens its whole pool at start
         app.extensions[EXTENSION_KEY] = self
         app.teardown_appcontext(self._give_back)
 

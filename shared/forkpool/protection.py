@@ -34,6 +34,7 @@ from .endpoints import Endpoints
 from .errors import ConfigError
 from .kernel_sockets import detach_connected_to
 from .per_process import home, install_fork_hooks
+from .stats import PoolReport
 
 logger = logging.getLogger("forkpool.protect")
 WARM_IN_WORKER_S = 2.5  # like the server hooks' bound on opening a worker's pools
@@ -54,8 +55,12 @@ class Integration(Protocol):
     def release(self, obj: Any) -> None:
         """In a master before it forks, and at a worker's exit: close every connection, properly."""
 
-    def warm(self, obj: Any, deadline: float) -> bool:
-        """In a new worker: open the connections the object keeps, by `deadline`; True when done."""
+    def warm(self, obj: Any, deadline: float, eager: bool) -> bool:
+        """In a new worker: reopen what the object's library would have open (a psycopg_pool pool
+        the parent had open), and with `eager` every connection it keeps, by `deadline`; True when done."""
+
+    def report(self, obj: Any) -> list[PoolReport]:
+        """The pools behind `obj` in this process: their maximum, where it comes from, and their use now."""
 
 
 @dataclass
@@ -63,14 +68,19 @@ class Protected:
     ref: Any  # weakref.ref to the object, or a strong reference where the type has no weakrefs
     integration: Integration
     endpoints: Endpoints
+    eager: bool = False  # open every connection at worker start, not only what the library would
     pid: int = field(default_factory=os.getpid)
 
     def target(self) -> Any:
         return self.ref() if isinstance(self.ref, weakref.ref) else self.ref
 
 
-def protect(obj: T, integration: Integration | None = None) -> T:
-    """Give `obj` the per-process lifecycle; returns it. Protecting an object twice is harmless."""
+def protect(obj: T, integration: Integration | None = None, *, eager: bool = False) -> T:
+    """Give `obj` the per-process lifecycle; returns it. Protecting an object twice is harmless.
+
+    A worker's protected pool opens what the library would open by itself (SQLAlchemy: nothing
+    until first use); `eager` opens every connection it keeps at worker start instead.
+    """
     from .integrations import integration_for
 
     for entry in _entries():
@@ -86,12 +96,12 @@ def protect(obj: T, integration: Integration | None = None) -> T:
         ref: Any = weakref.ref(obj)
     except TypeError:
         ref = obj
-    _entries().append(Protected(ref, chosen, endpoints))
+    _entries().append(Protected(ref, chosen, endpoints, eager))
     if getattr(home(), "started_worker", None) == os.getpid():
         # Protected in a worker that has already started (an app loaded after post_fork,
         # without preload_app): its connections open now, as they would have at start.
         try:
-            chosen.warm(obj, time.monotonic() + WARM_IN_WORKER_S)
+            chosen.warm(obj, time.monotonic() + WARM_IN_WORKER_S, eager)
         except Exception as exc:  # noqa: BLE001 - the database may be down: the worker serves anyway
             logger.warning("opening %s's connections failed: %s", chosen.name, type(exc).__name__)
     return obj
@@ -100,6 +110,15 @@ def protect(obj: T, integration: Integration | None = None) -> T:
 def protected() -> list[tuple[Any, str]]:
     """The live protected objects of this process, with their integration's name."""
     return [(obj, e.integration.name) for e in _entries() if (obj := e.target()) is not None]
+
+
+def reports() -> list[tuple[str, PoolReport]]:
+    """Every pool behind this process's protected objects, with its integration's name."""
+    found = []
+    for obj, name in protected():
+        integration = next(e.integration for e in _entries() if e.target() is obj)
+        found += [(name, report) for report in integration.report(obj)]
+    return found
 
 
 def release_all() -> None:
@@ -127,7 +146,7 @@ def warm_all(deadline: float) -> bool:
         if obj is None:
             continue
         try:
-            done = entry.integration.warm(obj, deadline) and done
+            done = entry.integration.warm(obj, deadline, entry.eager) and done
         except Exception as exc:  # noqa: BLE001 - the database may be down: the worker starts anyway
             logger.warning("opening %s's connections failed: %s", entry.integration.name, type(exc).__name__)
             done = False

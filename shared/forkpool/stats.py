@@ -8,6 +8,7 @@ snapshot always satisfies ``size == idle + in_use`` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 PID = "pid"  # the process that owns the pool
@@ -59,3 +60,16 @@ def snapshot(pool: Any, idle: int, in_use: int, waiting: int, opening: int, coun
     found.update(counts)
     found[WAIT_MS_TOTAL] = round(found[WAIT_MS_TOTAL], 3)
     return found
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    """One pool a protected object keeps in a process: how many connections it may hold, and holds now."""
+
+    label: str  # what the user calls it, never with a password: "engine mysql+pymysql://app@db/shop"
+    backend: str  # "postgresql", "mysql", "sqlite", "redis"
+    max_size: int | None  # connections it may hold at once; None: no bound
+    source: str  # where max_size comes from: "pool_size 5 + max_overflow 10"
+    open: int | None = None  # connections it holds now; None where the library does not say
+    in_use: int | None = None
+    waiting: int | None = None

@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..stats import PoolReport
 from ..endpoints import Endpoints, postgres
 from ..identity import application_name
 from ..integrations.dbapi import drop_without_io
@@ -152,7 +153,7 @@ class DjangoIntegration:
                 except Exception:  # noqa: BLE001
                     logger.warning("closing Django pool %r failed", alias, exc_info=True)
 
-    def warm(self, obj: DjangoDatabases, deadline: float) -> bool:
+    def warm(self, obj: DjangoDatabases, deadline: float, eager: bool) -> bool:
         from django.db import connections
 
         done = True
@@ -171,6 +172,24 @@ class DjangoIntegration:
                     continue
                 wrapper.ensure_connection()  # this thread's: the one sync workers and prefork children use
         return done
+
+    def report(self, obj: DjangoDatabases) -> list[PoolReport]:
+        from django.db import connections
+
+        found = []
+        for alias in obj.aliases:
+            settings_dict = connections.settings[alias]
+            label, backend = f"django database {alias!r}", connections[alias].vendor
+            if alias in obj.pooled:
+                options = settings_dict.get("OPTIONS") or {}
+                pool_options = options["pool"] if isinstance(options.get("pool"), dict) else {}
+                # Django's pool is psycopg_pool's ConnectionPool; its max_size defaults to min_size (4).
+                bound = int(pool_options.get("max_size", pool_options.get("min_size", 4)))
+                found.append(PoolReport(label, backend, bound, f"OPTIONS['pool'] max_size {bound}"))
+            else:
+                # A classic connection per thread that uses the alias: one per thread.
+                found.append(PoolReport(label, backend, None, "one connection per thread (no pool)"))
+        return found
 
 
 def open_pool(pool: Any, timeout: float) -> bool:

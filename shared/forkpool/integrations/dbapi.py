@@ -27,6 +27,7 @@ from typing import Any
 
 from ..endpoints import Endpoints, postgres
 from ..kernel_sockets import devnull_fd
+from ..stats import PoolReport
 
 
 def drop_without_io(dbapi_connection: Any) -> None:
@@ -69,8 +70,12 @@ class BareConnection:
         if inspect.isawaitable(pending):  # psycopg's AsyncConnection: from sync hooks, with no loop
             _run_to_end(pending, fallback=obj.pgconn.finish)
 
-    def warm(self, obj: Any, deadline: float) -> bool:
+    def warm(self, obj: Any, deadline: float, eager: bool) -> bool:
         return time.monotonic() <= deadline
+
+    def report(self, obj: Any) -> list[PoolReport]:
+        return [PoolReport(f"{type(obj).__module__}.{type(obj).__qualname__}", "postgresql", 1, "one connection",
+                           open=0 if obj.closed else 1)]
 
 
 def _run_to_end(coroutine: Any, fallback: Any) -> None:

@@ -57,6 +57,7 @@ from typing import Any
 from ..endpoints import Endpoints, postgres
 from ..errors import ConfigError
 from ..identity import application_name
+from ..stats import PoolReport
 from .dbapi import drop_without_io
 
 _OPEN = "_forkpool_open"  # the pool was open in the parent: a worker opens it again
@@ -193,7 +194,8 @@ class PsycopgPools:
         rebuild(obj, keep_old=False)  # closed, and openable again
         name_connections(obj)
 
-    def warm(self, obj: Any, deadline: float) -> bool:
+    def warm(self, obj: Any, deadline: float, eager: bool) -> bool:
+        # The pool opens what psycopg_pool would (min_size): a pool is "eager" by its min_size.
         name_connections(obj)  # the worker's role is set by now
         if not getattr(obj, _OPEN, False) or is_async(obj):
             return True
@@ -203,6 +205,13 @@ class PsycopgPools:
                 return False  # the pool goes on connecting in the background
             time.sleep(0.01)
         return True
+
+    def report(self, obj: Any) -> list[PoolReport]:
+        stats = obj.get_stats()
+        size = stats.get("pool_size", 0)
+        return [PoolReport(f"psycopg_pool {obj.name}", "postgresql", obj.max_size, f"max_size {obj.max_size}",
+                           open=size, in_use=size - stats.get("pool_available", 0),
+                           waiting=stats.get("requests_waiting", 0))]
 
 
 def _close_async(pool: Any) -> None:

@@ -60,6 +60,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..stats import PoolReport
 from ..endpoints import Endpoints, resolve
 from ..identity import application_name
 
@@ -160,18 +161,43 @@ class RedisClients:
             return
         obj.connection_pool.disconnect()  # public: closes each connection; the pool reconnects on use
 
-    def warm(self, obj: Any, deadline: float) -> bool:
+    def warm(self, obj: Any, deadline: float, eager: bool) -> bool:
         if is_asyncio(obj):
             return True  # asyncio connections belong to a loop that does not exist yet (module docstring)
         if time.monotonic() > deadline:
             return False
         pool = obj.connection_pool
         if getattr(obj, _SINGLE, False):
+            # A single-connection client holds its connection from construction: give it one again.
             if obj.connection is None:
                 obj.connection = _get_connection(pool)
             return True
-        pool.release(_get_connection(pool))  # one connection: a process uses one at a time per thread
+        if eager:  # otherwise redis-py connects on first use, and so does the worker
+            pool.release(_get_connection(pool))  # one connection: a process uses one at a time per thread
         return True
+
+    def report(self, obj: Any) -> list[PoolReport]:
+        pool = obj.connection_pool
+        bound = getattr(pool, "max_connections", None)
+        # redis-py's default max_connections is 2**31: no bound in practice.
+        bound = bound if isinstance(bound, int) and bound < 2**31 - 1 else None
+        source = "one connection" if getattr(obj, _SINGLE, False) else (
+            f"max_connections {bound}" if bound is not None else "max_connections unset")
+        if getattr(obj, _SINGLE, False):
+            bound = 1
+        in_use = getattr(pool, "_in_use_connections", None)  # redis-py keeps no public count
+        available = getattr(pool, "_available_connections", None)
+        busy = len(in_use) if in_use is not None else None
+        idle = len(available) if isinstance(available, list) else None
+        held = busy + idle if busy is not None and idle is not None else None
+        return [PoolReport(f"redis {redis_endpoints_label(pool)}", "redis", bound, source, open=held, in_use=busy)]
+
+
+def redis_endpoints_label(pool: Any) -> str:
+    kwargs = pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}"
+    return f"{kwargs.get('host') or 'localhost'}:{kwargs.get('port') or 6379}/{kwargs.get('db') or 0}"
 
 
 def _get_connection(pool: Any) -> Any:

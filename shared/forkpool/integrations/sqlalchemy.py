@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from ..endpoints import Endpoints, postgres
 from ..identity import application_name
+from ..stats import PoolReport
 
 _ATTACHED = "_forkpool_attached"
 
@@ -69,10 +70,12 @@ class SQLAlchemyEngines:
         for engine in engines_of(obj):
             engine.dispose()
 
-    def warm(self, obj: Any, deadline: float) -> bool:
+    def warm(self, obj: Any, deadline: float, eager: bool) -> bool:
         done = True
         for engine in engines_of(obj):
             attach_engine(engine)  # an engine Flask-SQLAlchemy made since protect()
+            if not eager:
+                continue  # SQLAlchemy's pool connects on first use: so does the worker's
             size = getattr(engine.pool, "size", lambda: 0)()
             held = []
             try:
@@ -85,6 +88,27 @@ class SQLAlchemyEngines:
                 for conn in held:
                     conn.close()  # back to the pool
         return done
+
+    def report(self, obj: Any) -> list[PoolReport]:
+        return [engine_report(engine) for engine in engines_of(obj)]
+
+
+def engine_report(engine: Any) -> PoolReport:
+    """An engine's pool: QueuePool's maximum is pool_size + max_overflow (max_overflow -1: no bound)."""
+    pool = engine.pool
+    label = f"engine {engine.url.render_as_string(hide_password=True)}"
+    backend = engine.dialect.name
+    size, overflow = getattr(pool, "size", None), getattr(pool, "_max_overflow", None)
+    if callable(size) and isinstance(overflow, int):  # QueuePool and its async twin
+        # _max_overflow: QueuePool keeps the max_overflow argument nowhere public (SQLAlchemy 2.0, 2.1).
+        bound = None if overflow < 0 else size() + overflow
+        source = f"pool_size {size()} + max_overflow {overflow}"
+        return PoolReport(label, backend, bound, source, open=pool.checkedin() + pool.checkedout(),
+                          in_use=pool.checkedout())
+    kind = type(pool).__name__
+    if kind in ("SingletonThreadPool", "StaticPool", "AssertionPool"):
+        return PoolReport(label, backend, 1 if kind != "SingletonThreadPool" else None, kind)
+    return PoolReport(label, backend, None, kind)  # NullPool: one per checkout, no bound
 
 
 INTEGRATION = SQLAlchemyEngines()

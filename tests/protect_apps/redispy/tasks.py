@@ -28,7 +28,7 @@ if ASYNCIO:
 else:
     client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5)
 if os.environ.get("PROTECT") == "1":
-    forkpool.protect(client)
+    forkpool.protect(client, eager=True)  # the test counts whole pools per process
     wire_celery(app)
 
 

@@ -14,7 +14,7 @@ app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection
 engine = create_engine(os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
                        pool_size=2, max_overflow=0, pool_timeout=10)
 if os.environ.get("PROTECT") == "1":
-    forkpool.protect(engine)
+    forkpool.protect(engine, eager=True)  # the test counts whole pools per process
     wire_celery(app)
 
 with engine.connect() as conn:  # work at import: in the main process
