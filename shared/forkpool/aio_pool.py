@@ -17,6 +17,7 @@ when the cancelled query left it busy. No connection is lost, none handed out tw
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
@@ -26,13 +27,14 @@ from typing import Any, AsyncIterator
 
 from . import stats as keys
 from .aio_upkeep import AsyncPoolUpkeep
-from .connections import Entry, connect_params, format_checkout_stack
+from .connections import Entry, connect_params, format_checkout_stack, hook_name, setup_left_dirty
+from .drivers import PSYCOPG, Session, get_driver
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .extras import import_extra
 from .live_pools import all_pools
 from .pool import JUST_RETURNED
 from .redact import describe_error
-from .settings import PoolSettings
+from .settings import PoolSettings, session_of
 
 logger = logging.getLogger("forkpool.pool")
 _monotonic = time.monotonic
@@ -49,6 +51,10 @@ class AsyncPool(AsyncPoolUpkeep):
         self.name = name
         self.settings = settings
         self.identity = settings.identity
+        self.session = session_of(settings)  # the state every connection is lent in
+        self._driver = get_driver(PSYCOPG)
+        self._level = self._driver.level(self.session)  # type: ignore[attr-defined]  # PsycopgDriver's
+        self._is_clean = self._driver.clean_check(self.session)  # the same question as the threaded pool's
         self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
         self._idle: deque[Entry] = deque()  # LIFO
@@ -124,15 +130,35 @@ class AsyncPool(AsyncPoolUpkeep):
         await asyncio.shield(self._background(self._reset_and_return(entry)))
 
     async def _reset_and_return(self, entry: Entry) -> None:
-        if await self._reset(entry.conn):
+        reusable = await self._reset(entry.conn)
+        if reusable and self.settings.reset is not None:
+            reusable = await self._run_reset_hook(entry.conn)
+        if reusable:
             self._return(entry)
         else:
             self._retire(entry, broken=True)
 
+    async def _run_reset_hook(self, conn: Any) -> bool:
+        """The user's ``reset`` on a returned, idle connection (awaited if it returns an awaitable)."""
+        hook = self.settings.reset
+        try:
+            result = hook(conn)  # type: ignore[misc]  # checked by the caller
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # noqa: BLE001 - any failure of the hook discards the connection
+            logger.warning("%r: reset hook %s failed, connection discarded: %s", self, hook_name(hook),
+                           self._describe(exc) if isinstance(exc, self._psycopg.Error) else type(exc).__name__)
+            return False
+        if conn.pgconn.transaction_status != self._idle_status:
+            logger.warning("%r: reset hook %s left a transaction open: connection discarded", self, hook_name(hook))
+            return False
+        return self._is_clean(conn) or await self._reset(conn)
+
     def _return_if_clean(self, entry: Entry) -> bool:
-        """The common return, with no await: idle and not in autocommit. False: it needs a reset."""
+        """The common return, with no await: idle and in the pool's session state, and no reset hook
+        to run. False: it needs a reset."""
         conn = entry.conn
-        if conn.pgconn.transaction_status != self._idle_status or conn.autocommit:
+        if self.settings.reset is not None or not self._is_clean(conn):
             return False
         self._return(entry)
         return True
@@ -310,7 +336,41 @@ class AsyncPool(AsyncPoolUpkeep):
         if not self.settings.prepare:
             kwargs["prepare_threshold"] = None  # PgBouncer < 1.21: see PoolSettings.prepare
         conn = await self._psycopg.AsyncConnection.connect(self.settings.dsn, **kwargs)
+        try:
+            await self._set_up(conn)
+        except BaseException:
+            await _quietly(conn.close())
+            raise
         return Entry(conn, self.settings.max_lifetime)
+
+    async def _set_up(self, conn: Any) -> None:
+        """A new connection: the session state, then the ``configure`` hook, which must leave it so."""
+        await self._apply_session(conn, self.session)
+        hook = self.settings.configure
+        if hook is None:
+            return
+        failed = self._driver.SetupFailed
+        try:
+            result = hook(conn)
+            if inspect.isawaitable(result):
+                await result
+        except self._psycopg.Error as exc:
+            raise failed(f"configure hook {hook_name(hook)} failed: {describe_error(exc)}") from exc
+        except Exception as exc:
+            raise failed(f"configure hook {hook_name(hook)} failed: {type(exc).__name__}: {describe_error(exc)}") from exc
+        if not self._is_clean(conn):
+            raise failed(setup_left_dirty(hook, conn.pgconn.transaction_status != self._idle_status))
+
+    async def _apply_session(self, conn: Any, session: Session) -> None:
+        # The async connection's setters are coroutines (they take its lock); none does I/O.
+        if conn.autocommit is not session.autocommit:
+            await conn.set_autocommit(session.autocommit)
+        if conn.isolation_level is not self._level:
+            await conn.set_isolation_level(self._level)
+        if conn.read_only is not session.read_only:
+            await conn.set_read_only(session.read_only)
+        if conn.deferrable is not session.deferrable:
+            await conn.set_deferrable(session.deferrable)
 
     async def _usable(self, entry: Entry) -> bool:
         idle_for = entry.checked_out_at - entry.returned_at
@@ -333,8 +393,7 @@ class AsyncPool(AsyncPoolUpkeep):
         try:
             if status != self._idle_status:
                 await conn.rollback()
-            if conn.autocommit:
-                await conn.set_autocommit(False)
+            await self._apply_session(conn, self.session)
         except self._psycopg.Error:
             return False
         return not conn.closed

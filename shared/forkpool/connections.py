@@ -15,10 +15,11 @@ import traceback
 import weakref
 from typing import Any
 
-from .drivers import get_driver
+from .drivers import Driver, Session, get_driver
 from .identity import application_name
 from .kernel_sockets import devnull_fd
-from .settings import PoolSettings
+from .redact import describe_error
+from .settings import SESSION_KWARGS, PoolSettings, session_of
 
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # the peer's FIN (Linux): the server closed the session
 _DEAD = select.POLLERR | select.POLLHUP | select.POLLNVAL | _POLLRDHUP
@@ -75,24 +76,60 @@ class Entry:
 
 
 def connect(settings: PoolSettings, timeout: float | None = None) -> Entry:
-    """Open one connection with the pool's driver, named after this process; raises the driver's Error."""
+    """Open one connection with the pool's driver, named after this process, in the pool's session
+    state, through its ``configure`` hook; raises the driver's Error (a failed hook: ``driver.SetupFailed``)."""
     seconds = settings.connect_timeout if timeout is None else min(timeout, settings.connect_timeout)
     kwargs = connect_params(settings, seconds)
     driver = get_driver(settings.driver)
     if not settings.prepare:
         kwargs.update(driver.no_prepare)  # behind PgBouncer < 1.21: no server-side prepared statements
     conn = driver.connect(settings.dsn, kwargs)
+    try:
+        set_up(driver, conn, settings, session_of(settings))
+    except BaseException:
+        close_quietly(conn)  # this process opened it: a proper goodbye
+        raise
     return Entry(conn, settings.max_lifetime)
+
+
+def set_up(driver: Driver, conn: connection, settings: PoolSettings, session: Session) -> None:
+    """A new connection: the session state, then the user's ``configure`` hook, which must leave it so."""
+    driver.apply_session(conn, session)
+    hook = settings.configure
+    if hook is None:
+        return
+    try:
+        hook(conn)
+    except driver.Error as exc:
+        raise driver.SetupFailed(f"configure hook {hook_name(hook)} failed: {describe_error(exc)}") from exc
+    except Exception as exc:
+        raise driver.SetupFailed(f"configure hook {hook_name(hook)} failed: "
+                                 f"{type(exc).__name__}: {describe_error(exc)}") from exc
+    if not driver.clean_check(session)(conn):
+        raise driver.SetupFailed(setup_left_dirty(hook, not driver.is_idle(conn)))
+
+
+def setup_left_dirty(hook: object, in_transaction: bool) -> str:
+    what = ("a transaction open (commit it, or run it in autocommit mode)" if in_transaction else
+            "another session state (set autocommit, isolation_level, read_only, deferrable in the pool's settings)")
+    return f"configure hook {hook_name(hook)} left {what}"
+
+
+def hook_name(hook: object) -> str:
+    return getattr(hook, "__qualname__", None) or type(hook).__qualname__
 
 
 def connect_params(settings: PoolSettings, connect_seconds: float) -> dict[str, Any]:
     """libpq parameters for one connection: the pool's network bounds, then the DSN's, then connect_kwargs.
 
+    connect_kwargs' session keys (autocommit, isolation_level, read_only...) are not
+    libpq's: they are the pool's session state (``settings.session_of``), applied after connecting.
+
     The same parameters work for psycopg2 and psycopg 3 (both hand them to libpq).
     A parameter the DSN names is left to the DSN: a keyword argument would override it.
     """
     kwargs: dict[str, Any] = {k: v for k, v in network_params(settings).items() if k not in _dsn_keys(settings.dsn)}
-    kwargs.update(settings.connect_kwargs or {})
+    kwargs.update((k, v) for k, v in (settings.connect_kwargs or {}).items() if k not in SESSION_KWARGS)
     kwargs["application_name"] = application_name()
     kwargs.setdefault("connect_timeout", max(1, round(connect_seconds)))  # libpq takes whole seconds, 1 at least
     return kwargs

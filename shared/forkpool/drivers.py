@@ -27,12 +27,35 @@ dealloc guard of both drivers without the pool.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
 PSYCOPG2, PSYCOPG = "psycopg2", "psycopg"
 NAMES = (PSYCOPG2, PSYCOPG)
+
+# Transaction isolation levels by the name PostgreSQL gives them; "" is the server's default.
+ISOLATION_LEVELS = ("", "read uncommitted", "read committed", "repeatable read", "serializable")
+
+
+@dataclass(frozen=True)
+class Session:
+    """The session state a pool's connections start in, and are reset to whenever they come back.
+
+    ``None`` (and ``""`` for the isolation level) is the server's default
+    (``default_transaction_read_only`` and the like), not "unchanged".
+    """
+
+    autocommit: bool = False
+    isolation_level: str = ""
+    read_only: bool | None = None
+    deferrable: bool | None = None
+
+
+class SetupFailed(Exception):
+    """A hook failed on a new connection; each driver subclasses it with its own ``Error`` too,
+    so the pool's connect paths, which catch the driver's Error, count and report it as a failed connect."""
 
 
 class Driver:
@@ -42,11 +65,27 @@ class Driver:
     Error: type[Exception] = Exception  # the driver's base error: anything the server or the network can raise
     # Connect arguments that keep the driver from preparing statements on the server (PgBouncer < 1.21).
     no_prepare: Mapping[str, Any] = {}
-    # True when a returned connection needs nothing: idle, not in autocommit. Set per driver to a
-    # closure over the driver's constants, because putconn() calls it on every return.
-    is_clean: Callable[[Any], bool]
+    SetupFailed: type[Exception] = SetupFailed  # per driver: a subclass of both SetupFailed and Error
 
     def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def clean_check(self, session: Session) -> Callable[[Any], bool]:
+        """putconn()'s one question, asked on every return: idle and in `session`'s state?
+
+        A closure over the driver's constants and the session's values, so the
+        common return costs a few attribute reads and no call into the pool.
+        """
+        raise NotImplementedError
+
+    def apply_session(self, conn: Any, session: Session) -> None:
+        """Put an idle connection in `session`'s state; raises the driver's Error.
+
+        Only what differs is set. psycopg2 in autocommit mode sends a ``SET
+        default_transaction_...`` for a characteristic it changes (a round trip);
+        outside autocommit, and with psycopg 3 always, setting them is local: the
+        next ``BEGIN`` carries them.
+        """
         raise NotImplementedError
 
     # Set per driver: libpq's transaction statuses as the driver reports them.
@@ -56,18 +95,19 @@ class Driver:
     def transaction_status(self, conn: Any) -> int:
         raise NotImplementedError
 
-    def reset_for_reuse(self, conn: Any) -> bool:
-        """Bring a returned connection back to idle; False if it cannot be reused."""
+    def is_idle(self, conn: Any) -> bool:
+        """Open and in no transaction (the state to leave a connection in for the pool)."""
+        return self.transaction_status(conn) == self._idle
+
+    def reset_for_reuse(self, conn: Any, session: Session) -> bool:
+        """Bring a returned connection back to idle, in `session`'s state; False if it cannot be reused."""
         status = self.transaction_status(conn)
-        if status == self._idle and not conn.autocommit:
-            return True
         if conn.closed or status in self._unusable:
             return False
         try:
             if status != self._idle:
                 conn.rollback()
-            if conn.autocommit:
-                conn.autocommit = False
+            self.apply_session(conn, session)
         except self.Error:
             return False
         return not conn.closed
@@ -77,10 +117,11 @@ class Driver:
         if conn.closed:
             return False
         try:
+            was = conn.autocommit
             conn.autocommit = True  # one SELECT, not BEGIN + SELECT + ROLLBACK
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
-            conn.autocommit = False
+            conn.autocommit = was  # the pool's session state, as the connection had it
             return True
         except self.Error:
             return False
@@ -109,12 +150,37 @@ class Psycopg2Driver(Driver):
 
         self._psycopg2 = psycopg2
         self.Error = psycopg2.Error
+        self.SetupFailed = type("SetupFailed", (SetupFailed, psycopg2.OperationalError), {})
         self._idle, self._unusable = ext.TRANSACTION_STATUS_IDLE, (ext.TRANSACTION_STATUS_UNKNOWN,)
-        idle = self._idle
-        self.is_clean = lambda conn: conn.get_transaction_status() == idle and not conn.autocommit
+        self._levels: dict[str, int | None] = {
+            "": None, "read uncommitted": ext.ISOLATION_LEVEL_READ_UNCOMMITTED,
+            "read committed": ext.ISOLATION_LEVEL_READ_COMMITTED,
+            "repeatable read": ext.ISOLATION_LEVEL_REPEATABLE_READ, "serializable": ext.ISOLATION_LEVEL_SERIALIZABLE,
+        }
 
     def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
         return self._psycopg2.connect(dsn, **kwargs)
+
+    def clean_check(self, session: Session) -> Callable[[Any], bool]:
+        idle, autocommit, level = self._idle, session.autocommit, self._levels[session.isolation_level]
+        read_only, deferrable = session.read_only, session.deferrable
+        # psycopg2's getters return None (the server's default) or a bool, and the level as None or an int.
+        # The status comes first: a closed connection reports UNKNOWN, and its other getters raise.
+        return lambda conn: (conn.get_transaction_status() == idle and conn.autocommit is autocommit
+                             and conn.readonly is read_only and conn.isolation_level == level
+                             and conn.deferrable is deferrable)
+
+    def apply_session(self, conn: Any, session: Session) -> None:
+        # Autocommit first: in autocommit mode psycopg2 sets the others with SET default_transaction_*.
+        if conn.autocommit is not session.autocommit:
+            conn.autocommit = session.autocommit
+        level = self._levels[session.isolation_level]
+        if conn.isolation_level != level:
+            conn.isolation_level = level
+        if conn.readonly is not session.read_only:
+            conn.readonly = session.read_only
+        if conn.deferrable is not session.deferrable:
+            conn.deferrable = session.deferrable
 
     def transaction_status(self, conn: Any) -> int:
         return conn.get_transaction_status()  # type: ignore[no-any-return]  # UNKNOWN once closed
@@ -133,14 +199,37 @@ class PsycopgDriver(Driver):
 
         self._psycopg = psycopg
         self.Error = psycopg.Error
+        self.SetupFailed = type("SetupFailed", (SetupFailed, psycopg.OperationalError), {})
         self._idle = int(pq.TransactionStatus.IDLE)
         # ACTIVE too: a query still running (a cursor not consumed) cannot be rolled back from here.
         self._unusable = (int(pq.TransactionStatus.UNKNOWN), int(pq.TransactionStatus.ACTIVE))
-        idle = self._idle
-        self.is_clean = lambda conn: conn.pgconn.transaction_status == idle and not conn.autocommit
 
     def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
         return self._psycopg.connect(dsn, **kwargs)
+
+    def level(self, session: Session) -> Any:
+        """The session's isolation level as psycopg 3 takes it (an IsolationLevel, or None: the default)."""
+        name = session.isolation_level
+        return self._psycopg.IsolationLevel[name.upper().replace(" ", "_")] if name else None
+
+    def clean_check(self, session: Session) -> Callable[[Any], bool]:
+        idle, autocommit, level = self._idle, session.autocommit, self.level(session)
+        read_only, deferrable = session.read_only, session.deferrable
+        return lambda conn: (conn.pgconn.transaction_status == idle and conn.autocommit is autocommit
+                             and conn.read_only is read_only and conn.isolation_level is level
+                             and conn.deferrable is deferrable)
+
+    def apply_session(self, conn: Any, session: Session) -> None:
+        # psycopg 3 keeps all four on the client and sends them with the next BEGIN: no I/O here.
+        if conn.autocommit is not session.autocommit:
+            conn.autocommit = session.autocommit
+        level = self.level(session)
+        if conn.isolation_level is not level:
+            conn.isolation_level = level
+        if conn.read_only is not session.read_only:
+            conn.read_only = session.read_only
+        if conn.deferrable is not session.deferrable:
+            conn.deferrable = session.deferrable
 
     def transaction_status(self, conn: Any) -> int:
         return conn.pgconn.transaction_status  # type: ignore[no-any-return]  # libpq's own, no enum built

@@ -31,6 +31,7 @@ from .connections import (
     connection,
     detach_inherited,
     format_checkout_stack,
+    hook_name,
     rollback_quietly,
 )
 from .drivers import get_driver
@@ -38,7 +39,7 @@ from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWai
 from .maintenance import Maintainer
 from .live_pools import all_pools
 from .redact import describe_error
-from .settings import PoolSettings
+from .settings import PoolSettings, session_of
 from .upkeep import PoolUpkeep
 from .waiter import Waiter
 
@@ -61,7 +62,8 @@ class Pool(PoolUpkeep):
         self.identity = settings.identity
         self.pid = os.getpid()
         self.driver = get_driver(settings.driver)
-        self._is_clean = self.driver.is_clean  # putconn's one question, looked up once
+        self.session = session_of(settings)  # the state every connection is lent in
+        self._is_clean = self.driver.clean_check(self.session)  # putconn's one question, made once
         self._lock = threading.Lock()
         self._size_changed = threading.Condition(self._lock)
         self._idle: deque[Entry] = deque()  # LIFO: hot connections stay hot, cold ones age out
@@ -121,12 +123,16 @@ class Pool(PoolUpkeep):
         return entry.conn
 
     def putconn(self, conn: connection) -> None:
-        """Give a connection back: rolled back if mid-transaction, replaced if broken."""
+        """Give a connection back: rolled back if mid-transaction, put back in the pool's session
+        state (autocommit, isolation level, read only, deferrable), through the ``reset`` hook if
+        there is one; replaced if broken or if the hook fails."""
         entry = self._in_use.get(conn)  # only the borrowing thread returns it: no race
         if entry is None:
             raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
         # The common case asks the driver one question; anything else takes the full reset.
-        reusable = self._is_clean(conn) or self.driver.reset_for_reuse(conn)
+        reusable = self._is_clean(conn) or self.driver.reset_for_reuse(conn, self.session)
+        if reusable and self.settings.reset is not None:
+            reusable = self._run_reset_hook(conn)
         now = _monotonic()
         if not reusable or now >= entry.expires_at or self._closed:
             self._retire(entry, broken=not reusable)
@@ -138,6 +144,20 @@ class Pool(PoolUpkeep):
                 self._hand_over(entry)
             else:
                 self._idle.append(entry)  # _hand_over()'s common case, without the call
+
+    def _run_reset_hook(self, conn: connection) -> bool:
+        """The user's ``reset`` on a returned, idle connection (outside the pool lock); False: discard it."""
+        hook = self.settings.reset
+        try:
+            hook(conn)  # type: ignore[misc]  # checked by the caller
+        except Exception as exc:  # noqa: BLE001 - any failure of the hook discards the connection, the caller goes on
+            logger.warning("%r: reset hook %s failed, connection discarded: %s", self, hook_name(hook),
+                           self._describe(exc) if isinstance(exc, self.driver.Error) else type(exc).__name__)
+            return False
+        if not self.driver.is_idle(conn):
+            logger.warning("%r: reset hook %s left a transaction open: connection discarded", self, hook_name(hook))
+            return False
+        return self._is_clean(conn) or self.driver.reset_for_reuse(conn, self.session)
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[connection]:

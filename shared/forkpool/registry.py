@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import manager, protection
 from .errors import ConfigError
@@ -93,12 +93,21 @@ def configure(
     connect_kwargs: Mapping[str, Any] | None = None,
     driver: str | None = None,
     prepare: bool | None = None,
+    autocommit: bool | None = None,
+    isolation_level: str | None = None,
+    read_only: bool | None = None,
+    deferrable: bool | None = None,
+    configure: Callable[[Any], Any] | None = None,
+    reset: Callable[[Any], Any] | None = None,
 ) -> PoolSettings:
     """Register the settings of pool `name` before its first use; returns them validated.
 
     Unset keywords keep their defaults, which for the default pool come from the
     environment (DATABASE_URL, DB_POOL_*). Raises ConfigError on a bad value,
     or when the pool is already open in this process with other settings.
+    ``autocommit`` ... ``deferrable`` are the state every connection is lent in
+    (a returned one is put back in it); ``configure(conn)`` runs on each new
+    connection, ``reset(conn)`` on each returned one (docs/own-pool-session.md).
     """
     base = build_settings(**settings_from_env()) if name == DEFAULT else PoolSettings()
     settings = build_settings(
@@ -107,7 +116,8 @@ def configure(
         check_idle=check_idle, leak_timeout=leak_timeout, connect_timeout=connect_timeout,
         keepalives_idle=keepalives_idle, keepalives_interval=keepalives_interval,
         keepalives_count=keepalives_count, tcp_user_timeout=tcp_user_timeout, connect_kwargs=connect_kwargs,
-        driver=driver, prepare=prepare,
+        driver=driver, prepare=prepare, autocommit=autocommit, isolation_level=isolation_level,
+        read_only=read_only, deferrable=deferrable, configure=configure, reset=reset,
     )
     state = process_pools()
     with state.lock:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import psycopg2
 import psycopg2.extensions
 
-from .drivers import resolve_name
+from .drivers import ISOLATION_LEVELS, Session, resolve_name
 from .errors import ConfigError
 from .redact import dsn_identity, dsn_password, redact_text
 
@@ -54,6 +54,19 @@ ENV_VARS: dict[str, str] = {
     "DB_POOL_KEEPALIVES_COUNT": "keepalives_count",
     "DB_POOL_TCP_USER_TIMEOUT": "tcp_user_timeout",
     "DB_POOL_PREPARE": "prepare",
+    "DB_POOL_AUTOCOMMIT": "autocommit",
+    "DB_POOL_ISOLATION_LEVEL": "isolation_level",
+    "DB_POOL_READ_ONLY": "read_only",
+    "DB_POOL_DEFERRABLE": "deferrable",
+}
+# What connect_kwargs may carry for the session state (psycopg_pool's kwargs={"autocommit": True} and
+# both drivers' spellings): taken out of the connection arguments, made the pool's session state.
+SESSION_KWARGS: dict[str, str] = {
+    "autocommit": "autocommit",
+    "isolation_level": "isolation_level",
+    "read_only": "read_only",
+    "readonly": "read_only",
+    "deferrable": "deferrable",
 }
 SIZE_ENV = "DB_POOL_SIZE"  # sets min_size = max_size: a fixed-size pool
 
@@ -89,6 +102,17 @@ class PoolSettings:
     # Off behind PgBouncer < 1.21 in transaction pooling: a statement prepared on one server
     # connection is unknown to the next transaction's.
     prepare: bool = True
+    # The session state every connection starts in and is put back in when returned (see Session):
+    # a returned connection is rolled back, then these are restored if its user changed them.
+    autocommit: bool = False
+    isolation_level: str = ""  # "" the server's default, or "read committed", "repeatable read", ...
+    read_only: bool | None = None  # None: the server's default
+    deferrable: bool | None = None
+    # Per-connection hooks, set in code only (configure(), pool_for(), Pool(...)), never from the
+    # environment. `configure(conn)` runs once on each new connection before the pool lends it;
+    # `reset(conn)` on each returned one before it goes back idle. The asyncio pool awaits what they return.
+    configure: Callable[[Any], Any] | None = None
+    reset: Callable[[Any], Any] | None = None
 
     @property
     def identity(self) -> str:
@@ -103,7 +127,7 @@ class PoolSettings:
         shown = ", ".join(
             f"{f.name}={self.identity if f.name == 'dsn' else getattr(self, f.name)!r}"
             for f in fields(self)
-            if f.name != "connect_kwargs"
+            if f.name not in ("connect_kwargs", "configure", "reset")
         )
         return f"PoolSettings({shown})"
 
@@ -134,13 +158,54 @@ def _parse_bool(name: str, raw: str) -> bool:
     return env_bool(name, True, environ={name: raw})
 
 
+def _parse_level(name: str, raw: str) -> str:
+    return isolation_level(name, raw)
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "min_size": _parse_int,
     "max_size": _parse_int,
     "max_waiting": _parse_int,
     "keepalives_count": _parse_int,
     "prepare": _parse_bool,
+    "autocommit": _parse_bool,
+    "isolation_level": _parse_level,
+    "read_only": _parse_bool,
+    "deferrable": _parse_bool,
 }
+
+
+def isolation_level(name: str, value: Any) -> str:
+    """An isolation level by PostgreSQL's name for it (any case, "_" for " "), or psycopg 3's IsolationLevel."""
+    if value is None:
+        return ""
+    text = getattr(value, "name", value)  # psycopg.IsolationLevel.REPEATABLE_READ -> "REPEATABLE_READ"
+    if isinstance(text, str):
+        level = " ".join(text.strip().lower().replace("_", " ").split())
+        if level in ISOLATION_LEVELS:
+            return level
+    choices = ", ".join(repr(level) for level in ISOLATION_LEVELS[1:])
+    raise ConfigError(f"{name}={value!r} is not an isolation level: use one of {choices} (\"\": the server's)")
+
+
+def session_of(settings: PoolSettings) -> Session:
+    """The session state of `settings`: its fields, and what connect_kwargs says (ConfigError on a conflict)."""
+    level = isolation_level(_env_name("isolation_level"), settings.isolation_level)
+    found: dict[str, Any] = {"autocommit": settings.autocommit, "isolation_level": level,
+                             "read_only": settings.read_only, "deferrable": settings.deferrable}
+    given = {key: value for key, value in (settings.connect_kwargs or {}).items() if key in SESSION_KWARGS}
+    for key, value in given.items():
+        field = SESSION_KWARGS[key]
+        if field == "isolation_level":
+            value = isolation_level(f"connect_kwargs[{key!r}]", value)
+        elif field == "autocommit" or value is not None:
+            if not isinstance(value, bool):
+                raise ConfigError(f"connect_kwargs[{key!r}]={value!r} must be True or False")
+        default = getattr(PoolSettings, field)
+        if found[field] != default and found[field] != value:
+            raise ConfigError(f"connect_kwargs[{key!r}]={value!r} contradicts {_env_name(field)}={found[field]!r}")
+        found[field] = value
+    return Session(**found)
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -193,6 +258,15 @@ def validate(settings: PoolSettings) -> PoolSettings:
         if getattr(settings, field) < 0:
             raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must not be negative (0 turns it off)")
     resolve_name(settings.driver)  # an unknown or missing driver fails at start-up, not at the first checkout
+    settings = replace(settings, isolation_level=isolation_level(_env_name("isolation_level"), settings.isolation_level))
+    for field in ("autocommit", "read_only", "deferrable"):
+        value = getattr(settings, field)
+        if not isinstance(value, bool) and not (value is None and field != "autocommit"):
+            raise ConfigError(f"{_env_name(field)}={value!r} must be True or False")
+    session_of(settings)
+    for field in ("configure", "reset"):
+        if getattr(settings, field) is not None and not callable(getattr(settings, field)):
+            raise ConfigError(f"{field}={getattr(settings, field)!r} must be a function taking the connection")
     return settings
 
 
