@@ -56,9 +56,11 @@ def processes_from_metrics(text: str) -> dict[tuple[str, int], dict[str, float]]
             continue
         for sample in family.samples:
             pid = sample.labels.get("pid")
-            if pid is None:
+            # A process's pools add up: forkpool's own and protected ones (SQLAlchemy...), PostgreSQL's only.
+            if pid is None or sample.labels.get("backend", "postgresql") != "postgresql":
                 continue
-            found.setdefault((sample.labels["role"], int(pid)), {})[key] = sample.value
+            values = found.setdefault((sample.labels["role"], int(pid)), {})
+            values[key] = values.get(key, 0) + sample.value
     return found
 
 

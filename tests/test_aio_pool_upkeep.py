@@ -128,7 +128,10 @@ def sample(name: str, pool: str, suffix: str = "") -> float:
 
     from forkpool.identity import process_role
 
-    return REGISTRY.get_sample_value(f"forkpool_pool_{name}{suffix}", {"pool": pool, "role": process_role()}) or 0.0
+    labels = {"pool": pool, "role": process_role()}
+    own = {**labels, "integration": "forkpool", "backend": "postgresql"}  # the gauges' labels (metrics.GAUGE_LABELS)
+    metric = f"forkpool_pool_{name}{suffix}"
+    return REGISTRY.get_sample_value(metric, labels) or REGISTRY.get_sample_value(metric, own) or 0.0
 
 
 def test_stats_and_metrics_use_the_threaded_pools_keys_and_move_as_expected(database_url, rounds):

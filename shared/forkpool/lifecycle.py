@@ -56,6 +56,10 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
         pool = get_pool(name)
         full = pool.open(wait=True, timeout=max(deadline - time.monotonic(), 0.0)) and full
     full = protection.warm_all(deadline) and full
+    if multiprocess_dir() is not None:
+        from . import metrics
+
+        metrics.start_exporter()  # protected pools have no maintainer thread to publish their gauges
     if not full:
         logger.warning("%s: pools not full after %.1f s; they keep connecting in the background", role, timeout)
     return full
@@ -70,7 +74,9 @@ def start_async_child(role: str) -> None:
     set_process_role(role)
     after_fork_in_child()
     if multiprocess_dir() is not None:
-        from . import metrics  # noqa: F401 - the exporter registers with every pool, async ones too
+        from . import metrics  # the exporter registers with every pool, async ones too
+
+        metrics.start_exporter()  # and publishes the protected ones
 
 
 def stop_in_child() -> None:

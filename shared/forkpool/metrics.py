@@ -7,10 +7,22 @@ that directory and ``render_metrics()`` in any of them serves the whole suite:
 gauges per process (prometheus_client adds the ``pid`` label), counters and the
 wait histogram summed per pool and role. Gauges of dead processes are dropped
 (``mark_dead``, and a sweep at each scrape for processes that died by SIGKILL).
+
+Protected pools (``forkpool.protect``: SQLAlchemy engines, psycopg_pool, redis
+clients...) are in the same gauge families, told apart by the ``integration``
+label ("forkpool" for forkpool's own pools, "sqlalchemy", "psycopg_pool",
+"redis"...) and ``backend`` ("postgresql", "mysql", "redis"...): one panel sums
+a process's connections to a server whichever library holds them. What a
+library does not say (a waiting count) has no series. They are exported
+before each scrape and, in a server's workers, once a second by a small thread
+(``start_exporter``: protected pools have no maintainer of forkpool's to do it).
+Counters and the wait histogram are forkpool's own pools' only.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from typing import Any
 
@@ -21,6 +33,7 @@ import_extra("prometheus_client", "prometheus", "forkpool.metrics")
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess  # noqa: E402
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402,F401 - re-exported for /metrics endpoints
 
+from . import protection  # noqa: E402
 from . import stats as keys  # noqa: E402
 from .identity import process_role  # noqa: E402
 from .maintenance import add_stats_listener  # noqa: E402
@@ -28,7 +41,14 @@ from .metrics_dir import MULTIPROC_ENV, multiprocess_dir, pid_alive, pids_with_f
 from .per_process import install_fork_hooks  # noqa: E402
 from .registry import open_pools  # noqa: E402
 
+logger = logging.getLogger("forkpool.metrics")
+
 LABELS = ("pool", "role")
+# The gauges also say whose pool it is: forkpool's own, or a protected library's, and of which server.
+GAUGE_LABELS = (*LABELS, "integration", "backend")
+OWN = "forkpool"  # the integration label of forkpool's own Pool / AsyncPool
+OWN_BACKEND = "postgresql"
+EXPORT_INTERVAL = 1.0  # seconds between exports of protected pools, as the maintainers' rounds
 
 _GAUGE_KEYS = {
     keys.SIZE: "open connections (idle + in use)",
@@ -48,7 +68,7 @@ _COUNTER_KEYS = {
 }
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-GAUGES = {k: Gauge(f"forkpool_pool_{k}", f"Pool {text}.", LABELS, multiprocess_mode="liveall")
+GAUGES = {k: Gauge(f"forkpool_pool_{k}", f"Pool {text}.", GAUGE_LABELS, multiprocess_mode="liveall")
           for k, text in _GAUGE_KEYS.items()}
 COUNTERS = {k: Counter(f"forkpool_pool_{k}", f"Pool {text}.", LABELS) for k, text in _COUNTER_KEYS.items()}
 WAIT_SECONDS = Histogram("forkpool_pool_wait_seconds", "Time callers spent queued for a connection.", LABELS,
@@ -69,7 +89,7 @@ def export_pool(pool: Any) -> None:
         # Every prometheus_client call is made under this lock, which fork holds (below):
         # a child never inherits one of its locks mid-update from an exporting thread.
         for key, gauge in GAUGES.items():
-            gauge.labels(*labels).set(snapshot[key])
+            gauge.labels(*labels, OWN, OWN_BACKEND).set(snapshot[key])
         before = _exported.setdefault(id(pool), {})
         for key, counter in COUNTERS.items():
             delta = snapshot[key] - before.get(key, 0)
@@ -81,18 +101,83 @@ def export_pool(pool: Any) -> None:
 
 
 def export_process() -> None:
-    """Publish every open pool of this process now (before a scrape, so it is not a second stale)."""
+    """Publish every open pool of this process now, protected ones too (before a scrape, so it is not
+    a second stale)."""
     for pool in open_pools():
         export_pool(pool)
+    export_protected()
 
 
 def forget_pool(pool: Any) -> None:
     """A closed pool's gauges drop to zero (its process may live on with other pools)."""
-    labels = (pool.name, process_role())
+    labels = (pool.name, process_role(), OWN, OWN_BACKEND)
     with _export_lock:
         for gauge in GAUGES.values():
             gauge.labels(*labels).set(0)
         _exported.pop(id(pool), None)
+
+
+def protected_gauges() -> dict[tuple[str, str, str, str], dict[str, float]]:
+    """{gauge labels: {gauge key: value}} of this process's protected pools, from ``protection.reports()``.
+
+    Pools reported under one label (two engines on one URL) add up; a value the
+    library does not give (None) is left out, and ``idle`` is known only when
+    ``open`` and ``in_use`` both are.
+    """
+    role = process_role()
+    found: dict[tuple[str, str, str, str], dict[str, float]] = {}
+    for integration, report in protection.reports():
+        values = found.setdefault((report.label, role, integration, report.backend), {})
+        idle = report.open - report.in_use if report.open is not None and report.in_use is not None else None
+        for key, value in ((keys.SIZE, report.open), (keys.IN_USE, report.in_use), (keys.WAITING, report.waiting),
+                           (keys.MAX_SIZE, report.max_size), (keys.IDLE, idle)):
+            if value is not None:
+                values[key] = values.get(key, 0) + value
+    return found
+
+
+_protected_exported: dict[tuple[str, str, str, str], set[str]] = {}  # labels -> gauge keys set last time
+
+
+def export_protected() -> None:
+    """Publish this process's protected pools; one no longer reported drops to zero (as a closed pool)."""
+    try:
+        current = protected_gauges()
+    except Exception:  # noqa: BLE001 - metrics are best effort: a library's report must not break a scrape
+        logger.debug("reading protected pools failed", exc_info=True)
+        return
+    with _export_lock:
+        for labels, values in current.items():
+            for key, value in values.items():
+                GAUGES[key].labels(*labels).set(value)
+        for labels, exported in _protected_exported.items():
+            for key in exported - set(current.get(labels, {})):
+                GAUGES[key].labels(*labels).set(0)
+        _protected_exported.clear()
+        _protected_exported.update((labels, set(values)) for labels, values in current.items())
+
+
+_exporter_pid = [0]
+
+
+def start_exporter(interval: float = EXPORT_INTERVAL) -> None:
+    """Export this process's protected pools every `interval` seconds from a daemon thread (a worker's start).
+
+    Once per process: a forked child that wants one calls this again. The
+    thread holds no lock between rounds, and takes only the export lock, which
+    fork holds (below).
+    """
+    if _exporter_pid[0] == os.getpid():
+        return
+    _exporter_pid[0] = os.getpid()
+    threading.Thread(target=_export_rounds, args=(interval,), name="forkpool-metrics",
+                     daemon=True).start()
+
+
+def _export_rounds(interval: float) -> None:
+    stop = threading.Event()  # never set: the thread ends with its (daemon) process
+    while not stop.wait(interval):
+        export_protected()
 
 
 def suite_registry() -> CollectorRegistry:
@@ -133,6 +218,7 @@ def _new_export_lock_in_child() -> None:
     global _export_lock
     _export_lock = threading.Lock()
     _HELD[0] = False
+    _protected_exported.clear()  # the parent's series, in the parent's files: not this process's to zero
 
 
 _HELD = [False]
