@@ -45,15 +45,19 @@ import psycopg2.pool
 
 import forkpool
 from forkpool import stats as keys
-from forkpool.drivers import get_driver
+from forkpool.drivers import Session, get_driver
 from forkpool.errors import PoolTimeout
 from forkpool.settings import build_settings
 
 from .pool_bench import POOL_SIZE, THREADS, make_op, run_window
 
 _monotonic = time.monotonic
-# The pools here run on psycopg2 (the driver "" picks first); its reset moved from connections.py to drivers.py.
-reset_for_reuse = get_driver("psycopg2").reset_for_reuse
+# The pools here run on psycopg2 (the driver "" picks first), in the default session state.
+_PSYCOPG2, _SESSION = get_driver("psycopg2"), Session()
+
+
+def reset_for_reuse(conn: Any) -> bool:
+    return _PSYCOPG2.reset_for_reuse(conn, _SESSION)
 
 
 # -- prototypes of the suggestions ----------------------------------------------------------
@@ -175,6 +179,7 @@ def step_costs(pool: forkpool.Pool) -> list[tuple[str, float]]:
         ("getconn() + putconn(), whole cycle", "pool.putconn(pool.getconn())"),
         ("pool._usable(entry) (time, suspect, poll)", "pool._usable(entry)"),
         ("  entry.socket_has_news() (poll(0) syscall, GIL released)", "entry.socket_has_news()"),
+        ("pool._is_clean(conn) (putconn's one question: idle, session state)", "pool._is_clean(conn)"),
         ("reset_for_reuse(conn)", "reset_for_reuse(conn)"),
         ("  conn.info.transaction_status (new ConnectionInfo each time)", "conn.info.transaction_status"),
         ("  conn.get_transaction_status() (the same, one C call)", "conn.get_transaction_status()"),

@@ -1,0 +1,156 @@
+"""Autocommit SELECT 1 per checkout: what a pool that keeps its connections in autocommit saves.
+
+    python -m benchmarks.autocommit_bench            # about a minute on 2 cores
+    python -m benchmarks.autocommit_bench --quick    # a few seconds: does everything still run?
+
+One thread, one pool of 1 connection on an embedded PostgreSQL (or DATABASE_URL), each
+operation a checkout, ``SELECT 1`` (fetched) and a return. What each contender sends per
+operation (read off the wire by tests/test_pool_session.py for ours):
+
+    after            forkpool.Pool(autocommit=True), ``with pool.connection()``:   SELECT 1
+    before_txn       forkpool.Pool as configured by default (main's only choice),
+                     ``with pool.connection()``:                                  BEGIN, SELECT 1, COMMIT
+    before_toggle    the same pool; the user sets ``conn.autocommit = True`` after
+                     each checkout, the pool turns it off again on return:       SELECT 1
+                     (main: putconn() took the full reset path on every return)
+    psycopg2_tcp     psycopg2.pool.ThreadedConnectionPool(1, 1), autocommit set
+                     per checkout, getconn()/putconn():                          SELECT 1
+    *_psycopg        ours on psycopg 3 (driver="psycopg"), the same three ways
+
+Method: rounds interleaved, contenders shuffled in each round; a contender's figure is the
+median over rounds of its ns per operation, and its ratio to ``after`` (same driver) is
+computed within each round, then the median taken. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any, Callable
+
+import psycopg2
+import psycopg2.pool
+
+import forkpool
+from forkpool.settings import build_settings
+
+DEFAULTS = dict(rounds=9, ops=3000)
+QUICK = dict(rounds=2, ops=50)
+
+
+def select_1(conn: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchone()
+
+
+def ours(dsn: str, driver: str, autocommit: bool, stack: ExitStack) -> forkpool.Pool:
+    # check_idle high: no pre-use check is timed, only the checkout, the query and the return.
+    settings = build_settings(dsn=dsn, min_size=1, max_size=1, check_idle=3600, driver=driver, autocommit=autocommit)
+    pool = forkpool.Pool(settings, f"autocommit-bench-{driver}-{autocommit}")
+    stack.callback(pool.close)
+    pool.open(wait=True, timeout=30)
+    return pool
+
+
+def with_block(pool: forkpool.Pool) -> Callable[[], None]:
+    def op() -> None:
+        with pool.connection() as conn:
+            select_1(conn)
+    return op
+
+
+def toggled(pool: forkpool.Pool) -> Callable[[], None]:
+    getconn, putconn = pool.getconn, pool.putconn
+
+    def op() -> None:
+        conn = getconn()
+        conn.autocommit = True
+        select_1(conn)
+        putconn(conn)
+    return op
+
+
+def threaded_pool(dsn: str, stack: ExitStack) -> Callable[[], None]:
+    pool = psycopg2.pool.ThreadedConnectionPool(1, 1, dsn)
+    stack.callback(pool.closeall)
+    getconn, putconn = pool.getconn, pool.putconn
+
+    def op() -> None:
+        conn = getconn()
+        conn.autocommit = True
+        select_1(conn)
+        putconn(conn)
+    return op
+
+
+def build(dsn: str, stack: ExitStack) -> dict[str, tuple[str, Callable[[], None]]]:
+    """{name: (the contender it is compared with, operation)}."""
+    found: dict[str, tuple[str, Callable[[], None]]] = {}
+    drivers = [("", "psycopg2")] + ([("_psycopg", "psycopg")] if "psycopg" in _installed() else [])
+    for suffix, driver in drivers:
+        after, before = ours(dsn, driver, True, stack), ours(dsn, driver, False, stack)
+        found[f"after{suffix}"] = (f"after{suffix}", with_block(after))
+        found[f"before_txn{suffix}"] = (f"after{suffix}", with_block(before))
+        found[f"before_toggle{suffix}"] = (f"after{suffix}", toggled(before))
+    found["psycopg2_tcp"] = ("after", threaded_pool(dsn, stack))
+    return found
+
+
+def _installed() -> list[str]:
+    from forkpool.drivers import installed
+
+    return installed()
+
+
+def measure(op: Callable[[], None], ops: int) -> float:
+    started = time.perf_counter_ns()
+    for _ in range(ops):
+        op()
+    return (time.perf_counter_ns() - started) / ops
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.autocommit_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--ops", type=int, help="operations per contender per round")
+    parser.add_argument("--quick", action="store_true", help="tiny rounds: checks that everything runs")
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    with ExitStack() as stack:
+        dsn = os.environ.get("DATABASE_URL")
+        if not dsn:
+            from harness.services import EmbeddedPostgres
+
+            dsn = stack.enter_context(EmbeddedPostgres(max_connections=50)).url
+        contenders = build(dsn, stack)
+        for _, op in contenders.values():  # warm: connections open, statements cached
+            measure(op, max(args.ops // 10, 5))
+        per_round: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.rounds):
+            order = list(contenders)
+            rng.shuffle(order)
+            for name in order:
+                per_round[name].append(measure(contenders[name][1], args.ops))
+    print(f"autocommit_bench: {args.rounds} rounds x {args.ops} ops, 1 thread, pool of 1, seed {seed}")
+    print(f"{'contender':<22}{'median ns/op':>14}{'min':>10}{'max':>10}{'x after (paired)':>19}")
+    for name, (base, _) in contenders.items():
+        figures = per_round[name]
+        ratio = statistics.median(a / b for a, b in zip(figures, per_round[base]))
+        print(f"{name:<22}{statistics.median(figures):>14,.0f}{min(figures):>10,.0f}{max(figures):>10,.0f}"
+              f"{ratio:>19.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
