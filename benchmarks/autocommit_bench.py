@@ -4,18 +4,21 @@
     python -m benchmarks.autocommit_bench --quick    # a few seconds: does everything still run?
 
 One thread, one pool of 1 connection on an embedded PostgreSQL (or DATABASE_URL), each
-operation a checkout, ``SELECT 1`` (fetched) and a return. What each contender sends per
-operation (read off the wire by tests/test_pool_session.py for ours):
+operation ``getconn()``, ``SELECT 1`` (fetched) and ``putconn()``. What each contender sends
+per operation (read off the wire by tests/test_pool_session.py for ours):
 
-    after            forkpool.Pool(autocommit=True), ``with pool.connection()``:   SELECT 1
-    before_txn       forkpool.Pool as configured by default (main's only choice),
-                     ``with pool.connection()``:                                  BEGIN, SELECT 1, COMMIT
+    after            forkpool.Pool(autocommit=True):                               SELECT 1
+    before_txn       forkpool.Pool as configured by default (main's behaviour for
+                     a user who does not switch autocommit on): the query opens
+                     a transaction, putconn() rolls it back:                      BEGIN, SELECT 1, ROLLBACK
     before_toggle    the same pool; the user sets ``conn.autocommit = True`` after
-                     each checkout, the pool turns it off again on return:       SELECT 1
-                     (main: putconn() took the full reset path on every return)
+                     each checkout, the pool turns it off again on return, as
+                     main did (the full reset path on every return):             SELECT 1
     psycopg2_tcp     psycopg2.pool.ThreadedConnectionPool(1, 1), autocommit set
-                     per checkout, getconn()/putconn():                          SELECT 1
-    *_psycopg        ours on psycopg 3 (driver="psycopg"), the same three ways
+                     per checkout:                                                SELECT 1
+    after_block      after, in ``with pool.connection()`` (its commit() is no I/O
+                     in autocommit mode):                                         SELECT 1
+    *_psycopg        ours on psycopg 3 (driver="psycopg"), the same ways
 
 Method: rounds interleaved, contenders shuffled in each round; a contender's figure is the
 median over rounds of its ns per operation, and its ratio to ``after`` (same driver) is
@@ -39,7 +42,7 @@ import psycopg2.pool
 import forkpool
 from forkpool.settings import build_settings
 
-DEFAULTS = dict(rounds=9, ops=3000)
+DEFAULTS = dict(rounds=15, ops=2000)
 QUICK = dict(rounds=2, ops=50)
 
 
@@ -56,6 +59,16 @@ def ours(dsn: str, driver: str, autocommit: bool, stack: ExitStack) -> forkpool.
     stack.callback(pool.close)
     pool.open(wait=True, timeout=30)
     return pool
+
+
+def plain(pool: forkpool.Pool) -> Callable[[], None]:
+    getconn, putconn = pool.getconn, pool.putconn
+
+    def op() -> None:
+        conn = getconn()
+        select_1(conn)
+        putconn(conn)
+    return op
 
 
 def with_block(pool: forkpool.Pool) -> Callable[[], None]:
@@ -95,9 +108,10 @@ def build(dsn: str, stack: ExitStack) -> dict[str, tuple[str, Callable[[], None]
     drivers = [("", "psycopg2")] + ([("_psycopg", "psycopg")] if "psycopg" in _installed() else [])
     for suffix, driver in drivers:
         after, before = ours(dsn, driver, True, stack), ours(dsn, driver, False, stack)
-        found[f"after{suffix}"] = (f"after{suffix}", with_block(after))
-        found[f"before_txn{suffix}"] = (f"after{suffix}", with_block(before))
+        found[f"after{suffix}"] = (f"after{suffix}", plain(after))
+        found[f"before_txn{suffix}"] = (f"after{suffix}", plain(before))
         found[f"before_toggle{suffix}"] = (f"after{suffix}", toggled(before))
+        found[f"after_block{suffix}"] = (f"after{suffix}", with_block(after))
     found["psycopg2_tcp"] = ("after", threaded_pool(dsn, stack))
     return found
 

@@ -138,6 +138,29 @@ def test_a_default_pool_undoes_what_its_user_changed(driver):
     pool.putconn(again)
 
 
+SESSIONS = {
+    "default": {},
+    "autocommit": {"autocommit": True},
+    "all four": {"autocommit": True, "isolation_level": "serializable", "read_only": True, "deferrable": True},
+    "in transactions": {"isolation_level": "read committed", "read_only": False, "deferrable": False},
+}
+
+
+@pytest.mark.usefixtures("driver")
+@pytest.mark.parametrize("session", SESSIONS.values(), ids=SESSIONS.keys())
+def test_a_connection_left_as_lent_takes_the_one_question_return(session):
+    """The common return costs attribute reads, not a reset: a connection in the configured state passes
+    putconn()'s check as it was lent, and after a query and a commit."""
+    forkpool.configure(**session, **QUIET)
+    pool = forkpool.get_pool()
+    conn = pool.getconn()
+    assert pool._is_clean(conn)  # noqa: SLF001 - the hot path's own predicate
+    select_1(conn)
+    conn.commit()
+    assert pool._is_clean(conn)  # noqa: SLF001
+    pool.putconn(conn)
+
+
 @pytest.mark.usefixtures("driver")
 def test_configure_runs_once_on_each_new_connection_before_it_is_lent():
     seen: list[int] = []
@@ -283,6 +306,24 @@ def test_async_connection_changed_by_its_user_comes_back_in_the_configured_state
 
     assert run(main()) == (True, True, True, "IDLE")
     assert wire.statements() == ["SELECT 1"]
+
+
+@pytest.mark.parametrize("session", SESSIONS.values(), ids=SESSIONS.keys())
+def test_async_connection_left_as_lent_takes_the_return_without_await(psycopg3, session):
+    forkpool.configure(**session, **QUIET)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        conn = await pool.getconn()
+        lent = pool._is_clean(conn)  # noqa: SLF001 - the hot path's own predicate
+        await conn.execute("SELECT 1")
+        await conn.commit()
+        after = pool._is_clean(conn)  # noqa: SLF001
+        await pool.putconn(conn)
+        await forkpool.close_async_pools()
+        return lent, after
+
+    assert run(main()) == (True, True)
 
 
 def test_async_configure_and_reset_hooks_may_be_coroutines_or_plain(psycopg3):
