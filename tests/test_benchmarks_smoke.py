@@ -284,3 +284,14 @@ def test_close_each_request_is_asked_of_wrk(monkeypatch: pytest.MonkeyPatch) -> 
     loadgen.run_wrk("wrk", "http://127.0.0.1:1/item", 16, 1)
     assert seen[0][-3:] == ["-H", "Connection: close", "http://127.0.0.1:1/item"]
     assert "-H" not in seen[1]
+
+
+@pytest.mark.timeout(60)
+def test_quick_autocommit_benchmark_prints_every_contender(database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.autocommit_bench", "--quick"],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()}
+    assert {"after", "before_txn", "before_toggle", "after_block", "psycopg2_tcp"} <= rows, proc.stdout

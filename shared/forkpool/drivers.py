@@ -2,9 +2,11 @@
 
     driver = get_driver("psycopg")      # or "psycopg2"; "" picks the installed one (psycopg2 first)
 
-A driver opens a connection, says whether a returned one is clean (the hot
-path: one or two attribute reads), brings one back to idle, checks one with a
-round trip, rolls back and closes quietly. Nothing here takes a pool lock.
+A driver opens a connection, puts it in the pool's session state (``Session``:
+autocommit, isolation level, read only, deferrable), says whether a returned
+one is clean (the hot path: a few attribute reads), brings one back to idle and
+to that state, checks one with a round trip, rolls back and closes quietly.
+Nothing here takes a pool lock.
 
 Across fork both drivers leave the parent's session alone when an object made
 in another process is deallocated (psycopg2 >= 2.8: ``CONN_CHECK_PID`` in
@@ -118,7 +120,9 @@ class Driver:
             return False
         try:
             was = conn.autocommit
-            conn.autocommit = True  # one SELECT, not BEGIN + SELECT + ROLLBACK
+            # One SELECT, not BEGIN + SELECT + ROLLBACK (psycopg2 with a non-default read only or
+            # isolation level also SETs them around it: rare, and only for a connection idle past check_idle).
+            conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
             conn.autocommit = was  # the pool's session state, as the connection had it

@@ -132,7 +132,11 @@ class Pool(PoolUpkeep):
         # The common case asks the driver one question; anything else takes the full reset.
         reusable = self._is_clean(conn) or self.driver.reset_for_reuse(conn, self.session)
         if reusable and self.settings.reset is not None:
-            reusable = self._run_reset_hook(conn)
+            try:
+                reusable = self._run_reset_hook(conn)
+            except BaseException:  # KeyboardInterrupt in the hook: the connection is not left lent forever
+                self._retire(entry, broken=False)
+                raise
         now = _monotonic()
         if not reusable or now >= entry.expires_at or self._closed:
             self._retire(entry, broken=not reusable)
