@@ -129,3 +129,35 @@ def test_a_workers_exporter_thread_publishes_its_protected_pools_to_the_shared_d
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_gunicorn_workers_publish_their_protected_engines(servers, database_url, suite_id, tmp_path):
+    """The real path: forkpool.gunicorn's post_fork starts each worker's exporter; every live worker's
+    eagerly opened engine (pool_size 2) shows in the shared directory, the master (which holds none) not."""
+    from tests.protect_support import APPS, start_gunicorn_app
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "PROTECT": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    server, _ = start_gunicorn_app(servers, APPS / "sqla", "gunicorn_protected.conf.py", "web:app", env,
+                                   tmp_path / "gunicorn.log", workers=2)
+
+    def by_pid() -> dict[int, dict[str, float]]:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+        found: dict[int, dict[str, float]] = {}
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            key = family.name.removeprefix("forkpool_pool_")
+            for sample in family.samples:
+                labels = sample.labels
+                if key in GAUGES and labels.get("integration") == "sqlalchemy" and labels.get("role") == "web":
+                    found.setdefault(int(labels["pid"]), {})[key] = sample.value
+        return found
+
+    def every_worker_full() -> bool:
+        seen, live = by_pid(), set(server.children())
+        expected = {"size": 2, "idle": 2, "in_use": 0, "max_size": 2}
+        return live.issubset(seen) and all(seen[pid] == expected for pid in live)
+
+    assert wait_for(every_worker_full, 30), (by_pid(), server.children())
+    assert server.pid not in by_pid()
