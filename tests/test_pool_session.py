@@ -426,3 +426,37 @@ def test_session_keys_of_connect_kwargs_become_the_session_and_not_libpq_paramet
     params = connect_params(settings, 5)
     assert "autocommit" not in params and "readonly" not in params and params["options"] == "-c x=1"
     assert "configure" not in repr(PoolSettings(configure=print))
+
+
+@pytest.mark.usefixtures("driver")
+def test_pool_and_async_pool_take_the_hooks_as_arguments(database_url, driver):
+    from forkpool.settings import build_settings
+
+    seen: list[str] = []
+    settings = build_settings(dsn=database_url, min_size=0, max_size=1, driver=driver)
+    pool = forkpool.Pool(settings, "hooked", configure=lambda conn: seen.append("configure"),
+                         reset=lambda conn: seen.append("reset"))
+    try:
+        with pool.connection() as conn:
+            select_1(conn)
+    finally:
+        pool.close()
+    assert seen == ["configure", "reset"] and pool.settings.configure is not None
+    with pytest.raises(forkpool.ConfigError, match="must be a function"):
+        forkpool.Pool(settings, "bad", reset="DISCARD ALL")
+    if driver != "psycopg":
+        return
+
+    async def main():
+        async def on_connect(conn) -> None:
+            seen.append("async configure")
+
+        apool = forkpool.AsyncPool(settings, "hooked-async", configure=on_connect)
+        try:
+            async with apool.connection() as conn:
+                await conn.execute("SELECT 1")
+        finally:
+            await apool.close()
+
+    run(main())
+    assert seen[-1] == "async configure"

@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from . import stats as keys
 from .aio_upkeep import AsyncPoolUpkeep
@@ -34,7 +34,7 @@ from .extras import import_extra
 from .live_pools import all_pools
 from .pool import JUST_RETURNED
 from .redact import describe_error
-from .settings import PoolSettings, session_of
+from .settings import PoolSettings, session_of, with_hooks
 
 logger = logging.getLogger("forkpool.pool")
 _monotonic = time.monotonic
@@ -43,7 +43,10 @@ _monotonic = time.monotonic
 class AsyncPool(AsyncPoolUpkeep):
     """Connections to one server and database, for the coroutines of one event loop in one process."""
 
-    def __init__(self, settings: PoolSettings, name: str = "default") -> None:
+    def __init__(self, settings: PoolSettings, name: str = "default", *,
+                 configure: Callable[[Any], Any] | None = None, reset: Callable[[Any], Any] | None = None) -> None:
+        """`configure` / `reset`: per-connection hooks, plain or coroutine functions (replacing the settings')."""
+        settings = with_hooks(settings, configure, reset)
         psycopg = import_extra("psycopg", "psycopg", "forkpool's asyncio pool")
         self._psycopg = psycopg
         self._idle_status = int(psycopg.pq.TransactionStatus.IDLE)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import stats as keys
 from .connections import (
@@ -39,7 +39,7 @@ from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWai
 from .maintenance import Maintainer
 from .live_pools import all_pools
 from .redact import describe_error
-from .settings import PoolSettings, session_of
+from .settings import PoolSettings, session_of, with_hooks
 from .upkeep import PoolUpkeep
 from .waiter import Waiter
 
@@ -56,7 +56,11 @@ _monotonic = time.monotonic  # the hot path's clock, without two attribute looku
 class Pool(PoolUpkeep):
     """Connections to one server and database, for the threads of one process."""
 
-    def __init__(self, settings: PoolSettings, name: str = "default") -> None:
+    def __init__(self, settings: PoolSettings, name: str = "default", *,
+                 configure: Callable[[connection], Any] | None = None,
+                 reset: Callable[[connection], Any] | None = None) -> None:
+        """`configure` / `reset`: per-connection hooks, as ``PoolSettings.configure`` / ``reset`` (which they replace)."""
+        settings = with_hooks(settings, configure, reset)
         self.name = name
         self.settings = settings
         self.identity = settings.identity

@@ -292,6 +292,16 @@ def build_settings(base: PoolSettings | None = None, **overrides: Any) -> PoolSe
     return validate(replace(base or PoolSettings(), **chosen))
 
 
+def with_hooks(settings: PoolSettings, configure: Callable[[Any], Any] | None,
+               reset: Callable[[Any], Any] | None) -> PoolSettings:
+    """`settings` with the hooks given (None: keep the settings' own); ConfigError if one is not callable."""
+    hooks = {name: hook for name, hook in (("configure", configure), ("reset", reset)) if hook is not None}
+    for name, hook in hooks.items():
+        if not callable(hook):
+            raise ConfigError(f"{name}={hook!r} must be a function taking the connection")
+    return replace(settings, **hooks) if hooks else settings
+
+
 def env_int(name: str, default: int, *, minimum: int = 0, environ: Mapping[str, str] | None = None) -> int:
     """A whole-number setting from the environment, at least `minimum`; ConfigError otherwise."""
     raw = (os.environ if environ is None else environ).get(name, "")
