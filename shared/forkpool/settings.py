@@ -158,23 +158,6 @@ def _parse_bool(name: str, raw: str) -> bool:
     return env_bool(name, True, environ={name: raw})
 
 
-def _parse_level(name: str, raw: str) -> str:
-    return isolation_level(name, raw)
-
-
-_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "min_size": _parse_int,
-    "max_size": _parse_int,
-    "max_waiting": _parse_int,
-    "keepalives_count": _parse_int,
-    "prepare": _parse_bool,
-    "autocommit": _parse_bool,
-    "isolation_level": _parse_level,
-    "read_only": _parse_bool,
-    "deferrable": _parse_bool,
-}
-
-
 def isolation_level(name: str, value: Any) -> str:
     """An isolation level by PostgreSQL's name for it (any case, "_" for " "), or psycopg 3's IsolationLevel."""
     if value is None:
@@ -186,6 +169,19 @@ def isolation_level(name: str, value: Any) -> str:
             return level
     choices = ", ".join(repr(level) for level in ISOLATION_LEVELS[1:])
     raise ConfigError(f"{name}={value!r} is not an isolation level: use one of {choices} (\"\": the server's)")
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "min_size": _parse_int,
+    "max_size": _parse_int,
+    "max_waiting": _parse_int,
+    "keepalives_count": _parse_int,
+    "prepare": _parse_bool,
+    "autocommit": _parse_bool,
+    "isolation_level": isolation_level,
+    "read_only": _parse_bool,
+    "deferrable": _parse_bool,
+}
 
 
 def session_of(settings: PoolSettings) -> Session:
