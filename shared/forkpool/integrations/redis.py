@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import socket
 import threading
 import time
@@ -63,6 +64,7 @@ from typing import Any, Callable
 from ..stats import PoolReport
 from ..endpoints import Endpoints, resolve
 from ..identity import application_name
+from ..kernel_sockets import devnull_fd
 
 _NAMED = "_forkpool_named"  # on a pool: its connections' names are forkpool's to set
 _SINGLE = "_forkpool_single"  # on a client: made with single_connection_client=True
@@ -223,6 +225,12 @@ def _shut_down(conn: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # closed already
+    # The transport closes its socket from its event loop, which may never run again (an
+    # asyncio.run() at import has ended): the socket goes now, its descriptor to /dev/null,
+    # so no worker forked from here inherits it; the transport's own close then closes that.
+    fd = sock.fileno()
+    if fd >= 0:
+        os.dup2(devnull_fd(), fd)
     try:
         conn._close()  # noqa: SLF001 - sync: the transport lets go, the next use reconnects
     except RuntimeError:  # its event loop is closed: the transport cannot schedule its end
