@@ -58,7 +58,7 @@ def doctor_command(argv: list[str], prog: str) -> int:
         return _watch(args, expect)
     report, findings = _examine(args, expect)
     if args.json:
-        print(json.dumps(as_json(report, findings), indent=1))
+        print(json.dumps(as_json(report, findings, expect), indent=1))
     else:
         from rich.console import Console
 
