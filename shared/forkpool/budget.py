@@ -229,8 +229,12 @@ def held_pools() -> list[HeldPool]:
       Django's pool ``max_size``; None where the library sets no bound).
     """
     found = [_own_pool(name) for name in registry.pool_names()]
+    try:
+        reports = protection.reports()
+    except Exception as exc:  # noqa: BLE001 - an integration's report failed: one line, never a traceback
+        raise ConfigError(f"listing the protected pools failed: {type(exc).__name__}: {describe_error(exc)}") from None
     dsns = _protected_dsns()
-    for _, report in protection.reports():
+    for _, report in reports:
         postgres = report.backend == POSTGRESQL
         dsn = dsns.get(report.label, "") if postgres else ""
         found.append(HeldPool(report.label, report.backend, report.max_size, report.source,
@@ -466,7 +470,13 @@ def startup_check(role: str, processes: int, threads: int, *, app_loaded: bool =
     allowance = env_int(ALLOWANCE_ENV, 0, minimum=0)
     hosts = env_int(HOSTS_ENV, 1, minimum=1)
     max_client_conn = env_int(CLIENT_CONN_ENV, 0, minimum=0)
-    pools = held_pools() if pools is None else pools
+    if pools is None:
+        try:
+            pools = held_pools()
+        except ConfigError as exc:  # the pools cannot be listed: not a reason to refuse to start
+            line = f"{role}: budget not checked: {exc}"
+            say(line)
+            return [line]
     later = ("the app is not imported in the master (preload_app off): the pools it makes are checked "
              "by the first worker (forkpool.gunicorn.post_worker_init)")
     if not pools:
