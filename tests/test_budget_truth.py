@@ -221,3 +221,26 @@ def test_forkpool_budget_refuses_a_fleet_of_protected_pools_above_max_connection
     assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "--pool-size" in clash.stderr
     missing = forkpool_budget("--app", "no_such_module", env=env)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no_such_module" in missing.stderr
+
+
+# --- real Celery --------------------------------------------------------------------------------
+
+
+def test_celery_refuses_a_fleet_of_protected_engines_above_max_connections(servers, database_url, redis_url,
+                                                                          tmp_path):
+    """worker_init (main process, app imported): 2 processes x engine 150 = 300 of 297: refused in one line."""
+    pytest.importorskip("celery", reason="the Celery check needs Celery (forkpool[celery])")
+    env = {**os.environ, "REDIS_URL": redis_url, "ENGINE_POOL_SIZE": "100", "ENGINE_MAX_OVERFLOW": "50"}
+    argv = [sys.executable, "-m", "celery", "--app", "celery_app", "worker", "--pool", "prefork", "--concurrency",
+            "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = Server(argv, APP, env, tmp_path / "celery.log")
+    servers.append(worker)
+    status = worker.proc.wait(60)
+    log = worker.log()
+    refusals = [line for line in log.splitlines() if "does not fit" in line]
+    assert status != 0 and len(refusals) == 1, log[-3000:]
+    assert refusals[0].endswith(
+        f"worker: 2 processes x pool 150 = 300 connections (+ 0 for other clients) of 297 available "
+        f"(max_connections 300 - reserved 3) on {server_of(database_url)} [pool 150: {engine_label(database_url)} "
+        f"150 (pool_size 100 + max_overflow 50)]{REFUSED_TAIL}"), log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
