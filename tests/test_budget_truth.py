@@ -22,7 +22,7 @@ from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 import forkpool  # noqa: E402
-from forkpool import protection  # noqa: E402
+from forkpool import protection, registry  # noqa: E402
 from forkpool.budget import ServerLimits, held_pools, limits_or_reason, server_of, startup_check  # noqa: E402
 from harness._procs import free_port  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
@@ -124,6 +124,21 @@ def test_without_database_url_the_check_connects_to_no_default_socket(monkeypatc
                 listener.accept()  # nobody knocked
         finally:
             listener.close()
+
+
+def test_warn_starts_anyway_and_an_unreachable_server_is_listed_not_refused(database_url, monkeypatch, capsys):
+    forkpool.configure("small", dsn=database_url, min_size=1, max_size=2)
+    monkeypatch.setenv("DB_BUDGET_CHECK", "warn")
+    [line] = startup_check("web", WORKERS, 4)
+    assert line.startswith("web: 4 threads per worker, but forkpool pool 'small' holds at most 2 "
+                           "(configure(max_size=2))") and line.endswith(REFUSED_TAIL)
+    assert capsys.readouterr().err == f"forkpool: {line}\n"
+    monkeypatch.delenv("DB_BUDGET_CHECK")
+    registry.configured().clear()
+    forkpool.configure("elsewhere", dsn="postgresql://nobody:s3cret@127.0.0.1:1/nothing", min_size=1, max_size=2)
+    [line] = startup_check("web", WORKERS, 1)
+    assert line.startswith("web: budget not checked: forkpool pool 'elsewhere' 2 (configure(max_size=2)) on "
+                           "127.0.0.1:1: not checked, the server is unreachable: ") and "s3cret" not in line
 
 
 # --- real Gunicorn ------------------------------------------------------------------------------

@@ -244,8 +244,11 @@ def held_pools() -> list[HeldPool]:
 
 
 def expected_per_process(pools: list[HeldPool], threads: int = 1) -> int | None:
-    """PostgreSQL connections one process may hold at most; None when a pool has no bound or none is known."""
-    bounds = [pool.bound(threads) for pool in pools if pool.backend == POSTGRESQL]
+    """PostgreSQL connections one process may hold at most; None when a pool has no bound or none is known.
+
+    A pool of one connection per thread counts as unknown: an observer (doctor) does not know the threads.
+    """
+    bounds = [None if pool.per_thread else pool.bound(threads) for pool in pools if pool.backend == POSTGRESQL]
     if not pools or None in bounds:
         return None
     return sum(b for b in bounds if b is not None)
