@@ -207,6 +207,7 @@ class HeldPool:
     server: str = ""  # PostgreSQL: "host:port" its connections go to; "" when not known
     dsn: str = field(default="", repr=False, compare=False)  # to read that server's limits; carries the password
     per_thread: bool = False  # one connection per thread: bound = the worker's threads
+    kind: str = "forkpool"  # "forkpool" (its own pools) or the protecting integration's name
 
     def bound(self, threads: int = 1) -> int | None:
         return threads if self.per_thread else self.max_size
@@ -234,12 +235,13 @@ def held_pools() -> list[HeldPool]:
     except Exception as exc:  # noqa: BLE001 - an integration's report failed: one line, never a traceback
         raise ConfigError(f"listing the protected pools failed: {type(exc).__name__}: {describe_error(exc)}") from None
     dsns = _protected_dsns()
-    for _, report in reports:
+    for integration, report in reports:
         postgres = report.backend == POSTGRESQL
         dsn = dsns.get(report.label, "") if postgres else ""
         found.append(HeldPool(report.label, report.backend, report.max_size, report.source,
                               server=server_of(dsn) if postgres else "", dsn=dsn,
-                              per_thread=report.max_size is None and report.source.startswith(PER_THREAD)))
+                              per_thread=report.max_size is None and report.source.startswith(PER_THREAD),
+                              kind=integration))
     return found
 
 
@@ -418,8 +420,9 @@ def judge(processes: int, threads: int, pools: list[HeldPool], limits_of: Limits
     for server, group in groups.items():
         listed = " + ".join(pool.describe(threads) for pool in group)
         if not server:
-            why = ("no DSN (DATABASE_URL unset)" if not os.environ.get("DATABASE_URL", "").strip()
-                   and any(not pool.dsn for pool in group) else "its server is not known")
+            own = any(pool.kind == "forkpool" and not pool.dsn for pool in group)
+            why = ("no DSN (DATABASE_URL unset)" if own and not os.environ.get("DATABASE_URL", "").strip()
+                   else "its server is not known")
             verdict.fine.append(f"{listed}: {why}, not checked against a server")
             continue
         bounds = [pool.bound(threads) for pool in group]
