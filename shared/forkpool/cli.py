@@ -159,7 +159,7 @@ def _limits(max_connections: int | None, superuser_reserved: int, reserved: int,
     try:
         conn = psycopg2.connect(settings.dsn, application_name="forkpool-budget", connect_timeout=5)
     except psycopg2.Error as exc:
-        named = f"{whose}'s server {settings.identity}" if app else f"DATABASE_URL={settings.redact(settings.dsn)!r}"
+        named = f"{settings.identity} (the server of {whose})" if app else f"DATABASE_URL={settings.redact(settings.dsn)!r}"
         raise UsageError(f"{named}: cannot connect ({settings.redact(describe_error(exc))}); start the server or "
                          f"correct the URL, {offline}") from None
     try:
