@@ -18,14 +18,14 @@ tests/test_layers.py keeps it so):
 
     endpoints, errors, identity, per_process, redact, stats
     drivers, extras, kernel_sockets, live_pools
-    doctor, integrations, metrics_dir, redis_client, settings
-    aio_redis, budget, connections, manager, protection
-    cli, maintenance, upkeep, waiter
+    integrations, metrics_dir, redis_client, settings
+    aio_redis, connections, manager, protection
+    maintenance, upkeep, waiter
     aio_upkeep, pool
     aio_pool, registry
-    aio_registry, health, metrics
-    flask, lifecycle
-    celery, gunicorn
+    aio_registry, budget, health, metrics
+    doctor, flask, lifecycle
+    celery, cli, gunicorn
     django
 """
 

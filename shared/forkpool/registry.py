@@ -64,6 +64,18 @@ def configured() -> dict[str, PoolSettings]:
     return holder.configured  # type: ignore[no-any-return]
 
 
+def size_sources() -> dict[str, str]:
+    """Where a configured pool's max_size was set in code (``configure(max_size=8)``), by pool name.
+
+    Read by the budget check to say where each pool's size comes from; a name
+    absent here took its size from the environment or the default.
+    """
+    holder = home()
+    if not hasattr(holder, "size_sources"):
+        holder.size_sources = {}
+    return holder.size_sources  # type: ignore[no-any-return]
+
+
 def get_pool(name: str = DEFAULT) -> Pool:
     """This process's pool called `name`: created on first use, the same object after."""
     state = process_pools()
@@ -115,6 +127,10 @@ def configure(
         if open_pool is not None and not open_pool.closed and open_pool.settings != settings:
             raise ConfigError(f"pool {name!r} is already open with other settings; close it before reconfiguring")
         configured()[name] = settings
+        if max_size is not None:
+            size_sources()[name] = f"configure(max_size={max_size})"
+        else:
+            size_sources().pop(name, None)
     return settings
 
 
@@ -125,6 +141,8 @@ def pool_for(dsn: str, **options: Any) -> Pool:
     state = process_pools()
     with state.lock:
         configured().setdefault(key, settings)
+        if options.get("max_size") is not None:
+            size_sources().setdefault(key, f"pool_for(max_size={options['max_size']})")
     return get_pool(key)
 
 
