@@ -154,8 +154,11 @@ def test_forks_of_a_busy_django_process_keep_the_parents_sessions(db, probe_tabl
     assert report["trouble"] == [] and report["busy_ops"] > 0
     assert len(report["before"]) == 2 and report["after"] == report["before"] and report["main_backend_alive"]
     inherited = 2 if db == "pool" else 1  # the pool and the main thread's connection / the connection
+    # and the busy thread's connection, held through the fork (pooled: when it had one checked out)
+    busy = {0, 1} if db == "pool" else {1}
     for child in report["children"]:
-        assert (child["pools"], child["connection"], child["graveyard"]) == ([], False, inherited), child
+        assert (child["pools"], child["connection"]) == ([], False), child
+        assert child["graveyard"] - inherited in busy, child
         assert child["backend"] not in report["before"], child
         assert child["name"] == f"{suite_id}:app:{child['pid']}", child  # identity made in the child
     assert len(report["children"]) == FORKS
