@@ -10,13 +10,17 @@ no lock a parent thread may have held):
   lets go of it as Django's own ``close()`` would, minus the close;
 - every other thread's connections. Django keeps one wrapper per thread; in
   the child those threads do not exist, and CPython (3.11, 3.12) clears their
-  thread states in ``PyOS_AfterFork_Child`` *before* any at-fork hook runs, so
-  their wrappers, and connections only they referenced, are deallocated there.
-  psycopg2 and psycopg skip the goodbye for a connection made in another
-  process; mysqlclient does not: its dealloc calls ``mysql_close()``, which
-  sends COM_QUIT on the parent's socket and ends the parent thread's session
-  (reproduced: a thread holding a MySQLdb connection, one fork, the parent's
-  next query fails with 2013 "Lost connection to server during query"); a
+  thread states in ``PyOS_AfterFork_Child`` *before* any at-fork hook runs:
+  what only they referenced is freed there (a connection in a
+  ``threading.local``), or at the child's next garbage collection (Django's
+  wrappers sit in reference cycles), which may come while an at-fork hook
+  still runs. psycopg2 and psycopg skip the goodbye for a connection made in
+  another process; mysqlclient does not: its dealloc calls ``mysql_close()``,
+  which sends COM_QUIT on the parent's socket and ends the parent thread's
+  session (reproduced: a thread holding a MySQLdb connection, one fork, the
+  parent's next query fails with 2013 "Lost connection to server during
+  query"; with Django's wrappers, after the child's ``gc.collect()``, 2006
+  "Server has gone away": tests/test_protect_django_backends.py); a
   sqlite3 connection's dealloc runs ``sqlite3_close_v2()``, which takes
   SQLite's mutexes. So the parent's before-fork hook takes a reference to
   every connection any thread of this process holds (the wrappers are tracked
