@@ -123,12 +123,15 @@ def everything_shared(pids: list[int], port: int) -> dict[int, set[int]]:
     return {inode: who for inode, who in holders.items() if len(who) > 1}
 
 
-@pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_every_backend_under_gunicorn_preload(protected, site_databases, mariadb, servers, sessions, suite_id,
-                                              database_url, tmp_path):
+@pytest.mark.parametrize("protected, transport", [(False, "tcp"), (True, "tcp"), (True, "unix")],
+                         ids=["unprotected", "protected", "protected-unix-socket"])
+def test_every_backend_under_gunicorn_preload(protected, transport, site_databases, mariadb, servers, sessions,
+                                              suite_id, database_url, tmp_path):
+    """MariaDB over TCP (HOST/PORT) or over its Unix socket (a HOST starting with "/")."""
     conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
+    unix = {"MARIADB_SOCKET": str(mariadb.socket_path)} if transport == "unix" else {}
     server, url = start_gunicorn_app(servers, SITE, conf, "probe_site.wsgi:application",
-                                     site_env(protected, site_databases), tmp_path / "gunicorn.log", WORKERS)
+                                     site_env(protected, site_databases, **unix), tmp_path / "gunicorn.log", WORKERS)
     family = {server.pid, *server.children()}
     if not protected:
         # The master keeps the session its import opened, and every worker holds the same socket.
@@ -150,7 +153,7 @@ def test_every_backend_under_gunicorn_preload(protected, site_databases, mariadb
     assert shared_backends(pg) == {} and shared_backends(maria) == {}, answers
     assert all(len(ids) == 1 for ids in backends_by_worker(maria).values()), backends_by_worker(maria)
     assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
-    assert maria_sockets(server.pid, mariadb.port) == set()
+    assert server.pid not in maria_sessions(mariadb) and maria_sockets(server.pid, mariadb.port) == set()
     assert everything_shared([server.pid, *server.children()], mariadb.port) == {}
     assert not open_files(server.pid, site_databases["SQLITE_PATH"])  # the master holds no SQLite handle either
     assert wait_for(lambda: maria_exact(mariadb, family | set(server.children()), server.children()), timeout=15), \
@@ -240,6 +243,7 @@ def holder():
     done.set()
 
 
+main_before = {alias: ident(alias) for alias in ALIASES}  # the forking thread's own, inherited too
 threading.Thread(target=holder, daemon=True).start()
 ready.wait(60)
 statuses = []
@@ -253,29 +257,106 @@ for _ in range(FORKS):
             gc.collect()
             mine = {alias: ident(alias) for alias in ALIASES}  # the child's own connections
             forkpool.close_all()
-            code = 0 if mine["maria"] != seen["before"]["maria"] else 2
+            theirs = {seen["before"]["maria"], main_before["maria"]}
+            code = 0 if mine["maria"] not in theirs and mine["default"] != main_before["default"] else 2
         finally:
             os._exit(code)
     statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 go.set()
 done.wait(60)
-print(json.dumps({"before": seen["before"], "after": seen["after"], "statuses": statuses}), flush=True)
+try:
+    main_after = {alias: ident(alias) for alias in ALIASES}
+except Exception as exc:
+    main_after = f"error {type(exc).__name__}: {exc}"
+print(json.dumps({"before": seen["before"], "after": seen["after"], "statuses": statuses,
+                  "main_before": main_before, "main_after": main_after}), flush=True)
 """
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_a_fork_leaves_another_threads_sessions_alone(protected, site_databases, suite_id):
-    """A thread holds a connection on each alias; the main thread forks: the children never touch the inherited
-    ones. Unprotected, mysqlclient's dealloc in the child (CPython clears the other threads' states, the garbage
+    """Both threads hold a connection on each alias; the main thread forks, each child queries on each alias and
+    exits. Unprotected, mysqlclient's dealloc in the child (CPython clears the other threads' states, the garbage
     collector frees their wrappers) ends the parent thread's MariaDB session; protected, it survives every fork, and so does its PostgreSQL session."""
     env = site_env(protected, site_databases, PYTHONPATH=os.pathsep.join([str(SITE), str(ROOT)]))
     result = subprocess.run([sys.executable, "-c", THREAD_PROGRAM, "5"], cwd=SITE, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report["statuses"] == [0] * 5, (report, result.stderr[-2000:])
     if not protected:
-        # 2006 "Server has gone away" or 2013 "Lost connection to server during query"
+        # A child queried on the forking thread's inherited sessions (exit status 2), and the other thread's
+        # MariaDB session is gone: 2006 "Server has gone away" or 2013 "Lost connection to server during query".
+        assert 2 in report["statuses"], report
         assert str(report["after"]).startswith("error OperationalError"), report
         return
-    assert report["after"] == report["before"], report
+    # Every child made its own sessions; both threads of the parent kept theirs.
+    assert report["statuses"] == [0] * 5, (report, result.stderr[-2000:])
+    assert report["after"] == report["before"] and report["main_after"] == report["main_before"], report
+
+
+REPORT_PROGRAM = """
+import json, os, threading
+
+import django
+
+django.setup()
+
+from django.db import connections
+
+from forkpool import protection
+from forkpool.django.databases import mysql_endpoints
+from forkpool.kernel_sockets import own_peer
+
+
+def use(alias):
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+for alias in connections:
+    use(alias)
+other = threading.Thread(target=lambda: use("maria"))  # a second thread: a second classic MariaDB connection
+other.start()
+other.join()
+maria = connections["maria"]
+endpoints = mysql_endpoints(maria.settings_dict)
+peer = own_peer(maria.connection.fileno() if hasattr(maria.connection, "fileno") else maria.connection._sock.fileno())
+with maria.cursor() as cursor:
+    cursor.execute("SELECT ATTR_VALUE FROM performance_schema.session_connect_attrs "
+                   "WHERE PROCESSLIST_ID = CONNECTION_ID() AND ATTR_NAME = 'program_name'")
+    program_name = (cursor.fetchone() or [None])[0]
+reports = {report.label: [report.backend, report.max_size, report.source, report.open]
+           for _, report in protection.reports()}
+print(json.dumps({"pid": os.getpid(), "reports": reports, "program_name": program_name,
+                  "peer_found": (list(peer) in [list(e) for e in endpoints.tcp]) or peer in endpoints.unix}))
+"""
+
+
+@pytest.mark.parametrize("driver, transport", [("mysqlclient", "tcp"), ("mysqlclient", "unix"), ("pymysql", "tcp")])
+def test_reports_endpoints_and_identity_of_every_alias(driver, transport, site_databases, mariadb, suite_id):
+    """What forkpool.django reports of each alias, that the MariaDB socket is where the endpoints say (so an
+    inherited one is found), and the name each driver can carry (mysqlclient: none; PyMySQL: program_name)."""
+    if driver == "pymysql":
+        pytest.importorskip("pymysql")
+    extra = {"MARIADB_DRIVER": driver, "DJANGO_DB": "pool",
+             "PYTHONPATH": os.pathsep.join([str(SITE), str(ROOT)])}
+    if transport == "unix":
+        extra["MARIADB_SOCKET"] = str(mariadb.socket_path)
+    if importlib.util.find_spec("psycopg_pool") is None:
+        extra["DJANGO_DB"] = "classic"
+    result = subprocess.run([sys.executable, "-c", REPORT_PROGRAM], cwd=SITE,
+                            env={**site_env(True, site_databases), **extra}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["peer_found"], report
+    assert report["program_name"] == (f"{suite_id}:app:{report['pid']}" if driver == "pymysql" else None), report
+    reports = report["reports"]
+    if extra["DJANGO_DB"] == "pool":  # settings: min_size = max_size = 2, opened by the first query
+        assert reports["django database 'default'"][:3] == ["postgresql", 2, "OPTIONS['pool'] max_size 2"], reports
+    else:
+        assert reports["django database 'default'"] == ["postgresql", None, "one connection per thread (no pool)",
+                                                        1], reports
+    # Classic aliases: one connection per thread that used it (the main thread's and the other's), no bound.
+    assert reports["django database 'maria'"] == ["mysql", None, "one connection per thread (no pool)", 2], reports
+    assert reports["django database 'lite'"] == ["sqlite", None, "one connection per thread (no pool)", 1], reports

@@ -260,16 +260,14 @@ class DjangoIntegration:
                 # Django passes OPTIONS["pool"] to psycopg_pool's ConnectionPool: min_size 4 by
                 # default, max_size None meaning min_size.
                 bound = int(pool_options.get("max_size") or pool_options.get("min_size") or 4)
-                report = PoolReport(label, backend, bound, f"OPTIONS['pool'] max_size {bound}")
+                size = available = waiting = 0
                 pool = next((pools[alias] for pools in obj.pool_dicts if alias in pools), None)
                 if pool is not None:  # built in this process: psycopg_pool's public stats
                     stats = pool.get_stats()
-                    size = int(stats.get("pool_size", 0))
-                    report.open, report.in_use = size, size - int(stats.get("pool_available", 0))
-                    report.waiting = int(stats.get("requests_waiting", 0))
-                else:
-                    report.open = report.in_use = 0
-                found.append(report)
+                    size, available = int(stats.get("pool_size", 0)), int(stats.get("pool_available", 0))
+                    waiting = int(stats.get("requests_waiting", 0))
+                found.append(PoolReport(label, backend, bound, f"OPTIONS['pool'] max_size {bound}", open=size,
+                                        in_use=size - available, waiting=waiting))
             else:
                 # A classic connection for each thread that uses the alias: as many as threads, no bound.
                 held = obj.open_connections(alias)
