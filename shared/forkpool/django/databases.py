@@ -297,7 +297,10 @@ def _let_go_of_held() -> None:
 
 def drop_socket(raw: Any) -> None:
     """Point a DB-API connection made in another process at /dev/null, never closing it (no I/O, no lock)."""
-    if hasattr(raw, "fileno"):  # psycopg2, psycopg, mysqlclient (2.3: a non-blocking lock: raises if held)
+    # psycopg2, psycopg, mysqlclient: fileno() reads a field (mysqlclient 2.3 under a non-blocking
+    # try-lock of its own: it raises when a parent thread held the connection at fork, and the
+    # endpoints have pointed that socket at /dev/null already).
+    if hasattr(raw, "fileno"):
         drop_without_io(raw)
         return
     sock = getattr(raw, "_sock", None)  # PyMySQL: the socket object, no fileno() on the connection
