@@ -331,9 +331,10 @@ def mysql_endpoints(settings_dict: dict) -> Endpoints:
     host = str(options.get("host") or host)
     port = int(options.get("port") or settings_dict.get("PORT") or os.environ.get("MYSQL_TCP_PORT")
                or MYSQL_DEFAULT_PORT)
-    if host in ("", "localhost"):  # the client library's Unix socket, not TCP
+    if host in ("", "localhost"):
+        # mysqlclient: the client library's Unix socket; PyMySQL: TCP to localhost.
         paths = {os.environ["MYSQL_UNIX_PORT"]} if os.environ.get("MYSQL_UNIX_PORT") else set(MYSQL_DEFAULT_SOCKETS)
-        return Endpoints(unix=frozenset(paths))
+        return Endpoints(tcp=frozenset(resolve("localhost", port)), unix=frozenset(paths))
     return Endpoints(tcp=frozenset(resolve(host, port)))
 
 
