@@ -9,8 +9,9 @@ no lock a parent thread may have held):
   socket the endpoints missed, a MySQL option file's socket say); the wrapper
   lets go of it as Django's own ``close()`` would, minus the close;
 - every other thread's connections. Django keeps one wrapper per thread; in
-  the child those threads do not exist, and CPython (3.11, 3.12) clears their
-  thread states in ``PyOS_AfterFork_Child`` *before* any at-fork hook runs:
+  the child those threads do not exist, and CPython clears their thread states
+  in ``PyOS_AfterFork_Child`` *before* any at-fork hook runs (seen with 3.11.7,
+  3.12.1 and 3.13.0: a thread-local object's ``__del__`` runs before the hook):
   what only they referenced is freed there (a connection in a
   ``threading.local``), or at the child's next garbage collection (Django's
   wrappers sit in reference cycles), which may come while an at-fork hook
