@@ -50,12 +50,20 @@ def ensure_venv() -> None:
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
     # One call: pip takes the suite's `forkpool` requirement from ./shared, never from an index.
     subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", "-e", f"{ROOT}[dev,embedded]"], check=True)
+    # mysqlclient compiles against MariaDB's client library: without its headers this step fails, and
+    # only the tests of Django's MySQL backend skip, saying so.
+    if subprocess.run(pip + ["-e", f"{ROOT}[mysqlclient]"], stderr=subprocess.DEVNULL).returncode != 0:
+        print(f"bootstrap: mysqlclient did not build; the Django-on-MariaDB tests will be skipped. "
+              f"Install its build needs with: {install_command('libmariadb-dev pkg-config')}", flush=True)
     STAMP.write_text(wanted)
 
 
 # The system packages the tests need that no pip wheel carries: (what, binary to find, Debian package).
 SYSTEM_PACKAGES = (("pgbouncer", ("pgbouncer", "/usr/sbin/pgbouncer"), "pgbouncer"),
-                   ("MariaDB", ("mariadbd", "/usr/sbin/mariadbd", "mysqld", "/usr/sbin/mysqld"), "mariadb-server"))
+                   ("MariaDB", ("mariadbd", "/usr/sbin/mariadbd", "mysqld", "/usr/sbin/mysqld"), "mariadb-server"),
+                   # To build mysqlclient (the suite's `mysqlclient` extra) from source.
+                   ("MariaDB's client headers", ("mariadb_config", "mysql_config"), "libmariadb-dev"),
+                   ("pkg-config", ("pkg-config",), "pkg-config"))
 
 
 def install_command(package: str) -> str:
@@ -133,9 +141,9 @@ def main(argv: list[str]) -> int:
         print(f"bootstrap: forkpool needs Python 3.11 or newer, this is {sys.version.split()[0]}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
-    ensure_venv()
     if command == "test" or "--pgbouncer" in rest:  # demo, loadtest and up take --pgbouncer
-        ensure_system_packages()
+        ensure_system_packages()  # first: mysqlclient builds against libmariadb-dev
+    ensure_venv()
     if command == "test":
         args = [str(venv_bin("python")), "-m", "pytest", *xdist_args(rest), *rest]
     elif command == "demo":

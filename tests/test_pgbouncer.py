@@ -173,7 +173,8 @@ def test_bootstrap_installs_pgbouncer_and_mariadb_as_root_with_apt_and_otherwise
     monkeypatch.setattr(bootstrap.shutil, "which", lambda name: f"/usr/bin/{name}")
     bootstrap.ensure_system_packages()
     assert calls[:2] == [["apt-get", "update", "-qq"],
-                         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer", "mariadb-server"]]
+                         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer", "mariadb-server",
+                          "libmariadb-dev", "pkg-config"]]
     assert ["service", "pgbouncer", "stop"] in calls  # the package's own service, if policy let it start
     calls.clear()
     monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)  # not root: nothing run, one command each printed
