@@ -59,6 +59,9 @@ def home() -> types.ModuleType:
         candidate.owner_pid = os.getpid()  # type: ignore[attr-defined]
         candidate.handling_fork_in = None  # type: ignore[attr-defined]  # pid whose routine is running
         candidate.unseen_fork_lock = threading.RLock()  # type: ignore[attr-defined]
+        candidate.exit_callbacks = {}  # type: ignore[attr-defined]  # name -> callback, see on_exit()
+        candidate.exit_watched_in = None  # type: ignore[attr-defined]  # pid whose exit is watched
+        candidate.exit_watch = _ExitWatch()  # type: ignore[attr-defined]
         holder = sys.modules.setdefault(_HOME, candidate)
     return holder
 
@@ -142,7 +145,8 @@ class PerProcess(Generic[T]):
                 slot.creator = None
             slot.current = (pid, instance)
             home().created.append(slot)
-            return instance  # type: ignore[no-any-return]
+        watch_exit()  # a multiprocessing child closes it too, though it leaves without atexit
+        return instance  # type: ignore[no-any-return]
 
 
 @overload
@@ -250,6 +254,10 @@ def after_fork_in_child() -> None:
             logger.warning("releasing inherited state (%s) after fork failed", name, exc_info=True)
     # Last: the lock-free check of other threads passes only once everything is released.
     holder.owner_pid = pid
+    try:
+        watch_exit()
+    except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        logger.warning("watching a multiprocessing child's exit failed", exc_info=True)
 
 
 def notice_fork() -> None:
@@ -297,13 +305,65 @@ def _replace_unseen_fork_lock() -> None:
     home().unseen_fork_lock = threading.RLock()
 
 
-def _close_at_exit() -> None:
-    # Plain scripts: end sessions with a proper goodbye, not a dropped socket.
-    # Celery children leave with os._exit(): their worker_process_shutdown closes instead.
+def on_exit(name: str, callback: Callable[[], None]) -> None:
+    """Add `callback` to what a process closes when it ends normally, after its ``per_process`` instances.
+
+    That is at interpreter exit (``atexit``: plain scripts, uWSGI workers) and,
+    in a multiprocessing child, which leaves through ``os._exit()`` without
+    ``atexit``, in multiprocessing's own exit finalizers (see ``watch_exit``).
+    """
+    home().exit_callbacks[name] = callback
+
+
+def close_at_exit() -> None:
+    """End this process's sessions with a goodbye, not a dropped socket: its instances, then ``on_exit``'s.
+
+    Celery children leave with ``os._exit()`` after their own
+    ``worker_process_shutdown``, which closes instead.
+    """
+    notice_fork()  # in a child no hook saw fork: what it inherited is let go, never closed
     try:
         close_all()
     except Exception:  # noqa: BLE001 - nothing may break interpreter exit
         logger.debug("closing per-process instances at exit failed", exc_info=True)
+    for name, callback in list(home().exit_callbacks.items()):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+            logger.debug("closing %s at exit failed", name, exc_info=True)
+
+
+class _ExitWatch:
+    """What multiprocessing's after-fork registry holds (weakly: this module keeps it alive)."""
+
+
+def watch_exit(*, again: bool = False) -> None:
+    """Once per process where multiprocessing is loaded: its exit finalizers run ``close_at_exit`` too.
+
+    A multiprocessing child (``Process``, ``Pool``, ``ProcessPoolExecutor``; fork,
+    forkserver or spawn) ends with ``util._exit_function()``, which runs the
+    registered ``util.Finalize`` callbacks, then ``os._exit()``: ``atexit`` never
+    runs. Registering when multiprocessing is imported would not do: the child's
+    ``BaseProcess._bootstrap`` clears the finalizer registry before ``run()``,
+    wiping what the parent (fork) or the child's own imports (spawn) registered.
+    So this runs when a process first makes an instance and in every forked
+    child, and it also registers with ``util.register_after_fork``, whose
+    callbacks ``_bootstrap`` runs right after that clear (every start method):
+    the finalizer is registered again there, where it stays.
+    """
+    holder = home()
+    pid = os.getpid()
+    if (holder.exit_watched_in == pid and not again) or "multiprocessing" not in sys.modules:
+        return
+    holder.exit_watched_in = pid
+    from multiprocessing import util
+
+    util.Finalize(None, close_at_exit, exitpriority=0)
+    util.register_after_fork(holder.exit_watch, lambda _: watch_exit(again=True))
+
+
+def _close_at_exit() -> None:
+    close_at_exit()
 
 
 if "per_process" not in home().hooks_installed:

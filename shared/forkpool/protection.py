@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 from .endpoints import Endpoints
 from .errors import ConfigError
 from .kernel_sockets import detach_connected_to
-from .per_process import home, install_fork_hooks, notice_fork
+from .per_process import home, install_fork_hooks, notice_fork, on_exit, watch_exit
 from .stats import PoolReport
 
 logger = logging.getLogger("forkpool.protect")
@@ -98,6 +98,7 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
     except TypeError:
         ref = obj
     _entries().append(Protected(ref, chosen, endpoints, eager))
+    watch_exit()  # a multiprocessing child releases it too, though it leaves without atexit
     if getattr(home(), "started_worker", None) == os.getpid():
         # Protected in a worker that has already started (an app loaded after post_fork,
         # without preload_app): its connections open now, as they would have at start.
@@ -207,8 +208,6 @@ def _close_at_exit() -> None:
         logger.debug("releasing protected objects at exit failed", exc_info=True)
 
 
-if "protection" not in home().hooks_installed:
-    import atexit
-
-    atexit.register(_close_at_exit)
+# At interpreter exit and at a multiprocessing child's exit (per_process.close_at_exit).
+on_exit("protection", _close_at_exit)
 install_fork_hooks("protection", after_in_child=detach_inherited)
