@@ -16,31 +16,15 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
-import re
-from typing import Iterator
 
-import psycopg2
 import pytest
 
 import forkpool
 from harness.services import EmbeddedPostgres
 from tests.conftest import wait_for
+from tests.runner_support import holders, logged_pg, without_goodbye  # noqa: F401 - logged_pg is a fixture
 
 POOL = 2
-NO_GOODBYE = ("unexpected EOF on client connection", "Connection reset by peer", "could not receive data from client")
-
-
-@pytest.fixture(scope="module")
-def logged_pg() -> Iterator[EmbeddedPostgres]:
-    """A server of its own that logs how each session ended, each line with its backend pid and app name."""
-    server = EmbeddedPostgres(max_connections=60, settings={
-        "log_min_messages": "debug1", "log_connections": "on", "log_disconnections": "on",
-        "log_line_prefix": "%p [%a] "})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
@@ -75,45 +59,6 @@ def _process_target(queue, bare_exit: bool) -> None:
         queue.close()
         queue.join_thread()  # the report is sent (the queue's feeder thread flushed it)
         os._exit(0)  # the control: no finalizers, no goodbye
-
-
-def holders(server: EmbeddedPostgres, suite_id: str) -> dict[int, int]:
-    """{process pid: its sessions} of this test's processes on `server`, by application name."""
-    conn = psycopg2.connect(server.url, application_name="pytest-admin")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
-                        (f"{suite_id}:%",))
-            names = [row[0] for row in cur.fetchall()]
-    finally:
-        conn.close()
-    found: dict[int, int] = {}
-    for name in names:
-        pid = int(name.rsplit(":", 1)[1])
-        found[pid] = found.get(pid, 0) + 1
-    return found
-
-
-def sessions_ended(server: EmbeddedPostgres, backends: set[int]) -> dict[int, list[str]]:
-    """{backend pid: its log lines} for `backends`, once each has logged its disconnection."""
-    found: dict[int, list[str]] = {b: [] for b in backends}
-    for line in server.log_path.read_text(errors="replace").splitlines():
-        match = re.match(r"(\d+) \[", line)
-        if match and int(match.group(1)) in found:
-            found[int(match.group(1))].append(line)
-    return found
-
-
-def without_goodbye(server: EmbeddedPostgres, backends: set[int]) -> dict[int, list[str]]:
-    """Wait until every backend of `backends` logged its disconnection; those that ended without a goodbye."""
-    def all_ended() -> bool:
-        return all(any("disconnection:" in line for line in lines)
-                   for lines in sessions_ended(server, backends).values())
-
-    assert wait_for(all_ended, timeout=20), sessions_ended(server, backends)
-    return {b: [line for line in lines if any(text in line for text in NO_GOODBYE)]
-            for b, lines in sessions_ended(server, backends).items()
-            if any(text in line for text in NO_GOODBYE for line in lines)}
 
 
 def run_processes(method: str, count: int, bare_exit: bool = False) -> list[tuple[int, list[int]]]:

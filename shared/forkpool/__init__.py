@@ -9,7 +9,8 @@
 process, a new one in a forked child, whose inherited connections are let go
 without network I/O. ``per_process`` gives any client the same guarantees.
 Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
-``forkpool.uwsgi`` (``--import forkpool.uwsgi``), ``forkpool.flask`` (extension),
+``forkpool.uwsgi`` (``--import forkpool.uwsgi``), ``forkpool.rq`` (a worker class),
+``forkpool.flask`` (extension),
 ``"forkpool.django"`` (an app for ``INSTALLED_APPS``); asyncio: ``await get_async_pool()``, ``get_async_redis()``,
 opened in an ASGI lifespan. See docs/fork-story.md for why.
 
@@ -25,7 +26,7 @@ tests/test_layers.py keeps it so):
     aio_pool, registry
     aio_registry, health, metrics
     flask, lifecycle
-    celery, gunicorn, uwsgi
+    celery, gunicorn, rq, uwsgi
     django
 """
 
