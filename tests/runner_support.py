@@ -68,3 +68,28 @@ def without_goodbye(server: EmbeddedPostgres, backends: set[int]) -> dict[int, l
     return {b: [line for line in lines if any(text in line for text in NO_GOODBYE)]
             for b, lines in log_lines(server, backends).items()
             if any(text in line for text in NO_GOODBYE for line in lines)}
+
+
+def session_lister(server: EmbeddedPostgres, suite_id: str):
+    """Like conftest's `sessions` fixture, on `server`: this test's sessions as (application_name, backend pid)."""
+    def listing() -> list[tuple[str, int]]:
+        conn = psycopg2.connect(server.url, application_name="pytest-admin")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s "
+                            "ORDER BY pid", (f"{suite_id}:%",))
+                return [(name, int(pid)) for name, pid in cur.fetchall()]
+        finally:
+            conn.close()
+
+    return listing
+
+
+def logged_backends(server: EmbeddedPostgres, suite_id: str) -> dict[int, str]:
+    """{backend pid: application name} of every session of this test the server logged, over the whole run."""
+    found: dict[int, str] = {}
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        match = re.match(rf"(\d+) \[({re.escape(suite_id)}:[^\]]*)\]", line)
+        if match:
+            found[int(match.group(1))] = match.group(2)
+    return found

@@ -23,6 +23,7 @@ from harness._procs import free_port
 from tests.conftest import wait_for
 from tests.protect_support import (by_process, doctor, errors, exact, failures, held_by, http_load,
                                    settled_doctor, shared_backends)
+from tests.runner_support import logged_backends, logged_pg, session_lister, without_goodbye  # noqa: F401
 from tests.server_support import Server, get
 
 UWSGI = Path(sys.executable).with_name("uwsgi")
@@ -95,7 +96,10 @@ def test_without_wiring_the_master_keeps_its_connections_and_every_worker_shares
 
 
 @pytest.mark.parametrize("wiring", ["--import", "import-in-app"])
-def test_get_pool_app_under_uwsgi(wiring, servers, database_url, sessions, suite_id, tmp_path):
+def test_get_pool_app_under_uwsgi(wiring, servers, logged_pg, suite_id, tmp_path):
+    """On a server that logs how each session ended: every one of the run, the master's import-time ones
+    and the recycled workers' included, ended with libpq's goodbye."""
+    database_url, sessions = logged_pg.url, session_lister(logged_pg, suite_id)
     options = ["--import", "forkpool.uwsgi"] if wiring == "--import" else []
     env = app_env(database_url, WIRE_IN_APP="1" if wiring == "import-in-app" else "0")
     server, url = start_uwsgi(servers, "pool_app:application", env, tmp_path / "uwsgi.log", *options)
@@ -105,9 +109,13 @@ def test_get_pool_app_under_uwsgi(wiring, servers, database_url, sessions, suite
     answers, recycled = recycled_load(server, url)
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert recycled >= WORKERS
-    print(f"uwsgi get_pool ({wiring}): {len(answers)} requests, {recycled} workers recycled, "
-          f"{WORKERS} x {POOL} sessions by role web")
     run_ends_clean(server, sessions, suite_id, database_url)
+    backends = logged_backends(logged_pg, suite_id)
+    roles = sorted({name.split(":")[1] for name in backends.values()})
+    assert without_goodbye(logged_pg, set(backends)) == {}
+    print(f"uwsgi get_pool ({wiring}): {len(answers)} requests, {recycled} workers recycled, {WORKERS} x {POOL} "
+          f"sessions by role web when steady; {len(backends)} sessions over the run (roles {roles}), "
+          "all ended with a goodbye")
 
 
 def test_protected_sqlalchemy_engine_under_uwsgi(servers, database_url, sessions, suite_id, tmp_path):
@@ -124,19 +132,23 @@ def test_protected_sqlalchemy_engine_under_uwsgi(servers, database_url, sessions
     run_ends_clean(server, sessions, suite_id, database_url)
 
 
-def test_lazy_apps(servers, database_url, sessions, suite_id, tmp_path):
+def test_lazy_apps(servers, logged_pg, suite_id, tmp_path):
+    database_url, sessions = logged_pg.url, session_lister(logged_pg, suite_id)
     server, url = start_uwsgi(servers, "pool_app:application", app_env(database_url), tmp_path / "uwsgi.log",
                               "--import", "forkpool.uwsgi", "--lazy-apps")
     assert wait_for(lambda: steady(server, sessions, suite_id), timeout=15), by_process(sessions, suite_id)
     answers, recycled = recycled_load(server, url)
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert recycled >= WORKERS
-    print(f"uwsgi lazy-apps: {len(answers)} requests, {recycled} workers recycled")
     run_ends_clean(server, sessions, suite_id, database_url)
+    backends = logged_backends(logged_pg, suite_id)
+    assert without_goodbye(logged_pg, set(backends)) == {}
+    print(f"uwsgi lazy-apps: {len(answers)} requests, {recycled} workers recycled, {len(backends)} sessions "
+          "over the run, all ended with a goodbye")
 
 
-def test_harakiri_kills_a_stuck_worker_and_its_replacement_is_clean(servers, database_url, sessions, suite_id,
-                                                                     tmp_path):
+def test_harakiri_kills_a_stuck_worker_and_its_replacement_is_clean(servers, logged_pg, suite_id, tmp_path):
+    database_url, sessions = logged_pg.url, session_lister(logged_pg, suite_id)
     server, url = start_uwsgi(servers, "pool_app:application", app_env(database_url), tmp_path / "uwsgi.log",
                               "--import", "forkpool.uwsgi", "--harakiri", "2")
     assert wait_for(lambda: steady(server, sessions, suite_id), timeout=15), by_process(sessions, suite_id)
@@ -151,5 +163,11 @@ def test_harakiri_kills_a_stuck_worker_and_its_replacement_is_clean(servers, dat
     assert wait_for(lambda: len(server.children()) == WORKERS, timeout=15), server.children()
     answers = http_load(url, requests=9, threads=3)
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
-    print(f"uwsgi harakiri: worker {killed} killed, replaced by {set(server.children()) - first}")
+    replaced = set(server.children()) - first
     run_ends_clean(server, sessions, suite_id, database_url)
+    backends = logged_backends(logged_pg, suite_id)
+    abrupt = without_goodbye(logged_pg, set(backends))
+    # Only the killed worker's sessions ended without a goodbye (SIGKILL runs nothing): the kernel closed them.
+    assert {backends[b] for b in abrupt} <= {name for name in backends.values() if name.endswith(f":{killed}")}
+    print(f"uwsgi harakiri: worker {killed} killed ({len(abrupt)} sessions ended by the kernel), "
+          f"replaced by {replaced}; the other {len(backends) - len(abrupt)} sessions ended with a goodbye")
