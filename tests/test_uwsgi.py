@@ -95,12 +95,15 @@ def test_without_wiring_the_master_keeps_its_connections_and_every_worker_shares
     server.stop()
 
 
-@pytest.mark.parametrize("wiring", ["--import", "import-in-app"])
+@pytest.mark.parametrize("wiring", ["--import", "import-in-app", "--import+py-call-uwsgi-fork-hooks"])
 def test_get_pool_app_under_uwsgi(wiring, servers, logged_pg, suite_id, tmp_path):
     """On a server that logs how each session ended: every one of the run, the master's import-time ones
     and the recycled workers' included, ended with libpq's goodbye."""
     database_url, sessions = logged_pg.url, session_lister(logged_pg, suite_id)
-    options = ["--import", "forkpool.uwsgi"] if wiring == "--import" else []
+    # The third: uWSGI calls CPython's fork hooks too (they need its threads on): both paths meet, once each.
+    options = {"--import": ["--import", "forkpool.uwsgi"], "import-in-app": [],
+               "--import+py-call-uwsgi-fork-hooks": ["--import", "forkpool.uwsgi", "--py-call-uwsgi-fork-hooks",
+                                                     "--enable-threads"]}[wiring]
     env = app_env(database_url, WIRE_IN_APP="1" if wiring == "import-in-app" else "0")
     server, url = start_uwsgi(servers, "pool_app:application", env, tmp_path / "uwsgi.log", *options)
     before = doctor(server.pid, database_url, "--pool-size", str(POOL))
@@ -118,8 +121,9 @@ def test_get_pool_app_under_uwsgi(wiring, servers, logged_pg, suite_id, tmp_path
           "all ended with a goodbye")
 
 
-def test_protected_sqlalchemy_engine_under_uwsgi(servers, database_url, sessions, suite_id, tmp_path):
+def test_protected_sqlalchemy_engine_under_uwsgi(servers, logged_pg, suite_id, tmp_path):
     pytest.importorskip("sqlalchemy", reason="forkpool.protect(engine) needs SQLAlchemy")
+    database_url, sessions = logged_pg.url, session_lister(logged_pg, suite_id)
     env = {**os.environ, "DATABASE_URL": database_url}  # no DB_POOL_SIZE: forkpool's own pool stays unused
     server, url = start_uwsgi(servers, "sqla_app:application", env, tmp_path / "uwsgi.log",
                               "--import", "forkpool.uwsgi")
@@ -128,8 +132,11 @@ def test_protected_sqlalchemy_engine_under_uwsgi(servers, database_url, sessions
     answers, recycled = recycled_load(server, url)
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert recycled >= WORKERS
-    print(f"uwsgi sqlalchemy: {len(answers)} requests, {recycled} workers recycled")
     run_ends_clean(server, sessions, suite_id, database_url)
+    backends = logged_backends(logged_pg, suite_id)
+    assert without_goodbye(logged_pg, set(backends)) == {}
+    print(f"uwsgi sqlalchemy: {len(answers)} requests, {recycled} workers recycled, {len(backends)} sessions "
+          "over the run, all ended with a goodbye")
 
 
 def test_lazy_apps(servers, logged_pg, suite_id, tmp_path):

@@ -11,8 +11,9 @@ fork hooks). This module gives each stage what the Gunicorn hooks give:
   C-level ``pthread_atfork`` *prepare* handler, registered with ctypes: libc
   runs it in the process calling ``fork()``, before the fork, whoever calls
   it. It acts only in the uWSGI master (a worker's own forks, ``subprocess``
-  and the like, pass through untouched). Python's ``before`` at-fork hook does
-  the same when uWSGI does call CPython's fork hooks.
+  and the like, pass through untouched). With ``py-call-uwsgi-fork-hooks``
+  uWSGI calls CPython's fork hooks itself: a Python ``before`` hook does it
+  then instead.
 - **worker, after fork** (``uwsgi.post_fork_hook``, through ``uwsgidecorators``'
   chain so the app's ``@postfork`` functions keep running, after this one):
   the worker releases what it inherited (``after_fork_in_child``: no network
@@ -179,9 +180,15 @@ def _install() -> None:
         return
     set_process_role(f"{role()}-master")
     _check_budget()
-    if _master_pid() == os.getpid():
+    if _master_pid() != os.getpid():
+        return
+    if _option_int("py-call-uwsgi-fork-hooks", 0) or _uwsgi.opt.get("py-call-uwsgi-fork-hooks") is True:
+        # uWSGI runs CPython's before-fork hooks itself (its threads are on by default since 2.0.2x),
+        # with the GIL taken its own way: a ctypes callback then deadlocks taking it again (seen with
+        # uWSGI 2.0.31, CPython 3.11). Python's hook is enough there.
+        os.register_at_fork(before=before_fork)
+    else:
         _register_prepare_handler()
-        os.register_at_fork(before=before_fork)  # when uWSGI calls CPython's fork hooks
 
 
 _install()
