@@ -267,3 +267,29 @@ def test_threads_racing_on_first_use_in_a_c_forked_child_get_one_pool(monkeypatc
     assert set(seen["backends"]).isdisjoint(parent)
     assert sorted(backend_pids(pool, 2)) == sorted(parent)
     assert count_settles(2) == 2
+
+
+def test_a_pool_held_across_the_fork_refuses_in_a_c_forked_child(monkeypatch, database_url):
+    """The child's first forkpool call is getconn() on the parent's Pool object (a module-level
+    `pool = get_pool()`): the pool's own pid check runs the routine, then the pool refuses."""
+    baseline = server_sockets(database_url)
+    monkeypatch.setenv("DB_POOL_SIZE", "2")
+    pool = forkpool.get_pool()
+    parent = backend_pids(pool, 2)
+    owned = forkpool_sockets(database_url, baseline)
+
+    def child() -> dict:
+        try:
+            pool.getconn(timeout=1)
+            refused = "handed out a connection"
+        except forkpool.PoolClosed as exc:
+            refused = "refused" if "inherited across fork" in str(exc) else str(exc)
+        report = released(owned, baseline, database_url)
+        report.update(refused=refused, backends=backend_pids(forkpool.get_pool(), 2))
+        forkpool.close_all()
+        return report
+
+    seen = in_c_child(child)
+    assert_released(seen)
+    assert seen["refused"] == "refused" and set(seen["backends"]).isdisjoint(parent)
+    assert sorted(backend_pids(pool, 2)) == sorted(parent)
