@@ -88,8 +88,10 @@ def post_fork() -> None:
     """
     if _uwsgi is not None and int(_uwsgi.worker_id()) > 0:
         start_in_child(role(), timeout=DEFAULT_OPEN_TIMEOUT)
-    else:
-        after_fork_in_child()
+        return
+    after_fork_in_child()
+    if _uwsgi is not None:
+        set_process_role(f"{role()}-{'mule' if int(_uwsgi.mule_id()) > 0 else 'spooler'}")
 
 
 def at_exit() -> None:
