@@ -50,11 +50,13 @@ def ensure_venv() -> None:
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
     # One call: pip takes the suite's `forkpool` requirement from ./shared, never from an index.
     subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", "-e", f"{ROOT}[dev,embedded]"], check=True)
-    # mysqlclient compiles against MariaDB's client library: without its headers this step fails, and
-    # only the tests of Django's MySQL backend skip, saying so.
-    if subprocess.run(pip + ["-e", f"{ROOT}[mysqlclient]"], stderr=subprocess.DEVNULL).returncode != 0:
-        print(f"bootstrap: mysqlclient did not build; the Django-on-MariaDB tests will be skipped. "
-              f"Install its build needs with: {install_command('libmariadb-dev pkg-config')}", flush=True)
+    # Extras pip must compile, each in a step of its own that may fail: only the tests needing it
+    # then skip, saying so. mysqlclient builds against MariaDB's client library, uWSGI with gcc.
+    for extra, tests, needs in (("mysqlclient", "Django-on-MariaDB", "libmariadb-dev pkg-config"),
+                                ("uwsgi", "uWSGI", "gcc python3-dev")):
+        if subprocess.run(pip + ["-e", f"{ROOT}[{extra}]"], stderr=subprocess.DEVNULL).returncode != 0:
+            print(f"bootstrap: {extra} did not build; the {tests} tests will be skipped. "
+                  f"Install its build needs with: {install_command(needs)}", flush=True)
     STAMP.write_text(wanted)
 
 
