@@ -10,11 +10,12 @@ with all its extras) and the suite (this directory, with its `dev` and
 `embedded` extras) in one pip call, again only when a pyproject.toml changes,
 then runs the command in it.
 
-PgBouncer (the `pgbouncer` binary: Debian's and Ubuntu's package, no pip wheel
-carries it) is the one system package: where it is missing and this runs as
-root on a system with apt, `test` installs it (FORKPOOL_NO_APT=1: never);
-elsewhere the command that installs it is printed, and the tests that need it
-are skipped with that reason.
+PgBouncer and MariaDB's server (Debian's and Ubuntu's `pgbouncer` and
+`mariadb-server`: no pip wheel carries either) are the system packages: where
+one is missing and this runs as root on a system with apt, `test` installs it
+(FORKPOOL_NO_APT=1: never); elsewhere the command that installs it is printed,
+and the tests that need it are skipped with that reason. The tests start their
+own servers of both, never the ones a machine may already run.
 """
 
 from __future__ import annotations
@@ -49,39 +50,69 @@ def ensure_venv() -> None:
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
     # One call: pip takes the suite's `forkpool` requirement from ./shared, never from an index.
     subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", "-e", f"{ROOT}[dev,embedded]"], check=True)
+    # Extras pip must compile, each in a step of its own that may fail: only the tests needing it
+    # then skip, saying so. mysqlclient builds against MariaDB's client library, uWSGI with gcc.
+    for extra, tests, needs in (("mysqlclient", "Django-on-MariaDB", "libmariadb-dev pkg-config"),
+                                ("uwsgi", "uWSGI", "gcc python3-dev")):
+        if subprocess.run(pip + ["-e", f"{ROOT}[{extra}]"], stderr=subprocess.DEVNULL).returncode != 0:
+            print(f"bootstrap: {extra} did not build; the {tests} tests will be skipped. "
+                  f"Install its build needs with: {install_command(needs)}", flush=True)
     STAMP.write_text(wanted)
 
 
+# The system packages the tests need that no pip wheel carries: (what, binary to find, Debian package).
+SYSTEM_PACKAGES = (("pgbouncer", ("pgbouncer", "/usr/sbin/pgbouncer"), "pgbouncer"),
+                   ("MariaDB", ("mariadbd", "/usr/sbin/mariadbd", "mysqld", "/usr/sbin/mysqld"), "mariadb-server"),
+                   # To build mysqlclient (the suite's `mysqlclient` extra) from source.
+                   ("MariaDB's client headers", ("mariadb_config", "mysql_config"), "libmariadb-dev"),
+                   ("pkg-config", ("pkg-config",), "pkg-config"))
+
+
+def install_command(package: str) -> str:
+    """The one command that installs `package` (harness/pgbouncer.py and harness/services.py say the same)."""
+    return ("" if os.name == "posix" and os.geteuid() == 0 else "sudo ") + f"apt-get install -y {package}"
+
+
 def pgbouncer_install() -> str:
-    """The one command that installs PgBouncer (harness/pgbouncer.py's install_command says the same)."""
-    return ("" if os.name == "posix" and os.geteuid() == 0 else "sudo ") + "apt-get install -y pgbouncer"
+    return install_command("pgbouncer")
+
+
+def find_binary(names: tuple[str, ...]) -> str | None:
+    # Debian puts servers in /usr/sbin, which a non-root PATH may lack.
+    return next((found for name in names
+                 if (found := name if name.startswith("/") and os.access(name, os.X_OK) else shutil.which(name))), None)
 
 
 def find_pgbouncer() -> str | None:
-    # Debian puts it in /usr/sbin, which a non-root PATH may lack.
-    return shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if os.access(p, os.X_OK)), None)
+    return find_binary(SYSTEM_PACKAGES[0][1])
 
 
-def ensure_pgbouncer() -> None:
-    """Install PgBouncer when missing (root with apt); otherwise say how. Never fatal: its tests skip."""
-    if find_pgbouncer() or os.environ.get("FORKPOOL_PGBOUNCER"):  # there, or the user named their own
+def ensure_system_packages() -> None:
+    """Install what is missing (root with apt); otherwise say how. Never fatal: the tests that need it skip."""
+    missing = [(what, package) for what, binaries, package in SYSTEM_PACKAGES if not find_binary(binaries)]
+    if os.environ.get("FORKPOOL_PGBOUNCER"):  # the user named their own PgBouncer
+        missing = [(what, package) for what, package in missing if package != "pgbouncer"]
+    if not missing:
         return
+    packages = [package for _, package in missing]
     if os.environ.get("FORKPOOL_NO_APT") == "1" or os.name != "posix" or os.geteuid() != 0 \
             or not shutil.which("apt-get"):
-        print(f"bootstrap: pgbouncer is not installed; its tests will be skipped. Install it with: "
-              f"{pgbouncer_install()}", flush=True)
+        for what, package in missing:
+            print(f"bootstrap: {what} is not installed; its tests will be skipped. Install it with: "
+                  f"{install_command(package)}", flush=True)
         return
-    print("bootstrap: installing pgbouncer (apt-get, first run only)", flush=True)
+    print(f"bootstrap: installing {' and '.join(packages)} (apt-get, first run only)", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # A list made long ago may no longer name the current version: update first (a few seconds).
     steps = [["apt-get", "update", "-qq"],
-             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"]]
+             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]]
     for step in steps:
         if subprocess.run(step, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-            print(f"bootstrap: `{' '.join(step)}` failed; PgBouncer tests will be skipped. "
-                  f"Install it with: {pgbouncer_install()}", file=sys.stderr, flush=True)
+            print(f"bootstrap: `{' '.join(step)}` failed; the tests that need {' and '.join(packages)} will be "
+                  f"skipped. Install with: {install_command(' '.join(packages))}", file=sys.stderr, flush=True)
             return
-    stop_system_pgbouncer()
+    if "pgbouncer" in packages:
+        stop_system_pgbouncer()
 
 
 def stop_system_pgbouncer() -> None:
@@ -112,9 +143,9 @@ def main(argv: list[str]) -> int:
         print(f"bootstrap: forkpool needs Python 3.11 or newer, this is {sys.version.split()[0]}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
-    ensure_venv()
     if command == "test" or "--pgbouncer" in rest:  # demo, loadtest and up take --pgbouncer
-        ensure_pgbouncer()
+        ensure_system_packages()  # first: mysqlclient builds against libmariadb-dev
+    ensure_venv()
     if command == "test":
         args = [str(venv_bin("python")), "-m", "pytest", *xdist_args(rest), *rest]
     elif command == "demo":

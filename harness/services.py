@@ -40,9 +40,9 @@ from psycopg2 import sql
 from forkpool.redact import redact_text
 
 from ._procs import (ServiceError, chown_tree, default_base_dir, free_port, init_data_dir, log_tail,
-                     make_tmp_dir, postgres_bindir, redis_server_binary, server_user, spawn, stop)
+                     make_tmp_dir, postgres_bindir, redis_server_binary, run, server_user, spawn, stop)
 
-__all__ = ["ServiceError", "EmbeddedPostgres", "EmbeddedRedis", "Services", "services",
+__all__ = ["ServiceError", "EmbeddedMariaDB", "EmbeddedPostgres", "EmbeddedRedis", "Services", "services",
            "external_database_url", "external_redis_url", "redact_url"]
 
 log = logging.getLogger("forkpool.harness")
@@ -385,6 +385,104 @@ class EmbeddedRedis(_Server):
             return False
         finally:
             client.close()
+
+
+class EmbeddedMariaDB(_Server):
+    """A throwaway MariaDB (Debian's ``mariadb-server``; no pip wheel carries one) on 127.0.0.1 only.
+
+    Its own data directory, socket and port: never the server a machine may run
+    on 3306. User ``forkpool`` (no password, every privilege, PROCESS included so
+    ``information_schema.processlist`` shows every session) over TCP; root over
+    the private socket.
+    """
+
+    kind = "mariadb"
+    stop_signals = {"fast": signal.SIGTERM, "immediate": signal.SIGKILL}
+    start_timeout = 60.0
+    user_name = "forkpool"
+
+    def __init__(self, max_connections: int = 200, port: int | None = None,
+                 base_dir: str | Path | None = None) -> None:
+        super().__init__(port, base_dir)
+        self.max_connections = max_connections
+        self._server, self._install_db = mariadb_binaries()
+
+    @property
+    def data_dir(self) -> Path:
+        return self._tmp() / "data"
+
+    @property
+    def socket_path(self) -> Path:
+        return self._tmp() / "mariadb.sock"
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy's form, driver left to the caller: ``mysql://forkpool@127.0.0.1:PORT/test``."""
+        return f"mysql://{self.user_name}@{self.host}:{self.port}/test"
+
+    def _prepare(self) -> None:
+        run([self._install_db, "--no-defaults", f"--datadir={self.data_dir}", "--skip-test-db",
+             "--auth-root-authentication-method=normal", "--skip-name-resolve", *self._as_user()],
+            cwd=self._tmp(), user=None, timeout=120)
+
+    def _as_user(self) -> list[str]:
+        # mariadbd refuses to run as root unless told to; the data dir is root's then.
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def _argv(self) -> list[str]:
+        return [self._server, "--no-defaults", f"--datadir={self.data_dir}", f"--socket={self.socket_path}",
+                f"--port={self.port}", f"--bind-address={self.host}", "--skip-name-resolve",
+                f"--pid-file={self._tmp() / 'mariadb.pid'}", f"--log-error={self.log_path}",
+                f"--max-connections={self.max_connections}", "--skip-log-bin",
+                # session_connect_attrs: where a MySQL client's program_name (our identity) shows.
+                "--performance-schema=ON",
+                # Throwaway data: durability only costs time; a small buffer pool starts fast.
+                "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=32M", *self._as_user()]
+
+    def _ping(self) -> bool:
+        import pymysql
+
+        # Over our private socket: an answer there means the server on our port is ours.
+        try:
+            pymysql.connect(unix_socket=str(self.socket_path), user="root", connect_timeout=2).close()
+            return True
+        except pymysql.Error:
+            return False
+
+    def _after_first_start(self) -> None:
+        self.execute_as_root(f"CREATE USER IF NOT EXISTS '{self.user_name}'@'%'",
+                             f"GRANT ALL PRIVILEGES ON *.* TO '{self.user_name}'@'%' WITH GRANT OPTION",
+                             "CREATE DATABASE IF NOT EXISTS test")
+
+    def execute_as_root(self, *statements: str) -> list[tuple]:
+        """Run statements as root over the private socket; the last one's rows."""
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=str(self.socket_path), user="root", connect_timeout=5, autocommit=True)
+        try:
+            rows: list[tuple] = []
+            with conn.cursor() as cur:
+                for statement in statements:
+                    cur.execute(statement)
+                    rows = list(cur.fetchall())
+            return rows
+        finally:
+            conn.close()
+
+
+def mariadb_binaries() -> tuple[str, str]:
+    """The server and its install tool, or ServiceError naming the package that brings them."""
+    server = next((p for p in (shutil.which("mariadbd"), "/usr/sbin/mariadbd", shutil.which("mysqld"), "/usr/sbin/mysqld")
+                   if p and os.access(p, os.X_OK)), None)
+    install_db = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    if server is None or install_db is None:
+        raise ServiceError(f"MariaDB is not installed; install it with: {mariadb_install_command()}")
+    return server, install_db
+
+
+def mariadb_install_command() -> str:
+    """The one command that installs MariaDB's server (bootstrap.py says the same)."""
+    return ("" if os.geteuid() == 0 else "sudo ") + "apt-get install -y mariadb-server"
 
 
 @dataclass

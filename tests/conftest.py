@@ -17,7 +17,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 import forkpool
-from harness.services import EmbeddedPostgres, EmbeddedRedis, external_database_url, external_redis_url
+from harness.services import (EmbeddedMariaDB, EmbeddedPostgres, EmbeddedRedis, ServiceError, external_database_url,
+                              external_redis_url)
 from forkpool import identity
 from forkpool import registry
 from tests.server_support import Server
@@ -62,6 +63,26 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[EmbeddedMariaDB]:
+    """A private MariaDB for the session (Debian's mariadb-server; skipped, with the install command, without it)."""
+    try:
+        server = EmbeddedMariaDB()
+    except ServiceError as exc:
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def mariadb_url(mariadb: EmbeddedMariaDB) -> str:
+    """``mysql://forkpool@127.0.0.1:PORT/test``: name the driver (``mysql+pymysql``) where SQLAlchemy wants one."""
+    return mariadb.url
 
 
 @pytest.fixture(scope="session")

@@ -239,6 +239,30 @@ def test_idle_in_transaction_past_the_threshold_is_flagged_with_its_process(data
         stop(proc)
 
 
+@pytest.mark.parametrize("mode", ["close-wait", "reset"])
+def test_a_master_holding_a_connection_the_server_closed_is_not_clean(mode, database_url, admin):
+    """The descriptor of a connection that is gone (closed by the server; or reset, and in no kernel table any
+    more) is still a finding: the master's pool would hand it to the next worker it forks."""
+    proc = subprocess.Popen([sys.executable, str(APPS / "dead_master.py"), mode], env={**os.environ,
+                            "DATABASE_URL": database_url}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        backend = int(proc.stdout.readline())
+        code, report = doctor("--pid", str(proc.pid))
+        assert "dead-socket" not in codes(report)  # alive: held, not dead
+        admin("SELECT pg_terminate_backend(%s)", backend)
+        assert wait_for(lambda: not admin("SELECT 1 FROM pg_stat_activity WHERE pid = %s", backend), timeout=10)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "ready"
+        code, report = doctor("--pid", str(proc.pid))
+        dead = [f for f in report["findings"] if f["code"] == "dead-socket" and f["severity"] == "error"]
+        assert code == 1 and dead and all(proc.pid in f["pids"] for f in dead), report["findings"]
+        assert "inherits them" in dead[0]["message"] or "closed by the server" in dead[0]["message"]
+    finally:
+        stop(proc)
+
+
 def test_usage_errors_are_one_line_with_exit_2(database_url):
     for args in (["--pool-size", "four"], ["--pid", "999999999"], ["--dsn", "not a dsn"]):
         result = subprocess.run([sys.executable, "-m", "forkpool", "doctor", *args], capture_output=True,

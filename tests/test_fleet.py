@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 import forkpool
-from forkpool.budget import Budget, DeploymentPlan, PoolerLimits, ServerLimits, startup_check
+from forkpool.budget import Budget, DeploymentPlan, PoolerLimits, ServerLimits, server_of, startup_check
 from harness import checks
 from harness.fleet import check_fleet_ceiling, host_labels, on_host
 from harness.model import Sample
@@ -39,19 +37,25 @@ def test_behind_pgbouncer_clients_and_servers_are_two_tiers():
     assert not big_pool.fits and "DOES NOT FIT" in big_pool.explain()[-1]
 
 
-def test_startup_check_counts_every_host_in_one_line(monkeypatch, caplog):
-    """DB_BUDGET_HOSTS: a host alone refuses what the fleet could not hold (the session server has 297 slots)."""
+def test_startup_check_counts_every_host_in_one_line(monkeypatch, database_url, capsys):
+    """DB_BUDGET_HOSTS: a host alone refuses what the fleet could not hold (the session server has 297 slots).
+
+    The line names the server, the pool and where its size comes from, and says its verdict on stderr.
+    """
     monkeypatch.setenv("DB_POOL_SIZE", str(P))
     monkeypatch.setenv("DB_BUDGET_HOSTS", "3")
-    with caplog.at_level(logging.INFO, logger="forkpool.budget"):
-        lines = startup_check("web", processes=8, threads=1)
+    server = server_of(database_url)
+    lines = startup_check("web", processes=8, threads=1)
     assert lines == ["web: 3 hosts x 8 processes x pool 4 = 96 connections (+ 0 for other clients) "
-                     "of 297 available (max_connections 300 - reserved 3)"]
+                     f"of 297 available (max_connections 300 - reserved 3) on {server} "
+                     "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: fits"]
+    assert capsys.readouterr().err == f"forkpool: {lines[0]}\n"
     monkeypatch.setenv("DB_BUDGET_HOSTS", "10")
     with pytest.raises(forkpool.ConfigError) as refused:
         startup_check("web", processes=8, threads=1)
     assert str(refused.value) == ("web: 10 hosts x 8 processes x pool 4 = 320 connections (+ 0 for other clients) "
-                                  "of 297 available (max_connections 300 - reserved 3): does not fit "
+                                  f"of 297 available (max_connections 300 - reserved 3) on {server} "
+                                  "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: does not fit "
                                   "(DB_BUDGET_CHECK=warn or off to start anyway)")
 
 
@@ -62,7 +66,8 @@ def test_startup_check_behind_pgbouncer_counts_against_max_client_conn(monkeypat
     monkeypatch.setenv("DB_BUDGET_MAX_CLIENT_CONN", "100")
     assert startup_check("worker", processes=5, threads=1) == [
         "worker: 4 hosts x 5 processes x pool 4 = 80 connections (+ 0 for other clients) "
-        "of PgBouncer's max_client_conn 100 (DB_BUDGET_MAX_CLIENT_CONN)"]
+        "of PgBouncer's max_client_conn 100 (DB_BUDGET_MAX_CLIENT_CONN) "
+        "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: fits"]
     monkeypatch.setenv("DB_BUDGET_MAX_CLIENT_CONN", "60")
     with pytest.raises(forkpool.ConfigError, match="= 80 connections .* max_client_conn 60 .*: does not fit"):
         startup_check("worker", processes=5, threads=1)
@@ -75,9 +80,10 @@ def test_a_host_refuses_to_start_when_the_fleet_would_not_fit(database_url, redi
     web = WebServer(plan, tmp_path).start()
     assert web.proc.wait(60) != 0
     refusals = [line for line in web.log_text().splitlines() if "does not fit" in line]
-    assert refusals and all("web: 20 hosts x 2 processes x pool 8 = 320 connections (+ 0 for other clients) "
-                            "of 297 available (max_connections 300 - reserved 3): does not fit" in line
-                            for line in refusals), web.log_text()[-2000:]
+    assert len(refusals) == 1 and ("web: 20 hosts x 2 processes x pool 8 = 320 connections (+ 0 for other clients) "
+                                   "of 297 available (max_connections 300 - reserved 3) on "
+                                   f"{server_of(database_url)} [pool 8: forkpool pool 'default' 8 (DB_POOL_SIZE=8)]"
+                                   ": does not fit") in refusals[0], web.log_text()[-2000:]
 
 
 def fleet_sample(t: float, h1: int = 2, h2: int = 2) -> Sample:

@@ -160,25 +160,28 @@ def test_forkpools_pool_relies_on_no_session_state(bouncer, monkeypatch, suite_i
     assert stats["checks"] >= 7 and stats["connections_discarded"] == 0  # every check passed, nothing thrown away
 
 
-def test_bootstrap_installs_pgbouncer_as_root_with_apt_and_otherwise_says_how(monkeypatch, capsys):
+def test_bootstrap_installs_pgbouncer_and_mariadb_as_root_with_apt_and_otherwise_says_how(monkeypatch, capsys):
     import bootstrap
 
     calls: list[list[str]] = []
-    monkeypatch.setattr(bootstrap, "find_pgbouncer", lambda: None)
+    monkeypatch.setattr(bootstrap, "find_binary", lambda names: None)
     monkeypatch.delenv("FORKPOOL_PGBOUNCER", raising=False)
     monkeypatch.delenv("FORKPOOL_NO_APT", raising=False)
     monkeypatch.setattr(bootstrap.subprocess, "run", lambda argv, **kw: calls.append(argv) or
                         subprocess_result(0))
     monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
     monkeypatch.setattr(bootstrap.shutil, "which", lambda name: f"/usr/bin/{name}")
-    bootstrap.ensure_pgbouncer()
+    bootstrap.ensure_system_packages()
     assert calls[:2] == [["apt-get", "update", "-qq"],
-                         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"]]
+                         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer", "mariadb-server",
+                          "libmariadb-dev", "pkg-config"]]
     assert ["service", "pgbouncer", "stop"] in calls  # the package's own service, if policy let it start
     calls.clear()
-    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)  # not root: nothing run, one command printed
-    bootstrap.ensure_pgbouncer()
-    assert not calls and "Install it with: sudo apt-get install -y pgbouncer" in capsys.readouterr().out
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)  # not root: nothing run, one command each printed
+    bootstrap.ensure_system_packages()
+    out = capsys.readouterr().out
+    assert not calls and "Install it with: sudo apt-get install -y pgbouncer" in out
+    assert "MariaDB is not installed; its tests will be skipped. Install it with: sudo apt-get install -y mariadb-server" in out
 
 
 def subprocess_result(code: int) -> object:

@@ -84,6 +84,7 @@ def test_django_under_gunicorn_preload(protected, db, probe_table, servers, data
     if not protected:
         assert {"shared-socket", "master-connection"} <= {f["code"] for f in before["findings"]}, before["findings"]
         assert shared_backends(answers) or failures(answers), answers  # what users report
+        server.stop(timeout=5)  # a worker may wait forever for an answer another process read: no graceful wait
         return
     assert errors(before) == []
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
@@ -154,8 +155,11 @@ def test_forks_of_a_busy_django_process_keep_the_parents_sessions(db, probe_tabl
     assert report["trouble"] == [] and report["busy_ops"] > 0
     assert len(report["before"]) == 2 and report["after"] == report["before"] and report["main_backend_alive"]
     inherited = 2 if db == "pool" else 1  # the pool and the main thread's connection / the connection
+    # and the busy thread's connection, held through the fork (pooled: when it had one checked out)
+    busy = {0, 1} if db == "pool" else {1}
     for child in report["children"]:
-        assert (child["pools"], child["connection"], child["graveyard"]) == ([], False, inherited), child
+        assert (child["pools"], child["connection"]) == ([], False), child
+        assert child["graveyard"] - inherited in busy, child
         assert child["backend"] not in report["before"], child
         assert child["name"] == f"{suite_id}:app:{child['pid']}", child  # identity made in the child
     assert len(report["children"]) == FORKS

@@ -14,7 +14,7 @@ import sys
 from forkpool.errors import ConfigError
 from forkpool.gunicorn import asgi_on_starting as on_starting  # noqa: F401
 from forkpool.gunicorn import asgi_post_fork as post_fork  # noqa: F401
-from forkpool.gunicorn import child_exit, on_exit, pre_fork, when_ready, worker_exit  # noqa: F401
+from forkpool.gunicorn import child_exit, on_exit, post_worker_init, pre_fork, when_ready, worker_exit  # noqa: F401
 from web.server_settings import asgi_gunicorn_settings, asgi_pool_env, asgi_server_settings
 
 try:

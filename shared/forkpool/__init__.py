@@ -9,8 +9,9 @@
 process, a new one in a forked child, whose inherited connections are let go
 without network I/O. ``per_process`` gives any client the same guarantees.
 Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
-``forkpool.flask`` (extension), ``"forkpool.django"`` (an app for
-``INSTALLED_APPS``); asyncio: ``await get_async_pool()``, ``get_async_redis()``,
+``forkpool.uwsgi`` (``--import forkpool.uwsgi``), ``forkpool.rq`` (a worker class),
+``forkpool.flask`` (extension),
+``"forkpool.django"`` (an app for ``INSTALLED_APPS``); asyncio: ``await get_async_pool()``, ``get_async_redis()``,
 opened in an ASGI lifespan. See docs/fork-story.md for why.
 
 Modules, bottom-up (each imports only modules on lines above its own;
@@ -18,14 +19,14 @@ tests/test_layers.py keeps it so):
 
     endpoints, errors, identity, per_process, redact, stats
     drivers, extras, kernel_sockets, live_pools
-    doctor, integrations, metrics_dir, redis_client, settings
-    aio_redis, budget, connections, manager, protection
-    cli, maintenance, upkeep, waiter
+    integrations, metrics_dir, redis_client, settings
+    aio_redis, connections, manager, protection
+    maintenance, upkeep, waiter
     aio_upkeep, pool
     aio_pool, registry
-    aio_registry, health, metrics
-    flask, lifecycle
-    celery, gunicorn
+    aio_registry, budget, health, metrics
+    doctor, flask, lifecycle
+    celery, cli, gunicorn, rq, uwsgi
     django
 """
 

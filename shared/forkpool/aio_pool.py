@@ -32,6 +32,7 @@ from .drivers import PSYCOPG, Session, get_driver
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .extras import import_extra
 from .live_pools import all_pools
+from .per_process import notice_fork
 from .pool import JUST_RETURNED
 from .redact import describe_error
 from .settings import PoolSettings, session_of, with_hooks
@@ -426,6 +427,8 @@ class AsyncPool(AsyncPoolUpkeep):
         return len(self._idle) + len(self._in_use)
 
     def _raise_if_unusable(self) -> None:
+        if self.pid != os.getpid():
+            notice_fork()  # a fork no Python hook saw: the process releases what it inherited, this pool too
         if self._inherited:
             raise PoolClosed(f"{self!r} belongs to process {self.pid}, not {os.getpid()} (inherited across fork)")
         if self._closed:

@@ -21,7 +21,6 @@ no byte is sent, no lock taken, and only sockets the main process holds too.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -73,10 +72,10 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     release_in_master("celery main process")
     concurrency = getattr(sender, "concurrency", None) or 1
     try:
+        # The app (and the modules it imports) is loaded by now: its protected pools are known.
         startup_check(role, int(concurrency), threads=1)
     except ConfigError as exc:
-        logging.getLogger("forkpool.budget").error("%s", exc)
-        sys.exit(f"forkpool: {exc}")
+        sys.exit(f"forkpool: {exc}")  # the one line, on stderr
     prepare_directory()
     serve_metrics_alone()
     # Resolved once here, before any child exists: children inherit the answer.

@@ -26,6 +26,7 @@ from typing import Iterator
 from .endpoints import Endpoints
 
 TCP_ESTABLISHED = 0x01
+TCP_CLOSE_WAIT = 0x08  # the peer closed; this end has not (yet)
 TCP_LISTEN = 0x0A
 _UNIX_LISTENING = 0x00010000  # __SO_ACCEPTCON in /proc/net/unix's Flags
 
@@ -122,6 +123,33 @@ def tcp_endpoints_in_use(pid: int | str = "self") -> set[tuple[str, int]]:
     """Local (address, port) of every established TCP socket in `pid`'s namespace, held or not."""
     return {_hex_endpoint(fields[1], family) for fields, family in _tcp_lines(pid)
             if int(fields[3], 16) == TCP_ESTABLISHED}
+
+
+# Every socket table of a network namespace, with the column of each line that holds the inode.
+_SOCKET_TABLES = (("tcp", 9), ("tcp6", 9), ("udp", 9), ("udp6", 9), ("udplite", 9), ("udplite6", 9),
+                  ("raw", 9), ("raw6", 9), ("unix", 6), ("netlink", 9), ("packet", 8))
+
+
+def listed_socket_inodes(pid: int | str = "self") -> set[int]:
+    """Inodes of every socket that a socket table of `pid`'s network namespace lists.
+
+    A process's socket that none lists is dead: a TCP socket the peer reset, or
+    that finished closing, leaves every table, yet its descriptor stays open until
+    the process closes it, and a pool would still hand it out. (A socket never
+    bound nor connected is listed nowhere either; a server at rest holds none.)
+    """
+    listed: set[int] = set()
+    for name, column in _SOCKET_TABLES:
+        try:
+            with open(f"/proc/{pid}/net/{name}") as stream:
+                next(stream)
+                for line in stream:
+                    fields = line.split()
+                    if len(fields) > column and fields[column].isdigit():
+                        listed.add(int(fields[column]))
+        except (OSError, StopIteration):
+            continue
+    return listed
 
 
 def unix_table(pid: int | str = "self") -> dict[int, UnixSocket]:

@@ -53,7 +53,15 @@ def home() -> types.ModuleType:
         candidate.slots = {}  # type: ignore[attr-defined]  # key -> _Slot
         candidate.created = []  # type: ignore[attr-defined]  # slots with an instance, in creation order
         candidate.hooks_installed = set()  # type: ignore[attr-defined]  # which at-fork hooks are registered
-        candidate.unseen_fork_lock = threading.Lock()  # type: ignore[attr-defined]
+        # name -> callback, run in order by after_fork_in_child(): what a forked child lets go of.
+        candidate.child_callbacks = {}  # type: ignore[attr-defined]
+        # The process this state belongs to: another pid means a fork nobody has handled yet.
+        candidate.owner_pid = os.getpid()  # type: ignore[attr-defined]
+        candidate.handling_fork_in = None  # type: ignore[attr-defined]  # pid whose routine is running
+        candidate.unseen_fork_lock = threading.RLock()  # type: ignore[attr-defined]
+        candidate.exit_callbacks = {}  # type: ignore[attr-defined]  # name -> callback, see on_exit()
+        candidate.exit_watched_in = None  # type: ignore[attr-defined]  # pid whose exit is watched
+        candidate.exit_watch = _ExitWatch()  # type: ignore[attr-defined]
         holder = sys.modules.setdefault(_HOME, candidate)
     return holder
 
@@ -120,9 +128,8 @@ class PerProcess(Generic[T]):
     def _create(self) -> T:
         slot = self._slot
         pid = os.getpid()
-        current = slot.current
-        if current is not None and current[0] != pid:
-            _recover_from_unseen_fork()
+        if home().owner_pid != pid:
+            notice_fork()  # before the slot's lock: a parent thread may have held it at fork time
         with slot.lock:
             # Invariant: one instance per process. Threads racing on first use queue
             # here and the losers return the winner's instance; the factory runs once.
@@ -138,7 +145,8 @@ class PerProcess(Generic[T]):
                 slot.creator = None
             slot.current = (pid, instance)
             home().created.append(slot)
-            return instance  # type: ignore[no-any-return]
+        watch_exit()  # a multiprocessing child closes it too, though it leaves without atexit
+        return instance  # type: ignore[no-any-return]
 
 
 @overload
@@ -191,16 +199,12 @@ def _close_slot(slot: _Slot) -> None:
 
 
 def detach_inherited() -> None:
-    """In a forked child: hand every inherited instance to its ``detach``. No locks, no I/O. Idempotent.
+    """In a forked child: hand every inherited instance to its ``detach``. No locks, no I/O.
 
-    Runs from the at-fork hook (only the forking thread exists then) and from
-    the server hooks, for a fork Python's hook did not see.
+    One of the callbacks of ``after_fork_in_child``, the first registered.
     """
     holder = home()
     pid = os.getpid()
-    if getattr(holder, "detached_in", None) == pid:
-        return  # done already in this process: this process's own instances and locks stay
-    holder.detached_in = pid
     holder.created = []
     for slot in list(holder.slots.values()):
         # A parent thread may have held this lock at fork time; it is never released here.
@@ -215,22 +219,66 @@ def detach_inherited() -> None:
                 slot.detach(current[1])
             except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
                 logger.warning("detaching inherited %s failed", slot.key, exc_info=True)
-    holder.unseen_fork_lock = threading.Lock()
 
 
-def _recover_from_unseen_fork() -> None:
-    # A fork that skipped Python's at-fork hooks (C code calling fork() itself):
-    # several threads of the child may get here at once. The lock may have been
-    # held by a parent thread at fork time, so it is taken with a timeout and
-    # replaced if it never comes free, as redis-py's _checkpid does.
+def on_fork_in_child(name: str, callback: Callable[[], None]) -> None:
+    """Add `callback` to what a forked child runs, once, before anything else uses forkpool's state.
+
+    Callbacks run in the order their names were first added (a module's reload
+    replaces its callback in place), in the child only, under the rule of the
+    module docstring: no network I/O, no lock a parent thread may have held.
+    Modules above this one add theirs at import (pools, protected objects,
+    broker sockets, metrics): this module imports none of them.
+    """
+    home().child_callbacks[name] = callback
+
+
+def after_fork_in_child() -> None:
+    """Release everything this process inherited across fork: the one routine every path runs. Idempotent per pid.
+
+    Run by the at-fork hook (``os.fork()``, multiprocessing's fork), by the
+    server hooks (Gunicorn, Celery, uWSGI), and by the pid check of every entry
+    point (``notice_fork``) for a fork Python's hooks did not see: uWSGI and
+    other C code calling ``fork()`` themselves. Each registered callback runs
+    once per process, in order; one that fails is logged and the others run.
+    """
     holder = home()
+    pid = os.getpid()
+    if holder.owner_pid == pid or holder.handling_fork_in == pid:
+        return  # done (or being done, further up this thread's stack) in this process
+    holder.handling_fork_in = pid
+    for name, callback in list(holder.child_callbacks.items()):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+            logger.warning("releasing inherited state (%s) after fork failed", name, exc_info=True)
+    # Last: the lock-free check of other threads passes only once everything is released.
+    holder.owner_pid = pid
+    try:
+        watch_exit()
+    except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        logger.warning("watching a multiprocessing child's exit failed", exc_info=True)
+
+
+def notice_fork() -> None:
+    """The pid check's slow path: in a process that forkpool's state does not belong to, run the routine.
+
+    Cheap when nothing changed (one attribute read and a pid compare). After a
+    fork no Python hook saw, several threads of the child may get here at once:
+    they queue on a lock, the first runs ``after_fork_in_child`` and the others
+    find it done. That lock may have been held by a parent thread at fork time,
+    so it is taken with a timeout and replaced if it never comes free, as
+    redis-py's ``ConnectionPool._checkpid`` does with its fork lock.
+    """
+    holder = home()
+    if holder.owner_pid == os.getpid():
+        return
     lock = holder.unseen_fork_lock
     if not lock.acquire(timeout=5):
-        lock = holder.unseen_fork_lock = threading.Lock()
+        lock = holder.unseen_fork_lock = threading.RLock()
         lock.acquire()
     try:
-        if any(s.current is not None and s.current[0] != os.getpid() for s in holder.slots.values()):
-            detach_inherited()
+        after_fork_in_child()
     finally:
         lock.release()
 
@@ -238,26 +286,89 @@ def _recover_from_unseen_fork() -> None:
 def install_fork_hooks(name: str, *, before: Callable[[], None] | None = None,
                        after_in_parent: Callable[[], None] | None = None,
                        after_in_child: Callable[[], None] | None = None) -> None:
-    """``os.register_at_fork`` once per process for `name`, however often the caller is imported or reloaded."""
+    """Fork hooks for `name`: `after_in_child` joins ``after_fork_in_child`` (so a fork Python's hooks
+    do not see runs it too); `before` and `after_in_parent` go to ``os.register_at_fork``, once per
+    process however often the caller is imported or reloaded."""
     holder = home()
+    if after_in_child is not None:
+        on_fork_in_child(name, after_in_child)
     if name in holder.hooks_installed:
         return
     holder.hooks_installed.add(name)
-    kwargs = {k: v for k, v in
-              (("before", before), ("after_in_parent", after_in_parent), ("after_in_child", after_in_child))
-              if v is not None}
-    os.register_at_fork(**kwargs)
+    kwargs = {k: v for k, v in (("before", before), ("after_in_parent", after_in_parent)) if v is not None}
+    if kwargs:
+        os.register_at_fork(**kwargs)
 
 
-def _close_at_exit() -> None:
-    # Plain scripts: end sessions with a proper goodbye, not a dropped socket.
-    # Celery children leave with os._exit(): their worker_process_shutdown closes instead.
+def _replace_unseen_fork_lock() -> None:
+    # A parent thread may have held it at fork time: the child starts with a free one.
+    home().unseen_fork_lock = threading.RLock()
+
+
+def on_exit(name: str, callback: Callable[[], None]) -> None:
+    """Add `callback` to what a process closes when it ends normally, after its ``per_process`` instances.
+
+    That is at interpreter exit (``atexit``: plain scripts, uWSGI workers) and,
+    in a multiprocessing child, which leaves through ``os._exit()`` without
+    ``atexit``, in multiprocessing's own exit finalizers (see ``watch_exit``).
+    """
+    home().exit_callbacks[name] = callback
+
+
+def close_at_exit() -> None:
+    """End this process's sessions with a goodbye, not a dropped socket: its instances, then ``on_exit``'s.
+
+    Celery children leave with ``os._exit()`` after their own
+    ``worker_process_shutdown``, which closes instead.
+    """
+    notice_fork()  # in a child no hook saw fork: what it inherited is let go, never closed
     try:
         close_all()
     except Exception:  # noqa: BLE001 - nothing may break interpreter exit
         logger.debug("closing per-process instances at exit failed", exc_info=True)
+    for name, callback in list(home().exit_callbacks.items()):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+            logger.debug("closing %s at exit failed", name, exc_info=True)
+
+
+class _ExitWatch:
+    """What multiprocessing's after-fork registry holds (weakly: this module keeps it alive)."""
+
+
+def watch_exit(*, again: bool = False) -> None:
+    """Once per process where multiprocessing is loaded: its exit finalizers run ``close_at_exit`` too.
+
+    A multiprocessing child (``Process``, ``Pool``, ``ProcessPoolExecutor``; fork,
+    forkserver or spawn) ends with ``util._exit_function()``, which runs the
+    registered ``util.Finalize`` callbacks, then ``os._exit()``: ``atexit`` never
+    runs. Registering when multiprocessing is imported would not do: the child's
+    ``BaseProcess._bootstrap`` clears the finalizer registry before ``run()``,
+    wiping what the parent (fork) or the child's own imports (spawn) registered.
+    So this runs when a process first makes an instance and in every forked
+    child, and it also registers with ``util.register_after_fork``, whose
+    callbacks ``_bootstrap`` runs right after that clear (every start method):
+    the finalizer is registered again there, where it stays.
+    """
+    holder = home()
+    pid = os.getpid()
+    if (holder.exit_watched_in == pid and not again) or "multiprocessing" not in sys.modules:
+        return
+    holder.exit_watched_in = pid
+    from multiprocessing import util
+
+    util.Finalize(None, close_at_exit, exitpriority=0)
+    util.register_after_fork(holder.exit_watch, lambda _: watch_exit(again=True))
+
+
+def _close_at_exit() -> None:
+    close_at_exit()
 
 
 if "per_process" not in home().hooks_installed:
-    install_fork_hooks("per_process", after_in_child=detach_inherited)
     atexit.register(_close_at_exit)
+    # The one at-fork hook of the child: every module's callback runs from it, in order.
+    os.register_at_fork(after_in_child=after_fork_in_child)
+install_fork_hooks("unseen-fork-lock", after_in_child=_replace_unseen_fork_lock)
+install_fork_hooks("per_process", after_in_child=detach_inherited)

@@ -38,6 +38,7 @@ from .drivers import get_driver
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .maintenance import Maintainer
 from .live_pools import all_pools
+from .per_process import notice_fork
 from .redact import describe_error
 from .settings import PoolSettings, session_of, with_hooks
 from .upkeep import PoolUpkeep
@@ -51,6 +52,7 @@ logger = logging.getLogger("forkpool.pool")
 JUST_RETURNED = 0.001
 
 _monotonic = time.monotonic  # the hot path's clock, without two attribute lookups per call
+_getpid = os.getpid
 
 
 class Pool(PoolUpkeep):
@@ -117,6 +119,10 @@ class Pool(PoolUpkeep):
 
     def getconn(self, timeout: float | None = None) -> connection:
         """Check a connection out; wait (FIFO) up to `timeout` seconds for a free one."""
+        if self.pid != _getpid():
+            # Inherited across a fork no Python hook saw (uWSGI forks in C): release what the
+            # process inherited first; this pool is then detached and refuses (PoolClosed).
+            notice_fork()
         entry = self._take_idle()
         if entry is None or not self._usable(entry):
             if entry is not None:

@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 from .endpoints import Endpoints
 from .errors import ConfigError
 from .kernel_sockets import detach_connected_to
-from .per_process import home, install_fork_hooks
+from .per_process import home, install_fork_hooks, notice_fork, on_exit, watch_exit
 from .stats import PoolReport
 
 logger = logging.getLogger("forkpool.protect")
@@ -83,6 +83,7 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
     """
     from .integrations import integration_for
 
+    notice_fork()  # in a child forked where no hook ran: the inherited objects let go first
     for entry in _entries():
         if entry.target() is obj:
             return obj
@@ -97,6 +98,7 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
     except TypeError:
         ref = obj
     _entries().append(Protected(ref, chosen, endpoints, eager))
+    watch_exit()  # a multiprocessing child releases it too, though it leaves without atexit
     if getattr(home(), "started_worker", None) == os.getpid():
         # Protected in a worker that has already started (an app loaded after post_fork,
         # without preload_app): its connections open now, as they would have at start.
@@ -122,7 +124,12 @@ def reports() -> list[tuple[str, PoolReport]]:
 
 
 def release_all() -> None:
-    """Close every protected object's connections (masters before forking, workers at exit)."""
+    """Close every protected object's connections (masters before forking, workers at exit).
+
+    In a child forked where no hook ran, the inherited objects are detached first
+    (``notice_fork``): closing them would end the parent's sessions.
+    """
+    notice_fork()
     for entry in list(_entries()):
         obj = entry.target()
         if obj is not None:
@@ -139,6 +146,7 @@ def warm_all(deadline: float) -> bool:
 
     Marks this process a started worker: an object protected later in it warms at once.
     """
+    notice_fork()
     home().started_worker = os.getpid()
     done = True
     for entry in list(_entries()):
@@ -200,8 +208,6 @@ def _close_at_exit() -> None:
         logger.debug("releasing protected objects at exit failed", exc_info=True)
 
 
-if "protection" not in home().hooks_installed:
-    import atexit
-
-    atexit.register(_close_at_exit)
+# At interpreter exit and at a multiprocessing child's exit (per_process.close_at_exit).
+on_exit("protection", _close_at_exit)
 install_fork_hooks("protection", after_in_child=detach_inherited)

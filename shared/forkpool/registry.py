@@ -16,9 +16,11 @@ from typing import Any, Callable, Mapping
 
 from . import manager, protection
 from .errors import ConfigError
-from .live_pools import all_pools, detach_inherited_pools
+from .live_pools import all_pools
+# after_fork_in_child, re-exported as forkpool.after_fork_in_child: the one routine a forked child
+# runs; the pools, protected objects and others add their part to it when their modules load.
+from .per_process import after_fork_in_child, home, notice_fork, per_process  # noqa: F401
 from .per_process import close_all as close_every_instance
-from .per_process import detach_inherited, home, per_process
 from .pool import Pool
 from .settings import PoolSettings, build_settings, settings_from_env
 
@@ -62,6 +64,18 @@ def configured() -> dict[str, PoolSettings]:
     if not hasattr(holder, "configured"):
         holder.configured = {}
     return holder.configured  # type: ignore[no-any-return]
+
+
+def size_sources() -> dict[str, str]:
+    """Where a configured pool's max_size was set in code (``configure(max_size=8)``), by pool name.
+
+    Read by the budget check to say where each pool's size comes from; a name
+    absent here took its size from the environment or the default.
+    """
+    holder = home()
+    if not hasattr(holder, "size_sources"):
+        holder.size_sources = {}
+    return holder.size_sources  # type: ignore[no-any-return]
 
 
 def get_pool(name: str = DEFAULT) -> Pool:
@@ -125,6 +139,10 @@ def configure(
         if open_pool is not None and not open_pool.closed and open_pool.settings != settings:
             raise ConfigError(f"pool {name!r} is already open with other settings; close it before reconfiguring")
         configured()[name] = settings
+        if max_size is not None:
+            size_sources()[name] = f"configure(max_size={max_size})"
+        else:
+            size_sources().pop(name, None)
     return settings
 
 
@@ -135,6 +153,8 @@ def pool_for(dsn: str, **options: Any) -> Pool:
     state = process_pools()
     with state.lock:
         configured().setdefault(key, settings)
+        if options.get("max_size") is not None:
+            size_sources().setdefault(key, f"pool_for(max_size={options['max_size']})")
     return get_pool(key)
 
 
@@ -170,24 +190,18 @@ def _used() -> set[str]:
 
 
 def close_all() -> None:
-    """Close every pool, client, per_process instance and protected object of this process (worker exit, masters)."""
+    """Close every pool, client, per_process instance and protected object of this process (worker exit, masters).
+
+    In a process forked where no hook ran, what it inherited is released first
+    (``after_fork_in_child``): only what this process opened is closed.
+    """
+    notice_fork()
     close_every_instance()
     protection.release_all()
     pid = os.getpid()
     for pool in list(all_pools()):  # pools made with Pool(...) directly too; async ones close in their loop
         if pool.pid == pid and isinstance(pool, Pool):
             pool.close()
-
-
-def after_fork_in_child() -> None:
-    """Detach every pool and per_process instance inherited from the parent. No I/O, no locks, idempotent.
-
-    ``os.fork()`` runs this already (at-fork hooks); the Gunicorn and Celery
-    hooks call it too, for a fork made by C code that Python's hooks do not see.
-    """
-    detach_inherited()
-    detach_inherited_pools()
-    protection.detach_inherited()
 
 
 def all_stats() -> list[dict[str, Any]]:

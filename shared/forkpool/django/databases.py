@@ -1,47 +1,88 @@
-"""Every PostgreSQL alias of ``settings.DATABASES`` as one protected object: Django's connections and native pools.
+"""Every alias of ``settings.DATABASES`` as one protected object: PostgreSQL, MySQL/MariaDB, SQLite, any backend.
 
 What is inherited across fork, and what a child does with it (no network I/O,
 no lock a parent thread may have held):
 
 - the forking thread's ``DatabaseWrapper.connection`` (a classic connection,
   or one checked out of a pool): its socket already points at /dev/null
-  (``protection`` did that by endpoint; ``drop_without_io`` again here for a
-  socket the endpoints missed); the wrapper lets go of it as Django's own
-  ``close()`` would, minus the close;
-- the pools of Django >= 5.1 (``OPTIONS["pool"]``, psycopg 3 + psycopg_pool):
-  they live in the class-level dict ``DatabaseWrapper._connection_pools``,
-  keyed by alias, so every child finds its parent's pool objects there, with
-  the parent's sockets and without the parent's worker threads. The child
-  moves them out of the dict, so Django builds a new pool in the child on first
-  use (or at ``warm``), with this process's identity.
+  (``protection`` did that by endpoint; ``drop_socket`` again here for a
+  socket the endpoints missed, a MySQL option file's socket say); the wrapper
+  lets go of it as Django's own ``close()`` would, minus the close;
+- every other thread's connections. Django keeps one wrapper per thread; in
+  the child those threads do not exist, and CPython clears their thread states
+  in ``PyOS_AfterFork_Child`` *before* any at-fork hook runs (seen with 3.11.7,
+  3.12.1 and 3.13.0: a thread-local object's ``__del__`` runs before the hook):
+  what only they referenced is freed there (a connection in a
+  ``threading.local``), or at the child's next garbage collection (Django's
+  wrappers sit in reference cycles), which may come while an at-fork hook
+  still runs. psycopg2 and psycopg skip the goodbye for a connection made in
+  another process; mysqlclient does not: its dealloc calls ``mysql_close()``,
+  which sends COM_QUIT on the parent's socket and ends the parent thread's
+  session (reproduced: a thread holding a MySQLdb connection, one fork, the
+  parent's next query fails with 2013 "Lost connection to server during
+  query"; with Django's wrappers, after the child's ``gc.collect()``, 2006
+  "Server has gone away": tests/test_protect_django_backends.py); a
+  sqlite3 connection's dealloc runs ``sqlite3_close_v2()``, which takes
+  SQLite's mutexes. So the parent's before-fork hook takes a reference to
+  every connection any thread of this process holds (the wrappers are tracked
+  through Django's ``connection_created`` signal, weakly), the child points
+  their sockets at /dev/null and keeps them in the graveyard; the parent drops
+  the references again once the fork is done;
+- the pools of Django >= 5.1 (``OPTIONS["pool"]``, PostgreSQL only: psycopg 3
+  + psycopg_pool): they live in the class-level dict
+  ``DatabaseWrapper._connection_pools``, keyed by alias, so every child finds
+  its parent's pool objects there, with the parent's sockets and without the
+  parent's worker threads. The child moves them out of the dict, so Django
+  builds a new pool in the child on first use (or at ``warm``), with this
+  process's identity.
+
+Backends. PostgreSQL (psycopg2, psycopg 3, Django's native pool); MySQL and
+MariaDB through mysqlclient (``MySQLdb``, what Django's backend imports) or
+PyMySQL installed as ``MySQLdb``: the socket is found by endpoint (HOST/PORT,
+a HOST starting with "/", ``OPTIONS["unix_socket"]``, "localhost" or no HOST
+meaning the client library's default Unix socket) and by ``fileno()`` (PyMySQL:
+its ``_sock``); SQLite: no socket, the child only lets go of the parent's
+connection and opens its own file handle on first use (or at ``warm``). Any
+other backend: the same steps by the DB-API alone (``fileno()`` where the
+driver has it), endpoints unknown.
 
 The graveyard: an inherited pool may not be closed in the child (``close()``
 takes the pool's lock and says goodbye on the parent's sockets) and may not be
 dropped either: psycopg_pool's ``ConnectionPool.__del__`` stops the workers,
 which puts tasks on its queue and takes the scheduler's lock, both of which a
-parent thread may have held at fork time (read in psycopg_pool 3.3.3).
-So every inherited pool, and the connection the wrapper held, is kept
-referenced for the life of the process in ``graveyard()``: at most one pool and
-one connection per alias per fork generation (a Gunicorn or Celery child
-forked from a master that released properly inherits none: the graveyard only
-fills when something forked without forkpool's master hooks). Marking the
-pool closed instead (``pool._closed = True``, which makes ``__del__`` return
-early) would free the memory but writes a private attribute of psycopg_pool
-whose meaning may change; a few kilobytes per fork is the cheaper risk.
+parent thread may have held at fork time (read in psycopg_pool 3.3.3); an
+inherited MySQLdb or sqlite3 connection may not be collected (above). So every
+inherited pool and connection is kept referenced for the life of the process
+in ``graveyard()``: at most one pool and one connection per alias and thread
+per fork generation (a Gunicorn or Celery child forked from a master that
+released properly inherits none from the forking thread: the graveyard only
+fills when something forked without forkpool's master hooks, or while other
+threads held connections). Marking the pool closed instead (``pool._closed =
+True``, which makes ``__del__`` return early) would free the memory but writes
+a private attribute of psycopg_pool whose meaning may change; a few kilobytes
+per fork is the cheaper risk.
 
 Identity: Django builds connection parameters from ``OPTIONS`` at every
 classic connect, and once per pool (psycopg_pool keeps the kwargs it was made
-with). So ``OPTIONS["application_name"]`` is set to ``<suite>:<role>:<pid>``
+with). So the backend's name option is set to ``<suite>:<role>:<pid>``
 whenever this process's identity may have changed: at protect time, in the
 forked child (a dict write: no lock), and at ``warm`` once the server hooks
-have named the role, before the child's pool is built. A pool made in the child
-after fork therefore carries the child's pid. An ``application_name`` the
-project set itself is never overwritten.
+have named the role, before the child's pool is built. A name the project set
+itself is never overwritten. PostgreSQL: ``OPTIONS["application_name"]``.
+MySQL through PyMySQL: ``OPTIONS["program_name"]`` (a connection attribute,
+``performance_schema.session_connect_attrs``). mysqlclient has no way to set
+connection attributes (no ``connect()`` keyword, and MariaDB Connector/C 3.3
+reads none from option files; read in mysqlclient 2.2.7 and 2.3.1): nothing
+is set, and the server still sees which process connected through the
+attribute ``_pid`` that libmariadb / libmysqlclient send by themselves.
+SQLite: none.
 
 Private API: ``DatabaseWrapper._connection_pools`` (a class attribute, no
-public accessor: ``close_pool()`` closes, which a child must not do). Read in
-Django 5.1.15 and 5.2.19 (the same code), run with 5.2.19; Django 6 (Python
-3.12+) not tried.
+public accessor: ``close_pool()`` closes, which a child must not do), and
+PyMySQL's ``Connection._sock`` (PyMySQL's connection has no ``fileno()``).
+Read in Django 5.1.15 and 5.2.19 (the same code), run with 5.2.19,
+mysqlclient 2.3.1 (MariaDB Connector/C 3.3.20, server MariaDB 10.11) and
+SQLite 3.40; Django 6 (Python 3.12+) not tried.
 """
 
 from __future__ import annotations
@@ -49,16 +90,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..stats import PoolReport
-from ..endpoints import Endpoints, postgres
+from ..endpoints import Endpoints, postgres, resolve
 from ..identity import application_name
 from ..integrations.dbapi import drop_without_io
-from ..per_process import home
+from ..kernel_sockets import devnull_fd
+from ..per_process import home, install_fork_hooks
+from ..stats import PoolReport
 
 logger = logging.getLogger("forkpool.django")
+
+# Where MariaDB Connector/C (Debian, MariaDB's own builds) and libmysqlclient look
+# for the server when no host (or "localhost") is named and no socket is set.
+MYSQL_DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
+MYSQL_DEFAULT_PORT = 3306
 
 
 def graveyard() -> list[Any]:
@@ -71,16 +119,22 @@ def graveyard() -> list[Any]:
 
 @dataclass(eq=False)
 class DjangoDatabases:
-    """The object forkpool protects: the project's PostgreSQL aliases, resolved at ``attach``."""
+    """The object forkpool protects: the project's database aliases, resolved at ``attach``."""
 
     aliases: tuple[str, ...] = ()
+    vendors: dict[str, str] = field(default_factory=dict)  # alias -> "postgresql", "mysql", "sqlite", ...
     pooled: frozenset[str] = frozenset()
     persistent: frozenset[str] = frozenset()  # CONN_MAX_AGE != 0
     pool_dicts: list[dict] = field(default_factory=list)  # each backend class's _connection_pools
-    identities: dict[str, str] = field(default_factory=dict)  # alias -> the application_name we set last
+    name_keys: dict[str, str] = field(default_factory=dict)  # alias -> OPTIONS key naming a connection
+    identities: dict[str, str] = field(default_factory=dict)  # alias -> the name we set last
     # False when a server closes classic connections between units of work anyway
     # (Celery's Django fixup, by default): opening one at worker start would be wasted.
     warm_classic: bool = True
+    # Every thread's wrapper that connected (connection_created), weakly: what a fork may inherit.
+    wrappers: weakref.WeakSet = field(default_factory=weakref.WeakSet)
+    # Between the parent's before-fork hook and the end of the fork: each thread's connection.
+    held: list[Any] = field(default_factory=list)
 
     def holds_connections(self) -> bool:
         """Does this process (this thread's wrappers, any pool) hold anything now?"""
@@ -91,44 +145,65 @@ class DjangoDatabases:
         return any(conn.connection is not None for conn in connections.all(initialized_only=True)
                    if conn.alias in self.aliases)
 
+    def open_connections(self, alias: str) -> int:
+        """Classic connections of `alias` open in this process, every thread's."""
+        return sum(1 for wrapper in list(self.wrappers) if wrapper.alias == alias and wrapper.connection is not None)
+
 
 class DjangoIntegration:
     name = "django"
 
     def attach(self, obj: DjangoDatabases) -> Endpoints:
         from django.db import connections
+        from django.db.backends.signals import connection_created
 
         found = Endpoints()
-        aliases, pooled, persistent, pool_dicts = [], set(), set(), []
+        aliases, vendors, pooled, persistent, pool_dicts = [], {}, set(), set(), []
         for alias in connections:
             wrapper = connections[alias]  # this thread's wrapper: made, not connected
-            if wrapper.vendor != "postgresql":
-                logger.info("forkpool.django: database %r (%s) is not PostgreSQL; left alone", alias, wrapper.vendor)
-                continue
             aliases.append(alias)
+            vendors[alias] = vendor = wrapper.vendor
             settings_dict = wrapper.settings_dict
             if (settings_dict.get("OPTIONS") or {}).get("pool"):
                 pooled.add(alias)
             if settings_dict.get("CONN_MAX_AGE") != 0:
                 persistent.add(alias)
-            pools = getattr(type(wrapper), "_connection_pools", None)  # Django >= 5.1
+            pools = getattr(type(wrapper), "_connection_pools", None)  # PostgreSQL, Django >= 5.1
             if isinstance(pools, dict) and not any(pools is known for known in pool_dicts):
                 pool_dicts.append(pools)
+            key = identity_option(vendor, wrapper)
+            if key:
+                obj.name_keys[alias] = key
             set_identity(obj, alias, settings_dict)
-            found |= postgres(dsn_of(settings_dict))
-        obj.aliases, obj.pooled, obj.persistent = tuple(aliases), frozenset(pooled), frozenset(persistent)
-        obj.pool_dicts = pool_dicts
+            found |= endpoints_of(vendor, settings_dict)
+            if wrapper.connection is not None:  # connected before ready(): tracked from now on
+                obj.wrappers.add(wrapper)
+        obj.aliases, obj.vendors = tuple(aliases), vendors
+        obj.pooled, obj.persistent, obj.pool_dicts = frozenset(pooled), frozenset(persistent), pool_dicts
+        connection_created.connect(_track, weak=False, dispatch_uid="forkpool.django.connection_created")
+        install_fork_hooks("forkpool.django", before=_hold_every_thread_connection,
+                           after_in_parent=_let_go_of_held)
         return found
 
     def detach(self, obj: DjangoDatabases) -> None:
-        # In the child, in the at-fork hook: dict and attribute writes only.
+        # In the child, in the at-fork hook: dict, list and attribute writes, dup2 only.
         from django.db import connections
 
         buried = graveyard()
+        seen: set[int] = set()
+
+        def bury(raw: Any) -> None:
+            if id(raw) not in seen:
+                seen.add(id(raw))
+                drop_socket(raw)
+                buried.append(raw)
+
+        held, obj.held = obj.held, []
+        for raw in held:  # other threads' connections, referenced by the parent just before the fork
+            bury(raw)
         for conn in connections.all(initialized_only=True):  # this thread's wrappers; no wrapper is made
             if conn.alias in obj.aliases and conn.connection is not None:
-                drop_without_io(conn.connection)
-                buried.append(conn.connection)
+                bury(conn.connection)
                 forget_connection(conn)
         for pools in obj.pool_dicts:
             for alias in list(pools):
@@ -179,17 +254,98 @@ class DjangoIntegration:
         found = []
         for alias in obj.aliases:
             settings_dict = connections.settings[alias]
-            label, backend = f"django database {alias!r}", connections[alias].vendor
+            label, backend = f"django database {alias!r}", obj.vendors.get(alias, "unknown")
             if alias in obj.pooled:
                 options = settings_dict.get("OPTIONS") or {}
                 pool_options = options["pool"] if isinstance(options.get("pool"), dict) else {}
-                # Django's pool is psycopg_pool's ConnectionPool; its max_size defaults to min_size (4).
-                bound = int(pool_options.get("max_size", pool_options.get("min_size", 4)))
-                found.append(PoolReport(label, backend, bound, f"OPTIONS['pool'] max_size {bound}"))
+                # Django passes OPTIONS["pool"] to psycopg_pool's ConnectionPool: min_size 4 by
+                # default, max_size None meaning min_size.
+                bound = int(pool_options.get("max_size") or pool_options.get("min_size") or 4)
+                size = available = waiting = 0
+                pool = next((pools[alias] for pools in obj.pool_dicts if alias in pools), None)
+                if pool is not None:  # built in this process: psycopg_pool's public stats
+                    stats = pool.get_stats()
+                    size, available = int(stats.get("pool_size", 0)), int(stats.get("pool_available", 0))
+                    waiting = int(stats.get("requests_waiting", 0))
+                found.append(PoolReport(label, backend, bound, f"OPTIONS['pool'] max_size {bound}", open=size,
+                                        in_use=size - available, waiting=waiting))
             else:
-                # A classic connection per thread that uses the alias: one per thread.
-                found.append(PoolReport(label, backend, None, "one connection per thread (no pool)"))
+                # A classic connection for each thread that uses the alias: as many as threads, no bound.
+                held = obj.open_connections(alias)
+                found.append(PoolReport(label, backend, None, "one connection per thread (no pool)",
+                                        open=held, in_use=held))
         return found
+
+
+def _track(sender: Any = None, connection: Any = None, **_: Any) -> None:
+    """``connection_created``: remember the wrapper (weakly), whichever thread connected."""
+    if connection is not None and connection.alias in DATABASES.aliases:
+        DATABASES.wrappers.add(connection)
+
+
+def _hold_every_thread_connection() -> None:
+    # Parent, just before fork: keep every thread's connection alive through the child's
+    # thread-state cleanup (module docstring). Never raises: an at-fork hook must not break the fork.
+    try:
+        DATABASES.held = [w.connection for w in list(DATABASES.wrappers) if w.connection is not None]
+    except Exception:  # noqa: BLE001
+        DATABASES.held = []
+
+
+def _let_go_of_held() -> None:
+    DATABASES.held = []
+
+
+def drop_socket(raw: Any) -> None:
+    """Point a DB-API connection made in another process at /dev/null, never closing it (no I/O, no lock)."""
+    # psycopg2, psycopg, mysqlclient: fileno() reads a field (mysqlclient 2.3 under a non-blocking
+    # try-lock of its own: it raises when a parent thread held the connection at fork, and the
+    # endpoints have pointed that socket at /dev/null already).
+    if hasattr(raw, "fileno"):
+        drop_without_io(raw)
+        return
+    sock = getattr(raw, "_sock", None)  # PyMySQL: the socket object, no fileno() on the connection
+    try:
+        fd = sock.fileno() if sock is not None else -1
+    except Exception:  # noqa: BLE001 - closed already: nothing to protect
+        return
+    if isinstance(fd, int) and fd >= 0:
+        os.dup2(devnull_fd(), fd)
+
+
+def endpoints_of(vendor: str, settings_dict: dict) -> Endpoints:
+    """Where an alias's connections go, as the kernel's socket tables show them (none for SQLite)."""
+    if vendor == "postgresql":
+        return postgres(dsn_of(settings_dict))
+    if vendor == "mysql":
+        return mysql_endpoints(settings_dict)
+    return Endpoints()
+
+
+def mysql_endpoints(settings_dict: dict) -> Endpoints:
+    """A MySQL alias's server, as Django's backend passes it to the driver (OPTIONS over HOST/PORT)."""
+    options = settings_dict.get("OPTIONS") or {}
+    host = str(settings_dict.get("HOST") or "")
+    socket_path = str(options.get("unix_socket") or (host if host.startswith("/") else ""))
+    if socket_path:
+        return Endpoints(unix=frozenset({socket_path}))
+    host = str(options.get("host") or host)
+    port = int(options.get("port") or settings_dict.get("PORT") or os.environ.get("MYSQL_TCP_PORT")
+               or MYSQL_DEFAULT_PORT)
+    if host in ("", "localhost"):
+        # mysqlclient: the client library's Unix socket; PyMySQL: TCP to localhost.
+        paths = {os.environ["MYSQL_UNIX_PORT"]} if os.environ.get("MYSQL_UNIX_PORT") else set(MYSQL_DEFAULT_SOCKETS)
+        return Endpoints(tcp=frozenset(resolve("localhost", port)), unix=frozenset(paths))
+    return Endpoints(tcp=frozenset(resolve(host, port)))
+
+
+def identity_option(vendor: str, wrapper: Any) -> str | None:
+    """The OPTIONS key under which this backend's driver names a connection, or None."""
+    if vendor == "postgresql":
+        return "application_name"
+    if vendor == "mysql" and getattr(getattr(wrapper, "Database", None), "__name__", "") == "pymysql":
+        return "program_name"  # PyMySQL's connect(program_name=...): a connection attribute
+    return None  # mysqlclient: no connection attributes (module docstring); SQLite: nothing to name
 
 
 def open_pool(pool: Any, timeout: float) -> bool:
@@ -220,12 +376,16 @@ def forget_connection(conn: Any) -> None:
 
 
 def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict) -> None:
+    """Name `alias`'s next connections after this process, unless the project named them itself."""
+    key = obj.name_keys.get(alias)
+    if key is None:  # the backend has no place for a name
+        return
     options = settings_dict.get("OPTIONS")
     if options is None:
         options = settings_dict["OPTIONS"] = {}
-    current = options.get("application_name")
+    current = options.get(key)
     if current is None or current == obj.identities.get(alias):
-        options["application_name"] = obj.identities[alias] = application_name()
+        options[key] = obj.identities[alias] = application_name()
 
 
 def dsn_of(settings_dict: dict) -> str:

@@ -35,13 +35,22 @@ def doctor_command(argv: list[str], prog: str) -> int:
                         help="Redis to match CLIENT LIST against (needs the redis extra).")
     parser.add_argument("--pool-size", action="append", default=[], metavar="[SERVER=]N",
                         help="Expected database connections per worker: N for all, or gunicorn=N / celery=N.")
+    parser.add_argument("--app", action="append", default=[], metavar="MODULE[:ATTR]",
+                        help="Import the application (as forkpool budget --app does) and expect, per worker, "
+                             "the PostgreSQL connections its pools may hold at most (each protected pool's "
+                             "maximum, forkpool's own pools' max_size); --pool-size N still wins.")
     parser.add_argument("--idle-in-transaction", type=float, default=60.0, metavar="SECONDS",
                         help="Flag sessions idle in transaction longer than this. Default 60.")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     parser.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                         help="Refresh the table every SECONDS (default 2) until Ctrl-C.")
     args = parser.parse_args(argv)
-    expect = Expectations(_pool_sizes(args.pool_size), args.idle_in_transaction)
+    sizes = _pool_sizes(args.pool_size)
+    if args.app and "*" not in sizes:
+        expected = _expected_from_app(args.app)
+        if expected is not None:
+            sizes["*"] = expected
+    expect = Expectations(sizes, args.idle_in_transaction)
     import_extra("psutil", "doctor", "forkpool doctor")
     if not args.json:
         import_extra("rich", "doctor", "forkpool doctor")
@@ -49,7 +58,7 @@ def doctor_command(argv: list[str], prog: str) -> int:
         return _watch(args, expect)
     report, findings = _examine(args, expect)
     if args.json:
-        print(json.dumps(as_json(report, findings), indent=1))
+        print(json.dumps(as_json(report, findings, expect), indent=1))
     else:
         from rich.console import Console
 
@@ -111,6 +120,19 @@ def _watch(args: argparse.Namespace, expect: Expectations) -> int:
 def _describe(exc: BaseException, dsn: str | None) -> str:
     password = dsn_password(dsn) if dsn else None
     return describe_error(exc, (password,) if password else ())
+
+
+def _expected_from_app(specs: list[str]) -> int | None:
+    """Connections one worker may hold, from the pools the app makes (budget.held_pools: one source of truth)."""
+    from ..budget import expected_per_process, held_pools, load_app
+
+    for spec in specs:
+        load_app(spec)
+    pools = held_pools()
+    expected = expected_per_process(pools)
+    if expected is None and pools:
+        print("forkpool doctor: --app: a pool has no bound, no per-worker count is expected", file=sys.stderr)
+    return expected
 
 
 def _pool_sizes(values: list[str]) -> dict[str, int]:

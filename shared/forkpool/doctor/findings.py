@@ -20,6 +20,7 @@ ABOVE_CEILING = "above-ceiling"
 ORPHAN_SESSION = "orphan-session"
 IDLE_IN_TRANSACTION = "idle-in-transaction"
 OUTSIDE_SESSION = "outside-session"
+DEAD_SOCKET = "dead-socket"
 ERROR, NOTE = "error", "note"
 
 
@@ -41,7 +42,7 @@ class Expectations:
 
 
 def evaluate(found: Survey, expect: Expectations) -> list[Finding]:
-    return [*shared_sockets(found), *masters_holding(found), *above_pool_size(found, expect),
+    return [*shared_sockets(found), *masters_holding(found), *dead_sockets(found), *above_pool_size(found, expect),
             *server_sessions(found, expect)]
 
 
@@ -52,6 +53,29 @@ def database_counts(found: Survey) -> Counter[int]:
         if conn.kind == POSTGRESQL:
             counts.update(conn.pids)
     return counts
+
+
+def dead_sockets(found: Survey) -> list[Finding]:
+    """Descriptors of sockets whose connection is gone: an error in a master (its pool hands them to the next
+    worker it forks), a note elsewhere (a worker's pool may be about to find out and reconnect)."""
+    out = []
+    role = {p.pid: p for p in found.processes}
+    for pid, inodes in sorted(found.dead_sockets.items()):
+        proc = role[pid]
+        master = proc.role == "master"
+        out.append(Finding(DEAD_SOCKET, ERROR if master else NOTE,
+                           f"{proc.server} {proc.role} {pid} holds {len(inodes)} descriptor(s) of sockets no kernel "
+                           f"table lists any more (sockets {', '.join(map(str, inodes))}): connections reset or closed "
+                           "that it never closed" + ("; every worker forked from it inherits them" if master else ""),
+                           (pid,)))
+    for conn in sorted(found.connections.values(), key=lambda c: c.inode):
+        if conn.closed_by_server:
+            holders = ", ".join(f"{pid} ({role[pid].server} {role[pid].role})" for pid in sorted(conn.pids))
+            in_master = any(role[pid].role == "master" for pid in conn.pids)
+            out.append(Finding(DEAD_SOCKET, ERROR if in_master else NOTE,
+                               f"{conn.kind} connection {conn.client} -> {conn.server} (socket {conn.inode}) was "
+                               f"closed by the server; still held by {holders}", tuple(sorted(conn.pids))))
+    return out
 
 
 def tree_database_sockets(found: Survey, members: list) -> int:

@@ -11,11 +11,13 @@ from .findings import ERROR, Expectations, Finding, database_counts, tree_databa
 from .survey import Survey
 
 
-def as_json(found: Survey, findings: list[Finding]) -> dict[str, Any]:
+def as_json(found: Survey, findings: list[Finding], expect: Expectations | None = None) -> dict[str, Any]:
     redis = _counts(found, REDIS)
     database = database_counts(found)
     return {
         "servers": found.servers,
+        # Database connections expected per worker, by server kind ("*": any): --pool-size, or --app's pools.
+        "expected_per_worker": dict(expect.pool_size) if expect is not None else {},
         "processes": [{**asdict(p), "postgresql": database[p.pid], "redis": redis[p.pid]} for p in found.processes],
         "connections": [asdict(c) for c in found.connections.values()],
         "sessions": [asdict(s) for s in found.sessions],

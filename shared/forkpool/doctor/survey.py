@@ -25,6 +25,7 @@ class Connection:
     client: str  # "ip:port" of the client end, or "unix"
     server: str  # "ip:port" or the socket path
     pids: list[int] = field(default_factory=list)  # examined processes holding it
+    closed_by_server: bool = False  # the server closed it (TCP CLOSE_WAIT); its holder has not noticed
 
 
 @dataclass
@@ -46,18 +47,22 @@ class Survey:
     sessions: list[Session]
     servers: list[str]
     took_ms: float
+    # pid -> inodes of its sockets that no kernel table lists any more (kernel_sockets.listed_socket_inodes)
+    dead_sockets: dict[int, list[int]] = field(default_factory=dict)
 
 
 def survey(processes: list[Examined], servers: Servers, database_url: str | None,
            redis_url: str | None) -> Survey:
     started = time.perf_counter()
     connections = connections_of(processes, servers)
+    dead = dead_sockets_of(processes)
     sessions: list[Session] = []
     if database_url:
         sessions += match(postgres_sessions(database_url), connections, processes, servers.local_ips)
     if redis_url:
         sessions += match(redis_clients(redis_url), connections, processes, servers.local_ips)
-    return Survey(processes, connections, sessions, servers.describe(), (time.perf_counter() - started) * 1000)
+    return Survey(processes, connections, sessions, servers.describe(), (time.perf_counter() - started) * 1000,
+                  dead)
 
 
 def connections_of(processes: list[Examined], servers: Servers) -> dict[int, Connection]:
@@ -79,16 +84,36 @@ def connections_of(processes: list[Examined], servers: Servers) -> dict[int, Con
     return found
 
 
+def dead_sockets_of(processes: list[Examined]) -> dict[int, list[int]]:
+    """Each examined process's socket descriptors whose socket no kernel table lists: connections that are gone."""
+    listed: dict[int | None, set[int]] = {}
+    found: dict[int, list[int]] = {}
+    for proc in processes:
+        ns = procfs.netns_of(proc.pid)
+        if ns not in listed:
+            listed[ns] = procfs.listed_socket_inodes(proc.pid)
+        unlisted = [inode for inode in procfs.socket_inodes(proc.pid) if inode not in listed[ns]]
+        if unlisted:
+            # Once more, read after the descriptors: a socket opened since the tables
+            # were read is listed now, and is not taken for a dead one.
+            listed[ns] = procfs.listed_socket_inodes(proc.pid)
+            dead = sorted(inode for inode in unlisted if inode not in listed[ns])
+            if dead:
+                found[proc.pid] = dead
+    return found
+
+
 def _classify(inode: int, tcp: dict[int, procfs.TcpSocket], unix: dict[int, procfs.UnixSocket],
               servers: Servers) -> Connection | None:
     entry = tcp.get(inode)
     if entry is not None:
-        if entry.state != procfs.TCP_ESTABLISHED:
+        if entry.state not in (procfs.TCP_ESTABLISHED, procfs.TCP_CLOSE_WAIT):
             return None
         kind = servers.tcp_kind(entry.remote)
         if kind is None:
             return None
-        return Connection(inode, kind, "tcp", _ep(entry.local), _ep(entry.remote))
+        return Connection(inode, kind, "tcp", _ep(entry.local), _ep(entry.remote),
+                          closed_by_server=entry.state == procfs.TCP_CLOSE_WAIT)
     sock = unix.get(inode)
     if sock is None or sock.listening or not sock.peer:
         return None

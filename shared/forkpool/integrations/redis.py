@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import socket
 import threading
 import time
@@ -63,6 +64,7 @@ from typing import Any, Callable
 from ..stats import PoolReport
 from ..endpoints import Endpoints, resolve
 from ..identity import application_name
+from ..kernel_sockets import devnull_fd
 
 _NAMED = "_forkpool_named"  # on a pool: its connections' names are forkpool's to set
 _SINGLE = "_forkpool_single"  # on a client: made with single_connection_client=True
@@ -179,18 +181,40 @@ class RedisClients:
     def report(self, obj: Any) -> list[PoolReport]:
         pool = obj.connection_pool
         bound = getattr(pool, "max_connections", None)
-        # redis-py's default max_connections is 2**31: no bound in practice.
+        # Unset, max_connections is 2**31 up to redis-py 7.x (no bound in practice) and 100 from
+        # 8.0 (sync and asyncio pools; read in the tags v5.0.8 ... v8.1.0): "Too many connections" beyond.
         bound = bound if isinstance(bound, int) and bound < 2**31 - 1 else None
         source = "one connection" if getattr(obj, _SINGLE, False) else (
-            f"max_connections {bound}" if bound is not None else "max_connections unset")
+            f"max_connections {bound}" if bound is not None else "max_connections unset (2**31)")
+        if bound == 100 and not getattr(obj, _SINGLE, False):
+            source += " (set, or redis-py 8's default)"
         if getattr(obj, _SINGLE, False):
             bound = 1
-        in_use = getattr(pool, "_in_use_connections", None)  # redis-py keeps no public count
-        available = getattr(pool, "_available_connections", None)
-        busy = len(in_use) if in_use is not None else None
-        idle = len(available) if isinstance(available, list) else None
-        held = busy + idle if busy is not None and idle is not None else None
+        held, busy = _pool_counts(pool)
         return [PoolReport(f"redis {redis_endpoints_label(pool)}", "redis", bound, source, open=held, in_use=busy)]
+
+
+def _pool_counts(pool: Any) -> tuple[int | None, int | None]:
+    """(connections the pool holds, of which checked out), read without its lock; (None, None) if unknown.
+
+    redis-py keeps no public count. ``ConnectionPool`` (sync and asyncio, and
+    asyncio's ``BlockingConnectionPool``): ``_available_connections`` and
+    ``_in_use_connections``; the sync ``BlockingConnectionPool``: every
+    connection it made in ``_connections``, the idle ones in its queue (``pool``,
+    padded with None); a sync pool's ``pid`` (public) tells a child's inherited
+    lists from its own. Names read in redis-py 5.0.8, 6.4.0 and 8.1.0.
+    """
+    if getattr(pool, "pid", None) not in (None, os.getpid()):
+        return 0, 0  # a child's sync pool before its first use: what it lists is the parent's, dropped then
+    in_use = getattr(pool, "_in_use_connections", None)
+    available = getattr(pool, "_available_connections", None)
+    if in_use is not None and isinstance(available, list):
+        return len(in_use) + len(available), len(in_use)
+    made, queue = getattr(pool, "_connections", None), getattr(getattr(pool, "pool", None), "queue", None)
+    if isinstance(made, list) and queue is not None:
+        idle = sum(1 for conn in list(queue) if conn is not None)
+        return len(made), len(made) - idle
+    return None, None
 
 
 def redis_endpoints_label(pool: Any) -> str:
@@ -223,6 +247,12 @@ def _shut_down(conn: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # closed already
+    # The transport closes its socket from its event loop, which may never run again (an
+    # asyncio.run() at import has ended): the socket goes now, its descriptor to /dev/null,
+    # so no worker forked from here inherits it; the transport's own close then closes that.
+    fd = sock.fileno()
+    if fd >= 0:
+        os.dup2(devnull_fd(), fd)
     try:
         conn._close()  # noqa: SLF001 - sync: the transport lets go, the next use reconnects
     except RuntimeError:  # its event loop is closed: the transport cannot schedule its end

@@ -21,3 +21,23 @@ def identity():
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('application_name')")
         return [os.getpid(), cursor.fetchone()[0]]
+
+
+@shared_task
+def every_alias():
+    """The view's write on each alias, from a task: [pid, "<backend pid> <MariaDB connection id> <SQLite rows>"]."""
+    from django.db import connections
+
+    from probe.views import ALIAS_WRITES
+
+    alias = "default"
+    try:
+        parts = []
+        for alias, sql in ALIAS_WRITES:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(sql[0], [os.getpid()])
+                cursor.execute(sql[1])
+                parts.append(str(cursor.fetchone()[0]))
+        return [os.getpid(), " ".join(parts)]
+    except Exception as exc:  # noqa: BLE001 - the test counts what users would see
+        return [os.getpid(), f"error {type(exc).__name__} on {alias}"]

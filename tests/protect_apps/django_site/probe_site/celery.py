@@ -38,7 +38,8 @@ if os.environ.get("PROTECT") == "1":
 
 @signals.worker_init.connect
 def load_settings_from_the_database(**_):
-    from django.db import connection
+    from django.db import connections
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM probe_hit")
+    for alias in connections:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM probe_hit")

@@ -3,7 +3,9 @@
 PROTECT=1 adds "forkpool.django" to INSTALLED_APPS (the only difference between
 the runs). DJANGO_DB=pool uses Django's native pool (psycopg 3 + psycopg_pool,
 min = max = 2); DJANGO_DB=classic one persistent connection per thread
-(CONN_MAX_AGE).
+(CONN_MAX_AGE). MARIADB_URL and SQLITE_PATH add the aliases "maria" (Django's
+MySQL backend: mysqlclient) and "lite" (SQLite), each one persistent
+connection per thread (tests/test_protect_django_backends.py).
 """
 
 import os
@@ -37,6 +39,19 @@ if os.environ.get("DJANGO_DB", "pool") == "pool":
     DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 2, "timeout": 5}}
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = 600
+
+if os.environ.get("MARIADB_DRIVER") == "pymysql":  # PyMySQL standing in for mysqlclient, as projects do
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+if os.environ.get("MARIADB_URL"):
+    DATABASES["maria"] = {**database_from_url(os.environ["MARIADB_URL"]), "ENGINE": "django.db.backends.mysql",
+                          "CONN_MAX_AGE": 600}
+    if os.environ.get("MARIADB_SOCKET"):  # a HOST starting with "/": Django's MySQL backend connects there
+        DATABASES["maria"].update(HOST=os.environ["MARIADB_SOCKET"], PORT="")
+if os.environ.get("SQLITE_PATH"):
+    DATABASES["lite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["SQLITE_PATH"],
+                         "CONN_MAX_AGE": 600, "OPTIONS": {"timeout": 30}}
 
 # Celery reads these (namespace "CELERY"); the web never starts a worker.
 CELERY_BROKER_URL = CELERY_RESULT_BACKEND = os.environ.get("REDIS_URL", "")

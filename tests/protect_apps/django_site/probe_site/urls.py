@@ -1,5 +1,5 @@
 from django.urls import path
 
-from probe.views import backend
+from probe.views import backend, every_alias
 
-urlpatterns = [path("", backend)]
+urlpatterns = [path("", backend), path("all", every_alias)]
