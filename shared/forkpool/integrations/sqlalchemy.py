@@ -237,7 +237,8 @@ class SQLAlchemyEngines:
             attach_engine(engine)  # an engine Flask-SQLAlchemy made since protect()
             if not eager or in_memory(engine):
                 continue  # SQLAlchemy's pool connects on first use: so does the worker's
-            size = getattr(engine.pool, "size", lambda: 0)()
+            size_of = getattr(engine.pool, "size", None)  # QueuePool's method; SingletonThreadPool's is an int
+            size = size_of() if callable(size_of) else 0
             held = []
             try:
                 for _ in range(size):
