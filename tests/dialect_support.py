@@ -99,3 +99,17 @@ def shared_file_handles(pids: Iterable[int], path: str) -> list[set[int]]:
         else:
             groups.append([(pid, fd)])
     return [holders for group in groups if len(holders := {pid for pid, _ in group}) > 1]
+
+
+def mariadb_client_ports(mariadb) -> set[int]:
+    """The client ports of the app's MariaDB sessions (user ``forkpool`` over TCP), from the processlist."""
+    rows = mariadb.execute_as_root("SELECT HOST FROM information_schema.processlist "
+                                   "WHERE USER = 'forkpool' AND HOST LIKE '%:%'")
+    return {int(str(host).rsplit(":", 1)[1]) for (host,) in rows}
+
+
+def local_ports(pids: Iterable[int], server: tuple[str, int]) -> dict[int, set[int]]:
+    """{local port: its holders} of the TCP sockets of `pids` connected to `server`: the server's client ports."""
+    inodes = sockets_to(pids, server)
+    table = tcp_table("self", set(inodes))
+    return {table[inode].local[1]: holders for inode, holders in inodes.items()}

@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("sqlalchemy", reason="forkpool.protect(engine) needs SQLAlchemy (forkpool[sqlalchemy])")
 
 from tests.conftest import wait_for  # noqa: E402
-from tests.dialect_support import (kcmp_available, mariadb_sessions, shared_file_handles,  # noqa: E402
-                                   file_handles, sockets_to)
+from tests.dialect_support import (file_handles, kcmp_available, local_ports, mariadb_client_ports,  # noqa: E402
+                                   mariadb_sessions, shared_file_handles, sockets_to)
 from tests.protect_support import (APPS, exact, failures, http_load, recycled_http_load,  # noqa: E402
                                    shared_backends, start_celery_app, start_gunicorn_app, task_load)
 from tests.server_support import Server, by_process  # noqa: E402
@@ -37,6 +37,7 @@ BACKENDS = ["mariadb-pymysql", "mariadb-mysqlclient", "sqlite-file"]
 @dataclass
 class Backend:
     url: str
+    mariadb: object | None
     server: tuple[str, int] | None  # MariaDB's address; None for SQLite
     path: str | None  # SQLite's database file
     sessions: Callable[[str], Callable[[], list[tuple[str, int]]]] | None  # role -> lister
@@ -59,15 +60,15 @@ def backend(request, suite_id, tmp_path) -> Backend:
         if not kcmp_available():
             pytest.skip("kcmp(2) is not available: cannot tell a shared open file from two opens")
         path = str(tmp_path / "app.db")
-        return Backend(f"sqlite:///{path}", None, path, None)
+        return Backend(f"sqlite:///{path}", None, None, path, None)
     if request.param == "mariadb-mysqlclient":
         pytest.importorskip("MySQLdb", reason="mysqlclient is not installed (dev extra; needs libmariadb-dev, "
                                               "pkg-config)")
     mariadb = request.getfixturevalue("mariadb")
     driver = "pymysql" if request.param == "mariadb-pymysql" else "mysqldb"
     by = "program_name" if driver == "pymysql" else "_pid"  # mysqlclient takes no program name
-    return Backend(mariadb.url.replace("mysql://", f"mysql+{driver}://", 1), (mariadb.host, mariadb.port), None,
-                   lambda role: mariadb_sessions(mariadb, suite_id, by, role))
+    return Backend(mariadb.url.replace("mysql://", f"mysql+{driver}://", 1), mariadb, (mariadb.host, mariadb.port),
+                   None, lambda role: mariadb_sessions(mariadb, suite_id, by, role))
 
 
 def ends_clean(server: Server, role: str, backend: Backend, suite_id: str) -> None:
@@ -79,6 +80,9 @@ def ends_clean(server: Server, role: str, backend: Backend, suite_id: str) -> No
             (by_process(sessions, suite_id), server.children())
     processes = [server.pid, *server.children()]
     assert backend.sharing(processes) == [] and backend.held_by(server.pid) == 0
+    if backend.mariadb is not None:  # the server's sessions are exactly the sockets the workers hold
+        assert wait_for(lambda: mariadb_client_ports(backend.mariadb) == set(local_ports(processes, backend.server)),
+                        timeout=10), (mariadb_client_ports(backend.mariadb), local_ports(processes, backend.server))
     assert server.stop() == 0
     if backend.sessions is not None:
         assert wait_for(lambda: sessions() == [], timeout=10), sessions()
