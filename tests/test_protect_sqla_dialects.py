@@ -95,13 +95,17 @@ def test_sqlite_engines_connect_when_protected(url, tmp_path):
     engine.dispose()
 
 
-def test_psycopg3_and_asyncpg_sessions_carry_application_name(database_url, sessions, suite_id):
-    pytest.importorskip("psycopg")
-    engine = forkpool.protect(create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1)))
+@pytest.mark.parametrize("driver", ["psycopg", "pg8000"])
+def test_psycopg3_and_pg8000_sessions_carry_application_name(driver, database_url, suite_id):
+    pytest.importorskip(driver)
+    engine = forkpool.protect(create_engine(database_url.replace("postgresql://", f"postgresql+{driver}://", 1)))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT current_setting('application_name')")).scalar() == \
             identity.application_name()
     engine.dispose()
+
+
+def test_asyncpg_sessions_carry_application_name_beside_the_apps_settings(database_url, suite_id):
     pytest.importorskip("asyncpg")
     from sqlalchemy.ext.asyncio import create_async_engine
 
