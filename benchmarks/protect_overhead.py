@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             lines, use = measure(url, args.rounds, args.ops, args.seed, meter)
             out += lines
         versions = f"SQLAlchemy {_version('sqlalchemy')}, psycopg2 {_version('psycopg2-binary', 'psycopg2')}"
-    out[3:3] = [run_context_line(load_start, use, versions, args.quick), ""]
+    context = run_context_line(load_start, use, versions, args.quick)
+    if args.backend == "mariadb":  # the meter's server is MariaDB's here
+        context = context.replace("its PostgreSQL", "its MariaDB")
+    out[3:3] = [context, ""]
     save_text_result(args.out, "protect_overhead", started, "\n".join(out) + "\n")
     return 0
 
