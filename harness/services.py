@@ -387,7 +387,6 @@ class EmbeddedRedis(_Server):
             client.close()
 
 
-@dataclass
 class EmbeddedMariaDB(_Server):
     """A throwaway MariaDB (Debian's ``mariadb-server``; no pip wheel carries one) on 127.0.0.1 only.
 
@@ -486,6 +485,7 @@ def mariadb_install_command() -> str:
     return ("" if os.geteuid() == 0 else "sudo ") + "apt-get install -y mariadb-server"
 
 
+@dataclass
 class Services:
     database_url: str
     redis_url: str | None
