@@ -109,8 +109,8 @@ def in_memory(engine: Any) -> bool:
     if engine.dialect.name != "sqlite":
         return False
     database = engine.url.database or ""
-    return database in ("", ":memory:") or "mode=memory" in database or engine.url.query.get("mode") == "memory" \
-        or (database.startswith("file::memory:"))
+    return (database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database
+            or engine.url.query.get("mode") == "memory")
 
 
 def url_endpoints(engine: Any) -> Endpoints:
@@ -130,7 +130,7 @@ def url_endpoints(engine: Any) -> Endpoints:
 def peer_of(dbapi_connection: Any) -> tuple[str, int] | str | None:
     """Where a DB-API connection's socket leads, asked of the kernel; None for no socket (SQLite) or unknown."""
     # PyMySQL keeps its socket in _sock (1.1, 1.2) and has no fileno(); psycopg2, psycopg 3
-    # and mysqlclient have fileno(). A socket object answers getpeername itself.
+    # and mysqlclient have fileno(). pg8000 has neither (its URL's endpoints count).
     sock = getattr(dbapi_connection, "_sock", None)
     try:
         if isinstance(sock, socket.socket):
