@@ -4,7 +4,7 @@
   (``<suite>:<role>:<pid>``) where its driver has a place for one and the app
   set none: PostgreSQL's ``application_name`` (psycopg2, psycopg 3, pg8000;
   asyncpg's ``server_settings``), MySQL / MariaDB's ``program_name`` connection
-  attribute (PyMySQL, aiomysql). Nothing for SQLite, mysqlclient (no connection
+  attribute (PyMySQL). Nothing for SQLite, mysqlclient (no connection
   attributes in its API, 2.2 and 2.3) or a driver not listed here.
 - ``connect``: each new DB-API connection's far end (``getpeername`` on its
   socket, a question to the kernel) is remembered on the engine, beside what
@@ -56,14 +56,13 @@ _WRAPPED = "_forkpool_wraps"
 _IDENTITY_KEYWORD = {
     "psycopg2": "application_name",
     "psycopg2cffi": "application_name",
-    "psycopg": "application_name",
-    "psycopg_async": "application_name",
+    "psycopg": "application_name",  # its async dialect too (driver "psycopg")
     "pg8000": "application_name",
     "asyncpg": "server_settings",  # a dict of run-time parameters: application_name inside it
     "pymysql": "program_name",  # sent as the program_name connection attribute
-    "aiomysql": "program_name",
+    # Not aiomysql: older releases take no program_name (a TypeError on every connect), and none was tried.
 }
-_LIBPQ_DRIVERS = {"psycopg2", "psycopg2cffi", "psycopg", "psycopg_async"}  # read PGAPPNAME themselves
+_LIBPQ_DRIVERS = {"psycopg2", "psycopg2cffi", "psycopg"}  # read PGAPPNAME themselves
 # Names this library put in: SQLAlchemy 1.4 hands every do_connect the same dict, so a name
 # already there may be ours from an earlier connect (the parent's, in a child) and is replaced.
 _OURS: set[str] = set()
