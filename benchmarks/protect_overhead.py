@@ -2,8 +2,10 @@
 
     .venv/bin/python -m benchmarks.protect_overhead [--rounds 41] [--ops 5000]    # ~1 min on 2 cores
     .venv/bin/python -m benchmarks.protect_overhead --quick                       # seconds: does it run?
+    .venv/bin/python -m benchmarks.protect_overhead --backend mariadb [--driver mysqldb]   # a private MariaDB
 
-Three engines on the same embedded PostgreSQL (or DATABASE_URL), QueuePool of
+Three engines on the same embedded PostgreSQL (or DATABASE_URL), or with
+``--backend mariadb`` a private MariaDB (PyMySQL, or mysqlclient), QueuePool of
 5, one protected: checkout + return (``engine.connect()`` / close) and
 checkout + ``SELECT 1``, one thread, short rounds interleaved in a shuffled
 order; the ratio protected / unprotected is paired per round, then the median
@@ -97,7 +99,6 @@ def _quartiles(values: list[float]) -> str:
 
 def measure(url: str, rounds: int, ops: int, seed: int, meter) -> tuple[list[str], dict | None]:
     """The figures, and the CPU use read before the engines let their server sessions go (so it counts them)."""
-    url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
     engines = {"unprotected": create_engine(url, pool_size=5, max_overflow=0),
                "control": create_engine(url, pool_size=5, max_overflow=0),
                "protected": forkpool.protect(create_engine(url, pool_size=5, max_overflow=0))}
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="the rounds' shuffle")
     parser.add_argument("--quick", action="store_true", help="two short rounds: checks that everything runs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--backend", choices=("postgresql", "mariadb"), default="postgresql")
+    parser.add_argument("--driver", choices=("pymysql", "mysqldb"), default="pymysql", help="MariaDB's DB-API driver")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.ops = 4, 200
@@ -137,16 +140,43 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     out = [f"# protect_overhead {started:%Y-%m-%dT%H:%M:%SZ}", __doc__.split("\n\n", 2)[2].strip(), ""]
     load_start = load_average()
-    given = os.environ.get("DATABASE_URL")
-    with nullcontext(SimpleNamespace(url=given)) if given else EmbeddedPostgres(max_connections=30) as pg:
-        os.environ.setdefault("SUITE_ID", "protect-overhead")
-        meter = CpuMeter(postmaster_pid(pg.url))
-        lines, use = measure(pg.url, args.rounds, args.ops, args.seed, meter)
-        out += lines
-    versions = f"SQLAlchemy {_version('sqlalchemy')}, psycopg2 {_version('psycopg2-binary', 'psycopg2')}"
-    out[3:3] = [run_context_line(load_start, use, versions, args.quick), ""]
+    os.environ.setdefault("SUITE_ID", "protect-overhead")
+    if args.backend == "mariadb":
+        from harness.services import EmbeddedMariaDB
+
+        with EmbeddedMariaDB(max_connections=30) as server:
+            meter = CpuMeter(server._proc.pid if server._proc else None)  # the server's CPU, as postmaster's
+            url = server.url.replace("mysql://", f"mysql+{args.driver}://", 1)
+            lines, use = measure(url, args.rounds, args.ops, args.seed, meter)
+            out += lines
+        package = "PyMySQL" if args.driver == "pymysql" else "mysqlclient"
+        versions = f"SQLAlchemy {_version('sqlalchemy')}, {package} {_version(package)}, MariaDB {_mariadb_version()}"
+    else:
+        given = os.environ.get("DATABASE_URL")
+        with nullcontext(SimpleNamespace(url=given)) if given else EmbeddedPostgres(max_connections=30) as pg:
+            meter = CpuMeter(postmaster_pid(pg.url))
+            url = pg.url.replace("postgresql://", "postgresql+psycopg2://", 1)
+            lines, use = measure(url, args.rounds, args.ops, args.seed, meter)
+            out += lines
+        versions = f"SQLAlchemy {_version('sqlalchemy')}, psycopg2 {_version('psycopg2-binary', 'psycopg2')}"
+    context = run_context_line(load_start, use, versions, args.quick)
+    if args.backend == "mariadb":  # the meter's server is MariaDB's here
+        context = context.replace("its PostgreSQL", "its MariaDB")
+    out[3:3] = [context, ""]
     save_text_result(args.out, "protect_overhead", started, "\n".join(out) + "\n")
     return 0
+
+
+def _mariadb_version() -> str:
+    import subprocess
+
+    from harness.services import mariadb_binaries
+
+    try:
+        return subprocess.run([mariadb_binaries()[0], "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.split(" Ver ")[-1].split()[0]
+    except Exception:  # noqa: BLE001 - a label only
+        return "?"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from urllib.parse import urlsplit
 
 # libpq's usual compiled-in socket directories, for a DSN that names no host.
 _DEFAULT_SOCKET_DIRS = ("/var/run/postgresql", "/tmp")
+# MySQL / MariaDB client libraries' usual default socket paths (Debian's, the upstream builds').
+_MYSQL_DEFAULT_SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
+MYSQL_PORT = 3306
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,20 @@ def postgres(dsn: str) -> Endpoints:
         else:
             tcp |= resolve(host, port)
     return Endpoints(frozenset(tcp), frozenset(unix))
+
+
+def mysql(host: str | None, port: int | None = None, unix_socket: str | None = None) -> Endpoints:
+    """A MySQL / MariaDB server's endpoints, from a connection's host, port and unix_socket.
+
+    ``localhost`` (and no host) is the default Unix socket to libmysqlclient and
+    libmariadb (mysqlclient), TCP to PyMySQL: both are listed.
+    """
+    if unix_socket:
+        return Endpoints(unix=frozenset({unix_socket}))
+    port = port or MYSQL_PORT
+    if not host or host == "localhost":
+        return Endpoints(frozenset(resolve("localhost", port)), frozenset(_MYSQL_DEFAULT_SOCKETS))
+    return Endpoints(tcp=frozenset(resolve(host, port)))
 
 
 def url(url: str, default_port: int) -> Endpoints:

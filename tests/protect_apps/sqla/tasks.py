@@ -3,16 +3,15 @@
 import os
 
 from celery import Celery
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 import forkpool
+from dialect import backend as session_of_this_process, engine
 from forkpool.celery import wire_celery
 
 app = Celery("sqla_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
 app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
                 worker_hijack_root_logger=False)
-engine = create_engine(os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
-                       pool_size=2, max_overflow=0, pool_timeout=10)
 if os.environ.get("PROTECT") == "1":
     forkpool.protect(engine, eager=True)  # the test counts whole pools per process
     wire_celery(app)
@@ -24,7 +23,6 @@ with engine.connect() as conn:  # work at import: in the main process
 @app.task
 def backend():
     try:
-        with engine.connect() as conn:
-            return [os.getpid(), conn.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.01)")).scalar()]
+        return [os.getpid(), session_of_this_process()]
     except Exception as exc:  # noqa: BLE001 - the test counts what users would see
         return [os.getpid(), f"error {type(exc).__name__}"]

@@ -2,12 +2,11 @@
 
 import os
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 import forkpool
+from dialect import backend, engine
 
-engine = create_engine(os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
-                       pool_size=2, max_overflow=0, pool_timeout=10)
 if os.environ.get("PROTECT") == "1":
     forkpool.protect(engine, eager=True)  # the test counts whole pools per process
 
@@ -17,9 +16,7 @@ with engine.connect() as conn:  # work at import: in the master, under preload_a
 
 def app(environ, start_response):
     try:
-        with engine.connect() as conn:
-            backend = conn.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.005)")).scalar()
-        status, body = "200 OK", f"{os.getpid()} {backend}"
+        status, body = "200 OK", f"{os.getpid()} {backend()}"
     except Exception as exc:  # noqa: BLE001 - the test counts what users would see
         status, body = "500 Internal Server Error", f"{os.getpid()} error {type(exc).__name__}"
     start_response(status, [("Content-Type", "text/plain")])
