@@ -111,6 +111,8 @@ class Pool(PoolUpkeep):
 
     def getconn(self, timeout: float | None = None) -> connection:
         """Check a connection out; wait (FIFO) up to `timeout` seconds for a free one."""
+        if self._maintainer.paused:  # ended for a fork and not restarted by the hook (fork_quiet.py)
+            self._maintainer.resume()
         entry = self._take_idle()
         if entry is None or not self._usable(entry):
             if entry is not None:

@@ -1,0 +1,123 @@
+"""What the pool's upkeep costs, and whether forking a process that holds pools warns (Python 3.12+).
+
+    python -m benchmarks.maintainer_cost                  # about half a minute per Python
+    python -m benchmarks.maintainer_cost --python ~/.pyenv/versions/3.12.1/bin/python
+
+Starts an embedded PostgreSQL (or uses DATABASE_URL), then runs a probe in one process per
+Python named (default: this one, plus any .venv-3.* next to the project): each probe opens
+POOLS pools of 2 connections and prints
+
+- forks that warned "multi-threaded, use of fork() may lead to deadlocks" (of FORKS forks);
+- the cost of one fork + child exit + waitpid in the parent, with the pools open;
+- checkout + return of one connection (getconn/putconn, 1 thread), best of 5;
+- CPU the process spends while its pools sit idle for IDLE seconds (upkeep only);
+- threads alive while the pools sit idle.
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+import timeit
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+POOLS = 3
+FORKS = 20
+IDLE = 5.0
+
+
+def probe(dsn: str) -> dict[str, float]:
+    import forkpool
+    from forkpool.settings import build_settings
+
+    settings = build_settings(dsn=dsn, min_size=2, max_size=2)
+    pools = [forkpool.Pool(settings, name=f"probe{i}") for i in range(POOLS)]
+    for pool in pools:
+        pool.open(wait=True, timeout=30)
+    with pools[0].connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+
+    warned = 0
+    fork_times = []
+    for _ in range(FORKS):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            started = time.perf_counter()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            fork_times.append(time.perf_counter() - started)
+        warned += any("multi-threaded" in str(w.message) for w in caught)
+        if os.environ.get("MT_DEBUG"):
+            print([str(w.message) for w in caught], file=sys.stderr)
+
+    pool = pools[0]
+    cycle = timeit.Timer(lambda: pool.putconn(pool.getconn()))
+    best = min(cycle.repeat(5, 20000)) / 20000
+
+    threads = threading.active_count()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(IDLE)  # the measurement: what the process spends doing nothing but upkeep
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    idle_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    for pool in pools:
+        pool.close()
+    return {
+        "python": float(f"{sys.version_info.major}.{sys.version_info.minor:02d}"),
+        "warned": warned,
+        "forks": FORKS,
+        "fork_us": sorted(fork_times)[len(fork_times) // 2] * 1e6,
+        "cycle_us": best * 1e6,
+        "idle_cpu_ms_per_s": idle_cpu / IDLE * 1000,
+        "threads_idle": threads,
+    }
+
+
+def pythons(chosen: list[str]) -> list[str]:
+    if chosen:
+        return chosen
+    found = [sys.executable]
+    found += [str(p / "bin" / "python") for p in sorted(ROOT.glob(".venv-3.*")) if (p / "bin" / "python").exists()]
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", action="append", default=[], help="a Python to probe (repeatable)")
+    parser.add_argument("--probe", metavar="DSN", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe(args.probe)))
+        return 0
+
+    from harness.services import services
+
+    with services(need_redis=False) as found:
+        print(f"{POOLS} pools of 2, {FORKS} forks, {IDLE:.0f} s idle")
+        print(f"{'python':>7} {'warned':>8} {'fork µs':>8} {'get+put µs':>11} {'idle CPU ms/s':>14} {'threads':>8}")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for python in pythons(args.python):
+            out = subprocess.run([python, "-m", "benchmarks.maintainer_cost", "--probe", found.database_url],
+                                 capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+            if out.returncode:
+                print(f"{python}: probe failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{r['python']:>7.2f} {int(r['warned']):>4}/{int(r['forks']):<3} {r['fork_us']:>8.0f} "
+                  f"{r['cycle_us']:>11.2f} {r['idle_cpu_ms_per_s']:>14.3f} {int(r['threads_idle']):>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
