@@ -164,6 +164,19 @@ def _alive(cur: "psycopg2.extensions.cursor", pids: list[int]) -> int:
     return int(cur.fetchone()[0])
 
 
+def spawn() -> str:
+    """subprocess with preexec_fn runs the at-fork hooks but never warns: the maintainers go on running."""
+    import subprocess
+
+    pool = forkpool.Pool(build_settings(dsn=DSN, min_size=1, max_size=1), name="spawner")
+    pool.open(wait=True, timeout=20)
+    threads = maintainers()
+    subprocess.run([sys.executable, "-c", "pass"], preexec_fn=lambda: None, check=True)
+    assert maintainers() == threads and not pool._maintainer.paused, maintainers()  # noqa: SLF001
+    pool.close()
+    return "subprocess with preexec_fn"
+
+
 def aio() -> str:
     """An asyncio pool (a maintainer task, no thread): forks from the loop's thread do not warn."""
 
@@ -183,5 +196,5 @@ def aio() -> str:
 
 
 if __name__ == "__main__":
-    scenario = {f.__name__: f for f in (pools, backoff, recovery, aio)}[sys.argv[1]]
+    scenario = {f.__name__: f for f in (pools, backoff, recovery, spawn, aio)}[sys.argv[1]]
     print("OK", sys.version.split()[0], scenario(), flush=True)
