@@ -30,9 +30,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import venv
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("FORKPOOL_VENV", ROOT / ".venv"))
@@ -141,7 +143,7 @@ def matrix_pythons() -> list[tuple[str, Path]]:
     return found
 
 
-def ensure_matrix_venv(version: str, python: Path) -> Path:
+def ensure_matrix_venv(version: str, python: Path, log: TextIO) -> Path:
     """./.venv-X.Y with the library (editable, all extras) and what its own tests need."""
     where = ROOT / f".venv-{version}"
     stamp = where / ".forkpool-matrix"
@@ -151,35 +153,58 @@ def ensure_matrix_venv(version: str, python: Path) -> Path:
     if stamp.exists() and stamp.read_text() == wanted and bin_python.exists():
         return bin_python
     print(f"bootstrap: creating {where} ({python})", flush=True)
-    subprocess.run([str(python), "-m", "venv", "--clear", str(where)], check=True)
+    subprocess.run([str(python), "-m", "venv", "--clear", str(where)], check=True, stdout=log, stderr=log)
     pip = [str(bin_python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", *MATRIX_PACKAGES], check=True)
+    subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", *MATRIX_PACKAGES], check=True, stdout=log, stderr=log)
     stamp.write_text(wanted)
     return bin_python
 
 
+def run_on(version: str, python: Path, results: dict[str, tuple[int, str]]) -> None:
+    """Set up and run the library's tests on one Python; its output goes to reports/python-X.Y.log."""
+    started = time.monotonic()
+    log_path = ROOT / "reports" / f"python-{version}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with log_path.open("w") as log:
+        try:
+            interpreter = str(ensure_matrix_venv(version, python, log))
+        except subprocess.CalledProcessError as exc:
+            results[version] = (1, f"set-up failed ({exc.returncode}), see {log_path}")
+            return
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # conftest imports the harness (embedded servers)
+        pytest_args = ["-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q"]
+        code, summaries = 0, []
+        for args in ([interpreter, *pytest_args, *MATRIX_TESTS],
+                     [interpreter, *MATRIX_WARNINGS, *pytest_args, *MATRIX_FORK_TESTS]):
+            log.write(f"$ {' '.join(args)}\n")
+            log.flush()
+            code = subprocess.call(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) or code
+            log.flush()
+            lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+            summaries.append(lines[-1].strip("= ") if lines else "no output")
+    results[version] = (code, f"{'; '.join(summaries)} ({time.monotonic() - started:.0f} s, log {log_path})")
+
+
 def run_matrix(rest: list[str]) -> int:
-    """The library's own tests on each other supported Python; 0 if all passed (or none was found)."""
+    """The library's own tests on each other supported Python, side by side; 0 if all passed (or none found)."""
     if os.environ.get("FORKPOOL_MATRIX", "1") == "0" or any(not a.startswith("-") for a in rest):
         return 0  # a chosen test or directory: the caller asked for those only
+    found = matrix_pythons()
+    if not found:
+        return 0
+    print(f"bootstrap: the library's tests on Python {', '.join(v for v, _ in found)}", flush=True)
+    results: dict[str, tuple[int, str]] = {}
+    # One thread per Python: each waits on its pytest; the two cores are free after the main run.
+    runners = [threading.Thread(target=run_on, args=(version, python, results)) for version, python in found]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
     code = 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # conftest imports the harness (embedded servers)
-    for version, python in matrix_pythons():
-        started = time.monotonic()
-        try:
-            interpreter = str(ensure_matrix_venv(version, python))
-        except subprocess.CalledProcessError as exc:
-            print(f"bootstrap: Python {version}: set-up failed ({exc.returncode}); its tests did not run",
-                  file=sys.stderr)
-            code = code or 1
-            continue
-        pytest_args = ["-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q"]
-        print(f"bootstrap: the library's tests on Python {version} ({python})", flush=True)
-        runs = [[interpreter, *pytest_args, *MATRIX_TESTS],
-                [interpreter, *MATRIX_WARNINGS, *pytest_args, *MATRIX_FORK_TESTS]]
-        for args in runs:
-            code = subprocess.call(args, cwd=ROOT, env=env) or code
-        print(f"bootstrap: Python {version}: {time.monotonic() - started:.0f} s", flush=True)
+    for version, _ in found:
+        failed, summary = results.get(version, (1, "did not run"))
+        print(f"bootstrap: Python {version}: {'FAILED' if failed else 'passed'}: {summary}", flush=True)
+        code = code or failed
     return code
 
 
