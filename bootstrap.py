@@ -122,7 +122,7 @@ MATRIX_TESTS = ("tests/test_pool.py", "tests/test_aio_pool.py", "tests/test_aio_
 # reload test's own import trick (importlib, not a fork).
 MATRIX_FORK_TESTS = ("tests/test_fork.py", "tests/test_per_process.py", "tests/test_fork_quiet.py")
 MATRIX_WARNINGS = ("-W", "error::DeprecationWarning", "-W", "ignore:__package__ != __spec__.parent:DeprecationWarning")
-MATRIX_PACKAGES = ("pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.0")
+MATRIX_PACKAGES = ("pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.0", "gevent>=24.2")
 
 
 def matrix_pythons() -> list[tuple[str, Path]]:

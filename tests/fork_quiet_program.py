@@ -177,6 +177,31 @@ def spawn() -> str:
     return "subprocess with preexec_fn"
 
 
+def gevent() -> str:
+    """As Gunicorn's gevent worker: a pool opened before monkey patching (a real maintainer thread),
+    another after (a greenlet); forks from the patched process work, and the pools after them.
+
+    gevent's own fork ignores DeprecationWarning around the raw fork (gevent/os.py, fork_gevent):
+    no warning shows here either way; the real thread is ended anyway (fewer threads at fork).
+    """
+    before = forkpool.Pool(build_settings(dsn=DSN, min_size=1, max_size=1), name="before-patch")
+    before.open(wait=True, timeout=20)
+    from gevent import monkey
+
+    monkey.patch_all()
+    after = forkpool.Pool(build_settings(dsn=DSN, min_size=1, max_size=1), name="after-patch")
+    after.open(wait=True, timeout=20)
+    for _ in range(FORKS):
+        fork_and_check(child_queries)
+    for pool in (before, after):
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    assert wait_for(lambda: len(maintainers()) == 2), maintainers()
+    before.close()
+    after.close()
+    return f"{FORKS} forks under gevent"
+
+
 def aio() -> str:
     """An asyncio pool (a maintainer task, no thread): forks from the loop's thread do not warn."""
 
@@ -196,5 +221,5 @@ def aio() -> str:
 
 
 if __name__ == "__main__":
-    scenario = {f.__name__: f for f in (pools, backoff, recovery, spawn, aio)}[sys.argv[1]]
+    scenario = {f.__name__: f for f in (pools, backoff, recovery, spawn, gevent, aio)}[sys.argv[1]]
     print("OK", sys.version.split()[0], scenario(), flush=True)

@@ -18,10 +18,12 @@ import pytest
 PROGRAM = Path(__file__).with_name("fork_quiet_program.py")
 
 
-@pytest.mark.parametrize("scenario", ["pools", "backoff", "recovery", "spawn", "aio"])
+@pytest.mark.parametrize("scenario", ["pools", "backoff", "recovery", "spawn", "gevent", "aio"])
 def test_forks_do_not_warn(scenario: str, database_url: str) -> None:
     if scenario == "aio":
         pytest.importorskip("psycopg", reason="the asyncio pool needs psycopg 3")
+    if scenario == "gevent":
+        pytest.importorskip("gevent", reason="gevent is not installed")
     env = {**os.environ, "DATABASE_URL": database_url}
     env.pop("DB_POOL_IDLE_CLOSE", None)
     done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", str(PROGRAM), scenario],

@@ -22,8 +22,11 @@ Measured on this machine with 3.12.1 and 3.13.0 (tests/test_fork_quiet.py).
 
 A thread busy with something slow (connecting to a server that does not
 answer) may outlast the bound; the fork then goes ahead, with the warning.
-Under gevent's monkey patching ``threading.Thread`` is a greenlet, not an OS
-thread: there is nothing to end, and nothing is done.
+Under gevent's monkey patching a thread started after the patch is a greenlet,
+not an OS thread: it is not waited for (Gunicorn's gevent worker patches after
+``post_fork`` opened the pools, so their maintainers are real threads there).
+gevent's patched ``os.fork`` ignores DeprecationWarning around the fork itself
+(gevent 26.9, gevent/os.py ``fork_gevent``).
 """
 
 from __future__ import annotations
@@ -74,15 +77,6 @@ def forking() -> bool:
     return bool(getattr(home(), "quiet_forking", False))
 
 
-def green_threads() -> bool:
-    """gevent (or eventlet) patched ``threading``: forkpool's threads are greenlets, not OS threads."""
-    gevent_monkey = sys.modules.get("gevent.monkey")
-    if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
-        return True
-    eventlet_patcher = sys.modules.get("eventlet.patcher")
-    return bool(eventlet_patcher is not None and eventlet_patcher.is_monkey_patched("thread"))
-
-
 def _os_thread_alive(native_id: int | None) -> bool:
     if native_id is None:
         return False
@@ -112,7 +106,7 @@ def for_subprocess() -> bool:
 def end_threads() -> None:
     """Before fork: end every forkpool thread of this process, within END_BOUND. Idempotent per fork."""
     holder = home()
-    if getattr(holder, "quiet_forking", False) or green_threads() or for_subprocess():
+    if getattr(holder, "quiet_forking", False) or for_subprocess():
         return
     holder.quiet_forking = True
     owners = list(members())
@@ -123,7 +117,9 @@ def end_threads() -> None:
         except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
             logger.debug("pausing %r before fork failed", owner, exc_info=True)
             continue
-        if thread is not None:
+        # Under gevent's monkey patching a thread started after the patch is a greenlet on this very
+        # OS thread: not counted, and joining it here would switch greenlets inside a fork hook.
+        if thread is not None and thread.native_id != threading.get_native_id():
             threads.append(thread)
     deadline = time.monotonic() + END_BOUND
     for thread in threads:
