@@ -2,14 +2,16 @@
 
     python -m benchmarks.maintainer_cost                  # about half a minute per Python
     python -m benchmarks.maintainer_cost --python ~/.pyenv/versions/3.12.1/bin/python
+    python -m benchmarks.maintainer_cost --library /tmp/old/shared --rounds 2   # against an older forkpool too
 
 Starts an embedded PostgreSQL (or uses DATABASE_URL), then runs a probe in one process per
 Python named (default: this one, plus any .venv-3.* next to the project): each probe opens
 POOLS pools of 2 connections and prints
 
 - forks that warned "multi-threaded, use of fork() may lead to deadlocks" (of FORKS forks);
-- the cost of one fork + child exit + waitpid in the parent, with the pools open;
-- checkout + return of one connection (getconn/putconn, 1 thread), best of 5;
+- what os.fork() takes in the parent (at-fork hooks + fork), with the pools open, median;
+- of which: ending forkpool's threads before the fork, and starting them again (fork_quiet), medians;
+- checkout + return of one connection (getconn/putconn, 1 thread), best of 15 x 20,000;
 - CPU the process spends while its pools sit idle for IDLE seconds (upkeep only);
 - threads alive while the pools sit idle.
 
@@ -56,15 +58,15 @@ def probe(dsn: str) -> dict[str, float]:
             pid = os.fork()
             if pid == 0:
                 os._exit(0)
+            fork_times.append(time.perf_counter() - started)  # the parent's side: hooks + fork()
             os.waitpid(pid, 0)
-            fork_times.append(time.perf_counter() - started)
         warned += any("multi-threaded" in str(w.message) for w in caught)
-        if os.environ.get("MT_DEBUG"):
-            print([str(w.message) for w in caught], file=sys.stderr)
+
+    end_us, restart_us = _end_and_restart()
 
     pool = pools[0]
     cycle = timeit.Timer(lambda: pool.putconn(pool.getconn()))
-    best = min(cycle.repeat(5, 20000)) / 20000
+    best = min(cycle.repeat(15, 20000)) / 20000
 
     threads = threading.active_count()
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -81,7 +83,30 @@ def probe(dsn: str) -> dict[str, float]:
         "cycle_us": best * 1e6,
         "idle_cpu_ms_per_s": idle_cpu / IDLE * 1000,
         "threads_idle": threads,
+        "end_us": end_us,
+        "restart_us": restart_us,
     }
+
+
+def _end_and_restart() -> tuple[float, float]:
+    """Median cost of ending forkpool's threads before a fork and starting them again (0, 0: an older forkpool)."""
+    from forkpool import maintenance
+
+    if not hasattr(maintenance.Maintainer, "pause_for_fork"):
+        return 0.0, 0.0  # a forkpool from before fork_quiet
+    from forkpool import fork_quiet
+
+    ends, restarts = [], []
+    for _ in range(20):
+        started = time.perf_counter()
+        fork_quiet.end_threads()
+        ended = time.perf_counter()
+        fork_quiet.home().quiet_forking = False
+        fork_quiet.resume_threads()
+        ends.append(ended - started)
+        restarts.append(time.perf_counter() - ended)
+        time.sleep(0.02)  # let the restarted threads settle into their wait, as between real forks
+    return sorted(ends)[10] * 1e6, sorted(restarts)[10] * 1e6
 
 
 def pythons(chosen: list[str]) -> list[str]:
@@ -95,6 +120,9 @@ def pythons(chosen: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", action="append", default=[], help="a Python to probe (repeatable)")
+    parser.add_argument("--library", metavar="DIR",
+                        help="also probe the forkpool package under DIR (e.g. an older checkout's shared/)")
+    parser.add_argument("--rounds", type=int, default=1, help="probes per Python and library, interleaved")
     parser.add_argument("--probe", metavar="DSN", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
@@ -103,19 +131,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.services import services
 
+    libraries = [("this", None)] + ([("other", args.library)] if args.library else [])
     with services(need_redis=False) as found:
-        print(f"{POOLS} pools of 2, {FORKS} forks, {IDLE:.0f} s idle")
-        print(f"{'python':>7} {'warned':>8} {'fork µs':>8} {'get+put µs':>11} {'idle CPU ms/s':>14} {'threads':>8}")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        print(f"{POOLS} pools of 2, {FORKS} forks, {IDLE:.0f} s idle; 'other': {args.library}")
+        print(f"{'python':>7} {'forkpool':>8} {'warned':>8} {'fork µs':>8} {'end µs':>7} {'restart µs':>10} "
+              f"{'get+put µs':>11} {'idle CPU ms/s':>14} {'threads':>8}")
         for python in pythons(args.python):
-            out = subprocess.run([python, "-m", "benchmarks.maintainer_cost", "--probe", found.database_url],
-                                 capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-            if out.returncode:
-                print(f"{python}: probe failed: {out.stderr.strip().splitlines()[-1:]}")
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{r['python']:>7.2f} {int(r['warned']):>4}/{int(r['forks']):<3} {r['fork_us']:>8.0f} "
-                  f"{r['cycle_us']:>11.2f} {r['idle_cpu_ms_per_s']:>14.3f} {int(r['threads_idle']):>8}")
+            for _ in range(args.rounds):
+                for label, library in libraries:
+                    path = f"{library}{os.pathsep}{ROOT}" if library else str(ROOT)
+                    env = {**os.environ, "PYTHONPATH": path}
+                    out = subprocess.run([python, "-m", "benchmarks.maintainer_cost", "--probe", found.database_url],
+                                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+                    if out.returncode:
+                        print(f"{python}: probe failed: {out.stderr.strip().splitlines()[-1:]}")
+                        continue
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    print(f"{r['python']:>7.2f} {label:>8} {int(r['warned']):>4}/{int(r['forks']):<3} {r['fork_us']:>8.0f} "
+                          f"{r['end_us']:>7.0f} {r['restart_us']:>10.0f} "
+                          f"{r['cycle_us']:>11.2f} {r['idle_cpu_ms_per_s']:>14.3f} {int(r['threads_idle']):>8}")
     return 0
 
 

@@ -153,8 +153,11 @@ def resume_threads() -> None:
 
 
 def forget_in_child() -> None:
-    # The child's copies of these objects have no thread; each owner's own child hook resets it.
-    home().quiet_forking = False
+    # The inherited owners are the parent's (their locks may be stale here, and their threads do not
+    # exist): the child's own register themselves as it makes them.
+    holder = home()
+    holder.quiet_forking = False
+    holder.quiet_threads = weakref.WeakSet()
 
 
 install_fork_hooks("quiet-threads", before=end_threads, after_in_parent=after_fork_in_parent,

@@ -2,7 +2,9 @@
 
 It holds the pool by weak reference, so a pool nobody uses any more is
 collected and its thread ends. Threads do not survive fork: a child's pools
-are new objects with maintainers of their own.
+are new objects with maintainers of their own. In the parent the thread is not
+alive across a fork either (Python 3.12+ warns about a fork with threads):
+fork_quiet.py ends it before and starts it again after (docs/maintainer.md).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Maintainer:
         fork_quiet.register(self)
 
     def start(self) -> None:
+        if self.paused and not fork_quiet.forking():
+            self.resume()  # opened again after a fork whose hook left the threads ended
         with self._start_lock:
             self._wanted = True
             self._spawn_if_due()
