@@ -152,7 +152,8 @@ def ensure_matrix_venv(version: str, python: Path, log: TextIO) -> Path:
     bin_python = where / "bin" / "python"
     if stamp.exists() and stamp.read_text() == wanted and bin_python.exists():
         return bin_python
-    print(f"bootstrap: creating {where} ({python})", flush=True)
+    sys.stdout.write(f"bootstrap: creating {where} ({python})\n")  # one write: two Pythons set up at once
+    sys.stdout.flush()
     subprocess.run([str(python), "-m", "venv", "--clear", str(where)], check=True, stdout=log, stderr=log)
     pip = [str(bin_python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", *MATRIX_PACKAGES], check=True, stdout=log, stderr=log)

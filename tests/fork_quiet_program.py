@@ -164,6 +164,21 @@ def _alive(cur: "psycopg2.extensions.cursor", pids: list[int]) -> int:
     return int(cur.fetchone()[0])
 
 
+def idle_close() -> str:
+    """DB_POOL_IDLE_CLOSE across forks: the idle closer ends for each fork, and still closes the unused pool."""
+    os.environ["DB_POOL_IDLE_CLOSE"] = "1"
+    pool = forkpool.get_pool()
+    pool.open(wait=True, timeout=20)
+    assert "forkpool-idle-closer" in maintainers(), maintainers()
+    for _ in range(3):
+        fork_and_check(child_queries)
+    with pool.connection() as conn, conn.cursor() as cur:  # a use: 3.13 starts the threads again here
+        cur.execute("SELECT 1")
+    assert wait_for(lambda: pool.closed), pool.stats()
+    assert forkpool.manager_stats()["closed_idle"] == 1, forkpool.manager_stats()
+    return "idle pool closed after forks"
+
+
 def spawn() -> str:
     """subprocess with preexec_fn runs the at-fork hooks but never warns: the maintainers go on running."""
     import subprocess
@@ -221,5 +236,5 @@ def aio() -> str:
 
 
 if __name__ == "__main__":
-    scenario = {f.__name__: f for f in (pools, backoff, recovery, spawn, gevent, aio)}[sys.argv[1]]
+    scenario = {f.__name__: f for f in (pools, backoff, recovery, idle_close, spawn, gevent, aio)}[sys.argv[1]]
     print("OK", sys.version.split()[0], scenario(), flush=True)

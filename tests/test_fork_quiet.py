@@ -18,7 +18,7 @@ import pytest
 PROGRAM = Path(__file__).with_name("fork_quiet_program.py")
 
 
-@pytest.mark.parametrize("scenario", ["pools", "backoff", "recovery", "spawn", "gevent", "aio"])
+@pytest.mark.parametrize("scenario", ["pools", "backoff", "recovery", "idle_close", "spawn", "gevent", "aio"])
 def test_forks_do_not_warn(scenario: str, database_url: str) -> None:
     if scenario == "aio":
         pytest.importorskip("psycopg", reason="the asyncio pool needs psycopg 3")
