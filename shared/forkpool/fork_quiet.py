@@ -47,8 +47,9 @@ logger = logging.getLogger("forkpool.pool")
 END_BOUND = 1.0
 
 # True where the thread count is taken before the after-fork-in-parent hooks run, so that a thread
-# started in one is not counted: every 3.12, and 3.14.1 on (gh-141614). 3.13 (all of it, to be
-# safe: the 3.13 backport's release is not pinned down here) and 3.14.0 count after them.
+# started in one is not counted: 3.12 (measured: 3.12.1), and 3.14.1 on (gh-141614, merged into 3.14
+# on 2025-11-16; no 3.14 on this machine to measure). 3.13 (measured: 3.13.0; all of 3.13, since no
+# 3.13 release with the fix is pinned down here) and 3.14.0 count after them.
 RESTART_IN_HOOK = sys.version_info < (3, 13) or sys.version_info >= (3, 14, 1)
 
 
