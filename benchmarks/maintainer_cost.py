@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 POOLS = 3
 FORKS = 20
 IDLE = 5.0
+REPEATS = 15  # timeit repeats of 20,000 checkout + return cycles
 
 
 def probe(dsn: str) -> dict[str, float]:
@@ -66,7 +67,7 @@ def probe(dsn: str) -> dict[str, float]:
 
     pool = pools[0]
     cycle = timeit.Timer(lambda: pool.putconn(pool.getconn()))
-    best = min(cycle.repeat(15, 20000)) / 20000
+    best = min(cycle.repeat(REPEATS, 20000)) / 20000
 
     threads = threading.active_count()
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -123,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library", metavar="DIR",
                         help="also probe the forkpool package under DIR (e.g. an older checkout's shared/)")
     parser.add_argument("--rounds", type=int, default=1, help="probes per Python and library, interleaved")
+    parser.add_argument("--quick", action="store_true", help="fewer forks, a shorter idle (a smoke run)")
     parser.add_argument("--probe", metavar="DSN", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick or os.environ.get("MAINTAINER_COST_QUICK"):
+        os.environ["MAINTAINER_COST_QUICK"] = "1"  # the probes read it too
+        globals().update(FORKS=4, IDLE=0.5, REPEATS=3)
     if args.probe:
         print(json.dumps(probe(args.probe)))
         return 0
