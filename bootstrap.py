@@ -2,13 +2,19 @@
 """Set up and run forkpool on a fresh machine with nothing but Python 3.11+.
 
     python3 bootstrap.py demo      # the main job: `forkpool demo` on embedded services
-    python3 bootstrap.py test      # the whole test suite
+    python3 bootstrap.py test      # the whole test suite, then the library's tests on Python 3.12 / 3.13
     python3 bootstrap.py forkpool ARGS...   # any forkpool command
 
 Creates ./.venv and installs the library (shared/, the `forkpool` distribution,
 with all its extras) and the suite (this directory, with its `dev` and
 `embedded` extras) in one pip call, again only when a pyproject.toml changes,
 then runs the command in it.
+
+`test` with no test named also runs the library's own tests (those that need no
+suite: pool, asyncio pool, per-process, fork) on each other Python it finds
+(3.12, 3.13: pyenv's, or python3.X on PATH), each in a small venv of its own
+(./.venv-3.12, ./.venv-3.13: the library with its extras, pytest), the fork
+tests under -W error::DeprecationWarning. FORKPOOL_MATRIX=0: skip it.
 
 PgBouncer and MariaDB's server (Debian's and Ubuntu's `pgbouncer` and
 `mariadb-server`: no pip wheel carries either) are the system packages: where
@@ -25,8 +31,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import venv
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("FORKPOOL_VENV", ROOT / ".venv"))
@@ -135,6 +144,102 @@ def xdist_args(rest: list[str]) -> list[str]:
     return [] if chosen or workers in ("0", "1") else ["-n", workers, "--dist", "loadgroup"]
 
 
+# -- the library on the other Pythons it supports (shared/pyproject.toml's classifiers) ----------
+
+MATRIX_PYTHONS = ("3.12", "3.13")
+MATRIX_TESTS = ("tests/test_pool.py", "tests/test_aio_pool.py", "tests/test_aio_pool_upkeep.py",
+                "tests/test_manager.py", "tests/test_recovery.py")
+# Forks: any threaded-fork DeprecationWarning (Python 3.12+) is an error. The one ignored is the
+# reload test's own import trick (importlib, not a fork).
+MATRIX_FORK_TESTS = ("tests/test_fork.py", "tests/test_per_process.py", "tests/test_fork_quiet.py")
+MATRIX_WARNINGS = ("-W", "error::DeprecationWarning", "-W", "ignore:__package__ != __spec__.parent:DeprecationWarning")
+MATRIX_PACKAGES = ("pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.0", "gevent>=24.2")
+
+
+def matrix_pythons() -> list[tuple[str, Path]]:
+    """(version, interpreter) for each of MATRIX_PYTHONS found here, other than the venv's own."""
+    own = subprocess.run([str(venv_bin("python")), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                         capture_output=True, text=True).stdout.strip()
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = []
+    for version in MATRIX_PYTHONS:
+        if version == own:
+            continue
+        candidates = sorted(pyenv.glob(f"{version}.*/bin/python"),
+                            key=lambda p: tuple(int(x) for x in p.parts[-3].split(".") if x.isdigit()))
+        on_path = shutil.which(f"python{version}")
+        chosen = candidates[-1] if candidates else Path(on_path) if on_path else None
+        if chosen is not None:
+            found.append((version, chosen))
+    return found
+
+
+def ensure_matrix_venv(version: str, python: Path, log: TextIO) -> Path:
+    """./.venv-X.Y with the library (editable, all extras) and what its own tests need."""
+    where = ROOT / f".venv-{version}"
+    stamp = where / ".forkpool-matrix"
+    wanted = hashlib.sha256((ROOT / "shared/pyproject.toml").read_bytes() + str(python).encode()
+                            + " ".join(MATRIX_PACKAGES).encode()).hexdigest()
+    bin_python = where / "bin" / "python"
+    if stamp.exists() and stamp.read_text() == wanted and bin_python.exists():
+        return bin_python
+    sys.stdout.write(f"bootstrap: creating {where} ({python})\n")  # one write: two Pythons set up at once
+    sys.stdout.flush()
+    subprocess.run([str(python), "-m", "venv", "--clear", str(where)], check=True, stdout=log, stderr=log)
+    pip = [str(bin_python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", *MATRIX_PACKAGES], check=True, stdout=log, stderr=log)
+    stamp.write_text(wanted)
+    return bin_python
+
+
+def run_on(version: str, python: Path, results: dict[str, tuple[int, str]]) -> None:
+    """Set up and run the library's tests on one Python; its output goes to reports/python-X.Y.log."""
+    started = time.monotonic()
+    log_path = ROOT / "reports" / f"python-{version}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with log_path.open("w") as log:
+        try:
+            interpreter = str(ensure_matrix_venv(version, python, log))
+        except subprocess.CalledProcessError as exc:
+            results[version] = (1, f"set-up failed ({exc.returncode}), see {log_path}")
+            return
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # conftest imports the harness (embedded servers)
+        pytest_args = ["-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q"]
+        code, summaries = 0, []
+        for args in ([interpreter, *pytest_args, *MATRIX_TESTS],
+                     [interpreter, *MATRIX_WARNINGS, *pytest_args, *MATRIX_FORK_TESTS]):
+            log.write(f"$ {' '.join(args)}\n")
+            log.flush()
+            code = subprocess.call(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) or code
+            log.flush()
+            lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+            summaries.append(lines[-1].strip("= ") if lines else "no output")
+    results[version] = (code, f"{'; '.join(summaries)} ({time.monotonic() - started:.0f} s, log {log_path})")
+
+
+def run_matrix(rest: list[str]) -> int:
+    """The library's own tests on each other supported Python, side by side; 0 if all passed (or none found)."""
+    if os.environ.get("FORKPOOL_MATRIX", "1") == "0" or any(not a.startswith("-") for a in rest):
+        return 0  # a chosen test or directory: the caller asked for those only
+    found = matrix_pythons()
+    if not found:
+        return 0
+    print(f"bootstrap: the library's tests on Python {', '.join(v for v, _ in found)}", flush=True)
+    results: dict[str, tuple[int, str]] = {}
+    # One thread per Python: each waits on its pytest; the two cores are free after the main run.
+    runners = [threading.Thread(target=run_on, args=(version, python, results)) for version, python in found]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    code = 0
+    for version, _ in found:
+        failed, summary = results.get(version, (1, "did not run"))
+        print(f"bootstrap: Python {version}: {'FAILED' if failed else 'passed'}: {summary}", flush=True)
+        code = code or failed
+    return code
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -156,7 +261,10 @@ def main(argv: list[str]) -> int:
         print(f"bootstrap: unknown command {command!r}; use demo, test or forkpool", file=sys.stderr)
         return 2
     os.chdir(ROOT)
-    return subprocess.call(args)
+    code = subprocess.call(args)
+    if command == "test":
+        code = run_matrix(rest) or code
+    return code
 
 
 if __name__ == "__main__":

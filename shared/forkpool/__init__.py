@@ -18,8 +18,8 @@ Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
     endpoints, errors, identity, per_process, redact, stats
-    drivers, extras, kernel_sockets, live_pools
-    integrations, metrics_dir, redis_client, settings
+    drivers, extras, fork_quiet, kernel_sockets
+    integrations, live_pools, metrics_dir, redis_client, settings
     aio_redis, connections, manager, protection
     maintenance, upkeep, waiter
     aio_upkeep, pool

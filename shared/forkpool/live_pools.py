@@ -13,6 +13,7 @@ import os
 import weakref
 from typing import Any
 
+from . import fork_quiet
 from .per_process import home, install_fork_hooks
 
 logger = logging.getLogger("forkpool.pool")
@@ -31,6 +32,9 @@ def _hold_pool_locks() -> None:
     # Before fork, in the parent: hold every pool lock so the child inherits each
     # pool's deques consistent (no connection half-way between idle and in use).
     # Bounded: a lock not free within a second is left alone; the child never takes it.
+    # forkpool's threads end first (fork_quiet.py): a maintainer must not be left waiting for
+    # a lock held here, and before-fork hooks run newest first, so fork_quiet's own may come later.
+    fork_quiet.end_threads()
     held = []
     for pool in list(all_pools()):
         lock = getattr(pool, "_lock", None)  # an asyncio pool has none: its loop's thread is its lock

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from . import fork_quiet
 from .errors import ConfigError, PoolError
 from .settings import PoolSettings, env_int, _parse_seconds
 
@@ -87,14 +88,58 @@ def _retire(state: Any, name: str, counter: str) -> None:
 
 def start_idle_closer(state: Any) -> None:
     """One thread per process, when DB_POOL_IDLE_CLOSE is set (called with the registry lock held)."""
-    seconds = idle_close_seconds()
-    if not seconds or state.idle_closer is not None:
+    if not idle_close_seconds() or state.idle_closer is not None:
         return
+    state.idle_closer = IdleCloser(state)
+    state.idle_closer.start()
 
-    def sweep() -> None:
-        interval = seconds
+
+class IdleCloser:
+    """The sweep of DB_POOL_IDLE_CLOSE. Its thread is not alive across a fork (fork_quiet.py)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # set to end the thread for a fork
+        self._thread: threading.Thread | None = None  # under _lock: the running thread or None
+        self._paused = fork_quiet.forking()
+        fork_quiet.register(self)
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn_if_due()
+
+    def _spawn_if_due(self) -> None:
+        # Called with _lock held.
+        if self._thread is None and not self._paused and self._state.pid == os.getpid():
+            self._thread = threading.Thread(target=self._run, name="forkpool-idle-closer", daemon=True)
+            self._thread.start()
+
+    def pause_for_fork(self) -> threading.Thread | None:
+        with self._lock:
+            self._paused = True
+            if self._thread is not None:
+                self._stop.set()
+            return self._thread
+
+    def resume_after_fork(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._spawn_if_due()
+
+    def _run(self) -> None:
+        state = self._state
+        try:
+            interval = idle_close_seconds()
+        except ConfigError:
+            interval = 1.0  # read again below, where a bad value stops the thread
         while state.pid == os.getpid():
-            time.sleep(min(1.0, interval / 2))
+            self._stop.wait(min(1.0, interval / 2))
+            with self._lock:
+                if self._paused:
+                    self._stop.clear()
+                    self._thread = None
+                    return
             try:
                 interval = idle_close_seconds()  # read again: turning it off stops the thread
             except ConfigError:
@@ -102,8 +147,7 @@ def start_idle_closer(state: Any) -> None:
             if not interval:
                 with state.lock:
                     state.idle_closer = None
+                with self._lock:
+                    self._thread = None
                 return
             close_idle_pools(state, interval)
-
-    state.idle_closer = threading.Thread(target=sweep, name="forkpool-idle-closer", daemon=True)
-    state.idle_closer.start()

@@ -33,6 +33,7 @@ import_extra("prometheus_client", "prometheus", "forkpool.metrics")
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess  # noqa: E402
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402,F401 - re-exported for /metrics endpoints
 
+from . import fork_quiet  # noqa: E402
 from . import protection  # noqa: E402
 from . import stats as keys  # noqa: E402
 from .identity import process_role  # noqa: E402
@@ -205,6 +206,8 @@ def render_metrics() -> bytes:
 def _hold_export_lock() -> None:
     # Before fork, as the logging module does with its lock: no exporting thread is
     # inside prometheus_client at the moment of fork. Bounded, in case one is stuck.
+    # The maintainers (which export) end first: one waiting here for this lock could not end.
+    fork_quiet.end_threads()
     _HELD[0] = _export_lock.acquire(timeout=1.0)
 
 

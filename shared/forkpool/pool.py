@@ -123,6 +123,8 @@ class Pool(PoolUpkeep):
             # Inherited across a fork no Python hook saw (uWSGI forks in C): release what the
             # process inherited first; this pool is then detached and refuses (PoolClosed).
             notice_fork()
+        if self._maintainer.paused:  # ended for a fork and not restarted by the hook (fork_quiet.py)
+            self._maintainer.resume()
         entry = self._take_idle()
         if entry is None or not self._usable(entry):
             if entry is not None:

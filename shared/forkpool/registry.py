@@ -38,7 +38,7 @@ class ProcessPools:
         self.pid = os.getpid()
         self.pools: dict[str, Pool] = {}
         self.manager_counts = {"evicted": 0, "closed_idle": 0}  # see manager.py
-        self.idle_closer: threading.Thread | None = None
+        self.idle_closer: manager.IdleCloser | None = None
 
     def detach_inherited(self) -> None:
         # In a forked child, with no lock taken (see per_process): the pools themselves

@@ -1,0 +1,4 @@
+from forkpool.gunicorn import on_starting, when_ready, pre_fork, post_fork, worker_exit, on_exit  # noqa: F401
+
+worker_class = "gevent"
+worker_connections = 50
