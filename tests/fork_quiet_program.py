@@ -68,8 +68,12 @@ def mp_child(queue: "multiprocessing.Queue[int]") -> None:
 def pools() -> str:
     """Three pools with maintainer threads, the idle closer, the metrics exporter; os.fork and multiprocessing."""
     os.environ["DB_POOL_IDLE_CLOSE"] = "3600"
+    exporter = False
     try:
-        import forkpool.metrics  # noqa: F401 - its fork hook holds the export lock the maintainers take
+        import forkpool.metrics  # its fork hook holds the export lock the maintainers take
+
+        forkpool.metrics.start_exporter()  # what a worker with a metrics directory runs
+        exporter = True
     except ImportError:
         pass
     settings = build_settings(dsn=DSN, min_size=2, max_size=2)
@@ -79,7 +83,7 @@ def pools() -> str:
     registry_pool = forkpool.get_pool()  # starts the idle closer
     registry_pool.open(wait=True, timeout=20)
     threads = maintainers()
-    assert "forkpool-idle-closer" in threads and len(threads) == 4, threads
+    assert "forkpool-idle-closer" in threads and len(threads) == 4 + exporter, threads
     for _ in range(FORKS):
         fork_and_check(child_queries)
     ctx = multiprocessing.get_context("fork")

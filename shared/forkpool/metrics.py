@@ -158,7 +158,44 @@ def export_protected() -> None:
         _protected_exported.update((labels, set(values)) for labels, values in current.items())
 
 
-_exporter_pid = [0]
+class _Exporter:
+    """The thread exporting protected pools: one per process, not alive across a fork (fork_quiet.py)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # set to end the thread for a fork
+        self._thread: threading.Thread | None = None  # under _lock: the running thread or None
+        self._paused = fork_quiet.forking()
+        fork_quiet.register(self)
+
+    def start(self) -> None:
+        with self._lock:
+            # Invariant: at most one thread, and none while a fork is being prepared.
+            if self._thread is None and not self._paused and self.pid == os.getpid():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="forkpool-metrics", daemon=True)
+                self._thread.start()
+
+    def pause_for_fork(self) -> threading.Thread | None:
+        with self._lock:
+            self._paused = True
+            self._stop.set()
+            thread, self._thread = self._thread, None
+            return thread
+
+    def resume_after_fork(self) -> None:
+        with self._lock:
+            self._paused = False
+        self.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            export_protected()
+
+
+_exporter: list[_Exporter] = []
 
 
 def start_exporter(interval: float = EXPORT_INTERVAL) -> None:
@@ -166,19 +203,12 @@ def start_exporter(interval: float = EXPORT_INTERVAL) -> None:
 
     Once per process: a forked child that wants one calls this again. The
     thread holds no lock between rounds, and takes only the export lock, which
-    fork holds (below).
+    fork holds (below); it is ended before a fork and started again after it.
     """
-    if _exporter_pid[0] == os.getpid():
+    if _exporter and _exporter[0].pid == os.getpid():
         return
-    _exporter_pid[0] = os.getpid()
-    threading.Thread(target=_export_rounds, args=(interval,), name="forkpool-metrics",
-                     daemon=True).start()
-
-
-def _export_rounds(interval: float) -> None:
-    stop = threading.Event()  # never set: the thread ends with its (daemon) process
-    while not stop.wait(interval):
-        export_protected()
+    _exporter[:] = [_Exporter(interval)]
+    _exporter[0].start()
 
 
 def suite_registry() -> CollectorRegistry:
