@@ -187,6 +187,7 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
     yield
     forkpool.close_all()
     registry.configured().clear()
+    registry.size_sources().clear()
     registry._used().clear()  # noqa: SLF001 - which pools this process used: each test starts with none
     pools = registry.process_pools.peek()
     if pools is not None:
