@@ -54,6 +54,12 @@ class WireLog:
         self._listener.close()
         with self._lock:
             for sock in self._sockets:
+                # shutdown() first: a relay thread blocked in recv() on this socket keeps it alive
+                # past close() (Linux), with no FIN sent: the server would keep the session for good.
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 try:
                     sock.close()
                 except OSError:

@@ -80,6 +80,10 @@ _exported: dict[int, dict[str, float]] = {}
 _export_lock = threading.Lock()
 
 
+# (pool name, role) -> id of the pool whose stats the gauges under those labels show.
+_gauge_owner: dict[tuple[str, str], int] = {}
+
+
 def export_pool(pool: Any) -> None:
     """Publish one pool's current stats (called by its maintainer, and before a scrape)."""
     snapshot = pool.stats()
@@ -91,6 +95,7 @@ def export_pool(pool: Any) -> None:
         # a child never inherits one of its locks mid-update from an exporting thread.
         for key, gauge in GAUGES.items():
             gauge.labels(*labels, OWN, OWN_BACKEND).set(snapshot[key])
+        _gauge_owner[labels] = id(pool)
         before = _exported.setdefault(id(pool), {})
         for key, counter in COUNTERS.items():
             delta = snapshot[key] - before.get(key, 0)
@@ -111,11 +116,15 @@ def export_process() -> None:
 
 def forget_pool(pool: Any) -> None:
     """A closed pool's gauges drop to zero (its process may live on with other pools)."""
-    labels = (pool.name, process_role(), OWN, OWN_BACKEND)
+    labels = (pool.name, process_role())
     with _export_lock:
-        for gauge in GAUGES.values():
-            gauge.labels(*labels).set(0)
         _exported.pop(id(pool), None)
+        # A pool closed late (its maintainer ending) must not zero a newer pool of the same name.
+        if _gauge_owner.get(labels, id(pool)) != id(pool):
+            return
+        _gauge_owner.pop(labels, None)
+        for gauge in GAUGES.values():
+            gauge.labels(*labels, OWN, OWN_BACKEND).set(0)
 
 
 def protected_gauges() -> dict[tuple[str, str, str, str], dict[str, float]]:
