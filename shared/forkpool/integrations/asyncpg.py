@@ -319,7 +319,7 @@ def terminate_without_loop(connection: Any) -> None:
     os.dup2(devnull_fd(), fd)  # this process's last reference: the socket closes
 
 
-def _loop_state(loop: Any) -> str:
+def loop_state(loop: Any) -> str:
     """"idle": alive, not running; "elsewhere": running in another thread; "gone": closed, unknown, or this thread's."""
     if not isinstance(loop, asyncio.AbstractEventLoop) or loop.is_closed():
         return "gone"
@@ -334,7 +334,7 @@ def _loop_state(loop: Any) -> str:
 
 def close_properly(pool: Any) -> None:
     """Close an open pool from sync code: in its own loop if that can still run, else connection by connection."""
-    where = _loop_state(pool._loop)
+    where = loop_state(pool._loop)
     if where == "idle":
         pool._loop.run_until_complete(asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S))
     elif where == "elsewhere":
