@@ -148,6 +148,7 @@ async def _open_here(pool: Any, state: _PoolState) -> Any:
     task = state.opening
     if task is None or task.get_loop() is not loop:
         pool._loop = loop
+        name_connections(pool)  # the process's role is set by now (an ASGI worker's hook sets it after fork)
         # One opening per process: concurrent first users wait for it (asyncpg refuses a second).
         task = state.opening = loop.create_task(_open_once(pool, state))
     await asyncio.shield(task)
