@@ -13,7 +13,6 @@ The Gunicorn runs are in tests/test_protect_asgi_servers.py.
 from __future__ import annotations
 
 import asyncio
-import warnings
 
 import pytest
 
@@ -142,9 +141,14 @@ def test_every_option_survives_the_childs_rebuild(database_url, suite_id, forget
 
 def test_a_pool_made_before_any_loop_opens_in_the_loop_that_uses_it(database_url, suite_id, sessions,
                                                                   forget_protected):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # get_event_loop() with none running (3.12+)
-        pool = forkpool.protect(_pool(database_url))  # asyncpg.create_pool() at import, never awaited
+    # asyncpg.create_pool() at import, never awaited: its _loop is the thread's default loop
+    # (what get_event_loop() makes at import), which will never run.
+    default = asyncio.new_event_loop()
+    asyncio.set_event_loop(default)
+    try:
+        pool = forkpool.protect(_pool(database_url))
+    finally:
+        asyncio.set_event_loop(None)
     assert pool.get_size() == 0 and sessions() == []
 
     async def first_use() -> int:
@@ -156,6 +160,7 @@ def test_a_pool_made_before_any_loop_opens_in_the_loop_that_uses_it(database_url
     assert report.isdigit() and int(report) != parent, report
     protection.release_all()  # a master before forking: asyncio.run's loop is gone
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+    default.close()
 
 
 def test_release_in_the_pools_idle_loop_closes_it_and_leaves_it_openable(database_url, sessions,

@@ -249,3 +249,21 @@ def test_an_attach_that_fails_half_way_is_undone(database_url, forget_protected)
     assert str(caught.value) == ("forkpool.protect: cannot protect psycopg_pool.pool.ConnectionPool (half-way): "
                                  "RuntimeError: lost on the way")
     assert _state(pool) == before and pool.timeout == 30 and protection.protected() == []
+
+
+def test_a_refused_async_pool_is_left_for_its_own_close_and_the_loop_ends(forget_protected):
+    # An open async pool nobody closes keeps asyncio.run() from ending (psycopg_pool's workers):
+    # a refused protect() leaves the pool as it was, so the app's `async with` closes it.
+    async def main() -> str:
+        async with AsyncConnectionPool("host=localhost password=hunter2 =oops", min_size=1, max_size=1,
+                                       timeout=1, reconnect_timeout=1) as pool:
+            try:
+                forkpool.protect(pool)
+            except forkpool.ConfigError as exc:
+                return str(exc)
+        return "protected"
+
+    message = asyncio.run(asyncio.wait_for(main(), 30))
+    assert message.startswith("forkpool.protect: cannot protect") and "hunter2" not in message, message
+    assert protection.protected() == []
+
