@@ -1,5 +1,9 @@
 """forkpool.protect() for asyncpg pools and SQLAlchemy AsyncEngines under real Gunicorn with uvicorn workers.
 
+The app (tests/protect_apps/aio_pg/asgi.py) has an asyncpg pool opened at
+import (``pool``), one made at import and first used in a worker (``lazy``),
+or an AsyncEngine on asyncpg (``engine``) or psycopg (``engine_psycopg``).
+
 preload_app imports the app in the master, which uses its pool or engine
 there (an ``asyncio.run()`` at import). Unprotected: the master keeps its
 sessions, every worker inherits the sockets, and requests fail (the pool's
@@ -42,9 +46,9 @@ def test_unprotected_asyncpg_under_gunicorn_preload_fails(variant, servers, data
     server.stop(timeout=5)  # workers stuck on a session another process used do not stop gracefully
 
 
-@pytest.mark.parametrize("variant", ["pool", "lazy", "engine"])
+@pytest.mark.parametrize("variant", ["pool", "lazy", "engine", "engine_psycopg"])
 def test_protected_asyncpg_under_gunicorn_preload(variant, servers, database_url, sessions, suite_id, tmp_path):
-    if variant == "engine":
+    if variant.startswith("engine"):
         pytest.importorskip("sqlalchemy.ext.asyncio", reason="SQLAlchemy is not installed")
     env = {**os.environ, "PROTECT": "1", "VARIANT": variant}
     server, url = start_gunicorn_app(servers, APP, "gunicorn_protected.conf.py", "asgi:app", env,

@@ -9,7 +9,7 @@ VARIANT (PROTECT=1 hands the object to forkpool.protect):
   loop yet); the lifespan's first query opens it, its shutdown closes it.
 - ``engine``: ``create_async_engine("postgresql+asyncpg://...")`` used at
   import; the lifespan holds its two connections once (warm), its shutdown
-  disposes it.
+  disposes it. ``engine_psycopg``: the same on ``postgresql+psycopg``.
 GET / answers "<worker pid> <backend pid>"; GET /startup what the lifespan got.
 """
 
@@ -26,11 +26,12 @@ URL = os.environ["DATABASE_URL"]
 QUERY = "SELECT pg_backend_pid() FROM pg_sleep(0.005)"
 engine = pool = None
 
-if VARIANT == "engine":
+if VARIANT in ("engine", "engine_psycopg"):
     from sqlalchemy import make_url, text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(make_url(URL).set(drivername="postgresql+asyncpg"), pool_size=2, max_overflow=0,
+    driver = "psycopg" if VARIANT == "engine_psycopg" else "asyncpg"
+    engine = create_async_engine(make_url(URL).set(drivername=f"postgresql+{driver}"), pool_size=2, max_overflow=0,
                                  pool_timeout=2)
     if PROTECT:
         forkpool.protect(engine)
