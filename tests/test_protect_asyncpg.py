@@ -194,6 +194,18 @@ def test_release_after_the_loop_is_gone_ends_the_sessions_with_terminate(databas
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
 
 
+def test_a_pool_follows_the_process_from_one_asyncio_run_to_the_next(database_url, sessions, forget_protected):
+    # A Celery task that runs asyncio.run() each time: unprotected, the second run fails with
+    # "Event loop is closed"; protected, the old sessions end and the pool opens in the new loop.
+    pool = asyncio.run(_opened(database_url))
+    first = {b for _, b in sessions()}
+    again = asyncio.run(_backends(pool))
+    assert len(again) == 2 and not again & first, (first, again)
+    assert wait_for(lambda: {b for _, b in sessions()} == again, timeout=10), sessions()
+    protection.release_all()
+    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+
+
 def _slots(pool) -> dict:
     from forkpool.protection import _slot_names
 

@@ -31,7 +31,10 @@ the pool for the life of the process: the id is never reused).
   lock. Then ``Pool.__init__`` runs again. No I/O.
 - A new worker opens nothing at start (no loop exists yet): the pool opens
   ``min_size`` connections, as asyncpg does, when the worker's loop first
-  awaits or uses it.
+  awaits or uses it. A pool whose loop has closed since it opened (one
+  ``asyncio.run()`` per task) ends its old sessions on their sockets and
+  opens again in the loop that uses it, where asyncpg would fail with "Event
+  loop is closed".
 - A master (and a worker at exit) closes the pool properly: ``close()`` in
   its own loop when that loop is alive and idle (or running in another
   thread). When its loop is gone (the ``asyncio.run()`` of an import under
@@ -120,13 +123,13 @@ class _OpensInItsLoop:
 
     async def _async__init__(self) -> Any:  # await pool / async with pool
         state = _STATES.get(id(self))
-        if state is not None and state.deferred:
+        if state is not None and (state.deferred or _loop_ended(self)):
             return await _open_here(self, state)
         return await super()._async__init__()  # type: ignore[misc]
 
     async def _acquire(self, timeout: float | None) -> Any:  # first use: acquire(), fetch(), execute()...
         state = _STATES.get(id(self))
-        if state is not None and state.deferred:
+        if state is not None and (state.deferred or _loop_ended(self)):
             await _open_here(self, state)
         return await super()._acquire(timeout)  # type: ignore[misc]
 
@@ -143,8 +146,21 @@ class _OpensInItsLoop:
         super().terminate()  # type: ignore[misc]
 
 
+def _loop_ended(pool: Any) -> bool:
+    """The pool opened in a loop that has closed since (one ``asyncio.run()`` per Celery task, say)."""
+    loop = pool._loop
+    return pool._initialized and not pool._closed and isinstance(loop, asyncio.AbstractEventLoop) \
+        and loop.is_closed()
+
+
 async def _open_here(pool: Any, state: _PoolState) -> Any:
     loop = asyncio.get_running_loop()
+    if not state.deferred and _loop_ended(pool):
+        # asyncpg would fail with "Event loop is closed": the old sessions end on their
+        # sockets, and the pool opens again in this loop.
+        for connection in connections_of(pool):
+            terminate_without_loop(connection)
+        rebuild(pool, keep_old=True)
     task = state.opening
     if task is None or task.get_loop() is not loop:
         pool._loop = loop
