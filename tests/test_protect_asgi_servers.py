@@ -39,7 +39,7 @@ def test_unprotected_asyncpg_under_gunicorn_preload_fails(variant, servers, data
     server, url = start_gunicorn_app(servers, APP, "gunicorn_unprotected.conf.py", "asgi:app", env,
                                      tmp_path / "gunicorn.log", WORKERS)
     before = doctor(server.pid, database_url, "--pool-size", str(POOL))
-    answers = http_load(url, requests=18)
+    answers = http_load(url, requests=12)
     assert {"shared-socket", "master-connection"} <= {f["code"] for f in errors(before)}, before["findings"]
     assert shared(before, "postgresql") and all(held_by(before, "postgresql")[m] >= 1 for m in masters(before))
     assert failures(answers) or shared_backends(answers), answers  # what users see

@@ -86,7 +86,15 @@ def _calls() -> str:
     return f" calls={','.join(sorted(set(CALLS)))}"
 
 
+def _callables_supported(callable_args: bool) -> None:
+    from importlib.metadata import version
+
+    if callable_args and tuple(int(p) for p in version("psycopg-pool").split(".")[:2]) < (3, 3):
+        pytest.skip("a callable conninfo or kwargs needs psycopg_pool 3.3")
+
+
 def _sync_pool(database_url: str, callable_args: bool) -> ConnectionPool:
+    _callables_supported(callable_args)
     conninfo = (lambda: database_url) if callable_args else database_url
     kwargs = (lambda: dict(OPTIONS)) if callable_args else dict(OPTIONS)
     return ConnectionPool(conninfo, kwargs=kwargs, connection_class=MyConnection, configure=_configure,
@@ -95,6 +103,8 @@ def _sync_pool(database_url: str, callable_args: bool) -> ConnectionPool:
 
 
 def _async_pool(database_url: str, callable_args: bool) -> AsyncConnectionPool:
+    _callables_supported(callable_args)
+
     async def conninfo() -> str:
         return database_url
 
