@@ -56,7 +56,7 @@ def forget_protected():
 
 
 def _pool(database_url: str, **extra):
-    return asyncpg.create_pool(database_url, min_size=2, max_size=2, **extra)
+    return asyncpg.create_pool(database_url, **{"min_size": 2, "max_size": 2, **extra})
 
 
 async def _opened(database_url: str, protect: bool = True, **extra):
@@ -236,3 +236,34 @@ def test_report_says_the_pools_size_and_use(database_url, forget_protected):
     loop.run_until_complete(pool.release(held))
     loop.run_until_complete(pool.close())
     loop.close()
+
+
+def test_with_the_loop_gone_the_server_gets_terminate_not_eof(database_url, pg_server, sessions, forget_protected):
+    if pg_server is None:
+        pytest.skip("reads the embedded server's log")
+    debug = {"log_min_messages": "debug1"}  # an idle session's EOF is logged at DEBUG1 only
+
+    async def at_import(protect: bool):
+        pool = _pool(database_url, min_size=1, max_size=1, server_settings=dict(debug))
+        if protect:
+            forkpool.protect(pool)
+        await pool
+        return pool
+
+    def eofs() -> int:
+        return pg_server.log_path.read_text(errors="replace").count("unexpected EOF on client connection")
+
+    from forkpool.integrations.asyncpg import connections_of, drop_without_io
+
+    # Control: a socket that just closes (no Terminate) is logged as an EOF.
+    before = eofs()
+    bare = asyncio.run(at_import(False))
+    [conn] = connections_of(bare)
+    drop_without_io(conn)  # this process's only reference goes: the socket closes
+    assert wait_for(lambda: eofs() == before + 1, timeout=10), "the server logged no EOF for a closed socket"
+    # forkpool's release with the loop gone: Terminate first, then the socket closes.
+    asyncio.run(at_import(True))
+    assert wait_for(lambda: len(sessions()) == 1, timeout=10), sessions()
+    protection.release_all()
+    assert wait_for(lambda: sessions() == [], timeout=10), sessions()
+    assert eofs() == before + 1
