@@ -48,7 +48,11 @@ class Integration(Protocol):
     name: str
 
     def attach(self, obj: Any) -> Endpoints:
-        """Once, in the process calling protect(): hook events, set identities; return where it connects."""
+        """Once, in the process calling protect(): hook events, set identities; return where it connects.
+
+        Checks everything that can fail before it changes anything (protect() is all or nothing),
+        and replaces the containers it changes (a new dict) rather than editing the app's own.
+        """
 
     def detach(self, obj: Any) -> None:
         """In a forked child, after its inherited sockets went to /dev/null: let go, no I/O, no lock."""
