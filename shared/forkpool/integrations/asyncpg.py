@@ -49,16 +49,20 @@ the pool for the life of the process: the id is never reused).
   ``application_name`` = ``<suite>:<role>:<pid>``, renewed whenever the pool
   is rebuilt and when a worker starts.
 
-Private attributes, where asyncpg keeps a constructor argument or state
-nowhere public (tried with asyncpg 0.30.0, 0.31.0 and 0.32.0: the same
-names): the pool's slots ``_minsize``, ``_maxsize``, ``_max_queries``,
+Private API, where asyncpg keeps a constructor argument or a state nowhere
+public (tried with asyncpg 0.30.0, 0.31.0 and 0.32.0: the same names;
+``init_size`` / ``_initsize`` from 0.32): the pool's slots ``_initsize``,
+``_minsize``, ``_maxsize``, ``_max_queries``,
 ``_max_inactive_connection_lifetime``, ``_connect``, ``_setup``, ``_init``,
 ``_reset``, ``_loop``, ``_connection_class``, ``_record_class``,
 ``_connect_args``, ``_connect_kwargs``, ``_holders``, ``_initialized``,
-``_initializing``, ``_closed``, ``_async__init__``, ``_acquire``; a holder's
-``_con``; a connection's ``_transport``; ``connect_utils._parse_connect_arguments``
-(where asyncpg resolves a DSN, keyword arguments and the environment into
-addresses).
+``_initializing``, ``_closed``; its methods ``_async__init__`` and
+``_acquire`` (overridden by the subclass: every open and every acquire goes
+through them); a holder's ``_con``; a connection's ``_transport`` and
+``_loop``; ``connect_utils._parse_connect_arguments`` (asyncpg's own reading
+of a DSN, keyword arguments and the environment into addresses, called with
+the parameters its signature names). protect() refuses, with one line, an
+asyncpg that keeps a constructor argument elsewhere.
 """
 
 from __future__ import annotations
