@@ -58,10 +58,13 @@ def test_protected_asyncpg_under_gunicorn_preload(variant, servers, database_url
                                      tmp_path / "gunicorn.log", WORKERS)
     before = doctor(server.pid, database_url, "--pool-size", str(POOL))
     assert errors(before) == [] and held_by(before, "postgresql")[server.pid] == 0, before["findings"]
-    answers = recycled_http_load(server, url)
-    first = http_load(url + "startup", requests=6)
-    assert failures(answers) == [] and shared_backends(answers) == {}, answers
+    # Before the load: /startup counts toward max_requests, and a worker leaving at its limit
+    # resets a request now and then (uvicorn, see http_load). The replacements' lifespans are
+    # checked by the exact session count at the end.
+    first = http_load(url + "startup", requests=6, retry_reset=True)
     assert all(body == "open" for _, body in first), first
+    answers = recycled_http_load(server, url)
+    assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     protected_run_ends_clean(server, "asgi", sessions, suite_id, database_url, POOL)
 
