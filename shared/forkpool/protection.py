@@ -34,6 +34,7 @@ from .endpoints import Endpoints
 from .errors import ConfigError
 from .kernel_sockets import detach_connected_to
 from .per_process import home, install_fork_hooks, notice_fork, on_exit, watch_exit
+from .redact import describe_error
 from .stats import PoolReport
 
 logger = logging.getLogger("forkpool.protect")
@@ -47,7 +48,11 @@ class Integration(Protocol):
     name: str
 
     def attach(self, obj: Any) -> Endpoints:
-        """Once, in the process calling protect(): hook events, set identities; return where it connects."""
+        """Once, in the process calling protect(): hook events, set identities; return where it connects.
+
+        Checks everything that can fail before it changes anything (protect() is all or nothing),
+        and replaces the containers it changes (a new dict) rather than editing the app's own.
+        """
 
     def detach(self, obj: Any) -> None:
         """In a forked child, after its inherited sockets went to /dev/null: let go, no I/O, no lock."""
@@ -90,9 +95,10 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
     chosen = integration or integration_for(obj)
     if chosen is None:
         raise ConfigError(f"forkpool.protect: no integration for {type(obj).__module__}.{type(obj).__qualname__}; "
-                          "supported: SQLAlchemy Engine, Flask-SQLAlchemy, psycopg_pool pools, redis clients, "
-                          "psycopg2 / psycopg connections (Django: add 'forkpool.django' to INSTALLED_APPS)")
-    endpoints = chosen.attach(obj)
+                          "supported: SQLAlchemy Engine and AsyncEngine, Flask-SQLAlchemy, psycopg_pool pools, "
+                          "asyncpg pools, redis clients, psycopg2 / psycopg connections "
+                          "(Django: add 'forkpool.django' to INSTALLED_APPS)")
+    endpoints = _attach_whole(chosen, obj)
     try:
         ref: Any = weakref.ref(obj)
     except TypeError:
@@ -107,6 +113,63 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
         except Exception as exc:  # noqa: BLE001 - the database may be down: the worker serves anyway
             logger.warning("opening %s's connections failed: %s", chosen.name, type(exc).__name__)
     return obj
+
+
+def _attach_whole(integration: Integration, obj: Any) -> Endpoints:
+    """``integration.attach(obj)``, or a one-line ConfigError with `obj` as it was: never half-changed.
+
+    Integrations check everything before they change anything; the snapshot of
+    the object's attributes (``vars()``, slots, class) is restored anyway if an
+    attach fails part-way. An attach must replace the containers it changes
+    (a new ``kwargs`` dict), not edit them in place, for the restore to hold.
+    """
+    before = _Snapshot(obj)
+    try:
+        return integration.attach(obj)
+    except Exception as exc:  # noqa: BLE001 - any failure: the object as it was, one line to the user
+        before.restore(obj)
+        if isinstance(exc, ConfigError):
+            raise ConfigError(describe_error(exc)) from None
+        raise ConfigError(f"forkpool.protect: cannot protect {type(obj).__module__}.{type(obj).__qualname__} "
+                          f"({integration.name}): {type(exc).__name__}: {describe_error(exc)}") from None
+
+
+_MISSING = object()
+
+
+class _Snapshot:
+    """An object's own attributes (its ``__dict__``, its slots) and its class, to put back as they were."""
+
+    def __init__(self, obj: Any) -> None:
+        self.cls = type(obj)
+        state = getattr(obj, "__dict__", None)
+        self.vars = dict(state) if isinstance(state, dict) else None
+        self.slots = {name: getattr(obj, name, _MISSING) for name in _slot_names(self.cls)}
+
+    def restore(self, obj: Any) -> None:
+        if type(obj) is not self.cls:
+            obj.__class__ = self.cls
+        if self.vars is not None:
+            state = obj.__dict__
+            state.clear()
+            state.update(self.vars)
+        for name, value in self.slots.items():
+            if value is _MISSING:
+                if hasattr(obj, name):
+                    delattr(obj, name)
+            elif getattr(obj, name, _MISSING) is not value:
+                setattr(obj, name, value)
+
+
+def _slot_names(cls: type) -> list[str]:
+    names = []
+    for klass in cls.__mro__:
+        slots = vars(klass).get("__slots__", ())
+        for name in [slots] if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                # A private slot is stored mangled: Class.__x is _Class__x.
+                names.append(f"_{klass.__name__.lstrip('_')}{name}" if name.startswith("__") else name)
+    return names
 
 
 def protected() -> list[tuple[Any, str]]:

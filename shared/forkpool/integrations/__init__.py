@@ -12,9 +12,11 @@ from typing import Any
 # (module prefix of the object's class, class names or "*", integration module)
 _BY_TYPE = (
     ("sqlalchemy.engine", {"Engine"}, "sqlalchemy"),
+    ("sqlalchemy.ext.asyncio", {"AsyncEngine"}, "sqlalchemy_async"),
     ("flask_sqlalchemy", {"SQLAlchemy"}, "sqlalchemy"),
     ("psycopg_pool", {"ConnectionPool", "AsyncConnectionPool", "NullConnectionPool", "AsyncNullConnectionPool"},
      "psycopg_pool"),
+    ("asyncpg", {"Pool"}, "asyncpg"),
     ("redis", {"Redis", "StrictRedis"}, "redis"),
     ("psycopg2", {"connection"}, "dbapi"),
     ("psycopg", {"Connection", "AsyncConnection"}, "dbapi"),

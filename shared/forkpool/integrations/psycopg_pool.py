@@ -66,6 +66,7 @@ _NAMING = "_forkpool_naming"  # forkpool names its connections (the app named no
 _PRIVATE = {"configure", "check", "reset", "reconnect_failed"}
 
 _PARAMETERS: dict[type, tuple[str, ...]] = {}
+_LIBPQ: frozenset[str] | None = None
 # Inherited pool states a child keeps but never uses (see the module docstring).
 _graveyard: list[dict[str, Any]] = []
 
@@ -157,25 +158,45 @@ def name_connections(pool: Any) -> None:
     pool.kwargs = {**(pool.kwargs or {}), "application_name": application_name()}
 
 
+def libpq_parameters() -> frozenset[str]:
+    """Every connection parameter libpq knows (``PQconndefaults``), read once per process."""
+    global _LIBPQ
+    if _LIBPQ is None:
+        from psycopg import pq
+
+        _LIBPQ = frozenset(d.keyword.decode() for d in pq.Conninfo.get_defaults())
+    return _LIBPQ
+
+
 def pool_endpoints(pool: Any) -> Endpoints:
-    """Where the pool connects: its conninfo with its ``kwargs`` (either may be a callable: then unknown)."""
+    """Where the pool connects: its conninfo with its ``kwargs`` (either may be a callable: then unknown).
+
+    ``kwargs`` also carries psycopg's own connection arguments (``autocommit``,
+    ``row_factory``, ``prepare_threshold``, ``context``, a ``connection_class``'s
+    own...): only libpq's parameters make the conninfo that says where it goes.
+    """
     if not isinstance(pool.conninfo, str) or callable(pool.kwargs):
         return Endpoints()
     from psycopg.conninfo import make_conninfo
 
-    return postgres(make_conninfo(pool.conninfo, **(pool.kwargs or {})))
+    known = libpq_parameters()
+    libpq = {k: v for k, v in (pool.kwargs or {}).items() if k in known and v is not None}
+    return postgres(make_conninfo(pool.conninfo, **libpq))
 
 
 class PsycopgPools:
     name = "psycopg_pool"
 
     def attach(self, obj: Any) -> Endpoints:
-        constructor_args(obj)  # fails here, in the process calling protect(), not later in a child
-        if not hasattr(obj, _NAMING):
-            setattr(obj, _NAMING, not _names_itself(obj))
+        # Everything that can fail first (an unknown argument, a conninfo libpq cannot
+        # parse), in the process calling protect(), not later in a child; then the changes.
+        constructor_args(obj)
+        naming = getattr(obj, _NAMING) if hasattr(obj, _NAMING) else not _names_itself(obj)
+        endpoints = pool_endpoints(obj)
+        setattr(obj, _NAMING, naming)
         setattr(obj, _OPEN, getattr(obj, _OPEN, False) or not obj.closed)
         name_connections(obj)
-        return pool_endpoints(obj)
+        return endpoints
 
     def detach(self, obj: Any) -> None:
         was_open = getattr(obj, _OPEN, False) or not obj.closed

@@ -1,0 +1,2 @@
+preload_app = True
+worker_class = "uvicorn_worker.UvicornWorker"
