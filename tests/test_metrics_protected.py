@@ -20,14 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from sqlalchemy import create_engine  # noqa: E402
 
 import forkpool  # noqa: E402
-from forkpool import protection  # noqa: E402
+from forkpool import identity, protection  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 
 GAUGES = ("size", "idle", "in_use", "waiting", "max_size")
 
 
-def gauges(text: str, integration: str, pid: int | None = None) -> dict[str, dict[str, float]]:
-    """{pool label: {gauge: value}} of one integration's pools (of one process, in multiprocess mode)."""
+def gauges(text: str, integration: str, pid: int | None = None, role: str | None = None) -> dict[str, dict[str, float]]:
+    """{pool label: {gauge: value}} of one integration's pools (of one process, in multiprocess mode; of one
+    role: a process keeps the series of the roles earlier tests gave it)."""
     found: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         key = family.name.removeprefix("forkpool_pool_")
@@ -36,6 +37,8 @@ def gauges(text: str, integration: str, pid: int | None = None) -> dict[str, dic
         for sample in family.samples:
             labels = sample.labels
             if labels.get("integration") != integration or (pid is not None and labels.get("pid") != str(pid)):
+                continue
+            if role is not None and labels.get("role") != role:
                 continue
             found.setdefault(labels["pool"], {})[key] = sample.value
     return found
