@@ -146,6 +146,10 @@ def after_fork_in_parent() -> None:
 
 def resume_threads() -> None:
     """Start again what end_threads() ended (in the parent, after fork)."""
+    if forking():
+        # A request thread (Pool.getconn) while another thread forks: the before-fork hook is
+        # joining the threads with the GIL released; starting them now would put them in the fork.
+        return
     for owner in list(members()):
         try:
             owner.resume_after_fork()

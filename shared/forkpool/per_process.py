@@ -358,8 +358,19 @@ def watch_exit(*, again: bool = False) -> None:
     holder.exit_watched_in = pid
     from multiprocessing import util
 
-    util.Finalize(None, close_at_exit, exitpriority=0)
-    util.register_after_fork(holder.exit_watch, lambda _: watch_exit(again=True))
+    # A plain os.fork() child keeps its parent's finalizers (only a multiprocessing child's
+    # _bootstrap clears them): one close_at_exit finalizer per process, not one more per generation.
+    # _finalizer_registry and Finalize._callback are private; no public way to list them (3.11-3.13).
+    registered = getattr(util, "_finalizer_registry", {}).values()
+    if not any(getattr(finalizer, "_callback", None) is close_at_exit for finalizer in registered):
+        util.Finalize(None, close_at_exit, exitpriority=0)
+    if not again:
+        # The after-fork registry is inherited and never cleared: registered once, in the first process.
+        util.register_after_fork(holder.exit_watch, _watch_exit_again)
+
+
+def _watch_exit_again(_: object) -> None:
+    watch_exit(again=True)
 
 
 def _close_at_exit() -> None:

@@ -23,6 +23,7 @@ attached through the library's own extension API where it has one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -103,7 +104,13 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
         ref: Any = weakref.ref(obj)
     except TypeError:
         ref = obj
-    _entries().append(Protected(ref, chosen, endpoints, eager))
+    entries = _entries()
+    # Only single list operations, each atomic under the GIL: no lock a fork could leave held, and
+    # neither a reader nor another protect() loses an entry.
+    for dead in [e for e in entries if e.target() is None]:
+        with contextlib.suppress(ValueError):  # another protect() removed it first
+            entries.remove(dead)
+    entries.append(Protected(ref, chosen, endpoints, eager))
     watch_exit()  # a multiprocessing child releases it too, though it leaves without atexit
     if getattr(home(), "started_worker", None) == os.getpid():
         # Protected in a worker that has already started (an app loaded after post_fork,
@@ -199,6 +206,9 @@ def release_all() -> None:
             try:
                 # Again now, before a fork: Flask-SQLAlchemy makes engines after protect(db).
                 entry.endpoints = entry.integration.attach(obj)
+            except Exception:  # noqa: BLE001 - the endpoints known so far still serve; release anyway
+                logger.warning("attaching %s again failed", entry.integration.name, exc_info=True)
+            try:
                 entry.integration.release(obj)
             except Exception:  # noqa: BLE001 - one failure must not keep the others open
                 logger.warning("releasing %s failed", entry.integration.name, exc_info=True)
@@ -254,12 +264,15 @@ def unprotect_all() -> None:
 
 
 def _entries() -> list[Protected]:
+    """The protected objects' entries, dead ones included: readers skip an entry whose target is gone.
+
+    Never pruned on read: a reader (the metrics exporter's thread, every second) rewriting the
+    list could drop an entry protect() appends meanwhile. protect() prunes, as it appends.
+    """
     holder = home()
     if not hasattr(holder, "protected"):
         holder.protected = []
-    entries = holder.protected
-    entries[:] = [e for e in entries if e.target() is not None]
-    return entries  # type: ignore[no-any-return]
+    return holder.protected  # type: ignore[no-any-return]
 
 
 def _close_at_exit() -> None:
