@@ -278,9 +278,21 @@ def notice_fork() -> None:
         lock = holder.unseen_fork_lock = threading.RLock()
         lock.acquire()
     try:
+        holder.noticed_late = True
         after_fork_in_child()
     finally:
+        holder.noticed_late = False
         lock.release()
+
+
+def noticed_late() -> bool:
+    """True while ``after_fork_in_child`` runs from a pid check, not right after the fork.
+
+    The child may have opened sockets of its own by then (a client's own pid check
+    reconnects): a sweep of sockets by server endpoint must keep to those the parent
+    holds too (``kernel_sockets.detach_connected_to(..., only_shared_with_parent=True)``).
+    """
+    return bool(getattr(home(), "noticed_late", False))
 
 
 def install_fork_hooks(name: str, *, before: Callable[[], None] | None = None,

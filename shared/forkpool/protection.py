@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 from .endpoints import Endpoints
 from .errors import ConfigError
 from .kernel_sockets import detach_connected_to
-from .per_process import home, install_fork_hooks, notice_fork, on_exit, watch_exit
+from .per_process import home, install_fork_hooks, notice_fork, noticed_late, on_exit, watch_exit
 from .redact import describe_error
 from .stats import PoolReport
 
@@ -244,7 +244,7 @@ def detach_inherited() -> None:
     for entry in inherited:
         endpoints |= entry.endpoints
     try:
-        detach_connected_to(endpoints)
+        detach_connected_to(endpoints, only_shared_with_parent=noticed_late())
     except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
         logger.warning("pointing inherited sockets at /dev/null failed", exc_info=True)
     for entry in inherited:

@@ -44,7 +44,7 @@ from typing import Any, Iterator
 from ..endpoints import Endpoints, mysql, postgres
 from ..identity import application_name
 from ..kernel_sockets import detach_connected_to, own_peer
-from ..per_process import home
+from ..per_process import home, noticed_late
 from ..stats import PoolReport
 
 _ATTACHED = "_forkpool_attached"
@@ -220,7 +220,7 @@ class SQLAlchemyEngines:
             inherited |= endpoints_of(engine)
         # Again, with what the engines learned since protect() (engines made after it, servers only
         # connect_args named): no DNS, no I/O, no lock.
-        detach_connected_to(inherited)
+        detach_connected_to(inherited, only_shared_with_parent=noticed_late())
         for engine in engines:
             _kept().append(engine.pool)
             engine.dispose(close=False)  # a new pool; the old one is not touched
