@@ -44,7 +44,7 @@ from ..identity import application_name
 from ..stats import PoolReport
 from .asyncpg import loop_state, drop_without_io as drop_asyncpg, terminate_without_loop
 from .dbapi import drop_without_io as drop_dbapi
-from .sqlalchemy import engine_report
+from .sqlalchemy import add_identity, engine_report
 
 CLOSE_TIMEOUT_S = 10.0
 _ATTACHED = "_forkpool_async_attached"
@@ -84,17 +84,11 @@ def attach_async_engine(engine: Any) -> None:
         return
     from sqlalchemy import event
 
-    asyncpg_driver = _driver(engine) == "asyncpg"
     tracked: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     @event.listens_for(engine, "do_connect")
     def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:
-        if asyncpg_driver:
-            settings = dict(cparams.get("server_settings") or {})
-            settings.setdefault("application_name", application_name())
-            cparams["server_settings"] = settings
-        else:
-            cparams.setdefault("application_name", application_name())
+        add_identity(dialect, cparams)  # the sync engines' rules: where the driver takes one, none set
 
     @event.listens_for(engine, "connect")
     def _track(dbapi_connection: Any, record: Any) -> None:
