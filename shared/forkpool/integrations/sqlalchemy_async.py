@@ -40,7 +40,6 @@ import weakref
 from typing import Any
 
 from ..endpoints import Endpoints, postgres, resolve
-from ..identity import application_name
 from ..stats import PoolReport
 from .asyncpg import loop_state, drop_without_io as drop_asyncpg, terminate_without_loop
 from .dbapi import drop_without_io as drop_dbapi
