@@ -90,6 +90,10 @@ def export_pool(pool: Any) -> None:
     waits = pool.drain_wait_times()
     labels = (snapshot[keys.NAME], process_role())
     with _export_lock:
+        if pool.closed:
+            # Its maintainer's last round, after close(): the gauges under these labels are zero
+            # (forget_pool), or a newer pool's of the same name by now.
+            return
         # Invariant: a counter only ever advances by what this pool did since its last export.
         # Every prometheus_client call is made under this lock, which fork holds (below):
         # a child never inherits one of its locks mid-update from an exporting thread.
