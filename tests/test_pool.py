@@ -65,10 +65,9 @@ def test_connection_commits_on_success_and_rolls_back_on_error(database_url):
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS t_commit (v int)")  # temp: lives with the session
         cur.execute("INSERT INTO t_commit VALUES (1)")
-    with pytest.raises(RuntimeError):
-        with pool.connection() as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO t_commit VALUES (2)")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO t_commit VALUES (2)")
+        raise RuntimeError("boom")
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT array_agg(v) FROM t_commit")
         assert cur.fetchone()[0] == [1]
@@ -261,7 +260,9 @@ def test_close_wakes_waiters_with_pool_closed():
     pool = forkpool.get_pool()
     held = pool.getconn()
     errors: list[BaseException] = []
-    t = threading.Thread(target=lambda: errors.append(pytest.raises(forkpool.PoolClosed, pool.getconn, timeout=20).value))
+    t = threading.Thread(
+        target=lambda: errors.append(pytest.raises(forkpool.PoolClosed, pool.getconn, timeout=20).value)
+    )
     t.start()
     assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
     pool.close()

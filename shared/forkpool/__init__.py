@@ -67,13 +67,6 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AsyncPool",
-    "async_health_check",
-    "async_stats",
-    "close_async_pools",
-    "close_async_redis",
-    "get_async_redis",
-    "get_async_pool",
-    "open_async_pools",
     "ConfigError",
     "ConnectError",
     "ForkpoolError",
@@ -88,12 +81,19 @@ __all__ = [
     "after_fork_in_child",
     "all_stats",
     "application_name",
+    "async_health_check",
+    "async_stats",
     "close_all",
+    "close_async_pools",
+    "close_async_redis",
     "configure",
+    "get_async_pool",
+    "get_async_redis",
     "get_pool",
     "get_redis",
     "health_check",
     "manager_stats",
+    "open_async_pools",
     "per_process",
     "pool_for",
     "process_role",
@@ -103,4 +103,3 @@ __all__ = [
     "stats",
     "suite_id",
 ]
-

@@ -36,7 +36,8 @@ import os
 import sys
 import threading
 import types
-from typing import Any, Callable, Generic, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -69,7 +70,7 @@ def home() -> types.ModuleType:
 class _Slot:
     """One per_process key: the newest factory and callbacks, and this process's instance."""
 
-    __slots__ = ("key", "factory", "detach", "close", "lock", "current", "creator")
+    __slots__ = ("close", "creator", "current", "detach", "factory", "key", "lock")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -150,16 +151,30 @@ class PerProcess(Generic[T]):
 
 
 @overload
-def per_process(factory: Callable[[], T], *, detach: Callable[[T], None] | None = ...,
-                close: Callable[[T], None] | None = ..., key: str | None = ...) -> PerProcess[T]: ...
+def per_process(
+    factory: Callable[[], T],
+    *,
+    detach: Callable[[T], None] | None = ...,
+    close: Callable[[T], None] | None = ...,
+    key: str | None = ...,
+) -> PerProcess[T]: ...
 @overload
-def per_process(factory: None = ..., *, detach: Callable[[Any], None] | None = ...,
-                close: Callable[[Any], None] | None = ...,
-                key: str | None = ...) -> Callable[[Callable[[], T]], PerProcess[T]]: ...
+def per_process(
+    factory: None = ...,
+    *,
+    detach: Callable[[Any], None] | None = ...,
+    close: Callable[[Any], None] | None = ...,
+    key: str | None = ...,
+) -> Callable[[Callable[[], T]], PerProcess[T]]: ...
 
 
-def per_process(factory: Callable[[], T] | None = None, *, detach: Callable[[T], None] | None = None,
-                close: Callable[[T], None] | None = None, key: str | None = None) -> Any:
+def per_process(
+    factory: Callable[[], T] | None = None,
+    *,
+    detach: Callable[[T], None] | None = None,
+    close: Callable[[T], None] | None = None,
+    key: str | None = None,
+) -> Any:
     """One instance of ``factory()`` per process; usable as ``@per_process`` or ``@per_process(close=...)``.
 
     ``detach(instance)`` runs in a forked child for the instance it inherited
@@ -194,7 +209,7 @@ def _close_slot(slot: _Slot) -> None:
     if slot.close is not None:
         try:
             slot.close(current[1])
-        except Exception:  # noqa: BLE001 - one failing close must not keep the others open
+        except Exception:  # one failing close must not keep the others open
             logger.warning("closing %s failed", slot.key, exc_info=True)
 
 
@@ -217,7 +232,7 @@ def detach_inherited() -> None:
         if slot.detach is not None:
             try:
                 slot.detach(current[1])
-            except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+            except Exception:  # an at-fork hook must never break the fork
                 logger.warning("detaching inherited %s failed", slot.key, exc_info=True)
 
 
@@ -250,13 +265,13 @@ def after_fork_in_child() -> None:
     for name, callback in list(holder.child_callbacks.items()):
         try:
             callback()
-        except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        except Exception:  # an at-fork hook must never break the fork
             logger.warning("releasing inherited state (%s) after fork failed", name, exc_info=True)
     # Last: the lock-free check of other threads passes only once everything is released.
     holder.owner_pid = pid
     try:
         watch_exit()
-    except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+    except Exception:  # an at-fork hook must never break the fork
         logger.warning("watching a multiprocessing child's exit failed", exc_info=True)
 
 
@@ -283,9 +298,13 @@ def notice_fork() -> None:
         lock.release()
 
 
-def install_fork_hooks(name: str, *, before: Callable[[], None] | None = None,
-                       after_in_parent: Callable[[], None] | None = None,
-                       after_in_child: Callable[[], None] | None = None) -> None:
+def install_fork_hooks(
+    name: str,
+    *,
+    before: Callable[[], None] | None = None,
+    after_in_parent: Callable[[], None] | None = None,
+    after_in_child: Callable[[], None] | None = None,
+) -> None:
     """Fork hooks for `name`: `after_in_child` joins ``after_fork_in_child`` (so a fork Python's hooks
     do not see runs it too); `before` and `after_in_parent` go to ``os.register_at_fork``, once per
     process however often the caller is imported or reloaded."""
@@ -324,12 +343,12 @@ def close_at_exit() -> None:
     notice_fork()  # in a child no hook saw fork: what it inherited is let go, never closed
     try:
         close_all()
-    except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+    except Exception:  # nothing may break interpreter exit
         logger.debug("closing per-process instances at exit failed", exc_info=True)
     for name, callback in list(home().exit_callbacks.items()):
         try:
             callback()
-        except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+        except Exception:  # nothing may break interpreter exit
             logger.debug("closing %s at exit failed", name, exc_info=True)
 
 

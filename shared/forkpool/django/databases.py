@@ -142,8 +142,9 @@ class DjangoDatabases:
 
         if any(pools.keys() & set(self.aliases) for pools in self.pool_dicts):
             return True
-        return any(conn.connection is not None for conn in connections.all(initialized_only=True)
-                   if conn.alias in self.aliases)
+        return any(
+            conn.connection is not None for conn in connections.all(initialized_only=True) if conn.alias in self.aliases
+        )
 
     def open_connections(self, alias: str) -> int:
         """Classic connections of `alias` open in this process, every thread's."""
@@ -181,8 +182,7 @@ class DjangoIntegration:
         obj.aliases, obj.vendors = tuple(aliases), vendors
         obj.pooled, obj.persistent, obj.pool_dicts = frozenset(pooled), frozenset(persistent), pool_dicts
         connection_created.connect(_track, weak=False, dispatch_uid="forkpool.django.connection_created")
-        install_fork_hooks("forkpool.django", before=_hold_every_thread_connection,
-                           after_in_parent=_let_go_of_held)
+        install_fork_hooks("forkpool.django", before=_hold_every_thread_connection, after_in_parent=_let_go_of_held)
         return found
 
     def detach(self, obj: DjangoDatabases) -> None:
@@ -219,13 +219,13 @@ class DjangoIntegration:
             if conn.alias in obj.aliases and conn.connection is not None:
                 try:
                     conn.close()  # a pooled connection goes back to its pool, a classic one is closed
-                except Exception:  # noqa: BLE001 - a broken connection must not keep the others open
+                except Exception:  # a broken connection must not keep the others open
                     logger.warning("closing Django connection %r failed", conn.alias, exc_info=True)
         for pools in obj.pool_dicts:
             for alias in [a for a in obj.pooled if a in pools]:
                 try:
                     connections[alias].close_pool()  # closes the pool's connections, stops its threads
-                except Exception:  # noqa: BLE001
+                except Exception:
                     logger.warning("closing Django pool %r failed", alias, exc_info=True)
 
     def warm(self, obj: DjangoDatabases, deadline: float, eager: bool) -> bool:
@@ -267,13 +267,23 @@ class DjangoIntegration:
                     stats = pool.get_stats()
                     size, available = int(stats.get("pool_size", 0)), int(stats.get("pool_available", 0))
                     waiting = int(stats.get("requests_waiting", 0))
-                found.append(PoolReport(label, backend, bound, f"OPTIONS['pool'] max_size {bound}", open=size,
-                                        in_use=size - available, waiting=waiting))
+                found.append(
+                    PoolReport(
+                        label,
+                        backend,
+                        bound,
+                        f"OPTIONS['pool'] max_size {bound}",
+                        open=size,
+                        in_use=size - available,
+                        waiting=waiting,
+                    )
+                )
             else:
                 # A classic connection for each thread that uses the alias: as many as threads, no bound.
                 held = obj.open_connections(alias)
-                found.append(PoolReport(label, backend, None, "one connection per thread (no pool)",
-                                        open=held, in_use=held))
+                found.append(
+                    PoolReport(label, backend, None, "one connection per thread (no pool)", open=held, in_use=held)
+                )
         return found
 
 
@@ -330,8 +340,9 @@ def mysql_endpoints(settings_dict: dict) -> Endpoints:
     if socket_path:
         return Endpoints(unix=frozenset({socket_path}))
     host = str(options.get("host") or host)
-    port = int(options.get("port") or settings_dict.get("PORT") or os.environ.get("MYSQL_TCP_PORT")
-               or MYSQL_DEFAULT_PORT)
+    port = int(
+        options.get("port") or settings_dict.get("PORT") or os.environ.get("MYSQL_TCP_PORT") or MYSQL_DEFAULT_PORT
+    )
     if host in ("", "localhost"):
         # mysqlclient: the client library's Unix socket; PyMySQL: TCP to localhost.
         paths = {os.environ["MYSQL_UNIX_PORT"]} if os.environ.get("MYSQL_UNIX_PORT") else set(MYSQL_DEFAULT_SOCKETS)

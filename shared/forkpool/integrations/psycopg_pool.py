@@ -87,8 +87,10 @@ def _parameters(cls: type) -> tuple[str, ...]:
     found = _PARAMETERS.get(cls)
     if found is None:
         found = _PARAMETERS[cls] = tuple(
-            name for name, p in inspect.signature(cls.__init__).parameters.items()
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            name
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
     return found
 
 
@@ -104,8 +106,10 @@ def constructor_args(pool: Any) -> dict[str, Any]:
         elif name not in _PRIVATE and hasattr(pool, name):
             args[name] = getattr(pool, name)
         else:
-            raise ConfigError(f"forkpool.protect: cannot rebuild {type(pool).__qualname__} in a worker: "
-                              f"this psycopg_pool keeps its {name!r} argument where forkpool does not know")
+            raise ConfigError(
+                f"forkpool.protect: cannot rebuild {type(pool).__qualname__} in a worker: "
+                f"this psycopg_pool keeps its {name!r} argument where forkpool does not know"
+            )
     return args
 
 
@@ -230,9 +234,17 @@ class PsycopgPools:
     def report(self, obj: Any) -> list[PoolReport]:
         stats = obj.get_stats()
         size = stats.get("pool_size", 0)
-        return [PoolReport(f"psycopg_pool {obj.name}", "postgresql", obj.max_size, f"max_size {obj.max_size}",
-                           open=size, in_use=size - stats.get("pool_available", 0),
-                           waiting=stats.get("requests_waiting", 0))]
+        return [
+            PoolReport(
+                f"psycopg_pool {obj.name}",
+                "postgresql",
+                obj.max_size,
+                f"max_size {obj.max_size}",
+                open=size,
+                in_use=size - stats.get("pool_available", 0),
+                waiting=stats.get("requests_waiting", 0),
+            )
+        ]
 
 
 def _close_async(pool: Any) -> None:

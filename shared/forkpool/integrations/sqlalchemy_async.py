@@ -42,7 +42,8 @@ from typing import Any
 from ..endpoints import Endpoints, postgres, resolve
 from ..identity import application_name
 from ..stats import PoolReport
-from .asyncpg import loop_state, drop_without_io as drop_asyncpg, terminate_without_loop
+from .asyncpg import drop_without_io as drop_asyncpg
+from .asyncpg import loop_state, terminate_without_loop
 from .dbapi import drop_without_io as drop_dbapi
 from .sqlalchemy import engine_report
 
@@ -85,7 +86,7 @@ def attach_async_engine(engine: Any) -> None:
     from sqlalchemy import event
 
     asyncpg_driver = _driver(engine) == "asyncpg"
-    tracked: "weakref.WeakSet[Any]" = weakref.WeakSet()
+    tracked: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @event.listens_for(engine, "do_connect")
     def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:

@@ -1,7 +1,9 @@
 from flask import Flask
+
 from forkpool.flask import ForkPool
 
 db = ForkPool()
+
 
 def create_app():
     app = Flask(__name__)
