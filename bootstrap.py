@@ -280,7 +280,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - bootstrap.py runs on the machine's python3, whatever it is
         print(f"bootstrap: forkpool needs Python 3.11 or newer, this is {sys.version.split()[0]}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]

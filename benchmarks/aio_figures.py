@@ -102,7 +102,9 @@ def derive(scenarios: dict[str, Any]) -> dict[str, Any]:
     control = {key: scenarios[key]["results"].get(CONTROL, {}).get("ratio_to_ours") for key in scenarios}
     # (b), 1 task: each pool's cost above its driver alone (ns, paired by round), and the drivers' ratio.
     above_floor = {
-        column: spread([a - b for a, b in zip(per_round("select1_1task", column), per_round("select1_1task", floor))])
+        column: spread(
+            [a - b for a, b in zip(per_round("select1_1task", column), per_round("select1_1task", floor), strict=False)]
+        )
         for floor, columns in FLOORS.items()
         for column in columns
     }

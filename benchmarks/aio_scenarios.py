@@ -135,7 +135,7 @@ async def run_window(op: Callable[[], Awaitable[None]], tasks: int, window: floa
     finally:
         stop[0] = True
         await asyncio.gather(*workers)  # raises the first worker's error, if any
-    done = [end - begin for begin, end in zip(before, after)]
+    done = [end - begin for begin, end in zip(before, after, strict=False)]
     total = sum(done)
     return Sample(elapsed / total if total else float("inf"), done, elapsed)
 

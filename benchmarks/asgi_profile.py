@@ -87,8 +87,8 @@ async def measure(args: argparse.Namespace, out: list[str]) -> None:
         "CPU us per lend + give back (median; paired ratio and difference to the floor, min-max)"
     )
     for name, values in cpu.items():
-        ratio = [a / b for a, b in zip(values, floor)]
-        diff = [a - b for a, b in zip(values, floor)]
+        ratio = [a / b for a, b in zip(values, floor, strict=False)]
+        diff = [a - b for a, b in zip(values, floor, strict=False)]
         out.append(
             f"  {name:22s} {statistics.median(values):7.2f} us   / floor {statistics.median(ratio):5.2f} "
             f"({min(ratio):.2f}-{max(ratio):.2f})   - floor {statistics.median(diff):+6.2f} us "

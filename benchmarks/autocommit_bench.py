@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'contender':<22}{'wall ns/op':>12}{'min':>10}{'max':>11}{'x after':>9}{'CPU ns/op':>11}{'x after':>9}")
     for name, (base, _) in contenders.items():
         figures, cpu = per_round[name], cpu_round[name]
-        ratio = statistics.median(a / b for a, b in zip(figures, per_round[base]))
-        cpu_ratio = statistics.median(a / b for a, b in zip(cpu, cpu_round[base]))
+        ratio = statistics.median(a / b for a, b in zip(figures, per_round[base], strict=False))
+        cpu_ratio = statistics.median(a / b for a, b in zip(cpu, cpu_round[base], strict=False))
         print(
             f"{name:<22}{statistics.median(figures):>12,.0f}{min(figures):>10,.0f}{max(figures):>11,.0f}"
             f"{ratio:>9.2f}{statistics.median(cpu):>11,.0f}{cpu_ratio:>9.2f}"

@@ -20,7 +20,7 @@ def spread(values: list[float]) -> dict[str, float] | None:
 
 
 def paired(numerators: list[float], denominators: list[float]) -> list[float]:
-    return [a / b for a, b in zip(numerators, denominators) if b]
+    return [a / b for a, b in zip(numerators, denominators, strict=False) if b]
 
 
 def summarize(results: dict[str, dict[str, Series]], contenders: dict[str, Contender]) -> dict[str, Any]:

@@ -226,7 +226,7 @@ def profile(pool: forkpool.Pool, cycles: int) -> str:
 def one_thread(pools: dict[str, Any], cycles: int, reps: int) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {name: [] for name in pools}
     names = list(pools)
-    for rep in range(reps):
+    for _rep in range(reps):
         random.shuffle(names)
         for name in names:
             get, put = pools[name]
@@ -242,7 +242,7 @@ def eight_threads(
 ) -> dict[str, list[tuple[float, float]]]:
     found: dict[str, list[tuple[float, float]]] = {name: [] for name in pools}
     names = list(pools)
-    for rep in range(reps):
+    for _rep in range(reps):
         random.shuffle(names)
         for name in names:
             get, put = pools[name]
@@ -255,7 +255,7 @@ def _windowed_cells(found: dict[str, list[tuple[float, float]]], name: str) -> l
     if name not in found:
         return ["-", "-", "-"]
     ns = [ns for ns, _ in found[name]]
-    ratio = statistics.median(a / b for a, b in zip(ns, (ns for ns, _ in found["ours"])))
+    ratio = statistics.median(a / b for a, b in zip(ns, (ns for ns, _ in found["ours"]), strict=False))
     return [f"{statistics.median(ns):,.0f}", f"{ratio:.2f}", f"{statistics.median(f for _, f in found[name]):.2f}"]
 
 
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name in everyone:
             ns1 = single[name]
-            r1 = statistics.median(a / b for a, b in zip(ns1, base1))
+            r1 = statistics.median(a / b for a, b in zip(ns1, base1, strict=False))
             table.add_row(
                 name,
                 f"{min(ns1):,.0f}",

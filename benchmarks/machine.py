@@ -315,7 +315,7 @@ class CpuMeter:
         if stat is None or self._stat is None:
             return None
         seconds = time.monotonic() - self._began
-        delta = [b - a for a, b in zip(self._stat, stat)]
+        delta = [b - a for a, b in zip(self._stat, stat, strict=False)]
         total = sum(delta) or 1
         capacity = seconds * (os.cpu_count() or 1)  # CPU seconds the machine had
         busy = (total - delta[3] - delta[4]) / total  # all but idle and iowait

@@ -74,8 +74,8 @@ def scenario(
             wall[label].append(took)
     out = [f"{name} ({rounds} rounds x {count} ops, µs per op, median of rounds):"]
     for kind, times in (("CPU (this thread)", cpu), ("wall", wall)):
-        ratios = [p / u for p, u in zip(times["protected"], times["unprotected"])]
-        controls = [c / u for c, u in zip(times["control"], times["unprotected"])]
+        ratios = [p / u for p, u in zip(times["protected"], times["unprotected"], strict=False)]
+        controls = [c / u for c, u in zip(times["control"], times["unprotected"], strict=False)]
         ratio, control = statistics.median(ratios), statistics.median(controls)
         out += [
             f"  {kind}: " + ", ".join(f"{label} {statistics.median(v):.2f}" for label, v in times.items()),

@@ -201,7 +201,7 @@ async def measure_prototypes(dsn: str, window: float, rounds: int, tasks: int) -
         f"of {window} s each, shuffled; ratio to stock paired per round"
     ]
     for name, values in per_round.items():
-        ratios = [a / b for a, b in zip(values, per_round["stock"])]
+        ratios = [a / b for a, b in zip(values, per_round["stock"], strict=False)]
         lines.append(
             f"{name:8} {statistics.median(values):>10,.0f} ns/op (min {min(values):,.0f}, max {max(values):,.0f})"
             f"  / stock: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"

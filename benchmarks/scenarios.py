@@ -174,7 +174,7 @@ def run_window(op: Callable[[], None], threads: int, window: float, settle: floa
         thread.join()
     if errors:
         raise errors[0]
-    done = [end - begin for begin, end in zip(before, after)]
+    done = [end - begin for begin, end in zip(before, after, strict=False)]
     total = sum(done)
     return Sample(elapsed / total if total else float("inf"), done, elapsed)
 
@@ -216,7 +216,7 @@ class Series:
         """One round: the passes' operations and time summed; fairness, the mean of the passes'."""
         total = sum(sum(s.ops) for s in samples)
         self.ns.append(sum(s.elapsed_ns for s in samples) / total if total else float("inf"))
-        self.ops.append([sum(column) for column in zip(*(s.ops for s in samples))])
+        self.ops.append([sum(column) for column in zip(*(s.ops for s in samples), strict=False)])
         fair = [s.fairness for s in samples if s.fairness is not None]
         if fair:
             self.fairness.append(sum(fair) / len(fair))

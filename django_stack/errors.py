@@ -108,7 +108,7 @@ class JsonErrors:
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse:
         answer = answer_for(exc)
         if answer is None:
-            logger.exception("500: unhandled error")  # called inside Django's except block: the traceback is logged
+            logger.exception("500: unhandled error")  # noqa: LOG004 - called inside Django's except block: the traceback is logged
             answer = INTERNAL
         return error_response(answer)
 

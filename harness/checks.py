@@ -53,7 +53,7 @@ def find_overlaps(samples: list[Sample], ceiling: int) -> list[Overlap]:
     overlaps: list[Overlap] = []
     start: Sample | None = None
     worst = 0
-    for before, sample in zip([None, *samples], samples):
+    for _before, sample in zip([None, *samples], samples, strict=False):
         if sample.total > ceiling:
             if start is None:
                 start, worst = sample, 0

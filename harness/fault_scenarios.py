@@ -218,7 +218,9 @@ def redis_restart(outage: float = 2.0) -> FaultResult:
         back = clock()
         time.sleep(6)
         job_probes, read_probes = jobs.stop(), reads.stop()
-        accepted = [sent["args"]["key"] for (t, status, _), sent in zip(job_probes, jobs.sent) if status == "202"]
+        accepted = [
+            sent["args"]["key"] for (t, status, _), sent in zip(job_probes, jobs.sent, strict=False) if status == "202"
+        ]
         rows = wait_for_rows(bench.pg.url, accepted, 60)
         reads_failed = [p for p in read_probes if not p[1].startswith("2")]
         job_counts = outcome_counts(job_probes)

@@ -142,13 +142,13 @@ def run_with_faults(options: LoadOptions, console: Console, log_dir: Path | None
     with (
         EmbeddedPostgres(max(options.max_connections, 10), settings=SERVER_NETWORK_SETTINGS) as pg,
         EmbeddedRedis() as redis_server,
+        FaultProxy(pg.host, pg.port, name="soak-pg-proxy", server_keepalives=True) as proxy,
     ):
-        with FaultProxy(pg.host, pg.port, name="soak-pg-proxy", server_keepalives=True) as proxy:
-            console.print(f"PostgreSQL behind a fault proxy on port {proxy.port}; faults: restart, blackhole, latency")
+        console.print(f"PostgreSQL behind a fault proxy on port {proxy.port}; faults: restart, blackhole, latency")
 
-            def schedule(sampler: Sampler, exact: Callable[[Sample], bool]) -> FaultSchedule:
-                return FaultSchedule(pg, proxy, options.duration, sampler.now, sampler.latest, exact)
+        def schedule(sampler: Sampler, exact: Callable[[Sample], bool]) -> FaultSchedule:
+            return FaultSchedule(pg, proxy, options.duration, sampler.now, sampler.latest, exact)
 
-            return run_on(
-                proxy.url(pg.url), redis_server.url, options, console, log_dir, observe_url=pg.url, schedule=schedule
-            )
+        return run_on(
+            proxy.url(pg.url), redis_server.url, options, console, log_dir, observe_url=pg.url, schedule=schedule
+        )

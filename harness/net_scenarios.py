@@ -215,7 +215,9 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
         tasks.stop()
         probes = [p for r in readers for p in r.stop()]
         waits = [d for r in readers for d in r.durations]
-        failed_waits = [d for r in readers for d, p in zip(r.durations, r.results) if not p[1].startswith("2")]
+        failed_waits = [
+            d for r in readers for d, p in zip(r.durations, r.results, strict=False) if not p[1].startswith("2")
+        ]
         rows = wait_for_rows(bench.observe_url, tasks.keys, 90)
         kinds = error_kinds(probes)
         timeouts = _worker_timeouts(bench)
@@ -320,7 +322,9 @@ def _redis_blackhole(silence: float = 20.0) -> FaultResult:
         back, back_wall = clock(), time.time()
         time.sleep(8)
         job_probes, ready_probes, read_probes = jobs.stop(), ready.stop(), reads.stop()
-        accepted = [sent["args"]["key"] for (_, status, _), sent in zip(job_probes, jobs.sent) if status == "202"]
+        accepted = [
+            sent["args"]["key"] for (_, status, _), sent in zip(job_probes, jobs.sent, strict=False) if status == "202"
+        ]
         rows = wait_for_rows(bench.observe_url, accepted, 90)
         resumed = _first_row_after(bench.observe_url, accepted, back_wall)
         longest = {

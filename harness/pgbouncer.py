@@ -257,6 +257,6 @@ def show(admin_url: str, command: str) -> list[dict[str, object]]:
         with conn.cursor() as cur:
             cur.execute(command)
             names = [column[0] for column in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
     finally:
         conn.close()

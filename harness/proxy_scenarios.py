@@ -114,7 +114,7 @@ def latency(added_ms: float = 200.0, jitter_ms: float = 50.0, duration: float = 
         time.sleep(5)
         tasks.stop()
         probes = [p for r in readers for p in r.stop()]
-        waits = [d for r in readers for d, p in zip(r.durations, r.results) if slow_from <= p[0] < back]
+        waits = [d for r in readers for d, p in zip(r.durations, r.results, strict=False) if slow_from <= p[0] < back]
         harness_pool.stop()
         rows = wait_for_rows(bench.pg.url, tasks.keys, 60)
         pool_delta = {k: during[k] - before[k] for k in during}

@@ -106,7 +106,12 @@ def write_memory_chart(series: list[tuple[float, str, int, int]], path) -> None:
     for pid in sorted({s[2] for s in series}):
         points = [(t, kb / 1024) for t, _, p, kb in series if p == pid]
         role = next(r for _, r, p, _ in series if p == pid)
-        ax.plot(*zip(*points), color=colours.get(role, "grey"), linewidth=1, label=None if role in labelled else role)
+        ax.plot(
+            *zip(*points, strict=False),
+            color=colours.get(role, "grey"),
+            linewidth=1,
+            label=None if role in labelled else role,
+        )
         labelled.add(role)
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS (MiB)")

@@ -168,7 +168,7 @@ RECIPES = ("wsgi_app", "flask_app", "celery_app")
 
 
 def doc_snippets() -> dict[str, str]:
-    return {path: code for path, code in SNIPPET.findall(DOC.read_text())}
+    return dict(SNIPPET.findall(DOC.read_text()))
 
 
 def test_the_doc_shows_each_recipe_file_verbatim():

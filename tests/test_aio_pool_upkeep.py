@@ -4,6 +4,7 @@ warnings, metrics, and stats that stay consistent under concurrent load and canc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import re
@@ -94,7 +95,7 @@ def test_refill_backs_off_while_the_server_is_down_then_refills_when_it_returns(
     snapshot = run(main())
     delays = [float(m[1]) for r in caplog.records if (m := re.search(r"retrying in ([\d.]+) s", r.getMessage()))]
     # Exponential with +-20 % jitter: each wait is longer than the one before, never a tight loop.
-    assert len(delays) >= 3 and all(b > a for a, b in zip(delays, delays[1:])), delays
+    assert len(delays) >= 3 and all(b > a for a, b in itertools.pairwise(delays)), delays
     assert snapshot[keys.CONNECT_ERRORS] >= 4 and snapshot[keys.SIZE] == 2 and invariants(snapshot)
     assert any("connected again" in r.getMessage() for r in caplog.records)
 

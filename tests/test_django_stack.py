@@ -104,7 +104,7 @@ def test_items_round_trip_and_the_pool_is_what_the_server_sees(stack, admin):
 
 
 def test_bad_requests_get_the_flask_apps_json_errors_and_write_nothing(stack, admin):
-    suite_id, suite, _ = stack
+    _suite_id, suite, _ = stack
     base = suite.web.url
     before = http(base, "GET", "/items?limit=100")[1]["items"]
     cases = [

@@ -76,7 +76,7 @@ def test_processes_above_the_pool_size_and_trees_above_their_ceiling_are_flagged
 def test_without_pid_it_finds_the_arbiter_and_the_celery_main_process_by_itself(suite):
     _, dsn = suite
     web, worker, web_children, worker_children = _pids(suite)
-    code, report = doctor("--dsn", dsn, "--pool-size", str(POOL))
+    _code, report = doctor("--dsn", dsn, "--pool-size", str(POOL))
     found = {p["pid"]: p for p in report["processes"]}
     # Other tests may run their own servers beside this one: ours must be among what it found.
     assert found[web]["role"] == "master" and found[web]["server"] == "gunicorn", found.get(web)

@@ -74,7 +74,7 @@ def test_startup_check_behind_pgbouncer_counts_against_max_client_conn(monkeypat
         "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: fits"
     ]
     monkeypatch.setenv("DB_BUDGET_MAX_CLIENT_CONN", "60")
-    with pytest.raises(forkpool.ConfigError, match="= 80 connections .* max_client_conn 60 .*: does not fit"):
+    with pytest.raises(forkpool.ConfigError, match=r"= 80 connections .* max_client_conn 60 .*: does not fit"):
         startup_check("worker", processes=5, threads=1)
 
 

@@ -172,7 +172,7 @@ def test_up_behind_pgbouncer_serves_and_stats_counts_its_clients(tmp_path, pgbou
         "XDG_RUNTIME_DIR": str(tmp_path),
         "PYTHONUNBUFFERED": "1",
     }  # where up leaves its state for stats
-    log = open(tmp_path / "up.log", "w")
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the server writes to it until the test stops it
     proc = subprocess.Popen(
         [*FORKPOOL, "up", "--port", str(port), "--pgbouncer"],
         cwd=ROOT,

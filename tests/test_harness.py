@@ -313,7 +313,7 @@ def test_up_serves_until_interrupted_and_leaves_nothing(stop_signal, tmp_path):
 
     port = free_port()
     env = {**embedded_env(), "WEB_CONCURRENCY": "2", "WORKER_CONCURRENCY": "1", "DB_POOL_SIZE": "2"}
-    log = open(tmp_path / "up.log", "w")
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the server writes to it until the test stops it
     proc = subprocess.Popen(
         [*FORKPOOL, "up", "--port", str(port)],
         cwd=ROOT,

@@ -90,7 +90,7 @@ def test_psycopg3_prepared_statements_break_below_1_21_and_forkpool_turns_them_o
 
     try:
         plain = psycopg.connect(bouncer.url, application_name="plain", autocommit=True)
-        with pytest.raises(psycopg.errors.InvalidSqlStatementName, match="prepared statement .* does not exist"):
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName, match=r"prepared statement .* does not exist"):
             run_twice_over(plain)
         plain.close()
         monkeypatch.setenv("DB_POOL_DRIVER", "psycopg")
@@ -146,7 +146,7 @@ def test_forkpools_pool_relies_on_no_session_state(bouncer, monkeypatch, suite_i
             assert cur.fetchone()[0] == name
     with pytest.raises(ZeroDivisionError), pool.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT 1")
-        1 / 0  # the block fails inside a transaction: the pool rolls back, PgBouncer frees the server
+        1 / 0  # noqa: B018 - the block fails inside a transaction: the pool rolls back, PgBouncer frees the server
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT 2")
         assert cur.fetchone()[0] == 2

@@ -110,7 +110,7 @@ def test_waiters_are_served_in_fifo_order():
         t.start()
         threads.append(t)
         # the next caller queues only once this one is queued
-        assert wait_for(lambda: pool.stats()[keys.WAITING] == i + 1, 5)
+        assert wait_for(lambda: pool.stats()[keys.WAITING] == i + 1, 5)  # noqa: B023 - called at once, in this iteration
     pool.putconn(held)
     for t in threads:
         t.join(10)
@@ -223,7 +223,7 @@ def test_max_waiting_bounds_the_queue():
     forkpool.configure(min_size=1, max_size=1, max_waiting=1)
     pool = forkpool.get_pool()
     held = pool.getconn()
-    waiter = threading.Thread(target=lambda: pytest.raises(forkpool.PoolTimeout, pool.getconn, timeout=2))
+    waiter = threading.Thread(target=lambda: pytest.raises(forkpool.PoolTimeout, pool.getconn, timeout=2))  # noqa: RUF061 - a lambda takes no with
     waiter.start()
     assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
     with pytest.raises(forkpool.TooManyWaiting):
@@ -261,7 +261,7 @@ def test_close_wakes_waiters_with_pool_closed():
     held = pool.getconn()
     errors: list[BaseException] = []
     t = threading.Thread(
-        target=lambda: errors.append(pytest.raises(forkpool.PoolClosed, pool.getconn, timeout=20).value)
+        target=lambda: errors.append(pytest.raises(forkpool.PoolClosed, pool.getconn, timeout=20).value)  # noqa: RUF061 - a lambda takes no with
     )
     t.start()
     assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)

@@ -361,7 +361,7 @@ def test_async_failing_hooks_surface_as_connect_error_or_discard(psycopg3, count
 
     async def failing_configure():
         pool = await forkpool.get_async_pool()
-        with pytest.raises(forkpool.ConnectError, match="configure hook .*broken.* ValueError: no adapters"):
+        with pytest.raises(forkpool.ConnectError, match=r"configure hook .*broken.* ValueError: no adapters"):
             await pool.getconn()
         errors = pool.stats()[keys.CONNECT_ERRORS]
         await forkpool.close_async_pools()

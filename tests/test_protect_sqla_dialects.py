@@ -187,7 +187,7 @@ def test_a_child_of_a_busy_parent_gets_mariadb_sessions_of_its_own(protected, dr
         forked.set()
         thread.join()
     assert not report.startswith("error"), report
-    session, child_pid, inherited = (int(x) for x in report.split(" "))
+    session, _child_pid, inherited = (int(x) for x in report.split(" "))
     assert found and found[0] in parent
     if not protected:  # the child talked through the parent's idle session
         assert session in parent - set(found) and inherited == 2, (report, parent)

@@ -73,5 +73,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        logger.exception("500: unhandled error")
+        logger.exception("500: unhandled error")  # noqa: LOG004 - Flask calls error handlers inside its except block
         return error_response(500, "internal_error", "internal server error")

@@ -395,9 +395,12 @@ class AsyncPool(AsyncPoolUpkeep):
 
     async def _usable(self, entry: Entry) -> bool:
         idle_for = entry.checked_out_at - entry.returned_at
-        if idle_for < self.settings.check_idle and entry.verified_at >= self._suspect_before:
-            if idle_for < JUST_RETURNED or not entry.socket_has_news():
-                return True
+        if (
+            idle_for < self.settings.check_idle
+            and entry.verified_at >= self._suspect_before
+            and (idle_for < JUST_RETURNED or not entry.socket_has_news())
+        ):
+            return True
         self._counts[keys.CHECKS] += 1
         try:
             await entry.conn.execute("SELECT 1")

@@ -393,7 +393,7 @@ def _dsns_of(obj: Any, name: str) -> Iterator[tuple[str, str]]:
         info = obj.info
         params = info.get_parameters() if hasattr(info, "get_parameters") else info.dsn_parameters
         dsns = [_libpq_dsn({**params, "password": info.password})]
-    yield from zip(labels, dsns)
+    yield from zip(labels, dsns, strict=False)
 
 
 def _sqlalchemy_dsn(url: Any) -> str:

@@ -59,7 +59,7 @@ class ForkPool:
 
     def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
         """A round trip through each of this process's pools (creating this extension's first)."""
-        self.pool
+        self.pool  # noqa: B018 - the property creates this extension's pool
         return health_check(timeout)
 
     def _give_back(self, exc: BaseException | None) -> None:

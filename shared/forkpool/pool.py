@@ -371,9 +371,12 @@ class Pool(PoolUpkeep):
     def _usable(self, entry: Entry) -> bool:
         """Check the connection first if it sat idle long, predates a failure, or heard from the server."""
         idle_for = entry.checked_out_at - entry.returned_at
-        if idle_for < self.settings.check_idle and entry.verified_at >= self._suspect_before:
-            if idle_for < JUST_RETURNED or not entry.socket_has_news():
-                return True
+        if (
+            idle_for < self.settings.check_idle
+            and entry.verified_at >= self._suspect_before
+            and (idle_for < JUST_RETURNED or not entry.socket_has_news())
+        ):
+            return True
         self._counts[keys.CHECKS] += 1  # a lost increment under a race only blurs a counter
         if self.driver.is_alive(entry.conn):
             entry.verified_at = time.monotonic()

@@ -199,9 +199,8 @@ def session_of(settings: PoolSettings) -> Session:
         field = SESSION_KWARGS[key]
         if field == "isolation_level":
             value = isolation_level(f"connect_kwargs[{key!r}]", value)
-        elif field == "autocommit" or value is not None:
-            if not isinstance(value, bool):
-                raise ConfigError(f"connect_kwargs[{key!r}]={value!r} must be True or False")
+        elif (field == "autocommit" or value is not None) and not isinstance(value, bool):
+            raise ConfigError(f"connect_kwargs[{key!r}]={value!r} must be True or False")
         default = getattr(PoolSettings, field)
         if found[field] != default and found[field] != value:
             raise ConfigError(f"connect_kwargs[{key!r}]={value!r} contradicts {_env_name(field)}={found[field]!r}")
