@@ -48,12 +48,11 @@ from .errors import (
 from .extras import MissingExtra
 from .health import health_check
 from .identity import application_name, process_role, set_identity, set_process_role, suite_id
-from .per_process import PerProcess, per_process
+from .per_process import PerProcess, after_fork_in_child, per_process
 from .pool import Pool
 from .protection import protect
 from .redis_client import get_redis
 from .registry import (
-    after_fork_in_child,
     all_stats,
     close_all,
     configure,

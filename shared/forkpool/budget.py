@@ -414,7 +414,8 @@ def _libpq_dsn(params: dict[str, Any], base: str = "") -> str:
     chosen = {k: str(v) for k, v in params.items() if k in _LIBPQ_KEYS and v not in (None, "")}
     if not base and not chosen:
         return ""
-    return psycopg2.extensions.make_dsn(base or None, **chosen)
+    dsn: str = psycopg2.extensions.make_dsn(base or None, **chosen)
+    return dsn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,6 +615,7 @@ def limits_or_reason(dsn: str) -> ServerLimits | str:
 
 def _password(dsn: str) -> str | None:
     try:
-        return psycopg2.extensions.parse_dsn(dsn).get("password")
+        password: str | None = psycopg2.extensions.parse_dsn(dsn).get("password")
+        return password
     except psycopg2.Error:
         return None

@@ -36,6 +36,7 @@ import os
 import sys
 import threading
 import time
+import types
 import weakref
 from typing import Protocol
 
@@ -66,7 +67,7 @@ def members() -> weakref.WeakSet[Quiet]:
     found = getattr(holder, "quiet_threads", None)
     if found is None:
         found = holder.quiet_threads = weakref.WeakSet()
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def register(owner: Quiet) -> None:
@@ -94,7 +95,7 @@ def for_subprocess() -> bool:
     execs at once: there is nothing to end. Found by the calling frames: the hooks run
     from C, inside ``Popen._execute_child``.
     """
-    frame = sys._getframe(1)  # CPython's frames are the only way to know who forks
+    frame: types.FrameType | None = sys._getframe(1)  # CPython's frames are the only way to know who forks
     for _ in range(8):
         if frame is None:
             return False

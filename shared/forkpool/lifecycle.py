@@ -19,8 +19,8 @@ import time
 from . import protection
 from .identity import set_process_role
 from .metrics_dir import multiprocess_dir
-from .per_process import home
-from .registry import after_fork_in_child, close_all, get_pool, pool_names, process_pools
+from .per_process import after_fork_in_child, home
+from .registry import close_all, get_pool, pool_names, process_pools
 
 logger = logging.getLogger("forkpool.lifecycle")
 

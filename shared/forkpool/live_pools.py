@@ -25,7 +25,7 @@ def all_pools() -> weakref.WeakSet[Any]:
     pools = getattr(holder, "all_pools", None)
     if pools is None:
         pools = holder.all_pools = weakref.WeakSet()
-    return pools  # type: ignore[no-any-return]
+    return pools
 
 
 def _hold_pool_locks() -> None:

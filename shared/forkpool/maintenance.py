@@ -45,7 +45,7 @@ def stats_listeners() -> dict[str, tuple[Callable[[Any], None], Callable[[Any], 
     holder = home()
     if not hasattr(holder, "stats_listeners"):
         holder.stats_listeners = {}
-    return holder.stats_listeners  # type: ignore[no-any-return]
+    return holder.stats_listeners
 
 
 # Each backoff is scaled by a random factor in [1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER]. Not a

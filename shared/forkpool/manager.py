@@ -51,7 +51,7 @@ def config_key(settings: PoolSettings) -> str:
 
 def is_idle(pool: Any) -> bool:
     snapshot = pool.stats()
-    return snapshot["in_use"] == 0 and snapshot["waiting"] == 0
+    return bool(snapshot["in_use"] == 0 and snapshot["waiting"] == 0)
 
 
 def make_room(state: Any) -> None:

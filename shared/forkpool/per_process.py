@@ -37,7 +37,14 @@ import sys
 import threading
 import types
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
+
+if TYPE_CHECKING:
+    import weakref
+
+    from .fork_quiet import Quiet
+    from .protection import Protected
+    from .settings import PoolSettings
 
 T = TypeVar("T")
 
@@ -46,25 +53,58 @@ logger = logging.getLogger("forkpool")
 _HOME = "_forkpool_process_state"
 
 
-def home() -> types.ModuleType:
+class Home(Protocol):
+    """forkpool's process-wide holder, as the library uses it: a module object in ``sys.modules`` (see home()).
+
+    The first group exists from the holder's creation. The second, each module's own state, is added by that
+    module's accessor on first use and read only behind ``hasattr``/``getattr`` until then.
+    """
+
+    slots: dict[str, _Slot]  # key -> _Slot
+    created: list[_Slot]  # slots with an instance, in creation order
+    hooks_installed: set[str]  # which at-fork hooks are registered
+    child_callbacks: dict[str, Callable[[], None]]  # name -> callback, run in order by after_fork_in_child()
+    owner_pid: int  # the process this state belongs to: another pid means a fork nobody has handled yet
+    handling_fork_in: int | None  # pid whose routine is running
+    unseen_fork_lock: threading.RLock
+    exit_callbacks: dict[str, Callable[[], None]]  # name -> callback, see on_exit()
+    exit_watched_in: int | None  # pid whose exit is watched
+    exit_watch: _ExitWatch
+
+    configured: dict[str, PoolSettings]  # registry.configured()
+    size_sources: dict[str, str]  # registry.size_sources()
+    used_pools: set[str]  # registry._used()
+    stats_listeners: dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]]  # maintenance
+    all_pools: weakref.WeakSet[Any]  # live_pools.all_pools()
+    held_at_fork: list[Any]  # live_pools: the pool locks held across fork
+    protected: list[Protected]  # protection._entries()
+    started_worker: int  # protection: the pid whose worker start ran
+    quiet_threads: weakref.WeakSet[Quiet]  # fork_quiet.members()
+    quiet_forking: bool  # fork_quiet
+    sqlalchemy_inherited_pools: list[Any]  # integrations.sqlalchemy._kept()
+    django_graveyard: list[Any]  # django.databases.graveyard()
+    uwsgi_fork_handler: Any  # uwsgi: a ctypes callback kept alive for good
+
+
+def home() -> Home:
     """forkpool's process-wide holder: created once, found again by every later import or reload."""
     holder = sys.modules.get(_HOME)
     if holder is None:
         candidate = types.ModuleType(_HOME, "forkpool's per-process state; see forkpool/per_process.py")
-        candidate.slots = {}  # type: ignore[attr-defined]  # key -> _Slot
-        candidate.created = []  # type: ignore[attr-defined]  # slots with an instance, in creation order
-        candidate.hooks_installed = set()  # type: ignore[attr-defined]  # which at-fork hooks are registered
-        # name -> callback, run in order by after_fork_in_child(): what a forked child lets go of.
-        candidate.child_callbacks = {}  # type: ignore[attr-defined]
-        # The process this state belongs to: another pid means a fork nobody has handled yet.
-        candidate.owner_pid = os.getpid()  # type: ignore[attr-defined]
-        candidate.handling_fork_in = None  # type: ignore[attr-defined]  # pid whose routine is running
-        candidate.unseen_fork_lock = threading.RLock()  # type: ignore[attr-defined]
-        candidate.exit_callbacks = {}  # type: ignore[attr-defined]  # name -> callback, see on_exit()
-        candidate.exit_watched_in = None  # type: ignore[attr-defined]  # pid whose exit is watched
-        candidate.exit_watch = _ExitWatch()  # type: ignore[attr-defined]
+        state = cast(Home, candidate)  # a module takes any attribute: the first group of Home is set here
+        state.slots = {}
+        state.created = []
+        state.hooks_installed = set()
+        state.child_callbacks = {}
+        state.owner_pid = os.getpid()
+        state.handling_fork_in = None
+        state.unseen_fork_lock = threading.RLock()
+        state.exit_callbacks = {}
+        state.exit_watched_in = None
+        state.exit_watch = _ExitWatch()
         holder = sys.modules.setdefault(_HOME, candidate)
-    return holder
+    # Only home() creates the module at this name (a name of forkpool's own): it has Home's first group.
+    return cast(Home, holder)
 
 
 class _Slot:

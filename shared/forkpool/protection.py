@@ -263,7 +263,7 @@ def _entries() -> list[Protected]:
         holder.protected = []
     entries = holder.protected
     entries[:] = [e for e in entries if e.target() is not None]
-    return entries  # type: ignore[no-any-return]
+    return entries
 
 
 def _close_at_exit() -> None:

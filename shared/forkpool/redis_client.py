@@ -55,11 +55,12 @@ def network_options() -> dict[str, Any]:
 
 
 def _new_client() -> redis.Redis:
-    redis = import_extra("redis", "redis", "forkpool.get_redis")
+    import_extra("redis", "redis", "forkpool.get_redis")
+    from redis import Redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    return Redis.from_url(
         redis_url(),
         client_name=application_name(),
         health_check_interval=30,

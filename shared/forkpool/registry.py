@@ -66,7 +66,7 @@ def configured() -> dict[str, PoolSettings]:
     holder = home()
     if not hasattr(holder, "configured"):
         holder.configured = {}
-    return holder.configured  # type: ignore[no-any-return]
+    return holder.configured
 
 
 def size_sources() -> dict[str, str]:
@@ -78,7 +78,7 @@ def size_sources() -> dict[str, str]:
     holder = home()
     if not hasattr(holder, "size_sources"):
         holder.size_sources = {}
-    return holder.size_sources  # type: ignore[no-any-return]
+    return holder.size_sources
 
 
 def get_pool(name: str = DEFAULT) -> Pool:
@@ -206,7 +206,7 @@ def _used() -> set[str]:
     holder = home()
     if not hasattr(holder, "used_pools"):
         holder.used_pools = set()
-    return holder.used_pools  # type: ignore[no-any-return]
+    return holder.used_pools
 
 
 def close_all() -> None:

@@ -21,7 +21,9 @@ from typing import Any
 from .extras import import_extra
 from .per_process import close_at_exit
 
-rq = import_extra("rq", "rq", "forkpool.rq")
+import_extra("rq", "rq", "forkpool.rq")  # without rq: one line saying pip install 'forkpool[rq]'
+
+import rq  # noqa: E402 - after the check above
 
 
 class ClosesWhatTheHorseOpened:

@@ -298,7 +298,9 @@ def with_hooks(
     settings: PoolSettings, configure: Callable[[Any], Any] | None, reset: Callable[[Any], Any] | None
 ) -> PoolSettings:
     """`settings` with the hooks given (None: keep the settings' own); ConfigError if one is not callable."""
-    hooks = {name: hook for name, hook in (("configure", configure), ("reset", reset)) if hook is not None}
+    hooks: dict[str, Any] = {
+        name: hook for name, hook in (("configure", configure), ("reset", reset)) if hook is not None
+    }
     for name, hook in hooks.items():
         if not callable(hook):
             raise ConfigError(f"{name}={hook!r} must be a function taking the connection")

@@ -158,6 +158,8 @@ def _option_int(name: str, default: int) -> int:
         value = value[-1]
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
+    if value is None:
+        return default
     try:
         return int(value)
     except (TypeError, ValueError):

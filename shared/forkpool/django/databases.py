@@ -114,7 +114,7 @@ def graveyard() -> list[Any]:
     holder = home()
     if not hasattr(holder, "django_graveyard"):
         holder.django_graveyard = []
-    return holder.django_graveyard  # type: ignore[no-any-return]
+    return holder.django_graveyard
 
 
 @dataclass(eq=False)
@@ -125,14 +125,14 @@ class DjangoDatabases:
     vendors: dict[str, str] = field(default_factory=dict)  # alias -> "postgresql", "mysql", "sqlite", ...
     pooled: frozenset[str] = frozenset()
     persistent: frozenset[str] = frozenset()  # CONN_MAX_AGE != 0
-    pool_dicts: list[dict] = field(default_factory=list)  # each backend class's _connection_pools
+    pool_dicts: list[dict[str, Any]] = field(default_factory=list)  # each backend class's _connection_pools
     name_keys: dict[str, str] = field(default_factory=dict)  # alias -> OPTIONS key naming a connection
     identities: dict[str, str] = field(default_factory=dict)  # alias -> the name we set last
     # False when a server closes classic connections between units of work anyway
     # (Celery's Django fixup, by default): opening one at worker start would be wasted.
     warm_classic: bool = True
     # Every thread's wrapper that connected (connection_created), weakly: what a fork may inherit.
-    wrappers: weakref.WeakSet = field(default_factory=weakref.WeakSet)
+    wrappers: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     # Between the parent's before-fork hook and the end of the fork: each thread's connection.
     held: list[Any] = field(default_factory=list)
 
@@ -159,7 +159,11 @@ class DjangoIntegration:
         from django.db.backends.signals import connection_created
 
         found = Endpoints()
-        aliases, vendors, pooled, persistent, pool_dicts = [], {}, set(), set(), []
+        aliases: list[str] = []
+        vendors: dict[str, str] = {}
+        pooled: set[str] = set()
+        persistent: set[str] = set()
+        pool_dicts: list[dict[str, Any]] = []
         for alias in connections:
             wrapper = connections[alias]  # this thread's wrapper: made, not connected
             aliases.append(alias)
@@ -323,7 +327,7 @@ def drop_socket(raw: Any) -> None:
         os.dup2(devnull_fd(), fd)
 
 
-def endpoints_of(vendor: str, settings_dict: dict) -> Endpoints:
+def endpoints_of(vendor: str, settings_dict: dict[str, Any]) -> Endpoints:
     """Where an alias's connections go, as the kernel's socket tables show them (none for SQLite)."""
     if vendor == "postgresql":
         return postgres(dsn_of(settings_dict))
@@ -332,7 +336,7 @@ def endpoints_of(vendor: str, settings_dict: dict) -> Endpoints:
     return Endpoints()
 
 
-def mysql_endpoints(settings_dict: dict) -> Endpoints:
+def mysql_endpoints(settings_dict: dict[str, Any]) -> Endpoints:
     """A MySQL alias's server, as Django's backend passes it to the driver (OPTIONS over HOST/PORT)."""
     options = settings_dict.get("OPTIONS") or {}
     host = str(settings_dict.get("HOST") or "")
@@ -386,7 +390,7 @@ def forget_connection(conn: Any) -> None:
     conn.connection = None
 
 
-def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict) -> None:
+def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict[str, Any]) -> None:
     """Name `alias`'s next connections after this process, unless the project named them itself."""
     key = obj.name_keys.get(alias)
     if key is None:  # the backend has no place for a name
@@ -399,7 +403,7 @@ def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict) -> None:
         options[key] = obj.identities[alias] = application_name()
 
 
-def dsn_of(settings_dict: dict) -> str:
+def dsn_of(settings_dict: dict[str, Any]) -> str:
     """A libpq DSN naming the servers of one alias (as Django merges HOST/PORT over OPTIONS)."""
     from psycopg2.extensions import make_dsn
 

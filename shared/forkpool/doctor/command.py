@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..extras import import_extra
 from ..redact import describe_error, dsn_identity, dsn_password, redact_text
 from .discovery import find_servers, find_trees
-from .findings import ERROR, Expectations, evaluate
+from .findings import ERROR, Expectations, Finding, evaluate
 from .render import as_json, as_table
 from .survey import survey
 
@@ -98,7 +98,7 @@ def doctor_command(argv: list[str], prog: str) -> int:
     return 1 if any(f.severity == ERROR for f in findings) else 0
 
 
-def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list]:
+def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list[Finding]]:
     import psycopg2
 
     try:
@@ -132,7 +132,8 @@ def _redis_errors(redis_url: str | None) -> type[BaseException] | tuple[type[Bas
         redis.connection.parse_url(redis_url)
     except ValueError as exc:
         raise ConfigError(f"--redis-url is not a valid Redis URL: {_describe(exc, redis_url)}") from None
-    return redis.RedisError
+    errors: type[BaseException] = redis.RedisError
+    return errors
 
 
 def _watch(args: argparse.Namespace, expect: Expectations) -> int:

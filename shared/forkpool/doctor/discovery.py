@@ -193,6 +193,6 @@ def _add_redis_url(servers: Servers, url: str) -> None:
 
 def _resolve(host: str, port: int) -> set[str]:
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except OSError:
         return set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from .discovery import POSTGRESQL
+from .discovery import POSTGRESQL, Examined
 from .survey import Survey
 
 SHARED_SOCKET = "shared-socket"
@@ -94,7 +94,7 @@ def dead_sockets(found: Survey) -> list[Finding]:
     return out
 
 
-def tree_database_sockets(found: Survey, members: list) -> int:
+def tree_database_sockets(found: Survey, members: list[Examined]) -> int:
     """Distinct database sockets a tree holds: what the server sees, a shared socket counted once."""
     pids = {p.pid for p in members}
     return sum(1 for c in found.connections.values() if c.kind == POSTGRESQL and pids & set(c.pids))
@@ -136,7 +136,7 @@ def masters_holding(found: Survey) -> list[Finding]:
 def above_pool_size(found: Survey, expect: Expectations) -> list[Finding]:
     counts = database_counts(found)
     out = []
-    trees: dict[int, list] = {}
+    trees: dict[int, list[Examined]] = {}
     for proc in found.processes:
         trees.setdefault(proc.tree, []).append(proc)
     for master, members in sorted(trees.items()):

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from .discovery import REDIS
+from .discovery import REDIS, Examined
 from .findings import ERROR, Expectations, Finding, database_counts, tree_database_sockets
 from .survey import Survey
 
@@ -27,7 +27,7 @@ def as_json(found: Survey, findings: list[Finding], expect: Expectations | None 
 
 
 def as_table(found: Survey, findings: list[Finding], expect: Expectations) -> Any:
-    from rich.console import Group
+    from rich.console import Group, RenderableType
     from rich.table import Table
     from rich.text import Text
 
@@ -36,7 +36,7 @@ def as_table(found: Survey, findings: list[Finding], expect: Expectations) -> An
     table = Table(title="forkpool doctor", title_justify="left")
     for column in ("tree", "role", "pid", "process", "postgresql", "redis", "shared"):
         table.add_column(column, justify="right" if column in ("pid", "postgresql", "redis", "shared") else "left")
-    trees: dict[int, list] = {}
+    trees: dict[int, list[Examined]] = {}
     for proc in found.processes:
         trees.setdefault(proc.tree, []).append(proc)
     for master, members in sorted(trees.items()):
@@ -66,7 +66,7 @@ def as_table(found: Survey, findings: list[Finding], expect: Expectations) -> An
             style="bold",
             end_section=True,
         )
-    lines = [
+    lines: list[RenderableType] = [
         table,
         Text(
             f"servers: {', '.join(found.servers) or 'none found'}; "

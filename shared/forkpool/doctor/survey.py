@@ -126,7 +126,9 @@ def _classify(
     peer = unix.get(sock.peer)
     # An accepted Unix socket carries its listener's path: that is how a client's
     # unnamed socket is known to lead to PostgreSQL.
-    kind = servers.unix_kind(peer.path) if peer is not None else None
+    if peer is None:
+        return None
+    kind = servers.unix_kind(peer.path)
     if kind is None:
         return None
     return Connection(inode, kind, "unix", "unix", peer.path)

@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,6 +209,12 @@ def _base_class(pool: Any) -> type:
     raise ConfigError(f"forkpool.protect: {type(pool).__qualname__} is not an asyncpg pool")
 
 
+def _base_init(pool: Any) -> Callable[..., None]:
+    """That class's own ``__init__`` (the function in its ``__dict__``, what ``cls.__init__`` gives)."""
+    init: Callable[..., None] = vars(_base_class(pool))["__init__"]
+    return init
+
+
 def _protected_class(cls: type) -> type:
     if issubclass(cls, _OpensInItsLoop):
         return cls
@@ -224,7 +231,7 @@ def _protected_class(cls: type) -> type:
 def constructor_args(pool: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The positional and keyword arguments `pool` was made with (``set_connect_args()`` included), no loop."""
     keywords: dict[str, Any] = {}
-    for name, parameter in inspect.signature(_base_class(pool).__init__).parameters.items():
+    for name, parameter in inspect.signature(_base_init(pool)).parameters.items():
         if name in ("self", "loop") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         slot = _SLOT_OF.get(name)
@@ -250,7 +257,7 @@ def rebuild(pool: Any, *, keep_old: bool) -> None:
         _graveyard.append(
             {slot: getattr(pool, slot, None) for slot in ("_holders", "_queue", "_loop", "_maintenance_task")}
         )
-    _base_class(pool).__init__(pool, *args, loop=_UNBOUND, **kwargs)
+    _base_init(pool)(pool, *args, loop=_UNBOUND, **kwargs)
     state = _STATES[id(pool)]
     state.deferred, state.opening = True, None
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..endpoints import Endpoints, postgres
@@ -82,13 +83,19 @@ def _pool_class(pool: Any) -> type:
     raise ConfigError(f"forkpool.protect: {type(pool).__qualname__} is not a psycopg_pool pool")
 
 
+def _own_init(cls: type) -> Callable[..., None]:
+    """`cls`'s own ``__init__`` (_pool_class found it in its ``__dict__``: the function ``cls.__init__`` gives)."""
+    init: Callable[..., None] = vars(cls)["__init__"]
+    return init
+
+
 def _parameters(cls: type) -> tuple[str, ...]:
     # Read once per class in the process calling protect(): a child only looks it up.
     found = _PARAMETERS.get(cls)
     if found is None:
         found = _PARAMETERS[cls] = tuple(
             name
-            for name, p in inspect.signature(cls.__init__).parameters.items()
+            for name, p in inspect.signature(_own_init(cls)).parameters.items()
             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         )
     return found
@@ -121,7 +128,7 @@ def rebuild(pool: Any, *, keep_old: bool) -> None:
         _graveyard.append(old)
         for conn in old.get("_pool", ()):  # its idle connections, whatever the conninfo says
             drop_without_io(conn)
-    _pool_class(pool).__init__(pool, **args)
+    _own_init(_pool_class(pool))(pool, **args)
 
 
 def _names_itself(pool: Any) -> bool:

@@ -170,7 +170,7 @@ def attach_engine(engine: Any) -> Endpoints:
         setattr(engine, _LEARNED, learned)
 
         @event.listens_for(engine, "do_connect")
-        def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:
+        def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
             add_identity(dialect, cparams)
 
         @event.listens_for(engine, "connect")
@@ -204,7 +204,7 @@ def _kept() -> list[Any]:
     holder = home()
     if not hasattr(holder, "sqlalchemy_inherited_pools"):
         holder.sqlalchemy_inherited_pools = []
-    return holder.sqlalchemy_inherited_pools  # type: ignore[no-any-return]
+    return holder.sqlalchemy_inherited_pools
 
 
 class SQLAlchemyEngines:

@@ -89,7 +89,7 @@ def attach_async_engine(engine: Any) -> None:
     tracked: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @event.listens_for(engine, "do_connect")
-    def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:
+    def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         if asyncpg_driver:
             settings = dict(cparams.get("server_settings") or {})
             settings.setdefault("application_name", application_name())
