@@ -2,13 +2,18 @@
 """Set up and run forkpool on a fresh machine with nothing but Python 3.11+.
 
     python3 bootstrap.py demo      # the main job: `forkpool demo` on embedded services
-    python3 bootstrap.py test      # the whole test suite, then the library's tests on Python 3.12 / 3.13
+    python3 bootstrap.py test      # lint and types, the whole test suite, then the library's tests on 3.12 / 3.13
     python3 bootstrap.py forkpool ARGS...   # any forkpool command
 
 Creates ./.venv and installs the library (shared/, the `forkpool` distribution,
 with all its extras) and the suite (this directory, with its `dev` and
 `embedded` extras) in one pip call, again only when a pyproject.toml changes,
 then runs the command in it.
+
+`test` first runs the static checks (`ruff check .`, `ruff format --check .`,
+`mypy`: the library, strict; configured in pyproject.toml), one line each, then
+pytest whatever they found: a lint failure never hides a test result, and the
+command exits with the worst code of all (FORKPOOL_CHECKS=0: skip the checks).
 
 `test` with no test named also runs the library's own tests (those that need no
 suite: pool, asyncio pool, per-process, fork) on each other Python it finds
@@ -276,6 +281,39 @@ def run_matrix(rest: list[str]) -> int:
     return code
 
 
+# The static checks `test` runs first, from the repository's root (their configuration: pyproject.toml).
+CHECKS = (
+    ("ruff check", ("ruff", "check", ".")),
+    ("ruff format", ("ruff", "format", "--check", ".")),
+    ("mypy (shared/forkpool, strict)", ("mypy",)),
+)
+
+
+def run_checks() -> int:
+    """Lint, format and type checks, one line each; 0 if all passed, else 1. Never stops the tests."""
+    if os.environ.get("FORKPOOL_CHECKS", "1") == "0":
+        return 0
+    code = 0
+    for label, (tool, *args) in CHECKS:
+        command = [str(venv_bin(tool)), *args]
+        try:
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        except OSError as exc:  # the tool is missing from the venv
+            print(f"bootstrap: {label}: FAILED: {exc.strerror}: {command[0]}", flush=True)
+            code = 1
+            continue
+        if result.returncode == 0:
+            print(f"bootstrap: {label}: passed", flush=True)
+            continue
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        # The tool's own summary ("Found 3 errors.", "2 files would be reformatted"), else its last line.
+        summary = [line for line in lines if line.startswith("Found ") or " would be reformatted" in line]
+        said = (summary or lines or [f"exit code {result.returncode}"])[-1].strip()
+        print(f"bootstrap: {label}: FAILED: {said} (see: {' '.join(command)})", flush=True)
+        code = 1
+    return code
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -297,10 +335,11 @@ def main(argv: list[str]) -> int:
         print(f"bootstrap: unknown command {command!r}; use demo, test or forkpool", file=sys.stderr)
         return 2
     os.chdir(ROOT)
+    checks = run_checks() if command == "test" else 0
     code = subprocess.call(args)
     if command == "test":
         code = run_matrix(rest) or code
-    return code
+    return max(checks, code)
 
 
 if __name__ == "__main__":
