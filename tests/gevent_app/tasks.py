@@ -1,8 +1,8 @@
 """Celery tasks for the gevent / threads / solo pools: each runs one check of probe.py in the worker."""
 
-import probe
 from celery import Celery
 
+import probe
 from forkpool.celery import wire_celery
 
 app = Celery("gevent_tasks")  # broker and result backend from CELERY_BROKER_URL, CELERY_RESULT_BACKEND

@@ -3,10 +3,10 @@
 import os
 
 from celery import Celery
-from shared_conn import backend as query
-from shared_conn import conn, own
 
 from forkpool.celery import wire_celery
+from shared_conn import backend as query
+from shared_conn import conn, own
 
 app = Celery("dbapi_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
 app.conf.update(

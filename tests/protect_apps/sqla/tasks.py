@@ -3,11 +3,11 @@
 import os
 
 from celery import Celery
-from dialect import backend as session_of_this_process
-from dialect import engine
 from sqlalchemy import text
 
 import forkpool
+from dialect import backend as session_of_this_process
+from dialect import engine
 from forkpool.celery import wire_celery
 
 app = Celery("sqla_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])

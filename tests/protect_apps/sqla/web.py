@@ -2,10 +2,10 @@
 
 import os
 
-from dialect import backend, engine
 from sqlalchemy import text
 
 import forkpool
+from dialect import backend, engine
 
 if os.environ.get("PROTECT") == "1":
     forkpool.protect(engine, eager=True)  # the test counts whole pools per process
