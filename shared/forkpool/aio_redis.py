@@ -88,8 +88,10 @@ _loop_clients = per_process(LoopClients, detach=_detach, close=_drop, key="forkp
 
 
 def _new_client() -> redis.asyncio.Redis:
-    aioredis = import_extra("redis.asyncio", "redis", "forkpool.get_async_redis")
-    return aioredis.Redis.from_url(  # type: ignore[no-any-return]
+    import_extra("redis.asyncio", "redis", "forkpool.get_async_redis")
+    from redis.asyncio import Redis
+
+    return Redis.from_url(
         redis_url(),
         client_name=application_name(),
         socket_connect_timeout=5,

@@ -283,7 +283,7 @@ def available_commands() -> dict[str, Any]:
 
 
 def _load(command: Any) -> Command:
-    return command.load() if hasattr(command, "load") else command  # type: ignore[no-any-return]
+    return command.load() if hasattr(command, "load") else command  # type: ignore[no-any-return]  # a Command, or its entry point
 
 
 def _overview(commands: dict[str, Any]) -> str:

@@ -73,4 +73,4 @@ def db() -> ForkPool:
     """The extension of the current app."""
     from flask import current_app
 
-    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]  # ForkPool.init_app put it there

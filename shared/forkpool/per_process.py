@@ -149,14 +149,14 @@ class PerProcess(Generic[T]):
     def __call__(self) -> T:
         current = self._slot.current
         if current is not None and current[0] == os.getpid():
-            return current[1]  # type: ignore[no-any-return]
+            return current[1]  # type: ignore[no-any-return]  # the slot holds what this factory made: a T
         return self._create()
 
     def peek(self) -> T | None:
         """This process's instance if it exists, without creating it."""
         current = self._slot.current
         if current is not None and current[0] == os.getpid():
-            return current[1]  # type: ignore[no-any-return]
+            return current[1]  # type: ignore[no-any-return]  # the slot holds what this factory made: a T
         return None
 
     def close(self) -> None:
@@ -176,7 +176,7 @@ class PerProcess(Generic[T]):
             # here and the losers return the winner's instance; the factory runs once.
             current = slot.current
             if current is not None and current[0] == pid:
-                return current[1]  # type: ignore[no-any-return]
+                return current[1]  # type: ignore[no-any-return]  # the slot holds what this factory made: a T
             if slot.creator == threading.get_ident():
                 raise RuntimeError(f"per_process factory {slot.key} calls itself")
             slot.creator = threading.get_ident()
@@ -187,7 +187,7 @@ class PerProcess(Generic[T]):
             slot.current = (pid, instance)
             home().created.append(slot)
         watch_exit()  # a multiprocessing child closes it too, though it leaves without atexit
-        return instance  # type: ignore[no-any-return]
+        return instance  # type: ignore[no-any-return]  # the factory's: a T
 
 
 @overload

@@ -140,25 +140,25 @@ class _OpensInItsLoop:
         state = _STATES.get(id(self))
         if state is not None and (state.deferred or _loop_ended(self)):
             return await _open_here(self, state)
-        return await super()._async__init__()  # type: ignore[misc]
+        return await super()._async__init__()  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
     async def _acquire(self, timeout: float | None) -> Any:  # first use: acquire(), fetch(), execute()...
         state = _STATES.get(id(self))
         if state is not None and (state.deferred or _loop_ended(self)):
             await _open_here(self, state)
-        return await super()._acquire(timeout)  # type: ignore[misc]
+        return await super()._acquire(timeout)  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
     async def close(self) -> None:
         state = _STATES.get(id(self))
         if state is not None and state.deferred:
             return  # never opened in this process: nothing to close (asyncpg would say "not initialized")
-        await super().close()  # type: ignore[misc]
+        await super().close()  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
     def terminate(self) -> None:
         state = _STATES.get(id(self))
         if state is not None and state.deferred:
             return
-        super().terminate()  # type: ignore[misc]
+        super().terminate()  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
 
 def _loop_ended(pool: Any) -> bool:
