@@ -1,11 +1,9 @@
-from celery import Celery
-
 import forkpool
+from celery import Celery
 from forkpool.celery import wire_celery
 
 app = Celery("tasks")  # broker and result backend from CELERY_BROKER_URL, CELERY_RESULT_BACKEND
 wire_celery(app)
-
 
 @app.task
 def backend_pid():

@@ -1,9 +1,7 @@
 from flask import Flask
-
 from forkpool.flask import ForkPool
 
 db = ForkPool()
-
 
 def create_app():
     app = Flask(__name__)

@@ -1,6 +1,5 @@
 import forkpool
 
-
 def app(environ, start_response):
     with forkpool.get_pool().connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
