@@ -2,13 +2,18 @@
 """Set up and run forkpool on a fresh machine with nothing but Python 3.11+.
 
     python3 bootstrap.py demo      # the main job: `forkpool demo` on embedded services
-    python3 bootstrap.py test      # the whole test suite, then the library's tests on Python 3.12 / 3.13
+    python3 bootstrap.py test      # lint and types, the whole test suite, then the library's tests on 3.12 / 3.13
     python3 bootstrap.py forkpool ARGS...   # any forkpool command
 
 Creates ./.venv and installs the library (shared/, the `forkpool` distribution,
 with all its extras) and the suite (this directory, with its `dev` and
 `embedded` extras) in one pip call, again only when a pyproject.toml changes,
 then runs the command in it.
+
+`test` first runs the static checks (`ruff check .`, `ruff format --check .`,
+`mypy`: the library, strict; configured in pyproject.toml), one line each, then
+pytest whatever they found: a lint failure never hides a test result, and the
+command exits with the worst code of all (FORKPOOL_CHECKS=0: skip the checks).
 
 `test` with no test named also runs the library's own tests (those that need no
 suite: pool, asyncio pool, per-process, fork) on each other Python it finds
@@ -61,20 +66,27 @@ def ensure_venv() -> None:
     subprocess.run(pip + ["-e", f"{ROOT / 'shared'}[all]", "-e", f"{ROOT}[dev,embedded]"], check=True)
     # Extras pip must compile, each in a step of its own that may fail: only the tests needing it
     # then skip, saying so. mysqlclient builds against MariaDB's client library, uWSGI with gcc.
-    for extra, tests, needs in (("mysqlclient", "Django-on-MariaDB", "libmariadb-dev pkg-config"),
-                                ("uwsgi", "uWSGI", "gcc python3-dev")):
+    for extra, tests, needs in (
+        ("mysqlclient", "Django-on-MariaDB", "libmariadb-dev pkg-config"),
+        ("uwsgi", "uWSGI", "gcc python3-dev"),
+    ):
         if subprocess.run(pip + ["-e", f"{ROOT}[{extra}]"], stderr=subprocess.DEVNULL).returncode != 0:
-            print(f"bootstrap: {extra} did not build; the {tests} tests will be skipped. "
-                  f"Install its build needs with: {install_command(needs)}", flush=True)
+            print(
+                f"bootstrap: {extra} did not build; the {tests} tests will be skipped. "
+                f"Install its build needs with: {install_command(needs)}",
+                flush=True,
+            )
     STAMP.write_text(wanted)
 
 
 # The system packages the tests need that no pip wheel carries: (what, binary to find, Debian package).
-SYSTEM_PACKAGES = (("pgbouncer", ("pgbouncer", "/usr/sbin/pgbouncer"), "pgbouncer"),
-                   ("MariaDB", ("mariadbd", "/usr/sbin/mariadbd", "mysqld", "/usr/sbin/mysqld"), "mariadb-server"),
-                   # To build mysqlclient (the suite's `mysqlclient` extra) from source.
-                   ("MariaDB's client headers", ("mariadb_config", "mysql_config"), "libmariadb-dev"),
-                   ("pkg-config", ("pkg-config",), "pkg-config"))
+SYSTEM_PACKAGES = (
+    ("pgbouncer", ("pgbouncer", "/usr/sbin/pgbouncer"), "pgbouncer"),
+    ("MariaDB", ("mariadbd", "/usr/sbin/mariadbd", "mysqld", "/usr/sbin/mysqld"), "mariadb-server"),
+    # To build mysqlclient (the suite's `mysqlclient` extra) from source.
+    ("MariaDB's client headers", ("mariadb_config", "mysql_config"), "libmariadb-dev"),
+    ("pkg-config", ("pkg-config",), "pkg-config"),
+)
 
 
 def install_command(package: str) -> str:
@@ -88,8 +100,14 @@ def pgbouncer_install() -> str:
 
 def find_binary(names: tuple[str, ...]) -> str | None:
     # Debian puts servers in /usr/sbin, which a non-root PATH may lack.
-    return next((found for name in names
-                 if (found := name if name.startswith("/") and os.access(name, os.X_OK) else shutil.which(name))), None)
+    return next(
+        (
+            found
+            for name in names
+            if (found := name if name.startswith("/") and os.access(name, os.X_OK) else shutil.which(name))
+        ),
+        None,
+    )
 
 
 def find_pgbouncer() -> str | None:
@@ -104,21 +122,31 @@ def ensure_system_packages() -> None:
     if not missing:
         return
     packages = [package for _, package in missing]
-    if os.environ.get("FORKPOOL_NO_APT") == "1" or os.name != "posix" or os.geteuid() != 0 \
-            or not shutil.which("apt-get"):
+    if (
+        os.environ.get("FORKPOOL_NO_APT") == "1"
+        or os.name != "posix"
+        or os.geteuid() != 0
+        or not shutil.which("apt-get")
+    ):
         for what, package in missing:
-            print(f"bootstrap: {what} is not installed; its tests will be skipped. Install it with: "
-                  f"{install_command(package)}", flush=True)
+            print(
+                f"bootstrap: {what} is not installed; its tests will be skipped. Install it with: "
+                f"{install_command(package)}",
+                flush=True,
+            )
         return
     print(f"bootstrap: installing {' and '.join(packages)} (apt-get, first run only)", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # A list made long ago may no longer name the current version: update first (a few seconds).
-    steps = [["apt-get", "update", "-qq"],
-             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]]
+    steps = [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]]
     for step in steps:
         if subprocess.run(step, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-            print(f"bootstrap: `{' '.join(step)}` failed; the tests that need {' and '.join(packages)} will be "
-                  f"skipped. Install with: {install_command(' '.join(packages))}", file=sys.stderr, flush=True)
+            print(
+                f"bootstrap: `{' '.join(step)}` failed; the tests that need {' and '.join(packages)} will be "
+                f"skipped. Install with: {install_command(' '.join(packages))}",
+                file=sys.stderr,
+                flush=True,
+            )
             return
     if "pgbouncer" in packages:
         stop_system_pgbouncer()
@@ -147,8 +175,13 @@ def xdist_args(rest: list[str]) -> list[str]:
 # -- the library on the other Pythons it supports (shared/pyproject.toml's classifiers) ----------
 
 MATRIX_PYTHONS = ("3.12", "3.13")
-MATRIX_TESTS = ("tests/test_pool.py", "tests/test_aio_pool.py", "tests/test_aio_pool_upkeep.py",
-                "tests/test_manager.py", "tests/test_recovery.py")
+MATRIX_TESTS = (
+    "tests/test_pool.py",
+    "tests/test_aio_pool.py",
+    "tests/test_aio_pool_upkeep.py",
+    "tests/test_manager.py",
+    "tests/test_recovery.py",
+)
 # Forks: any threaded-fork DeprecationWarning (Python 3.12+) is an error. The one ignored is the
 # reload test's own import trick (importlib, not a fork).
 MATRIX_FORK_TESTS = ("tests/test_fork.py", "tests/test_per_process.py", "tests/test_fork_quiet.py")
@@ -158,15 +191,20 @@ MATRIX_PACKAGES = ("pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.0", "gev
 
 def matrix_pythons() -> list[tuple[str, Path]]:
     """(version, interpreter) for each of MATRIX_PYTHONS found here, other than the venv's own."""
-    own = subprocess.run([str(venv_bin("python")), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                         capture_output=True, text=True).stdout.strip()
+    own = subprocess.run(
+        [str(venv_bin("python")), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     found = []
     for version in MATRIX_PYTHONS:
         if version == own:
             continue
-        candidates = sorted(pyenv.glob(f"{version}.*/bin/python"),
-                            key=lambda p: tuple(int(x) for x in p.parts[-3].split(".") if x.isdigit()))
+        candidates = sorted(
+            pyenv.glob(f"{version}.*/bin/python"),
+            key=lambda p: tuple(int(x) for x in p.parts[-3].split(".") if x.isdigit()),
+        )
         on_path = shutil.which(f"python{version}")
         chosen = candidates[-1] if candidates else Path(on_path) if on_path else None
         if chosen is not None:
@@ -178,8 +216,9 @@ def ensure_matrix_venv(version: str, python: Path, log: TextIO) -> Path:
     """./.venv-X.Y with the library (editable, all extras) and what its own tests need."""
     where = ROOT / f".venv-{version}"
     stamp = where / ".forkpool-matrix"
-    wanted = hashlib.sha256((ROOT / "shared/pyproject.toml").read_bytes() + str(python).encode()
-                            + " ".join(MATRIX_PACKAGES).encode()).hexdigest()
+    wanted = hashlib.sha256(
+        (ROOT / "shared/pyproject.toml").read_bytes() + str(python).encode() + " ".join(MATRIX_PACKAGES).encode()
+    ).hexdigest()
     bin_python = where / "bin" / "python"
     if stamp.exists() and stamp.read_text() == wanted and bin_python.exists():
         return bin_python
@@ -206,8 +245,10 @@ def run_on(version: str, python: Path, results: dict[str, tuple[int, str]]) -> N
         env = {**os.environ, "PYTHONPATH": str(ROOT)}  # conftest imports the harness (embedded servers)
         pytest_args = ["-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q"]
         code, summaries = 0, []
-        for args in ([interpreter, *pytest_args, *MATRIX_TESTS],
-                     [interpreter, *MATRIX_WARNINGS, *pytest_args, *MATRIX_FORK_TESTS]):
+        for args in (
+            [interpreter, *pytest_args, *MATRIX_TESTS],
+            [interpreter, *MATRIX_WARNINGS, *pytest_args, *MATRIX_FORK_TESTS],
+        ):
             log.write(f"$ {' '.join(args)}\n")
             log.flush()
             code = subprocess.call(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) or code
@@ -240,11 +281,44 @@ def run_matrix(rest: list[str]) -> int:
     return code
 
 
+# The static checks `test` runs first, from the repository's root (their configuration: pyproject.toml).
+CHECKS = (
+    ("ruff check", ("ruff", "check", ".")),
+    ("ruff format", ("ruff", "format", "--check", ".")),
+    ("mypy (shared/forkpool, strict)", ("mypy",)),
+)
+
+
+def run_checks() -> int:
+    """Lint, format and type checks, one line each; 0 if all passed, else 1. Never stops the tests."""
+    if os.environ.get("FORKPOOL_CHECKS", "1") == "0":
+        return 0
+    code = 0
+    for label, (tool, *args) in CHECKS:
+        command = [str(venv_bin(tool)), *args]
+        try:
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        except OSError as exc:  # the tool is missing from the venv
+            print(f"bootstrap: {label}: FAILED: {exc.strerror}: {command[0]}", flush=True)
+            code = 1
+            continue
+        if result.returncode == 0:
+            print(f"bootstrap: {label}: passed", flush=True)
+            continue
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        # The tool's own summary ("Found 3 errors.", "2 files would be reformatted"), else its last line.
+        summary = [line for line in lines if line.startswith("Found ") or " would be reformatted" in line]
+        said = (summary or lines or [f"exit code {result.returncode}"])[-1].strip()
+        print(f"bootstrap: {label}: FAILED: {said} (see: {' '.join(command)})", flush=True)
+        code = 1
+    return code
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - bootstrap.py runs on the machine's python3, whatever it is
         print(f"bootstrap: forkpool needs Python 3.11 or newer, this is {sys.version.split()[0]}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
@@ -261,10 +335,11 @@ def main(argv: list[str]) -> int:
         print(f"bootstrap: unknown command {command!r}; use demo, test or forkpool", file=sys.stderr)
         return 2
     os.chdir(ROOT)
+    checks = run_checks() if command == "test" else 0
     code = subprocess.call(args)
     if command == "test":
         code = run_matrix(rest) or code
-    return code
+    return max(checks, code)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack, ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .aio_contenders import APP_NAME, POOL_SIZE, build_contenders
 from .aio_figures import derive, summarize
@@ -61,17 +62,29 @@ QUICK = dict(rounds=2, ops=300, window=0.05)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.aio_bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.aio_bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, help=f"measured rounds (default {DEFAULTS['rounds']})")
-    parser.add_argument("--ops", type=int, help="operations per round for 1-task acquire + release "
-                        f"(default {DEFAULTS['ops']}); SELECT 1 and asyncpg's default pool use ops/40")
-    parser.add_argument("--select-ops", type=int, help="operations per round for 1-task operations with a round "
-                        "trip (default ops/40)")
-    parser.add_argument("--window", type=float, help=f"seconds each pass of a {TASKS}-task run lasts, "
-                        f"{PASSES_N} passes a round (default {DEFAULTS['window']})")
-    parser.add_argument("--quick", action="store_true", help="tiny rounds: checks that everything runs, "
-                        "figures meaningless")
+    parser.add_argument(
+        "--ops",
+        type=int,
+        help="operations per round for 1-task acquire + release "
+        f"(default {DEFAULTS['ops']}); SELECT 1 and asyncpg's default pool use ops/40",
+    )
+    parser.add_argument(
+        "--select-ops", type=int, help="operations per round for 1-task operations with a round trip (default ops/40)"
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        help=f"seconds each pass of a {TASKS}-task run lasts, {PASSES_N} passes a round (default {DEFAULTS['window']})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny rounds: checks that everything runs, figures meaningless"
+    )
     parser.add_argument("--seed", type=int, help="seed of the shuffling (default: random, recorded)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
@@ -100,15 +113,26 @@ async def measure_all(dsn: str, plan: Plan, progress: Callable[[str], None], met
         results, rounds = await run_rounds(contenders, plan, progress)
         ours_stats = {key: c.pool.stats() for key, c in contenders.items() if c.pool is not None}
         cpu_use = meter.result()  # before the pools close: a backend's CPU time is read while it lives
-    return {"contenders": contenders, "results": results, "rounds": rounds, "ours_stats": ours_stats,
-            "cpu_use": cpu_use}
+    return {
+        "contenders": contenders,
+        "results": results,
+        "rounds": rounds,
+        "ours_stats": ours_stats,
+        "cpu_use": cpu_use,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = Plan(rounds=args.rounds, ops=args.ops, select_ops=args.select_ops, window=args.window, seed=args.seed,
-                quick=args.quick)
-    started_at = datetime.now(timezone.utc)
+    plan = Plan(
+        rounds=args.rounds,
+        ops=args.ops,
+        select_ops=args.select_ops,
+        window=args.window,
+        seed=args.seed,
+        quick=args.quick,
+    )
+    started_at = datetime.now(UTC)
     began = time.monotonic()
 
     def progress(message: str) -> None:
@@ -137,9 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         "format": 1,
         "started_utc": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": round(time.monotonic() - began, 1),
-        "config": {"rounds": plan.rounds, "ops": plan.ops, "select_ops": plan.select_ops, "window_s": plan.window,
-                   "tasks": TASKS, "pool_size": POOL_SIZE, "seed": plan.seed, "quick": plan.quick,
-                   "settle_s": SETTLE},
+        "config": {
+            "rounds": plan.rounds,
+            "ops": plan.ops,
+            "select_ops": plan.select_ops,
+            "window_s": plan.window,
+            "tasks": TASKS,
+            "pool_size": POOL_SIZE,
+            "seed": plan.seed,
+            "quick": plan.quick,
+            "settle_s": SETTLE,
+        },
         "machine": machine,
         "contenders": {key: {"family": c.family, "config": c.config} for key, c in contenders.items()},
         "scenarios": scenarios,

@@ -19,9 +19,10 @@ own before the first query; asyncpg's ``transaction()`` sends BEGIN and COMMIT a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 POOL_SIZE = 5
 APP_NAME = "aio_bench"
@@ -55,8 +56,9 @@ async def _no_reset(conn: Any) -> None:
     """asyncpg's reset= hook doing nothing: release() then skips the reset query."""
 
 
-def _floor(key: str, family: str, config: str, conn: Any, transaction: Callable[[Any], Awaitable[None]]
-           ) -> AioContender:
+def _floor(
+    key: str, family: str, config: str, conn: Any, transaction: Callable[[Any], Awaitable[None]]
+) -> AioContender:
     async def getconn() -> Any:
         return conn
 
@@ -69,8 +71,9 @@ def _floor(key: str, family: str, config: str, conn: Any, transaction: Callable[
 async def build_contenders(dsn: str, stack: AsyncExitStack) -> dict[str, AioContender]:
     """Open every pool (filled to 5) before the first round; closed by `stack`, in this loop."""
     import asyncpg
-    import forkpool
     import psycopg_pool
+
+    import forkpool
     from forkpool.settings import build_settings
 
     found: dict[str, AioContender] = {}
@@ -83,23 +86,48 @@ async def build_contenders(dsn: str, stack: AsyncExitStack) -> dict[str, AioCont
             raise RuntimeError(f"{pool!r} did not fill to {POOL_SIZE} in 30 s")
         found[key] = AioContender(key, "ours", config, pool.getconn, pool.putconn, psycopg_transaction, pool=pool)
 
-    await ours("ours", "aio-bench", "forkpool.AsyncPool (psycopg 3), default settings (check_idle 5 s + idle "
-               "socket poll)")
+    await ours(
+        "ours", "aio-bench", "forkpool.AsyncPool (psycopg 3), default settings (check_idle 5 s + idle socket poll)"
+    )
     await ours("ours_b", "aio-bench-b", "a second forkpool.AsyncPool, identical (A/A control)")
 
-    p3 = psycopg_pool.AsyncConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, open=False,
-                                          name="psycopg_pool", kwargs={"application_name": f"{APP_NAME}:psycopg_pool"})
+    p3 = psycopg_pool.AsyncConnectionPool(
+        dsn,
+        min_size=POOL_SIZE,
+        max_size=POOL_SIZE,
+        open=False,
+        name="psycopg_pool",
+        kwargs={"application_name": f"{APP_NAME}:psycopg_pool"},
+    )
     stack.push_async_callback(p3.close)
     await p3.open(wait=True, timeout=30)
-    found["psycopg_pool"] = AioContender("psycopg_pool", "psycopg_pool", "AsyncConnectionPool(min_size=5, max_size=5)",
-                                         p3.getconn, p3.putconn, psycopg_transaction)
+    found["psycopg_pool"] = AioContender(
+        "psycopg_pool",
+        "psycopg_pool",
+        "AsyncConnectionPool(min_size=5, max_size=5)",
+        p3.getconn,
+        p3.putconn,
+        psycopg_transaction,
+    )
 
     async def apg(key: str, config: str, **extra: Any) -> None:
-        pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE,
-                                         server_settings={"application_name": f"{APP_NAME}:{key}"}, **extra)
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE,
+            server_settings={"application_name": f"{APP_NAME}:{key}"},
+            **extra,
+        )
         stack.push_async_callback(pool.close)
-        found[key] = AioContender(key, "asyncpg", config, pool.acquire, pool.release, asyncpg_transaction,
-                                  release_round_trip="reset" not in extra)
+        found[key] = AioContender(
+            key,
+            "asyncpg",
+            config,
+            pool.acquire,
+            pool.release,
+            asyncpg_transaction,
+            release_round_trip="reset" not in extra,
+        )
 
     await apg("asyncpg", "create_pool(min_size=5, max_size=5): release() runs the reset query")
     await apg("asyncpg_noreset", "create_pool(..., reset=<no-op>): no reset query (diagnostic)", reset=_no_reset)
@@ -109,10 +137,12 @@ async def build_contenders(dsn: str, stack: AsyncExitStack) -> dict[str, AioCont
 
     bare3 = await psycopg.AsyncConnection.connect(dsn, application_name=f"{APP_NAME}:floor_psycopg")
     stack.push_async_callback(bare3.close)
-    found["floor_psycopg"] = _floor("floor_psycopg", "psycopg", "one psycopg.AsyncConnection, no pool (floor)",
-                                    bare3, psycopg_transaction)
+    found["floor_psycopg"] = _floor(
+        "floor_psycopg", "psycopg", "one psycopg.AsyncConnection, no pool (floor)", bare3, psycopg_transaction
+    )
     bare_apg = await asyncpg.connect(dsn, server_settings={"application_name": f"{APP_NAME}:floor_asyncpg"})
     stack.push_async_callback(bare_apg.close)
-    found["floor_asyncpg"] = _floor("floor_asyncpg", "asyncpg", "one asyncpg connection, no pool (floor)",
-                                    bare_apg, asyncpg_transaction)
+    found["floor_asyncpg"] = _floor(
+        "floor_asyncpg", "asyncpg", "one asyncpg connection, no pool (floor)", bare_apg, asyncpg_transaction
+    )
     return found

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import psycopg  # every mode runs on it: imported with the app, before the lifespan's timed start-up
 
@@ -52,8 +53,9 @@ def _application_name(mode: str) -> str:
 
 
 async def _connect(mode: str) -> Any:
-    return await psycopg.AsyncConnection.connect(os.environ.get("DATABASE_URL", ""),
-                                                 application_name=_application_name(mode))
+    return await psycopg.AsyncConnection.connect(
+        os.environ.get("DATABASE_URL", ""), application_name=_application_name(mode)
+    )
 
 
 class PoolSource(AsyncSource):

@@ -35,16 +35,32 @@ def summarize(results: dict[str, dict[str, Series]], contenders: dict[str, AioCo
             rows[column] = {
                 "config": contenders[column].config,
                 "family": contenders[column].family,
-                "role": "ours" if column == "ours" else "control" if column == CONTROL
-                else "diagnostic" if column in DIAGNOSTICS else "floor" if column in FLOORS else "peer",
+                "role": "ours"
+                if column == "ours"
+                else "control"
+                if column == CONTROL
+                else "diagnostic"
+                if column in DIAGNOSTICS
+                else "floor"
+                if column in FLOORS
+                else "peer",
                 "ns_per_op": spread(series.ns),
                 "ratio_to_ours": spread(ratios),
                 "fairness": spread(series.fairness),
-                "per_round": {"ns_per_op": series.ns, "ratio_to_ours": ratios,
-                              "fairness": series.fairness or None, "ops": series.ops},
+                "per_round": {
+                    "ns_per_op": series.ns,
+                    "ratio_to_ours": ratios,
+                    "fairness": series.fairness or None,
+                    "ops": series.ops,
+                },
             }
-        scenarios[scenario.key] = {"label": scenario.label, "op": scenario.op, "tasks": scenario.tasks,
-                                   "pool_size": POOL_SIZE, "results": rows}
+        scenarios[scenario.key] = {
+            "label": scenario.label,
+            "op": scenario.op,
+            "tasks": scenario.tasks,
+            "pool_size": POOL_SIZE,
+            "results": rows,
+        }
     return scenarios
 
 
@@ -60,8 +76,9 @@ def median_interval(values: list[float], seed: int = 0) -> tuple[float, float] |
     return medians[int(0.05 * BOOTSTRAP)], medians[int(0.95 * BOOTSTRAP) - 1]
 
 
-def verdict(figure: float | None, target: float, noise: float | None,
-            interval: tuple[float, float] | None = None) -> str:
+def verdict(
+    figure: float | None, target: float, noise: float | None, interval: tuple[float, float] | None = None
+) -> str:
     """yes / no against `target` (figure >= target is met); inconclusive when the target is inside the
     interval, or the A/A noise covers the gap."""
     if figure is None:
@@ -84,30 +101,55 @@ def derive(scenarios: dict[str, Any]) -> dict[str, Any]:
 
     control = {key: scenarios[key]["results"].get(CONTROL, {}).get("ratio_to_ours") for key in scenarios}
     # (b), 1 task: each pool's cost above its driver alone (ns, paired by round), and the drivers' ratio.
-    above_floor = {column: spread([a - b for a, b in zip(per_round("select1_1task", column),
-                                                         per_round("select1_1task", floor))])
-                   for floor, columns in FLOORS.items() for column in columns}
+    above_floor = {
+        column: spread(
+            [a - b for a, b in zip(per_round("select1_1task", column), per_round("select1_1task", floor), strict=False)]
+        )
+        for floor, columns in FLOORS.items()
+        for column in columns
+    }
     drivers = spread(paired(per_round("select1_1task", "floor_psycopg"), per_round("select1_1task", "floor_asyncpg")))
     noise = {key: abs(value["median"] - 1.0) if value else None for key, value in control.items()}
 
     goals = []
     for scenario in SCENARIOS:
         key = scenario.key
-        for peer, target, reading in (("psycopg_pool", GOAL_PSYCOPG_POOL, "at most half the cost of"),
-                                      ("asyncpg", GOAL_ASYNCPG, "no dearer than"),
-                                      ("asyncpg_noreset", GOAL_ASYNCPG, "no dearer than")):
+        for peer, target, reading in (
+            ("psycopg_pool", GOAL_PSYCOPG_POOL, "at most half the cost of"),
+            ("asyncpg", GOAL_ASYNCPG, "no dearer than"),
+            ("asyncpg_noreset", GOAL_ASYNCPG, "no dearer than"),
+        ):
             ratio = median_of(key, peer, "ratio_to_ours")
             row = scenarios[key]["results"].get(peer)
             interval = median_interval(row["per_round"]["ratio_to_ours"]) if row else None
             says = verdict(ratio, target, noise[key], interval)
-            goals.append({"goal": f"ours {reading} {peer} ({key})", "scenario": key, "peer": peer,
-                          "figure": ratio, "interval_90": interval, "target": f"{peer} / ours >= {target:g}",
-                          "aa_noise": noise[key], "verdict": says, "met": says == "yes"})
+            goals.append(
+                {
+                    "goal": f"ours {reading} {peer} ({key})",
+                    "scenario": key,
+                    "peer": peer,
+                    "figure": ratio,
+                    "interval_90": interval,
+                    "target": f"{peer} / ours >= {target:g}",
+                    "aa_noise": noise[key],
+                    "verdict": says,
+                    "met": says == "yes",
+                }
+            )
         if scenario.windowed:
             fair = median_of(key, "ours", "fairness")
             met = fair is not None and fair >= GOAL_FAIRNESS
-            goals.append({"goal": f"fairness with {TASKS} tasks ({key})", "scenario": key, "peer": None,
-                          "figure": fair, "interval_90": None, "target": f">= {GOAL_FAIRNESS}", "aa_noise": None,
-                          "verdict": "yes" if met else "no", "met": met})
-    return {"aa_control": control, "above_floor_ns": above_floor, "floor_psycopg_over_asyncpg": drivers,
-            "goals": goals}
+            goals.append(
+                {
+                    "goal": f"fairness with {TASKS} tasks ({key})",
+                    "scenario": key,
+                    "peer": None,
+                    "figure": fair,
+                    "interval_90": None,
+                    "target": f">= {GOAL_FAIRNESS}",
+                    "aa_noise": None,
+                    "verdict": "yes" if met else "no",
+                    "met": met,
+                }
+            )
+    return {"aa_control": control, "above_floor_ns": above_floor, "floor_psycopg_over_asyncpg": drivers, "goals": goals}

@@ -18,8 +18,9 @@ import asyncio
 import gc
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .aio_contenders import AioContender
 from .machine import load_average
@@ -47,8 +48,12 @@ SCENARIOS: list[Scenario] = [
     Scenario("checkout_1task", "(a) acquire + release, 1 task", "checkout", 1),
     Scenario("checkout_50tasks", f"(a) acquire + yield once + release, {TASKS} tasks, pool of 5", "checkout", TASKS),
     Scenario("select1_1task", "(b) acquire + BEGIN; SELECT 1; COMMIT + release, 1 task", "select1", 1),
-    Scenario("select1_50tasks", f"(b) acquire + BEGIN; SELECT 1; COMMIT + release, {TASKS} tasks, pool of 5",
-             "select1", TASKS),
+    Scenario(
+        "select1_50tasks",
+        f"(b) acquire + BEGIN; SELECT 1; COMMIT + release, {TASKS} tasks, pool of 5",
+        "select1",
+        TASKS,
+    ),
 ]
 SCENARIO_BY_KEY = {s.key: s for s in SCENARIOS}
 
@@ -61,24 +66,31 @@ COLUMNS = ["ours", *PEERS, CONTROL, *DIAGNOSTICS, *FLOORS]
 
 def members_of(contenders: dict[str, Any], scenario: str | None = None) -> list[str]:
     """The columns measured (in `scenario`, if given), in report order."""
-    return [c for c in COLUMNS if c in contenders
-            and (scenario is None or not contenders[c].only or scenario in contenders[c].only)]
+    return [
+        c
+        for c in COLUMNS
+        if c in contenders and (scenario is None or not contenders[c].only or scenario in contenders[c].only)
+    ]
 
 
 def make_op(kind: str, contender: AioContender, hold_yield: bool) -> Callable[[], Awaitable[None]]:
     getconn, putconn, transaction = contender.getconn, contender.putconn, contender.transaction
     if kind == "checkout" and hold_yield:
+
         async def checkout_yield() -> None:
             conn = await getconn()
             try:
                 await asyncio.sleep(0)  # the task's "work": lets the other tasks run
             finally:
                 await putconn(conn)
+
         return checkout_yield
 
     if kind == "checkout":
+
         async def checkout() -> None:
             await putconn(await getconn())
+
         return checkout
 
     async def select1() -> None:
@@ -87,6 +99,7 @@ def make_op(kind: str, contender: AioContender, hold_yield: bool) -> Callable[[]
             await transaction(conn)
         finally:
             await putconn(conn)
+
     return select1
 
 
@@ -122,7 +135,7 @@ async def run_window(op: Callable[[], Awaitable[None]], tasks: int, window: floa
     finally:
         stop[0] = True
         await asyncio.gather(*workers)  # raises the first worker's error, if any
-    done = [end - begin for begin, end in zip(before, after)]
+    done = [end - begin for begin, end in zip(before, after, strict=False)]
     total = sum(done)
     return Sample(elapsed / total if total else float("inf"), done, elapsed)
 
@@ -152,8 +165,9 @@ async def measure(scenario: Scenario, contender: AioContender, plan: Plan, scale
     return await run_ops(op, max(round(plan.ops_for(scenario, contender) * share), 1))
 
 
-async def run_rounds(contenders: dict[str, AioContender], plan: Plan, progress: Callable[[str], None]
-                     ) -> tuple[dict[str, dict[str, Series]], list[dict[str, Any]]]:
+async def run_rounds(
+    contenders: dict[str, AioContender], plan: Plan, progress: Callable[[str], None]
+) -> tuple[dict[str, dict[str, Series]], list[dict[str, Any]]]:
     """Every round's series per scenario and column, and per round its duration and the load after it."""
     rng = random.Random(plan.seed)
     results: dict[str, dict[str, Series]] = {s.key: {} for s in SCENARIOS}
@@ -183,8 +197,14 @@ async def run_rounds(contenders: dict[str, AioContender], plan: Plan, progress: 
             for column, taken in samples.items():
                 results[scenario.key].setdefault(column, Series()).add(taken)
         load = load_average()
-        rounds.append({"seconds": round(time.monotonic() - began, 2),
-                       "load_average": [round(x, 2) for x in load] if load else None})
-        progress(f"round {number + 1}/{plan.rounds} done in {rounds[-1]['seconds']:.1f} s, "
-                 f"load {(rounds[-1]['load_average'] or ['?'])[0]}")
+        rounds.append(
+            {
+                "seconds": round(time.monotonic() - began, 2),
+                "load_average": [round(x, 2) for x in load] if load else None,
+            }
+        )
+        progress(
+            f"round {number + 1}/{plan.rounds} done in {rounds[-1]['seconds']:.1f} s, "
+            f"load {(rounds[-1]['load_average'] or ['?'])[0]}"
+        )
     return results, rounds

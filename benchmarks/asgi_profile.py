@@ -26,11 +26,12 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .machine import REPO_ROOT, load_average, run_context_line, save_text_result
 
@@ -81,14 +82,18 @@ async def measure(args: argparse.Namespace, out: list[str]) -> None:
         for name in names + names[::-1]:
             cpu[name].append((await window(lends[name], args.window))[0])
     floor = cpu["floor"]
-    out.append(f"{TASKS} tasks on one connection, {args.rounds} rounds x 2 windows of {args.window} s; "
-               "CPU us per lend + give back (median; paired ratio and difference to the floor, min-max)")
+    out.append(
+        f"{TASKS} tasks on one connection, {args.rounds} rounds x 2 windows of {args.window} s; "
+        "CPU us per lend + give back (median; paired ratio and difference to the floor, min-max)"
+    )
     for name, values in cpu.items():
-        ratio = [a / b for a, b in zip(values, floor)]
-        diff = [a - b for a, b in zip(values, floor)]
-        out.append(f"  {name:22s} {statistics.median(values):7.2f} us   / floor {statistics.median(ratio):5.2f} "
-                   f"({min(ratio):.2f}-{max(ratio):.2f})   - floor {statistics.median(diff):+6.2f} us "
-                   f"({min(diff):+.2f}..{max(diff):+.2f})")
+        ratio = [a / b for a, b in zip(values, floor, strict=False)]
+        diff = [a - b for a, b in zip(values, floor, strict=False)]
+        out.append(
+            f"  {name:22s} {statistics.median(values):7.2f} us   / floor {statistics.median(ratio):5.2f} "
+            f"({min(ratio):.2f}-{max(ratio):.2f})   - floor {statistics.median(diff):+6.2f} us "
+            f"({min(diff):+.2f}..{max(diff):+.2f})"
+        )
     stats = (await forkpool.get_async_pool()).stats()
     out.append(f"  pool stats: checkouts {stats['checkouts']}, waits {stats['waits']}, checks {stats['checks']}")
 
@@ -96,11 +101,19 @@ async def measure(args: argparse.Namespace, out: list[str]) -> None:
     profile.enable()
     _, done = await window(lends["pool"], args.profile_window)
     profile.disable()
-    rows = sorted(((v[3] / done * 1e6, v[2] / done * 1e6, v[1] / done, _short(k))
-                   for k, v in pstats.Stats(profile).stats.items()), reverse=True)  # type: ignore[attr-defined]
-    out += ["", f"cProfile of the pool's cycle, {done} lends (times per lend, inflated by the profiler):",
-            "  cum us   own us  calls/lend  function"]
-    out += [f"  {cum:7.2f}  {own:6.2f}  {calls:9.2f}  {name}" for cum, own, calls, name in rows[:args.top]]
+    rows = sorted(
+        (
+            (v[3] / done * 1e6, v[2] / done * 1e6, v[1] / done, _short(k))
+            for k, v in pstats.Stats(profile).stats.items()
+        ),
+        reverse=True,
+    )  # type: ignore[attr-defined]
+    out += [
+        "",
+        f"cProfile of the pool's cycle, {done} lends (times per lend, inflated by the profiler):",
+        "  cum us   own us  calls/lend  function",
+    ]
+    out += [f"  {cum:7.2f}  {own:6.2f}  {calls:9.2f}  {name}" for cum, own, calls, name in rows[: args.top]]
     for source in sources.values():
         await source.close()
 
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .machine import CpuMeter, postmaster_pid
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     out = [f"# asgi_profile {started:%Y-%m-%dT%H:%M:%SZ}", __doc__.split("\n\n", 2)[2].strip(), ""]
     load_start = load_average()
     given = os.environ.get("DATABASE_URL")

@@ -34,8 +34,9 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any, Callable
+from typing import Any
 
 import psycopg2
 import psycopg2.pool
@@ -70,6 +71,7 @@ def plain(pool: forkpool.Pool) -> Callable[[], None]:
         conn = getconn()
         select_1(conn)
         putconn(conn)
+
     return op
 
 
@@ -77,6 +79,7 @@ def with_block(pool: forkpool.Pool) -> Callable[[], None]:
     def op() -> None:
         with pool.connection() as conn:
             select_1(conn)
+
     return op
 
 
@@ -88,6 +91,7 @@ def toggled(pool: forkpool.Pool) -> Callable[[], None]:
         conn.autocommit = True
         select_1(conn)
         putconn(conn)
+
     return op
 
 
@@ -101,6 +105,7 @@ def threaded_pool(dsn: str, stack: ExitStack) -> Callable[[], None]:
         conn.autocommit = True
         select_1(conn)
         putconn(conn)
+
     return op
 
 
@@ -172,16 +177,20 @@ def main(argv: list[str] | None = None) -> int:
             for name, (wall, cpu) in spent.items():
                 per_round[name].append(wall / passes)
                 cpu_round[name].append(cpu / passes)
-    print(f"autocommit_bench: {args.rounds} rounds x {args.ops} ops, 1 thread, pool of 1, seed {seed}, "
-          f"{time.monotonic() - started:.0f} s, load average {load:.2f} at the start, "
-          f"{os.getloadavg()[0]:.2f} at the end")
+    print(
+        f"autocommit_bench: {args.rounds} rounds x {args.ops} ops, 1 thread, pool of 1, seed {seed}, "
+        f"{time.monotonic() - started:.0f} s, load average {load:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end"
+    )
     print(f"{'contender':<22}{'wall ns/op':>12}{'min':>10}{'max':>11}{'x after':>9}{'CPU ns/op':>11}{'x after':>9}")
     for name, (base, _) in contenders.items():
         figures, cpu = per_round[name], cpu_round[name]
-        ratio = statistics.median(a / b for a, b in zip(figures, per_round[base]))
-        cpu_ratio = statistics.median(a / b for a, b in zip(cpu, cpu_round[base]))
-        print(f"{name:<22}{statistics.median(figures):>12,.0f}{min(figures):>10,.0f}{max(figures):>11,.0f}"
-              f"{ratio:>9.2f}{statistics.median(cpu):>11,.0f}{cpu_ratio:>9.2f}")
+        ratio = statistics.median(a / b for a, b in zip(figures, per_round[base], strict=False))
+        cpu_ratio = statistics.median(a / b for a, b in zip(cpu, cpu_round[base], strict=False))
+        print(
+            f"{name:<22}{statistics.median(figures):>12,.0f}{min(figures):>10,.0f}{max(figures):>11,.0f}"
+            f"{ratio:>9.2f}{statistics.median(cpu):>11,.0f}{cpu_ratio:>9.2f}"
+        )
     print("x after: the median of the ratios to after (after_psycopg for *_psycopg) within each round")
     return 0
 

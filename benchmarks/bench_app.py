@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .bench_data import ITEM_QUERY, ITEM_ROWS
 from .db_modes import connection_source, current_mode
@@ -38,8 +39,7 @@ def _item(start_response: StartResponse) -> Iterable[bytes]:
             cur.execute(ITEM_QUERY, (item_id,))
             row = cur.fetchone()
     except Exception as exc:  # noqa: BLE001 - counted by the load generator as a non-2xx
-        return _send(start_response, "500 Internal Server Error",
-                     json.dumps({"error": type(exc).__name__}).encode())
+        return _send(start_response, "500 Internal Server Error", json.dumps({"error": type(exc).__name__}).encode())
     if row is None:
         return _send(start_response, "404 Not Found", b'{"error": "no such item"}')
     return _send(start_response, "200 OK", json.dumps({"id": row[0], "name": row[1], "score": row[2]}).encode())

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .aio_db_modes import async_source
 from .bench_data import ITEM_QUERY, ITEM_ROWS
@@ -38,8 +39,13 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             status, body = 200, b'{"status": "ok"}'
         else:
             status, body = 404, b'{"error": "not found"}'
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*_HEADERS, (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*_HEADERS, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)

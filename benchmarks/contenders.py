@@ -1,23 +1,24 @@
 """The pools under test in pool_bench, each opened and filled to POOL_SIZE before the first round.
 
-    ours               forkpool.Pool (min = max = 5) on psycopg2, getconn()/putconn(), default settings
-    ours_nocheck       diagnostic: ours with its pre-use health check removed
-    ours_check_always  diagnostic: ours with check_idle=0 (a round trip before every checkout)
-    ours_psycopg       forkpool.Pool on psycopg 3 (driver="psycopg"), default settings: the
-                       reference psycopg_pool is paired against (same driver on both sides)
-    ours_psycopg_nocheck  diagnostic: ours_psycopg with its pre-use health check removed
-    psycopg2           ThreadedConnectionPool(5, 5) behind a BoundedSemaphore(5)
-    psycopg_pool       psycopg 3's ConnectionPool (and psycopg_pool_check, with check=)
-    sqlalchemy         QueuePool over psycopg2 (and sqlalchemy_pre_ping)
-    connect            psycopg2.connect() + close() per operation
+ours               forkpool.Pool (min = max = 5) on psycopg2, getconn()/putconn(), default settings
+ours_nocheck       diagnostic: ours with its pre-use health check removed
+ours_check_always  diagnostic: ours with check_idle=0 (a round trip before every checkout)
+ours_psycopg       forkpool.Pool on psycopg 3 (driver="psycopg"), default settings: the
+                   reference psycopg_pool is paired against (same driver on both sides)
+ours_psycopg_nocheck  diagnostic: ours_psycopg with its pre-use health check removed
+psycopg2           ThreadedConnectionPool(5, 5) behind a BoundedSemaphore(5)
+psycopg_pool       psycopg 3's ConnectionPool (and psycopg_pool_check, with check=)
+sqlalchemy         QueuePool over psycopg2 (and sqlalchemy_pre_ping)
+connect            psycopg2.connect() + close() per operation
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 POOL_SIZE = 5
 APP_NAME = "pool_bench"
@@ -40,11 +41,12 @@ def _sqlalchemy_engine(dsn: str, **kwargs: Any) -> Any:
     connect_args = {"application_name": f"{APP_NAME}:sqlalchemy"}
     for scheme in ("postgresql://", "postgres://"):
         if dsn.startswith(scheme):
-            url = "postgresql+psycopg2://" + dsn[len(scheme):]
+            url = "postgresql+psycopg2://" + dsn[len(scheme) :]
             return sqlalchemy.create_engine(url, connect_args=connect_args, **kwargs)
     # A key=value DSN: let SQLAlchemy's pool call psycopg2 with it as it is.
-    return sqlalchemy.create_engine("postgresql+psycopg2://",
-                                    creator=lambda: psycopg2.connect(dsn, **connect_args), **kwargs)
+    return sqlalchemy.create_engine(
+        "postgresql+psycopg2://", creator=lambda: psycopg2.connect(dsn, **connect_args), **kwargs
+    )
 
 
 def build_contenders(dsn: str, stack: ExitStack) -> dict[str, Contender]:
@@ -69,14 +71,27 @@ def build_contenders(dsn: str, stack: ExitStack) -> dict[str, Contender]:
     nocheck = _no_check_pool_class(forkpool.Pool)
     if nocheck is not None:
         ours("ours_nocheck", "bench-nocheck", "forkpool.Pool with its pre-use check removed (diagnostic)", nocheck)
-    ours("ours_check_always", "bench-check-always", "forkpool.Pool, check_idle=0: a round trip per checkout "
-         "(diagnostic)", check_idle=0)
+    ours(
+        "ours_check_always",
+        "bench-check-always",
+        "forkpool.Pool, check_idle=0: a round trip per checkout (diagnostic)",
+        check_idle=0,
+    )
     # The same pool on psycopg 3: psycopg_pool's figures are paired against this one (same driver).
-    ours("ours_psycopg", "bench-psycopg", 'forkpool.Pool on psycopg 3 (driver="psycopg"), default settings',
-         driver="psycopg")
+    ours(
+        "ours_psycopg",
+        "bench-psycopg",
+        'forkpool.Pool on psycopg 3 (driver="psycopg"), default settings',
+        driver="psycopg",
+    )
     if nocheck is not None:
-        ours("ours_psycopg_nocheck", "bench-psycopg-nocheck", "forkpool.Pool on psycopg 3 with its pre-use check "
-             "removed (diagnostic)", nocheck, driver="psycopg")
+        ours(
+            "ours_psycopg_nocheck",
+            "bench-psycopg-nocheck",
+            "forkpool.Pool on psycopg 3 with its pre-use check removed (diagnostic)",
+            nocheck,
+            driver="psycopg",
+        )
 
     # psycopg2's pool raises PoolError when exhausted; the semaphore makes threads wait instead.
     p2 = psycopg2.pool.ThreadedConnectionPool(POOL_SIZE, POOL_SIZE, dsn, application_name=f"{APP_NAME}:psycopg2")
@@ -96,19 +111,30 @@ def build_contenders(dsn: str, stack: ExitStack) -> dict[str, Contender]:
         p2_put(conn)
         slots.release()
 
-    found["psycopg2"] = Contender("psycopg2", "psycopg2", "ThreadedConnectionPool(5, 5) + BoundedSemaphore(5)",
-                                  psycopg2_getconn, psycopg2_putconn)
+    found["psycopg2"] = Contender(
+        "psycopg2", "psycopg2", "ThreadedConnectionPool(5, 5) + BoundedSemaphore(5)", psycopg2_getconn, psycopg2_putconn
+    )
 
     def psycopg3(key: str, config: str, **extra: Any) -> None:
-        pool = psycopg_pool.ConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, open=True,
-                                           name=key, kwargs={"application_name": f"{APP_NAME}:{key}"}, **extra)
+        pool = psycopg_pool.ConnectionPool(
+            dsn,
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE,
+            open=True,
+            name=key,
+            kwargs={"application_name": f"{APP_NAME}:{key}"},
+            **extra,
+        )
         stack.callback(pool.close)
         pool.wait(timeout=30)
         found[key] = Contender(key, "psycopg_pool", config, pool.getconn, pool.putconn)
 
     psycopg3("psycopg_pool", "ConnectionPool(min_size=5, max_size=5)")
-    psycopg3("psycopg_pool_check", "ConnectionPool(..., check=ConnectionPool.check_connection)",
-             check=psycopg_pool.ConnectionPool.check_connection)
+    psycopg3(
+        "psycopg_pool_check",
+        "ConnectionPool(..., check=ConnectionPool.check_connection)",
+        check=psycopg_pool.ConnectionPool.check_connection,
+    )
 
     def alchemy(key: str, config: str, **extra: Any) -> None:
         engine = _sqlalchemy_engine(dsn, pool_size=POOL_SIZE, max_overflow=0, **extra)
@@ -122,8 +148,13 @@ def build_contenders(dsn: str, stack: ExitStack) -> dict[str, Contender]:
     alchemy("sqlalchemy_pre_ping", "create_engine(..., pool_pre_ping=True).raw_connection()", pool_pre_ping=True)
 
     connect_kwargs = {"application_name": f"{APP_NAME}:connect"}
-    found["connect"] = Contender("connect", "connect", "psycopg2.connect() + close() per operation",
-                                 lambda: psycopg2.connect(dsn, **connect_kwargs), _close)
+    found["connect"] = Contender(
+        "connect",
+        "connect",
+        "psycopg2.connect() + close() per operation",
+        lambda: psycopg2.connect(dsn, **connect_kwargs),
+        _close,
+    )
     return found
 
 

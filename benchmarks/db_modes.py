@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 MODE_ENV = "BENCH_DB_MODE"
 MODES = ("pool", "connect", "floor")

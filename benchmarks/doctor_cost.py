@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from forkpool.doctor.discovery import find_servers, find_trees
@@ -35,10 +35,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--refreshes", type=int, default=30)
     args = parser.parse_args()
-    started_at, load_before = datetime.now(timezone.utc), os.getloadavg()
+    started_at, load_before = datetime.now(UTC), os.getloadavg()
     with EmbeddedPostgres(max_connections=100) as pg, EmbeddedRedis() as rd, tempfile.TemporaryDirectory() as tmp:
-        plan = SuitePlan(database_url=pg.url, redis_url=rd.url, suite_id=f"cost{uuid.uuid4().hex[:6]}",
-                         web_workers=9, worker_concurrency=9, pool_size=2)
+        plan = SuitePlan(
+            database_url=pg.url,
+            redis_url=rd.url,
+            suite_id=f"cost{uuid.uuid4().hex[:6]}",
+            web_workers=9,
+            worker_concurrency=9,
+            pool_size=2,
+        )
         suite = start_suite(plan, Path(tmp) / "logs")
         try:
             masters = [suite.web.pid, suite.worker.pid]
@@ -63,24 +69,51 @@ def main() -> int:
             command_ms = []
             for _ in range(5):
                 started = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "forkpool", "doctor", "--json", "--pid", str(masters[0]),
-                                "--pid", str(masters[1]), "--dsn", pg.url, "--redis-url", rd.url, "--pool-size", "2"],
-                               capture_output=True, check=False, timeout=60)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "forkpool",
+                        "doctor",
+                        "--json",
+                        "--pid",
+                        str(masters[0]),
+                        "--pid",
+                        str(masters[1]),
+                        "--dsn",
+                        pg.url,
+                        "--redis-url",
+                        rd.url,
+                        "--pool-size",
+                        "2",
+                    ],
+                    capture_output=True,
+                    check=False,
+                    timeout=60,
+                )
                 command_ms.append((time.perf_counter() - started) * 1000)
         finally:
             suite.stop()
     load_after = os.getloadavg()
-    print(f"run at {started_at:%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores; load average (1, 5, 15 min) "
-          f"before {_load(load_before)}, after {_load(load_after)}")
+    print(
+        f"run at {started_at:%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores; load average (1, 5, 15 min) "
+        f"before {_load(load_before)}, after {_load(load_after)}"
+    )
     print(f"processes examined: {len(processes)}; error findings: {sum(f.severity == 'error' for f in findings)}")
-    print(f"refresh (trees + servers + sockets + sessions + findings): median {statistics.median(refresh_ms):.1f} ms, "
-          f"max {max(refresh_ms):.1f} ms over {len(refresh_ms)}")
-    print(f"  of which: trees {statistics.median(trees_ms):.1f} ms, servers (every process on the host: "
-          f"{host_processes}) {statistics.median(servers_ms):.1f} ms, sockets and sessions (survey) "
-          f"{statistics.median(survey_ms):.1f} ms (medians)")
+    print(
+        f"refresh (trees + servers + sockets + sessions + findings): median {statistics.median(refresh_ms):.1f} ms, "
+        f"max {max(refresh_ms):.1f} ms over {len(refresh_ms)}"
+    )
+    print(
+        f"  of which: trees {statistics.median(trees_ms):.1f} ms, servers (every process on the host: "
+        f"{host_processes}) {statistics.median(servers_ms):.1f} ms, sockets and sessions (survey) "
+        f"{statistics.median(survey_ms):.1f} ms (medians)"
+    )
     print(f"  doctor's own CPU time per refresh: median {statistics.median(cpu_ms):.1f} ms")
-    print(f"whole command, interpreter start included: median {statistics.median(command_ms):.0f} ms over "
-          f"{len(command_ms)}")
+    print(
+        f"whole command, interpreter start included: median {statistics.median(command_ms):.0f} ms over "
+        f"{len(command_ms)}"
+    )
     return 0
 
 

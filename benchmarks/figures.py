@@ -20,7 +20,7 @@ def spread(values: list[float]) -> dict[str, float] | None:
 
 
 def paired(numerators: list[float], denominators: list[float]) -> list[float]:
-    return [a / b for a, b in zip(numerators, denominators) if b]
+    return [a / b for a, b in zip(numerators, denominators, strict=False) if b]
 
 
 def summarize(results: dict[str, dict[str, Series]], contenders: dict[str, Contender]) -> dict[str, Any]:
@@ -41,20 +41,33 @@ def summarize(results: dict[str, dict[str, Series]], contenders: dict[str, Conte
             rows[column] = {
                 "contender": key,
                 "config": contenders[key].config,
-                "role": "ours" if column in ("ours", OURS_PSYCOPG) else "diagnostic" if column in DIAGNOSTICS
+                "role": "ours"
+                if column in ("ours", OURS_PSYCOPG)
+                else "diagnostic"
+                if column in DIAGNOSTICS
                 else "peer",
                 "driver": "psycopg 3" if column in PSYCOPG3_COLUMNS else "psycopg2",
                 "ns_per_op": spread(series.ns),
                 "ratio_to_ours": spread(ratios),
                 "ratio_to_ours_psycopg": spread(same_driver),
                 "fairness": spread(series.fairness),
-                "per_round": {"ns_per_op": series.ns, "ratio_to_ours": ratios,
-                              "ratio_to_ours_psycopg": same_driver or None,
-                              "fairness": series.fairness or None, "ops": series.ops},
+                "per_round": {
+                    "ns_per_op": series.ns,
+                    "ratio_to_ours": ratios,
+                    "ratio_to_ours_psycopg": same_driver or None,
+                    "fairness": series.fairness or None,
+                    "ops": series.ops,
+                },
             }
-        scenarios[scenario.key] = {"label": scenario.label, "op": scenario.op, "threads": scenario.threads,
-                                   "health_checks": scenario.checks, "pool_size": POOL_SIZE,
-                                   "results": rows, "not_applicable": na}
+        scenarios[scenario.key] = {
+            "label": scenario.label,
+            "op": scenario.op,
+            "threads": scenario.threads,
+            "health_checks": scenario.checks,
+            "pool_size": POOL_SIZE,
+            "results": rows,
+            "not_applicable": na,
+        }
     return scenarios
 
 
@@ -69,13 +82,19 @@ def derive(scenarios: dict[str, Any]) -> dict[str, Any]:
 
     plain = ("checkout_1t", "checkout_8t", "select1_1t", "select1_8t")
     on_off = {key: spread(paired(per_round(key, "ours"), per_round(key, "ours_nocheck"))) for key in plain}
-    on_off_psycopg = {key: spread(paired(per_round(key, OURS_PSYCOPG), per_round(key, "ours_psycopg_nocheck")))
-                      for key in plain}
+    on_off_psycopg = {
+        key: spread(paired(per_round(key, OURS_PSYCOPG), per_round(key, "ours_psycopg_nocheck"))) for key in plain
+    }
     # (c) against (b), paired by round index: what turning checks on costs each pool as configured.
-    c_vs_b = {family: {threads: spread(paired(per_round(f"checked_select1_{threads}", family),
-                                              per_round(f"select1_{threads}", family)))
-                       for threads in ("1t", "8t")}
-              for family in ("ours", OURS_PSYCOPG, "psycopg_pool", "sqlalchemy")}
+    c_vs_b = {
+        family: {
+            threads: spread(
+                paired(per_round(f"checked_select1_{threads}", family), per_round(f"select1_{threads}", family))
+            )
+            for threads in ("1t", "8t")
+        }
+        for family in ("ours", OURS_PSYCOPG, "psycopg_pool", "sqlalchemy")
+    }
 
     goals = []
 
@@ -86,28 +105,61 @@ def derive(scenarios: dict[str, Any]) -> dict[str, Any]:
     for scenario in ("checkout_1t", "checkout_8t"):
         for peer in ("psycopg2", "psycopg_pool"):
             ratio = median_of(scenario, peer, "ratio_to_ours")
-            goal("psycopg2", f"checkout + return at most half the cost of {peer}'s ({scenario})", ratio,
-                 f"{peer} / ours >= {GOAL_CHECKOUT_RATIO}", ratio is not None and ratio >= GOAL_CHECKOUT_RATIO)
+            goal(
+                "psycopg2",
+                f"checkout + return at most half the cost of {peer}'s ({scenario})",
+                ratio,
+                f"{peer} / ours >= {GOAL_CHECKOUT_RATIO}",
+                ratio is not None and ratio >= GOAL_CHECKOUT_RATIO,
+            )
     for scenario in (s.key for s in SCENARIOS if s.windowed):
         fair = median_of(scenario, "ours", "fairness")
-        goal("psycopg2", f"fairness with {THREADS} threads ({scenario})", fair, f">= {GOAL_FAIRNESS}",
-             fair is not None and fair >= GOAL_FAIRNESS)
+        goal(
+            "psycopg2",
+            f"fairness with {THREADS} threads ({scenario})",
+            fair,
+            f">= {GOAL_FAIRNESS}",
+            fair is not None and fair >= GOAL_FAIRNESS,
+        )
     overhead = on_off["select1_8t"]["median"] if on_off["select1_8t"] else None
-    goal("psycopg2", "health checks on cost < 5% on a busy pool (select1_8t, ours / ours_nocheck)", overhead,
-         f"<= {GOAL_CHECK_OVERHEAD}", overhead is not None and overhead <= GOAL_CHECK_OVERHEAD)
+    goal(
+        "psycopg2",
+        "health checks on cost < 5% on a busy pool (select1_8t, ours / ours_nocheck)",
+        overhead,
+        f"<= {GOAL_CHECK_OVERHEAD}",
+        overhead is not None and overhead <= GOAL_CHECK_OVERHEAD,
+    )
 
     # psycopg 3: ours on psycopg 3 against psycopg_pool, the same driver on both sides, paired per round.
     for scenario in ("checkout_1t", "checkout_8t"):
         ratio = median_of(scenario, "psycopg_pool", "ratio_to_ours_psycopg")
-        goal("psycopg 3", f"checkout + return at most half the cost of psycopg_pool's ({scenario})", ratio,
-             f"psycopg_pool / ours_psycopg >= {GOAL_CHECKOUT_RATIO}",
-             ratio is not None and ratio >= GOAL_CHECKOUT_RATIO)
+        goal(
+            "psycopg 3",
+            f"checkout + return at most half the cost of psycopg_pool's ({scenario})",
+            ratio,
+            f"psycopg_pool / ours_psycopg >= {GOAL_CHECKOUT_RATIO}",
+            ratio is not None and ratio >= GOAL_CHECKOUT_RATIO,
+        )
     for scenario in (s.key for s in SCENARIOS if s.windowed):
         fair = median_of(scenario, OURS_PSYCOPG, "fairness")
-        goal("psycopg 3", f"fairness with {THREADS} threads ({scenario}, ours_psycopg)", fair, f">= {GOAL_FAIRNESS}",
-             fair is not None and fair >= GOAL_FAIRNESS)
+        goal(
+            "psycopg 3",
+            f"fairness with {THREADS} threads ({scenario}, ours_psycopg)",
+            fair,
+            f">= {GOAL_FAIRNESS}",
+            fair is not None and fair >= GOAL_FAIRNESS,
+        )
     overhead = on_off_psycopg["select1_8t"]["median"] if on_off_psycopg["select1_8t"] else None
-    goal("psycopg 3", "health checks on cost < 5% on a busy pool (select1_8t, ours_psycopg / ours_psycopg_nocheck)",
-         overhead, f"<= {GOAL_CHECK_OVERHEAD}", overhead is not None and overhead <= GOAL_CHECK_OVERHEAD)
-    return {"ours_checks_on_vs_off": on_off, "ours_psycopg_checks_on_vs_off": on_off_psycopg,
-            "checks_c_vs_b": c_vs_b, "goals": goals}
+    goal(
+        "psycopg 3",
+        "health checks on cost < 5% on a busy pool (select1_8t, ours_psycopg / ours_psycopg_nocheck)",
+        overhead,
+        f"<= {GOAL_CHECK_OVERHEAD}",
+        overhead is not None and overhead <= GOAL_CHECK_OVERHEAD,
+    )
+    return {
+        "ours_checks_on_vs_off": on_off,
+        "ours_psycopg_checks_on_vs_off": on_off_psycopg,
+        "checks_c_vs_b": c_vs_b,
+        "goals": goals,
+    }

@@ -38,14 +38,15 @@ if _mode == "pool":
     from forkpool.gunicorn import on_exit, pre_fork, when_ready, worker_exit  # noqa: F401
     from forkpool.gunicorn import post_fork as _open_pool
 
-    def post_fork(server, worker):  # noqa: ANN001 - Gunicorn's hook signature
+    def post_fork(server, worker):  # Gunicorn's hook signature
         started = time.perf_counter()
         _open_pool(server, worker)  # detach anything inherited, open this worker's pool, wait until full
         record_startup("gunicorn", _mode, started, worker_class=_worker_class, **pool_state())
 
 else:
 
-    def post_fork(server, worker):  # noqa: ANN001
+    def post_fork(server, worker):
         # Nothing to open: connect opens per request, the floor on each thread's first request.
-        record_startup("gunicorn", _mode, time.perf_counter(), worker_class=_worker_class,
-                       pool_size=0, pool_min=0, full=True)
+        record_startup(
+            "gunicorn", _mode, time.perf_counter(), worker_class=_worker_class, pool_size=0, pool_min=0, full=True
+        )

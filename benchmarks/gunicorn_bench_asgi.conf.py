@@ -31,5 +31,5 @@ graceful_timeout = 10
 proc_name = f"bench-asgi-{_mode}"
 
 if _mode == "pool":
-    from forkpool.gunicorn import on_exit, pre_fork, when_ready, worker_exit  # noqa: F401
     from forkpool.gunicorn import asgi_post_fork as post_fork  # noqa: F401
+    from forkpool.gunicorn import on_exit, pre_fork, when_ready, worker_exit  # noqa: F401

@@ -153,6 +153,7 @@ class BargingMixin:
                 self._counts[keys.TIMEOUTS] += 1
             raise PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s (prototype S6)")
 
+
 def _variant(name: str, *mixins: type) -> type:
     return type(name, (*mixins, forkpool.Pool), {}) if mixins else forkpool.Pool
 
@@ -173,8 +174,16 @@ def step_costs(pool: forkpool.Pool) -> list[tuple[str, float]]:
     pool.putconn(conn)
     lock = threading.Lock()
     counts = dict.fromkeys(keys.COUNTERS, 0)
-    env = {"pool": pool, "entry": entry, "conn": conn, "lock": lock, "counts": counts, "keys": keys,
-           "time": time, "reset_for_reuse": reset_for_reuse}
+    env = {
+        "pool": pool,
+        "entry": entry,
+        "conn": conn,
+        "lock": lock,
+        "counts": counts,
+        "keys": keys,
+        "time": time,
+        "reset_for_reuse": reset_for_reuse,
+    }
     steps = [
         ("getconn() + putconn(), whole cycle", "pool.putconn(pool.getconn())"),
         ("pool._usable(entry) (time, suspect, poll)", "pool._usable(entry)"),
@@ -207,14 +216,17 @@ def profile(pool: forkpool.Pool, cycles: int) -> str:
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(14)
     lines = out.getvalue().splitlines()
     start = next(i for i, line in enumerate(lines) if "ncalls" in line)
-    return "\n".join(line.replace(os.path.dirname(os.path.dirname(forkpool.__file__)) + "/", "")
-                     for line in lines[start:] if line.strip())
+    return "\n".join(
+        line.replace(os.path.dirname(os.path.dirname(forkpool.__file__)) + "/", "")
+        for line in lines[start:]
+        if line.strip()
+    )
 
 
 def one_thread(pools: dict[str, Any], cycles: int, reps: int) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {name: [] for name in pools}
     names = list(pools)
-    for rep in range(reps):
+    for _rep in range(reps):
         random.shuffle(names)
         for name in names:
             get, put = pools[name]
@@ -225,11 +237,12 @@ def one_thread(pools: dict[str, Any], cycles: int, reps: int) -> dict[str, list[
     return found
 
 
-def eight_threads(pools: dict[str, Any], window: float, reps: int, kind: str = "checkout"
-                  ) -> dict[str, list[tuple[float, float]]]:
+def eight_threads(
+    pools: dict[str, Any], window: float, reps: int, kind: str = "checkout"
+) -> dict[str, list[tuple[float, float]]]:
     found: dict[str, list[tuple[float, float]]] = {name: [] for name in pools}
     names = list(pools)
-    for rep in range(reps):
+    for _rep in range(reps):
         random.shuffle(names)
         for name in names:
             get, put = pools[name]
@@ -242,7 +255,7 @@ def _windowed_cells(found: dict[str, list[tuple[float, float]]], name: str) -> l
     if name not in found:
         return ["-", "-", "-"]
     ns = [ns for ns, _ in found[name]]
-    ratio = statistics.median(a / b for a, b in zip(ns, (ns for ns, _ in found["ours"])))
+    ratio = statistics.median(a / b for a, b in zip(ns, (ns for ns, _ in found["ours"]), strict=False))
     return [f"{statistics.median(ns):,.0f}", f"{ratio:.2f}", f"{statistics.median(f for _, f in found[name]):.2f}"]
 
 
@@ -307,26 +320,51 @@ def main(argv: list[str] | None = None) -> int:
             one_thread(everyone, max(cycles // 10, 10), 1)
         single = one_thread(everyone, cycles, reps)
         # psycopg2's bare pool raises PoolError when 8 threads share 5 connections: 1 thread only.
-        multi = eight_threads({k: v for k, v in everyone.items() if k != "psycopg2 (bare)"}, window,
-                              max(reps // 5, 2))
-        with_query = eight_threads({k: v for k, v in everyone.items() if k != "psycopg2 (bare)"}, window,
-                                   max(reps // 5, 2), kind="select1")
+        multi = eight_threads({k: v for k, v in everyone.items() if k != "psycopg2 (bare)"}, window, max(reps // 5, 2))
+        with_query = eight_threads(
+            {k: v for k, v in everyone.items() if k != "psycopg2 (bare)"}, window, max(reps // 5, 2), kind="select1"
+        )
         base1 = single["ours"]
-        table = Table(title=f"3. prototypes: checkout + return; 1 thread ({reps} x {cycles:,} cycles: best and "
-                      f"median) and {THREADS} threads on {POOL_SIZE} ({len(multi['ours'])} x {window} s: median), "
-                      "without and with SELECT 1; ratios to ours paired by repetition, median",
-                      title_justify="left")
-        for header in ("variant", "1 thread best ns", "median ns", "/ ours", "8 threads ns/op", "/ ours",
-                       "fairness", "8 threads + SELECT 1 ns/op", "/ ours", "fairness", "what"):
+        table = Table(
+            title=f"3. prototypes: checkout + return; 1 thread ({reps} x {cycles:,} cycles: best and "
+            f"median) and {THREADS} threads on {POOL_SIZE} ({len(multi['ours'])} x {window} s: median), "
+            "without and with SELECT 1; ratios to ours paired by repetition, median",
+            title_justify="left",
+        )
+        for header in (
+            "variant",
+            "1 thread best ns",
+            "median ns",
+            "/ ours",
+            "8 threads ns/op",
+            "/ ours",
+            "fairness",
+            "8 threads + SELECT 1 ns/op",
+            "/ ours",
+            "fairness",
+            "what",
+        ):
             table.add_column(header, justify="left" if header in ("variant", "what") else "right")
         notes = {name: note for name, (_, note) in VARIANTS.items()}
-        notes.update({"psycopg2 (bare)": "reference: raises PoolError when exhausted",
-                      "psycopg2 + semaphore": "reference: as in pool_bench", "psycopg_pool": "reference"})
+        notes.update(
+            {
+                "psycopg2 (bare)": "reference: raises PoolError when exhausted",
+                "psycopg2 + semaphore": "reference: as in pool_bench",
+                "psycopg_pool": "reference",
+            }
+        )
         for name in everyone:
             ns1 = single[name]
-            r1 = statistics.median(a / b for a, b in zip(ns1, base1))
-            table.add_row(name, f"{min(ns1):,.0f}", f"{statistics.median(ns1):,.0f}", f"{r1:.2f}",
-                          *_windowed_cells(multi, name), *_windowed_cells(with_query, name), notes.get(name, ""))
+            r1 = statistics.median(a / b for a, b in zip(ns1, base1, strict=False))
+            table.add_row(
+                name,
+                f"{min(ns1):,.0f}",
+                f"{statistics.median(ns1):,.0f}",
+                f"{r1:.2f}",
+                *_windowed_cells(multi, name),
+                *_windowed_cells(with_query, name),
+                notes.get(name, ""),
+            )
         console.print(table)
     return 0
 

@@ -58,8 +58,9 @@ def installed(site: Path) -> dict[str, metadata.Distribution]:
 def closure(dists: dict[str, metadata.Distribution], root: str) -> set[str]:
     """Names of `root` and everything it requires as installed, extras followed (markers evaluated here)."""
     seen: set[str] = set()
-    todo: list[tuple[str, frozenset[str]]] = [(canonicalize_name(Requirement(root).name),
-                                               frozenset(Requirement(root).extras))]
+    todo: list[tuple[str, frozenset[str]]] = [
+        (canonicalize_name(Requirement(root).name), frozenset(Requirement(root).extras))
+    ]
     done: set[tuple[str, frozenset[str]]] = set()
     env = default_environment()
     while todo:
@@ -107,17 +108,24 @@ def measure(venv: Path, root: str) -> dict[str, Footprint]:
     dists = installed(site)
     needed = closure(dists, root)
     return {
-        "closure": Footprint(f"{root} and its requirements", len(needed),
-                             sum(recorded_bytes(dists[n]) for n in needed), tuple(sorted(needed))),
-        "environment": Footprint(f"whole site-packages of {venv}", len(dists), tree_bytes(site),
-                                 tuple(sorted(dists))),
+        "closure": Footprint(
+            f"{root} and its requirements",
+            len(needed),
+            sum(recorded_bytes(dists[n]) for n in needed),
+            tuple(sorted(needed)),
+        ),
+        "environment": Footprint(f"whole site-packages of {venv}", len(dists), tree_bytes(site), tuple(sorted(dists))),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="install_size", description=__doc__.split("\n\n")[0])
-    parser.add_argument("targets", nargs="*", metavar="VENV[:REQUIREMENT]",
-                        help="Default: this interpreter's environment, root forkpool-suite.")
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="VENV[:REQUIREMENT]",
+        help="Default: this interpreter's environment, root forkpool-suite.",
+    )
     parser.add_argument("--json", action="store_true", help="One JSON object per target instead of text.")
     args = parser.parse_args(argv)
     targets = args.targets or [f"{sys.prefix}:forkpool-suite"]

@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-WRK_INSTALL = ("wrk is not on PATH, so the Python load generator is used (lower, noisier figures). "
-               "Install wrk for the real run: Debian/Ubuntu `sudo apt-get install -y wrk`, "
-               "Fedora `sudo dnf install wrk`, macOS `brew install wrk`.")
+WRK_INSTALL = (
+    "wrk is not on PATH, so the Python load generator is used (lower, noisier figures). "
+    "Install wrk for the real run: Debian/Ubuntu `sudo apt-get install -y wrk`, "
+    "Fedora `sudo dnf install wrk`, macOS `brew install wrk`."
+)
 
 
 @dataclass
@@ -93,13 +95,29 @@ def parse_wrk(output: str) -> LoadResult:
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors += int(non_2xx.group(1)) if non_2xx else 0
-    return LoadResult("wrk", int(done.group(1)), errors, _ms(done.group(2) + done.group(3)) / 1000,
-                      float(rps.group(1)), _ms(percentiles["50"]), _ms(percentiles["99"]))
+    return LoadResult(
+        "wrk",
+        int(done.group(1)),
+        errors,
+        _ms(done.group(2) + done.group(3)) / 1000,
+        float(rps.group(1)),
+        _ms(percentiles["50"]),
+        _ms(percentiles["99"]),
+    )
 
 
 def run_wrk(path: str, url: str, connections: int, seconds: int, close: bool = False) -> LoadResult:
-    argv = [path, "-t1", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency", "--timeout", "10s",
-            *(["-H", "Connection: close"] if close else []), url]
+    argv = [
+        path,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(int(seconds), 1)}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        *(["-H", "Connection: close"] if close else []),
+        url,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited with {done.returncode}: {(done.stderr or done.stdout)[-800:]}")
@@ -155,5 +173,12 @@ def run_python(url: str, connections: int, seconds: float, close: bool = False) 
         thread.join()
     elapsed = time.perf_counter() - started
     every = sorted(x for mine in latencies for x in mine)
-    return LoadResult("python", len(every), sum(errors), elapsed, len(every) / elapsed,
-                      percentile(every, 0.5) * 1000, percentile(every, 0.99) * 1000)
+    return LoadResult(
+        "python",
+        len(every),
+        sum(errors),
+        elapsed,
+        len(every) / elapsed,
+        percentile(every, 0.5) * 1000,
+        percentile(every, 0.99) * 1000,
+    )

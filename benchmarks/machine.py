@@ -9,10 +9,11 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,10 +75,12 @@ def source_state() -> dict[str, Any]:
     for path in sorted((REPO_ROOT / "shared" / "forkpool").glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     dirty = _git("status", "--porcelain", "--", "shared")
-    return {"git_commit": _git("rev-parse", "HEAD"),
-            # _git() strips the output, and with it the first line's leading status blank: split instead.
-            "shared_dirty_files": [line.split(maxsplit=1)[-1] for line in dirty.splitlines()] if dirty else [],
-            "shared_sha256": digest.hexdigest()}
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        # _git() strips the output, and with it the first line's leading status blank: split instead.
+        "shared_dirty_files": [line.split(maxsplit=1)[-1] for line in dirty.splitlines()] if dirty else [],
+        "shared_sha256": digest.hexdigest(),
+    }
 
 
 def server_info(dsn: str, embedded: bool, app_name: str) -> dict[str, Any]:
@@ -97,9 +100,12 @@ def server_info(dsn: str, embedded: bool, app_name: str) -> dict[str, Any]:
             max_connections = int(cur.fetchone()[0])
     finally:
         conn.close()
-    return {"version": server_version, "banner": server_banner, "max_connections": max_connections,
-            "server": "embedded (harness.services.EmbeddedPostgres)" if embedded
-            else f"DATABASE_URL {redact_url(dsn)}"}
+    return {
+        "version": server_version,
+        "banner": server_banner,
+        "max_connections": max_connections,
+        "server": "embedded (harness.services.EmbeddedPostgres)" if embedded else f"DATABASE_URL {redact_url(dsn)}",
+    }
 
 
 def pool_bench_packages() -> dict[str, str | None]:
@@ -165,8 +171,9 @@ def suite_packages() -> dict[str, str | None]:
         "uvicorn": _version("uvicorn"),
         "uvicorn-worker": _version("uvicorn-worker"),
         "uvicorn event loop": "uvloop " + str(_version("uvloop")) if _version("uvloop") else "asyncio",
-        "uvicorn HTTP parser": ("httptools " + str(_version("httptools")) if _version("httptools")
-                                else f"h11 {_version('h11')}"),
+        "uvicorn HTTP parser": (
+            "httptools " + str(_version("httptools")) if _version("httptools") else f"h11 {_version('h11')}"
+        ),
     }
 
 
@@ -179,8 +186,12 @@ def machine_info(dsn: str, embedded: bool, app_name: str, packages: dict[str, st
         "memory": _mem_total(),
         "platform": platform.platform(),
         "load_average_at_start": load_average(),
-        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
-                   "build": " ".join(platform.python_build()), "switch_interval_s": sys.getswitchinterval()},
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "build": " ".join(platform.python_build()),
+            "switch_interval_s": sys.getswitchinterval(),
+        },
         "postgresql": server_info(dsn, embedded, app_name),
         "packages": packages,
         "source": source_state(),
@@ -193,25 +204,34 @@ def load_average() -> list[float] | None:
 
 def machine_markdown(machine: dict[str, Any], extra_rows: Iterable[tuple[str, str]] = ()) -> list[str]:
     """The "## Machine" section: a two-column table, `extra_rows` after PostgreSQL."""
-    load = " / ".join(", ".join(f"{x:.2f}" for x in machine.get(key) or []) or "-"
-                      for key in ("load_average_at_start", "load_average_at_end"))
-    lines = ["## Machine", "", "| | |", "|---|---|",
-             f"| CPU | {machine['cpu_model']} |",
-             f"| cores | {machine['cpu_count']} ({machine['cpus_usable']} usable) |",
-             f"| memory | {machine['memory']} |",
-             f"| platform | {machine['platform']} |",
-             f"| load average (1, 5, 15 min) at start / end | {load} |",
-             f"| CPU use during the run | {cpu_use_text(machine.get('cpu_use'))} |",
-             f"| Python | {machine['python']['version']} ({machine['python']['implementation']}) |",
-             f"| PostgreSQL | {machine['postgresql']['version']}, {machine['postgresql']['server']} |"]
+    load = " / ".join(
+        ", ".join(f"{x:.2f}" for x in machine.get(key) or []) or "-"
+        for key in ("load_average_at_start", "load_average_at_end")
+    )
+    lines = [
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {machine['cpu_model']} |",
+        f"| cores | {machine['cpu_count']} ({machine['cpus_usable']} usable) |",
+        f"| memory | {machine['memory']} |",
+        f"| platform | {machine['platform']} |",
+        f"| load average (1, 5, 15 min) at start / end | {load} |",
+        f"| CPU use during the run | {cpu_use_text(machine.get('cpu_use'))} |",
+        f"| Python | {machine['python']['version']} ({machine['python']['implementation']}) |",
+        f"| PostgreSQL | {machine['postgresql']['version']}, {machine['postgresql']['server']} |",
+    ]
     lines += [f"| {name} | {value} |" for name, value in extra_rows]
     for name, version in machine["packages"].items():
         lines.append(f"| {name} | {version} |")
     source = machine["source"]
     dirty = ", ".join(source["shared_dirty_files"]) or "none"
-    lines += [f"| git commit | {source['git_commit']} |",
-              f"| shared/ uncommitted changes | {dirty} |",
-              f"| shared/forkpool/*.py sha256 | {source['shared_sha256'][:16]} |"]
+    lines += [
+        f"| git commit | {source['git_commit']} |",
+        f"| shared/ uncommitted changes | {dirty} |",
+        f"| shared/forkpool/*.py sha256 | {source['shared_sha256'][:16]} |",
+    ]
     return lines
 
 
@@ -233,7 +253,7 @@ def _proc_cpu(pid: int, reaped: bool = False) -> tuple[int, float] | None:
     `reaped`, plus those of its children that exited and were waited for (cutime, cstime)."""
     try:
         rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(rest[1]), sum(int(x) for x in rest[11:15 if reaped else 13]) / _TICK
+        return int(rest[1]), sum(int(x) for x in rest[11 : 15 if reaped else 13]) / _TICK
     except (OSError, ValueError, IndexError):
         return None
 
@@ -295,38 +315,48 @@ class CpuMeter:
         if stat is None or self._stat is None:
             return None
         seconds = time.monotonic() - self._began
-        delta = [b - a for a, b in zip(self._stat, stat)]
+        delta = [b - a for a, b in zip(self._stat, stat, strict=False)]
         total = sum(delta) or 1
         capacity = seconds * (os.cpu_count() or 1)  # CPU seconds the machine had
         busy = (total - delta[3] - delta[4]) / total  # all but idle and iowait
         own = (mine - self._self) / capacity
-        served = sum(cpu - self._server.get(pid, 0.0) for pid, cpu in server.items()) / capacity \
-            if self.postmaster else None
-        return {"seconds": round(seconds, 1), "cpus": os.cpu_count(),
-                "machine_busy_pct": round(100 * busy, 1), "steal_pct": round(100 * delta[7] / total, 1),
-                "this_process_pct": round(100 * own, 1),
-                "server_pct": None if served is None else round(100 * served, 1),
-                "others_pct": round(100 * max(busy - own - (served or 0.0), 0.0), 1)}
+        served = (
+            sum(cpu - self._server.get(pid, 0.0) for pid, cpu in server.items()) / capacity if self.postmaster else None
+        )
+        return {
+            "seconds": round(seconds, 1),
+            "cpus": os.cpu_count(),
+            "machine_busy_pct": round(100 * busy, 1),
+            "steal_pct": round(100 * delta[7] / total, 1),
+            "this_process_pct": round(100 * own, 1),
+            "server_pct": None if served is None else round(100 * served, 1),
+            "others_pct": round(100 * max(busy - own - (served or 0.0), 0.0), 1),
+        }
 
 
 def cpu_use_text(use: dict[str, Any] | None) -> str:
     if not use:
         return "-"
     server = "" if use["server_pct"] is None else f", its PostgreSQL {use['server_pct']} %"
-    return (f"{use['machine_busy_pct']} % busy over {use['seconds']} s on {use['cpus']} CPUs: "
-            f"this benchmark {use['this_process_pct']} %{server}, everything else {use['others_pct']} % "
-            f"(steal {use['steal_pct']} %)")
+    return (
+        f"{use['machine_busy_pct']} % busy over {use['seconds']} s on {use['cpus']} CPUs: "
+        f"this benchmark {use['this_process_pct']} %{server}, everything else {use['others_pct']} % "
+        f"(steal {use['steal_pct']} %)"
+    )
 
 
-def run_context_line(load_start: list[float] | None, use: dict[str, Any] | None, versions: str = "",
-                     quick: bool = False) -> str:
+def run_context_line(
+    load_start: list[float] | None, use: dict[str, Any] | None, versions: str = "", quick: bool = False
+) -> str:
     """A text result's context: load at start and end, CPU use, versions, the commit and shared/ changes."""
     source = source_state()
     loads = " / ".join(", ".join(f"{x:.2f}" for x in found or []) for found in (load_start, load_average()))
-    return (f"Load average (1, 5, 15 min) at start / end: {loads}; CPU: {cpu_use_text(use)}; "
-            f"Python {sys.version.split()[0]}{', ' + versions if versions else ''}; commit {source['git_commit']}, "
-            f"shared/ dirty: {', '.join(source['shared_dirty_files']) or 'none'}"
-            + ("; --quick: figures meaningless" if quick else ""))
+    return (
+        f"Load average (1, 5, 15 min) at start / end: {loads}; CPU: {cpu_use_text(use)}; "
+        f"Python {sys.version.split()[0]}{', ' + versions if versions else ''}; commit {source['git_commit']}, "
+        f"shared/ dirty: {', '.join(source['shared_dirty_files']) or 'none'}"
+        + ("; --quick: figures meaningless" if quick else "")
+    )
 
 
 def save_text_result(out_dir: Path, name: str, started: datetime, text: str, label: str = "results") -> Path:

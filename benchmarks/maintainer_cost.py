@@ -121,8 +121,9 @@ def pythons(chosen: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", action="append", default=[], help="a Python to probe (repeatable)")
-    parser.add_argument("--library", metavar="DIR",
-                        help="also probe the forkpool package under DIR (e.g. an older checkout's shared/)")
+    parser.add_argument(
+        "--library", metavar="DIR", help="also probe the forkpool package under DIR (e.g. an older checkout's shared/)"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="probes per Python and library, interleaved")
     parser.add_argument("--quick", action="store_true", help="fewer forks, a shorter idle (a smoke run)")
     parser.add_argument("--probe", metavar="DSN", help=argparse.SUPPRESS)
@@ -139,22 +140,32 @@ def main(argv: list[str] | None = None) -> int:
     libraries = [("this", None)] + ([("other", args.library)] if args.library else [])
     with services(need_redis=False) as found:
         print(f"{POOLS} pools of 2, {FORKS} forks, {IDLE:.0f} s idle; 'other': {args.library}")
-        print(f"{'python':>7} {'forkpool':>8} {'warned':>8} {'fork µs':>8} {'end µs':>7} {'restart µs':>10} "
-              f"{'get+put µs':>11} {'idle CPU ms/s':>14} {'threads':>8}")
+        print(
+            f"{'python':>7} {'forkpool':>8} {'warned':>8} {'fork µs':>8} {'end µs':>7} {'restart µs':>10} "
+            f"{'get+put µs':>11} {'idle CPU ms/s':>14} {'threads':>8}"
+        )
         for python in pythons(args.python):
             for _ in range(args.rounds):
                 for label, library in libraries:
                     path = f"{library}{os.pathsep}{ROOT}" if library else str(ROOT)
                     env = {**os.environ, "PYTHONPATH": path}
-                    out = subprocess.run([python, "-m", "benchmarks.maintainer_cost", "--probe", found.database_url],
-                                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+                    out = subprocess.run(
+                        [python, "-m", "benchmarks.maintainer_cost", "--probe", found.database_url],
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                        cwd=ROOT,
+                        timeout=300,
+                    )
                     if out.returncode:
                         print(f"{python}: probe failed: {out.stderr.strip().splitlines()[-1:]}")
                         continue
                     r = json.loads(out.stdout.strip().splitlines()[-1])
-                    print(f"{r['python']:>7.2f} {label:>8} {int(r['warned']):>4}/{int(r['forks']):<3} {r['fork_us']:>8.0f} "
-                          f"{r['end_us']:>7.0f} {r['restart_us']:>10.0f} "
-                          f"{r['cycle_us']:>11.2f} {r['idle_cpu_ms_per_s']:>14.3f} {int(r['threads_idle']):>8}")
+                    print(
+                        f"{r['python']:>7.2f} {label:>8} {int(r['warned']):>4}/{int(r['forks']):<3} {r['fork_us']:>8.0f} "
+                        f"{r['end_us']:>7.0f} {r['restart_us']:>10.0f} "
+                        f"{r['cycle_us']:>11.2f} {r['idle_cpu_ms_per_s']:>14.3f} {int(r['threads_idle']):>8}"
+                    )
     return 0
 
 

@@ -58,17 +58,16 @@ import random
 import sys
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .contenders import APP_NAME, POOL_SIZE, build_contenders
 from .figures import derive, summarize
 from .machine import CpuMeter, load_average, machine_info, pool_bench_packages, postmaster_pid
 from .output import print_report, write_results
-from .scenarios import PASSES_8T, SCENARIOS, SETTLE, THREADS, Plan, run_rounds
 
 # Re-exported for callers of the former single module (benchmarks.hotpath imports these from here).
-from .scenarios import make_op, run_window
+from .scenarios import PASSES_8T, SCENARIOS, SETTLE, THREADS, Plan, make_op, run_rounds, run_window
 
 __all__ = ["POOL_SIZE", "THREADS", "main", "make_op", "parse_args", "run_window"]
 
@@ -80,18 +79,30 @@ QUICK = dict(rounds=2, ops=300, window=0.05)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pool_bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pool_bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, help=f"measured rounds (default {DEFAULTS['rounds']})")
-    parser.add_argument("--ops", type=int, help="operations per round for 1-thread checkout + return "
-                        f"(default {DEFAULTS['ops']}); SELECT 1 uses ops/40, connect-per-operation ops/700")
+    parser.add_argument(
+        "--ops",
+        type=int,
+        help="operations per round for 1-thread checkout + return "
+        f"(default {DEFAULTS['ops']}); SELECT 1 uses ops/40, connect-per-operation ops/700",
+    )
     parser.add_argument("--select-ops", type=int, help="operations per round for 1-thread SELECT 1 (default ops/40)")
-    parser.add_argument("--connect-ops", type=int, help="operations per round for connect per operation "
-                        "(default ops/700)")
-    parser.add_argument("--window", type=float, help="seconds each pass of an 8-thread run lasts, "
-                        f"{PASSES_8T} passes a round (default {DEFAULTS['window']})")
-    parser.add_argument("--quick", action="store_true", help="tiny rounds: checks that everything runs, "
-                        "figures meaningless")
+    parser.add_argument(
+        "--connect-ops", type=int, help="operations per round for connect per operation (default ops/700)"
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        help=f"seconds each pass of an 8-thread run lasts, {PASSES_8T} passes a round (default {DEFAULTS['window']})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny rounds: checks that everything runs, figures meaningless"
+    )
     parser.add_argument("--seed", type=int, help="seed of the shuffling (default: random, recorded)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
@@ -115,9 +126,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = Plan(rounds=args.rounds, ops=args.ops, select_ops=args.select_ops, connect_ops=args.connect_ops,
-                window=args.window, seed=args.seed, quick=args.quick)
-    started_at = datetime.now(timezone.utc)
+    plan = Plan(
+        rounds=args.rounds,
+        ops=args.ops,
+        select_ops=args.select_ops,
+        connect_ops=args.connect_ops,
+        window=args.window,
+        seed=args.seed,
+        quick=args.quick,
+    )
+    started_at = datetime.now(UTC)
     began = time.monotonic()
 
     def progress(message: str) -> None:
@@ -148,9 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         "format": 1,
         "started_utc": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": round(time.monotonic() - began, 1),
-        "config": {"rounds": plan.rounds, "ops": plan.ops, "select_ops": plan.select_ops,
-                   "connect_ops": plan.connect_ops, "window_s": plan.window, "threads": THREADS,
-                   "pool_size": POOL_SIZE, "seed": plan.seed, "quick": plan.quick, "settle_s": SETTLE},
+        "config": {
+            "rounds": plan.rounds,
+            "ops": plan.ops,
+            "select_ops": plan.select_ops,
+            "connect_ops": plan.connect_ops,
+            "window_s": plan.window,
+            "threads": THREADS,
+            "pool_size": POOL_SIZE,
+            "seed": plan.seed,
+            "quick": plan.quick,
+            "settle_s": SETTLE,
+        },
         "machine": machine,
         "contenders": {key: {"family": c.family, "config": c.config} for key, c in contenders.items()},
         "scenarios": scenarios,

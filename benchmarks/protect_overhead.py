@@ -24,11 +24,11 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 from sqlalchemy import create_engine, text
 
@@ -58,8 +58,9 @@ def checkout_select(engine, ops: int) -> tuple[float, float]:
     return (time.thread_time() - cpu) / ops * 1e6, (time.perf_counter() - wall) / ops * 1e6
 
 
-def scenario(name: str, loop: Loop, count: int, engines: dict[str, object], rounds: int,
-             rng: random.Random) -> list[str]:
+def scenario(
+    name: str, loop: Loop, count: int, engines: dict[str, object], rounds: int, rng: random.Random
+) -> list[str]:
     for engine in engines.values():
         loop(engine, max(count // 10, 1))  # warm: the pool is full, the code paths hot
     cpu: dict[str, list[float]] = {label: [] for label in engines}
@@ -73,16 +74,18 @@ def scenario(name: str, loop: Loop, count: int, engines: dict[str, object], roun
             wall[label].append(took)
     out = [f"{name} ({rounds} rounds x {count} ops, µs per op, median of rounds):"]
     for kind, times in (("CPU (this thread)", cpu), ("wall", wall)):
-        ratios = [p / u for p, u in zip(times["protected"], times["unprotected"])]
-        controls = [c / u for c, u in zip(times["control"], times["unprotected"])]
+        ratios = [p / u for p, u in zip(times["protected"], times["unprotected"], strict=False)]
+        controls = [c / u for c, u in zip(times["control"], times["unprotected"], strict=False)]
         ratio, control = statistics.median(ratios), statistics.median(controls)
-        out += [f"  {kind}: " + ", ".join(f"{label} {statistics.median(v):.2f}" for label, v in times.items()),
-                f"    protected / unprotected   median {ratio:.3f}  95 % {_interval(ratios, rng)}  (middle half "
-                f"{_quartiles(ratios)}, rounds {min(ratios):.3f}-{max(ratios):.3f})",
-                f"    A/A control / unprotected median {control:.3f}  95 % {_interval(controls, rng)}  (middle half "
-                f"{_quartiles(controls)}, rounds {min(controls):.3f}-{max(controls):.3f})",
-                f"    goal <= {GOAL:.2f}: {'met' if ratio <= GOAL else 'missed'}; "
-                f"|protected - 1| = {abs(ratio - 1):.3f} against the A/A's |control - 1| = {abs(control - 1):.3f}"]
+        out += [
+            f"  {kind}: " + ", ".join(f"{label} {statistics.median(v):.2f}" for label, v in times.items()),
+            f"    protected / unprotected   median {ratio:.3f}  95 % {_interval(ratios, rng)}  (middle half "
+            f"{_quartiles(ratios)}, rounds {min(ratios):.3f}-{max(ratios):.3f})",
+            f"    A/A control / unprotected median {control:.3f}  95 % {_interval(controls, rng)}  (middle half "
+            f"{_quartiles(controls)}, rounds {min(controls):.3f}-{max(controls):.3f})",
+            f"    goal <= {GOAL:.2f}: {'met' if ratio <= GOAL else 'missed'}; "
+            f"|protected - 1| = {abs(ratio - 1):.3f} against the A/A's |control - 1| = {abs(control - 1):.3f}",
+        ]
     return [*out, ""]
 
 
@@ -99,9 +102,11 @@ def _quartiles(values: list[float]) -> str:
 
 def measure(url: str, rounds: int, ops: int, seed: int, meter) -> tuple[list[str], dict | None]:
     """The figures, and the CPU use read before the engines let their server sessions go (so it counts them)."""
-    engines = {"unprotected": create_engine(url, pool_size=5, max_overflow=0),
-               "control": create_engine(url, pool_size=5, max_overflow=0),
-               "protected": forkpool.protect(create_engine(url, pool_size=5, max_overflow=0))}
+    engines = {
+        "unprotected": create_engine(url, pool_size=5, max_overflow=0),
+        "control": create_engine(url, pool_size=5, max_overflow=0),
+        "protected": forkpool.protect(create_engine(url, pool_size=5, max_overflow=0)),
+    }
     rng = random.Random(seed)
     out = [f"Pool events with listeners: {', '.join(f'{k} {describe(e)}' for k, e in engines.items())}", ""]
     try:
@@ -121,8 +126,7 @@ def describe(engine) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.protect_overhead",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.protect_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--ops", type=int, default=5000, help="checkouts per round and engine (a tenth with SELECT 1)")
     parser.add_argument("--seed", type=int, default=7, help="the rounds' shuffle")
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .machine import CpuMeter, postmaster_pid
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     out = [f"# protect_overhead {started:%Y-%m-%dT%H:%M:%SZ}", __doc__.split("\n\n", 2)[2].strip(), ""]
     load_start = load_average()
     os.environ.setdefault("SUITE_ID", "protect-overhead")
@@ -173,8 +177,11 @@ def _mariadb_version() -> str:
     from harness.services import mariadb_binaries
 
     try:
-        return subprocess.run([mariadb_binaries()[0], "--version"], capture_output=True, text=True,
-                              timeout=10).stdout.split(" Ver ")[-1].split()[0]
+        return (
+            subprocess.run([mariadb_binaries()[0], "--version"], capture_output=True, text=True, timeout=10)
+            .stdout.split(" Ver ")[-1]
+            .split()[0]
+        )
     except Exception:  # noqa: BLE001 - a label only
         return "?"
 

@@ -29,10 +29,11 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .aio_contenders import POOL_SIZE, psycopg_transaction
 from .aio_scenarios import TASKS
@@ -43,8 +44,12 @@ from .machine import save_text_result
 from .scenarios import make_op, run_ops
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-GROUPS = {"forkpool": os.sep + "forkpool" + os.sep, "psycopg (3)": os.sep + "psycopg" + os.sep,
-          "psycopg2": os.sep + "psycopg2" + os.sep, "asyncio": os.sep + "asyncio" + os.sep}
+GROUPS = {
+    "forkpool": os.sep + "forkpool" + os.sep,
+    "psycopg (3)": os.sep + "psycopg" + os.sep,
+    "psycopg2": os.sep + "psycopg2" + os.sep,
+    "asyncio": os.sep + "asyncio" + os.sep,
+}
 
 
 def shares(stats: pstats.Stats) -> dict[str, float]:
@@ -54,8 +59,13 @@ def shares(stats: pstats.Stats) -> dict[str, float]:
     for (filename, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
         group = next((g for g, marker in GROUPS.items() if marker in filename), "other")
         if filename == "~":  # a C function: psycopg2's methods, psycopg 3's compiled part (psycopg_binary)
-            group = ("psycopg2" if "psycopg2." in name else "psycopg (3)" if "psycopg_binary" in name
-                     or "psycopg_c" in name else "other")
+            group = (
+                "psycopg2"
+                if "psycopg2." in name
+                else "psycopg (3)"
+                if "psycopg_binary" in name or "psycopg_c" in name
+                else "other"
+            )
         found[group] += row[2]
     return {g: t / total for g, t in found.items()}
 
@@ -75,8 +85,9 @@ def threaded(dsn: str, stack: ExitStack, ops: int, top: int) -> list[str]:
 
     sections = []
     for driver in ("psycopg", "psycopg2"):
-        pool = forkpool.Pool(build_settings(dsn=dsn, driver=driver, min_size=POOL_SIZE, max_size=POOL_SIZE),
-                             f"profile-{driver}")
+        pool = forkpool.Pool(
+            build_settings(dsn=dsn, driver=driver, min_size=POOL_SIZE, max_size=POOL_SIZE), f"profile-{driver}"
+        )
         stack.callback(pool.close)
         pool.open(wait=True)
         for kind, n in (("checkout", ops), ("select1", max(ops // 40, 50))):
@@ -161,11 +172,17 @@ async def measure_prototypes(dsn: str, window: float, rounds: int, tasks: int) -
     pools = {}
     try:
         for name, cls in prototypes().items():
-            pool = cls(build_settings(dsn=dsn, driver="psycopg", min_size=POOL_SIZE, max_size=POOL_SIZE), f"proto-{name}")
+            pool = cls(
+                build_settings(dsn=dsn, driver="psycopg", min_size=POOL_SIZE, max_size=POOL_SIZE), f"proto-{name}"
+            )
             pools[name] = pool
             await pool.open(wait=True)
-        ops = {name: aio_make_op("checkout", AioContender(name, "ours", "", p.getconn, p.putconn, psycopg_transaction),
-                                 True) for name, p in pools.items()}
+        ops = {
+            name: aio_make_op(
+                "checkout", AioContender(name, "ours", "", p.getconn, p.putconn, psycopg_transaction), True
+            )
+            for name, p in pools.items()
+        }
         for op in ops.values():
             await aio_run_window(op, tasks, window / 4)  # warm
         ns: dict[str, list[float]] = {name: [] for name in ops}
@@ -175,16 +192,20 @@ async def measure_prototypes(dsn: str, window: float, rounds: int, tasks: int) -
             rng.shuffle(order)
             for name in order + order[::-1]:
                 ns[name].append((await aio_run_window(ops[name], tasks, window)).ns_per_op)
-        per_round = {name: [sum(v[i:i + 2]) / 2 for i in range(0, len(v), 2)] for name, v in ns.items()}
+        per_round = {name: [sum(v[i : i + 2]) / 2 for i in range(0, len(v), 2)] for name, v in ns.items()}
     finally:
         for pool in pools.values():
             await pool.close()
-    lines = [f"\n== prototypes: acquire + yield + release, {tasks} tasks on {POOL_SIZE}, {rounds} rounds of 2 windows "
-             f"of {window} s each, shuffled; ratio to stock paired per round"]
+    lines = [
+        f"\n== prototypes: acquire + yield + release, {tasks} tasks on {POOL_SIZE}, {rounds} rounds of 2 windows "
+        f"of {window} s each, shuffled; ratio to stock paired per round"
+    ]
     for name, values in per_round.items():
-        ratios = [a / b for a, b in zip(values, per_round["stock"])]
-        lines.append(f"{name:8} {statistics.median(values):>10,.0f} ns/op (min {min(values):,.0f}, max {max(values):,.0f})"
-                     f"  / stock: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+        ratios = [a / b for a, b in zip(values, per_round["stock"], strict=False)]
+        lines.append(
+            f"{name:8} {statistics.median(values):>10,.0f} ns/op (min {min(values):,.0f}, max {max(values):,.0f})"
+            f"  / stock: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -194,19 +215,26 @@ async def asynchronous(dsn: str, ops: int, window: float, top: int) -> list[str]
 
     from .aio_contenders import AioContender
 
-    pool = forkpool.AsyncPool(build_settings(dsn=dsn, driver="psycopg", min_size=POOL_SIZE, max_size=POOL_SIZE),
-                              "profile-aio")
+    pool = forkpool.AsyncPool(
+        build_settings(dsn=dsn, driver="psycopg", min_size=POOL_SIZE, max_size=POOL_SIZE), "profile-aio"
+    )
     sections = []
     try:
         await pool.open(wait=True)
         contender = AioContender("ours", "ours", "", pool.getconn, pool.putconn, psycopg_transaction, pool=pool)
         cases: list[tuple[str, Callable[[], Any]]] = [
-            (f"forkpool.AsyncPool, checkout, 1 task, {ops} ops",
-             lambda: aio_run_ops(aio_make_op("checkout", contender, False), ops)),
-            (f"forkpool.AsyncPool, checkout + yield, {TASKS} tasks, {window} s window",
-             lambda: aio_run_window(aio_make_op("checkout", contender, True), TASKS, window)),
-            (f"forkpool.AsyncPool, BEGIN/SELECT 1/COMMIT, 1 task, {max(ops // 40, 50)} ops",
-             lambda: aio_run_ops(aio_make_op("select1", contender, False), max(ops // 40, 50))),
+            (
+                f"forkpool.AsyncPool, checkout, 1 task, {ops} ops",
+                lambda: aio_run_ops(aio_make_op("checkout", contender, False), ops),
+            ),
+            (
+                f"forkpool.AsyncPool, checkout + yield, {TASKS} tasks, {window} s window",
+                lambda: aio_run_window(aio_make_op("checkout", contender, True), TASKS, window),
+            ),
+            (
+                f"forkpool.AsyncPool, BEGIN/SELECT 1/COMMIT, 1 task, {max(ops // 40, 50)} ops",
+                lambda: aio_run_ops(aio_make_op("select1", contender, False), max(ops // 40, 50)),
+            ),
         ]
         for title, case in cases:
             await case()  # warm
@@ -228,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     ops, window = (500, 0.05) if args.quick else (20_000, 0.4)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     with ExitStack() as stack:
         dsn = os.environ.get("DATABASE_URL")
         if not dsn:
@@ -240,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         sections += asyncio.run(asynchronous(dsn, ops, window, args.top))
         for tasks, rounds in ((TASKS, 3 if args.quick else 10), (10 * TASKS, 2 if args.quick else 6)):
             sections.append(asyncio.run(measure_prototypes(dsn, window, rounds, tasks)))
-    head = (f"psycopg3_profile {started:%Y-%m-%dT%H:%M:%SZ}: Python {sys.version.split()[0]}, load average at start "
-            f"{', '.join(f'{x:.2f}' for x in load)}, at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    head = (
+        f"psycopg3_profile {started:%Y-%m-%dT%H:%M:%SZ}: Python {sys.version.split()[0]}, load average at start "
+        f"{', '.join(f'{x:.2f}' for x in load)}, at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+    )
     text = head + "".join(sections)
     save_text_result(args.out, "psycopg3_profile", started, text, label="written")
     return 0

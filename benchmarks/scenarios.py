@@ -12,8 +12,9 @@ import gc
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .contenders import Contender
 from .machine import load_average
@@ -39,10 +40,14 @@ SCENARIOS: list[Scenario] = [
     Scenario("checkout_8t", "(a) checkout + return, 8 threads, pool of 5", "checkout", THREADS, False),
     Scenario("select1_1t", "(b) checkout + SELECT 1 + return, 1 thread", "select1", 1, False),
     Scenario("select1_8t", "(b) checkout + SELECT 1 + return, 8 threads, pool of 5", "select1", THREADS, False),
-    Scenario("checked_select1_1t", "(c) health checks on: checkout + SELECT 1 + return, 1 thread",
-             "select1", 1, True),
-    Scenario("checked_select1_8t", "(c) health checks on: checkout + SELECT 1 + return, 8 threads, pool of 5",
-             "select1", THREADS, True),
+    Scenario("checked_select1_1t", "(c) health checks on: checkout + SELECT 1 + return, 1 thread", "select1", 1, True),
+    Scenario(
+        "checked_select1_8t",
+        "(c) health checks on: checkout + SELECT 1 + return, 8 threads, pool of 5",
+        "select1",
+        THREADS,
+        True,
+    ),
 ]
 SCENARIO_BY_KEY = {s.key: s for s in SCENARIOS}
 
@@ -59,14 +64,27 @@ COLUMN_ORDER = ["ours", OURS_PSYCOPG, *PEERS[1:], *DIAGNOSTICS]
 def members(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
     """(column -> contender instance measured, column -> why not applicable)."""
     if scenario.checks:
-        run = {"ours": "ours", OURS_PSYCOPG: OURS_PSYCOPG, "ours_check_always": "ours_check_always",
-               "psycopg_pool": "psycopg_pool_check", "sqlalchemy": "sqlalchemy_pre_ping"}
-        na = {"psycopg2": "psycopg2.pool has no health check",
-              "connect": "nothing to check: fresh connection each time (see (b))"}
+        run = {
+            "ours": "ours",
+            OURS_PSYCOPG: OURS_PSYCOPG,
+            "ours_check_always": "ours_check_always",
+            "psycopg_pool": "psycopg_pool_check",
+            "sqlalchemy": "sqlalchemy_pre_ping",
+        }
+        na = {
+            "psycopg2": "psycopg2.pool has no health check",
+            "connect": "nothing to check: fresh connection each time (see (b))",
+        }
         return run, na
-    run = {"ours": "ours", "ours_nocheck": "ours_nocheck", OURS_PSYCOPG: OURS_PSYCOPG,
-           "ours_psycopg_nocheck": "ours_psycopg_nocheck", "psycopg2": "psycopg2",
-           "psycopg_pool": "psycopg_pool", "sqlalchemy": "sqlalchemy"}
+    run = {
+        "ours": "ours",
+        "ours_nocheck": "ours_nocheck",
+        OURS_PSYCOPG: OURS_PSYCOPG,
+        "ours_psycopg_nocheck": "ours_psycopg_nocheck",
+        "psycopg2": "psycopg2",
+        "psycopg_pool": "psycopg_pool",
+        "sqlalchemy": "sqlalchemy",
+    }
     na: dict[str, str] = {}
     if scenario.op == "select1":
         run["connect"] = "connect"
@@ -75,11 +93,12 @@ def members(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
     return run, na
 
 
-
 def make_op(kind: str, getconn: Callable[[], Any], putconn: Callable[[Any], None]) -> Callable[[], None]:
     if kind == "checkout":
+
         def checkout() -> None:
             putconn(getconn())
+
         return checkout
 
     def select1() -> None:
@@ -92,6 +111,7 @@ def make_op(kind: str, getconn: Callable[[], Any], putconn: Callable[[Any], None
             conn.commit()  # every contender returns an idle connection: no pool pays a rollback
         finally:
             putconn(conn)
+
     return select1
 
 
@@ -154,7 +174,7 @@ def run_window(op: Callable[[], None], threads: int, window: float, settle: floa
         thread.join()
     if errors:
         raise errors[0]
-    done = [end - begin for begin, end in zip(before, after)]
+    done = [end - begin for begin, end in zip(before, after, strict=False)]
     total = sum(done)
     return Sample(elapsed / total if total else float("inf"), done, elapsed)
 
@@ -196,7 +216,7 @@ class Series:
         """One round: the passes' operations and time summed; fairness, the mean of the passes'."""
         total = sum(sum(s.ops) for s in samples)
         self.ns.append(sum(s.elapsed_ns for s in samples) / total if total else float("inf"))
-        self.ops.append([sum(column) for column in zip(*(s.ops for s in samples))])
+        self.ops.append([sum(column) for column in zip(*(s.ops for s in samples), strict=False)])
         fair = [s.fairness for s in samples if s.fairness is not None]
         if fair:
             self.fairness.append(sum(fair) / len(fair))
@@ -212,8 +232,9 @@ def measure(scenario: Scenario, contender: Contender, plan: Plan, scale: float =
     return run_ops(op, max(round(plan.ops_for(scenario, contender.family) * share), 1))
 
 
-def run_rounds(contenders: dict[str, Contender], plan: Plan, progress: Callable[[str], None]
-               ) -> tuple[dict[str, dict[str, Series]], list[dict[str, Any]]]:
+def run_rounds(
+    contenders: dict[str, Contender], plan: Plan, progress: Callable[[str], None]
+) -> tuple[dict[str, dict[str, Series]], list[dict[str, Any]]]:
     """Every round's series per scenario and column, and per round its duration and the load average after it."""
     rng = random.Random(plan.seed)
     rounds: list[dict[str, Any]] = []
@@ -243,8 +264,14 @@ def run_rounds(contenders: dict[str, Contender], plan: Plan, progress: Callable[
             for column, taken in samples.items():
                 results[scenario.key].setdefault(column, Series()).add(taken)
         load = load_average()
-        rounds.append({"seconds": round(time.monotonic() - began, 2),
-                       "load_average": [round(x, 2) for x in load] if load else None})
-        progress(f"round {number + 1}/{plan.rounds} done in {rounds[-1]['seconds']:.1f} s, "
-                 f"load {(rounds[-1]['load_average'] or ['?'])[0]}")
+        rounds.append(
+            {
+                "seconds": round(time.monotonic() - began, 2),
+                "load_average": [round(x, 2) for x in load] if load else None,
+            }
+        )
+        progress(
+            f"round {number + 1}/{plan.rounds} done in {rounds[-1]['seconds']:.1f} s, "
+            f"load {(rounds[-1]['load_average'] or ['?'])[0]}"
+        )
     return results, rounds

@@ -27,8 +27,15 @@ GUNICORN_CONF = BENCH_DIR / "gunicorn_bench.conf.py"
 GUNICORN_ASGI_CONF = BENCH_DIR / "gunicorn_bench_asgi.conf.py"  # worker class "asgi": uvicorn workers
 
 # Inherited settings that would change what a variant measures (the pools run on their defaults).
-_DROP_ENV = ("PROCESS_ROLE", "PROMETHEUS_MULTIPROC_DIR", "DB_MAX_POOLS", "WEB_BIND", "WEB_CONCURRENCY",
-             "WEB_THREADS", "CELERY_QUEUE")
+_DROP_ENV = (
+    "PROCESS_ROLE",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "DB_MAX_POOLS",
+    "WEB_BIND",
+    "WEB_CONCURRENCY",
+    "WEB_THREADS",
+    "CELERY_QUEUE",
+)
 _DROP_PREFIXES = ("DB_POOL_", "BENCH_")
 
 
@@ -59,11 +66,18 @@ class Variant:
 
 def variant_env(variant: Variant, dsn: str, redis_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV and not k.startswith(_DROP_PREFIXES)}
-    env.update(DATABASE_URL=dsn, REDIS_URL=redis_url, SUITE_ID=variant.suite_id,
-               BENCH_DB_MODE=variant.mode, BENCH_WORKERS=str(variant.processes),
-               BENCH_THREADS=str(variant.threads), DB_POOL_SIZE=str(variant.pool_size),
-               DB_BUDGET_CHECK="warn", LOG_LEVEL="WARNING",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(
+        DATABASE_URL=dsn,
+        REDIS_URL=redis_url,
+        SUITE_ID=variant.suite_id,
+        BENCH_DB_MODE=variant.mode,
+        BENCH_WORKERS=str(variant.processes),
+        BENCH_THREADS=str(variant.threads),
+        DB_POOL_SIZE=str(variant.pool_size),
+        DB_BUDGET_CHECK="warn",
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    )
     return env
 
 
@@ -86,8 +100,11 @@ class BenchProcess(SuiteProcess):
         while time.monotonic() < deadline:
             if not self.is_running():
                 raise self._fail("exited during start-up")
-            if len(self.startup_records()) >= records and len(self.children()) >= self.variant.processes \
-                    and self.serving():
+            if (
+                len(self.startup_records()) >= records
+                and len(self.children()) >= self.variant.processes
+                and self.serving()
+            ):
                 return
             time.sleep(0.02)
         raise self._fail(f"not ready after {timeout:.0f} s")
@@ -130,10 +147,27 @@ class BenchCelery(BenchProcess):
     def __init__(self, variant: Variant, dsn: str, redis_url: str, work_dir: Path) -> None:
         env = variant_env(variant, dsn, redis_url)
         env["BENCH_QUEUE"] = self.queue_for(variant)
-        argv = [sys.executable, "-m", "celery", "-A", "benchmarks.bench_celery", "worker",
-                "--concurrency", str(variant.processes), "--pool", "prefork", "--queues", self.queue_for(variant),
-                "--hostname", f"{variant.suite_id}@%h", "--without-gossip", "--without-mingle",
-                "--without-heartbeat", "--loglevel", "WARNING"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "benchmarks.bench_celery",
+            "worker",
+            "--concurrency",
+            str(variant.processes),
+            "--pool",
+            "prefork",
+            "--queues",
+            self.queue_for(variant),
+            "--hostname",
+            f"{variant.suite_id}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ]
         super().__init__(variant, argv, env, work_dir)
 
     @staticmethod
@@ -175,8 +209,9 @@ def sessions_by_variant(dsn: str, variants: list[Variant]) -> dict[str, int]:
         with conn.cursor() as cur:
             found = {}
             for variant in variants:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-                            (f"{variant.suite_id}:%",))
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s", (f"{variant.suite_id}:%",)
+                )
                 found[variant.key] = cur.fetchone()[0]
             return found
     finally:

@@ -28,8 +28,14 @@ def record_startup(server: str, mode: str, started: float, **extra: Any) -> None
     path = os.environ.get(STARTUP_FILE_ENV)
     if not path:
         return
-    record = {"server": server, "mode": mode, "pid": os.getpid(),
-              "ms": (time.perf_counter() - started) * 1000, "at": time.time(), **extra}
+    record = {
+        "server": server,
+        "mode": mode,
+        "pid": os.getpid(),
+        "ms": (time.perf_counter() - started) * 1000,
+        "at": time.time(),
+        **extra,
+    }
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,16 @@ from .loadgen import WRK_INSTALL, LoadGenerator, choose
 from .machine import CpuMeter, load_average, machine_info, postmaster_pid, suite_packages
 from .suite_figures import goals, summarize_memory, summarize_startup, summarize_throughput
 from .suite_output import print_report, write_results
-from .suite_runs import (CELERY_CONCURRENCY, LOAD_CONNECTIONS, WEB_CLASSES, WEB_WORKERS, Plan, create_schema,
-                         run_celery, run_web)
+from .suite_runs import (
+    CELERY_CONCURRENCY,
+    LOAD_CONNECTIONS,
+    WEB_CLASSES,
+    WEB_WORKERS,
+    Plan,
+    create_schema,
+    run_celery,
+    run_web,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULTS = dict(generations=6, rounds=1, passes=2, seconds=1, warmup=1, celery_rounds=4, tasks=600)
@@ -64,26 +72,52 @@ QUICK = dict(generations=1, rounds=1, passes=1, seconds=1, warmup=0, celery_roun
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite_bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--generations", type=int, help="web: times fresh servers are started, each for "
-                        f"--rounds rounds (default {DEFAULTS['generations']})")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.suite_bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--generations",
+        type=int,
+        help=f"web: times fresh servers are started, each for --rounds rounds (default {DEFAULTS['generations']})",
+    )
     parser.add_argument("--rounds", type=int, help=f"web rounds per generation (default {DEFAULTS['rounds']})")
-    parser.add_argument("--passes", type=int, help="web passes per round, the round's order and its reverse "
-                        f"alternately (default {DEFAULTS['passes']})")
-    parser.add_argument("--seconds", type=int, help=f"load per web variant and pass, whole seconds "
-                        f"(default {DEFAULTS['seconds']})")
-    parser.add_argument("--warmup", type=int, help="seconds of load per web variant before the rounds "
-                        f"(default {DEFAULTS['warmup']}; 0: ten requests)")
-    parser.add_argument("--web-classes", default=",".join(WEB_CLASSES),
-                        help=f"web worker classes to measure, comma-separated (default {','.join(WEB_CLASSES)})")
-    parser.add_argument("--celery-rounds", type=int, help=f"Celery rounds (default {DEFAULTS['celery_rounds']}; "
-                        "0: no Celery phase)")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        help=f"web passes per round, the round's order and its reverse alternately (default {DEFAULTS['passes']})",
+    )
+    parser.add_argument(
+        "--seconds", type=int, help=f"load per web variant and pass, whole seconds (default {DEFAULTS['seconds']})"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help=f"seconds of load per web variant before the rounds (default {DEFAULTS['warmup']}; 0: ten requests)",
+    )
+    parser.add_argument(
+        "--web-classes",
+        default=",".join(WEB_CLASSES),
+        help=f"web worker classes to measure, comma-separated (default {','.join(WEB_CLASSES)})",
+    )
+    parser.add_argument(
+        "--celery-rounds", type=int, help=f"Celery rounds (default {DEFAULTS['celery_rounds']}; 0: no Celery phase)"
+    )
     parser.add_argument("--tasks", type=int, help=f"tasks per Celery variant and round (default {DEFAULTS['tasks']})")
-    parser.add_argument("--keepalive", type=int, default=0, help="Gunicorn keepalive seconds (default 0: "
-                        "close after each response; see benchmarks/gunicorn_bench.conf.py for why)")
-    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
-                        help="HTTP load generator (default auto: wrk if on PATH)")
+    parser.add_argument(
+        "--keepalive",
+        type=int,
+        default=0,
+        help="Gunicorn keepalive seconds (default 0: "
+        "close after each response; see benchmarks/gunicorn_bench.conf.py for why)",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="HTTP load generator (default auto: wrk if on PATH)",
+    )
     parser.add_argument("--quick", action="store_true", help="one short round: checks that everything runs")
     parser.add_argument("--seed", type=int, help="seed of the shuffling (default: random, recorded)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
@@ -111,45 +145,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def method(plan: Plan, loadgen: LoadGenerator) -> str:
     classes = plan.web_classes
     load = ", ".join(f"{LOAD_CONNECTIONS[c]} connections for {c}" for c in classes)
-    asgi = ("ASGI (asgi): Gunicorn with uvicorn_worker.UvicornWorker serving benchmarks/bench_asgi_app.py (the "
-            "same SELECT, committed, on psycopg 3 in the worker's event loop): pool = forkpool.get_async_pool() per "
-            "request, the pool opened full in the lifespan startup, 1 connection per worker; connect = "
-            "psycopg.AsyncConnection.connect() + close() per request; floor = one bare AsyncConnection per worker "
-            "opened in the lifespan startup, the worker's requests serialised on it by an asyncio.Lock (FIFO, as "
-            "the pool's waiters). " if "asgi" in classes else "")
-    return (f"Web: {plan.generations} generation(s) of servers; each generation starts {4 * len(classes)} fresh "
-            f"Gunicorn servers one at a time ({' and '.join(classes)} x pool, connect, floor, and floor-b: a "
-            "second, identical floor server whose ratio to the floor is the run's noise, an A/A control), warms "
-            f"each up ({plan.warmup_seconds or 'ten requests'}{' s of load' if plan.warmup_seconds else ''}), runs "
-            f"{plan.rounds} round(s), and stops them: fresh processes are placed on the CPUs anew, so a placement "
-            "that favours one server for its whole life falls on every variant alike over the generations. In a "
-            "round the worker classes come in a shuffled order, and each class's four variants in a shuffled "
-            f"order (seed {plan.seed}), in {plan.passes} pass(es): that order, then its reverse, alternately "
-            f"(A B C D D C B A). A pass is {plan.seconds} s of {loadgen.name} load ({load}; "
-            f"{WEB_WORKERS} workers each); a round's req/s is its passes' requests / their time, its p50 and p99 the "
-            "mean of its passes'. " + asgi
-            + ("Keep-alive off: every request comes on a new TCP connection (with a few "
-               "persistent connections opened in a burst, the gthread workers' accept race often hands all of "
-               "them to one worker, which then serves alone at about half the rate: a lottery drawn anew by each "
-               "load run; the asgi servers are asked by the client, `Connection: close`, since uvicorn has no "
-               "setting for it). " if not plan.keepalive else f"Gunicorn keepalive {plan.keepalive} s (gthread "
-                                                             "and asgi; sync workers always close). ")
-            + "The servers of a generation run "
-            "together, idle when not measured. Ratios: variant / floor of the same worker class within each round, "
-            "median (min-max) over rounds. Worker CPU us/req: user + system time of the server's worker processes "
-            "during the variant's passes (/proc/<pid>/stat) / requests; PostgreSQL's side (for connect, a backend "
-            "forked per request) is not in it. "
-            + (f"Celery: {plan.celery_rounds} rounds of {plan.tasks} tasks per "
-               f"variant (concurrency {CELERY_CONCURRENCY}), shuffled per round; the time runs from the first send to "
-               "the last result, sending included. " if plan.celery_rounds else "No Celery phase. ")
-            + "Start-up: measured inside each worker process "
-            "(benchmarks/startup_probe.py) at every start of a server: from entering post_fork / "
-            "worker_process_init to leaving it; for asgi, the lifespan startup (where its connections open). "
-            "Memory: VmRSS from /proc/<pid>/status after "
-            "the load (last generation; pages shared with the master counted in every worker). CPU use: the "
-            "machine's from /proc/stat over the run; this benchmark = its process, its servers and load "
-            "generator (exited children included) and its Redis; its PostgreSQL = the server's processes, "
-            "exited backends included.")
+    asgi = (
+        "ASGI (asgi): Gunicorn with uvicorn_worker.UvicornWorker serving benchmarks/bench_asgi_app.py (the "
+        "same SELECT, committed, on psycopg 3 in the worker's event loop): pool = forkpool.get_async_pool() per "
+        "request, the pool opened full in the lifespan startup, 1 connection per worker; connect = "
+        "psycopg.AsyncConnection.connect() + close() per request; floor = one bare AsyncConnection per worker "
+        "opened in the lifespan startup, the worker's requests serialised on it by an asyncio.Lock (FIFO, as "
+        "the pool's waiters). "
+        if "asgi" in classes
+        else ""
+    )
+    return (
+        f"Web: {plan.generations} generation(s) of servers; each generation starts {4 * len(classes)} fresh "
+        f"Gunicorn servers one at a time ({' and '.join(classes)} x pool, connect, floor, and floor-b: a "
+        "second, identical floor server whose ratio to the floor is the run's noise, an A/A control), warms "
+        f"each up ({plan.warmup_seconds or 'ten requests'}{' s of load' if plan.warmup_seconds else ''}), runs "
+        f"{plan.rounds} round(s), and stops them: fresh processes are placed on the CPUs anew, so a placement "
+        "that favours one server for its whole life falls on every variant alike over the generations. In a "
+        "round the worker classes come in a shuffled order, and each class's four variants in a shuffled "
+        f"order (seed {plan.seed}), in {plan.passes} pass(es): that order, then its reverse, alternately "
+        f"(A B C D D C B A). A pass is {plan.seconds} s of {loadgen.name} load ({load}; "
+        f"{WEB_WORKERS} workers each); a round's req/s is its passes' requests / their time, its p50 and p99 the "
+        "mean of its passes'. "
+        + asgi
+        + (
+            "Keep-alive off: every request comes on a new TCP connection (with a few "
+            "persistent connections opened in a burst, the gthread workers' accept race often hands all of "
+            "them to one worker, which then serves alone at about half the rate: a lottery drawn anew by each "
+            "load run; the asgi servers are asked by the client, `Connection: close`, since uvicorn has no "
+            "setting for it). "
+            if not plan.keepalive
+            else f"Gunicorn keepalive {plan.keepalive} s (gthread and asgi; sync workers always close). "
+        )
+        + "The servers of a generation run "
+        "together, idle when not measured. Ratios: variant / floor of the same worker class within each round, "
+        "median (min-max) over rounds. Worker CPU us/req: user + system time of the server's worker processes "
+        "during the variant's passes (/proc/<pid>/stat) / requests; PostgreSQL's side (for connect, a backend "
+        "forked per request) is not in it. "
+        + (
+            f"Celery: {plan.celery_rounds} rounds of {plan.tasks} tasks per "
+            f"variant (concurrency {CELERY_CONCURRENCY}), shuffled per round; the time runs from the first send to "
+            "the last result, sending included. "
+            if plan.celery_rounds
+            else "No Celery phase. "
+        )
+        + "Start-up: measured inside each worker process "
+        "(benchmarks/startup_probe.py) at every start of a server: from entering post_fork / "
+        "worker_process_init to leaving it; for asgi, the lifespan startup (where its connections open). "
+        "Memory: VmRSS from /proc/<pid>/status after "
+        "the load (last generation; pages shared with the master counted in every worker). CPU use: the "
+        "machine's from /proc/stat over the run; this benchmark = its process, its servers and load "
+        "generator (exited children included) and its Redis; its PostgreSQL = the server's processes, "
+        "exited backends included."
+    )
 
 
 def notes(loadgen: LoadGenerator, quick: bool) -> list[str]:
@@ -171,11 +219,21 @@ def redis_version(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = Plan(generations=args.generations, rounds=args.rounds, passes=args.passes, seconds=args.seconds,
-                warmup_seconds=args.warmup, keepalive=args.keepalive, web_classes=args.web_classes,
-                celery_rounds=args.celery_rounds, tasks=args.tasks, seed=args.seed, quick=args.quick)
+    plan = Plan(
+        generations=args.generations,
+        rounds=args.rounds,
+        passes=args.passes,
+        seconds=args.seconds,
+        warmup_seconds=args.warmup,
+        keepalive=args.keepalive,
+        web_classes=args.web_classes,
+        celery_rounds=args.celery_rounds,
+        tasks=args.tasks,
+        seed=args.seed,
+        quick=args.quick,
+    )
     loadgen = choose(args.loadgen)
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     began = time.monotonic()
 
     def progress(message: str) -> None:
@@ -206,8 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def build_report(plan: Plan, loadgen: LoadGenerator, machine: dict[str, Any], web: dict[str, Any],
-                 celery: dict[str, Any], started_at: datetime, duration: float) -> dict[str, Any]:
+def build_report(
+    plan: Plan,
+    loadgen: LoadGenerator,
+    machine: dict[str, Any],
+    web: dict[str, Any],
+    celery: dict[str, Any],
+    started_at: datetime,
+    duration: float,
+) -> dict[str, Any]:
     web["figures"] = summarize_throughput(web, "rps", latencies=True)
     web["memory"] = summarize_memory(web.pop("footprint"))
     celery["figures"] = summarize_throughput(celery, "tasks_per_s", latencies=False)
@@ -217,12 +282,23 @@ def build_report(plan: Plan, loadgen: LoadGenerator, machine: dict[str, Any], we
         "format": 1,
         "started_utc": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": round(duration, 1),
-        "config": {"generations": plan.generations, "rounds": plan.rounds, "passes": plan.passes,
-                   "seconds": plan.seconds, "warmup_s": plan.warmup_seconds, "keepalive_s": plan.keepalive,
-                   "web_classes": list(plan.web_classes), "celery_rounds": plan.celery_rounds, "tasks": plan.tasks,
-                   "web_workers": WEB_WORKERS, "load_connections": LOAD_CONNECTIONS,
-                   "celery_concurrency": CELERY_CONCURRENCY, "seed": plan.seed, "quick": plan.quick,
-                   "load_generator": {"name": loadgen.name, "version": loadgen.version}},
+        "config": {
+            "generations": plan.generations,
+            "rounds": plan.rounds,
+            "passes": plan.passes,
+            "seconds": plan.seconds,
+            "warmup_s": plan.warmup_seconds,
+            "keepalive_s": plan.keepalive,
+            "web_classes": list(plan.web_classes),
+            "celery_rounds": plan.celery_rounds,
+            "tasks": plan.tasks,
+            "web_workers": WEB_WORKERS,
+            "load_connections": LOAD_CONNECTIONS,
+            "celery_concurrency": CELERY_CONCURRENCY,
+            "seed": plan.seed,
+            "quick": plan.quick,
+            "load_generator": {"name": loadgen.name, "version": loadgen.version},
+        },
         "machine": machine,
         "method": method(plan, loadgen),
         "notes": notes(loadgen, plan.quick),

@@ -67,24 +67,30 @@ def summarize_startup(records: list[dict[str, Any]]) -> dict[str, Any]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault(f"{record['server']} {record['variant']}", []).append(record)
-    return {name: {"processes": len(group), "ms": spread([r["ms"] for r in group]),
-                   "pool_sizes": sorted({r["pool_size"] for r in group}),
-                   "all_full": all(r["full"] for r in group),
-                   "per_process": [{k: r[k] for k in ("pid", "phase", "ms", "pool_size", "full")} for r in group]}
-            for name, group in groups.items()}
+    return {
+        name: {
+            "processes": len(group),
+            "ms": spread([r["ms"] for r in group]),
+            "pool_sizes": sorted({r["pool_size"] for r in group}),
+            "all_full": all(r["full"] for r in group),
+            "per_process": [{k: r[k] for k in ("pid", "phase", "ms", "pool_size", "full")} for r in group],
+        }
+        for name, group in groups.items()
+    }
 
 
 def summarize_memory(footprint: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    medians = {key: statistics.median(v["rss_kib"].values()) if v["rss_kib"] else None
-               for key, v in footprint.items()}
+    medians = {key: statistics.median(v["rss_kib"].values()) if v["rss_kib"] else None for key, v in footprint.items()}
     for key, value in footprint.items():
         floor = medians.get(f"{key.split('/')[0]}/floor")
         mine = medians[key]
-        out[key] = {"rss_kib": spread(list(value["rss_kib"].values())),
-                    "per_process_kib": {str(pid): rss for pid, rss in value["rss_kib"].items()},
-                    "vs_floor_kib": None if mine is None or floor is None else mine - floor,
-                    "sessions": value["sessions"]}
+        out[key] = {
+            "rss_kib": spread(list(value["rss_kib"].values())),
+            "per_process_kib": {str(pid): rss for pid, rss in value["rss_kib"].items()},
+            "vs_floor_kib": None if mine is None or floor is None else mine - floor,
+            "sessions": value["sessions"],
+        }
     return out
 
 
@@ -93,8 +99,9 @@ def _median(row: dict[str, Any] | None, what: str) -> float | None:
     return value["median"] if value else None
 
 
-def verdict(figure: float | None, target: float, noise_level: float | None,
-            higher_is_better: bool = True) -> tuple[bool | None, str]:
+def verdict(
+    figure: float | None, target: float, noise_level: float | None, higher_is_better: bool = True
+) -> tuple[bool | None, str]:
     """Met or not; neither when the figure is closer to the target than the run's noise."""
     if figure is None:
         return None, "not measured"
@@ -104,11 +111,18 @@ def verdict(figure: float | None, target: float, noise_level: float | None,
     return met, "yes" if met else "NO"
 
 
-def _goal(goal: str, figure: float | None, target: float, noise_level: float | None,
-          higher_is_better: bool = True) -> dict[str, Any]:
+def _goal(
+    goal: str, figure: float | None, target: float, noise_level: float | None, higher_is_better: bool = True
+) -> dict[str, Any]:
     met, text = verdict(figure, target, noise_level, higher_is_better)
-    return {"goal": goal, "figure": figure, "target": f"{'>=' if higher_is_better else '<='} {target}",
-            "met": met, "verdict": text, "noise": noise_level}
+    return {
+        "goal": goal,
+        "figure": figure,
+        "target": f"{'>=' if higher_is_better else '<='} {target}",
+        "met": met,
+        "verdict": text,
+        "noise": noise_level,
+    }
 
 
 def goals(web: dict[str, Any], celery: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,16 +130,40 @@ def goals(web: dict[str, Any], celery: dict[str, Any]) -> list[dict[str, Any]]:
     for worker_class in sorted({key.split("/")[0] for key in web}, key=_CLASS_ORDER.index):
         pool, control = web.get(f"{worker_class}/pool"), web.get(f"{worker_class}/floor-b") or {}
         rate_noise = noise(control.get("rps_to_floor"))
-        found.append(_goal(f"web {worker_class}: pool within 5% of the floor (req/s, pool / floor)",
-                           _median(pool, "rps_to_floor"), GOAL_FLOOR_RATIO, rate_noise))
-        found.append(_goal(f"web {worker_class}: pool within 5% of the floor (workers' CPU per request, "
-                           "pool / floor)", _median(pool, "worker_cpu_us_per_request_to_floor"), GOAL_CPU_RATIO,
-                           noise(control.get("worker_cpu_us_per_request_to_floor")), higher_is_better=False))
-        found.append(_goal(f"web {worker_class}: pool many times faster than connect-per-request "
-                           "(req/s, pool / connect)", _median(pool, "rps_to_connect"), GOAL_CONNECT_RATIO, rate_noise))
+        found.append(
+            _goal(
+                f"web {worker_class}: pool within 5% of the floor (req/s, pool / floor)",
+                _median(pool, "rps_to_floor"),
+                GOAL_FLOOR_RATIO,
+                rate_noise,
+            )
+        )
+        found.append(
+            _goal(
+                f"web {worker_class}: pool within 5% of the floor (workers' CPU per request, pool / floor)",
+                _median(pool, "worker_cpu_us_per_request_to_floor"),
+                GOAL_CPU_RATIO,
+                noise(control.get("worker_cpu_us_per_request_to_floor")),
+                higher_is_better=False,
+            )
+        )
+        found.append(
+            _goal(
+                f"web {worker_class}: pool many times faster than connect-per-request (req/s, pool / connect)",
+                _median(pool, "rps_to_connect"),
+                GOAL_CONNECT_RATIO,
+                rate_noise,
+            )
+        )
     if not celery:
         return found  # no Celery phase
-    found.append(_goal("celery: pool within 5% of the floor (tasks/s, pool / floor; the web goal applied to tasks; "
-                       "no A/A control)", _median(celery.get("prefork/pool"), "tasks_per_s_to_floor"),
-                       GOAL_FLOOR_RATIO, None))
+    found.append(
+        _goal(
+            "celery: pool within 5% of the floor (tasks/s, pool / floor; the web goal applied to tasks; "
+            "no A/A control)",
+            _median(celery.get("prefork/pool"), "tasks_per_s_to_floor"),
+            GOAL_FLOOR_RATIO,
+            None,
+        )
+    )
     return found

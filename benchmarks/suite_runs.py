@@ -9,10 +9,11 @@ import random
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg2
 
@@ -62,9 +63,12 @@ def create_schema(dsn: str) -> None:
 def web_variants(classes: tuple[str, ...] = tuple(WEB_CLASSES)) -> list[Variant]:
     """Per worker class: pool, connect, floor, and floor-b, a second floor server whose ratio
     to the first is the noise of the run (an A/A control)."""
-    return [Variant("web", worker_class, mode, WEB_WORKERS, threads, pool_size=threads, control=control)
-            for worker_class, threads in WEB_CLASSES.items() if worker_class in classes
-            for mode, control in [*((m, False) for m in MODES), ("floor", True)]]
+    return [
+        Variant("web", worker_class, mode, WEB_WORKERS, threads, pool_size=threads, control=control)
+        for worker_class, threads in WEB_CLASSES.items()
+        if worker_class in classes
+        for mode, control in [*((m, False) for m in MODES), ("floor", True)]
+    ]
 
 
 def celery_variants() -> list[Variant]:
@@ -90,8 +94,10 @@ def stop_all(servers: list[BenchProcess]) -> None:
 
 
 def tag_startups(server: BenchProcess, phase: str) -> list[dict[str, Any]]:
-    return [{**record, "phase": phase, "variant": server.variant.key, "server": server.variant.server}
-            for record in server.startup_records()]
+    return [
+        {**record, "phase": phase, "variant": server.variant.key, "server": server.variant.server}
+        for record in server.startup_records()
+    ]
 
 
 def footprint(servers: list[BenchProcess], dsn: str) -> dict[str, Any]:
@@ -105,8 +111,9 @@ def footprint(servers: list[BenchProcess], dsn: str) -> dict[str, Any]:
 
 def warm_web(server: BenchWeb, loadgen: LoadGenerator, plan: Plan) -> None:
     if plan.warmup_seconds:
-        loadgen.run(server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], plan.warmup_seconds,
-                    server.close_each)
+        loadgen.run(
+            server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], plan.warmup_seconds, server.close_each
+        )
         return
     import urllib.request
 
@@ -118,8 +125,9 @@ def warm_web(server: BenchWeb, loadgen: LoadGenerator, plan: Plan) -> None:
 def measure_web(server: BenchWeb, loadgen: LoadGenerator, seconds: int) -> dict[str, Any]:
     """One pass of load on one server, with the CPU time its workers used meanwhile."""
     cpu = server.worker_cpu_seconds()
-    result = loadgen.run(server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], seconds,
-                         server.close_each)
+    result = loadgen.run(
+        server.url + "/item", LOAD_CONNECTIONS[server.variant.worker_class], seconds, server.close_each
+    )
     return {**result.as_dict(), "worker_cpu_s": server.worker_cpu_seconds() - cpu}
 
 
@@ -127,16 +135,21 @@ def combine(passes: list[dict[str, Any]]) -> dict[str, Any]:
     """A round's figures from its passes: totals for rates, the mean of the passes' percentiles."""
     requests, seconds = sum(p["requests"] for p in passes), sum(p["seconds"] for p in passes)
     cpu = sum(p["worker_cpu_s"] for p in passes)
-    return {"requests": requests, "errors": sum(p["errors"] for p in passes), "seconds": seconds,
-            "rps": requests / seconds if seconds else 0.0,
-            "p50_ms": statistics.fmean(p["p50_ms"] for p in passes),
-            "p99_ms": statistics.fmean(p["p99_ms"] for p in passes),
-            "worker_cpu_us_per_request": cpu * 1e6 / requests if requests else 0.0,
-            "passes_rps": [p["rps"] for p in passes]}
+    return {
+        "requests": requests,
+        "errors": sum(p["errors"] for p in passes),
+        "seconds": seconds,
+        "rps": requests / seconds if seconds else 0.0,
+        "p50_ms": statistics.fmean(p["p50_ms"] for p in passes),
+        "p99_ms": statistics.fmean(p["p99_ms"] for p in passes),
+        "worker_cpu_us_per_request": cpu * 1e6 / requests if requests else 0.0,
+        "passes_rps": [p["rps"] for p in passes],
+    }
 
 
-def run_web(plan: Plan, dsn: str, redis_url: str, work_dir: Path, loadgen: LoadGenerator,
-            progress: Progress) -> dict[str, Any]:
+def run_web(
+    plan: Plan, dsn: str, redis_url: str, work_dir: Path, loadgen: LoadGenerator, progress: Progress
+) -> dict[str, Any]:
     """`plan.generations` times: start fresh servers, warm them up, run `plan.rounds` rounds, stop them.
     Fresh processes land on the CPUs anew: a placement that favours one server for its whole life
     (a +-10% effect on this VM) then falls on each variant alike over the generations."""
@@ -158,16 +171,18 @@ def run_web(plan: Plan, dsn: str, redis_url: str, work_dir: Path, loadgen: LoadG
                 load = load_1min()
                 for key, taken in taken_round.items():
                     rounds[key].append({**taken, "generation": generation + 1, "load_1min_after": load})
-                progress(f"web generation {generation + 1}/{plan.generations}, round {number + 1}/{plan.rounds}: "
-                         + ", ".join(f"{key} {rounds[key][-1]['rps']:.0f}/s" for key in rounds))
+                progress(
+                    f"web generation {generation + 1}/{plan.generations}, round {number + 1}/{plan.rounds}: "
+                    + ", ".join(f"{key} {rounds[key][-1]['rps']:.0f}/s" for key in rounds)
+                )
             held = footprint(servers, dsn)  # type: ignore[arg-type]
             info = {s.variant.key: _variant_info(s, LOAD_CONNECTIONS[s.variant.worker_class]) for s in servers}
-    return {"variants": {key: info[key] for key in rounds}, "rounds": rounds, "footprint": held,
-            "startup": startup}
+    return {"variants": {key: info[key] for key in rounds}, "rounds": rounds, "footprint": held, "startup": startup}
 
 
-def web_round(by_key: dict[str, BenchWeb], loadgen: LoadGenerator, plan: Plan,
-              rng: random.Random) -> dict[str, dict[str, Any]]:
+def web_round(
+    by_key: dict[str, BenchWeb], loadgen: LoadGenerator, plan: Plan, rng: random.Random
+) -> dict[str, dict[str, Any]]:
     """The worker classes in a shuffled order; each class's variants in a shuffled order, then its reverse."""
     found: dict[str, dict[str, Any]] = {}
     classes = [c for c in WEB_CLASSES if c in plan.web_classes]
@@ -189,9 +204,16 @@ def load_1min() -> float | None:
 
 def _variant_info(server: BenchProcess, connections: int | None = None) -> dict[str, Any]:
     v = server.variant
-    info = {"server": v.server, "worker_class": v.worker_class, "mode": v.mode, "control": v.control,
-            "processes": v.processes,
-            "threads": v.threads, "pool_size": v.pool_size if v.mode == "pool" else None, "suite_id": v.suite_id}
+    info = {
+        "server": v.server,
+        "worker_class": v.worker_class,
+        "mode": v.mode,
+        "control": v.control,
+        "processes": v.processes,
+        "threads": v.threads,
+        "pool_size": v.pool_size if v.mode == "pool" else None,
+        "suite_id": v.suite_id,
+    }
     if connections is not None:
         info["load_connections"] = connections
     return info
@@ -237,8 +259,9 @@ def run_celery(plan: Plan, dsn: str, redis_url: str, work_dir: Path, progress: P
         start_all(servers, stack, progress)  # type: ignore[arg-type]
         startup = [r for s in servers for r in tag_startups(s, "generation 1")]
         for server in servers:  # every process consumes, every connection is opened
-            drain(client, server, [f"warm-{server.variant.name}-{i}" for i in range(max(plan.tasks // 10, 20))],
-                  timeout)
+            drain(
+                client, server, [f"warm-{server.variant.name}-{i}" for i in range(max(plan.tasks // 10, 20))], timeout
+            )
         progress(f"warmed up; {plan.celery_rounds} rounds x {len(servers)} variants x {plan.tasks} tasks")
         for number in range(plan.celery_rounds):
             order = list(by_key)
@@ -247,13 +270,26 @@ def run_celery(plan: Plan, dsn: str, redis_url: str, work_dir: Path, progress: P
                 server = by_key[key]
                 prefix = f"r{number}-{server.variant.name}-"
                 seconds = drain(client, server, [f"{prefix}{i}" for i in range(plan.tasks)], timeout)
-                rounds[key].append({"tasks": plan.tasks, "seconds": seconds, "tasks_per_s": plan.tasks / seconds,
-                                    "rows_written": rows_written(dsn, prefix), "position": order.index(key)})
+                rounds[key].append(
+                    {
+                        "tasks": plan.tasks,
+                        "seconds": seconds,
+                        "tasks_per_s": plan.tasks / seconds,
+                        "rows_written": rows_written(dsn, prefix),
+                        "position": order.index(key),
+                    }
+                )
             load = load_1min()
             for key in order:
                 rounds[key][-1]["load_1min_after"] = load
-            progress(f"celery round {number + 1}/{plan.celery_rounds}: " + ", ".join(
-                f"{key} {rounds[key][-1]['tasks_per_s']:.0f}/s" for key in by_key))
+            progress(
+                f"celery round {number + 1}/{plan.celery_rounds}: "
+                + ", ".join(f"{key} {rounds[key][-1]['tasks_per_s']:.0f}/s" for key in by_key)
+            )
         held = footprint(servers, dsn)  # type: ignore[arg-type]
-    return {"variants": {s.variant.key: _variant_info(s) for s in servers}, "rounds": rounds,
-            "footprint": held, "startup": startup}
+    return {
+        "variants": {s.variant.key: _variant_info(s) for s in servers},
+        "rounds": rounds,
+        "footprint": held,
+        "startup": startup,
+    }

@@ -54,11 +54,17 @@ def pool_stats() -> dict[str, Any]:
     measures = pool.get_stats()  # public; get_stats() reads without resetting the counters
     size, idle = measures.get("pool_size", 0), measures.get("pool_available", 0)
     settings = wrapper.settings_dict
-    return {keys.PID: os.getpid(), keys.NAME: f"django:{ALIAS}",
-            keys.SERVER: f"{settings['HOST'] or 'localhost'}:{settings['PORT'] or 5432}/{settings['NAME']}",
-            keys.MIN_SIZE: pool.min_size, keys.MAX_SIZE: pool.max_size,
-            keys.SIZE: size, keys.IDLE: idle, keys.IN_USE: size - idle,
-            keys.WAITING: measures.get("requests_waiting", 0)}
+    return {
+        keys.PID: os.getpid(),
+        keys.NAME: f"django:{ALIAS}",
+        keys.SERVER: f"{settings['HOST'] or 'localhost'}:{settings['PORT'] or 5432}/{settings['NAME']}",
+        keys.MIN_SIZE: pool.min_size,
+        keys.MAX_SIZE: pool.max_size,
+        keys.SIZE: size,
+        keys.IDLE: idle,
+        keys.IN_USE: size - idle,
+        keys.WAITING: measures.get("requests_waiting", 0),
+    }
 
 
 def health() -> dict[str, dict[str, Any]]:

@@ -11,8 +11,9 @@ statuses: ``invalid_request`` 400, ``bad_request`` 400, ``not_found`` 404,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import redis
 from django.db import InterfaceError, OperationalError
@@ -64,15 +65,27 @@ def answer_for(exc: BaseException) -> ErrorAnswer | None:
         # and callers wait for it, where forkpool's pool raises ConnectError at once.
         if isinstance(exc.__cause__, (PoolTimeout, TooManyRequests)):
             logger.warning("503: %s", exc.__cause__)
-            return ErrorAnswer(503, "pool_timeout", "all database connections are busy; retry shortly",
-                               {"Retry-After": POOL_RETRY_AFTER})
+            return ErrorAnswer(
+                503,
+                "pool_timeout",
+                "all database connections are busy; retry shortly",
+                {"Retry-After": POOL_RETRY_AFTER},
+            )
         logger.warning("503: database unavailable: %s", type(exc.__cause__ or exc).__name__)
-        return ErrorAnswer(503, "database_unavailable", "the database is unavailable; retry shortly",
-                           {"Retry-After": DATABASE_RETRY_AFTER})
+        return ErrorAnswer(
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry shortly",
+            {"Retry-After": DATABASE_RETRY_AFTER},
+        )
     if isinstance(exc, (redis.RedisError, BrokerError)):
         logger.warning("503: broker unavailable: %s", type(exc).__name__)
-        return ErrorAnswer(503, "queue_unavailable", "the task queue is unavailable; retry shortly",
-                           {"Retry-After": DATABASE_RETRY_AFTER})
+        return ErrorAnswer(
+            503,
+            "queue_unavailable",
+            "the task queue is unavailable; retry shortly",
+            {"Retry-After": DATABASE_RETRY_AFTER},
+        )
     return None
 
 
@@ -95,7 +108,7 @@ class JsonErrors:
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse:
         answer = answer_for(exc)
         if answer is None:
-            logger.exception("500: unhandled error")  # called inside Django's except block: the traceback is logged
+            logger.exception("500: unhandled error")  # noqa: LOG004 - called inside Django's except block: the traceback is logged
             answer = INTERNAL
         return error_response(answer)
 

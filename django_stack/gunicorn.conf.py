@@ -10,7 +10,14 @@ import sys
 
 from forkpool.errors import ConfigError
 from forkpool.gunicorn import (  # noqa: F401
-    child_exit, on_exit, on_starting, post_fork, post_worker_init, pre_fork, when_ready, worker_exit,
+    child_exit,
+    on_exit,
+    on_starting,
+    post_fork,
+    post_worker_init,
+    pre_fork,
+    when_ready,
+    worker_exit,
 )
 from suite.stacks import pool_size
 from web.server_settings import gunicorn_settings, web_server_settings

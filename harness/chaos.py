@@ -7,7 +7,7 @@ import random
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from celery import Celery
 
@@ -20,8 +20,12 @@ from .processes import RunningSuite
 def producer(redis_url: str) -> Celery:
     """The harness's own Celery producer (it never imports the workers' code)."""
     app = Celery("forkpool-harness", broker=redis_url, backend=redis_url, set_as_current=False)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    broker_connection_retry_on_startup=True)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
     return app
 
 
@@ -35,7 +39,7 @@ class DirectEnqueuer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-enqueuer", daemon=True)
 
-    def start(self) -> "DirectEnqueuer":
+    def start(self) -> DirectEnqueuer:
         if self.rate > 0:
             self._thread.start()
         return self
@@ -51,8 +55,13 @@ class DirectEnqueuer:
         while not self._stop.is_set():
             key = f"{self.suite_id}:direct:{n}"
             try:
-                self.app.send_task(TASK_RECORD_EVENT, kwargs={"key": key}, queue=self.queue,
-                                   retry=True, retry_policy={"max_retries": 3, "interval_start": 0.1})
+                self.app.send_task(
+                    TASK_RECORD_EVENT,
+                    kwargs={"key": key},
+                    queue=self.queue,
+                    retry=True,
+                    retry_policy={"max_retries": 3, "interval_start": 0.1},
+                )
                 self.keys.append(key)
             except Exception:  # noqa: BLE001 - a broker hiccup is counted, the run goes on
                 self.errors += 1
@@ -90,8 +99,9 @@ class Killer:
     same role on each): the fleet must come back from several hosts' losses together.
     """
 
-    def __init__(self, hosts: RunningSuite | list[RunningSuite], count: int, duration: float,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, hosts: RunningSuite | list[RunningSuite], count: int, duration: float, clock: Callable[[], float]
+    ) -> None:
         self.hosts = hosts if isinstance(hosts, list) else [hosts]
         self.count, self.duration, self.clock = count, duration, clock
         self.events: list[Event] = []
@@ -100,7 +110,7 @@ class Killer:
         self._thread = threading.Thread(target=self._run, name="forkpool-killer", daemon=True)
         self._rng = random.Random()
 
-    def start(self) -> "Killer":
+    def start(self) -> Killer:
         if self.count > 0:
             self._thread.start()
         return self

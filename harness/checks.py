@@ -6,7 +6,7 @@ holding connections, a long overlap), not only against runs that pass.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .model import Check, Overlap, RoleSummary, Sample
 
@@ -19,8 +19,9 @@ OVERLAP_BOUND_S = 5.0
 SETTLE_BOUND_S = 20.0
 
 
-def expected_by_role(web_workers: int, worker_concurrency: int, pool_size: int,
-                     asgi_workers: int = 0) -> dict[str, int]:
+def expected_by_role(
+    web_workers: int, worker_concurrency: int, pool_size: int, asgi_workers: int = 0
+) -> dict[str, int]:
     """processes x pool size per role; the async tier's role only when it runs."""
     expected = {WEB: web_workers * pool_size, WORKER: worker_concurrency * pool_size}
     if asgi_workers:
@@ -28,8 +29,9 @@ def expected_by_role(web_workers: int, worker_concurrency: int, pool_size: int,
     return expected
 
 
-def check_steady_state(sample: Sample | None, expected: dict[str, int], master_pids: Iterable[int],
-                       pool_size: int) -> Check:
+def check_steady_state(
+    sample: Sample | None, expected: dict[str, int], master_pids: Iterable[int], pool_size: int
+) -> Check:
     """1: after start-up, exactly processes x P per role, P per process, nothing held by a master."""
     name = "steady state: exactly processes x pool size per role, masters hold none"
     if sample is None:
@@ -51,7 +53,7 @@ def find_overlaps(samples: list[Sample], ceiling: int) -> list[Overlap]:
     overlaps: list[Overlap] = []
     start: Sample | None = None
     worst = 0
-    for before, sample in zip([None, *samples], samples):
+    for _before, sample in zip([None, *samples], samples, strict=False):
         if sample.total > ceiling:
             if start is None:
                 start, worst = sample, 0
@@ -64,21 +66,29 @@ def find_overlaps(samples: list[Sample], ceiling: int) -> list[Overlap]:
     return overlaps
 
 
-def check_ceiling(samples: list[Sample], ceiling: int, pool_size: int,
-                  bound_s: float = OVERLAP_BOUND_S) -> tuple[Check, list[Overlap]]:
+def check_ceiling(
+    samples: list[Sample], ceiling: int, pool_size: int, bound_s: float = OVERLAP_BOUND_S
+) -> tuple[Check, list[Overlap]]:
     """2: never above the ceiling, but for overlaps of at most one pool, each shorter than the bound."""
     overlaps = find_overlaps(samples, ceiling)
     peak = max((s.total for s in samples), default=0)
     bad = [o for o in overlaps if o.excess > pool_size or o.duration > bound_s]
     longest = max((o.duration for o in overlaps), default=0.0)
-    detail = (f"peak {peak} of ceiling {ceiling} over {len(samples)} samples; {len(overlaps)} overlap(s), "
-              f"longest {longest:.2f} s, allowed: at most {pool_size} over for {bound_s:.0f} s")
+    detail = (
+        f"peak {peak} of ceiling {ceiling} over {len(samples)} samples; {len(overlaps)} overlap(s), "
+        f"longest {longest:.2f} s, allowed: at most {pool_size} over for {bound_s:.0f} s"
+    )
     passed = bool(samples) and not bad
     return Check(2, "under load: total never above the ceiling (overlaps bounded)", passed, detail), overlaps
 
 
-def check_settled(samples_after: list[Sample], expected: dict[str, int], pool_size: int,
-                  is_alive: Callable[[int], bool], bound_s: float = SETTLE_BOUND_S) -> Check:
+def check_settled(
+    samples_after: list[Sample],
+    expected: dict[str, int],
+    pool_size: int,
+    is_alive: Callable[[int], bool],
+    bound_s: float = SETTLE_BOUND_S,
+) -> Check:
     """3: after the churn, counts return to exactly the ceiling, with no session of a dead process."""
     name = f"after recycling and kills: exact ceiling again within {bound_s:.0f} s, no session of a dead pid"
     if not samples_after:
@@ -96,8 +106,13 @@ def check_settled(samples_after: list[Sample], expected: dict[str, int], pool_si
     return Check(3, name, False, f"last seen {last.by_role()} (expected {expected}); dead pids holding: {dead}")
 
 
-def check_work_done(keys: list[str], rows_per_key: dict[str, int], status_counts: dict[str, int],
-                    killed_in_flight: int = 0, writers: dict[str, int] | None = None) -> Check:
+def check_work_done(
+    keys: list[str],
+    rows_per_key: dict[str, int],
+    status_counts: dict[str, int],
+    killed_in_flight: int = 0,
+    writers: dict[str, int] | None = None,
+) -> Check:
     """4: every task wrote its row exactly once; no 5xx but 503 (pool timeout), which is counted.
 
     A web worker SIGKILLed by the harness drops the requests it was serving (at most
@@ -113,10 +128,12 @@ def check_work_done(keys: list[str], rows_per_key: dict[str, int], status_counts
     dropped = status_counts.get("error", 0)
     passed = bool(keys) and not missing and not doubled and not server_errors and dropped <= killed_in_flight
     other = f"{sum(server_errors.values())} {server_errors}" if server_errors else "0"
-    detail = (f"{len(keys)} tasks, {len(keys) - len(missing)} rows written, {len(missing)} missing, "
-              f"{len(doubled)} written twice; HTTP 503 (pool timeout): {status_counts.get('503', 0)}, "
-              f"other 5xx: {other}, dropped connections: {dropped} (allowed {killed_in_flight}: in flight on "
-              "killed web and asgi workers)")
+    detail = (
+        f"{len(keys)} tasks, {len(keys) - len(missing)} rows written, {len(missing)} missing, "
+        f"{len(doubled)} written twice; HTTP 503 (pool timeout): {status_counts.get('503', 0)}, "
+        f"other 5xx: {other}, dropped connections: {dropped} (allowed {killed_in_flight}: in flight on "
+        "killed web and asgi workers)"
+    )
     if writers is not None:
         strangers = {role: n for role, n in writers.items() if role.partition("@")[0] != WORKER}
         passed = passed and not strangers
@@ -132,16 +149,26 @@ def check_server_pool(samples: list[Sample], pool_size: int, reserve: int) -> Ch
     bound = pool_size + reserve
     peak = max(servers, default=0)
     clients = max((s.total for s in samples), default=0)
-    detail = (f"server connections at PostgreSQL peaked at {peak} of PgBouncer's pool {pool_size} + reserve "
-              f"{reserve} = {bound} over {len(servers)} samples, while client connections at PgBouncer "
-              f"peaked at {clients}")
-    return Check(8, "behind PgBouncer: server connections never above its pool (+ reserve)",
-                 bool(servers) and peak <= bound, detail)
+    detail = (
+        f"server connections at PostgreSQL peaked at {peak} of PgBouncer's pool {pool_size} + reserve "
+        f"{reserve} = {bound} over {len(servers)} samples, while client connections at PgBouncer "
+        f"peaked at {clients}"
+    )
+    return Check(
+        8,
+        "behind PgBouncer: server connections never above its pool (+ reserve)",
+        bool(servers) and peak <= bound,
+        detail,
+    )
 
 
-def check_stats_agree(web_reports: dict[int, dict], worker_reports: dict[int, dict],
-                      server_by_pid: dict[int, int], is_alive: Callable[[int], bool],
-                      asgi_reports: dict[int, dict] | None = None) -> Check:
+def check_stats_agree(
+    web_reports: dict[int, dict],
+    worker_reports: dict[int, dict],
+    server_by_pid: dict[int, int],
+    is_alive: Callable[[int], bool],
+    asgi_reports: dict[int, dict] | None = None,
+) -> Check:
     """5: each live process's own pool stats agree with what the server saw for its pid.
 
     Reports come from GET /pool (web, and asgi when it runs) and a stats task
@@ -152,19 +179,24 @@ def check_stats_agree(web_reports: dict[int, dict], worker_reports: dict[int, di
     return check_reports_agree(by_role, server_by_pid, is_alive)
 
 
-def check_reports_agree(by_role: dict[str, dict[int, dict]], server_by_pid: dict[int, int],
-                        is_alive: Callable[[int], bool]) -> Check:
+def check_reports_agree(
+    by_role: dict[str, dict[int, dict]], server_by_pid: dict[int, int], is_alive: Callable[[int], bool]
+) -> Check:
     """5, for any roles (``web@h1``, ``worker@h2`` on a fleet): every role needs a live report, and each agrees."""
     reports = {pid: r for role_reports in by_role.values() for pid, r in role_reports.items()}
     live = {pid: r for pid, r in reports.items() if is_alive(pid)}
-    disagree = {pid: (r.get("size"), server_by_pid.get(pid, 0)) for pid, r in live.items()
-                if r.get("size") != server_by_pid.get(pid, 0)}
+    disagree = {
+        pid: (r.get("size"), server_by_pid.get(pid, 0))
+        for pid, r in live.items()
+        if r.get("size") != server_by_pid.get(pid, 0)
+    }
     role_of = {pid: role for role, role_reports in by_role.items() for pid in role_reports}
     unheard = [role for role, role_reports in by_role.items() if not set(role_reports) & set(live)]
     passed = not unheard and not disagree
     heard = ", ".join(f"{len(r)} {_reporter(role)}" for role, r in by_role.items())
-    detail = (f"{heard} processes reported, {len(live)} still alive; "
-              f"disagreeing (pool size, server): {disagree or 'none'}")
+    detail = (
+        f"{heard} processes reported, {len(live)} still alive; disagreeing (pool size, server): {disagree or 'none'}"
+    )
     if disagree:
         detail += " (" + ", ".join(f"{role_of[pid]} {pid}" for pid in disagree) + ")"
     if len(live) < len(reports):
@@ -180,13 +212,17 @@ def _reporter(role: str) -> str:
     return ("task" if base == WORKER else base) + at + host
 
 
-def role_summaries(samples: list[Sample], steady: Sample | None, processes: dict[str, int],
-                   pool_size: int) -> list[RoleSummary]:
+def role_summaries(
+    samples: list[Sample], steady: Sample | None, processes: dict[str, int], pool_size: int
+) -> list[RoleSummary]:
     found = []
     for role, count in processes.items():
         expected = count * pool_size
-        observed = (steady.by_role().get(role, 0) if steady else 0)
+        observed = steady.by_role().get(role, 0) if steady else 0
         peak = max((s.by_role().get(role, 0) for s in samples), default=0)
-        found.append(RoleSummary(role, count, pool_size, expected, observed, peak,
-                                 observed == expected and peak <= expected + pool_size))
+        found.append(
+            RoleSummary(
+                role, count, pool_size, expected, observed, peak, observed == expected and peak <= expected + pool_size
+            )
+        )
     return found

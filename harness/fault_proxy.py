@@ -62,8 +62,15 @@ class ProxyCounters:
 class FaultProxy:
     """Listens on 127.0.0.1:`port` (a free one by default) and forwards to `upstream`."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int | None = None,
-                 name: str = "proxy", server_keepalives: bool = False) -> None:
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        name: str = "proxy",
+        server_keepalives: bool = False,
+    ) -> None:
         """`server_keepalives`: clients' sockets get the server's keepalives and tcp_user_timeout
         (faults.SERVER_NETWORK_SETTINGS), so a client that went silent is cut off, and its
         server session ended, as the server itself would do without a proxy in between."""
@@ -178,8 +185,9 @@ class FaultProxy:
         self._links.add(link)
         self.counters.open = len(self._links)
         try:
-            await asyncio.gather(link.pump(client_r, server_w, upstream=True),
-                                 link.pump(server_r, client_w, upstream=False))
+            await asyncio.gather(
+                link.pump(client_r, server_w, upstream=True), link.pump(server_r, client_w, upstream=False)
+            )
         finally:
             self._links.discard(link)
             self.counters.open = len(self._links)

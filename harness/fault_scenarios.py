@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg2
 
@@ -30,8 +30,12 @@ HELD_S = 4  # longer than the outage: the task is still running when Redis comes
 
 def _tasks_check(number: int, keys_: list[str], rows: dict[str, int]) -> Check:
     missing = [k for k in keys_ if not rows.get(k)]
-    return Check(number, "every task accepted was done exactly once", bool(keys_) and not missing,
-                 f"{len(keys_)} accepted, {len(keys_) - len(missing)} rows, missing {missing[:5]}")
+    return Check(
+        number,
+        "every task accepted was done exactly once",
+        bool(keys_) and not missing,
+        f"{len(keys_)} accepted, {len(keys_) - len(missing)} rows, missing {missing[:5]}",
+    )
 
 
 def pg_restart(outage: float = 2.0) -> FaultResult:
@@ -55,12 +59,22 @@ def pg_restart(outage: float = 2.0) -> FaultResult:
         rows = wait_for_rows(bench.pg.url, tasks.keys, DRAIN_S)
         counts = outcome_counts(probes)
         late = [p for p in probes if p[0] >= back and not p[1].startswith("2")]
-        result.figures = {"outage_s": round(back - down, 2), "recovery_s": _round(recovery_time(probes, back)),
-                          "requests": len(probes), "by_status": counts, "failed_after_server_back": len(late),
-                          "tasks": len(tasks.keys), "tasks_done": sum(1 for k in tasks.keys if rows.get(k))}
+        result.figures = {
+            "outage_s": round(back - down, 2),
+            "recovery_s": _round(recovery_time(probes, back)),
+            "requests": len(probes),
+            "by_status": counts,
+            "failed_after_server_back": len(late),
+            "tasks": len(tasks.keys),
+            "tasks_done": sum(1 for k in tasks.keys if rows.get(k)),
+        }
         result.checks = [
-            Check(1, "during the outage: 503 with Retry-After, never a 500", not counts.get("500") and not counts.get("error"),
-                  f"{counts}"),
+            Check(
+                1,
+                "during the outage: 503 with Retry-After, never a 500",
+                not counts.get("500") and not counts.get("error"),
+                f"{counts}",
+            ),
             Check(2, "requests after the server is back succeed", not late, f"{len(late)} failed after it was back"),
             _tasks_check(3, tasks.keys, rows),
             *bench.settle_checks(back, 4),
@@ -96,16 +110,31 @@ def pg_down_at_start(outage: float = 6.0) -> FaultResult:
         probes = readyz.stop()
         while_down = [p for p in probes if p[0] < restarting]
         rows = wait_for_rows(bench.pg.url, [key], DRAIN_S)
-        result.figures = {"start_s": round(start_s, 2), "respawns_while_down": respawns,
-                          "ready_after_s": _round(recovery_time(probes, back)),
-                          "readyz_while_down": outcome_counts(while_down)}
+        result.figures = {
+            "start_s": round(start_s, 2),
+            "respawns_while_down": respawns,
+            "ready_after_s": _round(recovery_time(probes, back)),
+            "readyz_while_down": outcome_counts(while_down),
+        }
         result.checks = [
-            Check(1, "web and workers start while the database is down, no respawns", respawns == 0,
-                  f"started in {start_s:.1f} s; {respawns} processes replaced while down"),
-            Check(2, "/readyz says 503 while down", bool(while_down) and all(p[1] == "503" for p in while_down),
-                  f"{outcome_counts(while_down)}"),
-            Check(3, "ready again without a restart once the server is up", recovery_time(probes, back) is not None,
-                  f"ready {_round(recovery_time(probes, back))} s after the server came back"),
+            Check(
+                1,
+                "web and workers start while the database is down, no respawns",
+                respawns == 0,
+                f"started in {start_s:.1f} s; {respawns} processes replaced while down",
+            ),
+            Check(
+                2,
+                "/readyz says 503 while down",
+                bool(while_down) and all(p[1] == "503" for p in while_down),
+                f"{outcome_counts(while_down)}",
+            ),
+            Check(
+                3,
+                "ready again without a restart once the server is up",
+                recovery_time(probes, back) is not None,
+                f"ready {_round(recovery_time(probes, back))} s after the server came back",
+            ),
             _tasks_check(4, [key], rows),
             *bench.settle_checks(back, 5),
         ]
@@ -137,11 +166,19 @@ def out_of_slots(hold_s: float = 4.0) -> FaultResult:
             logging.getLogger("forkpool.pool").removeHandler(handler)
     budget = Budget(DeploymentPlan(1, 1, 0, 2, other_clients=8), ServerLimits(8, 3, 0))
     clear = [line for line in lines if "too many clients" in line and "retrying in" in line]
-    result.figures = {"held_s": hold_s, "connect_attempts": attempts, "refill_s": round(refill_s, 2),
-                      "budget": budget.explain()[-1]}
+    result.figures = {
+        "held_s": hold_s,
+        "connect_attempts": attempts,
+        "refill_s": round(refill_s, 2),
+        "budget": budget.explain()[-1],
+    }
     result.checks = [
-        Check(1, "backs off instead of a tight loop", 1 <= attempts <= 8,
-              f"{attempts} attempts in {hold_s:.0f} s (exponential backoff from 0.25 s)"),
+        Check(
+            1,
+            "backs off instead of a tight loop",
+            1 <= attempts <= 8,
+            f"{attempts} attempts in {hold_s:.0f} s (exponential backoff from 0.25 s)",
+        ),
         Check(2, "a clear log line per attempt", bool(clear), clear[0][:160] if clear else "no line"),
         Check(3, "fills once slots are free", filled, f"full {refill_s:.2f} s after the slots were freed"),
         Check(4, "the budget check would have flagged the plan", not budget.fits, budget.explain()[-1]),
@@ -160,8 +197,12 @@ def redis_restart(outage: float = 2.0) -> FaultResult:
         bench.wait_exact(0, 30)
         clock = bench.sampler.now
         counter = iter(range(10**9))
-        jobs = Prober(suite.web.url + "/jobs", "POST", clock=clock,
-                      body=lambda: {"kind": "record_event", "args": {"key": f"{bench.plan.suite_id}:{next(counter)}"}})
+        jobs = Prober(
+            suite.web.url + "/jobs",
+            "POST",
+            clock=clock,
+            body=lambda: {"kind": "record_event", "args": {"key": f"{bench.plan.suite_id}:{next(counter)}"}},
+        )
         reads = Prober(suite.web.url + "/items?limit=1", clock=clock).start()
         jobs.start()
         time.sleep(2)
@@ -177,25 +218,43 @@ def redis_restart(outage: float = 2.0) -> FaultResult:
         back = clock()
         time.sleep(6)
         job_probes, read_probes = jobs.stop(), reads.stop()
-        accepted = [sent["args"]["key"] for (t, status, _), sent in zip(job_probes, jobs.sent) if status == "202"]
+        accepted = [
+            sent["args"]["key"] for (t, status, _), sent in zip(job_probes, jobs.sent, strict=False) if status == "202"
+        ]
         rows = wait_for_rows(bench.pg.url, accepted, 60)
         reads_failed = [p for p in read_probes if not p[1].startswith("2")]
         job_counts = outcome_counts(job_probes)
         held_state = _final_state(held, 30)
-        result.figures = {"outage_s": round(back - down, 2), "reads": outcome_counts(read_probes),
-                          "task_in_flight": held_state,
-                          "jobs": job_counts, "enqueue_recovery_s": _round(recovery_time(job_probes, back)),
-                          "accepted": len(accepted), "done": sum(1 for k in accepted if rows.get(k))}
+        result.figures = {
+            "outage_s": round(back - down, 2),
+            "reads": outcome_counts(read_probes),
+            "task_in_flight": held_state,
+            "jobs": job_counts,
+            "enqueue_recovery_s": _round(recovery_time(job_probes, back)),
+            "accepted": len(accepted),
+            "done": sum(1 for k in accepted if rows.get(k)),
+        }
         result.checks = [
-            Check(1, "reads keep being served while Redis is down", not reads_failed,
-                  f"{len(reads_failed)} of {len(read_probes)} reads failed"),
-            Check(2, "enqueueing during the outage is a 503, never a 500", not job_counts.get("500"),
-                  f"{job_counts}"),
-            Check(3, "enqueueing resumes after Redis is back", recovery_time(job_probes, back) is not None,
-                  f"202 again {_round(recovery_time(job_probes, back))} s after"),
+            Check(
+                1,
+                "reads keep being served while Redis is down",
+                not reads_failed,
+                f"{len(reads_failed)} of {len(read_probes)} reads failed",
+            ),
+            Check(2, "enqueueing during the outage is a 503, never a 500", not job_counts.get("500"), f"{job_counts}"),
+            Check(
+                3,
+                "enqueueing resumes after Redis is back",
+                recovery_time(job_probes, back) is not None,
+                f"202 again {_round(recovery_time(job_probes, back))} s after",
+            ),
             _tasks_check(4, accepted, rows),
-            Check(5, "a task running when Redis went away is done once Redis is back",
-                  held_state == "SUCCESS", f"{TASK_HOLD} ({HELD_S} s, late ack): {held_state}"),
+            Check(
+                5,
+                "a task running when Redis went away is done once Redis is back",
+                held_state == "SUCCESS",
+                f"{TASK_HOLD} ({HELD_S} s, late ack): {held_state}",
+            ),
             *bench.settle_checks(back, 6),
         ]
     finally:
@@ -220,16 +279,33 @@ def slow_queries(statement_timeout_ms: int = 500) -> FaultResult:
         holds_s = time.monotonic() - started
         starving = _starve(url)
         back = bench.sampler.now()
-        result.figures = {"statement_timeout_ms": statement_timeout_ms, "hold_tasks": states,
-                          "hold_tasks_done_s": round(holds_s, 2), **starving}
+        result.figures = {
+            "statement_timeout_ms": statement_timeout_ms,
+            "hold_tasks": states,
+            "hold_tasks_done_s": round(holds_s, 2),
+            **starving,
+        }
         result.checks = [
-            Check(1, "slow queries end at statement_timeout, not retried for ever",
-                  all(s == "FAILURE" for s in states) and holds_s < 30, f"{states} in {holds_s:.1f} s"),
-            Check(2, "starving callers get PoolTimeout in bounded time, nothing hangs",
-                  starving["timeouts"] > 0 and starving["max_wait_s"] < starving["timeout_s"] + 1.0
-                  and starving["hung"] == 0, f"{starving}"),
-            Check(3, "the pool is whole again after the load", starving["size_after"] == 2
-                  and starving["in_use_after"] == 0, f"{starving}"),
+            Check(
+                1,
+                "slow queries end at statement_timeout, not retried for ever",
+                all(s == "FAILURE" for s in states) and holds_s < 30,
+                f"{states} in {holds_s:.1f} s",
+            ),
+            Check(
+                2,
+                "starving callers get PoolTimeout in bounded time, nothing hangs",
+                starving["timeouts"] > 0
+                and starving["max_wait_s"] < starving["timeout_s"] + 1.0
+                and starving["hung"] == 0,
+                f"{starving}",
+            ),
+            Check(
+                3,
+                "the pool is whole again after the load",
+                starving["size_after"] == 2 and starving["in_use_after"] == 0,
+                f"{starving}",
+            ),
             *bench.settle_checks(back, 4),
         ]
     finally:
@@ -264,10 +340,16 @@ def _starve(url: str, callers: int = 8, timeout: float = 0.3) -> dict:
         t.join(10)
     after = pool.stats()
     pool.close()
-    return {"callers": callers, "timeout_s": timeout, "timeouts": outcomes.count("timeout"),
-            "cancelled": outcomes.count("cancelled"), "max_wait_s": round(max(waits, default=0), 3),
-            "hung": sum(t.is_alive() for t in threads), "size_after": after[keys.SIZE],
-            "in_use_after": after[keys.IN_USE]}
+    return {
+        "callers": callers,
+        "timeout_s": timeout,
+        "timeouts": outcomes.count("timeout"),
+        "cancelled": outcomes.count("cancelled"),
+        "max_wait_s": round(max(waits, default=0), 3),
+        "hung": sum(t.is_alive() for t in threads),
+        "size_after": after[keys.SIZE],
+        "in_use_after": after[keys.IN_USE],
+    }
 
 
 def _final_state(result, timeout: float) -> str:

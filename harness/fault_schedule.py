@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .fault_proxy import FaultProxy
 from .model import Check, Event, Sample
@@ -34,8 +35,15 @@ EXACT_BOUND_S = 30.0
 
 
 class FaultSchedule:
-    def __init__(self, pg: EmbeddedPostgres, proxy: FaultProxy, duration: float, clock: Callable[[], float],
-                 latest: Callable[[], Sample | None], exact: Callable[[Sample], bool]) -> None:
+    def __init__(
+        self,
+        pg: EmbeddedPostgres,
+        proxy: FaultProxy,
+        duration: float,
+        clock: Callable[[], float],
+        latest: Callable[[], Sample | None],
+        exact: Callable[[Sample], bool],
+    ) -> None:
         self.pg, self.proxy, self.duration, self.clock = pg, proxy, duration, clock
         self.latest, self.exact = latest, exact
         self.events: list[Event] = []
@@ -45,7 +53,7 @@ class FaultSchedule:
         self._restart_requested = threading.Event()
         self._restart_done = threading.Event()
 
-    def start(self) -> "FaultSchedule":
+    def start(self) -> FaultSchedule:
         self._thread.start()
         return self
 
@@ -115,8 +123,12 @@ class FaultSchedule:
         faults = ("restart", "blackhole", "latency")
         passed = all(self.recovered.get(f) is not None for f in faults)
         detail = ", ".join(f"{f}: {self.recovered.get(f)} s" for f in faults)
-        return Check(number, f"after each fault: counts exact again within {EXACT_BOUND_S:.0f} s", passed,
-                     f"exact again after {detail}")
+        return Check(
+            number,
+            f"after each fault: counts exact again within {EXACT_BOUND_S:.0f} s",
+            passed,
+            f"exact again after {detail}",
+        )
 
 
 def run_with_faults(options: LoadOptions, console: Console, log_dir: Path | None = None) -> RunReport:
@@ -127,13 +139,16 @@ def run_with_faults(options: LoadOptions, console: Console, log_dir: Path | None
     from .services import EmbeddedRedis
 
     # Its own servers, whatever DATABASE_URL / REDIS_URL say: it restarts one of them.
-    with EmbeddedPostgres(max(options.max_connections, 10), settings=SERVER_NETWORK_SETTINGS) as pg, \
-            EmbeddedRedis() as redis_server:
-        with FaultProxy(pg.host, pg.port, name="soak-pg-proxy", server_keepalives=True) as proxy:
-            console.print(f"PostgreSQL behind a fault proxy on port {proxy.port}; faults: restart, blackhole, latency")
+    with (
+        EmbeddedPostgres(max(options.max_connections, 10), settings=SERVER_NETWORK_SETTINGS) as pg,
+        EmbeddedRedis() as redis_server,
+        FaultProxy(pg.host, pg.port, name="soak-pg-proxy", server_keepalives=True) as proxy,
+    ):
+        console.print(f"PostgreSQL behind a fault proxy on port {proxy.port}; faults: restart, blackhole, latency")
 
-            def schedule(sampler: Sampler, exact: Callable[[Sample], bool]) -> FaultSchedule:
-                return FaultSchedule(pg, proxy, options.duration, sampler.now, sampler.latest, exact)
+        def schedule(sampler: Sampler, exact: Callable[[Sample], bool]) -> FaultSchedule:
+            return FaultSchedule(pg, proxy, options.duration, sampler.now, sampler.latest, exact)
 
-            return run_on(proxy.url(pg.url), redis_server.url, options, console, log_dir,
-                          observe_url=pg.url, schedule=schedule)
+        return run_on(
+            proxy.url(pg.url), redis_server.url, options, console, log_dir, observe_url=pg.url, schedule=schedule
+        )

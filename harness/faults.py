@@ -14,10 +14,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from suite.schema import init_schema_at
 
@@ -35,8 +36,12 @@ PROBE_INTERVAL = 0.05
 # idle and ended when a probe goes unanswered past 10 s (as the pool's defaults do on the client's
 # side); a running query notices a client that hung up within 2 s (PostgreSQL 14+).
 SERVER_NETWORK_SETTINGS: dict[str, object] = {
-    "tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3,
-    "tcp_user_timeout": 10000, "client_connection_check_interval": 2000}
+    "tcp_keepalives_idle": 5,
+    "tcp_keepalives_interval": 2,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 10000,
+    "client_connection_check_interval": 2000,
+}
 
 
 @dataclass
@@ -53,8 +58,14 @@ class FaultResult:
 class Prober:
     """One client calling an endpoint every 50 ms, recording (t, outcome) for every request."""
 
-    def __init__(self, url: str, method: str = "GET", body: Callable[[], dict] | None = None,
-                 clock: Callable[[], float] = time.monotonic, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: Callable[[], dict] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: float = 10.0,
+    ) -> None:
         self.url, self.method, self.body, self.clock, self.timeout = url, method, body, clock, timeout
         self.results: list[tuple[float, str, dict]] = []  # (t sent, "200"/"503"/"error", JSON body)
         self.durations: list[float] = []  # seconds each request took, aligned with results
@@ -62,7 +73,7 @@ class Prober:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-prober", daemon=True)
 
-    def start(self) -> "Prober":
+    def start(self) -> Prober:
         self._thread.start()
         return self
 
@@ -83,8 +94,9 @@ class Prober:
         body = self.body() if self.body else None
         self.sent.append(body)
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url, method=self.method, data=data,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url, method=self.method, data=data, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return str(response.status), json.loads(response.read() or b"{}")
@@ -127,15 +139,24 @@ def recovery_time(results: list[tuple[float, str, dict]], back_at: float) -> flo
 class Bench:
     """Embedded servers, the suite, a sampler: everything a scenario stands on, stopped in order."""
 
-    def __init__(self, name: str, web_workers: int = 2, worker_concurrency: int = 2, persistent_redis: bool = False,
-                 max_connections: int = 60, extra_env: dict[str, str] | None = None, proxied: bool = False,
-                 observe_by_socket: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        web_workers: int = 2,
+        worker_concurrency: int = 2,
+        persistent_redis: bool = False,
+        max_connections: int = 60,
+        extra_env: dict[str, str] | None = None,
+        proxied: bool = False,
+        observe_by_socket: bool = False,
+    ) -> None:
         """`proxied`: the suite reaches PostgreSQL and Redis through fault proxies (self.pg_proxy,
         self.redis_proxy); the harness's own observers never do. `observe_by_socket`: they use
         PostgreSQL's unix socket, so a silenced TCP port does not blind them."""
         self.stack = ExitStack()
-        self.pg = self.stack.enter_context(EmbeddedPostgres(max_connections=max_connections,
-                                                            settings=SERVER_NETWORK_SETTINGS))
+        self.pg = self.stack.enter_context(
+            EmbeddedPostgres(max_connections=max_connections, settings=SERVER_NETWORK_SETTINGS)
+        )
         self.redis = self.stack.enter_context(EmbeddedRedis(persistent=persistent_redis))
         self.observe_url = self.pg.socket_url if observe_by_socket else self.pg.url
         init_schema_at(self.observe_url)
@@ -143,12 +164,19 @@ class Bench:
         self.pg_proxy = self.redis_proxy = None
         if proxied:
             self.pg_proxy = self.stack.enter_context(FaultProxy(self.pg.host, self.pg.port, name="pg-proxy"))
-            self.redis_proxy = self.stack.enter_context(FaultProxy(self.redis.host, self.redis.port,
-                                                                   name="redis-proxy"))
+            self.redis_proxy = self.stack.enter_context(
+                FaultProxy(self.redis.host, self.redis.port, name="redis-proxy")
+            )
             database_url, redis_url = self.pg_proxy.url(database_url), self.redis_proxy.url(redis_url)
-        self.plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id=f"{name}{uuid.uuid4().hex[:6]}",
-                              web_workers=web_workers, worker_concurrency=worker_concurrency, pool_size=POOL,
-                              extra_env=extra_env or {})
+        self.plan = SuitePlan(
+            database_url=database_url,
+            redis_url=redis_url,
+            suite_id=f"{name}{uuid.uuid4().hex[:6]}",
+            web_workers=web_workers,
+            worker_concurrency=worker_concurrency,
+            pool_size=POOL,
+            extra_env=extra_env or {},
+        )
         self.sampler = Sampler(self.observe_url, self.plan.suite_id)
         self.logs = Path(tempfile.mkdtemp(prefix=f"forkpool-fault-{name}-"))
         self.expected = checks.expected_by_role(web_workers, worker_concurrency, POOL)
@@ -176,8 +204,7 @@ class Bench:
         """The ceiling held throughout, and the counts are exact again with no session of a dead pid."""
         self.wait_exact(after)
         ceiling, _ = checks.check_ceiling(self.sampler.samples, self.plan.ceiling, POOL)
-        settled = checks.check_settled([s for s in self.sampler.samples if s.t > after], self.expected, POOL,
-                                       pid_alive)
+        settled = checks.check_settled([s for s in self.sampler.samples if s.t > after], self.expected, POOL, pid_alive)
         return [replace(ceiling, number=first_number), replace(settled, number=first_number + 1)]
 
     def close(self) -> None:

@@ -64,8 +64,9 @@ class Fleet:
         found: dict[str, int] = {}
         for suite in self.hosts:
             p = suite.plan
-            for role, n in checks.expected_by_role(p.web_workers, p.worker_concurrency, p.pool_size,
-                                                   p.asgi_workers).items():
+            for role, n in checks.expected_by_role(
+                p.web_workers, p.worker_concurrency, p.pool_size, p.asgi_workers
+            ).items():
                 found[qualified(role, p.host)] = n
         return found
 
@@ -80,8 +81,9 @@ class Fleet:
 
     def stop(self) -> None:
         """Every host at once, as a fleet is stopped: one slow Gunicorn does not hold the others up."""
-        stoppers = [threading.Thread(target=server.stop, name=f"forkpool-stop-{server.name}")
-                    for server in self.servers]
+        stoppers = [
+            threading.Thread(target=server.stop, name=f"forkpool-stop-{server.name}") for server in self.servers
+        ]
         for thread in stoppers:
             thread.start()
         for thread in stoppers:
@@ -107,8 +109,9 @@ def on_host(sample: Sample, host: str) -> Sample:
     return Sample(sample.t, {key: n for key, n in sample.sessions.items() if host_of(key[0]) == host}, sample.servers)
 
 
-def check_fleet_ceiling(samples: list[Sample], labels: list[str], host_ceiling: int,
-                        pool_size: int) -> tuple[Check, list[Overlap]]:
+def check_fleet_ceiling(
+    samples: list[Sample], labels: list[str], host_ceiling: int, pool_size: int
+) -> tuple[Check, list[Overlap]]:
     """2 on a fleet: each host never above its own ceiling, and the fleet never above N x ceiling.
 
     The same tolerance as on one host, host by host: a recycled process and its
@@ -116,13 +119,20 @@ def check_fleet_ceiling(samples: list[Sample], labels: list[str], host_ceiling: 
     so the fleet may be over by one pool per host at once, for as long.
     """
     fleet_check, overlaps = checks.check_ceiling(samples, host_ceiling * len(labels), pool_size * len(labels))
-    hosts = {host: checks.check_ceiling([on_host(s, host) for s in samples], host_ceiling, pool_size)[0]
-             for host in labels}
+    hosts = {
+        host: checks.check_ceiling([on_host(s, host) for s in samples], host_ceiling, pool_size)[0] for host in labels
+    }
     peaks = ", ".join(f"{host} {max((on_host(s, host).total for s in samples), default=0)}" for host in labels)
     failed = [host for host, check in hosts.items() if not check.passed]
-    detail = (f"fleet of {len(labels)} hosts: {fleet_check.detail} (one pool per host); "
-              f"peak per host of ceiling {host_ceiling}: {peaks}")
+    detail = (
+        f"fleet of {len(labels)} hosts: {fleet_check.detail} (one pool per host); "
+        f"peak per host of ceiling {host_ceiling}: {peaks}"
+    )
     if failed:
         detail += "; " + "; ".join(f"{host}: {hosts[host].detail}" for host in failed)
-    return Check(2, "under load: no host above its ceiling, the fleet never above N x ceiling (overlaps bounded)",
-                 fleet_check.passed and not failed, detail), overlaps
+    return Check(
+        2,
+        "under load: no host above its ceiling, the fleet never above N x ceiling (overlaps bounded)",
+        fleet_check.passed and not failed,
+        detail,
+    ), overlaps

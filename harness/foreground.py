@@ -12,17 +12,18 @@ from pathlib import Path
 
 import click
 
-from suite.schema import init_schema_at
 from forkpool.settings import env_bool, env_int
+from suite.schema import init_schema_at
 
 from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
 from .processes import SuitePlan, start_suite
-from .stats_view import clear_state, write_state
 from .services import redact_url, services
+from .stats_view import clear_state, write_state
 
 
-def run_foreground(port: int, web_workers: int, web_threads: int, worker_concurrency: int,
-                   pool_size: int, pgbouncer: bool = False) -> int:
+def run_foreground(
+    port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int, pgbouncer: bool = False
+) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -32,25 +33,35 @@ def run_foreground(port: int, web_workers: int, web_threads: int, worker_concurr
         init_schema_at(running.database_url)
         suite_url, env, bouncer = running.database_url, {}, None
         if pgbouncer:
-            bouncer = stack.enter_context(EmbeddedPgBouncer(running.database_url,
-                                                            BouncerSettings(max_client_conn=max(200, 2 * ceiling))))
+            bouncer = stack.enter_context(
+                EmbeddedPgBouncer(running.database_url, BouncerSettings(max_client_conn=max(200, 2 * ceiling)))
+            )
             suite_url = bouncer.url
             env = {"DB_BUDGET_MAX_CLIENT_CONN": str(bouncer.settings.max_client_conn)}
             if not prepares_itself(bouncer.version):
                 env["DB_POOL_PREPARE"] = "off"
         plan = SuitePlan(
-            database_url=suite_url, redis_url=running.redis_url, extra_env=env,
+            database_url=suite_url,
+            redis_url=running.redis_url,
+            extra_env=env,
             suite_id=os.environ.get("SUITE_ID") or f"up{uuid.uuid4().hex[:6]}",
-            web_workers=web_workers, web_threads=web_threads, worker_concurrency=worker_concurrency,
-            pool_size=pool_size, port=port,
-            max_requests=env_int("WEB_MAX_REQUESTS", 0), max_tasks_per_child=env_int("WORKER_MAX_TASKS_PER_CHILD", 0),
+            web_workers=web_workers,
+            web_threads=web_threads,
+            worker_concurrency=worker_concurrency,
+            pool_size=pool_size,
+            port=port,
+            max_requests=env_int("WEB_MAX_REQUESTS", 0),
+            max_tasks_per_child=env_int("WORKER_MAX_TASKS_PER_CHILD", 0),
             preload=env_bool("WEB_PRELOAD", False),
         )
         logs = Path(tempfile.mkdtemp(prefix=f"forkpool-up-{plan.suite_id}-"))
         suite = start_suite(plan, logs)
         # `forkpool stats` counts the suite's connections where they end: PgBouncer's clients, when it stands between.
-        write_state(web_url=suite.web.url, database_url=bouncer.admin_url if bouncer else running.database_url,
-                    suite_id=plan.suite_id)
+        write_state(
+            web_url=suite.web.url,
+            database_url=bouncer.admin_url if bouncer else running.database_url,
+            suite_id=plan.suite_id,
+        )
         try:
             click.echo(f"web        {suite.web.url}  (try {suite.web.url}/pool)")
             click.echo(f"PostgreSQL {redact_url(running.database_url)}")

@@ -40,8 +40,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ._procs import spawn
 from .model import LoadResult
@@ -86,10 +87,20 @@ class LocustRun:
     it exits (PDEATHSIG), so that it never outlives the harness.
     """
 
-    def __init__(self, host: str, *, users: int, duration: float, suite_id: str, workdir: Path,
-                 env: Mapping[str, str] | None = None, spawn_rate: float | None = None,
-                 locustfile: Path | None = None, stop_timeout: int = STOP_TIMEOUT,
-                 deadline_grace: float = DEADLINE_GRACE) -> None:
+    def __init__(
+        self,
+        host: str,
+        *,
+        users: int,
+        duration: float,
+        suite_id: str,
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        spawn_rate: float | None = None,
+        locustfile: Path | None = None,
+        stop_timeout: int = STOP_TIMEOUT,
+        deadline_grace: float = DEADLINE_GRACE,
+    ) -> None:
         if users < 1:
             raise ValueError("users must be at least 1")
         if duration <= 0:
@@ -127,10 +138,27 @@ class LocustRun:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "locust", "-f", str(self.locustfile), "--headless",
-            "-u", str(self.users), "-r", f"{self.spawn_rate:g}", "-t", f"{max(1, round(self.duration))}s",
-            "--host", self.host, "--csv", str(self.workdir / CSV_PREFIX), "--only-summary",
-            "--stop-timeout", str(self.stop_timeout), "--loglevel", "WARNING",
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(self.locustfile),
+            "--headless",
+            "-u",
+            str(self.users),
+            "-r",
+            f"{self.spawn_rate:g}",
+            "-t",
+            f"{max(1, round(self.duration))}s",
+            "--host",
+            self.host,
+            "--csv",
+            str(self.workdir / CSV_PREFIX),
+            "--only-summary",
+            "--stop-timeout",
+            str(self.stop_timeout),
+            "--loglevel",
+            "WARNING",
         ]
 
     def environment(self) -> dict[str, str]:
@@ -145,15 +173,21 @@ class LocustRun:
 
     # -- life cycle -----------------------------------------------------------
 
-    def start(self) -> "LocustRun":
+    def start(self) -> LocustRun:
         if self.proc is not None:
             raise RuntimeError("this LocustRun was already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for stale in (self.summary_path, self.log_path, *self.workdir.glob(f"{CSV_PREFIX}_*.csv")):
             stale.unlink(missing_ok=True)
         # cwd=workdir: Locust also reads ./locust.conf and ./pyproject.toml; none of the project's.
-        self.proc = spawn(self.argv(), log_path=self.log_path, cwd=self.workdir, user=None,
-                          death_signal=signal.SIGTERM, env=self.environment())
+        self.proc = spawn(
+            self.argv(),
+            log_path=self.log_path,
+            cwd=self.workdir,
+            user=None,
+            death_signal=signal.SIGTERM,
+            env=self.environment(),
+        )
         self.started_at = time.monotonic()
         return self
 
@@ -217,8 +251,10 @@ class LocustRun:
             self.proc.wait(limit)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise LoadError(f"locust still running {time.monotonic() - self.started_at:.0f} s after it started "
-                            f"(duration {self.duration:g} s); stopped it. {self.output_tail()}") from None
+            raise LoadError(
+                f"locust still running {time.monotonic() - self.started_at:.0f} s after it started "
+                f"(duration {self.duration:g} s); stopped it. {self.output_tail()}"
+            ) from None
         self._reap_group()
         self._ended()
         self._result = self.collect()
@@ -228,7 +264,7 @@ class LocustRun:
         if self.ended_at is None:
             self.ended_at = time.monotonic()
 
-    def __enter__(self) -> "LocustRun":
+    def __enter__(self) -> LocustRun:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,8 +293,9 @@ class LocustRun:
             raise LoadError(f"locust {what} statistics ({self.stats_path.name}). {self.output_tail()}")
         summary = _read_summary(self.summary_path)
         if summary is None and not self.stopped and self.locustfile == locustfile_path():
-            raise LoadError(f"locust ended (code {code}) without writing {self.summary_path.name}. "
-                            f"{self.output_tail()}")
+            raise LoadError(
+                f"locust ended (code {code}) without writing {self.summary_path.name}. {self.output_tail()}"
+            )
         summary = summary or {}
         stats = summary.get("stats") or {}
         aggregated = stats.get("aggregated")
@@ -266,8 +303,7 @@ class LocustRun:
         if aggregated is None:
             aggregated, endpoints = _read_stats_csv(self.stats_path)
             if aggregated is None:
-                raise LoadError(f"locust left no aggregated statistics in {self.stats_path.name}. "
-                                f"{self.output_tail()}")
+                raise LoadError(f"locust left no aggregated statistics in {self.stats_path.name}. {self.output_tail()}")
         failures = stats.get("failures")
         if failures is None:
             failures = _read_failures_csv(self.failures_path)
@@ -283,20 +319,31 @@ class LocustRun:
             event_keys=[str(job.get("key", "")) for job in jobs],
             pool_reports={str(pid): body for pid, body in summary.get("pool_reports", {}).items()},
             errors=_error_lines(failures),
-            status_by_second=[(int(s), {str(k): int(v) for k, v in c.items()})
-                              for s, c in sorted((summary.get("status_by_second") or {}).items())],
+            status_by_second=[
+                (int(s), {str(k): int(v) for k, v in c.items()})
+                for s, c in sorted((summary.get("status_by_second") or {}).items())
+            ],
         )
 
 
-def run_locust(host: str, *, users: int, duration: float, suite_id: str, workdir: Path,
-               env: dict | None = None, spawn_rate: float | None = None) -> LoadResult:
+def run_locust(
+    host: str,
+    *,
+    users: int,
+    duration: float,
+    suite_id: str,
+    workdir: Path,
+    env: dict | None = None,
+    spawn_rate: float | None = None,
+) -> LoadResult:
     """Run Locust headless against `host` for `duration` seconds; what it did and saw.
 
     Raises LoadError (a RuntimeError) if Locust crashed, hung past duration + 60 s
     (then its process group is killed), or left no statistics.
     """
-    run = LocustRun(host, users=users, duration=duration, suite_id=suite_id, workdir=workdir,
-                    env=env, spawn_rate=spawn_rate)
+    run = LocustRun(
+        host, users=users, duration=duration, suite_id=suite_id, workdir=workdir, env=env, spawn_rate=spawn_rate
+    )
     run.start()
     try:
         return run.wait()
@@ -305,6 +352,7 @@ def run_locust(host: str, *, users: int, duration: float, suite_id: str, workdir
 
 
 # -- parsing ------------------------------------------------------------------
+
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
     try:
@@ -327,11 +375,15 @@ def _read_stats_csv(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, A
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             entry = {
-                "name": row.get("Name", ""), "method": row.get("Type", ""),
+                "name": row.get("Name", ""),
+                "method": row.get("Type", ""),
                 "requests": int(_number(row.get("Request Count"))),
                 "failures": int(_number(row.get("Failure Count"))),
-                "p50": _number(row.get("50%")), "p95": _number(row.get("95%")), "p99": _number(row.get("99%")),
-                "max": _number(row.get("Max Response Time")), "rps": _number(row.get("Requests/s")),
+                "p50": _number(row.get("50%")),
+                "p95": _number(row.get("95%")),
+                "p99": _number(row.get("99%")),
+                "max": _number(row.get("Max Response Time")),
+                "rps": _number(row.get("Requests/s")),
             }
             if entry["name"] == "Aggregated":
                 aggregated = entry
@@ -346,16 +398,28 @@ def _read_failures_csv(path: Path) -> list[dict[str, Any]]:
             rows = list(csv.DictReader(handle))
     except OSError:
         return []
-    return [{"method": r.get("Method", ""), "name": r.get("Name", ""), "error": r.get("Error", ""),
-             "occurrences": int(_number(r.get("Occurrences")))} for r in rows]
+    return [
+        {
+            "method": r.get("Method", ""),
+            "name": r.get("Name", ""),
+            "error": r.get("Error", ""),
+            "occurrences": int(_number(r.get("Occurrences"))),
+        }
+        for r in rows
+    ]
 
 
 def _endpoint(entry: dict[str, Any]) -> dict[str, Any]:
     return {
-        "name": entry.get("name", ""), "method": entry.get("method", ""),
-        "requests": int(entry.get("requests", 0)), "failures": int(entry.get("failures", 0)),
-        "p50": _number(entry.get("p50")), "p95": _number(entry.get("p95")), "p99": _number(entry.get("p99")),
-        "max": _number(entry.get("max")), "rps": round(_number(entry.get("rps")), 2),
+        "name": entry.get("name", ""),
+        "method": entry.get("method", ""),
+        "requests": int(entry.get("requests", 0)),
+        "failures": int(entry.get("failures", 0)),
+        "p50": _number(entry.get("p50")),
+        "p95": _number(entry.get("p95")),
+        "p99": _number(entry.get("p99")),
+        "max": _number(entry.get("max")),
+        "rps": round(_number(entry.get("rps")), 2),
     }
 
 
@@ -377,7 +441,7 @@ def _unwrap(error: str) -> str:
     """CatchResponseError('503 pool timeout') -> 503 pool timeout (Locust's repr of a response.failure)."""
     for wrapper in ("CatchResponseError(", "ResponseError("):
         if error.startswith(wrapper) and error.endswith(")"):
-            inner = error[len(wrapper):-1]
+            inner = error[len(wrapper) : -1]
             if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "'\"":
                 return inner[1:-1]
     return error

@@ -121,6 +121,7 @@ def _next_host(tier: str, hosts: list[str]) -> str:
     _spawned[tier] = n + 1
     return hosts[n % len(hosts)]
 
+
 # Module-level tallies. Locust runs users as gevent greenlets in one thread and
 # greenlets switch only at I/O, so plain dicts and lists need no locks.
 STATUS_COUNTS: dict[str, int] = {}
@@ -137,8 +138,7 @@ def _status_key(response: Any) -> str:
 
 
 @events.request.add_listener
-def _count_status(request_type, name, response_time, response_length, response=None,
-                  exception=None, **_: Any) -> None:
+def _count_status(request_type, name, response_time, response_length, response=None, exception=None, **_: Any) -> None:
     """Every request, from every user class (also ones you add): tally its status."""
     key = _status_key(response)
     STATUS_COUNTS[key] = STATUS_COUNTS.get(key, 0) + 1
@@ -233,8 +233,10 @@ class SuiteUser(HttpUser):
 
     @task(3)
     def create_item(self) -> None:
-        body = {"name": f"locust-{uuid.uuid4().hex[:12]}",
-                "payload": {"suite": SUITE_ID, "n": random.randint(0, 1_000_000), "tags": ["load"]}}
+        body = {
+            "name": f"locust-{uuid.uuid4().hex[:12]}",
+            "payload": {"suite": SUITE_ID, "n": random.randint(0, 1_000_000), "tags": ["load"]},
+        }
         with self.client.post("/items", json=body, name=self.named("/items"), catch_response=True) as response:
             if self.record(response):
                 created = _json(response)
@@ -287,15 +289,21 @@ class AsgiUser(SuiteUser):
 
 # -- the summary -----------------------------------------------------------------
 
+
 def _entry_json(entry: Any) -> dict[str, Any]:
     def pct(p: float) -> float:
         return float(entry.get_response_time_percentile(p) or 0) if entry.num_requests else 0.0
 
     return {
-        "name": entry.name, "method": entry.method or "",
-        "requests": entry.num_requests, "failures": entry.num_failures,
-        "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99),
-        "max": float(entry.max_response_time or 0), "rps": round(float(entry.total_rps or 0.0), 3),
+        "name": entry.name,
+        "method": entry.method or "",
+        "requests": entry.num_requests,
+        "failures": entry.num_failures,
+        "p50": pct(0.5),
+        "p95": pct(0.95),
+        "p99": pct(0.99),
+        "max": float(entry.max_response_time or 0),
+        "rps": round(float(entry.total_rps or 0.0), 3),
     }
 
 
@@ -308,8 +316,15 @@ def final_stats(environment: Any) -> dict[str, Any] | None:
     return {
         "aggregated": _entry_json(stats.total),
         "endpoints": [_entry_json(e) for e in entries],
-        "failures": [{"method": f.method or "", "name": f.name, "error": StatsError.parse_error(f.error),
-                      "occurrences": f.occurrences} for f in failures],
+        "failures": [
+            {
+                "method": f.method or "",
+                "name": f.name,
+                "error": StatsError.parse_error(f.error),
+                "occurrences": f.occurrences,
+            }
+            for f in failures
+        ],
     }
 
 

@@ -31,8 +31,10 @@ class Sample:
         return found
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"t": round(self.t, 3),
-                                "sessions": [[r, p, c] for (r, p), c in sorted(self.sessions.items())]}
+        body: dict[str, Any] = {
+            "t": round(self.t, 3),
+            "sessions": [[r, p, c] for (r, p), c in sorted(self.sessions.items())],
+        }
         if self.servers is not None:
             body["servers"] = self.servers
         return body
@@ -86,7 +88,9 @@ class LoadResult:
     requests_per_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # "p50", "p95", "p99", "max"
     status_counts: dict[str, int] = field(default_factory=dict)  # "200" -> n, "503" -> n, "error" -> n
-    endpoints: list[dict[str, Any]] = field(default_factory=list)  # per endpoint: name, requests, failures, p50, p99, rps
+    endpoints: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per endpoint: name, requests, failures, p50, p99, rps
     job_ids: list[str] = field(default_factory=list)  # POST /jobs answered 202
     event_keys: list[str] = field(default_factory=list)  # record_event keys behind those jobs
     pool_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # web pid -> last GET /pool body

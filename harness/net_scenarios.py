@@ -72,9 +72,15 @@ ALLOWANCE_S = 1.0  # a check's margin over a bound: HTTP, Python, 0.2 s polls, a
 _POOL = PoolSettings()
 BOUND_S = _POOL.tcp_user_timeout + _POOL.connect_timeout + KERNEL_SLACK_S
 _SERVER = {k: float(v) for k, v in SERVER_NETWORK_SETTINGS.items()}
-SESSION_BOUND_S = max(keepalive_end_s(_SERVER["tcp_keepalives_idle"], _SERVER["tcp_keepalives_interval"],
-                                      _SERVER["tcp_user_timeout"] / 1000),
-                      _SERVER["tcp_user_timeout"] / 1000) + KERNEL_SLACK_S
+SESSION_BOUND_S = (
+    max(
+        keepalive_end_s(
+            _SERVER["tcp_keepalives_idle"], _SERVER["tcp_keepalives_interval"], _SERVER["tcp_user_timeout"] / 1000
+        ),
+        _SERVER["tcp_user_timeout"] / 1000,
+    )
+    + KERNEL_SLACK_S
+)
 REDIS_BACKOFF_S = 0.2  # redis_client's ExponentialBackoff(base=0.1, cap=0.5) after one failure
 REDIS_BOUND_S = round(redis_client.SOCKET_TIMEOUT + 2 * (REDIS_BACKOFF_S + redis_client.CONNECT_TIMEOUT), 2)
 ENQUEUE_RESUME_S = 2.5  # the web's client after the return: <= 2 s to a retransmission or timeout, then a connect
@@ -83,8 +89,13 @@ BROKER_HEALTH_CHECK_S = 5.0  # workers/celeryconfig.py's health_check_interval (
 CELERY_LOSS_BOUND_S = BRPOP_TIMEOUT_S + 2 * BROKER_HEALTH_CHECK_S
 
 
-def kombu_reconnect_worst_s(silence: float, connect: float = redis_client.CONNECT_TIMEOUT,
-                            start: float = 2.0, step: float = 2.0, cap: float = 30.0) -> float:
+def kombu_reconnect_worst_s(
+    silence: float,
+    connect: float = redis_client.CONNECT_TIMEOUT,
+    start: float = 2.0,
+    step: float = 2.0,
+    cap: float = 30.0,
+) -> float:
     """The latest, after a `silence` ends, that a consumer which lost the broker at any moment of it
     connects again: kombu's ensure_connection tries at once, then sleeps start, start + step, ...
     (its defaults); a connect started during the silence succeeds only if a SYN goes out after it
@@ -107,8 +118,12 @@ def celery_resume_bound_s(silence: float) -> float:
 def _tasks_check(number: int, keys_: list[str], rows: dict[str, int]) -> Check:
     missing = [k for k in keys_ if not rows.get(k)]
     twice = [k for k in keys_ if rows.get(k, 0) > 1]
-    return Check(number, "every task accepted was done exactly once", bool(keys_) and not missing and not twice,
-                 f"{len(keys_)} accepted, {len(keys_) - len(missing)} done, missing {missing[:5]}, twice {twice[:5]}")
+    return Check(
+        number,
+        "every task accepted was done exactly once",
+        bool(keys_) and not missing and not twice,
+        f"{len(keys_)} accepted, {len(keys_) - len(missing)} done, missing {missing[:5]}, twice {twice[:5]}",
+    )
 
 
 class SessionWatch:
@@ -123,11 +138,13 @@ class SessionWatch:
 
     def _pids(self, conn) -> set[int]:  # type: ignore[no-untyped-def]
         with conn.cursor() as cur:
-            cur.execute("SELECT pid FROM pg_stat_activity WHERE left(application_name, %s) = %s",
-                        (len(self.prefix), self.prefix))
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE left(application_name, %s) = %s",
+                (len(self.prefix), self.prefix),
+            )
             return {row[0] for row in cur.fetchall()}
 
-    def start(self) -> "SessionWatch":
+    def start(self) -> SessionWatch:
         self._conn = psycopg2.connect(self.url, application_name="forkpool-session-watch")
         self._conn.autocommit = True
         self.watched = self._pids(self._conn)
@@ -149,9 +166,13 @@ class SessionWatch:
         self._thread.join(5)
         self._conn.close()
         left = sorted(self.watched - set(self.ended))
-        return {"sessions_at_start": len(self.watched), "ended": len(self.ended),
-                "longest_s": max(self.ended.values(), default=None), "still_there": len(left),
-                "watched_for_s": round(time.monotonic() - self._t0, 2)}
+        return {
+            "sessions_at_start": len(self.watched),
+            "ended": len(self.ended),
+            "longest_s": max(self.ended.values(), default=None),
+            "still_there": len(left),
+            "watched_for_s": round(time.monotonic() - self._t0, 2),
+        }
 
 
 def _worker_timeouts(bench: Bench) -> int:
@@ -161,8 +182,9 @@ def _worker_timeouts(bench: Bench) -> int:
 
 def _pg_blackhole(silence: float = 20.0) -> FaultResult:
     if silence <= SESSION_BOUND_S + ALLOWANCE_S:  # shorter, a silenced session may rightly outlive it
-        raise ValueError(f"a blackhole must last longer than {SESSION_BOUND_S + ALLOWANCE_S:.0f} s "
-                         "to measure the server's bound")
+        raise ValueError(
+            f"a blackhole must last longer than {SESSION_BOUND_S + ALLOWANCE_S:.0f} s to measure the server's bound"
+        )
     result = FaultResult("blackhole")
     bench = Bench("blackhole", observe_by_socket=True)
     try:
@@ -170,8 +192,10 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
         bench.wait_exact(0, 30)
         clock = bench.sampler.now
         web_workers = set(suite.web.children())
-        readers = [Prober(suite.web.url + "/items?limit=1", clock=clock, timeout=60).start()
-                   for _ in range(bench.plan.web_workers)]  # one each: no request waits in Gunicorn's backlog
+        readers = [
+            Prober(suite.web.url + "/items?limit=1", clock=clock, timeout=60).start()
+            for _ in range(bench.plan.web_workers)
+        ]  # one each: no request waits in Gunicorn's backlog
         tasks = DirectEnqueuer(producer(bench.plan.redis_url), bench.plan.queue, bench.plan.suite_id, 5).start()
         time.sleep(2)
         watch = SessionWatch(bench.observe_url, bench.plan.suite_id).start()
@@ -191,38 +215,69 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
         tasks.stop()
         probes = [p for r in readers for p in r.stop()]
         waits = [d for r in readers for d in r.durations]
-        failed_waits = [d for r in readers for d, p in zip(r.durations, r.results) if not p[1].startswith("2")]
+        failed_waits = [
+            d for r in readers for d, p in zip(r.durations, r.results, strict=False) if not p[1].startswith("2")
+        ]
         rows = wait_for_rows(bench.observe_url, tasks.keys, 90)
         kinds = error_kinds(probes)
         timeouts = _worker_timeouts(bench)
         replaced = len(set(suite.web.children()) ^ web_workers)
         result.figures = {
-            "silence_s": round(back - down, 2), "requests": len(probes), "by_status": outcome_counts(probes),
-            "errors_by_kind": kinds, "longest_request_s": round(max(waits), 2),
+            "silence_s": round(back - down, 2),
+            "requests": len(probes),
+            "by_status": outcome_counts(probes),
+            "errors_by_kind": kinds,
+            "longest_request_s": round(max(waits), 2),
             "longest_failed_request_s": round(max(failed_waits), 2) if failed_waits else None,
-            "recovery_s": _round(recovery_time(probes, back)), "pools_full_after_s": full_after,
-            "server_sessions": sessions, "gunicorn_worker_timeouts": timeouts, "web_workers_replaced": replaced,
-            "tasks": len(tasks.keys), "tasks_done": sum(1 for k in tasks.keys if rows.get(k)),
-            "readers": len(readers), "bound_s": BOUND_S, "session_bound_s": SESSION_BOUND_S,
+            "recovery_s": _round(recovery_time(probes, back)),
+            "pools_full_after_s": full_after,
+            "server_sessions": sessions,
+            "gunicorn_worker_timeouts": timeouts,
+            "web_workers_replaced": replaced,
+            "tasks": len(tasks.keys),
+            "tasks_done": sum(1 for k in tasks.keys if rows.get(k)),
+            "readers": len(readers),
+            "bound_s": BOUND_S,
+            "session_bound_s": SESSION_BOUND_S,
             "allowance_s": ALLOWANCE_S,
         }
         failed_late = [p for p in probes if p[0] > back + 5 and not p[1].startswith("2")]
         longest_session = sessions["longest_s"] or 0.0
         result.checks = [
-            Check(1, f"every request answered within the bound ({BOUND_S:.0f} s, checked at {BOUND_S + ALLOWANCE_S:.0f})",
-                  max(waits) <= BOUND_S + ALLOWANCE_S and not kinds.get("error"),
-                  f"longest {max(waits):.2f} s; {kinds}"),
+            Check(
+                1,
+                f"every request answered within the bound ({BOUND_S:.0f} s, checked at {BOUND_S + ALLOWANCE_S:.0f})",
+                max(waits) <= BOUND_S + ALLOWANCE_S and not kinds.get("error"),
+                f"longest {max(waits):.2f} s; {kinds}",
+            ),
             Check(2, "failures are 503s, never a 500", not any(k.startswith("500") for k in kinds), f"{kinds}"),
-            Check(3, "no web worker killed by Gunicorn's timeout", timeouts == 0 and replaced == 0,
-                  f"{timeouts} WORKER TIMEOUT lines, {replaced} workers replaced"),
-            Check(4, "every pool full again within seconds of the network's return", full_after is not None,
-                  f"exact counts {full_after} s after"),
-            Check(5, f"every silenced session ended on the server within the bound ({SESSION_BOUND_S:.0f} s, "
-                     f"checked at {SESSION_BOUND_S + ALLOWANCE_S:.0f})",
-                  bool(sessions["sessions_at_start"]) and not sessions["still_there"]
-                  and longest_session <= SESSION_BOUND_S + ALLOWANCE_S, f"{sessions}"),
-            Check(6, "requests succeed again once the network is back", not failed_late,
-                  f"{len(failed_late)} failed more than 5 s after"),
+            Check(
+                3,
+                "no web worker killed by Gunicorn's timeout",
+                timeouts == 0 and replaced == 0,
+                f"{timeouts} WORKER TIMEOUT lines, {replaced} workers replaced",
+            ),
+            Check(
+                4,
+                "every pool full again within seconds of the network's return",
+                full_after is not None,
+                f"exact counts {full_after} s after",
+            ),
+            Check(
+                5,
+                f"every silenced session ended on the server within the bound ({SESSION_BOUND_S:.0f} s, "
+                f"checked at {SESSION_BOUND_S + ALLOWANCE_S:.0f})",
+                bool(sessions["sessions_at_start"])
+                and not sessions["still_there"]
+                and longest_session <= SESSION_BOUND_S + ALLOWANCE_S,
+                f"{sessions}",
+            ),
+            Check(
+                6,
+                "requests succeed again once the network is back",
+                not failed_late,
+                f"{len(failed_late)} failed more than 5 s after",
+            ),
             _tasks_check(7, tasks.keys, rows),
             *bench.settle_checks(back, 8),
         ]
@@ -233,8 +288,10 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
 
 def _redis_blackhole(silence: float = 20.0) -> FaultResult:
     if silence <= CELERY_LOSS_BOUND_S + ALLOWANCE_S:  # shorter, the consumer may rightly notice only after
-        raise ValueError(f"a Redis blackhole must last longer than {CELERY_LOSS_BOUND_S + ALLOWANCE_S:.0f} s "
-                         "to measure the consumer's bound")
+        raise ValueError(
+            f"a Redis blackhole must last longer than {CELERY_LOSS_BOUND_S + ALLOWANCE_S:.0f} s "
+            "to measure the consumer's bound"
+        )
     # A task taken but not acknowledged while the broker was silent comes back after the
     # visibility timeout: 10 s here instead of an hour, so the run sees every task done.
     result = FaultResult("redis-blackhole")
@@ -245,8 +302,13 @@ def _redis_blackhole(silence: float = 20.0) -> FaultResult:
         bench.wait_exact(0, 30)
         clock = bench.sampler.now
         counter = iter(range(10**9))
-        jobs = Prober(suite.web.url + "/jobs", "POST", clock=clock, timeout=60,
-                      body=lambda: {"kind": "record_event", "args": {"key": f"{bench.plan.suite_id}:{next(counter)}"}})
+        jobs = Prober(
+            suite.web.url + "/jobs",
+            "POST",
+            clock=clock,
+            timeout=60,
+            body=lambda: {"kind": "record_event", "args": {"key": f"{bench.plan.suite_id}:{next(counter)}"}},
+        )
         ready = Prober(suite.web.url + "/readyz", clock=clock, timeout=60)
         reads = Prober(suite.web.url + "/items?limit=1", clock=clock, timeout=60)
         for prober in (jobs, ready, reads):
@@ -260,49 +322,84 @@ def _redis_blackhole(silence: float = 20.0) -> FaultResult:
         back, back_wall = clock(), time.time()
         time.sleep(8)
         job_probes, ready_probes, read_probes = jobs.stop(), ready.stop(), reads.stop()
-        accepted = [sent["args"]["key"] for (_, status, _), sent in zip(job_probes, jobs.sent) if status == "202"]
+        accepted = [
+            sent["args"]["key"] for (_, status, _), sent in zip(job_probes, jobs.sent, strict=False) if status == "202"
+        ]
         rows = wait_for_rows(bench.observe_url, accepted, 90)
         resumed = _first_row_after(bench.observe_url, accepted, back_wall)
-        longest = {"jobs": round(max(jobs.durations), 2), "readyz": round(max(ready.durations), 2),
-                   "items": round(max(reads.durations), 2)}
+        longest = {
+            "jobs": round(max(jobs.durations), 2),
+            "readyz": round(max(ready.durations), 2),
+            "items": round(max(reads.durations), 2),
+        }
         worker_log = suite.worker.log_text()
         lost = _logged_after(worker_log, "Connection to broker lost", down_wall)
         timeouts = _worker_timeouts(bench)
         result.figures = {
-            "silence_s": round(back - down, 2), "longest_request_s": longest,
-            "jobs": outcome_counts(job_probes), "jobs_errors_by_kind": error_kinds(job_probes),
-            "readyz": outcome_counts(ready_probes), "reads": outcome_counts(read_probes),
+            "silence_s": round(back - down, 2),
+            "longest_request_s": longest,
+            "jobs": outcome_counts(job_probes),
+            "jobs_errors_by_kind": error_kinds(job_probes),
+            "readyz": outcome_counts(ready_probes),
+            "reads": outcome_counts(read_probes),
             "enqueue_recovery_s": _round(recovery_time(job_probes, back)),
-            "accepted": len(accepted), "done": sum(1 for k in accepted if rows.get(k)),
+            "accepted": len(accepted),
+            "done": sum(1 for k in accepted if rows.get(k)),
             "worker_broker_reconnects": worker_log.count("Connection to broker lost"),
-            "celery_loss_logged_s": lost, "celery_resumed_after_s": resumed,
+            "celery_loss_logged_s": lost,
+            "celery_resumed_after_s": resumed,
             "celery_stuck_s": None if resumed is None else round(back_wall - down_wall + resumed, 2),
-            "gunicorn_worker_timeouts": timeouts, "bound_s": REDIS_BOUND_S, "allowance_s": ALLOWANCE_S,
-            "celery_resume_bound_s": resume_bound, "celery_loss_bound_s": CELERY_LOSS_BOUND_S,
+            "gunicorn_worker_timeouts": timeouts,
+            "bound_s": REDIS_BOUND_S,
+            "allowance_s": ALLOWANCE_S,
+            "celery_resume_bound_s": resume_bound,
+            "celery_loss_bound_s": CELERY_LOSS_BOUND_S,
         }
         read_failures = [p for p in read_probes if not p[1].startswith("2")]
         result.checks = [
-            Check(1, f"no request waited past the bound ({REDIS_BOUND_S:.1f} s, checked at "
-                     f"{REDIS_BOUND_S + ALLOWANCE_S:.1f}) on the silent Redis",
-                  max(longest.values()) <= REDIS_BOUND_S + ALLOWANCE_S, f"longest {longest}"),
-            Check(2, "enqueueing fails as a 503, never a 500 or a dropped connection",
-                  not any(k.startswith(("500", "error")) for k in error_kinds(job_probes)), f"{error_kinds(job_probes)}"),
-            Check(3, "reads that need no Redis keep being served", not read_failures,
-                  f"{len(read_failures)} of {len(read_probes)} failed"),
+            Check(
+                1,
+                f"no request waited past the bound ({REDIS_BOUND_S:.1f} s, checked at "
+                f"{REDIS_BOUND_S + ALLOWANCE_S:.1f}) on the silent Redis",
+                max(longest.values()) <= REDIS_BOUND_S + ALLOWANCE_S,
+                f"longest {longest}",
+            ),
+            Check(
+                2,
+                "enqueueing fails as a 503, never a 500 or a dropped connection",
+                not any(k.startswith(("500", "error")) for k in error_kinds(job_probes)),
+                f"{error_kinds(job_probes)}",
+            ),
+            Check(
+                3,
+                "reads that need no Redis keep being served",
+                not read_failures,
+                f"{len(read_failures)} of {len(read_probes)} failed",
+            ),
             Check(4, "no web worker killed by Gunicorn's timeout", timeouts == 0, f"{timeouts} WORKER TIMEOUT lines"),
-            Check(5, "enqueueing resumes after the network is back", recovery_time(job_probes, back) is not None,
-                  f"202 again {_round(recovery_time(job_probes, back))} s after"),
+            Check(
+                5,
+                "enqueueing resumes after the network is back",
+                recovery_time(job_probes, back) is not None,
+                f"202 again {_round(recovery_time(job_probes, back))} s after",
+            ),
             _tasks_check(6, accepted, rows),
-            Check(7, f"the Celery consumer notices the silent broker within {CELERY_LOSS_BOUND_S:.0f} s, during the "
-                     f"silence (checked at {CELERY_LOSS_BOUND_S + ALLOWANCE_S:.0f})",
-                  lost is not None and lost <= min(CELERY_LOSS_BOUND_S + ALLOWANCE_S, back_wall - down_wall),
-                  f"'Connection to broker lost' logged {lost} s after the silence began (it lasted "
-                  f"{back_wall - down_wall:.1f} s)"),
-            Check(8, f"the task processes consume again within {resume_bound:.1f} s of the network's return "
-                     f"(checked at {resume_bound + ALLOWANCE_S:.1f})",
-                  resumed is not None and resumed <= resume_bound + ALLOWANCE_S,
-                  f"first task written {resumed} s after; {result.figures['worker_broker_reconnects']} broker "
-                  f"reconnect(s) logged, the loss {lost} s after the silence began"),
+            Check(
+                7,
+                f"the Celery consumer notices the silent broker within {CELERY_LOSS_BOUND_S:.0f} s, during the "
+                f"silence (checked at {CELERY_LOSS_BOUND_S + ALLOWANCE_S:.0f})",
+                lost is not None and lost <= min(CELERY_LOSS_BOUND_S + ALLOWANCE_S, back_wall - down_wall),
+                f"'Connection to broker lost' logged {lost} s after the silence began (it lasted "
+                f"{back_wall - down_wall:.1f} s)",
+            ),
+            Check(
+                8,
+                f"the task processes consume again within {resume_bound:.1f} s of the network's return "
+                f"(checked at {resume_bound + ALLOWANCE_S:.1f})",
+                resumed is not None and resumed <= resume_bound + ALLOWANCE_S,
+                f"first task written {resumed} s after; {result.figures['worker_broker_reconnects']} broker "
+                f"reconnect(s) logged, the loss {lost} s after the silence began",
+            ),
             *bench.settle_checks(back, 9),
         ]
     finally:
@@ -317,8 +414,11 @@ def _first_row_after(url: str, keys: list[str], wall: float) -> float | None:
     conn = psycopg2.connect(url, application_name="forkpool-harness-check")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT extract(epoch FROM min(created_at)) FROM events"
-                        " WHERE key = ANY(%s) AND created_at >= to_timestamp(%s)", (keys, wall))
+            cur.execute(
+                "SELECT extract(epoch FROM min(created_at)) FROM events"
+                " WHERE key = ANY(%s) AND created_at >= to_timestamp(%s)",
+                (keys, wall),
+            )
             first = cur.fetchone()[0]
     finally:
         conn.close()

@@ -46,9 +46,19 @@ def unavailable() -> str | None:
     missing = [tool for tool in ("unshare", "ip", "tc") if shutil.which(tool) is None]
     if missing:
         return f"dropping packets needs {', '.join(missing)} (util-linux, iproute2)"
-    probe = subprocess.run(["unshare", "--net", "--", "sh", "-c",
-                            f"ip link set lo up && ip link add {DROP_DEVICE} type ifb && tc qdisc add dev lo clsact"],
-                           capture_output=True, text=True, timeout=30)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            f"ip link set lo up && ip link add {DROP_DEVICE} type ifb && tc qdisc add dev lo clsact",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if probe.returncode != 0:
         return f"this kernel cannot drop packets in a namespace: {probe.stderr.strip()[:200]}"
     return None
@@ -56,8 +66,11 @@ def unavailable() -> str | None:
 
 def prepare_namespace() -> None:
     """In the fresh namespace: loopback up, the drop device (left down), the filter hook on lo."""
-    for argv in (["ip", "link", "set", "lo", "up"], ["ip", "link", "add", DROP_DEVICE, "type", "ifb"],
-                 ["tc", "qdisc", "add", "dev", "lo", "clsact"]):
+    for argv in (
+        ["ip", "link", "set", "lo", "up"],
+        ["ip", "link", "add", DROP_DEVICE, "type", "ifb"],
+        ["tc", "qdisc", "add", "dev", "lo", "clsact"],
+    ):
         subprocess.run(argv, check=True, capture_output=True, timeout=10)
 
 
@@ -74,18 +87,47 @@ class PacketDrop:
         if self.active:
             return
         for prio, field in ((self._prio(0), "dport"), (self._prio(1), "sport")):
-            subprocess.run(["tc", "filter", "add", "dev", "lo", "ingress", "protocol", "ip", "prio", str(prio),
-                            "u32", "match", "ip", field, str(self.port), "0xffff",
-                            "action", "mirred", "egress", "redirect", "dev", DROP_DEVICE],
-                           check=True, capture_output=True, timeout=10)
+            subprocess.run(
+                [
+                    "tc",
+                    "filter",
+                    "add",
+                    "dev",
+                    "lo",
+                    "ingress",
+                    "protocol",
+                    "ip",
+                    "prio",
+                    str(prio),
+                    "u32",
+                    "match",
+                    "ip",
+                    field,
+                    str(self.port),
+                    "0xffff",
+                    "action",
+                    "mirred",
+                    "egress",
+                    "redirect",
+                    "dev",
+                    DROP_DEVICE,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
         self.active = True
 
     def off(self) -> None:
         if not self.active:
             return
         for prio in (self._prio(0), self._prio(1)):
-            subprocess.run(["tc", "filter", "del", "dev", "lo", "ingress", "prio", str(prio)],
-                           check=True, capture_output=True, timeout=10)
+            subprocess.run(
+                ["tc", "filter", "del", "dev", "lo", "ingress", "prio", str(prio)],
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
         self.active = False
 
     def _prio(self, which: int) -> int:
@@ -109,8 +151,11 @@ def run_isolated(name: str, timeout: float = 900.0, **kwargs: Any):  # -> FaultR
         body = json.loads(out.read_text())
     except (OSError, ValueError):
         result = FaultResult(name)
-        result.checks = [Check(0, "the isolated run reported", False,
-                               f"exit {done.returncode}: {(done.stderr or done.stdout)[-1500:]}")]
+        result.checks = [
+            Check(
+                0, "the isolated run reported", False, f"exit {done.returncode}: {(done.stderr or done.stdout)[-1500:]}"
+            )
+        ]
         return result
     finally:
         out.unlink(missing_ok=True)
@@ -124,8 +169,7 @@ def _main(argv: list[str]) -> int:
     from .net_scenarios import ISOLATED
 
     result = ISOLATED[name](**kwargs)
-    out.write_text(json.dumps({"figures": result.figures, "checks": [asdict(c) for c in result.checks]},
-                              default=str))
+    out.write_text(json.dumps({"figures": result.figures, "checks": [asdict(c) for c in result.checks]}, default=str))
     return 0
 
 

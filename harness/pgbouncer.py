@@ -73,8 +73,9 @@ def pgbouncer_binary() -> Path:
 
 def pgbouncer_version(binary: Path | None = None) -> tuple[int, ...]:
     """(1, 18, 0) from ``pgbouncer --version``'s first line, ``PgBouncer 1.18.0``."""
-    out = subprocess.run([str(binary or pgbouncer_binary()), "--version"], capture_output=True, text=True,
-                         timeout=10).stdout
+    out = subprocess.run(
+        [str(binary or pgbouncer_binary()), "--version"], capture_output=True, text=True, timeout=10
+    ).stdout
     found = re.search(r"PgBouncer (\d+)\.(\d+)(?:\.(\d+))?", out)
     if not found:
         raise ServiceError(f"cannot read pgbouncer's version from {out.strip()[:80]!r}")
@@ -108,8 +109,14 @@ class EmbeddedPgBouncer(_Server):
     # SIGTERM: immediate shutdown (1.18: "fast exit"); SIGINT waits for clients to finish.
     stop_signals = {"fast": signal.SIGTERM, "safe": signal.SIGINT}
 
-    def __init__(self, database_url: str, settings: BouncerSettings = BouncerSettings(), *,
-                 port: int | None = None, base_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        settings: BouncerSettings = BouncerSettings(),
+        *,
+        port: int | None = None,
+        base_dir: str | Path | None = None,
+    ) -> None:
         super().__init__(port, base_dir)
         self.database_url, self.settings = database_url, settings
         self._binary = pgbouncer_binary()
@@ -150,9 +157,11 @@ class EmbeddedPgBouncer(_Server):
             # A member of DATABASE_URL's user: the suite's tables are reachable through it as they are directly.
             self._execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(self.client_user), role))
         except psycopg2.Error as exc:
-            raise ServiceError(f"pgbouncer: cannot create its server role {self.server_role} with DATABASE_URL's "
-                               f"user {self.client_user!r} ({str(exc).strip().splitlines()[0]}); it needs CREATEROLE, "
-                               "or unset DATABASE_URL to use an embedded PostgreSQL") from None
+            raise ServiceError(
+                f"pgbouncer: cannot create its server role {self.server_role} with DATABASE_URL's "
+                f"user {self.client_user!r} ({str(exc).strip().splitlines()[0]}); it needs CREATEROLE, "
+                "or unset DATABASE_URL to use an embedded PostgreSQL"
+            ) from None
 
     def _execute(self, query: sql.Composable, params: tuple = ()) -> None:
         conn = psycopg2.connect(self.database_url, application_name="forkpool-pgbouncer-setup", connect_timeout=5)
@@ -165,9 +174,16 @@ class EmbeddedPgBouncer(_Server):
 
     def config_text(self) -> str:
         t, s = self._target, self.settings
-        server = " ".join(f"{key}={value}" for key, value in (
-            ("host", t.get("host") or "localhost"), ("port", t.get("port") or "5432"), ("dbname", self.dbname),
-            ("user", self.server_role), ("password", self._server_password)))
+        server = " ".join(
+            f"{key}={value}"
+            for key, value in (
+                ("host", t.get("host") or "localhost"),
+                ("port", t.get("port") or "5432"),
+                ("dbname", self.dbname),
+                ("user", self.server_role),
+                ("password", self._server_password),
+            )
+        )
         lines = [
             "[databases]",
             f"{self.dbname} = {server}",
@@ -222,8 +238,10 @@ class EmbeddedPgBouncer(_Server):
         if self._role_made:
             self._role_made = False
             try:
-                self._execute(sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"),
-                              (self.server_role,))
+                self._execute(
+                    sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"),
+                    (self.server_role,),
+                )
                 self._execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.server_role)))
             except psycopg2.Error:
                 pass  # the server is gone already (an embedded one stops first): nothing to drop
@@ -239,6 +257,6 @@ def show(admin_url: str, command: str) -> list[dict[str, object]]:
         with conn.cursor() as cur:
             cur.execute(command)
             names = [column[0] for column in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
     finally:
         conn.close()

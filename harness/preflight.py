@@ -18,8 +18,8 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
 import psycopg2
@@ -58,15 +58,18 @@ def _advice(*parts: str) -> str:
 
 # -- PostgreSQL ----------------------------------------------------------------
 
+
 def parse_database(url: str, setting: str = "DATABASE_URL", otherwise: str = "") -> None:
     """`url` must be a libpq DSN (URL or key=value); `otherwise` ends the advice (e.g. EMBEDDED_PG)."""
     secrets = _secret(dsn_password(url))
     try:
         psycopg2.extensions.parse_dsn(url)
     except psycopg2.Error as exc:  # the driver's message may quote the URL: masked with `secrets`
-        raise PreflightError(f"{shown(setting, redact_text(url, secrets))} is not a PostgreSQL URL "
-                             f"({describe_error(exc, secrets)})"
-                             f"{_advice(f'use a URL like {DSN_EXAMPLE}', otherwise)}") from None
+        raise PreflightError(
+            f"{shown(setting, redact_text(url, secrets))} is not a PostgreSQL URL "
+            f"({describe_error(exc, secrets)})"
+            f"{_advice(f'use a URL like {DSN_EXAMPLE}', otherwise)}"
+        ) from None
 
 
 def reach_database(url: str, setting: str = "DATABASE_URL", otherwise: str = "") -> None:
@@ -75,9 +78,11 @@ def reach_database(url: str, setting: str = "DATABASE_URL", otherwise: str = "")
     try:
         psycopg2.connect(url, application_name="forkpool-preflight", connect_timeout=CONNECT_TIMEOUT_S).close()
     except psycopg2.Error as exc:
-        raise PreflightError(f"{shown(setting, redact_text(url, secrets))}: cannot connect "
-                             f"({describe_error(exc, secrets)})"
-                             f"{_advice('start the server or correct the URL', otherwise)}") from None
+        raise PreflightError(
+            f"{shown(setting, redact_text(url, secrets))}: cannot connect "
+            f"({describe_error(exc, secrets)})"
+            f"{_advice('start the server or correct the URL', otherwise)}"
+        ) from None
 
 
 def check_database(url: str, setting: str = "DATABASE_URL", otherwise: str = "") -> None:
@@ -87,6 +92,7 @@ def check_database(url: str, setting: str = "DATABASE_URL", otherwise: str = "")
 
 # -- Redis -----------------------------------------------------------------------
 
+
 def _redis_client(url: str, setting: str, otherwise: str) -> redis.Redis:
     """A client for `url` (nothing connects yet); a malformed URL is a PreflightError."""
     secrets = _secret(_url_password(url))
@@ -95,9 +101,11 @@ def _redis_client(url: str, setting: str, otherwise: str) -> redis.Redis:
             raise ValueError(f"the scheme must be {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
     except ValueError as exc:
-        raise PreflightError(f"{shown(setting, redact_text(url, secrets))} is not a Redis URL "
-                             f"({describe_error(exc, secrets)})"
-                             f"{_advice(f'use a URL like {REDIS_EXAMPLE}', otherwise)}") from None
+        raise PreflightError(
+            f"{shown(setting, redact_text(url, secrets))} is not a Redis URL "
+            f"({describe_error(exc, secrets)})"
+            f"{_advice(f'use a URL like {REDIS_EXAMPLE}', otherwise)}"
+        ) from None
 
 
 def parse_redis(url: str, setting: str = "REDIS_URL", otherwise: str = "") -> None:
@@ -111,14 +119,17 @@ def reach_redis(url: str, setting: str = "REDIS_URL", otherwise: str = "") -> No
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise PreflightError(f"{shown(setting, redact_text(url, secrets))}: cannot connect "
-                             f"({describe_error(exc, secrets)})"
-                             f"{_advice('start the server or correct the URL', otherwise)}") from None
+        raise PreflightError(
+            f"{shown(setting, redact_text(url, secrets))}: cannot connect "
+            f"({describe_error(exc, secrets)})"
+            f"{_advice('start the server or correct the URL', otherwise)}"
+        ) from None
     finally:
         client.close()
 
 
 # -- this machine ------------------------------------------------------------------
+
 
 def check_port(port: int, setting: str = "--port", host: str = "127.0.0.1") -> None:
     """Something else on `port` would make Gunicorn retry its bind for 5 s and exit with 5 log lines."""
@@ -128,9 +139,10 @@ def check_port(port: int, setting: str = "--port", host: str = "127.0.0.1") -> N
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise PreflightError(f"{shown(setting, port)}: cannot listen on {host}:{port} ({exc.strerror or exc})"
-                                 f"{_advice('stop what uses it or choose another port with --port (or PORT)')}"
-                                 ) from None
+            raise PreflightError(
+                f"{shown(setting, port)}: cannot listen on {host}:{port} ({exc.strerror or exc})"
+                f"{_advice('stop what uses it or choose another port with --port (or PORT)')}"
+            ) from None
 
 
 def check_embedded(postgres: bool, redis_server: bool, why: str = "") -> None:
@@ -142,8 +154,9 @@ def check_embedded(postgres: bool, redis_server: bool, why: str = "") -> None:
             find()
         except ServiceError as exc:
             reason = why or f"{setting} is unset, so an embedded server is needed"
-            raise PreflightError(f"{reason}, but {exc}"
-                                 f"{_advice('' if why else f'or set {setting} to a server of your own')}") from None
+            raise PreflightError(
+                f"{reason}, but {exc}{_advice('' if why else f'or set {setting} to a server of your own')}"
+            ) from None
 
 
 def check_pgbouncer() -> None:
@@ -165,11 +178,14 @@ def check_web(url: str, setting: str = "--url") -> None:
         return  # something answers: what it says about /metrics is for the command to report
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise PreflightError(f"{shown(setting, redact_text(url))}: no suite answers ({reason})"
-                             f"{_advice('start one with `forkpool up`, or pass --url of a running one')}") from None
+        raise PreflightError(
+            f"{shown(setting, redact_text(url))}: no suite answers ({reason})"
+            f"{_advice('start one with `forkpool up`, or pass --url of a running one')}"
+        ) from None
 
 
 # -- what each kind of command needs ------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SuiteNeeds:
@@ -184,8 +200,10 @@ class SuiteNeeds:
 
 
 # What each --stack imports beyond the suite's own needs (module: the distribution pip installs it from).
-STACK_MODULES = {"flask-sqlalchemy": {"flask_sqlalchemy": "flask-sqlalchemy", "sqlalchemy": "sqlalchemy"},
-                 "django": {"django": "django", "psycopg": "psycopg[binary]", "psycopg_pool": "psycopg-pool"}}
+STACK_MODULES = {
+    "flask-sqlalchemy": {"flask_sqlalchemy": "flask-sqlalchemy", "sqlalchemy": "sqlalchemy"},
+    "django": {"django": "django", "psycopg": "psycopg[binary]", "psycopg_pool": "psycopg-pool"},
+}
 
 
 def check_stack(stack: str) -> None:
@@ -193,8 +211,10 @@ def check_stack(stack: str) -> None:
     modules = STACK_MODULES.get(stack, {})
     missing = [dist for module, dist in modules.items() if importlib.util.find_spec(module) is None]
     if missing:
-        raise PreflightError(f"--stack {stack} needs {', '.join(missing)}, which is not installed; "
-                             f"pip install {' '.join(repr(dist) for dist in missing)}")
+        raise PreflightError(
+            f"--stack {stack} needs {', '.join(missing)}, which is not installed; "
+            f"pip install {' '.join(repr(dist) for dist in missing)}"
+        )
 
 
 def check_suite(needs: SuiteNeeds, environ: Mapping[str, str] | None = None) -> None:
@@ -217,8 +237,11 @@ def check_suite(needs: SuiteNeeds, environ: Mapping[str, str] | None = None) -> 
             otherwise = f"or unset {name} to use REDIS_URL's"
             parse_redis(url, name, otherwise)
             network.append(lambda url=url, name=name, otherwise=otherwise: reach_redis(url, name, otherwise))
-    check_embedded(postgres=not database_url, redis_server=not redis_url,
-                   why="`forkpool fault` runs on embedded servers" if needs.embedded_only else "")
+    check_embedded(
+        postgres=not database_url,
+        redis_server=not redis_url,
+        why="`forkpool fault` runs on embedded servers" if needs.embedded_only else "",
+    )
     if needs.pgbouncer:
         check_pgbouncer()
     for reach in network:
@@ -228,8 +251,9 @@ def check_suite(needs: SuiteNeeds, environ: Mapping[str, str] | None = None) -> 
 def check_pool_settings(needs: SuiteNeeds, env: Mapping[str, str]) -> None:
     """The pool settings every process of the suite will read, from the environment they will get
     (SuitePlan.env): a bad one would stop Gunicorn or Celery only after the servers had started."""
-    plan = SuitePlan(database_url="", redis_url="", suite_id="preflight", web_threads=needs.web_threads,
-                     pool_size=needs.pool_size)
+    plan = SuitePlan(
+        database_url="", redis_url="", suite_id="preflight", web_threads=needs.web_threads, pool_size=needs.pool_size
+    )
     try:
         found = settings_from_env(plan.env(0, env))
         found.pop("dsn", None)  # the URL is checked on its own, with a better message
@@ -237,9 +261,11 @@ def check_pool_settings(needs: SuiteNeeds, env: Mapping[str, str]) -> None:
     except ConfigError as exc:
         raise PreflightError(f"{exc}{_advice('correct or unset it')}") from None
     if needs.web_threads > needs.pool_size:  # web/server_settings.py refuses it: a thread may hold a connection
-        raise PreflightError(f"--web-threads {needs.web_threads} needs a pool of at least {needs.web_threads} "
-                             f"per worker, but --pool-size is {needs.pool_size}"
-                             f"{_advice('raise --pool-size (DB_POOL_SIZE) or lower --web-threads (WEB_THREADS)')}")
+        raise PreflightError(
+            f"--web-threads {needs.web_threads} needs a pool of at least {needs.web_threads} "
+            f"per worker, but --pool-size is {needs.pool_size}"
+            f"{_advice('raise --pool-size (DB_POOL_SIZE) or lower --web-threads (WEB_THREADS)')}"
+        )
 
 
 def _url_password(url: str) -> str | None:

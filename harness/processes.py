@@ -21,9 +21,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 from suite.stacks import DJANGO as DJANGO_STACK
 
@@ -31,9 +31,22 @@ from ._procs import ServiceError, free_port, log_tail, spawn
 
 # Settings the plan decides; inherited values would make its ceiling arithmetic wrong.
 # DJANGO_SETTINGS_MODULE too: set, it turns Celery's Django fixup on in any worker, the suite's own included.
-_PLAN_OWNS = ("DB_POOL_MIN", "DB_POOL_MAX", "PROCESS_ROLE", "WEB_BIND", "DB_POOL_SIZE", "STACK_POOL_SIZE",
-              "ASGI_BIND", "ASGI_PORT", "ASGI_POOL_SIZE", "ASGI_CONCURRENCY", "ASGI_MAX_REQUESTS",
-              "ASGI_MAX_REQUESTS_JITTER", "DJANGO_SETTINGS_MODULE", "HOST_LABEL")
+_PLAN_OWNS = (
+    "DB_POOL_MIN",
+    "DB_POOL_MAX",
+    "PROCESS_ROLE",
+    "WEB_BIND",
+    "DB_POOL_SIZE",
+    "STACK_POOL_SIZE",
+    "ASGI_BIND",
+    "ASGI_PORT",
+    "ASGI_POOL_SIZE",
+    "ASGI_CONCURRENCY",
+    "ASGI_MAX_REQUESTS",
+    "ASGI_MAX_REQUESTS_JITTER",
+    "DJANGO_SETTINGS_MODULE",
+    "HOST_LABEL",
+)
 DJANGO_PACKAGE = "django_stack"  # the django stack's own project: it replaces web/ and workers/
 
 
@@ -119,7 +132,7 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ServiceError(f"package {name!r} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def child_pids(parent: int) -> list[int]:
@@ -148,10 +161,11 @@ class SuiteProcess:
         self.argv, self.env, self.log_path = argv, env, log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "SuiteProcess":
+    def start(self) -> SuiteProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = spawn(self.argv, log_path=self.log_path, cwd=Path.cwd(), user=None,
-                          death_signal=signal.SIGTERM, env=self.env)
+        self.proc = spawn(
+            self.argv, log_path=self.log_path, cwd=Path.cwd(), user=None, death_signal=signal.SIGTERM, env=self.env
+        )
         return self
 
     @property
@@ -250,9 +264,23 @@ class CeleryWorker(SuiteProcess):
     def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
         app = f"{DJANGO_PACKAGE}.celery" if plan.stack == DJANGO_STACK else "workers.app"
         queues = ",".join(dict.fromkeys((plan.queue, plan.host_queue)))
-        argv = [sys.executable, "-m", "celery", "--app", app, "worker",
-                "--loglevel", "INFO", "--queues", queues, "--hostname", f"{plan.name}@%h",
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            app,
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--queues",
+            queues,
+            "--hostname",
+            f"{plan.name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         super().__init__(argv, plan.env(0), log_dir / f"worker-{plan.name}.log")
         self.concurrency = plan.worker_concurrency
 
@@ -295,8 +323,12 @@ def prepare_suite(plan: SuitePlan, log_dir: Path) -> RunningSuite:
         fresh = log_dir / f"metrics-{plan.name}"
         fresh.mkdir(parents=True, exist_ok=True)
         plan = replace(plan, metrics_dir=str(fresh))
-    return RunningSuite(plan, WebServer(plan, log_dir), CeleryWorker(plan, log_dir),
-                        AsgiServer(plan, log_dir) if plan.asgi_workers else None)
+    return RunningSuite(
+        plan,
+        WebServer(plan, log_dir),
+        CeleryWorker(plan, log_dir),
+        AsgiServer(plan, log_dir) if plan.asgi_workers else None,
+    )
 
 
 def start_suite(plan: SuitePlan, log_dir: Path, timeout: float = 60.0) -> RunningSuite:

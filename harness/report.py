@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.model import RunReport
 from forkpool.redact import dsn_password, redact_text
+from harness.model import RunReport
 
 # A literal password shorter than this is masked only where it sits in a URL or a
 # password=... pair: replacing "ab" everywhere would garble the report.
@@ -30,6 +30,7 @@ _EVENT_COLOURS = {"kill": "tab:red", "recycle": "tab:purple", "fault": "tab:brow
 
 
 # --- redaction ---------------------------------------------------------------
+
 
 def _strings(value: Any) -> list[str]:
     """Every string inside a nested plan (keys included), to look for DSNs in."""
@@ -61,6 +62,7 @@ def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
 
 # --- terminal ----------------------------------------------------------------
 
+
 def _verdict_cell(passed: bool) -> Text:
     return Text("PASS", style="bold green") if passed else Text("FAIL", style="bold red")
 
@@ -86,15 +88,28 @@ def _roles_table(report: RunReport) -> Table:
         table.add_column(name, justify="left" if name == "role" else "right")
     table.add_column("result")
     for r in report.roles:
-        table.add_row(Text(r.role), str(r.processes), str(r.pool_size), str(r.expected),
-                      str(r.observed_steady), str(r.max_observed), _verdict_cell(r.passed))
+        table.add_row(
+            Text(r.role),
+            str(r.processes),
+            str(r.pool_size),
+            str(r.expected),
+            str(r.observed_steady),
+            str(r.max_observed),
+            _verdict_cell(r.passed),
+        )
     table.add_section()
     # The total's maximum is the worst single sample, not the sum of per-role maxima
     # (web and worker need not peak at the same moment).
     peak = max((s.total for s in report.samples), default=sum(r.max_observed for r in report.roles))
-    table.add_row(Text("total", style="bold"), str(sum(r.processes for r in report.roles)), "",
-                  f"{report.ceiling} (ceiling)", str(sum(r.observed_steady for r in report.roles)),
-                  str(peak), _verdict_cell(peak <= report.ceiling and all(r.passed for r in report.roles)))
+    table.add_row(
+        Text("total", style="bold"),
+        str(sum(r.processes for r in report.roles)),
+        "",
+        f"{report.ceiling} (ceiling)",
+        str(sum(r.observed_steady for r in report.roles)),
+        str(peak),
+        _verdict_cell(peak <= report.ceiling and all(r.passed for r in report.roles)),
+    )
     return table
 
 
@@ -106,8 +121,12 @@ def _checks_table(report: RunReport, secrets: tuple[str, ...]) -> Table:
     table.add_column("detail")
     for c in report.checks:
         # Text(), not a str: details quote error messages, and "[...]" must not parse as markup.
-        table.add_row(str(c.number), Text(redact_text(c.name, secrets)), _verdict_cell(c.passed),
-                      Text(redact_text(c.detail, secrets)))
+        table.add_row(
+            str(c.number),
+            Text(redact_text(c.name, secrets)),
+            _verdict_cell(c.passed),
+            Text(redact_text(c.detail, secrets)),
+        )
     return table
 
 
@@ -128,8 +147,14 @@ def _load_table(report: RunReport) -> Table:
 
 def _endpoints_table(report: RunReport) -> Table:
     table = Table(title="Endpoints")
-    columns = (("endpoint", "name"), ("requests", "requests"), ("failures", "failures"),
-               ("p50 ms", "p50"), ("p99 ms", "p99"), ("req/s", "rps"))
+    columns = (
+        ("endpoint", "name"),
+        ("requests", "requests"),
+        ("failures", "failures"),
+        ("p50 ms", "p50"),
+        ("p99 ms", "p99"),
+        ("req/s", "rps"),
+    )
     for title, _ in columns:
         table.add_column(title, justify="left" if title == "endpoint" else "right")
     for ep in report.load.endpoints:
@@ -140,8 +165,7 @@ def _endpoints_table(report: RunReport) -> Table:
 def _overlap_lines(report: RunReport) -> list[str]:
     if not report.overlaps:
         return ["never above the ceiling"]
-    return [f"over the ceiling by {o.excess} for {o.duration:.2f} s at t={o.start:.2f} s"
-            for o in report.overlaps]
+    return [f"over the ceiling by {o.excess} for {o.duration:.2f} s at t={o.start:.2f} s" for o in report.overlaps]
 
 
 def verdict(report: RunReport) -> str:
@@ -151,8 +175,10 @@ def verdict(report: RunReport) -> str:
         return "naive run (hooks off): no checks ran" if report.naive else "FAIL: no checks ran"
     if report.naive:
         if failed:
-            return (f"naive run (hooks off): {failed} check(s) failed, as expected: "
-                    "this is what the per-process hooks prevent")
+            return (
+                f"naive run (hooks off): {failed} check(s) failed, as expected: "
+                "this is what the per-process hooks prevent"
+            )
         return "naive run passed every check: the failure it demonstrates did not show this time"
     return "PASS: every ceiling held" if failed == 0 else f"FAIL: {failed} check(s) failed"
 
@@ -161,14 +187,23 @@ def render_terminal(report: RunReport, console: Console) -> None:
     """Print the run's tables, overlaps and verdict to `console`."""
     secrets = _secrets(report)
     mode = " (naive: hooks off)" if report.naive else ""
-    console.print(Text(f"suite {report.suite_id}{mode}: started {report.started_at}, "
-                       f"{report.duration_s:.1f} s, ceiling {report.ceiling}", style="bold"))
+    console.print(
+        Text(
+            f"suite {report.suite_id}{mode}: started {report.started_at}, "
+            f"{report.duration_s:.1f} s, ceiling {report.ceiling}",
+            style="bold",
+        )
+    )
     if report.pgbouncer:
         b = report.pgbouncer
-        console.print(Text(f"PgBouncer {b['version']} ({b['pool_mode']} pooling, prepared statements {b['prepare']}): "
-                           f"client connections peak {b['client_peak']} of ceiling {report.ceiling}; server "
-                           f"connections at PostgreSQL peak {b['server_peak']} of pool {b['pool_size']} + reserve "
-                           f"{b['reserve']}"))
+        console.print(
+            Text(
+                f"PgBouncer {b['version']} ({b['pool_mode']} pooling, prepared statements {b['prepare']}): "
+                f"client connections peak {b['client_peak']} of ceiling {report.ceiling}; server "
+                f"connections at PostgreSQL peak {b['server_peak']} of pool {b['pool_size']} + reserve "
+                f"{b['reserve']}"
+            )
+        )
     console.print(_roles_table(report))
     console.print(_checks_table(report, secrets))
     console.print(_load_table(report))
@@ -184,6 +219,7 @@ def render_terminal(report: RunReport, console: Console) -> None:
 
 
 # --- files -------------------------------------------------------------------
+
 
 def write_json(report: RunReport, path: Path) -> None:
     """The whole report as JSON, every string redacted."""
@@ -207,8 +243,7 @@ def _draw_failed(ax: Any, failed: list[tuple[float, str, int]]) -> None:
     for t, status, n in failed:
         by_status.setdefault(status, []).append((t, n))
     for status, points in sorted(by_status.items()):
-        ax.bar([t for t, _ in points], [n for _, n in points], width=1.0, align="edge", label=status,
-               alpha=0.7)
+        ax.bar([t for t, _ in points], [n for _, n in points], width=1.0, align="edge", label=status, alpha=0.7)
     ax.set_ylabel("failed responses / s")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
@@ -230,26 +265,43 @@ def write_chart(report: RunReport, path: Path) -> None:
     if report.samples:
         per_role = [s.by_role() for s in report.samples]
         for role in _roles_seen(report):
-            ax.step(ts, [r.get(role, 0) for r in per_role], where="post", label=role,
-                    color=_ROLE_COLOURS.get(role), linewidth=1.2)
-        ax.step(ts, [s.total for s in report.samples], where="post", label="total",
-                color="black", linewidth=2)
+            ax.step(
+                ts,
+                [r.get(role, 0) for r in per_role],
+                where="post",
+                label=role,
+                color=_ROLE_COLOURS.get(role),
+                linewidth=1.2,
+            )
+        ax.step(ts, [s.total for s in report.samples], where="post", label="total", color="black", linewidth=2)
         if report.pgbouncer:  # behind PgBouncer the lines above are its clients; the server sees this
-            ax.step(ts, [s.servers or 0 for s in report.samples], where="post", label="servers (at PostgreSQL)",
-                    color="darkgoldenrod", linewidth=2.5)
+            ax.step(
+                ts,
+                [s.servers or 0 for s in report.samples],
+                where="post",
+                label="servers (at PostgreSQL)",
+                color="darkgoldenrod",
+                linewidth=2.5,
+            )
             bound = report.pgbouncer["pool_size"] + report.pgbouncer["reserve"]
-            ax.axhline(bound, color="darkgoldenrod", linestyle="--", linewidth=1.2,
-                       label=f"PgBouncer pool + reserve = {bound}")
-    ax.axhline(report.ceiling, color="tab:red", linestyle="--", linewidth=1.2,
-               label=f"ceiling = {report.ceiling}")
+            ax.axhline(
+                bound, color="darkgoldenrod", linestyle="--", linewidth=1.2, label=f"PgBouncer pool + reserve = {bound}"
+            )
+    ax.axhline(report.ceiling, color="tab:red", linestyle="--", linewidth=1.2, label=f"ceiling = {report.ceiling}")
     for i, o in enumerate(report.overlaps):
-        ax.axvspan(o.start, o.start + o.duration, color="tab:red", alpha=0.15,
-                   label="above ceiling" if i == 0 else None)
+        ax.axvspan(
+            o.start, o.start + o.duration, color="tab:red", alpha=0.15, label="above ceiling" if i == 0 else None
+        )
     labelled: set[str] = set()
     for e in report.events:
         if e.kind in _EVENT_COLOURS:
-            ax.axvline(e.t, color=_EVENT_COLOURS[e.kind], linestyle=":", linewidth=1.2,
-                       label=e.kind if e.kind not in labelled else None)
+            ax.axvline(
+                e.t,
+                color=_EVENT_COLOURS[e.kind],
+                linestyle=":",
+                linewidth=1.2,
+                label=e.kind if e.kind not in labelled else None,
+            )
             labelled.add(e.kind)
     peak = max([report.ceiling, *(s.total for s in report.samples)])
     ax.set_ylim(0, peak * 1.15 + 1)  # headroom so the ceiling line is never on the frame
@@ -270,8 +322,11 @@ def write_chart(report: RunReport, path: Path) -> None:
 def write_reports(report: RunReport, directory: Path) -> dict[str, Path]:
     """report.json, connections.png and report.txt (the terminal tables) in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {"json": directory / "report.json", "chart": directory / "connections.png",
-             "text": directory / "report.txt"}
+    paths = {
+        "json": directory / "report.json",
+        "chart": directory / "connections.png",
+        "text": directory / "report.txt",
+    }
     write_json(report, paths["json"])
     write_chart(report, paths["chart"])
     if report.rss:
@@ -294,13 +349,20 @@ def render_stats(found: dict[str, Any], console: Console | None = None) -> None:
     for name in ("role", "pid", "size", "idle", "in use", "waiting", "max", "server"):
         table.add_column(name, justify="left" if name == "role" else "right")
     for row in found["processes"]:
-        table.add_row(row["role"], str(row["pid"]), *(str(row.get(k, "")) for k in ("size", "idle", "in_use",
-                      "waiting", "max_size")), str(row["server"]) if server else "-")
+        table.add_row(
+            row["role"],
+            str(row["pid"]),
+            *(str(row.get(k, "")) for k in ("size", "idle", "in_use", "waiting", "max_size")),
+            str(row["server"]) if server else "-",
+        )
     console.print(table)
     totals = Table(title="Per role")
     for name in ("role", "processes", "size", "in use", "waiting", "timeouts", "server"):
         totals.add_column(name, justify="left" if name == "role" else "right")
     for role, t in sorted(found["roles"].items()):
-        totals.add_row(role, *(str(t.get(k, 0)) for k in ("processes", "size", "in_use", "waiting", "timeouts")),
-                       str(t.get("server", 0)) if server else "-")
+        totals.add_row(
+            role,
+            *(str(t.get(k, 0)) for k in ("processes", "size", "in_use", "waiting", "timeouts")),
+            str(t.get("server", 0)) if server else "-",
+        )
     console.print(totals)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .model import Check
 from .processes import RunningSuite
@@ -34,7 +34,7 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-rss", daemon=True)
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -48,8 +48,12 @@ class RssSampler:
             t = self.clock()
             for suite in self.hosts:
                 at = f"@{suite.plan.host}" if suite.plan.host else ""  # a fleet's roles carry the host
-                groups = [("web-master", [suite.web.pid]), ("web", suite.web.children()),
-                          ("worker-main", [suite.worker.pid]), ("worker", suite.worker.children())]
+                groups = [
+                    ("web-master", [suite.web.pid]),
+                    ("web", suite.web.children()),
+                    ("worker-main", [suite.worker.pid]),
+                    ("worker", suite.worker.children()),
+                ]
                 if suite.asgi is not None:
                     groups += [("asgi-master", [suite.asgi.pid]), ("asgi", suite.asgi.children())]
                 for role, pids in groups:
@@ -74,8 +78,12 @@ def check_memory_flat(series: list[tuple[float, str, int, int]], number: int = 7
             growth[role] = statistics.median(late) / statistics.median(early) - 1
     worst = max(growth.values(), default=0.0)
     detail = ", ".join(f"{role} {g:+.1%}" for role, g in growth.items())
-    return Check(number, f"memory (RSS) per process stays flat (< {GROWTH_LIMIT:.0%} growth)",
-                 bool(growth) and worst < GROWTH_LIMIT, f"median RSS, last third vs first: {detail}")
+    return Check(
+        number,
+        f"memory (RSS) per process stays flat (< {GROWTH_LIMIT:.0%} growth)",
+        bool(growth) and worst < GROWTH_LIMIT,
+        f"median RSS, last third vs first: {detail}",
+    )
 
 
 def write_memory_chart(series: list[tuple[float, str, int, int]], path) -> None:
@@ -86,14 +94,24 @@ def write_memory_chart(series: list[tuple[float, str, int, int]], path) -> None:
     fig = Figure(figsize=(10, 5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    colours = {"web": "tab:blue", "worker": "tab:orange", "asgi": "tab:green", "web-master": "tab:cyan",
-               "worker-main": "tab:brown", "asgi-master": "tab:olive"}
+    colours = {
+        "web": "tab:blue",
+        "worker": "tab:orange",
+        "asgi": "tab:green",
+        "web-master": "tab:cyan",
+        "worker-main": "tab:brown",
+        "asgi-master": "tab:olive",
+    }
     labelled: set[str] = set()
     for pid in sorted({s[2] for s in series}):
         points = [(t, kb / 1024) for t, _, p, kb in series if p == pid]
         role = next(r for _, r, p, _ in series if p == pid)
-        ax.plot(*zip(*points), color=colours.get(role, "grey"), linewidth=1,
-                label=None if role in labelled else role)
+        ax.plot(
+            *zip(*points, strict=False),
+            color=colours.get(role, "grey"),
+            linewidth=1,
+            label=None if role in labelled else role,
+        )
         labelled.add(role)
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS (MiB)")

@@ -7,10 +7,11 @@ import datetime as dt
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import psycopg2
 from rich.console import Console
@@ -26,9 +27,9 @@ from .model import Check, Event, LoadResult, RunReport, Sample
 from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
 from .processes import SuitePlan
 from .rss import RssSampler, check_memory_flat
-from .socket_watch import SocketWatch
 from .sampler import BouncerSampler, Sampler
 from .services import redact_url, services
+from .socket_watch import SocketWatch
 from .suite_probe import pid_alive, wait_for_rows, web_pool_reports, writers_for_keys
 
 if TYPE_CHECKING:
@@ -66,8 +67,15 @@ class LoadOptions:
     pgbouncer_reserve: int = 2  # its reserve_pool_size
 
     def deployment(self) -> DeploymentPlan:
-        return DeploymentPlan(self.web_workers, self.web_threads, self.worker_concurrency, self.pool_size,
-                              self.other_clients, self.asgi_workers, self.hosts)
+        return DeploymentPlan(
+            self.web_workers,
+            self.web_threads,
+            self.worker_concurrency,
+            self.pool_size,
+            self.other_clients,
+            self.asgi_workers,
+            self.hosts,
+        )
 
     def bouncer(self) -> BouncerSettings:
         # Room for every client of the fleet twice over: the client tier is not what a run tests.
@@ -98,8 +106,10 @@ def run_loadtest(options: LoadOptions, console: Console, log_dir: Path | None = 
         if options.pgbouncer:
             bouncer = stack.enter_context(EmbeddedPgBouncer(running.database_url, options.bouncer()))
             b = bouncer.settings
-            console.print(f"PgBouncer {'.'.join(map(str, bouncer.version))} at {bouncer.url}: transaction pooling, "
-                          f"pool {b.pool_size} + reserve {b.reserve}, max_client_conn {b.max_client_conn}")
+            console.print(
+                f"PgBouncer {'.'.join(map(str, bouncer.version))} at {bouncer.url}: transaction pooling, "
+                f"pool {b.pool_size} + reserve {b.reserve}, max_client_conn {b.max_client_conn}"
+            )
         return run_on(running.database_url, running.redis_url, options, console, log_dir, bouncer)
 
 
@@ -111,51 +121,83 @@ def check_budget(database_url: str, plan: DeploymentPlan, pooler: PoolerLimits |
         conn.close()
 
 
-def plans_for(options: LoadOptions, suite_id: str, database_url: str, redis_url: str,
-              bouncer: EmbeddedPgBouncer | None = None) -> list[SuitePlan]:
+def plans_for(
+    options: LoadOptions, suite_id: str, database_url: str, redis_url: str, bouncer: EmbeddedPgBouncer | None = None
+) -> list[SuitePlan]:
     """One plan per host; behind PgBouncer the suite's DATABASE_URL is PgBouncer's."""
     env = {"DB_BUDGET_HOSTS": str(options.hosts)}  # each host's start-up check counts the whole fleet
     if bouncer is not None:
         env["DB_BUDGET_MAX_CLIENT_CONN"] = str(bouncer.settings.max_client_conn)
         if not prepares_itself(bouncer.version):
             env["DB_POOL_PREPARE"] = "off"  # < 1.21: a statement prepared on one server connection is lost
-    return [SuitePlan(database_url=bouncer.url if bouncer else database_url, redis_url=redis_url,
-                      suite_id=suite_id, web_workers=options.web_workers, web_threads=options.web_threads,
-                      worker_concurrency=options.worker_concurrency, pool_size=options.pool_size,
-                      asgi_workers=options.asgi_workers, max_requests=options.max_requests,
-                      max_tasks_per_child=options.max_tasks_per_child, preload=options.preload or options.naive,
-                      naive=options.naive, stack=options.stack, host=host, extra_env=env)
-            for host in host_labels(options.hosts)]
+    return [
+        SuitePlan(
+            database_url=bouncer.url if bouncer else database_url,
+            redis_url=redis_url,
+            suite_id=suite_id,
+            web_workers=options.web_workers,
+            web_threads=options.web_threads,
+            worker_concurrency=options.worker_concurrency,
+            pool_size=options.pool_size,
+            asgi_workers=options.asgi_workers,
+            max_requests=options.max_requests,
+            max_tasks_per_child=options.max_tasks_per_child,
+            preload=options.preload or options.naive,
+            naive=options.naive,
+            stack=options.stack,
+            host=host,
+            extra_env=env,
+        )
+        for host in host_labels(options.hosts)
+    ]
 
 
-def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Console,
-           log_dir: Path | None = None, bouncer: EmbeddedPgBouncer | None = None,
-           observe_url: str | None = None, schedule: Callable | None = None) -> RunReport:
+def run_on(
+    database_url: str,
+    redis_url: str,
+    options: LoadOptions,
+    console: Console,
+    log_dir: Path | None = None,
+    bouncer: EmbeddedPgBouncer | None = None,
+    observe_url: str | None = None,
+    schedule: Callable | None = None,
+) -> RunReport:
     """`bouncer`: the PgBouncer in between, if any; `observe_url`: where the harness counts sessions, if
     not `database_url` (a proxy in between); `schedule(sampler, exact)`: faults to run during the load
     (harness/fault_schedule.py)."""
     suite_id = f"run{uuid.uuid4().hex[:8]}"
     plans = plans_for(options, suite_id, database_url, redis_url, bouncer)
-    report = RunReport(suite_id=suite_id, plan=asdict(options), naive=options.naive,
-                       started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       duration_s=0.0, ceiling=sum(plan.ceiling for plan in plans))
+    report = RunReport(
+        suite_id=suite_id,
+        plan=asdict(options),
+        naive=options.naive,
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        duration_s=0.0,
+        ceiling=sum(plan.ceiling for plan in plans),
+    )
     budget = check_budget(database_url, options.deployment(), bouncer and options.pooler())
     report.budget = {"fits": budget.fits, "arithmetic": budget.explain(), **asdict(budget.limits)}
     for line in budget.explain():
         console.print(f"  budget  {line}")
     if not budget.fits:
-        report.checks.append(Check(0, "budget: the plan fits the server's connection slots", False,
-                                   budget.explain()[-1]))
+        report.checks.append(
+            Check(0, "budget: the plan fits the server's connection slots", False, budget.explain()[-1])
+        )
         return report
     init_schema_at(database_url)
     started = time.monotonic()
-    sampler = (BouncerSampler(bouncer.admin_url, database_url, suite_id, bouncer.server_role) if bouncer
-               else Sampler(observe_url or database_url, suite_id)).start()
+    sampler = (
+        BouncerSampler(bouncer.admin_url, database_url, suite_id, bouncer.server_role)
+        if bouncer
+        else Sampler(observe_url or database_url, suite_id)
+    ).start()
     logs = log_dir or Path(tempfile.mkdtemp(prefix=f"forkpool-{suite_id}-"))
     asgi = f", {options.asgi_workers} asgi workers" if options.asgi_workers else ""
     hosts = f"{options.hosts} hosts of " if options.hosts > 1 else ""
-    console.print(f"starting {hosts}{options.web_workers} web workers, {options.worker_concurrency} task processes"
-                  f"{asgi}, pool {options.pool_size} each: ceiling {report.ceiling}; logs in {logs}")
+    console.print(
+        f"starting {hosts}{options.web_workers} web workers, {options.worker_concurrency} task processes"
+        f"{asgi}, pool {options.pool_size} each: ceiling {report.ceiling}; logs in {logs}"
+    )
     fleet = start_fleet(plans, logs)
     processes = fleet.processes()
     rss = RssSampler(fleet.hosts, sampler.now).start()
@@ -171,8 +213,16 @@ def run_on(database_url: str, redis_url: str, options: LoadOptions, console: Con
     return report
 
 
-def _drive(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunReport,
-           console: Console, logs: Path, direct_url: str, schedule: Callable | None = None) -> Sample | None:
+def _drive(
+    fleet: Fleet,
+    sampler: Sampler,
+    options: LoadOptions,
+    report: RunReport,
+    console: Console,
+    logs: Path,
+    direct_url: str,
+    schedule: Callable | None = None,
+) -> Sample | None:
     """Steady state, load with disturbances, drain, settle; appends checks 1, 3, 4, 5 and 6."""
     plan = fleet.hosts[0].plan
     expected = fleet.expected()
@@ -184,8 +234,9 @@ def _drive(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunRepo
     load_start = time.monotonic()
     watch = SocketWatch(plan.database_url, plan.redis_url, fleet.master_pids).start()
     try:
-        faults = schedule(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected) \
-            if schedule else None
+        faults = (
+            schedule(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected) if schedule else None
+        )
         load = _run_load(fleet, sampler, options, report, console, logs, celery, faults)
     finally:
         watch.stop()
@@ -196,14 +247,19 @@ def _drive(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunRepo
     load.tasks_completed = sum(1 for k in load.direct_keys if rows.get(k))
     load.tasks_per_s = round(load.tasks_completed / max(time.monotonic() - load_start, 1e-9), 2)
     report.load = load
-    _wait_for(sampler, lambda s: s.t > load_end and {r: n for r, n in s.by_role().items() if n} == expected,
-              NAIVE_WAIT_S if plan.naive else checks.SETTLE_BOUND_S)
-    report.checks.append(checks.check_settled([s for s in sampler.samples if s.t > load_end], expected,
-                                              plan.pool_size, pid_alive))
+    _wait_for(
+        sampler,
+        lambda s: s.t > load_end and {r: n for r, n in s.by_role().items() if n} == expected,
+        NAIVE_WAIT_S if plan.naive else checks.SETTLE_BOUND_S,
+    )
+    report.checks.append(
+        checks.check_settled([s for s in sampler.samples if s.t > load_end], expected, plan.pool_size, pid_alive)
+    )
     # Which host ran each task, by the name its transaction carried: on a fleet, or through PgBouncer.
     writers = writers_for_keys(direct_url, keys) if options.hosts > 1 or options.pgbouncer else None
-    report.checks.append(checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options),
-                                                writers))
+    report.checks.append(
+        checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options), writers)
+    )
     by_role, final = _pool_reports(fleet, sampler, celery)
     report.checks.append(checks.check_reports_agree(by_role, final.by_pid(), pid_alive))
     watch.look()  # twice more after the load, recycling and kills: a finding must be seen twice
@@ -212,18 +268,35 @@ def _drive(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunRepo
     return steady
 
 
-def _run_load(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunReport,
-              console: Console, logs: Path, celery, faults: FaultSchedule | None = None) -> LoadResult:
+def _run_load(
+    fleet: Fleet,
+    sampler: Sampler,
+    options: LoadOptions,
+    report: RunReport,
+    console: Console,
+    logs: Path,
+    celery,
+    faults: FaultSchedule | None = None,
+) -> LoadResult:
     plan = fleet.hosts[0].plan
     # The async tier gets its share of the users (harness/locustfile.py's AsgiUser), the web tier the rest;
     # on a fleet, each tier's users take its hosts in turn.
     asgi_urls = [suite.asgi.url for suite in fleet.hosts if suite.asgi]
-    env = ({"FORKPOOL_ASGI_HOST": ",".join(asgi_urls), "FORKPOOL_ASGI_USERS": str(options.asgi_users)}
-           if asgi_urls else {"FORKPOOL_ASGI_HOST": ""})
+    env = (
+        {"FORKPOOL_ASGI_HOST": ",".join(asgi_urls), "FORKPOOL_ASGI_USERS": str(options.asgi_users)}
+        if asgi_urls
+        else {"FORKPOOL_ASGI_HOST": ""}
+    )
     if len(fleet.hosts) > 1:
         env["FORKPOOL_WEB_HOSTS"] = ",".join(suite.web.url for suite in fleet.hosts)
-    locust = LocustRun(fleet.hosts[0].web.url, users=options.users, duration=options.duration,
-                       suite_id=plan.suite_id, workdir=logs / "locust", env=env).start()
+    locust = LocustRun(
+        fleet.hosts[0].web.url,
+        users=options.users,
+        duration=options.duration,
+        suite_id=plan.suite_id,
+        workdir=logs / "locust",
+        env=env,
+    ).start()
     enqueuer = DirectEnqueuer(celery, plan.queue, plan.suite_id, options.task_rate).start()
     killer = Killer(fleet.hosts, options.kill_workers, options.duration, sampler.now).start()
     if faults is not None:
@@ -234,8 +307,10 @@ def _run_load(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunR
             while time.monotonic() < deadline:
                 latest = sampler.latest()
                 seen = latest.by_role() if latest else {}
-                status.update(f"load: {max(deadline - time.monotonic(), 0):4.0f} s left; connections "
-                              f"{sum(seen.values())}/{report.ceiling} {seen}")
+                status.update(
+                    f"load: {max(deadline - time.monotonic(), 0):4.0f} s left; connections "
+                    f"{sum(seen.values())}/{report.ceiling} {seen}"
+                )
                 if faults is not None:
                     faults.service_restarts()  # from this, the main thread (see FaultSchedule)
                 time.sleep(0.5)
@@ -258,28 +333,42 @@ def _run_load(fleet: Fleet, sampler: Sampler, options: LoadOptions, report: RunR
 
 def failed_per_second(by_second: list[tuple[int, dict[str, int]]], wall_at_zero: float) -> list[tuple[float, str, int]]:
     """The responses that were not 2xx, per second and status, on the run's clock (0 = the sampler's start)."""
-    return [(round(second - wall_at_zero, 1), status, n) for second, counts in by_second
-            for status, n in sorted(counts.items()) if not status.startswith("2")]
+    return [
+        (round(second - wall_at_zero, 1), status, n)
+        for second, counts in by_second
+        for status, n in sorted(counts.items())
+        if not status.startswith("2")
+    ]
 
 
-def _conclude(report: RunReport, options: LoadOptions, steady: Sample | None, processes: dict[str, int],
-              bouncer: EmbeddedPgBouncer | None) -> None:
+def _conclude(
+    report: RunReport,
+    options: LoadOptions,
+    steady: Sample | None,
+    processes: dict[str, int],
+    bouncer: EmbeddedPgBouncer | None,
+) -> None:
     """Checks that need the whole series: the ceiling under load (per host), PgBouncer's servers, summaries."""
     labels = host_labels(options.hosts)
     if len(labels) > 1:
-        check, report.overlaps = check_fleet_ceiling(report.samples, labels, report.ceiling // len(labels),
-                                                     options.pool_size)
+        check, report.overlaps = check_fleet_ceiling(
+            report.samples, labels, report.ceiling // len(labels), options.pool_size
+        )
     else:
         check, report.overlaps = checks.check_ceiling(report.samples, report.ceiling, options.pool_size)
     report.checks.insert(1, check)
     if bouncer is not None:
-        report.checks.append(checks.check_server_pool(report.samples, bouncer.settings.pool_size,
-                                                      bouncer.settings.reserve))
+        report.checks.append(
+            checks.check_server_pool(report.samples, bouncer.settings.pool_size, bouncer.settings.reserve)
+        )
         report.pgbouncer = {
-            "version": ".".join(map(str, bouncer.version)), "pool_mode": "transaction",
-            **asdict(bouncer.settings), "prepare": "on" if prepares_itself(bouncer.version) else "off",
+            "version": ".".join(map(str, bouncer.version)),
+            "pool_mode": "transaction",
+            **asdict(bouncer.settings),
+            "prepare": "on" if prepares_itself(bouncer.version) else "off",
             "client_peak": max((s.total for s in report.samples), default=0),
-            "server_peak": max((s.servers or 0 for s in report.samples), default=0)}
+            "server_peak": max((s.servers or 0 for s in report.samples), default=0),
+        }
     if options.soak:
         report.checks.append(check_memory_flat(report.rss))
     report.checks.sort(key=lambda c: c.number)
@@ -311,8 +400,7 @@ def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
     return found
 
 
-def _pool_reports(fleet: Fleet, sampler: Sampler, celery, rounds: int = 3
-                  ) -> tuple[dict[str, dict[int, dict]], Sample]:
+def _pool_reports(fleet: Fleet, sampler: Sampler, celery, rounds: int = 3) -> tuple[dict[str, dict[int, dict]], Sample]:
     """Each process's own stats by role (and host), then the server's count; asked again while a role is unheard.
 
     Asking recycles processes too: the stats tasks count towards max_tasks_per_child,
@@ -327,9 +415,11 @@ def _pool_reports(fleet: Fleet, sampler: Sampler, celery, rounds: int = 3
             http[qualified(checks.WEB, host)] = web_pool_reports(suite.web.url, set(suite.web.children()))
             if suite.asgi is not None:
                 http[qualified(checks.ASGI, host)] = web_pool_reports(suite.asgi.url, set(suite.asgi.children()))
-        tasks = {qualified(checks.WORKER, suite.plan.host):  # last: they recycle the most
-                 worker_pool_reports(celery, suite.plan.host_queue, suite.plan.worker_concurrency)
-                 for suite in fleet.hosts}
+        tasks = {
+            qualified(checks.WORKER, suite.plan.host):  # last: they recycle the most
+            worker_pool_reports(celery, suite.plan.host_queue, suite.plan.worker_concurrency)
+            for suite in fleet.hosts
+        }
         final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
         # Roles in check 5's order (web, worker, asgi), hosts in order within each: the sort is stable.
         by_role = dict(sorted({**http, **tasks}.items(), key=lambda item: _ROLE_RANK[item[0].partition("@")[0]]))

@@ -15,10 +15,7 @@ from .model import Sample
 
 INTERVAL = 0.05
 
-_QUERY = (
-    "SELECT application_name, count(*) FROM pg_stat_activity "
-    "WHERE left(application_name, %s) = %s GROUP BY 1"
-)
+_QUERY = "SELECT application_name, count(*) FROM pg_stat_activity WHERE left(application_name, %s) = %s GROUP BY 1"
 
 
 def parse_sessions(rows: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -44,7 +41,7 @@ class Sampler:
         self._conn: psycopg2.extensions.connection | None = None
         self._thread = threading.Thread(target=self._run, name="forkpool-sampler", daemon=True)
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -84,8 +81,9 @@ class Sampler:
             self._stop.wait(max(self.interval - (time.monotonic() - started), 0.0))
 
     def _connect(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(self.database_url, application_name=f"forkpool-sampler {self.prefix}",
-                                connect_timeout=2)
+        conn = psycopg2.connect(
+            self.database_url, application_name=f"forkpool-sampler {self.prefix}", connect_timeout=2
+        )
         conn.autocommit = True
         return conn
 
@@ -119,8 +117,9 @@ class BouncerSampler(Sampler):
     PgBouncer's own role holds on the server, for check 8.
     """
 
-    def __init__(self, admin_url: str, database_url: str, suite_id: str, server_role: str,
-                 interval: float = INTERVAL) -> None:
+    def __init__(
+        self, admin_url: str, database_url: str, suite_id: str, server_role: str, interval: float = INTERVAL
+    ) -> None:
         super().__init__(database_url, suite_id, interval)
         self.admin_url, self.server_role = admin_url, server_role
 

@@ -26,10 +26,11 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Self
+from typing import Self
 from urllib.parse import quote
 
 import psycopg2
@@ -39,11 +40,33 @@ from psycopg2 import sql
 
 from forkpool.redact import redact_text
 
-from ._procs import (ServiceError, chown_tree, default_base_dir, free_port, init_data_dir, log_tail,
-                     make_tmp_dir, postgres_bindir, redis_server_binary, run, server_user, spawn, stop)
+from ._procs import (
+    ServiceError,
+    chown_tree,
+    default_base_dir,
+    free_port,
+    init_data_dir,
+    log_tail,
+    make_tmp_dir,
+    postgres_bindir,
+    redis_server_binary,
+    run,
+    server_user,
+    spawn,
+    stop,
+)
 
-__all__ = ["ServiceError", "EmbeddedMariaDB", "EmbeddedPostgres", "EmbeddedRedis", "Services", "services",
-           "external_database_url", "external_redis_url", "redact_url"]
+__all__ = [
+    "EmbeddedMariaDB",
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "ServiceError",
+    "Services",
+    "external_database_url",
+    "external_redis_url",
+    "redact_url",
+    "services",
+]
 
 log = logging.getLogger("forkpool.harness")
 
@@ -91,8 +114,12 @@ class _Server:
         return self._tmp() / f"{self.kind}.log"
 
     def _prepare(self) -> None: ...
-    def _argv(self) -> list[str]: raise NotImplementedError
-    def _ping(self) -> bool: raise NotImplementedError
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ping(self) -> bool:
+        raise NotImplementedError
+
     def _after_first_start(self) -> None: ...
 
     # -- lifecycle
@@ -102,8 +129,11 @@ class _Server:
         if self.is_running():
             return self
         if threading.current_thread() is not threading.main_thread():
-            log.warning("%s started from thread %s: it dies when that thread ends (PDEATHSIG)",
-                        self.kind, threading.current_thread().name)
+            log.warning(
+                "%s started from thread %s: it dies when that thread ends (PDEATHSIG)",
+                self.kind,
+                threading.current_thread().name,
+            )
         began = time.monotonic()
         if not self._prepared:
             self.tmp_dir = make_tmp_dir(f"forkpool-{self.kind}-", self._base_dir)
@@ -231,8 +261,7 @@ class _Server:
             return f.read().decode(errors="replace")
 
     def _error(self, what: str) -> ServiceError:
-        return ServiceError(f"{self.kind} on port {self.port} {what}; log {self.log_path}: "
-                            f"{log_tail(self.log_path)}")
+        return ServiceError(f"{self.kind} on port {self.port} {what}; log {self.log_path}: {log_tail(self.log_path)}")
 
 
 class EmbeddedPostgres(_Server):
@@ -245,9 +274,16 @@ class EmbeddedPostgres(_Server):
     kind = "postgres"
     stop_signals = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
-    def __init__(self, max_connections: int = 100, *, port: int | None = None,
-                 base_dir: str | Path | None = None, password: str | None = None,
-                 superuser_reserved_connections: int = 3, settings: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        max_connections: int = 100,
+        *,
+        port: int | None = None,
+        base_dir: str | Path | None = None,
+        password: str | None = None,
+        superuser_reserved_connections: int = 3,
+        settings: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(port, base_dir)
         self.max_connections = max_connections
         self.extra_settings = dict(settings or {})  # more -c name=value for the server
@@ -309,14 +345,28 @@ class EmbeddedPostgres(_Server):
         chown_tree(hba, self._user)
 
     def _argv(self) -> list[str]:
-        settings = {"max_connections": self.max_connections,
-                    "superuser_reserved_connections": self.superuser_reserved_connections,
-                    # Throwaway data: durability only costs time.
-                    "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-                    # Bounds WAL kept between checkpoints (RAM, on tmpfs).
-                    "max_wal_size": "128MB", **self.extra_settings}
-        argv = [str(self._bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-                "-h", self.host, "-k", str(self.socket_dir)]
+        settings = {
+            "max_connections": self.max_connections,
+            "superuser_reserved_connections": self.superuser_reserved_connections,
+            # Throwaway data: durability only costs time.
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            # Bounds WAL kept between checkpoints (RAM, on tmpfs).
+            "max_wal_size": "128MB",
+            **self.extra_settings,
+        }
+        argv = [
+            str(self._bindir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            self.host,
+            "-k",
+            str(self.socket_dir),
+        ]
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
         return argv
@@ -327,8 +377,9 @@ class EmbeddedPostgres(_Server):
         # out its 2 s timeout on a non-postgres one). postgres binds TCP
         # before creating the socket, so an answer here means TCP is ours.
         try:
-            psycopg2.connect(host=str(self.socket_dir), port=self.port, user=SUPERUSER,
-                             dbname="postgres", connect_timeout=2).close()
+            psycopg2.connect(
+                host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname="postgres", connect_timeout=2
+            ).close()
             return True
         except psycopg2.OperationalError:
             return False
@@ -340,8 +391,7 @@ class EmbeddedPostgres(_Server):
         # echoed to the server log, which our errors quote.
         conn = psycopg2.connect(self.url, connect_timeout=5)
         try:
-            verifier = psycopg2.extensions.encrypt_password(self._password, APP_ROLE, conn,
-                                                            "scram-sha-256")
+            verifier = psycopg2.extensions.encrypt_password(self._password, APP_ROLE, conn, "scram-sha-256")
         finally:
             conn.close()
         role = sql.Identifier(APP_ROLE)
@@ -362,8 +412,7 @@ class EmbeddedRedis(_Server):
     kind = "redis"
     stop_signals = {"fast": signal.SIGINT, "immediate": signal.SIGKILL}
 
-    def __init__(self, port: int | None = None, base_dir: str | Path | None = None,
-                 persistent: bool = False) -> None:
+    def __init__(self, port: int | None = None, base_dir: str | Path | None = None, persistent: bool = False) -> None:
         super().__init__(port, base_dir)
         self._binary = redis_server_binary()
         self.persistent = persistent
@@ -374,8 +423,22 @@ class EmbeddedRedis(_Server):
 
     def _argv(self) -> list[str]:
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        return [str(self._binary), "--port", str(self.port), "--bind", self.host, "--save", "", *durability,
-                "--dir", str(self._tmp()), "--daemonize", "no", "--logfile", str(self.log_path)]
+        return [
+            str(self._binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            *durability,
+            "--dir",
+            str(self._tmp()),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.log_path),
+        ]
 
     def _ping(self) -> bool:
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=1, socket_timeout=1)
@@ -401,8 +464,7 @@ class EmbeddedMariaDB(_Server):
     start_timeout = 60.0
     user_name = "forkpool"
 
-    def __init__(self, max_connections: int = 200, port: int | None = None,
-                 base_dir: str | Path | None = None) -> None:
+    def __init__(self, max_connections: int = 200, port: int | None = None, base_dir: str | Path | None = None) -> None:
         super().__init__(port, base_dir)
         self.max_connections = max_connections
         self._server, self._install_db = mariadb_binaries()
@@ -421,23 +483,45 @@ class EmbeddedMariaDB(_Server):
         return f"mysql://{self.user_name}@{self.host}:{self.port}/test"
 
     def _prepare(self) -> None:
-        run([self._install_db, "--no-defaults", f"--datadir={self.data_dir}", "--skip-test-db",
-             "--auth-root-authentication-method=normal", "--skip-name-resolve", *self._as_user()],
-            cwd=self._tmp(), user=None, timeout=120)
+        run(
+            [
+                self._install_db,
+                "--no-defaults",
+                f"--datadir={self.data_dir}",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+                "--skip-name-resolve",
+                *self._as_user(),
+            ],
+            cwd=self._tmp(),
+            user=None,
+            timeout=120,
+        )
 
     def _as_user(self) -> list[str]:
         # mariadbd refuses to run as root unless told to; the data dir is root's then.
         return ["--user=root"] if os.geteuid() == 0 else []
 
     def _argv(self) -> list[str]:
-        return [self._server, "--no-defaults", f"--datadir={self.data_dir}", f"--socket={self.socket_path}",
-                f"--port={self.port}", f"--bind-address={self.host}", "--skip-name-resolve",
-                f"--pid-file={self._tmp() / 'mariadb.pid'}", f"--log-error={self.log_path}",
-                f"--max-connections={self.max_connections}", "--skip-log-bin",
-                # session_connect_attrs: where a MySQL client's program_name (our identity) shows.
-                "--performance-schema=ON",
-                # Throwaway data: durability only costs time; a small buffer pool starts fast.
-                "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=32M", *self._as_user()]
+        return [
+            self._server,
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            f"--socket={self.socket_path}",
+            f"--port={self.port}",
+            f"--bind-address={self.host}",
+            "--skip-name-resolve",
+            f"--pid-file={self._tmp() / 'mariadb.pid'}",
+            f"--log-error={self.log_path}",
+            f"--max-connections={self.max_connections}",
+            "--skip-log-bin",
+            # session_connect_attrs: where a MySQL client's program_name (our identity) shows.
+            "--performance-schema=ON",
+            # Throwaway data: durability only costs time; a small buffer pool starts fast.
+            "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-buffer-pool-size=32M",
+            *self._as_user(),
+        ]
 
     def _ping(self) -> bool:
         import pymysql
@@ -450,9 +534,11 @@ class EmbeddedMariaDB(_Server):
             return False
 
     def _after_first_start(self) -> None:
-        self.execute_as_root(f"CREATE USER IF NOT EXISTS '{self.user_name}'@'%'",
-                             f"GRANT ALL PRIVILEGES ON *.* TO '{self.user_name}'@'%' WITH GRANT OPTION",
-                             "CREATE DATABASE IF NOT EXISTS test")
+        self.execute_as_root(
+            f"CREATE USER IF NOT EXISTS '{self.user_name}'@'%'",
+            f"GRANT ALL PRIVILEGES ON *.* TO '{self.user_name}'@'%' WITH GRANT OPTION",
+            "CREATE DATABASE IF NOT EXISTS test",
+        )
 
     def execute_as_root(self, *statements: str) -> list[tuple]:
         """Run statements as root over the private socket; the last one's rows."""
@@ -472,8 +558,14 @@ class EmbeddedMariaDB(_Server):
 
 def mariadb_binaries() -> tuple[str, str]:
     """The server and its install tool, or ServiceError naming the package that brings them."""
-    server = next((p for p in (shutil.which("mariadbd"), "/usr/sbin/mariadbd", shutil.which("mysqld"), "/usr/sbin/mysqld")
-                   if p and os.access(p, os.X_OK)), None)
+    server = next(
+        (
+            p
+            for p in (shutil.which("mariadbd"), "/usr/sbin/mariadbd", shutil.which("mysqld"), "/usr/sbin/mysqld")
+            if p and os.access(p, os.X_OK)
+        ),
+        None,
+    )
     install_db = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
     if server is None or install_db is None:
         raise ServiceError(f"MariaDB is not installed; install it with: {mariadb_install_command()}")

@@ -35,7 +35,7 @@ class SocketWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-socket-watch", daemon=True)
 
-    def start(self) -> "SocketWatch":
+    def start(self) -> SocketWatch:
         self._thread.start()
         return self
 
@@ -61,10 +61,16 @@ class SocketWatch:
         if self.findings:
             first = next(iter(self.findings.values()))
             kinds = ", ".join(sorted({key.split(":", 1)[0] for key in self.findings}))
-            return Check(6, name, False, f"{len(self.findings)} finding(s) ({kinds}) in {self.surveys} surveys; "
-                                         f"first: {first}")
-        return Check(6, name, True, f"{self.surveys} surveys of every process's sockets "
-                                    f"(median {median:.0f} ms each): none shared, masters hold none")
+            return Check(
+                6, name, False, f"{len(self.findings)} finding(s) ({kinds}) in {self.surveys} surveys; first: {first}"
+            )
+        return Check(
+            6,
+            name,
+            True,
+            f"{self.surveys} surveys of every process's sockets "
+            f"(median {median:.0f} ms each): none shared, masters hold none",
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -89,8 +89,9 @@ def server_counts(database_url: str, suite: str) -> dict[tuple[str, int], int]:
                 conn.autocommit = True  # the admin console takes no transactions
                 cur.execute("SHOW CLIENTS")
                 column = [c[0] for c in cur.description].index("application_name")
-                return parse_sessions([(row[column], 1) for row in cur.fetchall()
-                                       if (row[column] or "").startswith(prefix)])
+                return parse_sessions(
+                    [(row[column], 1) for row in cur.fetchall() if (row[column] or "").startswith(prefix)]
+                )
             cur.execute(_QUERY, (len(prefix), prefix))
             return parse_sessions(cur.fetchall())
     finally:
@@ -102,9 +103,15 @@ def collect(web_url: str, database_url: str | None) -> dict[str, Any]:
     suite = json.loads(_get(web_url + "/pool"))["suite_id"]
     processes = processes_from_metrics(text)
     server = server_counts(database_url, suite) if database_url else {}
-    rows = [{"role": role, "pid": pid, **{k: int(v) for k, v in values.items()},
-             "server": server.get((role, pid)) if database_url else None}
-            for (role, pid), values in sorted(processes.items())]
+    rows = [
+        {
+            "role": role,
+            "pid": pid,
+            **{k: int(v) for k, v in values.items()},
+            "server": server.get((role, pid)) if database_url else None,
+        }
+        for (role, pid), values in sorted(processes.items())
+    ]
     roles: dict[str, dict[str, Any]] = {}
     for row in rows:
         total = roles.setdefault(row["role"], {"processes": 0, "size": 0, "in_use": 0, "waiting": 0, "server": 0})

@@ -39,20 +39,37 @@ def _peaks(times: list[float], start: float, end: float) -> dict[str, float]:
         while inside[k] < t - 1.0:
             k += 1
         best_100ms, best_1s = max(best_100ms, i - j + 1), max(best_1s, i - k + 1)
-    return {"attempts": len(inside), "busiest_100ms": best_100ms, "busiest_1s": best_1s,
-            "mean_per_s": round(len(inside) / max(end - start, 1e-9), 1)}
+    return {
+        "attempts": len(inside),
+        "busiest_100ms": best_100ms,
+        "busiest_1s": best_1s,
+        "mean_per_s": round(len(inside) / max(end - start, 1e-9), 1),
+    }
 
 
-def _one_run(pg: EmbeddedPostgres, proxy: FaultProxy, processes: int, pool: int, outage: float,
-             jitter: float) -> dict:
+def _one_run(pg: EmbeddedPostgres, proxy: FaultProxy, processes: int, pool: int, outage: float, jitter: float) -> dict:
     suite_id = f"storm{uuid.uuid4().hex[:6]}"
     expected = processes * pool
     sampler = Sampler(pg.url, suite_id).start()
-    env = {**os.environ, "SUITE_ID": suite_id, "PROCESS_ROLE": ROLE, "STORM_DSN": proxy.url(pg.url),
-           "STORM_POOL": str(pool), "STORM_JITTER": str(jitter)}
-    children = [subprocess.Popen([sys.executable, "-m", "harness.storm"], env=env, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                for _ in range(processes)]
+    env = {
+        **os.environ,
+        "SUITE_ID": suite_id,
+        "PROCESS_ROLE": ROLE,
+        "STORM_DSN": proxy.url(pg.url),
+        "STORM_POOL": str(pool),
+        "STORM_JITTER": str(jitter),
+    }
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "harness.storm"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
     try:
         for child in children:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
@@ -74,10 +91,14 @@ def _one_run(pg: EmbeddedPostgres, proxy: FaultProxy, processes: int, pool: int,
     refusals = sum(server_log.count(text) for text in SLOT_ERRORS)
     peak = max((s.total for s in sampler.samples), default=0)
     return {
-        "backoff_jitter": jitter, "outage_s": round(up - down, 2), "all_pools_full_after_s": full_after,
+        "backoff_jitter": jitter,
+        "outage_s": round(up - down, 2),
+        "all_pools_full_after_s": full_after,
         "after_return": _peaks(proxy.counters.accepted_at, up, up + (full_after or 30) + 1),
         "refused_attempts_while_down": sum(s["connect_errors"] for s in stats),
-        "server_refusals_for_slots": refusals, "server_peak_sessions": peak, "ceiling": expected,
+        "server_refusals_for_slots": refusals,
+        "server_peak_sessions": peak,
+        "ceiling": expected,
     }
 
 
@@ -120,14 +141,24 @@ def reconnect_storm(processes: int = 16, pool: int = 4, outage: float = 8.0) -> 
                 runs.append(_one_run(pg, proxy, processes, pool, outage, jitter))
     result.figures = {"processes": processes, "pool": pool, "with_jitter": runs[0], "without_jitter": runs[1]}
     result.checks = [
-        Check(1, "every pool full again after the server returns, both ways",
-              all(r["all_pools_full_after_s"] is not None for r in runs),
-              f"{[r['all_pools_full_after_s'] for r in runs]} s (with, without jitter)"),
-        Check(2, "the server never refused for lack of slots during recovery",
-              all(r["server_refusals_for_slots"] == 0 for r in runs),
-              f"{[r['server_refusals_for_slots'] for r in runs]} refusals (with, without jitter)"),
-        Check(3, "the server never saw more than the ceiling", all(r["server_peak_sessions"] <= r["ceiling"] for r in runs),
-              f"peaks {[r['server_peak_sessions'] for r in runs]} of {processes * pool}"),
+        Check(
+            1,
+            "every pool full again after the server returns, both ways",
+            all(r["all_pools_full_after_s"] is not None for r in runs),
+            f"{[r['all_pools_full_after_s'] for r in runs]} s (with, without jitter)",
+        ),
+        Check(
+            2,
+            "the server never refused for lack of slots during recovery",
+            all(r["server_refusals_for_slots"] == 0 for r in runs),
+            f"{[r['server_refusals_for_slots'] for r in runs]} refusals (with, without jitter)",
+        ),
+        Check(
+            3,
+            "the server never saw more than the ceiling",
+            all(r["server_peak_sessions"] <= r["ceiling"] for r in runs),
+            f"peaks {[r['server_peak_sessions'] for r in runs]} of {processes * pool}",
+        ),
     ]
     return result
 

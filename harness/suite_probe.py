@@ -69,8 +69,9 @@ def writers_for_keys(database_url: str, keys: list[str]) -> dict[str, int]:
     conn = psycopg2.connect(database_url, application_name="forkpool-harness-check", connect_timeout=5)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT coalesce(written_by, ''), count(*) FROM events WHERE key = ANY(%s) GROUP BY 1",
-                        (list(keys),))
+            cur.execute(
+                "SELECT coalesce(written_by, ''), count(*) FROM events WHERE key = ANY(%s) GROUP BY 1", (list(keys),)
+            )
             rows = cur.fetchall()
     finally:
         conn.close()

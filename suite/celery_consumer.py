@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 try:  # Celery 5.7: bounds reads on sockets already open before teardown reads from them
     from celery.utils.threads import bound_open_broker_sockets
 except ImportError:  # Celery < 5.7
+
     def bound_open_broker_sockets(connection: object, timeout: float) -> None:
         return None
+
 
 COLLECT_SOCKET_TIMEOUT = getattr(celery_consumer, "COLLECT_SOCKET_TIMEOUT", 5.0)
 
@@ -63,6 +65,6 @@ class Consumer(celery_consumer.Consumer):
         bound_open_broker_sockets(connection, COLLECT_SOCKET_TIMEOUT)
         try:
             connection.collect(socket_timeout=COLLECT_SOCKET_TIMEOUT)
-        except Exception:  # noqa: BLE001 - teardown of a dead connection; Celery ignores these too
+        except Exception:  # teardown of a dead connection; Celery ignores these too
             logger.debug("collecting the broken broker connection failed", exc_info=True)
         warnings.warn(celery_consumer.CANCEL_TASKS_BY_DEFAULT, CPendingDeprecationWarning, stacklevel=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -92,7 +92,7 @@ class HoldJob(_Strict):
     args: HoldArgs
 
 
-Job = Annotated[Union[RecordEventJob, AggregateJob, HoldJob], Field(discriminator="kind")]
+Job = Annotated[RecordEventJob | AggregateJob | HoldJob, Field(discriminator="kind")]
 JOB_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
 
 TASK_FOR_KIND = {"record_event": TASK_RECORD_EVENT, "aggregate": TASK_AGGREGATE, "hold": TASK_HOLD}
@@ -111,6 +111,7 @@ def parse_task_args(model: type[BaseModel], kwargs: dict[str, Any]) -> Any:
     try:
         return model.model_validate(kwargs)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}"
-                             for e in exc.errors(include_url=False))
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
         raise InvalidTaskArguments(problems) from None

@@ -38,7 +38,7 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "suite": getattr(record, "suite", suite_id()),
@@ -56,8 +56,12 @@ def logging_config(extra_loggers: tuple[str, ...] = ()) -> dict[str, Any]:
     fmt = (os.environ.get(LOG_FORMAT_ENV) or "text").strip().lower()
     level = (os.environ.get(LOG_LEVEL_ENV) or "INFO").strip().upper()
     formatter = {"()": JsonFormatter} if fmt == "json" else {"()": TextFormatter, "format": TEXT_FORMAT}
-    handler = {"class": "logging.StreamHandler", "formatter": "forkpool", "filters": ["identity"],
-               "stream": "ext://sys.stderr"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "forkpool",
+        "filters": ["identity"],
+        "stream": "ext://sys.stderr",
+    }
     loggers = {name: {"level": level, "handlers": ["console"], "propagate": False} for name in extra_loggers}
     return {
         "version": 1,

@@ -17,8 +17,9 @@ open forkpool's own pool beside it).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import forkpool
 from forkpool import stats as keys
@@ -88,9 +89,16 @@ def engine_stats(engine: Any) -> dict[str, Any]:
     """A QueuePool's state under the keys of forkpool.stats (size = idle + in use, as the server counts it)."""
     pool = engine.pool
     idle, in_use = pool.checkedin(), pool.checkedout()
-    return {keys.PID: os.getpid(), keys.NAME: "sqlalchemy", keys.SERVER: engine.url.render_as_string(),
-            keys.MIN_SIZE: pool.size(), keys.MAX_SIZE: pool.size(),  # the stacks run with max_overflow=0
-            keys.SIZE: idle + in_use, keys.IDLE: idle, keys.IN_USE: in_use}
+    return {
+        keys.PID: os.getpid(),
+        keys.NAME: "sqlalchemy",
+        keys.SERVER: engine.url.render_as_string(),
+        keys.MIN_SIZE: pool.size(),
+        keys.MAX_SIZE: pool.size(),  # the stacks run with max_overflow=0
+        keys.SIZE: idle + in_use,
+        keys.IDLE: idle,
+        keys.IN_USE: in_use,
+    }
 
 
 _worker_store: Store | None = None

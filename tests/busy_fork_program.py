@@ -125,15 +125,20 @@ def main() -> int:
     for thread in threads:
         thread.join(10)
     after = backend_pids(pool)
-    print(json.dumps({
-        "parent": os.getpid(),
-        "before": before,
-        "after": after,
-        "ops": counts["ops"],
-        "errors": counts["errors"],
-        "error_samples": errors[:5],
-        "children": [{k: v for k, v in c.items() if k not in ("fd", "forked_at")} for c in children],
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "parent": os.getpid(),
+                "before": before,
+                "after": after,
+                "ops": counts["ops"],
+                "errors": counts["errors"],
+                "error_samples": errors[:5],
+                "children": [{k: v for k, v in c.items() if k not in ("fd", "forked_at")} for c in children],
+            }
+        ),
+        flush=True,
+    )
     sys.stdin.readline()
     forkpool.close_all()
     return 0

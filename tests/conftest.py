@@ -10,17 +10,22 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg2
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 import forkpool
-from harness.services import (EmbeddedMariaDB, EmbeddedPostgres, EmbeddedRedis, ServiceError, external_database_url,
-                              external_redis_url)
-from forkpool import identity
-from forkpool import registry
+from forkpool import identity, registry
+from harness.services import (
+    EmbeddedMariaDB,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    ServiceError,
+    external_database_url,
+    external_redis_url,
+)
 from tests.server_support import Server
 
 ADMIN_APP_NAME = "pytest-admin"
@@ -122,10 +127,13 @@ def sessions(admin: Callable[..., list[tuple]], suite_id: str) -> Callable[..., 
 
     def list_sessions(role: str | None = None) -> list[tuple[str, int]]:
         pattern = f"{suite_id}:{role}:%" if role else f"{suite_id}:%"
-        return [tuple(row) for row in admin(
-            "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s ORDER BY pid",
-            pattern,
-        )]
+        return [
+            tuple(row)
+            for row in admin(
+                "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s ORDER BY pid",
+                pattern,
+            )
+        ]
 
     return list_sessions
 
@@ -163,14 +171,18 @@ def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 def transaction_status(conn: object) -> str:
-    """"IDLE", "INTRANS", ... for a connection of either driver."""
+    """ "IDLE", "INTRANS", ... for a connection of either driver."""
     status = getattr(conn, "get_transaction_status", None)
     if status is not None:  # psycopg2
         import psycopg2.extensions as ext
 
-        names = {ext.TRANSACTION_STATUS_IDLE: "IDLE", ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
-                 ext.TRANSACTION_STATUS_INERROR: "INERROR", ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
-                 ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN"}
+        names = {
+            ext.TRANSACTION_STATUS_IDLE: "IDLE",
+            ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
+            ext.TRANSACTION_STATUS_INERROR: "INERROR",
+            ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
+            ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN",
+        }
         return names[status()]
     return conn.info.transaction_status.name  # type: ignore[attr-defined]  # psycopg 3
 
@@ -188,7 +200,7 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
     forkpool.close_all()
     registry.configured().clear()
     registry.size_sources().clear()
-    registry._used().clear()  # noqa: SLF001 - which pools this process used: each test starts with none
+    registry._used().clear()  # which pools this process used: each test starts with none
     pools = registry.process_pools.peek()
     if pools is not None:
         pools.manager_counts = dict.fromkeys(pools.manager_counts, 0)

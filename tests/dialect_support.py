@@ -20,8 +20,9 @@ _KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
 _KCMP_FILE = 0
 
 
-def mariadb_sessions(mariadb, suite_id: str, by: str = "program_name",
-                     role: str = "app") -> Callable[[], list[tuple[str, int]]]:
+def mariadb_sessions(
+    mariadb, suite_id: str, by: str = "program_name", role: str = "app"
+) -> Callable[[], list[tuple[str, int]]]:
     """A lister of the app's MariaDB sessions as (``suite:role:pid``, connection id), like PostgreSQL's `sessions`.
 
     `by` "program_name": the identity forkpool gave the connection (PyMySQL).
@@ -29,17 +30,20 @@ def mariadb_sessions(mariadb, suite_id: str, by: str = "program_name",
     place for a program name), named here with `role`; our own root session is
     not counted.
     """
+
     def listing() -> list[tuple[str, int]]:
         if by == "program_name":
             rows = mariadb.execute_as_root(
                 "SELECT ATTR_VALUE, PROCESSLIST_ID FROM performance_schema.session_connect_attrs "
-                f"WHERE ATTR_NAME = 'program_name' AND ATTR_VALUE LIKE '{suite_id}:%' ORDER BY PROCESSLIST_ID")
+                f"WHERE ATTR_NAME = 'program_name' AND ATTR_VALUE LIKE '{suite_id}:%' ORDER BY PROCESSLIST_ID"
+            )
             return [(str(name), int(session)) for name, session in rows]
         rows = mariadb.execute_as_root(
             "SELECT a.ATTR_VALUE, a.PROCESSLIST_ID FROM performance_schema.session_connect_attrs a "
             "JOIN information_schema.processlist p ON p.ID = a.PROCESSLIST_ID "
             "WHERE a.ATTR_NAME = '_pid' AND p.USER = 'forkpool' AND a.PROCESSLIST_ID <> CONNECTION_ID() "
-            "ORDER BY a.PROCESSLIST_ID")
+            "ORDER BY a.PROCESSLIST_ID"
+        )
         return [(f"{suite_id}:{role}:{pid}", int(session)) for pid, session in rows]
 
     return listing
@@ -103,8 +107,9 @@ def shared_file_handles(pids: Iterable[int], path: str) -> list[set[int]]:
 
 def mariadb_client_ports(mariadb) -> set[int]:
     """The client ports of the app's MariaDB sessions (user ``forkpool`` over TCP), from the processlist."""
-    rows = mariadb.execute_as_root("SELECT HOST FROM information_schema.processlist "
-                                   "WHERE USER = 'forkpool' AND HOST LIKE '%:%'")
+    rows = mariadb.execute_as_root(
+        "SELECT HOST FROM information_schema.processlist WHERE USER = 'forkpool' AND HOST LIKE '%:%'"
+    )
     return {int(str(host).rsplit(":", 1)[1]) for (host,) in rows}
 
 

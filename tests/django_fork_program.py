@@ -49,14 +49,20 @@ def sessions_of_others(name: str) -> list[str]:
     """Sessions of this run (same suite id) not named like the parent's: the children's."""
     suite = name.split(":", 1)[0]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s "
-                       "AND application_name <> %s", [f"{suite}:%", name])
+        cursor.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s AND application_name <> %s",
+            [f"{suite}:%", name],
+        )
         return [row[0] for row in cursor.fetchall()]
 
 
 def child(report_fd: int) -> None:
-    state = {"pid": os.getpid(), "pools": sorted(DatabaseWrapper._connection_pools),
-             "connection": connection.connection is not None, "graveyard": len(graveyard())}
+    state = {
+        "pid": os.getpid(),
+        "pools": sorted(DatabaseWrapper._connection_pools),
+        "connection": connection.connection is not None,
+        "graveyard": len(graveyard()),
+    }
     state["backend"], state["name"] = whoami()
     forkpool.close_all()  # what the server hooks do at worker exit
     os.write(report_fd, (json.dumps(state) + "\n").encode())
@@ -127,10 +133,18 @@ def main(forks: int) -> dict:
         children_sessions = sessions_of_others(name)
     stop.set()
     thread.join(10)
-    return {"parent": os.getpid(), "name": name, "before": before, "after": after,
-            "main_backend_alive": backend in before, "statuses": list(statuses.values()), "children": seen,
-            "children_sessions": children_sessions,
-            "busy_ops": busy_ops[0], "trouble": trouble[:5]}
+    return {
+        "parent": os.getpid(),
+        "name": name,
+        "before": before,
+        "after": after,
+        "main_backend_alive": backend in before,
+        "statuses": list(statuses.values()),
+        "children": seen,
+        "children_sessions": children_sessions,
+        "busy_ops": busy_ops[0],
+        "trouble": trouble[:5],
+    }
 
 
 if __name__ == "__main__":

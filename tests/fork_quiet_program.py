@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg2
 
@@ -61,7 +61,7 @@ def child_queries() -> int:
         return 0 if cur.fetchone() == (1,) else 3
 
 
-def mp_child(queue: "multiprocessing.Queue[int]") -> None:
+def mp_child(queue: multiprocessing.Queue[int]) -> None:
     queue.put(child_queries())
 
 
@@ -87,7 +87,7 @@ def pools() -> str:
     for _ in range(FORKS):
         fork_and_check(child_queries)
     ctx = multiprocessing.get_context("fork")
-    queue: "multiprocessing.Queue[int]" = ctx.Queue()
+    queue: multiprocessing.Queue[int] = ctx.Queue()
     for _ in range(2):
         proc = ctx.Process(target=mp_child, args=(queue,))
         proc.start()
@@ -110,15 +110,14 @@ def backoff() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
-        dead = build_settings(dsn=f"postgresql://nobody@127.0.0.1:{port}/x", min_size=1, max_size=1,
-                              connect_timeout=2)
+        dead = build_settings(dsn=f"postgresql://nobody@127.0.0.1:{port}/x", min_size=1, max_size=1, connect_timeout=2)
         pool = forkpool.Pool(dead, name="refused")
         pool.open()
-        maintainer = pool._maintainer  # noqa: SLF001 - the backoff is what is checked
-        assert wait_for(lambda: maintainer._backoff > 0), "never backed off"  # noqa: SLF001
+        maintainer = pool._maintainer  # the backoff is what is checked
+        assert wait_for(lambda: maintainer._backoff > 0), "never backed off"
         for _ in range(FORKS):
             fork_and_check()
-        assert maintainer._backoff > 0  # noqa: SLF001
+        assert maintainer._backoff > 0
         pool.close()
     return f"{FORKS} forks while backing off"
 
@@ -138,8 +137,9 @@ def recovery() -> str:
         assert wait_for(lambda: _alive(cur, before) == 0)
     with pool.connection() as conn, conn.cursor() as cur:  # no error: the dead ones are replaced
         cur.execute("SELECT 1")
-    assert wait_for(lambda: pool.stats()["size"] == 2 and pool.stats()["connections_opened"] >= opened + 2), \
+    assert wait_for(lambda: pool.stats()["size"] == 2 and pool.stats()["connections_opened"] >= opened + 2), (
         pool.stats()
+    )
     after = backend_pids(pool)
     assert not set(after) & set(before), (before, after)
     fork_and_check()
@@ -163,7 +163,7 @@ def backend_pids(pool: forkpool.Pool) -> list[int]:
             pool.putconn(conn)
 
 
-def _alive(cur: "psycopg2.extensions.cursor", pids: list[int]) -> int:
+def _alive(cur: psycopg2.extensions.cursor, pids: list[int]) -> int:
     cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
     return int(cur.fetchone()[0])
 
@@ -193,8 +193,9 @@ def stuck() -> str:
         server.bind(("127.0.0.1", 0))
         server.listen(8)  # the kernel completes the handshake; nobody ever reads the startup packet
         port = server.getsockname()[1]
-        silent = build_settings(dsn=f"postgresql://nobody@127.0.0.1:{port}/x", min_size=1, max_size=1,
-                                connect_timeout=30)
+        silent = build_settings(
+            dsn=f"postgresql://nobody@127.0.0.1:{port}/x", min_size=1, max_size=1, connect_timeout=30
+        )
         pool = forkpool.Pool(silent, name="silent")
         pool.open()
         assert select.select([server], [], [], 30)[0], "the maintainer never connected"
@@ -202,7 +203,7 @@ def stuck() -> str:
             warnings.simplefilter("always", DeprecationWarning)
             fork_and_check()
         warned = sum("multi-threaded" in str(w.message) for w in caught)
-        assert pool._maintainer._thread is not None  # noqa: SLF001 - still connecting: not ended, not lost
+        assert pool._maintainer._thread is not None  # still connecting: not ended, not lost
         pool.close()
     return f"a fork past a stuck maintainer ({warned} warning)"
 
@@ -215,7 +216,7 @@ def spawn() -> str:
     pool.open(wait=True, timeout=20)
     threads = maintainers()
     subprocess.run([sys.executable, "-c", "pass"], preexec_fn=lambda: None, check=True)
-    assert maintainers() == threads and not pool._maintainer.paused, maintainers()  # noqa: SLF001
+    assert maintainers() == threads and not pool._maintainer.paused, maintainers()
     pool.close()
     return "subprocess with preexec_fn"
 

@@ -30,8 +30,9 @@ import os
 import re
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import psycopg2
@@ -58,8 +59,7 @@ FUZZ = settings(
     max_examples=150,
     deadline=None,
     database=None,  # nothing written into the repository; failures print their example
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 JOB_KINDS = ("record_event", "aggregate", "hold")
@@ -161,7 +161,9 @@ def same_json_in_database(s: Suite, item_id: int, sent_text: str) -> bool:
     return s.sql(
         "SELECT (%s::jsonb ->> 'name') = name "
         "AND coalesce(%s::jsonb -> 'payload', 'null') = coalesce(payload, 'null') FROM items WHERE id = %s",
-        sent_text, sent_text, item_id,
+        sent_text,
+        sent_text,
+        item_id,
     )[0][0]
 
 
@@ -204,19 +206,68 @@ def float_overflows(value: Any) -> bool:
     return False
 
 
-
 # --------------------------------------------------------------------------- strategies
 
 SQL_FRAGMENTS = [
-    "'; DROP TABLE items; --", "'; DROP TABLE events; --", "1; DELETE FROM items", "' OR '1'='1",
-    "\" OR \"\"=\"", "') RETURNING *; --", "Robert'); DROP TABLE students;--", "$$; DROP TABLE items; $$",
-    "' UNION SELECT usename, passwd FROM pg_shadow --", "; COMMIT; TRUNCATE items; BEGIN;", "%s", "%(name)s",
-    "%%", "%", "_", "$1", "?", ":name", "E'\\\\x41'", "/*", "*/", "--", ";", "NULL", "null", "None",
-    "\\", "\\\\", "\\'", "''", "'", '"', "`", "\\x00", "\\u0000", "\\N", "{}", "[]", "0x41",
+    "'; DROP TABLE items; --",
+    "'; DROP TABLE events; --",
+    "1; DELETE FROM items",
+    "' OR '1'='1",
+    '" OR ""="',
+    "') RETURNING *; --",
+    "Robert'); DROP TABLE students;--",
+    "$$; DROP TABLE items; $$",
+    "' UNION SELECT usename, passwd FROM pg_shadow --",
+    "; COMMIT; TRUNCATE items; BEGIN;",
+    "%s",
+    "%(name)s",
+    "%%",
+    "%",
+    "_",
+    "$1",
+    "?",
+    ":name",
+    "E'\\\\x41'",
+    "/*",
+    "*/",
+    "--",
+    ";",
+    "NULL",
+    "null",
+    "None",
+    "\\",
+    "\\\\",
+    "\\'",
+    "''",
+    "'",
+    '"',
+    "`",
+    "\\x00",
+    "\\u0000",
+    "\\N",
+    "{}",
+    "[]",
+    "0x41",
 ]
 ODD_TEXT = [
-    "😀", "👩‍👩‍👧‍👦", "\u202eevil\u202c", "Ω≈ç√∫", "𝕏𝕐", "\ufeff", "\u200b", "e\u0301", "中文字", "\t\n\r",
-    " ", "  leading and trailing  ", "\x01\x1f\x7f", "\u2028\u2029", "\uffff", "\U0010ffff", "ß", "İ",
+    "😀",
+    "👩‍👩‍👧‍👦",
+    "\u202eevil\u202c",
+    "Ω≈ç√∫",
+    "𝕏𝕐",
+    "\ufeff",
+    "\u200b",
+    "e\u0301",
+    "中文字",
+    "\t\n\r",
+    " ",
+    "  leading and trailing  ",
+    "\x01\x1f\x7f",
+    "\u2028\u2029",
+    "\uffff",
+    "\U0010ffff",
+    "ß",
+    "İ",
 ]
 HOSTILE = SQL_FRAGMENTS + ODD_TEXT
 
@@ -232,7 +283,8 @@ valid_names = st.one_of(
     st.sampled_from(HOSTILE),
     st.text(storable_char, min_size=1, max_size=NAME_MAX),
     st.lists(st.sampled_from(HOSTILE) | st.text(storable_char, max_size=4), min_size=1, max_size=10)
-    .map("".join).filter(lambda s: 1 <= len(s) <= NAME_MAX),
+    .map("".join)
+    .filter(lambda s: 1 <= len(s) <= NAME_MAX),
     repeat("x😀'\\é\u0301", [1, NAME_MAX - 1, NAME_MAX]),
 )
 
@@ -260,24 +312,36 @@ json_objects = st.dictionaries(wild_text, json_values, max_size=5)
 
 def item_shapes(text: st.SearchStrategy, values: st.SearchStrategy, objects: st.SearchStrategy) -> st.SearchStrategy:
     """Bodies for POST /items: any mix of the fields, near-valid ones, and extra keys."""
-    any_fields = st.fixed_dictionaries({}, optional={
-        "name": st.one_of(valid_names, text, values), "payload": st.one_of(st.none(), objects, values)})
+    any_fields = st.fixed_dictionaries(
+        {}, optional={"name": st.one_of(valid_names, text, values), "payload": st.one_of(st.none(), objects, values)}
+    )
     near_valid = st.fixed_dictionaries({"name": valid_names | text}, optional={"payload": st.none() | objects})
     return st.one_of(any_fields, near_valid, with_extra_key(any_fields | near_valid, text, values))
 
 
-def job_shapes(text: st.SearchStrategy, values: st.SearchStrategy, objects: st.SearchStrategy,
-               nums: st.SearchStrategy) -> st.SearchStrategy:
+def job_shapes(
+    text: st.SearchStrategy, values: st.SearchStrategy, objects: st.SearchStrategy, nums: st.SearchStrategy
+) -> st.SearchStrategy:
     """Bodies for POST /jobs: any mix of kind and args, near-valid jobs of each kind, and extra keys."""
     seconds = st.one_of(st.floats(0, MAX_HOLD_SECONDS + 1), st.integers(-1, int(MAX_HOLD_SECONDS) + 1), nums)
-    any_args = st.fixed_dictionaries({}, optional={
-        "key": st.one_of(valid_names, text, values), "data": st.one_of(st.none(), objects, values),
-        "seconds": st.one_of(seconds, values)})
-    any_fields = st.fixed_dictionaries({}, optional={
-        "kind": st.sampled_from(JOB_KINDS) | text, "args": st.one_of(any_args, values)})
+    any_args = st.fixed_dictionaries(
+        {},
+        optional={
+            "key": st.one_of(valid_names, text, values),
+            "data": st.one_of(st.none(), objects, values),
+            "seconds": st.one_of(seconds, values),
+        },
+    )
+    any_fields = st.fixed_dictionaries(
+        {}, optional={"kind": st.sampled_from(JOB_KINDS) | text, "args": st.one_of(any_args, values)}
+    )
     near_valid = st.one_of(
-        st.fixed_dictionaries({"kind": st.just("record_event"), "args": st.fixed_dictionaries(
-            {"key": valid_names | text}, optional={"data": st.none() | objects})}),
+        st.fixed_dictionaries(
+            {
+                "kind": st.just("record_event"),
+                "args": st.fixed_dictionaries({"key": valid_names | text}, optional={"data": st.none() | objects}),
+            }
+        ),
         st.fixed_dictionaries({"kind": st.just("aggregate")}, optional={"args": st.just({}) | objects}),
         st.fixed_dictionaries({"kind": st.just("hold"), "args": st.fixed_dictionaries({"seconds": seconds})}),
     )
@@ -292,10 +356,14 @@ item_bodies = item_shapes(wild_text, json_values, json_objects)
 job_bodies = job_shapes(wild_text, json_values, json_objects, numbers)
 
 # Clean values (no NUL, no lone surrogates, finite numbers): the OpenAPI schema alone decides.
-clean_text = st.one_of(st.text(storable_char, max_size=12), st.sampled_from(HOSTILE + [""]),
-                       repeat("x", [NAME_MAX, NAME_MAX + 1]))
-clean_numbers = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
-                          st.sampled_from([0, 60, 60.0, 60.000001, 1e-9, -1e-9]))
+clean_text = st.one_of(
+    st.text(storable_char, max_size=12), st.sampled_from(HOSTILE + [""]), repeat("x", [NAME_MAX, NAME_MAX + 1])
+)
+clean_numbers = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0, 60, 60.0, 60.000001, 1e-9, -1e-9]),
+)
 clean_json = st.recursive(
     st.none() | st.booleans() | clean_numbers | clean_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(clean_text, inner, max_size=3),
@@ -307,11 +375,19 @@ clean_job_bodies = st.one_of(clean_json, job_shapes(clean_text, clean_json, clea
 
 # Content types, and whether Flask takes them for JSON (else 415).
 CONTENT_TYPES = [
-    ("application/json", True), ("application/json; charset=utf-8", True), ("APPLICATION/JSON", True),
-    ("application/merge-patch+json", True), ("application/json; charset=latin-1", True),
-    ("text/plain", False), ("text/json", False), ("application/x-www-form-urlencoded", False),
-    ("multipart/form-data; boundary=xyz", False), ("application/octet-stream", False),
-    ("application/jsonx", False), ("application/xml", False), (None, False),
+    ("application/json", True),
+    ("application/json; charset=utf-8", True),
+    ("APPLICATION/JSON", True),
+    ("application/merge-patch+json", True),
+    ("application/json; charset=latin-1", True),
+    ("text/plain", False),
+    ("text/json", False),
+    ("application/x-www-form-urlencoded", False),
+    ("multipart/form-data; boundary=xyz", False),
+    ("application/octet-stream", False),
+    ("application/jsonx", False),
+    ("application/xml", False),
+    (None, False),
 ]
 
 
@@ -323,30 +399,70 @@ def nested(n: int, kind: str) -> bytes:
 
 raw_bodies = st.one_of(
     st.binary(max_size=200),
-    st.builds(lambda n, k: b'{"name":"deep","payload":{"a":' + nested(n, k) + b"}}",
-              st.integers(MAX_DEPTH - 3, MAX_DEPTH + 3) | st.integers(1, 3000), st.sampled_from(["list", "dict"])),
+    st.builds(
+        lambda n, k: b'{"name":"deep","payload":{"a":' + nested(n, k) + b"}}",
+        st.integers(MAX_DEPTH - 3, MAX_DEPTH + 3) | st.integers(1, 3000),
+        st.sampled_from(["list", "dict"]),
+    ),
     st.builds(lambda n, opener: opener * n, st.integers(1, 30000), st.sampled_from([b"[", b'{"a":', b'{"x":['])),
-    st.builds(lambda junk: b'{"name": "' + junk + b'"}',
-              st.binary(min_size=1, max_size=12).filter(lambda b: not _is_utf8(b))),  # not UTF-8
-    st.builds(lambda esc, where: where.replace(b"@", esc),
-              st.sampled_from([b"\\ud800", b"\\udfff", b"\\ud83d", b"\\ude00\\ud83d", b"\\u0000", b"\\ud83d\\ude00"]),
-              st.sampled_from([b'{"name":"@"}', b'{"name":"x","payload":{"k":"@"}}', b'{"name":"x","payload":{"@":1}}',
-                               b'{"kind":"record_event","args":{"key":"@"}}',
-                               b'{"kind":"record_event","args":{"key":"k","data":{"@":1}}}'])),
-    st.sampled_from([
-        b'{"name":"x","payload":{"n":NaN}}', b'{"name":"x","payload":{"n":-Infinity}}',
-        b'{"name":"x","payload":{"n":1e999}}', b'{"name":"a","name":"b"}', b'{"name":"x","payload":null}',
-        b'{"name":"x","payload":{"n":' + b"9" * 4301 + b"}}", b'{"name":"x","payload":{"n":' + b"9" * 4000 + b"}}",
-        b'{"kind":"hold","args":{"seconds":1e999}}', b'{"kind":"hold","args":{"seconds":NaN}}',
-        b'{"kind":"aggregate"}', b'{"kind":"aggregate","kind":"hold"}', b"", b"null", b"[]", b'"x"', b"0",
-        b'{"name":"x"} trailing', b'{"name":"x","payload":{"k":"\xed\xa0\x80"}}', b'{"name":"\xed\xa0\x80"}',
-        b"\xef\xbb\xbf" + b'{"name":"bom"}', b'{"name":"\'; DROP TABLE items; --"}',
-    ]),
-    st.builds(lambda name, enc: json.dumps({"name": name}, ensure_ascii=False).encode(enc), valid_names,
-              st.sampled_from(["utf-8", "utf-16", "utf-16-be", "utf-32", "utf-8-sig"])),
-    st.builds(lambda n: b'{"name":"' + b"x" * n + b'"}',
-              st.sampled_from([NAME_MAX, NAME_MAX + 1, DEFAULT_MAX_BODY_BYTES - 12, DEFAULT_MAX_BODY_BYTES + 1,
-                               DEFAULT_MAX_BODY_BYTES * 2])),
+    st.builds(
+        lambda junk: b'{"name": "' + junk + b'"}', st.binary(min_size=1, max_size=12).filter(lambda b: not _is_utf8(b))
+    ),  # not UTF-8
+    st.builds(
+        lambda esc, where: where.replace(b"@", esc),
+        st.sampled_from([b"\\ud800", b"\\udfff", b"\\ud83d", b"\\ude00\\ud83d", b"\\u0000", b"\\ud83d\\ude00"]),
+        st.sampled_from(
+            [
+                b'{"name":"@"}',
+                b'{"name":"x","payload":{"k":"@"}}',
+                b'{"name":"x","payload":{"@":1}}',
+                b'{"kind":"record_event","args":{"key":"@"}}',
+                b'{"kind":"record_event","args":{"key":"k","data":{"@":1}}}',
+            ]
+        ),
+    ),
+    st.sampled_from(
+        [
+            b'{"name":"x","payload":{"n":NaN}}',
+            b'{"name":"x","payload":{"n":-Infinity}}',
+            b'{"name":"x","payload":{"n":1e999}}',
+            b'{"name":"a","name":"b"}',
+            b'{"name":"x","payload":null}',
+            b'{"name":"x","payload":{"n":' + b"9" * 4301 + b"}}",
+            b'{"name":"x","payload":{"n":' + b"9" * 4000 + b"}}",
+            b'{"kind":"hold","args":{"seconds":1e999}}',
+            b'{"kind":"hold","args":{"seconds":NaN}}',
+            b'{"kind":"aggregate"}',
+            b'{"kind":"aggregate","kind":"hold"}',
+            b"",
+            b"null",
+            b"[]",
+            b'"x"',
+            b"0",
+            b'{"name":"x"} trailing',
+            b'{"name":"x","payload":{"k":"\xed\xa0\x80"}}',
+            b'{"name":"\xed\xa0\x80"}',
+            b"\xef\xbb\xbf" + b'{"name":"bom"}',
+            b'{"name":"\'; DROP TABLE items; --"}',
+        ]
+    ),
+    st.builds(
+        lambda name, enc: json.dumps({"name": name}, ensure_ascii=False).encode(enc),
+        valid_names,
+        st.sampled_from(["utf-8", "utf-16", "utf-16-be", "utf-32", "utf-8-sig"]),
+    ),
+    st.builds(
+        lambda n: b'{"name":"' + b"x" * n + b'"}',
+        st.sampled_from(
+            [
+                NAME_MAX,
+                NAME_MAX + 1,
+                DEFAULT_MAX_BODY_BYTES - 12,
+                DEFAULT_MAX_BODY_BYTES + 1,
+                DEFAULT_MAX_BODY_BYTES * 2,
+            ]
+        ),
+    ),
 )
 
 
@@ -357,11 +473,13 @@ def _is_utf8(data: bytes) -> bool:
         return False
     return True
 
+
 @pytest.fixture
 def suite_with_items(suite) -> Suite:
     for n in range(LIMIT_MAX // 4 + 3):
         assert suite.client.post("/items", json={"name": f"item {n}", "payload": {"n": n}}).status_code == 201
     return suite
+
 
 def check_post(s: Suite, endpoint: str, data: bytes, content_type: str | None, is_json_type: bool = True) -> Any:
     """Post, then check the response and exactly what was written."""
@@ -396,8 +514,11 @@ def check_post(s: Suite, endpoint: str, data: bytes, content_type: str | None, i
         task, kwargs = s.newest_message_kwargs()
         assert task == f"workers.{sent['kind']}"
         args = sent.get("args", {})
-        expected = {"record_event": {"key": args.get("key"), "data": args.get("data")},
-                    "aggregate": {}, "hold": {"seconds": args.get("seconds")}}[sent["kind"]]
+        expected = {
+            "record_event": {"key": args.get("key"), "data": args.get("data")},
+            "aggregate": {},
+            "hold": {"seconds": args.get("seconds")},
+        }[sent["kind"]]
         if _depth_ok(expected):
             assert canon(kwargs) == canon(expected), (kwargs, expected)
         status_response = assert_sane(s.client.get(f"/jobs/{accepted['id']}"), "GET")

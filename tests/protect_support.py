@@ -23,14 +23,31 @@ APPS = Path(__file__).with_name("protect_apps")
 
 def doctor(master: int, database_url: str, *extra: str, redis_url: str | None = None) -> dict:
     redis = ["--redis-url", redis_url] if redis_url else []
-    result = subprocess.run([sys.executable, "-m", "forkpool", "doctor", "--json", "--pid", str(master),
-                             "--dsn", database_url, *redis, *extra], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forkpool",
+            "doctor",
+            "--json",
+            "--pid",
+            str(master),
+            "--dsn",
+            database_url,
+            *redis,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout)
 
 
-def settled_doctor(master: int, database_url: str, *extra: str, redis_url: str | None = None,
-                   timeout: float = 20.0) -> dict:
+def settled_doctor(
+    master: int, database_url: str, *extra: str, redis_url: str | None = None, timeout: float = 20.0
+) -> dict:
     """Doctor until it finds no error, or `timeout`: the last report.
 
     After a load with recycling a child may have just exited, and the server
@@ -107,8 +124,9 @@ def exact(sessions: Callable[[], list], suite_id: str, role: str, live: Iterable
     return held.keys() == expected and all(len(b) == per_process for b in held.values())
 
 
-def protected_run_ends_clean(server: Server, role: str, sessions: Callable[[], list], suite_id: str,
-                             database_url: str, per_process: int) -> None:
+def protected_run_ends_clean(
+    server: Server, role: str, sessions: Callable[[], list], suite_id: str, database_url: str, per_process: int
+) -> None:
     """The end of a protected run, after a load with recycling, then a graceful stop.
 
     Exactly `per_process` sessions by identity for each live child of `server`
@@ -136,14 +154,16 @@ def redis_sessions(redis_url: str, suite_id: str) -> Callable[[], list[tuple[str
 
     def listing() -> list[tuple[str, int]]:
         with redis.Redis.from_url(redis_url, client_name="pytest-admin") as admin:
-            return [(c["name"], int(c["id"])) for c in admin.client_list()
-                    if c.get("name", "").startswith(f"{suite_id}:")]
+            return [
+                (c["name"], int(c["id"])) for c in admin.client_list() if c.get("name", "").startswith(f"{suite_id}:")
+            ]
 
     return listing
 
 
-def start_gunicorn_app(servers: list[Server], app_dir: Path, conf: str, app: str, env: dict[str, str],
-                       log: Path, workers: int = 3) -> tuple[Server, str]:
+def start_gunicorn_app(
+    servers: list[Server], app_dir: Path, conf: str, app: str, env: dict[str, str], log: Path, workers: int = 3
+) -> tuple[Server, str]:
     port = free_port()
     server = Server(gunicorn_argv(app, port, workers, "--config", conf), app_dir, env, log)
     servers.append(server)
@@ -163,6 +183,7 @@ def http_load(url: str, requests: int = 60, threads: int = 6, retry_reset: bool 
     not merged; uvicorn 0.55), so a worker leaving at max_requests resets a
     request now and then. A second failure counts as a failure.
     """
+
     def one(_: int) -> tuple[int, str]:
         status, body = get(url)
         if status == 0 and retry_reset:
@@ -189,12 +210,39 @@ def recycled_http_load(server: Server, url: str, requests: int = 60) -> list[tup
     return answers + http_load(url, requests // 2, retry_reset=True)
 
 
-def start_celery_app(servers: list[Server], app_dir: Path, module: str, queue: str, env: dict[str, str], log: Path,
-                     concurrency: int = 2, max_tasks_per_child: int = 3) -> Server:
-    argv = [sys.executable, "-m", "celery", "--app", module, "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--max-tasks-per-child", str(max_tasks_per_child),
-            "--queues", queue, "--hostname", f"{queue}@%h", "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+def start_celery_app(
+    servers: list[Server],
+    app_dir: Path,
+    module: str,
+    queue: str,
+    env: dict[str, str],
+    log: Path,
+    concurrency: int = 2,
+    max_tasks_per_child: int = 3,
+) -> Server:
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        module,
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--max-tasks-per-child",
+        str(max_tasks_per_child),
+        "--queues",
+        queue,
+        "--hostname",
+        f"{queue}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     worker = Server(argv, app_dir, {**env, "CELERY_QUEUE": queue}, log)
     servers.append(worker)
     worker.wait_until(lambda: " ready." in worker.log() and len(worker.children()) == concurrency, "celery ready")

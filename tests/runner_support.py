@@ -9,7 +9,7 @@ starts with the backend pid and the application name (``%p [%a]``).
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg2
 import pytest
@@ -22,9 +22,15 @@ NO_GOODBYE = ("unexpected EOF on client connection", "Connection reset by peer",
 
 @pytest.fixture(scope="module")
 def logged_pg() -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(max_connections=60, settings={
-        "log_min_messages": "debug1", "log_connections": "on", "log_disconnections": "on",
-        "log_line_prefix": "%p [%a] "})
+    server = EmbeddedPostgres(
+        max_connections=60,
+        settings={
+            "log_min_messages": "debug1",
+            "log_connections": "on",
+            "log_disconnections": "on",
+            "log_line_prefix": "%p [%a] ",
+        },
+    )
     server.start()
     try:
         yield server
@@ -37,8 +43,9 @@ def holders(server: EmbeddedPostgres, suite_id: str) -> dict[int, int]:
     conn = psycopg2.connect(server.url, application_name="pytest-admin")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
-                        (f"{suite_id}:%",))
+            cur.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s", (f"{suite_id}:%",)
+            )
             names = [row[0] for row in cur.fetchall()]
     finally:
         conn.close()
@@ -61,23 +68,29 @@ def log_lines(server: EmbeddedPostgres, backends: set[int]) -> dict[int, list[st
 
 def without_goodbye(server: EmbeddedPostgres, backends: set[int]) -> dict[int, list[str]]:
     """Wait until each of `backends` logged its disconnection; {backend: lines} of those that ended without a goodbye."""
+
     def all_ended() -> bool:
         return all(any("disconnection:" in line for line in lines) for lines in log_lines(server, backends).values())
 
     assert wait_for(all_ended, timeout=20), log_lines(server, backends)
-    return {b: [line for line in lines if any(text in line for text in NO_GOODBYE)]
-            for b, lines in log_lines(server, backends).items()
-            if any(text in line for text in NO_GOODBYE for line in lines)}
+    return {
+        b: [line for line in lines if any(text in line for text in NO_GOODBYE)]
+        for b, lines in log_lines(server, backends).items()
+        if any(text in line for text in NO_GOODBYE for line in lines)
+    }
 
 
 def session_lister(server: EmbeddedPostgres, suite_id: str):
     """Like conftest's `sessions` fixture, on `server`: this test's sessions as (application_name, backend pid)."""
+
     def listing() -> list[tuple[str, int]]:
         conn = psycopg2.connect(server.url, application_name="pytest-admin")
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s "
-                            "ORDER BY pid", (f"{suite_id}:%",))
+                cur.execute(
+                    "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s ORDER BY pid",
+                    (f"{suite_id}:%",),
+                )
                 return [(name, int(pid)) for name, pid in cur.fetchall()]
         finally:
             conn.close()

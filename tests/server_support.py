@@ -9,9 +9,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

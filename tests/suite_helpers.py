@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from harness._procs import pid_alive  # noqa: F401 - re-exported for the suite tests
 
 
-def http(base: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-         content_type: str = "application/json", timeout: float = 10.0) -> tuple[int, dict, dict]:
+def http(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    content_type: str = "application/json",
+    timeout: float = 10.0,
+) -> tuple[int, dict, dict]:
     """(status, JSON body, headers) of one request; error statuses are returned, not raised."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(base + path, method=method, data=data, headers={"Content-Type": content_type})

@@ -35,8 +35,9 @@ def recipe_env(suite_id: str) -> dict[str, str]:
     return env
 
 
-def start_gunicorn(servers: list[Server], recipe: str, app: str, env: dict[str, str], tmp_path: Path
-                   ) -> tuple[Server, str]:
+def start_gunicorn(
+    servers: list[Server], recipe: str, app: str, env: dict[str, str], tmp_path: Path
+) -> tuple[Server, str]:
     port = free_port()
     server = Server(gunicorn_argv(app, port, WORKERS), ADOPTION / recipe, env, tmp_path / f"{recipe}-gunicorn.log")
     servers.append(server)
@@ -45,8 +46,9 @@ def start_gunicorn(servers: list[Server], recipe: str, app: str, env: dict[str, 
     return server, url
 
 
-def assert_children_hold_exactly(server: Server, role: str, sessions, count_settles, suite_id: str
-                                 ) -> dict[int, list[int]]:
+def assert_children_hold_exactly(
+    server: Server, role: str, sessions, count_settles, suite_id: str
+) -> dict[int, list[int]]:
     """processes x POOL sessions, all of this role, each child holding POOL, the master none; {pid: backends}."""
     children = server.children()
     assert len(children) == WORKERS
@@ -59,11 +61,10 @@ def assert_children_hold_exactly(server: Server, role: str, sessions, count_sett
 
 # -- Gunicorn: hooks that compose with the user's own -----------------------------------------------
 
-def test_user_hooks_call_forkpool_hooks_in_one_line(servers, recipe_env, tmp_path, sessions, count_settles,
-                                                    suite_id):
+
+def test_user_hooks_call_forkpool_hooks_in_one_line(servers, recipe_env, tmp_path, sessions, count_settles, suite_id):
     hook_log = tmp_path / "hooks.log"
-    server, url = start_gunicorn(servers, "own_hooks", "app:app", {**recipe_env, "HOOK_LOG": str(hook_log)},
-                                 tmp_path)
+    server, url = start_gunicorn(servers, "own_hooks", "app:app", {**recipe_env, "HOOK_LOG": str(hook_log)}, tmp_path)
     backends = assert_children_hold_exactly(server, "web", sessions, count_settles, suite_id)
     workers = set(backends)
 
@@ -78,16 +79,19 @@ def test_user_hooks_call_forkpool_hooks_in_one_line(servers, recipe_env, tmp_pat
     assert [line for line in lines if line[0] == "when_ready"] == [["when_ready", str(server.pid), "0"]]
     # Each worker's pool was full (size 2) right after forkpool's post_fork, inside the user's hook.
     assert sorted(line for line in lines if line[0] == "post_fork") == sorted(
-        ["post_fork", str(pid), str(POOL)] for pid in workers)
+        ["post_fork", str(pid), str(POOL)] for pid in workers
+    )
 
     assert server.stop() == 0
     lines = [line.split() for line in hook_log.read_text().splitlines()]
     assert sorted(line for line in lines if line[0] == "worker_exit") == sorted(
-        ["worker_exit", str(pid), "0"] for pid in workers)  # forkpool's worker_exit closed every pool
+        ["worker_exit", str(pid), "0"] for pid in workers
+    )  # forkpool's worker_exit closed every pool
     assert count_settles(0) == 0
 
 
 # -- docs/adopting.md recipes -------------------------------------------------------------------------
+
 
 def test_recipe_plain_wsgi_app_under_gunicorn(servers, recipe_env, tmp_path, sessions, count_settles, suite_id):
     server, url = start_gunicorn(servers, "wsgi_app", "app:app", recipe_env, tmp_path)
@@ -101,8 +105,7 @@ def test_recipe_plain_wsgi_app_under_gunicorn(servers, recipe_env, tmp_path, ses
     assert count_settles(0) == 0
 
 
-def test_recipe_flask_extension_with_an_app_factory(servers, recipe_env, tmp_path, sessions, count_settles,
-                                                    suite_id):
+def test_recipe_flask_extension_with_an_app_factory(servers, recipe_env, tmp_path, sessions, count_settles, suite_id):
     server, url = start_gunicorn(servers, "flask_app", "app:create_app()", recipe_env, tmp_path)
     backends = assert_children_hold_exactly(server, "web", sessions, count_settles, suite_id)
     every_backend = {b for held in backends.values() for b in held}
@@ -118,9 +121,27 @@ def test_recipe_celery_prefork_worker(servers, recipe_env, redis_url, tmp_path, 
 
     queue = f"{suite_id}.adoption"
     env = {**recipe_env, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
-    argv = [sys.executable, "-m", "celery", "--app", "tasks", "worker", "--pool", "prefork",
-            "--concurrency", str(WORKERS), "--queues", queue, "--hostname", f"{suite_id}@%h",
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "tasks",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(WORKERS),
+        "--queues",
+        queue,
+        "--hostname",
+        f"{suite_id}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     worker = Server(argv, ADOPTION / "celery_app", env, tmp_path / "celery-worker.log")
     servers.append(worker)
     worker.wait_until(lambda: " ready." in worker.log() and len(worker.children()) == WORKERS, "celery ready")
@@ -147,7 +168,7 @@ RECIPES = ("wsgi_app", "flask_app", "celery_app")
 
 
 def doc_snippets() -> dict[str, str]:
-    return {path: code for path, code in SNIPPET.findall(DOC.read_text())}
+    return dict(SNIPPET.findall(DOC.read_text()))
 
 
 def test_the_doc_shows_each_recipe_file_verbatim():
@@ -173,6 +194,10 @@ def test_the_doc_excerpts_of_the_hooks_file_are_in_it():
 def test_each_recipe_is_at_most_ten_lines_of_code():
     """Lines of code: not blank, not a comment, not an import."""
     for recipe in RECIPES:
-        lines = [line for p in (ADOPTION / recipe).glob("*.py") for line in p.read_text().splitlines()
-                 if line.strip() and not line.lstrip().startswith(("#", "import ", "from "))]
+        lines = [
+            line
+            for p in (ADOPTION / recipe).glob("*.py")
+            for line in p.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith(("#", "import ", "from "))
+        ]
         assert len(lines) <= 10, (recipe, lines)

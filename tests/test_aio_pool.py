@@ -21,9 +21,11 @@ def run(coro):
 
 
 def invariants(snapshot: dict) -> bool:
-    return (snapshot[keys.SIZE] == snapshot[keys.IDLE] + snapshot[keys.IN_USE]
-            and snapshot[keys.CONNECTIONS_OPENED] - snapshot[keys.CONNECTIONS_CLOSED] == snapshot[keys.SIZE]
-            and snapshot[keys.SIZE] <= snapshot[keys.MAX_SIZE])
+    return (
+        snapshot[keys.SIZE] == snapshot[keys.IDLE] + snapshot[keys.IN_USE]
+        and snapshot[keys.CONNECTIONS_OPENED] - snapshot[keys.CONNECTIONS_CLOSED] == snapshot[keys.SIZE]
+        and snapshot[keys.SIZE] <= snapshot[keys.MAX_SIZE]
+    )
 
 
 async def backend_pid(conn) -> int:
@@ -227,8 +229,7 @@ def test_a_server_side_kill_is_discarded_and_the_pool_refills(admin, suite_id):
     async def main():
         pool = await forkpool.get_async_pool()
         assert await pool.wait(10)
-        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
-              f"{suite_id}:%")
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s", f"{suite_id}:%")
         for _ in range(4):
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1")  # never handed a dead one: the pre-use check caught them
@@ -349,7 +350,7 @@ def test_lifetime_trimming_replaces_idle_and_returned_connections_with_new_sessi
         # closed on return, not put back idle.
         closed = pool.stats()[keys.CONNECTIONS_CLOSED]
         conns = [await pool.getconn(), await pool.getconn()]
-        due = max(pool._in_use[c].expires_at for c in conns)  # noqa: SLF001 - when both are past it
+        due = max(pool._in_use[c].expires_at for c in conns)  # when both are past it
         await asyncio.sleep(max(due - time.monotonic(), 0) + 0.05)
         for conn in conns:
             await pool.putconn(conn)
@@ -390,8 +391,14 @@ def test_reload_and_double_import_do_not_create_a_second_async_pool(count_settle
     async def main():
         pool = await forkpool.get_async_pool()
         assert await pool.wait(10)
-        for name in ("forkpool.per_process", "forkpool.live_pools", "forkpool.registry", "forkpool.aio_pool",
-                     "forkpool.aio_registry", "forkpool"):
+        for name in (
+            "forkpool.per_process",
+            "forkpool.live_pools",
+            "forkpool.registry",
+            "forkpool.aio_pool",
+            "forkpool.aio_registry",
+            "forkpool",
+        ):
             importlib.reload(sys.modules[name])
         reloaded = await forkpool.get_async_pool()
         # The same file imported again under another module name (a second sys.path entry).
@@ -421,11 +428,13 @@ def test_async_connections_carry_the_network_bounds(database_url):
         async with pool.connection() as conn:
             sock = socket.socket(fileno=os.dup(conn.fileno()))
             try:
-                kernel = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+                kernel = (
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                )
             finally:
                 sock.close()
             libpq = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
@@ -440,8 +449,9 @@ def test_async_connections_carry_the_network_bounds(database_url):
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # the kernel completes the handshake; nothing ever reads or answers
     try:
-        forkpool.configure(dsn=f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/db", min_size=0, max_size=1,
-                           connect_timeout=2)
+        forkpool.configure(
+            dsn=f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/db", min_size=0, max_size=1, connect_timeout=2
+        )
 
         async def connect_to_silence():
             pool = await forkpool.get_async_pool()

@@ -4,6 +4,7 @@ warnings, metrics, and stats that stay consistent under concurrent load and canc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import re
@@ -94,7 +95,7 @@ def test_refill_backs_off_while_the_server_is_down_then_refills_when_it_returns(
     snapshot = run(main())
     delays = [float(m[1]) for r in caplog.records if (m := re.search(r"retrying in ([\d.]+) s", r.getMessage()))]
     # Exponential with +-20 % jitter: each wait is longer than the one before, never a tight loop.
-    assert len(delays) >= 3 and all(b > a for a, b in zip(delays, delays[1:])), delays
+    assert len(delays) >= 3 and all(b > a for a, b in itertools.pairwise(delays)), delays
     assert snapshot[keys.CONNECT_ERRORS] >= 4 and snapshot[keys.SIZE] == 2 and invariants(snapshot)
     assert any("connected again" in r.getMessage() for r in caplog.records)
 
@@ -169,8 +170,15 @@ def test_stats_and_metrics_use_the_threaded_pools_keys_and_move_as_expected(data
     assert async_keys == threaded_keys == set(keys.ALL_KEYS)
     assert gauges == {keys.SIZE: 1, keys.IDLE: 1, keys.IN_USE: 0, keys.WAITING: 0, keys.MAX_SIZE: 1}
     moved = {k: sample(k, name, "_total") - before[k] for k in counted}
-    assert moved == {keys.CHECKOUTS: 7, keys.TIMEOUTS: 1, keys.CONNECTIONS_OPENED: 1, keys.CONNECTIONS_CLOSED: 1,
-                     keys.CONNECTIONS_DISCARDED: 0, keys.CONNECT_ERRORS: 0, keys.LEAK_WARNINGS: 0}
+    assert moved == {
+        keys.CHECKOUTS: 7,
+        keys.TIMEOUTS: 1,
+        keys.CONNECTIONS_OPENED: 1,
+        keys.CONNECTIONS_CLOSED: 1,
+        keys.CONNECTIONS_DISCARDED: 0,
+        keys.CONNECT_ERRORS: 0,
+        keys.LEAK_WARNINGS: 0,
+    }
     assert {k: snapshot[k] for k in moved} == {**moved, keys.CONNECTIONS_CLOSED: 0}  # closed came at close()
     assert sample("wait_seconds", name, "_count") - waits_before == 2  # the timed-out wait and the served one
     assert sample("size", name) == 0  # a closed pool's gauges drop to zero
@@ -186,14 +194,16 @@ def test_stats_and_metrics_use_the_threaded_pools_keys_and_move_as_expected(data
     check_each=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_stats_are_consistent_under_concurrent_load_and_cancellation(database_url, max_size, tasks, rounds_each,
-                                                                     break_some, cancel_some, check_each, seed):
+def test_stats_are_consistent_under_concurrent_load_and_cancellation(
+    database_url, max_size, tasks, rounds_each, break_some, cancel_some, check_each, seed
+):
     rng = random.Random(seed)
 
     async def main():
         # check_idle=0: every reuse runs a SELECT 1 first, an await a cancellation can land in.
-        chosen = build_settings(dsn=database_url, min_size=1, max_size=max_size, timeout=10,
-                                check_idle=0 if check_each else 30)
+        chosen = build_settings(
+            dsn=database_url, min_size=1, max_size=max_size, timeout=10, check_idle=0 if check_each else 30
+        )
         pool = forkpool.AsyncPool(chosen, "prop")
         await pool.open()
         snapshots: list[dict] = []

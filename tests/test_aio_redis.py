@@ -46,14 +46,15 @@ def test_outside_a_loop_it_refuses():
 def test_a_forked_child_gets_its_own_client_and_the_parent_keeps_its_connection(suite_id, redis_url):
     loop = asyncio.new_event_loop()
     try:
+
         async def connect():
             client = forkpool.get_async_redis()
             await client.set(f"{suite_id}:k", "parent")
             return client
 
         parent = loop.run_until_complete(connect())
-        [conn] = parent.connection_pool._available_connections  # noqa: SLF001 - the socket the child inherits
-        fd = conn._writer.transport.get_extra_info("socket").fileno()  # noqa: SLF001
+        [conn] = parent.connection_pool._available_connections  # the socket the child inherits
+        fd = conn._writer.transport.get_extra_info("socket").fileno()
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through the pipe
@@ -80,7 +81,7 @@ def test_a_forked_child_gets_its_own_client_and_the_parent_keeps_its_connection(
             assert forkpool.get_async_redis() is parent
             assert await parent.get(f"{suite_id}:k") == b"parent"  # the same connection, still in sync
             assert await parent.get(f"{suite_id}:child") == b"1"
-            assert len(parent.connection_pool._available_connections) == 1  # noqa: SLF001 - not reconnected
+            assert len(parent.connection_pool._available_connections) == 1  # not reconnected
             await forkpool.close_async_redis()
 
         loop.run_until_complete(after())

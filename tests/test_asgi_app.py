@@ -68,8 +68,9 @@ def test_health_pool_and_readiness(client, sessions, suite_id):
     assert sorted(name for name, _ in sessions()) == [f"{suite_id}:asgi:{os.getpid()}"] * POOL
 
 
-def test_lifespan_shutdown_closes_the_pool_and_the_redis_client(database, queue, count_settles, suite_id, redis_url,
-                                                               monkeypatch):
+def test_lifespan_shutdown_closes_the_pool_and_the_redis_client(
+    database, queue, count_settles, suite_id, redis_url, monkeypatch
+):
     monkeypatch.setenv("DB_POOL_SIZE", str(POOL))
     with TestClient(create_asgi_app()) as test_client:
         assert test_client.get("/readyz").status_code == 200
@@ -122,13 +123,19 @@ def test_bad_requests_get_the_flask_apps_json_errors_and_write_nothing(client, d
         assert (response.status_code, response.json()["error"]) == (status, error), (method, path, body)
         assert response.json()["message"]
     assert set(client.delete("/items").headers["Allow"].split(", ")) >= {"GET", "POST"}
-    raw = [(b"{not json", "application/json", 400, "bad_request"),
-           (b"\xff\xfe\x00", "application/json", 400, "bad_request"),
-           (b"", "application/json", 400, "bad_request"),
-           (b"[" * 100_00 + b"]" * 100_00, "application/json", 400, "invalid_request"),  # nested too deeply
-           (b'{"name": "x"}', "text/plain", 415, "unsupported_media_type"),
-           (json.dumps({"name": "big", "payload": {"x": "y" * 100_000}}).encode(), "application/json", 413,
-            "request_entity_too_large")]
+    raw = [
+        (b"{not json", "application/json", 400, "bad_request"),
+        (b"\xff\xfe\x00", "application/json", 400, "bad_request"),
+        (b"", "application/json", 400, "bad_request"),
+        (b"[" * 100_00 + b"]" * 100_00, "application/json", 400, "invalid_request"),  # nested too deeply
+        (b'{"name": "x"}', "text/plain", 415, "unsupported_media_type"),
+        (
+            json.dumps({"name": "big", "payload": {"x": "y" * 100_000}}).encode(),
+            "application/json",
+            413,
+            "request_entity_too_large",
+        ),
+    ]
     for content, content_type, status, error in raw:
         response = client.post("/items", content=content, headers={"Content-Type": content_type})
         assert (response.status_code, response.json()["error"]) == (status, error), content[:20]
@@ -143,8 +150,9 @@ def test_bad_requests_get_the_flask_apps_json_errors_and_write_nothing(client, d
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0
 
 
-def test_jobs_are_published_off_the_event_loop_with_the_flask_apps_shapes(client, queue, redis_url, suite_id,
-                                                                          monkeypatch):
+def test_jobs_are_published_off_the_event_loop_with_the_flask_apps_shapes(
+    client, queue, redis_url, suite_id, monkeypatch
+):
     threads: list[str] = []
     publish = web.asgi_views._publish
 
@@ -215,15 +223,29 @@ def test_unexpected_errors_are_json_500_without_details(database, queue):
 
 # -- for real: Gunicorn + UvicornWorker -----------------------------------------------------------------------
 
+
 def test_gunicorn_uvicorn_workers_hold_exactly_workers_x_pool_and_nothing_after_sigterm(
-        database, redis_url, suite_id, sessions, count_settles, servers, tmp_path):
+    database, redis_url, suite_id, sessions, count_settles, servers, tmp_path
+):
     workers, port = 2, free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEB_", "ASGI_", "PROMETHEUS_"))}
     # DB_POOL_SIZE says 3 for the rest of the suite; the async tier's own size wins in its processes.
-    env.update(DB_POOL_SIZE="3", ASGI_POOL_SIZE=str(POOL), ASGI_CONCURRENCY=str(workers), ASGI_PORT=str(port),
-               CELERY_QUEUE=f"{suite_id}.tasks", PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "web" / "gunicorn_asgi.conf.py"),
-            "--no-control-socket"]
+    env.update(
+        DB_POOL_SIZE="3",
+        ASGI_POOL_SIZE=str(POOL),
+        ASGI_CONCURRENCY=str(workers),
+        ASGI_PORT=str(port),
+        CELERY_QUEUE=f"{suite_id}.tasks",
+        PYTHONUNBUFFERED="1",
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        str(ROOT / "web" / "gunicorn_asgi.conf.py"),
+        "--no-control-socket",
+    ]
     server = Server(argv, ROOT, env, tmp_path / "asgi.log")
     servers.append(server)
     url = f"http://127.0.0.1:{port}"
@@ -255,8 +277,9 @@ def test_gunicorn_uvicorn_workers_hold_exactly_workers_x_pool_and_nothing_after_
 def _post(url: str, body: dict) -> bytes:
     import urllib.request
 
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read()
 

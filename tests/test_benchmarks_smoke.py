@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 SCENARIOS = {"checkout_1t", "checkout_8t", "select1_1t", "select1_8t", "checked_select1_1t", "checked_select1_8t"}
@@ -23,7 +22,11 @@ def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, da
     assert os.environ["DATABASE_URL"] == database_url
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.pool_bench", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [json_file] = tmp_path.glob("pool_bench_*.json")
@@ -40,7 +43,7 @@ def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, da
     assert set(report["scenarios"]) == SCENARIOS
     for key, scenario in report["scenarios"].items():
         results, not_applicable = scenario["results"], scenario["not_applicable"]
-        assert PEERS <= set(results) | set(not_applicable), key
+        assert set(results) | set(not_applicable) >= PEERS, key
         assert "ours" in results and "psycopg_pool" in results and "sqlalchemy" in results, key
         # psycopg 3: ours on the same driver, and psycopg_pool paired against it
         assert "ours_psycopg" in results, key
@@ -81,7 +84,11 @@ def test_quick_aio_benchmark_reports_every_contender_and_scenario(tmp_path: Path
     assert os.environ["DATABASE_URL"] == database_url  # the session's server, as pool_bench
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.aio_bench", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [json_file] = tmp_path.glob("aio_bench_*.json")
@@ -97,7 +104,7 @@ def test_quick_aio_benchmark_reports_every_contender_and_scenario(tmp_path: Path
     assert set(report["scenarios"]) == AIO_SCENARIOS
     for key, scenario in report["scenarios"].items():
         results = scenario["results"]
-        assert AIO_POOLS <= set(results), key
+        assert set(results) >= AIO_POOLS, key
         for name, row in results.items():
             figures = row["ns_per_op"]
             assert 0 < figures["min"] <= figures["median"] <= figures["max"], (key, name)
@@ -122,21 +129,31 @@ def test_quick_aio_benchmark_reports_every_contender_and_scenario(tmp_path: Path
 def test_quick_psycopg3_profile_runs(tmp_path: Path, database_url: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.psycopg3_profile", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [text_file] = tmp_path.glob("psycopg3_profile_*.txt")
     text = text_file.read_text()
-    for case in ("driver='psycopg', checkout", "driver='psycopg2', select1", "AsyncPool, checkout + yield",
-                 "AsyncPool, BEGIN/SELECT 1/COMMIT", "== prototypes"):
+    for case in (
+        "driver='psycopg', checkout",
+        "driver='psycopg2', select1",
+        "AsyncPool, checkout + yield",
+        "AsyncPool, BEGIN/SELECT 1/COMMIT",
+        "== prototypes",
+    ):
         assert case in text, case
     assert all(f"\n{name} " in text for name in ("stock_b", "P1", "P2")), text[-800:]
 
 
 # -- the suite end to end (benchmarks.suite_bench) ------------------------------------------------------------
 
-WEB_VARIANTS = {f"{worker_class}/{mode}" for worker_class in ("sync", "gthread")
-                for mode in ("pool", "connect", "floor", "floor-b")}
+WEB_VARIANTS = {
+    f"{worker_class}/{mode}" for worker_class in ("sync", "gthread") for mode in ("pool", "connect", "floor", "floor-b")
+}
 CELERY_VARIANTS = {f"prefork/{mode}" for mode in ("pool", "connect", "floor")}
 
 
@@ -145,9 +162,21 @@ def test_quick_suite_benchmark_reports_every_variant(tmp_path: Path) -> None:
     # Its own embedded PostgreSQL and Redis: the session's servers are not used.
     # The WSGI classes and Celery; the asgi class has a test of its own (each well within the timeout).
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.suite_bench", "--quick", "--web-classes", "sync,gthread",
-         "--out", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=58,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.suite_bench",
+            "--quick",
+            "--web-classes",
+            "sync,gthread",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=58,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [json_file] = tmp_path.glob("suite_bench_*.json")
@@ -192,9 +221,23 @@ def test_quick_suite_benchmark_asgi_tier(tmp_path: Path) -> None:
     # Gunicorn with uvicorn workers, on suite_bench's own embedded PostgreSQL and Redis; no Celery phase.
     pytest.importorskip("uvicorn_worker")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.suite_bench", "--quick", "--web-classes", "asgi", "--celery-rounds", "0",
-         "--out", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=58,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.suite_bench",
+            "--quick",
+            "--web-classes",
+            "asgi",
+            "--celery-rounds",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=58,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [json_file] = tmp_path.glob("suite_bench_*.json")
@@ -234,7 +277,11 @@ def test_quick_suite_benchmark_asgi_tier(tmp_path: Path) -> None:
 def test_quick_asgi_profile_runs(tmp_path: Path, database_url: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.asgi_profile", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [text_file] = tmp_path.glob("asgi_profile_*.txt")
@@ -290,7 +337,11 @@ def test_close_each_request_is_asked_of_wrk(monkeypatch: pytest.MonkeyPatch) -> 
 def test_quick_autocommit_benchmark_prints_every_contender(database_url: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.autocommit_bench", "--quick"],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=55,
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()}

@@ -32,10 +32,20 @@ FORKS = 40
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_forks_under_busy_threads_never_hang_and_parent_keeps_its_sessions(seed, suite_id, admin, database_url):
-    env = {**os.environ, "SUITE_ID": suite_id, "DATABASE_URL": database_url,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, str(PROGRAM), str(FORKS), str(seed)], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "SUITE_ID": suite_id,
+        "DATABASE_URL": database_url,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(PROGRAM), str(FORKS), str(seed)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line, f"the program ended without a report: {proc.stderr.read()[-2000:]}"
@@ -58,8 +68,9 @@ def test_forks_under_busy_threads_never_hang_and_parent_keeps_its_sessions(seed,
         assert report["after"] == report["before"], "the parent's sessions were replaced"
 
         def sessions_by_pid() -> dict[int, list[int]]:
-            rows = admin("SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s",
-                         f"{suite_id}:%")
+            rows = admin(
+                "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s", f"{suite_id}:%"
+            )
             found: dict[int, list[int]] = {}
             for name, backend in rows:
                 found.setdefault(int(name.rsplit(":", 1)[1]), []).append(backend)

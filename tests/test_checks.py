@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from forkpool.budget import Budget, DeploymentPlan, ServerLimits
 from harness import checks
 from harness.model import Sample
-from forkpool.budget import Budget, DeploymentPlan, ServerLimits
 
 P = 4
 EXPECTED = {"web": 12, "worker": 8}
@@ -53,8 +53,9 @@ def test_settled_needs_the_exact_count_and_no_dead_pids():
     leak = series([(10.0, {("worker", 999): P})])
     leaked = checks.check_settled(leak, EXPECTED, P, alive)
     assert not leaked.passed
-    swapped = [Sample(10.0, {("web", 101): P, ("web", 102): P, ("web", 999): P, ("worker", 201): P,
-                             ("worker", 202): P})]
+    swapped = [
+        Sample(10.0, {("web", 101): P, ("web", 102): P, ("web", 999): P, ("worker", 201): P, ("worker", 202): P})
+    ]
     dead = checks.check_settled(swapped, EXPECTED, P, alive)
     assert not dead.passed and "999" in dead.detail
     late = series([(10.0, {("web", 104): P}), (40.0, {})])
@@ -101,8 +102,9 @@ def test_the_async_tier_is_a_third_role_in_every_count():
     steady = steady_sample(extra={("asgi", 301): P, ("asgi", 302): P})
     assert checks.check_steady_state(steady, with_asgi, [100, 200, 300], P).passed
     assert not checks.check_steady_state(steady_sample(), with_asgi, [100, 200, 300], P).passed  # asgi missing
-    asgi_master = checks.check_steady_state(steady_sample(extra={("asgi", 301): P, ("asgi", 302): P,
-                                                                  ("asgi", 300): P}), with_asgi, [100, 200, 300], P)
+    asgi_master = checks.check_steady_state(
+        steady_sample(extra={("asgi", 301): P, ("asgi", 302): P, ("asgi", 300): P}), with_asgi, [100, 200, 300], P
+    )
     assert not asgi_master.passed and "masters holding connections: [300]" in asgi_master.detail
     alive = lambda pid: True  # noqa: E731
     web, worker, asgi = {1: {"size": P}}, {2: {"size": P}}, {3: {"size": P}}

@@ -18,11 +18,10 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 import yaml
 
 from harness._procs import free_port
@@ -31,7 +30,10 @@ from tests.suite_helpers import http, sessions_by_role
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("shared/forkpool", "suite", "web", "workers", "django_stack")
-_READS = re.compile(r'(?:env_int|env_bool|env\.get|environ\.get|getenv)\(\s*"([A-Z][A-Z0-9_]+)"|^\s*"([A-Z][A-Z0-9_]+)": "\w+",|_ENV = "([A-Z][A-Z0-9_]+)"', re.M)
+_READS = re.compile(
+    r'(?:env_int|env_bool|env\.get|environ\.get|getenv)\(\s*"([A-Z][A-Z0-9_]+)"|^\s*"([A-Z][A-Z0-9_]+)": "\w+",|_ENV = "([A-Z][A-Z0-9_]+)"',
+    re.M,
+)
 
 
 def variables_the_code_reads() -> set[str]:
@@ -86,7 +88,9 @@ def test_apps_reach_postgresql_through_pgbouncer_and_agree_with_its_configuratio
     services, ini = compose()["services"], pgbouncer_ini()
     assert ini["pgbouncer"]["pool_mode"] == "transaction"
     bouncer = services["pgbouncer"]
-    assert bouncer["build"] == "deploy/pgbouncer" and bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert (
+        bouncer["build"] == "deploy/pgbouncer" and bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    )
     assert "6432" in bouncer["healthcheck"]["test"] and ini["pgbouncer"]["listen_port"] == "6432"
     for app in ("web", "worker", "asgi"):
         env = services[app]["environment"]
@@ -97,15 +101,22 @@ def test_apps_reach_postgresql_through_pgbouncer_and_agree_with_its_configuratio
     assert "@postgres:5432/" in services["initdb"]["environment"]["DATABASE_URL"]  # DDL straight to the server
     scale = yaml.load((ROOT / "docker-compose.scale.yml").read_text(), Loader=_TaggedLoader)["services"]
     assert {name: s["ports"] for name, s in scale.items()} == {  # a free host port per replica
-        "web": ["127.0.0.1::8000"], "asgi": ["127.0.0.1::8001"], "worker": ["127.0.0.1::9100"]}
+        "web": ["127.0.0.1::8000"],
+        "asgi": ["127.0.0.1::8001"],
+        "worker": ["127.0.0.1::9100"],
+    }
 
 
 class _TaggedLoader(yaml.SafeLoader):
     """Compose's merge tags (!override, !reset) read as the values they carry."""
 
 
-_TaggedLoader.add_multi_constructor("!", lambda loader, tag, node: loader.construct_sequence(node)
-                                    if isinstance(node, yaml.SequenceNode) else loader.construct_scalar(node))
+_TaggedLoader.add_multi_constructor(
+    "!",
+    lambda loader, tag, node: (
+        loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_scalar(node)
+    ),
+)
 
 
 @pytest.fixture
@@ -118,8 +129,7 @@ def readable_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_the_compose_pgbouncer_configuration_runs_in_transaction_pooling(pgbouncer_binary, database_url,
-                                                                         readable_dir):
+def test_the_compose_pgbouncer_configuration_runs_in_transaction_pooling(pgbouncer_binary, database_url, readable_dir):
     """deploy/pgbouncer/pgbouncer.ini under the real binary, only its host, port and auth file swapped."""
     import psycopg2
 
@@ -140,16 +150,19 @@ def test_the_compose_pgbouncer_configuration_runs_in_transaction_pooling(pgbounc
     admin.close()
     port = free_port()
     text = (ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text()
-    text = (text.replace("host=postgres port=5432", f"host={target['host']} port={target['port']}")
-            .replace("listen_addr = 0.0.0.0", "listen_addr = 127.0.0.1")
-            .replace("listen_port = 6432", f"listen_port = {port}")
-            .replace("auth_file = /tmp/userlist.txt", f"auth_file = {tmp_path / 'userlist.txt'}"))
+    text = (
+        text.replace("host=postgres port=5432", f"host={target['host']} port={target['port']}")
+        .replace("listen_addr = 0.0.0.0", "listen_addr = 127.0.0.1")
+        .replace("listen_port = 6432", f"listen_port = {port}")
+        .replace("auth_file = /tmp/userlist.txt", f"auth_file = {tmp_path / 'userlist.txt'}")
+    )
     (tmp_path / "pgbouncer.ini").write_text(text)
     (tmp_path / "userlist.txt").write_text('"forkpool" "compose-secret"\n')  # what entrypoint.sh writes
     user = server_user()
     chown_tree(tmp_path, user)
-    proc = spawn([pgbouncer_binary, str(tmp_path / "pgbouncer.ini")], log_path=tmp_path / "log", cwd=tmp_path,
-                 user=user)
+    proc = spawn(
+        [pgbouncer_binary, str(tmp_path / "pgbouncer.ini")], log_path=tmp_path / "log", cwd=tmp_path, user=user
+    )
     url = f"postgresql://forkpool:compose-secret@127.0.0.1:{port}"
     try:
         assert wait_for(lambda: _accepts(url + "/forkpool"), 10), (tmp_path / "log").read_text()
@@ -206,17 +219,33 @@ def test_dockerfile_copies_every_package_and_runs_the_web_command():
 def test_procfile_runs_under_honcho(database_url, redis_url, admin, pg_server):
     suite_id = f"honcho{uuid.uuid4().hex[:6]}"
     url = pg_server.create_database(suite_id) if pg_server else database_url
-    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "SUITE_ID": suite_id,
-           "CELERY_QUEUE": f"{suite_id}.tasks", "DB_POOL_SIZE": "2", "WEB_CONCURRENCY": "2",
-           "WORKER_CONCURRENCY": "1", "ASGI_CONCURRENCY": "1", "ASGI_PORT": str(free_port())}
-    init = subprocess.run([sys.executable, "-m", "forkpool", "initdb"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": redis_url,
+        "SUITE_ID": suite_id,
+        "CELERY_QUEUE": f"{suite_id}.tasks",
+        "DB_POOL_SIZE": "2",
+        "WEB_CONCURRENCY": "2",
+        "WORKER_CONCURRENCY": "1",
+        "ASGI_CONCURRENCY": "1",
+        "ASGI_PORT": str(free_port()),
+    }
+    init = subprocess.run(
+        [sys.executable, "-m", "forkpool", "initdb"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert init.returncode == 0, init.stderr
     port = free_port()
     bindir = Path(sys.executable).parent
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
-    honcho = subprocess.Popen([str(bindir / "honcho"), "start", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    honcho = subprocess.Popen(
+        [str(bindir / "honcho"), "start", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     asgi = f"http://127.0.0.1:{env['ASGI_PORT']}"
     try:

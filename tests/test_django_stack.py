@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psycopg2
 import pytest
@@ -36,8 +36,15 @@ def stack(pg_server, database_url, redis_url, tmp_path_factory) -> Iterator[tupl
     suite_id = f"dj{uuid.uuid4().hex[:8]}"
     url = pg_server.create_database(suite_id) if pg_server else database_url
     init_schema_at(url)
-    plan = SuitePlan(database_url=url, redis_url=redis_url, suite_id=suite_id, web_workers=1,
-                     worker_concurrency=1, pool_size=POOL, stack="django")
+    plan = SuitePlan(
+        database_url=url,
+        redis_url=redis_url,
+        suite_id=suite_id,
+        web_workers=1,
+        worker_concurrency=1,
+        pool_size=POOL,
+        stack="django",
+    )
     suite = start_suite(plan, tmp_path_factory.mktemp("django-stack"))
     try:
         yield suite_id, suite, url
@@ -57,11 +64,13 @@ def test_errors_are_answered_as_the_flask_app_answers_them():
     busy = OperationalError("couldn't get a connection after 10.00 sec")
     busy.__cause__ = PoolTimeout("couldn't get a connection after 10.00 sec")  # as Django's wrapper raises it
     down = OperationalError("connection refused")
-    cases = [(busy, 503, "pool_timeout", {"Retry-After": "1"}),
-             (down, 503, "database_unavailable", {"Retry-After": "2"}),
-             (redis.ConnectionError("refused"), 503, "queue_unavailable", {"Retry-After": "2"}),
-             (ValidationFailed("the body does not fit", [{"loc": "name", "msg": "short"}]), 400, "invalid_request", {}),
-             (HttpError(405, headers={"Allow": "GET"}), 405, "method_not_allowed", {"Allow": "GET"})]
+    cases = [
+        (busy, 503, "pool_timeout", {"Retry-After": "1"}),
+        (down, 503, "database_unavailable", {"Retry-After": "2"}),
+        (redis.ConnectionError("refused"), 503, "queue_unavailable", {"Retry-After": "2"}),
+        (ValidationFailed("the body does not fit", [{"loc": "name", "msg": "short"}]), 400, "invalid_request", {}),
+        (HttpError(405, headers={"Allow": "GET"}), 405, "method_not_allowed", {"Allow": "GET"}),
+    ]
     for exc, status, error, headers in cases:
         answer = answer_for(exc)
         assert answer is not None and (answer.status, answer.error, answer.headers) == (status, error, headers), exc
@@ -95,7 +104,7 @@ def test_items_round_trip_and_the_pool_is_what_the_server_sees(stack, admin):
 
 
 def test_bad_requests_get_the_flask_apps_json_errors_and_write_nothing(stack, admin):
-    suite_id, suite, _ = stack
+    _suite_id, suite, _ = stack
     base = suite.web.url
     before = http(base, "GET", "/items?limit=100")[1]["items"]
     cases = [
@@ -125,13 +134,19 @@ def test_bad_requests_get_the_flask_apps_json_errors_and_write_nothing(stack, ad
         assert (got, answer.get("error")) == (status, error), (method, path, body, answer)
         assert answer["message"]
     assert set(http(base, "DELETE", "/items")[2]["Allow"].split(", ")) >= {"GET", "POST"}
-    raw = [(b"{not json", "application/json", 400, "bad_request"),
-           (b"\xff\xfe\x00", "application/json", 400, "bad_request"),
-           (b"", "application/json", 400, "bad_request"),
-           (b"[" * 100_00 + b"]" * 100_00, "application/json", 400, "invalid_request"),  # nested too deeply
-           (b'{"name": "x"}', "text/plain", 415, "unsupported_media_type"),
-           (json.dumps({"name": "big", "payload": {"x": "y" * 100_000}}).encode(), "application/json", 413,
-            "request_entity_too_large")]
+    raw = [
+        (b"{not json", "application/json", 400, "bad_request"),
+        (b"\xff\xfe\x00", "application/json", 400, "bad_request"),
+        (b"", "application/json", 400, "bad_request"),
+        (b"[" * 100_00 + b"]" * 100_00, "application/json", 400, "invalid_request"),  # nested too deeply
+        (b'{"name": "x"}', "text/plain", 415, "unsupported_media_type"),
+        (
+            json.dumps({"name": "big", "payload": {"x": "y" * 100_000}}).encode(),
+            "application/json",
+            413,
+            "request_entity_too_large",
+        ),
+    ]
     for content, content_type, status, error in raw:
         got, answer, headers = http(base, "POST", "/items", raw=content, content_type=content_type)
         assert (got, answer.get("error")) == (status, error), content[:20]
@@ -161,8 +176,12 @@ def test_jobs_run_once_on_the_task_processes_own_pool(stack, admin):
     holds = [http(base, "POST", "/jobs", {"kind": "hold", "args": {"seconds": 0.05}})[1]["id"] for _ in range(6)]
     assert wait_for(lambda: all(http(base, "GET", f"/jobs/{j}")[1]["state"] == "SUCCESS" for j in holds), 30, 0.1)
     backends = {http(base, "GET", f"/jobs/{j}")[1]["result"]["backend_pid"] for j in holds}
-    opened = {pid for (pid,) in admin("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                                      f"{suite_id}:worker:{result['pid']}")}
+    opened = {
+        pid
+        for (pid,) in admin(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", f"{suite_id}:worker:{result['pid']}"
+        )
+    }
     assert len(opened) == POOL and backends <= opened, (backends, opened)
 
 

@@ -31,8 +31,9 @@ APPS = Path(__file__).with_name("doctor_apps")
 
 
 def doctor(*args: str) -> tuple[int, dict]:
-    result = subprocess.run([sys.executable, "-m", "forkpool", "doctor", "--json", *args],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "forkpool", "doctor", "--json", *args], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -46,8 +47,15 @@ def counts(report: dict) -> dict[int, int]:
 
 
 def start(argv: list[str], env: dict, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -89,8 +97,15 @@ def children_of(pid: int) -> list[int]:
 @pytest.mark.parametrize("naive", [False, True], ids=["hooks", "naive"])
 def test_the_suite_is_clean_and_its_naive_contrast_is_not(naive, suite_database, redis_url, tmp_path):
     database_url = suite_database
-    plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id=f"doc{uuid.uuid4().hex[:6]}",
-                     web_workers=2, worker_concurrency=2, pool_size=2, naive=naive)
+    plan = SuitePlan(
+        database_url=database_url,
+        redis_url=redis_url,
+        suite_id=f"doc{uuid.uuid4().hex[:6]}",
+        web_workers=2,
+        worker_concurrency=2,
+        pool_size=2,
+        naive=naive,
+    )
     suite = start_suite(plan, tmp_path / "logs")
     try:
         for _ in range(10):  # the naive workers use the inherited pool on the master's sockets
@@ -117,13 +132,27 @@ def test_the_suite_is_clean_and_its_naive_contrast_is_not(naive, suite_database,
 # -- SQLAlchemy under preload_app ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("conf, expected", [("sqla_inherited.conf.py", {"shared-socket", "master-connection"}),
-                                            ("sqla_disposed.conf.py", set())])
+@pytest.mark.parametrize(
+    "conf, expected",
+    [("sqla_inherited.conf.py", {"shared-socket", "master-connection"}), ("sqla_disposed.conf.py", set())],
+)
 def test_a_sqlalchemy_engine_made_at_import_under_preload(conf, expected, database_url, tmp_path):
     port = free_port()
-    proc = start([sys.executable, "-m", "gunicorn", "-c", str(APPS / conf), "--no-control-socket",
-                  "-b", f"127.0.0.1:{port}", "sqla_app:app"],
-                 {"DATABASE_URL": database_url, "PYTHONPATH": str(APPS)}, cwd=APPS)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(APPS / conf),
+            "--no-control-socket",
+            "-b",
+            f"127.0.0.1:{port}",
+            "sqla_app:app",
+        ],
+        {"DATABASE_URL": database_url, "PYTHONPATH": str(APPS)},
+        cwd=APPS,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/", proc)
         for _ in range(6):
@@ -142,10 +171,28 @@ def test_a_sqlalchemy_engine_made_at_import_under_preload(conf, expected, databa
 
 def test_a_celery_task_module_that_connects_at_import(database_url, redis_url, tmp_path):
     queue = f"doc{uuid.uuid4().hex[:6]}"
-    proc = start([sys.executable, "-m", "celery", "-A", "celery_import_conn", "worker", "--concurrency", "2",
-                  "--pool", "prefork", "--loglevel", "INFO", "-Q", queue, "-n", f"{queue}@%h"],
-                 {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CELERY_QUEUE": queue,
-                  "PYTHONPATH": str(APPS)}, cwd=APPS)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_import_conn",
+            "worker",
+            "--concurrency",
+            "2",
+            "--pool",
+            "prefork",
+            "--loglevel",
+            "INFO",
+            "-Q",
+            queue,
+            "-n",
+            f"{queue}@%h",
+        ],
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CELERY_QUEUE": queue, "PYTHONPATH": str(APPS)},
+        cwd=APPS,
+    )
     try:
         assert wait_for(lambda: len(children_of(proc.pid)) >= 2, timeout=30), "no prefork children"
         code, report = doctor("--pid", str(proc.pid), "--dsn", database_url)
@@ -160,8 +207,9 @@ def test_a_celery_task_module_that_connects_at_import(database_url, redis_url, t
 # -- sessions and their client processes -----------------------------------------------------
 
 
-def start_app(script: str, args: list[str], env: dict, expected: tuple[str, ...] = ("ready",)) -> tuple[
-        subprocess.Popen, str]:
+def start_app(
+    script: str, args: list[str], env: dict, expected: tuple[str, ...] = ("ready",)
+) -> tuple[subprocess.Popen, str]:
     """Start doctor_apps/`script` and wait for its first line: "ready" once it holds its sessions."""
     proc = start([sys.executable, str(APPS / script), *args], env)
     line = proc.stdout.readline().strip()
@@ -172,11 +220,14 @@ def start_app(script: str, args: list[str], env: dict, expected: tuple[str, ...]
 
 
 def hold(mode: str, database_url: str, name: str) -> subprocess.Popen:
-    proc, line = start_app("holder.py", [mode], {"DATABASE_URL": database_url, "APP_NAME": name},
-                           ("ready", "no-permission"))
+    proc, line = start_app(
+        "holder.py", [mode], {"DATABASE_URL": database_url, "APP_NAME": name}, ("ready", "no-permission")
+    )
     if line == "no-permission":
-        pytest.skip("missing CAP_NET_ADMIN: the holder cannot set TCP_REPAIR on its socket, which makes a client "
-                    "vanish without FIN or RST (run the test as root, or grant the capability)")
+        pytest.skip(
+            "missing CAP_NET_ADMIN: the holder cannot set TCP_REPAIR on its socket, which makes a client "
+            "vanish without FIN or RST (run the test as root, or grant the capability)"
+        )
     return proc
 
 
@@ -193,8 +244,9 @@ def sessions_named(report: dict, name: str) -> list[dict]:
     return [s for s in report["sessions"] if s["name"] == name]
 
 
-def test_a_process_that_exits_without_closing_leaves_the_report_once_its_session_is_gone(database_url, admin,
-                                                                                          bystander):
+def test_a_process_that_exits_without_closing_leaves_the_report_once_its_session_is_gone(
+    database_url, admin, bystander
+):
     name = f"holder-{uuid.uuid4().hex[:6]}"
     proc = hold("plain", database_url, name)
     try:
@@ -243,9 +295,14 @@ def test_idle_in_transaction_past_the_threshold_is_flagged_with_its_process(data
 def test_a_master_holding_a_connection_the_server_closed_is_not_clean(mode, database_url, admin):
     """The descriptor of a connection that is gone (closed by the server; or reset, and in no kernel table any
     more) is still a finding: the master's pool would hand it to the next worker it forks."""
-    proc = subprocess.Popen([sys.executable, str(APPS / "dead_master.py"), mode], env={**os.environ,
-                            "DATABASE_URL": database_url}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(APPS / "dead_master.py"), mode],
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         backend = int(proc.stdout.readline())
         code, report = doctor("--pid", str(proc.pid))
@@ -265,7 +322,8 @@ def test_a_master_holding_a_connection_the_server_closed_is_not_clean(mode, data
 
 def test_usage_errors_are_one_line_with_exit_2(database_url):
     for args in (["--pool-size", "four"], ["--pid", "999999999"], ["--dsn", "not a dsn"]):
-        result = subprocess.run([sys.executable, "-m", "forkpool", "doctor", *args], capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "forkpool", "doctor", *args], capture_output=True, text=True, timeout=60
+        )
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

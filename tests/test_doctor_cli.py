@@ -27,9 +27,15 @@ POOL = 2
 
 
 @pytest.fixture(scope="module")
-def suite(suite_database, redis_url, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    plan = SuitePlan(database_url=suite_database, redis_url=redis_url, suite_id=f"dcl{uuid.uuid4().hex[:6]}",
-                     web_workers=2, worker_concurrency=2, pool_size=POOL)
+def suite(suite_database, redis_url, tmp_path_factory):  # the fixture imported above
+    plan = SuitePlan(
+        database_url=suite_database,
+        redis_url=redis_url,
+        suite_id=f"dcl{uuid.uuid4().hex[:6]}",
+        web_workers=2,
+        worker_concurrency=2,
+        pool_size=POOL,
+    )
     running = start_suite(plan, tmp_path_factory.mktemp("doctor-cli"))
     try:
         get(f"{running.web.url}/items?limit=1")
@@ -70,7 +76,7 @@ def test_processes_above_the_pool_size_and_trees_above_their_ceiling_are_flagged
 def test_without_pid_it_finds_the_arbiter_and_the_celery_main_process_by_itself(suite):
     _, dsn = suite
     web, worker, web_children, worker_children = _pids(suite)
-    code, report = doctor("--dsn", dsn, "--pool-size", str(POOL))
+    _code, report = doctor("--dsn", dsn, "--pool-size", str(POOL))
     found = {p["pid"]: p for p in report["processes"]}
     # Other tests may run their own servers beside this one: ours must be among what it found.
     assert found[web]["role"] == "master" and found[web]["server"] == "gunicorn", found.get(web)
@@ -84,13 +90,33 @@ def test_without_pid_it_finds_the_arbiter_and_the_celery_main_process_by_itself(
 def test_the_table_shows_each_process_and_the_trees_totals(suite):
     _, dsn = suite
     web, worker, web_children, _ = _pids(suite)
-    result = subprocess.run([sys.executable, "-m", "forkpool", "doctor", "--pid", str(web), "--pid", str(worker),
-                             "--pool-size", str(POOL), "--dsn", dsn], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "COLUMNS": "160"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forkpool",
+            "doctor",
+            "--pid",
+            str(web),
+            "--pid",
+            str(worker),
+            "--pool-size",
+            str(POOL),
+            "--dsn",
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     # tree, role, pid, process, postgresql, redis, shared: the Gunicorn tree's rows come first
-    rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in result.stdout.splitlines()
-            if line.startswith("│")]
+    rows = [
+        [c.strip() for c in line.strip().strip("│").split("│")]
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    ]
     assert [(r[0], r[1], r[2], r[4], r[6]) for r in rows[:4]] == [
         (f"gunicorn {web}", "master", str(web), "0", ""),
         *[("", "worker", str(pid), str(POOL), "") for pid in web_children],
@@ -109,10 +135,27 @@ def test_watch_refreshes_until_ctrl_c_and_exits_cleanly(suite):
     # doctor: Ctrl-C would do nothing, rightly. A person's foreground command has it at its default.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "forkpool", "doctor", "--watch", "0.3", "--pid", str(web),
-                                 "--pool-size", str(POOL), "--dsn", dsn], stdin=terminal, stdout=terminal,
-                                stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "forkpool",
+                "doctor",
+                "--watch",
+                "0.3",
+                "--pid",
+                str(web),
+                "--pool-size",
+                str(POOL),
+                "--dsn",
+                dsn,
+            ],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     # The terminal stays open on this side until the process has gone, as a person's shell keeps it.

@@ -70,8 +70,9 @@ def test_an_inherited_unix_socket_connection_is_a_shared_socket_and_its_session_
 
 
 @pytest.mark.parametrize("dsn", ["unix", "tcp"], ids=["dsn-unix", "dsn-tcp"])
-def test_unix_socket_connections_of_their_own_are_clean_and_counted_per_process(dsn, socket_url, socket_path,
-                                                                              database_url):
+def test_unix_socket_connections_of_their_own_are_clean_and_counted_per_process(
+    dsn, socket_url, socket_path, database_url
+):
     """Given the TCP DSN, the Unix socket is known from the local postgres's own listening socket."""
     proc, name = forked("postgresql", "own", socket_url, 2)
     try:
@@ -90,8 +91,9 @@ def test_unix_socket_connections_of_their_own_are_clean_and_counted_per_process(
         # The counts are the ones the pool size is held to: one fewer allowed, both children are above it.
         code, small = doctor(*args, "--pool-size", "1")
         assert code == 1 and codes(small) == {"above-pool-size", "above-ceiling"}, small["findings"]
-        assert sorted(f["pids"] for f in small["findings"] if f["code"] == "above-pool-size") == [[c] for c in
-                                                                                                  sorted(children)]
+        assert sorted(f["pids"] for f in small["findings"] if f["code"] == "above-pool-size") == [
+            [c] for c in sorted(children)
+        ]
     finally:
         stop(proc)
 
@@ -120,8 +122,7 @@ def test_an_inherited_redis_connection_is_a_shared_socket_and_its_client_is_matc
         stop(proc)
 
 
-def test_redis_connections_of_their_own_are_clean_and_each_client_is_matched_to_its_process(redis_url,
-                                                                                            database_url):
+def test_redis_connections_of_their_own_are_clean_and_each_client_is_matched_to_its_process(redis_url, database_url):
     proc, name = forked("redis", "own", redis_url, 2)
     try:
         parent, children = tree_of(proc)

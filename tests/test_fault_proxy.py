@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg2
 import pytest
@@ -216,8 +216,13 @@ def test_kernel_drop_trips_tcp_user_timeout_where_the_proxy_cannot():
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    done = subprocess.run(["unshare", "--net", "--", sys.executable, "-c", _KERNEL_DROP], capture_output=True,
-                          text=True, timeout=60, env={**__import__("os").environ, "FORKPOOL_NETNS": "1"})
+    done = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-c", _KERNEL_DROP],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "FORKPOOL_NETNS": "1"},
+    )
     print(done.stdout, done.stderr[-500:])
     kind, seconds = done.stdout.split()
     assert kind == "TimeoutError" and 1.4 <= float(seconds) < 20

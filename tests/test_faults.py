@@ -14,7 +14,6 @@ import pytest
 from click import Choice
 
 from harness.cli import fault
-
 from harness.fault_scenarios import SCENARIOS, SHORT
 from harness.netfault import unavailable
 
@@ -34,10 +33,13 @@ def test_fault_scenario_comes_back_whole(name):
 
 def test_soak_machinery_reports_flat_memory_and_counts(tmp_path):
     """The 10-minute soak runs on demand (`forkpool soak`); here a short one proves its checks and series."""
-    result = subprocess.run([sys.executable, "-m", "forkpool", "soak", "--duration", "8", "--report", str(tmp_path)],
-                            capture_output=True, text=True, timeout=240,
-                            env={k: v for k, v in __import__("os").environ.items()
-                                 if k not in ("DATABASE_URL", "REDIS_URL")})
+    result = subprocess.run(
+        [sys.executable, "-m", "forkpool", "soak", "--duration", "8", "--report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={k: v for k, v in __import__("os").environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+    )
     body = json.loads((tmp_path / "report.json").read_text())
     numbers = [c["number"] for c in body["checks"]]
     assert numbers == [1, 2, 3, 4, 5, 6, 7], numbers  # 7: memory flat (soak only)
@@ -58,10 +60,13 @@ def test_soak_with_faults_comes_back_after_each(tmp_path):
     the 10-minute run is on demand (docs/results/)."""
     if unavailable():
         pytest.skip(unavailable())
-    result = subprocess.run([sys.executable, "-m", "forkpool", "soak", "--duration", "40", "--faults",
-                             "--report", str(tmp_path)], capture_output=True, text=True, timeout=280,
-                            env={k: v for k, v in __import__("os").environ.items()
-                                 if k not in ("DATABASE_URL", "REDIS_URL")})
+    result = subprocess.run(
+        [sys.executable, "-m", "forkpool", "soak", "--duration", "40", "--faults", "--report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={k: v for k, v in __import__("os").environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+    )
     body = json.loads((tmp_path / "report.json").read_text())
     assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6, 7, 8]
     faults = [e["detail"].split(":")[0] for e in body["events"] if e["kind"] == "fault"]

@@ -46,17 +46,21 @@ def test_startup_check_counts_every_host_in_one_line(monkeypatch, database_url, 
     monkeypatch.setenv("DB_BUDGET_HOSTS", "3")
     server = server_of(database_url)
     lines = startup_check("web", processes=8, threads=1)
-    assert lines == ["web: 3 hosts x 8 processes x pool 4 = 96 connections (+ 0 for other clients) "
-                     f"of 297 available (max_connections 300 - reserved 3) on {server} "
-                     "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: fits"]
+    assert lines == [
+        "web: 3 hosts x 8 processes x pool 4 = 96 connections (+ 0 for other clients) "
+        f"of 297 available (max_connections 300 - reserved 3) on {server} "
+        "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: fits"
+    ]
     assert capsys.readouterr().err == f"forkpool: {lines[0]}\n"
     monkeypatch.setenv("DB_BUDGET_HOSTS", "10")
     with pytest.raises(forkpool.ConfigError) as refused:
         startup_check("web", processes=8, threads=1)
-    assert str(refused.value) == ("web: 10 hosts x 8 processes x pool 4 = 320 connections (+ 0 for other clients) "
-                                  f"of 297 available (max_connections 300 - reserved 3) on {server} "
-                                  "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: does not fit "
-                                  "(DB_BUDGET_CHECK=warn or off to start anyway)")
+    assert str(refused.value) == (
+        "web: 10 hosts x 8 processes x pool 4 = 320 connections (+ 0 for other clients) "
+        f"of 297 available (max_connections 300 - reserved 3) on {server} "
+        "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: does not fit "
+        "(DB_BUDGET_CHECK=warn or off to start anyway)"
+    )
 
 
 def test_startup_check_behind_pgbouncer_counts_against_max_client_conn(monkeypatch):
@@ -67,23 +71,37 @@ def test_startup_check_behind_pgbouncer_counts_against_max_client_conn(monkeypat
     assert startup_check("worker", processes=5, threads=1) == [
         "worker: 4 hosts x 5 processes x pool 4 = 80 connections (+ 0 for other clients) "
         "of PgBouncer's max_client_conn 100 (DB_BUDGET_MAX_CLIENT_CONN) "
-        "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: fits"]
+        "[pool 4: forkpool pool 'default' 4 (DB_POOL_SIZE=4)]: fits"
+    ]
     monkeypatch.setenv("DB_BUDGET_MAX_CLIENT_CONN", "60")
-    with pytest.raises(forkpool.ConfigError, match="= 80 connections .* max_client_conn 60 .*: does not fit"):
+    with pytest.raises(forkpool.ConfigError, match=r"= 80 connections .* max_client_conn 60 .*: does not fit"):
         startup_check("worker", processes=5, threads=1)
 
 
 def test_a_host_refuses_to_start_when_the_fleet_would_not_fit(database_url, redis_url, tmp_path):
     """Real Gunicorn: 20 hosts x 2 workers x pool 8 = 320 of the session server's 297, refused in one log line."""
-    plan = SuitePlan(database_url=database_url, redis_url=redis_url, suite_id="fleettoobig", web_workers=2,
-                     pool_size=8, host="h1", extra_env={"DB_BUDGET_HOSTS": "20"})
+    plan = SuitePlan(
+        database_url=database_url,
+        redis_url=redis_url,
+        suite_id="fleettoobig",
+        web_workers=2,
+        pool_size=8,
+        host="h1",
+        extra_env={"DB_BUDGET_HOSTS": "20"},
+    )
     web = WebServer(plan, tmp_path).start()
     assert web.proc.wait(60) != 0
     refusals = [line for line in web.log_text().splitlines() if "does not fit" in line]
-    assert len(refusals) == 1 and ("web: 20 hosts x 2 processes x pool 8 = 320 connections (+ 0 for other clients) "
-                                   "of 297 available (max_connections 300 - reserved 3) on "
-                                   f"{server_of(database_url)} [pool 8: forkpool pool 'default' 8 (DB_POOL_SIZE=8)]"
-                                   ": does not fit") in refusals[0], web.log_text()[-2000:]
+    assert (
+        len(refusals) == 1
+        and (
+            "web: 20 hosts x 2 processes x pool 8 = 320 connections (+ 0 for other clients) "
+            "of 297 available (max_connections 300 - reserved 3) on "
+            f"{server_of(database_url)} [pool 8: forkpool pool 'default' 8 (DB_POOL_SIZE=8)]"
+            ": does not fit"
+        )
+        in refusals[0]
+    ), web.log_text()[-2000:]
 
 
 def fleet_sample(t: float, h1: int = 2, h2: int = 2) -> Sample:
@@ -109,9 +127,11 @@ def test_the_fleet_ceiling_holds_per_host_and_for_the_fleet():
 
 
 def test_checks_name_hosts_and_writers():
-    agree = checks.check_reports_agree({"web@h1": {11: {"size": 2}}, "worker@h1": {12: {"size": 2}},
-                                        "web@h2": {21: {"size": 2}}, "worker@h2": {}}, {11: 2, 12: 2, 21: 2},
-                                       lambda pid: True)
+    agree = checks.check_reports_agree(
+        {"web@h1": {11: {"size": 2}}, "worker@h1": {12: {"size": 2}}, "web@h2": {21: {"size": 2}}, "worker@h2": {}},
+        {11: 2, 12: 2, 21: 2},
+        lambda pid: True,
+    )
     assert not agree.passed and "no live report from worker@h2" in agree.detail and "1 task@h1" in agree.detail
     keys, rows = ["a", "b"], {"a": 1, "b": 1}
     by_hosts = checks.check_work_done(keys, rows, {"200": 5}, writers={"worker@h1": 1, "worker@h2": 1})

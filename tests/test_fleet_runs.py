@@ -35,9 +35,32 @@ def kills_by_kind(body: dict) -> dict[str, set[str]]:
 @pytest.mark.timeout(300)
 def test_a_fleet_of_three_hosts_with_recycling_and_kills_passes(tmp_path):
     report = tmp_path / "report"
-    body = run_json(tmp_path, "fleet", "--hosts", "3", "--duration", "6", "--users", "6", "--task-rate", "4",
-                    "--kill-workers", "2", "--max-requests", "30", "--max-tasks-per-child", "8",
-                    "--web-workers", "2", "--worker-concurrency", "1", "--pool-size", "2", "--report", str(report))
+    body = run_json(
+        tmp_path,
+        "fleet",
+        "--hosts",
+        "3",
+        "--duration",
+        "6",
+        "--users",
+        "6",
+        "--task-rate",
+        "4",
+        "--kill-workers",
+        "2",
+        "--max-requests",
+        "30",
+        "--max-tasks-per-child",
+        "8",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "1",
+        "--pool-size",
+        "2",
+        "--report",
+        str(report),
+    )
     assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6] and all(c["passed"] for c in body["checks"])
     assert body["ceiling"] == 18 and "fleet:   3 hosts x ceiling 6 = 18" in body["budget"]["arithmetic"]
     hosts = ("h1", "h2", "h3")
@@ -55,10 +78,33 @@ def test_a_fleet_of_three_hosts_with_recycling_and_kills_passes(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_the_suite_through_pgbouncer_holds_both_ceilings(tmp_path, pgbouncer_binary):
-    body = run_json(tmp_path, "bouncer", "--pgbouncer", "--pgbouncer-pool-size", "3", "--duration", "5",
-                    "--users", "6", "--task-rate", "4", "--kill-workers", "3", "--max-requests", "40",
-                    "--max-tasks-per-child", "6", "--web-workers", "2", "--worker-concurrency", "2",
-                    "--asgi-workers", "1", "--pool-size", "3")
+    body = run_json(
+        tmp_path,
+        "bouncer",
+        "--pgbouncer",
+        "--pgbouncer-pool-size",
+        "3",
+        "--duration",
+        "5",
+        "--users",
+        "6",
+        "--task-rate",
+        "4",
+        "--kill-workers",
+        "3",
+        "--max-requests",
+        "40",
+        "--max-tasks-per-child",
+        "6",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--asgi-workers",
+        "1",
+        "--pool-size",
+        "3",
+    )
     assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6, 8], body["checks"]
     assert all(c["passed"] for c in body["checks"]), [c for c in body["checks"] if not c["passed"]]
     bouncer = body["pgbouncer"]
@@ -73,9 +119,28 @@ def test_the_suite_through_pgbouncer_holds_both_ceilings(tmp_path, pgbouncer_bin
 @pytest.mark.timeout(300)
 def test_a_fleet_above_max_connections_runs_only_through_pgbouncer(tmp_path, pgbouncer_binary):
     """4 hosts x (2 web + 2 task processes) x pool 5 = 80 client connections; the server has 30 slots."""
-    fleet = ["--hosts", "4", "--web-workers", "2", "--worker-concurrency", "2", "--pool-size", "5",
-             "--max-connections", "30", "--duration", "5", "--users", "12", "--task-rate", "6",
-             "--max-requests", "60", "--max-tasks-per-child", "10"]
+    fleet = [
+        "--hosts",
+        "4",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--pool-size",
+        "5",
+        "--max-connections",
+        "30",
+        "--duration",
+        "5",
+        "--users",
+        "12",
+        "--task-rate",
+        "6",
+        "--max-requests",
+        "60",
+        "--max-tasks-per-child",
+        "10",
+    ]
     direct = run_json(tmp_path, "direct", *fleet, env=embedded_env(), expect=3)
     assert not direct["passed"] and not direct["samples"]  # refused before anything started
     assert "fleet:   4 hosts x ceiling 20 = 80" in direct["budget"]["arithmetic"]
@@ -95,23 +160,38 @@ def test_up_behind_pgbouncer_serves_and_stats_counts_its_clients(tmp_path, pgbou
     import subprocess
 
     from harness._procs import free_port
-    from tests.test_harness import FORKPOOL, ROOT, _answers, _descendants, _alive
     from tests.conftest import wait_for
+    from tests.test_harness import FORKPOOL, ROOT, _alive, _answers, _descendants
 
     port = free_port()
-    env = {**embedded_env(), "WEB_CONCURRENCY": "2", "WORKER_CONCURRENCY": "1", "DB_POOL_SIZE": "2",
-           "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}  # where up leaves its state for stats
-    log = open(tmp_path / "up.log", "w")
-    proc = subprocess.Popen([*FORKPOOL, "up", "--port", str(port), "--pgbouncer"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **embedded_env(),
+        "WEB_CONCURRENCY": "2",
+        "WORKER_CONCURRENCY": "1",
+        "DB_POOL_SIZE": "2",
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+    }  # where up leaves its state for stats
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the server writes to it until the test stops it
+    proc = subprocess.Popen(
+        [*FORKPOOL, "up", "--port", str(port), "--pgbouncer"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}"), 60, 0.2), (tmp_path / "up.log").read_text()
         # up prints its servers once they all serve, which may be just after the first /readyz answered.
-        assert wait_for(lambda: "PgBouncer  postgresql://" in (tmp_path / "up.log").read_text(), 20, 0.1), \
-            (tmp_path / "up.log").read_text()
+        assert wait_for(lambda: "PgBouncer  postgresql://" in (tmp_path / "up.log").read_text(), 20, 0.1), (
+            tmp_path / "up.log"
+        ).read_text()
+
         def per_role() -> dict:  # (pool sizes, clients PgBouncer counts) per role
-            stats = subprocess.run([*FORKPOOL, "stats", "--json"], cwd=ROOT, env=env, capture_output=True,
-                                   text=True, timeout=60)
+            stats = subprocess.run(
+                [*FORKPOOL, "stats", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+            )
             assert stats.returncode == 0, stats.stderr
             return {role: (t["size"], t["server"]) for role, t in json.loads(stats.stdout)["roles"].items()}
 

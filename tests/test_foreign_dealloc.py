@@ -29,7 +29,7 @@ import sys
 
 import pytest
 
-PROGRAM = r'''
+PROGRAM = r"""
 import gc, json, os, sys, weakref
 
 driver, dsn, action = sys.argv[1:4]
@@ -61,7 +61,7 @@ try:
 except db.Error as exc:
     after, error = None, f"{type(exc).__name__}: {str(exc).strip()}"
 print(json.dumps({"before": before, "after": after, "error": error, "child": status, "impl": impl}))
-'''
+"""
 
 CASES = [("psycopg2", ""), ("psycopg", "binary"), ("psycopg", "python")]
 
@@ -72,8 +72,13 @@ def run_program(database_url: str, driver: str, impl: str, action: str) -> dict:
     env = dict(os.environ)
     if impl:
         env["PSYCOPG_IMPL"] = impl  # psycopg 3 refuses to import if the implementation asked for is missing
-    result = subprocess.run([sys.executable, "-c", PROGRAM, driver, database_url, action],
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM, driver, database_url, action],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0 and impl == "python" and "libpq" in result.stderr:
         pytest.skip("psycopg's python implementation needs a system libpq (libpq5), not installed here")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -187,8 +187,9 @@ def test_reload_and_double_import_do_not_create_a_second_pool(count_settles, mon
         importlib.reload(sys.modules[name])
     assert forkpool.get_pool() is pool
     # The same file imported again under another module name (a second sys.path entry).
-    spec = importlib.util.spec_from_file_location("registry_copy", forkpool.registry.__file__,
-                                                  submodule_search_locations=None)
+    spec = importlib.util.spec_from_file_location(
+        "registry_copy", forkpool.registry.__file__, submodule_search_locations=None
+    )
     copy = importlib.util.module_from_spec(spec)
     copy.__package__ = "forkpool"
     spec.loader.exec_module(copy)

@@ -27,8 +27,13 @@ def test_forks_of_a_process_holding_pools(scenario: str, database_url: str) -> N
         pytest.importorskip("gevent", reason="gevent is not installed")
     env = {**os.environ, "DATABASE_URL": database_url}
     env.pop("DB_POOL_IDLE_CLOSE", None)
-    done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", str(PROGRAM), scenario],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", str(PROGRAM), scenario],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.startswith("OK "), done.stdout
     assert "multi-threaded" not in done.stderr
@@ -37,8 +42,13 @@ def test_forks_of_a_process_holding_pools(scenario: str, database_url: str) -> N
 def test_maintainer_benchmark_runs(database_url: str) -> None:
     """benchmarks/maintainer_cost.py still runs (--quick, this Python only); figures are not checked."""
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "benchmarks.maintainer_cost", "--quick", "--python", sys.executable],
-                          env={**os.environ, "DATABASE_URL": database_url}, cwd=root, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.maintainer_cost", "--quick", "--python", sys.executable],
+        env={**os.environ, "DATABASE_URL": database_url},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "probe failed" not in done.stdout and " this " in done.stdout, done.stdout

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
-    example,
-    keys_in,
-    check_post,
-    Any,
     BIGINT_MAX,
     CONTENT_TYPES,
     FUZZ,
@@ -15,15 +11,20 @@ from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
     MAX_DEPTH,
     METHODS,
     NAME_MAX,
+    Any,
     Suite,
     assert_sane,
     assume,
     canon,
+    check_post,
+    example,
+    forkpool,
     given,
     item_bodies,
     job_bodies,
     json,
     json_values,
+    keys_in,
     nested,
     note,
     openapi_spec,
@@ -34,7 +35,6 @@ from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
     redis,
     same_json_in_database,
     settings,
-    forkpool,
     st,
     storable_char,
     stored_item,
@@ -45,15 +45,18 @@ from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
     valid_names,
 )
 
-
 # --------------------------------------------------------------------------- POST bodies
 
 
 @FUZZ
 @example(case=("/items", {"x" * 200: "x" * 200}))  # an extra key equal to its own value
 @example(case=("/jobs", {"kind": "record_event", "args": {"key": "k"}, "x" * 240: "x" * 200}))  # a value within a key
-@given(case=st.one_of(st.tuples(st.just("/items"), st.one_of(json_values, item_bodies, job_bodies)),
-                      st.tuples(st.just("/jobs"), st.one_of(json_values, job_bodies, item_bodies))))
+@given(
+    case=st.one_of(
+        st.tuples(st.just("/items"), st.one_of(json_values, item_bodies, job_bodies)),
+        st.tuples(st.just("/jobs"), st.one_of(json_values, job_bodies, item_bodies)),
+    )
+)
 def test_arbitrary_json_bodies_never_5xx_and_write_exactly_what_was_accepted(suite, case):
     endpoint, body = case
     sent = json.dumps(body).encode()  # Python's JSON: NaN, Infinity and lone surrogates (escaped) included
@@ -98,15 +101,24 @@ def test_hostile_valid_names_are_stored_literally(suite, name, payload):
     # the tables are all still there, with what they held
     assert suite.sql("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('items', 'events')") == [(2,)]
     # the same text as a job key is queued literally too
-    job = check_post(suite, "/jobs", json.dumps({"kind": "record_event", "args": {"key": name[:KEY_MAX]}}).encode(),
-                     "application/json")
+    job = check_post(
+        suite,
+        "/jobs",
+        json.dumps({"kind": "record_event", "args": {"key": name[:KEY_MAX]}}).encode(),
+        "application/json",
+    )
     assert job.status_code == 202
     assert suite.newest_message_kwargs()[1] == {"key": name[:KEY_MAX], "data": None}
 
 
 def test_name_length_limits_count_characters_not_bytes(suite):
-    for name, status in [("😀" * NAME_MAX, 201), ("é" * NAME_MAX, 201), ("x" * (NAME_MAX + 1), 400),
-                         ("😀" * (NAME_MAX + 1), 400), ("", 400)]:
+    for name, status in [
+        ("😀" * NAME_MAX, 201),
+        ("é" * NAME_MAX, 201),
+        ("x" * (NAME_MAX + 1), 400),
+        ("😀" * (NAME_MAX + 1), 400),
+        ("", 400),
+    ]:
         response = check_post(suite, "/items", json.dumps({"name": name}).encode(), "application/json")
         assert response.status_code == status, (len(name), response.get_json())
 
@@ -126,16 +138,44 @@ def whole_number(raw: str | None, default: int, low: int, high: int) -> int | No
 
 
 param_values = st.one_of(
-    st.integers(-5, LIMIT_MAX + 5).map(str), st.integers().map(str), st.sampled_from(
-        ["", " ", "1.5", "1e3", "0x10", "+5", " 7 ", "1_0", "٣", "NaN", "-0", str(BIGINT_MAX), str(BIGINT_MAX + 1),
-         "9" * 5000, "'; DROP TABLE items; --", "1 OR 1=1", "1;SELECT 1", "\x00", "%00", "%ff"]),
+    st.integers(-5, LIMIT_MAX + 5).map(str),
+    st.integers().map(str),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "1.5",
+            "1e3",
+            "0x10",
+            "+5",
+            " 7 ",
+            "1_0",
+            "٣",
+            "NaN",
+            "-0",
+            str(BIGINT_MAX),
+            str(BIGINT_MAX + 1),
+            "9" * 5000,
+            "'; DROP TABLE items; --",
+            "1 OR 1=1",
+            "1;SELECT 1",
+            "\x00",
+            "%00",
+            "%ff",
+        ]
+    ),
     st.text(storable_char, max_size=10),
 )
 
 
 @settings(FUZZ, max_examples=200)
-@given(params=st.dictionaries(st.sampled_from(["limit", "after", "LIMIT", "offset", "limit[]"]) | st.text(max_size=5),
-                              param_values, max_size=4))
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["limit", "after", "LIMIT", "offset", "limit[]"]) | st.text(max_size=5),
+        param_values,
+        max_size=4,
+    )
+)
 def test_list_query_parameters(suite_with_items, params):
     s = suite_with_items
     response = assert_sane(s.client.get("/items", query_string=params), "GET")
@@ -154,12 +194,28 @@ def test_list_query_parameters(suite_with_items, params):
 
 
 @FUZZ
-@given(query=st.one_of(
-    st.binary(max_size=40).map(lambda b: quote(b, safe="=&%+")),
-    st.text(max_size=40),
-    st.sampled_from(["limit=%", "limit=%zz", "after=%ff%fe", "limit=1&limit=abc", "limit=abc&limit=1", "&&&", "=",
-                     "limit", "after=%00", "limit=%F0%9F%98%80", "limit=%ED%A0%80", "after=" + "9" * 10000]),
-))
+@given(
+    query=st.one_of(
+        st.binary(max_size=40).map(lambda b: quote(b, safe="=&%+")),
+        st.text(max_size=40),
+        st.sampled_from(
+            [
+                "limit=%",
+                "limit=%zz",
+                "after=%ff%fe",
+                "limit=1&limit=abc",
+                "limit=abc&limit=1",
+                "&&&",
+                "=",
+                "limit",
+                "after=%00",
+                "limit=%F0%9F%98%80",
+                "limit=%ED%A0%80",
+                "after=" + "9" * 10000,
+            ]
+        ),
+    )
+)
 def test_raw_query_strings_never_5xx(suite_with_items, query):
     response = assert_sane(suite_with_items.client.get("/items?" + query), "GET")
     assert response.status_code in (200, 400)
@@ -172,9 +228,33 @@ segments = st.one_of(
     st.text(max_size=30),
     st.integers().map(str),
     st.integers(0, 40).map(str),
-    st.sampled_from(["", "0", "00001", "-1", "+1", "1.0", "1e3", str(BIGINT_MAX), str(BIGINT_MAX + 1), "9" * 400,
-                     "٣", "..", ".", "%2e%2e", "1/2", "%2F", "%00", "\x00", "'; DROP TABLE items; --", " 1",
-                     str(uuid.uuid4()), str(uuid.uuid4()).upper(), "{" + str(uuid.uuid4()) + "}"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "00001",
+            "-1",
+            "+1",
+            "1.0",
+            "1e3",
+            str(BIGINT_MAX),
+            str(BIGINT_MAX + 1),
+            "9" * 400,
+            "٣",
+            "..",
+            ".",
+            "%2e%2e",
+            "1/2",
+            "%2F",
+            "%00",
+            "\x00",
+            "'; DROP TABLE items; --",
+            " 1",
+            str(uuid.uuid4()),
+            str(uuid.uuid4()).upper(),
+            "{" + str(uuid.uuid4()) + "}",
+        ]
+    ),
 )
 
 
@@ -212,10 +292,13 @@ def test_known_items_and_jobs_are_found_by_their_canonical_path(suite_with_items
 
 
 @settings(FUZZ, max_examples=200)
-@given(path=st.sampled_from(list(openapi_spec()["paths"])), method=st.sampled_from(METHODS),
-       item_or_job=st.sampled_from(["1", "999999", str(uuid.uuid4()), "x"]),
-       body=st.one_of(st.none(), json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=50)),
-       query=st.dictionaries(st.text(max_size=6), st.text(max_size=10), max_size=3))
+@given(
+    path=st.sampled_from(list(openapi_spec()["paths"])),
+    method=st.sampled_from(METHODS),
+    item_or_job=st.sampled_from(["1", "999999", str(uuid.uuid4()), "x"]),
+    body=st.one_of(st.none(), json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=50)),
+    query=st.dictionaries(st.text(max_size=6), st.text(max_size=10), max_size=3),
+)
 def test_every_route_every_method(suite, path, method, item_or_job, body, query):
     operations = openapi_spec()["paths"][path]
     allowed = {m.upper() for m in operations if m != "parameters"} | {"OPTIONS"}
@@ -224,8 +307,12 @@ def test_every_route_every_method(suite, path, method, item_or_job, body, query)
     url = re.sub(r"\{[^}]+\}", item_or_job, path)
     routable = "{item_id}" not in path or item_or_job.isdigit()
     before = suite.writes()
-    response = assert_sane(suite.client.open(url, method=method, data=body, query_string=query,
-                                             headers={"Content-Type": "application/json"}), method)
+    response = assert_sane(
+        suite.client.open(
+            url, method=method, data=body, query_string=query, headers={"Content-Type": "application/json"}
+        ),
+        method,
+    )
     note(f"{method} {path} -> {response.status_code}")
     if not routable:
         assert response.status_code == 404

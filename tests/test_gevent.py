@@ -58,8 +58,9 @@ def assert_probes(exhausted: dict, refilled: dict, patched: bool) -> None:
 
 
 def test_gunicorn_gevent_worker(servers, app_env, tmp_path, sessions, suite_id):
-    server, url = start_gunicorn_app(servers, APP, "gunicorn.conf.py", "web:app", app_env,
-                                     tmp_path / "gunicorn.log", WORKERS)
+    server, url = start_gunicorn_app(
+        servers, APP, "gunicorn.conf.py", "web:app", app_env, tmp_path / "gunicorn.log", WORKERS
+    )
 
     def ceiling() -> bool:
         return exact(sessions, suite_id, "web", server.children(), POOL)
@@ -87,9 +88,27 @@ def test_gunicorn_gevent_worker(servers, app_env, tmp_path, sessions, suite_id):
 @pytest.mark.parametrize(("pool", "concurrency"), [("gevent", 8), ("threads", 4), ("solo", 1)])
 def test_celery_one_process_pools(pool, concurrency, servers, app_env, redis_url, tmp_path, sessions, suite_id):
     queue = f"{suite_id}-{pool}"
-    argv = [sys.executable, "-m", "celery", "--app", "tasks", "worker", "--pool", pool,
-            "--concurrency", str(concurrency), "--queues", queue, "--hostname", f"{queue}@%h",
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "tasks",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queue,
+        "--hostname",
+        f"{queue}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     env = {**app_env, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
     worker = Server(argv, APP, env, tmp_path / "celery.log")
     servers.append(worker)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -20,8 +19,9 @@ FORKPOOL = [sys.executable, "-m", "forkpool"]
 
 
 def forkpool(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([*FORKPOOL, *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*FORKPOOL, *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def embedded_env() -> dict[str, str]:
@@ -45,18 +45,31 @@ def processes_marked(mark: str) -> list[int]:
 
 
 def test_budget_prints_the_arithmetic_and_refuses_what_does_not_fit():
-    fits = forkpool("budget", "--web-workers", "3", "--worker-concurrency", "2", "--pool-size", "4",
-                    "--max-connections", "100")
+    fits = forkpool(
+        "budget", "--web-workers", "3", "--worker-concurrency", "2", "--pool-size", "4", "--max-connections", "100"
+    )
     assert fits.returncode == 0, fits.stdout + fits.stderr
     assert "ceiling: 12 + 8 = 20" in fits.stdout and "fits" in fits.stdout
-    tight = forkpool("budget", "--web-workers", "3", "--worker-concurrency", "2", "--pool-size", "8",
-                     "--max-connections", "40")
+    tight = forkpool(
+        "budget", "--web-workers", "3", "--worker-concurrency", "2", "--pool-size", "8", "--max-connections", "40"
+    )
     assert tight.returncode == 3 and "DOES NOT FIT" in tight.stdout
 
 
 def test_budget_knows_a_fleet_and_pgbouncers_two_tiers():
-    plan = ["budget", "--web-workers", "2", "--worker-concurrency", "2", "--pool-size", "5", "--hosts", "4",
-            "--max-connections", "30"]
+    plan = [
+        "budget",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--pool-size",
+        "5",
+        "--hosts",
+        "4",
+        "--max-connections",
+        "30",
+    ]
     direct = forkpool(*plan)
     assert direct.returncode == 3, direct.stdout + direct.stderr
     assert "fleet:   4 hosts x ceiling 20 = 80" in direct.stdout
@@ -84,10 +97,31 @@ def test_bad_option_is_one_clear_line_not_a_traceback():
 
 def test_loadtest_with_recycling_and_kills_passes(tmp_path):
     report = tmp_path / "report"
-    result = forkpool("loadtest", "--duration", "6", "--users", "6", "--task-rate", "4", "--kill-workers", "2",
-                      "--max-requests", "60", "--max-tasks-per-child", "6", "--web-workers", "3",
-                      "--worker-concurrency", "2", "--pool-size", "3", "--json", str(tmp_path / "run.json"),
-                      "--report", str(report))
+    result = forkpool(
+        "loadtest",
+        "--duration",
+        "6",
+        "--users",
+        "6",
+        "--task-rate",
+        "4",
+        "--kill-workers",
+        "2",
+        "--max-requests",
+        "60",
+        "--max-tasks-per-child",
+        "6",
+        "--web-workers",
+        "3",
+        "--worker-concurrency",
+        "2",
+        "--pool-size",
+        "3",
+        "--json",
+        str(tmp_path / "run.json"),
+        "--report",
+        str(report),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     body = json.loads((tmp_path / "run.json").read_text())
     assert body["passed"] is True and [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6]
@@ -102,10 +136,33 @@ def test_loadtest_with_recycling_and_kills_passes(tmp_path):
 def test_loadtest_with_an_asgi_tier_recycling_and_kills_passes(tmp_path):
     """The async tier as a third role: counted exactly, recycled by max_requests, killed, loaded, probed."""
     report = tmp_path / "report"
-    result = forkpool("loadtest", "--duration", "5", "--users", "6", "--task-rate", "4", "--kill-workers", "3",
-                      "--max-requests", "40", "--max-tasks-per-child", "6", "--web-workers", "2",
-                      "--worker-concurrency", "2", "--asgi-workers", "2", "--pool-size", "3",
-                      "--json", str(tmp_path / "asgi.json"), "--report", str(report))
+    result = forkpool(
+        "loadtest",
+        "--duration",
+        "5",
+        "--users",
+        "6",
+        "--task-rate",
+        "4",
+        "--kill-workers",
+        "3",
+        "--max-requests",
+        "40",
+        "--max-tasks-per-child",
+        "6",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--asgi-workers",
+        "2",
+        "--pool-size",
+        "3",
+        "--json",
+        str(tmp_path / "asgi.json"),
+        "--report",
+        str(report),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     body = json.loads((tmp_path / "asgi.json").read_text())
     assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6] and all(c["passed"] for c in body["checks"])
@@ -127,9 +184,27 @@ def test_asgi_workers_need_forkpools_own_stack():
 
 def test_loadtest_on_the_flask_sqlalchemy_stack_holds_the_ceiling(tmp_path):
     """The same load and checks, with Flask-SQLAlchemy (web) and a SQLAlchemy engine (workers) protected."""
-    result = forkpool("loadtest", "--stack", "flask-sqlalchemy", "--duration", "5", "--users", "4",
-                      "--max-requests", "40", "--max-tasks-per-child", "5", "--web-workers", "2",
-                      "--worker-concurrency", "2", "--pool-size", "2", "--json", str(tmp_path / "stack.json"))
+    result = forkpool(
+        "loadtest",
+        "--stack",
+        "flask-sqlalchemy",
+        "--duration",
+        "5",
+        "--users",
+        "4",
+        "--max-requests",
+        "40",
+        "--max-tasks-per-child",
+        "5",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--pool-size",
+        "2",
+        "--json",
+        str(tmp_path / "stack.json"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     body = json.loads((tmp_path / "stack.json").read_text())
     assert body["plan"]["stack"] == "flask-sqlalchemy" and body["ceiling"] == 8
@@ -140,10 +215,31 @@ def test_loadtest_on_the_django_stack_holds_the_ceiling(tmp_path):
     """The same load and checks on a Django project and its Celery worker (django_stack/): Django's native pool,
     "forkpool.django", Celery's Django fixup on; with recycling and kills."""
     report = tmp_path / "report"
-    result = forkpool("loadtest", "--stack", "django", "--duration", "5", "--users", "4", "--kill-workers", "2",
-                      "--max-requests", "40", "--max-tasks-per-child", "5", "--web-workers", "2",
-                      "--worker-concurrency", "2", "--pool-size", "2", "--json", str(tmp_path / "django.json"),
-                      "--report", str(report))
+    result = forkpool(
+        "loadtest",
+        "--stack",
+        "django",
+        "--duration",
+        "5",
+        "--users",
+        "4",
+        "--kill-workers",
+        "2",
+        "--max-requests",
+        "40",
+        "--max-tasks-per-child",
+        "5",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--pool-size",
+        "2",
+        "--json",
+        str(tmp_path / "django.json"),
+        "--report",
+        str(report),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     body = json.loads((tmp_path / "django.json").read_text())
     assert body["plan"]["stack"] == "django" and body["ceiling"] == 8
@@ -163,8 +259,18 @@ def test_naive_contrast_is_the_suites_own_app_only(stack):
 
 
 def test_naive_run_fails_its_checks_and_says_so(tmp_path):
-    result = forkpool("loadtest", "--naive", "--duration", "5", "--users", "6", "--pool-size", "3",
-                      "--json", str(tmp_path / "naive.json"))
+    result = forkpool(
+        "loadtest",
+        "--naive",
+        "--duration",
+        "5",
+        "--users",
+        "6",
+        "--pool-size",
+        "3",
+        "--json",
+        str(tmp_path / "naive.json"),
+    )
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     body = json.loads((tmp_path / "naive.json").read_text())
     assert body["naive"] is True and body["passed"] is False
@@ -177,8 +283,14 @@ def test_naive_run_fails_its_checks_and_says_so(tmp_path):
 
 def test_plan_that_does_not_fit_starts_nothing(tmp_path):
     mark = uuid.uuid4().hex
-    result = forkpool("loadtest", "--pool-size", "90", "--json", str(tmp_path / "big.json"),
-                      env={**os.environ, "FORKPOOL_TEST_MARK": mark})
+    result = forkpool(
+        "loadtest",
+        "--pool-size",
+        "90",
+        "--json",
+        str(tmp_path / "big.json"),
+        env={**os.environ, "FORKPOOL_TEST_MARK": mark},
+    )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "DOES NOT FIT" in result.stdout
     body = json.loads((tmp_path / "big.json").read_text())
@@ -201,9 +313,15 @@ def test_up_serves_until_interrupted_and_leaves_nothing(stop_signal, tmp_path):
 
     port = free_port()
     env = {**embedded_env(), "WEB_CONCURRENCY": "2", "WORKER_CONCURRENCY": "1", "DB_POOL_SIZE": "2"}
-    log = open(tmp_path / "up.log", "w")
-    proc = subprocess.Popen([*FORKPOOL, "up", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the server writes to it until the test stops it
+    proc = subprocess.Popen(
+        [*FORKPOOL, "up", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}"), 60, 0.2), (tmp_path / "up.log").read_text()
         status, body, _ = http(f"http://127.0.0.1:{port}", "GET", "/pool")

@@ -27,7 +27,7 @@ def test_a_child_detaches_what_it_shares_with_its_parent_and_nothing_it_opened(r
     assert (parts.hostname, parts.port) in redis_endpoints.tcp
     client = redis.Redis.from_url(redis_url)
     client.ping()
-    inherited = client.connection_pool._available_connections[0]._sock.fileno()  # noqa: SLF001 - the test's own
+    inherited = client.connection_pool._available_connections[0]._sock.fileno()  # the test's own
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -39,8 +39,12 @@ def test_a_child_detaches_what_it_shares_with_its_parent_and_nothing_it_opened(r
             devnull = os.fstat(kernel_sockets.devnull_fd())
             now = os.fstat(inherited)
             # Every detached descriptor is now /dev/null; the child's own socket is not among them.
-            ok = (inherited in detached and own.fileno() not in detached and own.fileno() in mine
-                  and (now.st_dev, now.st_ino) == (devnull.st_dev, devnull.st_ino))
+            ok = (
+                inherited in detached
+                and own.fileno() not in detached
+                and own.fileno() in mine
+                and (now.st_dev, now.st_ino) == (devnull.st_dev, devnull.st_ino)
+            )
             os.write(write_fd, b"ok" if ok else f"{detached} {inherited}".encode())
             code = 0
         finally:

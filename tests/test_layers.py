@@ -26,8 +26,9 @@ def runtime_import_nodes(path: Path) -> list[ast.Import | ast.ImportFrom]:
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             type_only.update(id(child) for child in ast.walk(node))
-    return [node for node in ast.walk(tree)
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in type_only]
+    return [
+        node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in type_only
+    ]
 
 
 def runtime_imports(path: Path) -> set[str]:
@@ -85,7 +86,7 @@ def test_the_library_has_no_import_circle():
         state[module] = 1
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                circles.append(path[path.index(dep):] + [module, dep] if dep in path else [module, dep])
+                circles.append(path[path.index(dep) :] + [module, dep] if dep in path else [module, dep])
             elif not state.get(dep):
                 visit(dep, path + [module])
         state[module] = 2
@@ -148,14 +149,18 @@ for module in ("forkpool.metrics", "forkpool.flask", "forkpool.celery"):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.rsplit("'", 2)[-2] for line in lines] == [
-        "forkpool[redis]", "forkpool[prometheus]", "forkpool[flask]", "forkpool[celery]"], lines
+        "forkpool[redis]",
+        "forkpool[prometheus]",
+        "forkpool[flask]",
+        "forkpool[celery]",
+    ], lines
 
 
 def test_the_layers_written_in_the_package_docstring_are_the_real_ones():
     import forkpool
 
     doc = forkpool.__doc__ or ""
-    block = doc[doc.index("Modules, bottom-up"):].split("\n\n", 1)[1]
+    block = doc[doc.index("Modules, bottom-up") :].split("\n\n", 1)[1]
     layers = [[name.strip() for name in line.split(",")] for line in block.strip().splitlines()]
     level = {name: number for number, names in enumerate(layers) for name in names}
     graph = library_graph()

@@ -125,8 +125,13 @@ def test_plain_scripts_close_their_pools_at_interpreter_exit(database_url):
         "seen['pool'] = forkpool.get_pool()\n"
         "assert seen['pool'].wait(10)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "DATABASE_URL": database_url, "DB_POOL_SIZE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": database_url, "DB_POOL_SIZE": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert "closed at exit: True" in result.stdout
 

@@ -17,8 +17,13 @@ from harness.load import LoadError, LocustRun, run_locust
 from tests.conftest import wait_for
 from tests.test_suite import admin_db, launch, suite_database  # noqa: F401  (fixtures)
 
-ENDPOINTS = {("GET", "/items?limit=20"), ("GET", "/items/[id]"), ("POST", "/items"), ("POST", "/jobs"),
-             ("GET", "/pool")}
+ENDPOINTS = {
+    ("GET", "/items?limit=20"),
+    ("GET", "/items/[id]"),
+    ("POST", "/items"),
+    ("POST", "/jobs"),
+    ("GET", "/pool"),
+}
 
 
 def group_alive(pgid: int) -> bool:
@@ -69,8 +74,9 @@ def test_locust_load_through_gunicorn_is_counted_and_every_job_writes_its_event_
     def events_written() -> list[tuple]:
         return admin_db("SELECT key, count(*) FROM events WHERE key = ANY(%s) GROUP BY key", list(result.event_keys))
 
-    assert wait_for(lambda: len(events_written()) == len(result.event_keys), 30, 0.2), \
+    assert wait_for(lambda: len(events_written()) == len(result.event_keys), 30, 0.2), (
         f"{len(events_written())} of {len(result.event_keys)} events written"
+    )
     assert {count for _, count in events_written()} == {1}
 
 
@@ -127,8 +133,9 @@ def test_503s_are_failures_named_by_cause_and_told_apart_from_500s(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Overloaded)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        result = run_locust(f"http://127.0.0.1:{server.server_address[1]}", users=2, duration=1, suite_id="stub",
-                            workdir=tmp_path)
+        result = run_locust(
+            f"http://127.0.0.1:{server.server_address[1]}", users=2, duration=1, suite_id="stub", workdir=tmp_path
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -142,8 +149,7 @@ def test_503s_are_failures_named_by_cause_and_told_apart_from_500s(tmp_path):
 
 
 def test_unreachable_host_counts_errors_instead_of_crashing(tmp_path):
-    result = run_locust(f"http://127.0.0.1:{free_port()}", users=2, duration=1, suite_id="nobody",
-                        workdir=tmp_path)
+    result = run_locust(f"http://127.0.0.1:{free_port()}", users=2, duration=1, suite_id="nobody", workdir=tmp_path)
     assert result.requests > 0 and result.failures == result.requests
     assert result.status_counts == {"error": result.requests}
     assert result.errors and all("connection error" in line for line in result.errors)
@@ -153,8 +159,9 @@ def test_unreachable_host_counts_errors_instead_of_crashing(tmp_path):
 def test_a_broken_locustfile_raises_with_locusts_output(tmp_path: Path):
     broken = tmp_path / "broken_locustfile.py"
     broken.write_text("raise SystemExit('this locustfile is broken on purpose')\n")
-    run = LocustRun("http://127.0.0.1:9", users=1, duration=1, suite_id="x", workdir=tmp_path / "out",
-                    locustfile=broken).start()
+    run = LocustRun(
+        "http://127.0.0.1:9", users=1, duration=1, suite_id="x", workdir=tmp_path / "out", locustfile=broken
+    ).start()
     with pytest.raises(LoadError, match="broken on purpose"):
         run.wait(timeout=30)
     assert not group_alive(run.pid)

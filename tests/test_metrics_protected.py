@@ -15,13 +15,13 @@ import pytest
 
 pytest.importorskip("sqlalchemy", reason="a protected engine needs SQLAlchemy (forkpool[sqlalchemy])")
 pytest.importorskip("prometheus_client", reason="metrics need forkpool[prometheus]")
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from sqlalchemy import create_engine  # noqa: E402
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
 
-import forkpool  # noqa: E402
-from forkpool import identity, protection  # noqa: E402
-from tests.conftest import wait_for  # noqa: E402
+import forkpool
+from forkpool import identity, protection
+from tests.conftest import wait_for
 
 GAUGES = ("size", "idle", "in_use", "waiting", "max_size")
 
@@ -67,13 +67,17 @@ def test_a_protected_engine_is_in_the_same_gauges_as_forkpools_own_pool(database
         held.pop().close()  # back to SQLAlchemy's pool: 3 open, 2 in use
         metrics.export_process()
         text = metrics.render_metrics().decode()
-        [(label, protected)] = gauges(text, "sqlalchemy").items()
+        [(label, protected)] = gauges(text, "sqlalchemy", role=identity.process_role()).items()
         assert label.startswith("engine postgresql+psycopg2://") and "@" in label
         assert protected == {"size": 3, "idle": 1, "in_use": 2, "max_size": 5}  # SQLAlchemy has no waiting count
-        own = gauges(text, "forkpool")
+        own = gauges(text, "forkpool", role=identity.process_role())
         assert own["default"]["size"] == 1 and own["default"]["max_size"] == 1
-        backends = {s.labels["backend"] for f in text_string_to_metric_families(text) for s in f.samples
-                    if s.name == "forkpool_pool_size" and s.labels.get("pool") == label}
+        backends = {
+            s.labels["backend"]
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "forkpool_pool_size" and s.labels.get("pool") == label
+        }
         assert backends == {"postgresql"}
 
         for conn in held:
@@ -109,8 +113,13 @@ def test_a_workers_exporter_thread_publishes_its_protected_pools_to_the_shared_d
     """Multiprocess mode, as in a Gunicorn deployment: the process that holds the engine publishes without
     being scraped; any process reads the directory."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, sqlalchemy_url(database_url)], env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, sqlalchemy_url(database_url)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout.readline().strip() == "held"
 
@@ -142,8 +151,9 @@ def test_gunicorn_workers_publish_their_protected_engines(servers, database_url,
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {**os.environ, "PROTECT": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    server, _ = start_gunicorn_app(servers, APPS / "sqla", "gunicorn_protected.conf.py", "web:app", env,
-                                   tmp_path / "gunicorn.log", workers=2)
+    server, _ = start_gunicorn_app(
+        servers, APPS / "sqla", "gunicorn_protected.conf.py", "web:app", env, tmp_path / "gunicorn.log", workers=2
+    )
 
     def by_pid() -> dict[int, dict[str, float]]:
         registry = CollectorRegistry()

@@ -95,9 +95,13 @@ def test_children_have_their_own_pools_and_end_them_with_a_goodbye(method, runne
     assert len(backends) == POOL * len(children), results
     assert without_goodbye(logged_db, backends) == {}
     assert sorted(backend_pids(pool, POOL)) == sorted(parent)  # the parent's sessions survived every child
-    assert wait_for(lambda: holders(logged_db, suite_id) == {os.getpid(): POOL}, timeout=10), holders(logged_db, suite_id)
-    print(f"multiprocessing {method} {runner}: {len(children)} children x {POOL} sessions, "
-          f"all ended with a goodbye; the parent's {POOL} survived")
+    assert wait_for(lambda: holders(logged_db, suite_id) == {os.getpid(): POOL}, timeout=10), holders(
+        logged_db, suite_id
+    )
+    print(
+        f"multiprocessing {method} {runner}: {len(children)} children x {POOL} sessions, "
+        f"all ended with a goodbye; the parent's {POOL} survived"
+    )
 
 
 def test_the_log_catches_a_child_that_leaves_without_a_goodbye(logged_db):

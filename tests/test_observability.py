@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.processes import CeleryWorker, SuitePlan, WebServer
 from tests.conftest import wait_for
-from tests.suite_helpers import http, sessions_by_role
+from tests.suite_helpers import http
 from tests.test_suite import POOL, admin_db, launch, settled, suite_database  # noqa: F401 - fixtures
 
 
@@ -31,8 +31,12 @@ def scrape(url: str) -> dict[str, dict[tuple[str, int], float]]:
 
 def counter(url: str, name: str, role: str) -> float:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and s.labels.get("role") == role)
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and s.labels.get("role") == role
+    )
 
 
 def test_metrics_of_every_process_match_the_server(launch, admin):
@@ -68,8 +72,12 @@ def test_gauges_of_killed_processes_disappear(launch, admin):
 def test_forkpool_stats_reports_every_process_beside_the_server(launch, admin, suite_database):
     suite = launch(web_workers=2, worker_concurrency=2)
     settled(admin, suite)
-    result = subprocess.run([sys.executable, "-m", "forkpool", "stats", "--url", suite.web.url, "--database-url",
-                             suite_database, "--json"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "forkpool", "stats", "--url", suite.web.url, "--database-url", suite_database, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert found["suite_id"] == suite.plan.suite_id
@@ -77,22 +85,37 @@ def test_forkpool_stats_reports_every_process_beside_the_server(launch, admin, s
         total = found["roles"][role]
         assert total["processes"] == processes and total["size"] == total["server"] == processes * POOL
     assert all(row["size"] == row["server"] == POOL for row in found["processes"])
-    table = subprocess.run([sys.executable, "-m", "forkpool", "stats", "--url", suite.web.url, "--database-url",
-                            suite_database], capture_output=True, text=True, timeout=60)
+    table = subprocess.run(
+        [sys.executable, "-m", "forkpool", "stats", "--url", suite.web.url, "--database-url", suite_database],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert table.returncode == 0 and "Per role" in table.stdout
 
 
 def test_servers_refuse_to_start_when_their_share_does_not_fit(suite_database, redis_url, tmp_path):
-    big = SuitePlan(database_url=suite_database, redis_url=redis_url, suite_id="toobig", web_workers=8,
-                    worker_concurrency=7, pool_size=50)  # 400 and 350 of the session server's 297
+    big = SuitePlan(
+        database_url=suite_database,
+        redis_url=redis_url,
+        suite_id="toobig",
+        web_workers=8,
+        worker_concurrency=7,
+        pool_size=50,
+    )  # 400 and 350 of the session server's 297
     for server in (WebServer(big, tmp_path), CeleryWorker(big, tmp_path)):
         server.start()
         assert server.proc.wait(60) != 0
         log = server.log_text()
         assert "does not fit" in log and "DB_BUDGET_CHECK" in log, log[-2000:]
-    relaxed = SuitePlan(**{**big.__dict__, "extra_env": {"DB_BUDGET_CHECK": "warn", "DB_POOL_MIN": "0"},
-                           "web_workers": 1,
-                           "pool_size": 300})
+    relaxed = SuitePlan(
+        **{
+            **big.__dict__,
+            "extra_env": {"DB_BUDGET_CHECK": "warn", "DB_POOL_MIN": "0"},
+            "web_workers": 1,
+            "pool_size": 300,
+        }
+    )
     web = WebServer(relaxed, tmp_path / "relaxed").start()
     try:
         assert wait_for(lambda: "does not fit" in web.log_text(), 30)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
-    check_post,
-    Any,
     BIGINT_MAX,
-    Callable,
     FUZZ,
     HOSTILE,
     LIMIT_MAX,
+    Any,
+    Callable,
     assume,
+    check_post,
     clean_item_bodies,
     clean_job_bodies,
     create_app,
@@ -25,7 +25,6 @@ from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
     sys,
 )
 
-
 # --------------------------------------------------------------------------- the OpenAPI description
 
 
@@ -34,9 +33,29 @@ class SchemaError(AssertionError):
 
 
 KNOWN_KEYWORDS = {
-    "type", "properties", "required", "additionalProperties", "items", "minLength", "maxLength", "minimum",
-    "maximum", "exclusiveMinimum", "exclusiveMaximum", "const", "enum", "anyOf", "oneOf", "allOf", "$ref",
-    "title", "description", "default", "format", "discriminator", "examples",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "const",
+    "enum",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "title",
+    "description",
+    "default",
+    "format",
+    "discriminator",
+    "examples",
 }
 JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "null": lambda v: v is None,
@@ -67,9 +86,10 @@ def validate(value: Any, schema: dict[str, Any], spec: dict[str, Any]) -> None:
         raise SchemaError("not the constant")
     if "enum" in schema and value not in schema["enum"]:
         raise SchemaError("not in enum")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", sys.maxsize):
-            raise SchemaError("length")
+    if isinstance(value, str) and (
+        len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", sys.maxsize)
+    ):
+        raise SchemaError("length")
     if JSON_TYPES["number"](value):
         if "minimum" in schema and not value >= schema["minimum"]:
             raise SchemaError("minimum")
@@ -138,13 +158,16 @@ def test_openapi_json_describes_every_route_of_the_app():
             params = spec["paths"][path].get("parameters", [])
             assert any(p["name"] == name and p["in"] == "path" and p["required"] for p in params), (path, name)
     expected_errors = {
-        ("/items", "post"): {"400", "405", "413", "415", "503"}, ("/jobs", "post"): {"400", "405", "413", "415", "503"},
-        ("/items", "get"): {"400", "405", "503"}, ("/items/{item_id}", "get"): {"404", "405", "503"},
-        ("/jobs/{job_id}", "get"): {"404", "405", "503"}, ("/readyz", "get"): {"503", "405"},
+        ("/items", "post"): {"400", "405", "413", "415", "503"},
+        ("/jobs", "post"): {"400", "405", "413", "415", "503"},
+        ("/items", "get"): {"400", "405", "503"},
+        ("/items/{item_id}", "get"): {"404", "405", "503"},
+        ("/jobs/{job_id}", "get"): {"404", "405", "503"},
+        ("/readyz", "get"): {"503", "405"},
     }
     for (path, method), statuses in expected_errors.items():
         assert statuses <= set(spec["paths"][path][method]["responses"]), (path, method)
-    for path, item in spec["paths"].items():
+    for item in spec["paths"].values():
         for method, operation in item.items():
             if method == "parameters":
                 continue
@@ -195,5 +218,3 @@ def test_openapi_request_schemas_agree_with_the_endpoints(suite, case):
     response = check_post(suite, endpoint, json.dumps(body).encode(), "application/json")
     in_schema = _valid(body, request_schema(spec, endpoint), spec)
     assert (response.status_code < 400) == in_schema, (response.status_code, response.get_json(), in_schema)
-
-

@@ -122,7 +122,8 @@ def test_a_factory_calling_itself_is_an_error_not_a_deadlock(key):
 
 
 def test_reload_of_the_defining_module_returns_the_same_instance(tmp_path, monkeypatch):
-    (tmp_path / "reloaded_client.py").write_text(textwrap.dedent("""
+    (tmp_path / "reloaded_client.py").write_text(
+        textwrap.dedent("""
         import functools
         import forkpool
 
@@ -136,7 +137,8 @@ def test_reload_of_the_defining_module_returns_the_same_instance(tmp_path, monke
         @functools.lru_cache(maxsize=1)
         def naive_client():
             return Client()
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("reloaded_client")
     try:
@@ -155,16 +157,24 @@ def test_reload_of_the_defining_module_returns_the_same_instance(tmp_path, monke
 
 def test_a_forked_child_gets_its_own_instance_and_the_inherited_one_goes_to_detach(key):
     detached, closed = [], []
-    make = forkpool.per_process(Thing, detach=lambda t: detached.append(t.pid),
-                                close=lambda t: closed.append(t.pid), key=key)
+    make = forkpool.per_process(
+        Thing, detach=lambda t: detached.append(t.pid), close=lambda t: closed.append(t.pid), key=key
+    )
     naive = functools.lru_cache(maxsize=1)(Thing)
     parent = make()
     naive_parent = naive()
 
     def child() -> dict:
         mine = make()
-        return {"pid": os.getpid(), "owner": mine.pid, "detached": detached, "closed": closed,
-                "same": mine is parent, "naive_owner": naive().pid, "naive_same": naive() is naive_parent}
+        return {
+            "pid": os.getpid(),
+            "owner": mine.pid,
+            "detached": detached,
+            "closed": closed,
+            "same": mine is parent,
+            "naive_owner": naive().pid,
+            "naive_same": naive() is naive_parent,
+        }
 
     seen = run_in_child(child)
     assert seen["owner"] == seen["pid"] and not seen["same"]
@@ -178,11 +188,11 @@ class DoubleCheckedSingleton:
     """The singleton most articles write: double-checked locking in __new__, the lock made at import."""
 
     _lock = threading.Lock()
-    _instance: "DoubleCheckedSingleton | None" = None
+    _instance: DoubleCheckedSingleton | None = None
     factory_started = threading.Event()
     factory_may_finish = threading.Event()
 
-    def __new__(cls) -> "DoubleCheckedSingleton":
+    def __new__(cls) -> DoubleCheckedSingleton:
         if cls._instance is None:
             with cls._lock:
                 if cls._instance is None:
@@ -232,8 +242,12 @@ def test_a_fork_while_a_thread_builds_the_instance_hangs_the_naive_child_not_our
 
 
 def test_a_per_process_psycopg2_connection_survives_a_child_using_its_own(key, database_url):
-    make = forkpool.per_process(lambda: psycopg2.connect(database_url, application_name="pp-test"),
-                                detach=detach_inherited, close=lambda c: c.close(), key=key)
+    make = forkpool.per_process(
+        lambda: psycopg2.connect(database_url, application_name="pp-test"),
+        detach=detach_inherited,
+        close=lambda c: c.close(),
+        key=key,
+    )
 
     def backend_pid(conn) -> int:
         with conn.cursor() as cur:

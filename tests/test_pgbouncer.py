@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg
 import psycopg2
@@ -90,7 +90,7 @@ def test_psycopg3_prepared_statements_break_below_1_21_and_forkpool_turns_them_o
 
     try:
         plain = psycopg.connect(bouncer.url, application_name="plain", autocommit=True)
-        with pytest.raises(psycopg.errors.InvalidSqlStatementName, match="prepared statement .* does not exist"):
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName, match=r"prepared statement .* does not exist"):
             run_twice_over(plain)
         plain.close()
         monkeypatch.setenv("DB_POOL_DRIVER", "psycopg")
@@ -144,10 +144,9 @@ def test_forkpools_pool_relies_on_no_session_state(bouncer, monkeypatch, suite_i
         with pool.connection() as conn, conn.cursor() as cur:  # the identity reaches the server in each transaction
             cur.execute("SELECT current_setting('application_name')")
             assert cur.fetchone()[0] == name
-    with pytest.raises(ZeroDivisionError):
-        with pool.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            1 / 0  # the block fails inside a transaction: the pool rolls back, PgBouncer frees the server
+    with pytest.raises(ZeroDivisionError), pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        1 / 0  # noqa: B018 - the block fails inside a transaction: the pool rolls back, PgBouncer frees the server
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT 2")
         assert cur.fetchone()[0] == 2
@@ -167,21 +166,34 @@ def test_bootstrap_installs_pgbouncer_and_mariadb_as_root_with_apt_and_otherwise
     monkeypatch.setattr(bootstrap, "find_binary", lambda names: None)
     monkeypatch.delenv("FORKPOOL_PGBOUNCER", raising=False)
     monkeypatch.delenv("FORKPOOL_NO_APT", raising=False)
-    monkeypatch.setattr(bootstrap.subprocess, "run", lambda argv, **kw: calls.append(argv) or
-                        subprocess_result(0))
+    monkeypatch.setattr(bootstrap.subprocess, "run", lambda argv, **kw: calls.append(argv) or subprocess_result(0))
     monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
     monkeypatch.setattr(bootstrap.shutil, "which", lambda name: f"/usr/bin/{name}")
     bootstrap.ensure_system_packages()
-    assert calls[:2] == [["apt-get", "update", "-qq"],
-                         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer", "mariadb-server",
-                          "libmariadb-dev", "pkg-config"]]
+    assert calls[:2] == [
+        ["apt-get", "update", "-qq"],
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "pgbouncer",
+            "mariadb-server",
+            "libmariadb-dev",
+            "pkg-config",
+        ],
+    ]
     assert ["service", "pgbouncer", "stop"] in calls  # the package's own service, if policy let it start
     calls.clear()
     monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)  # not root: nothing run, one command each printed
     bootstrap.ensure_system_packages()
     out = capsys.readouterr().out
     assert not calls and "Install it with: sudo apt-get install -y pgbouncer" in out
-    assert "MariaDB is not installed; its tests will be skipped. Install it with: sudo apt-get install -y mariadb-server" in out
+    assert (
+        "MariaDB is not installed; its tests will be skipped. Install it with: sudo apt-get install -y mariadb-server"
+        in out
+    )
 
 
 def subprocess_result(code: int) -> object:
@@ -198,9 +210,25 @@ def test_without_pgbouncer_its_tests_show_as_skipped_with_the_command(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "FORKPOOL_PGBOUNCER": str(tmp_path / "no-pgbouncer")}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                             "tests/test_pgbouncer.py", "-k", "not without and not bootstrap"], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_pgbouncer.py",
+            "-k",
+            "not without and not bootstrap",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     assert "6 skipped" in result.stdout and "passed" not in result.stdout.splitlines()[-1]
     assert "pgbouncer is not installed" in result.stdout and "apt-get install -y pgbouncer" in result.stdout

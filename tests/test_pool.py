@@ -65,10 +65,9 @@ def test_connection_commits_on_success_and_rolls_back_on_error(database_url):
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS t_commit (v int)")  # temp: lives with the session
         cur.execute("INSERT INTO t_commit VALUES (1)")
-    with pytest.raises(RuntimeError):
-        with pool.connection() as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO t_commit VALUES (2)")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO t_commit VALUES (2)")
+        raise RuntimeError("boom")
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT array_agg(v) FROM t_commit")
         assert cur.fetchone()[0] == [1]
@@ -111,7 +110,7 @@ def test_waiters_are_served_in_fifo_order():
         t.start()
         threads.append(t)
         # the next caller queues only once this one is queued
-        assert wait_for(lambda: pool.stats()[keys.WAITING] == i + 1, 5)
+        assert wait_for(lambda: pool.stats()[keys.WAITING] == i + 1, 5)  # noqa: B023 - called at once, in this iteration
     pool.putconn(held)
     for t in threads:
         t.join(10)
@@ -224,7 +223,7 @@ def test_max_waiting_bounds_the_queue():
     forkpool.configure(min_size=1, max_size=1, max_waiting=1)
     pool = forkpool.get_pool()
     held = pool.getconn()
-    waiter = threading.Thread(target=lambda: pytest.raises(forkpool.PoolTimeout, pool.getconn, timeout=2))
+    waiter = threading.Thread(target=lambda: pytest.raises(forkpool.PoolTimeout, pool.getconn, timeout=2))  # noqa: RUF061 - a lambda takes no with
     waiter.start()
     assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
     with pytest.raises(forkpool.TooManyWaiting):
@@ -261,7 +260,9 @@ def test_close_wakes_waiters_with_pool_closed():
     pool = forkpool.get_pool()
     held = pool.getconn()
     errors: list[BaseException] = []
-    t = threading.Thread(target=lambda: errors.append(pytest.raises(forkpool.PoolClosed, pool.getconn, timeout=20).value))
+    t = threading.Thread(
+        target=lambda: errors.append(pytest.raises(forkpool.PoolClosed, pool.getconn, timeout=20).value)  # noqa: RUF061 - a lambda takes no with
+    )
     t.start()
     assert wait_for(lambda: pool.stats()[keys.WAITING] == 1, 5)
     pool.close()

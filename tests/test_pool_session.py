@@ -17,7 +17,7 @@ import pytest
 import forkpool
 from forkpool import stats as keys
 from forkpool.settings import PoolSettings, build_settings, session_of, settings_from_env
-from tests.conftest import transaction_status, wait_for
+from tests.conftest import transaction_status
 from tests.wire_log import WireLog
 
 # The pre-use check (a SELECT 1 after check_idle seconds idle) would add a statement on a slow machine.
@@ -154,10 +154,10 @@ def test_a_connection_left_as_lent_takes_the_one_question_return(session):
     forkpool.configure(**session, **QUIET)
     pool = forkpool.get_pool()
     conn = pool.getconn()
-    assert pool._is_clean(conn)  # noqa: SLF001 - the hot path's own predicate
+    assert pool._is_clean(conn)  # the hot path's own predicate
     select_1(conn)
     conn.commit()
-    assert pool._is_clean(conn)  # noqa: SLF001
+    assert pool._is_clean(conn)
     pool.putconn(conn)
 
 
@@ -226,9 +226,8 @@ def test_reset_runs_on_each_return_and_a_failing_one_discards_the_connection(cap
         assert backend_pid(conn) == first  # reset went fine: the same connection
     assert calls == [first, first]
     fail[0] = True
-    with caplog.at_level(logging.WARNING, logger="forkpool.pool"):
-        with pool.connection() as conn:
-            pass
+    with caplog.at_level(logging.WARNING, logger="forkpool.pool"), pool.connection() as conn:
+        pass
     assert "reset hook" in caplog.text and "discarded" in caplog.text
     fail[0] = False
     with pool.connection() as conn:
@@ -315,10 +314,10 @@ def test_async_connection_left_as_lent_takes_the_return_without_await(psycopg3, 
     async def main():
         pool = await forkpool.get_async_pool()
         conn = await pool.getconn()
-        lent = pool._is_clean(conn)  # noqa: SLF001 - the hot path's own predicate
+        lent = pool._is_clean(conn)  # the hot path's own predicate
         await conn.execute("SELECT 1")
         await conn.commit()
-        after = pool._is_clean(conn)  # noqa: SLF001
+        after = pool._is_clean(conn)
         await pool.putconn(conn)
         await forkpool.close_async_pools()
         return lent, after
@@ -362,7 +361,7 @@ def test_async_failing_hooks_surface_as_connect_error_or_discard(psycopg3, count
 
     async def failing_configure():
         pool = await forkpool.get_async_pool()
-        with pytest.raises(forkpool.ConnectError, match="configure hook .*broken.* ValueError: no adapters"):
+        with pytest.raises(forkpool.ConnectError, match=r"configure hook .*broken.* ValueError: no adapters"):
             await pool.getconn()
         errors = pool.stats()[keys.CONNECT_ERRORS]
         await forkpool.close_async_pools()
@@ -396,12 +395,20 @@ def test_async_failing_hooks_surface_as_connect_error_or_discard(psycopg3, count
 
 
 def test_session_settings_from_the_environment():
-    env = {"DB_POOL_AUTOCOMMIT": "yes", "DB_POOL_ISOLATION_LEVEL": "REPEATABLE_READ", "DB_POOL_READ_ONLY": "1",
-           "DB_POOL_DEFERRABLE": "off"}
+    env = {
+        "DB_POOL_AUTOCOMMIT": "yes",
+        "DB_POOL_ISOLATION_LEVEL": "REPEATABLE_READ",
+        "DB_POOL_READ_ONLY": "1",
+        "DB_POOL_DEFERRABLE": "off",
+    }
     settings = build_settings(**settings_from_env(env))
     session = session_of(settings)
     assert (session.autocommit, session.isolation_level, session.read_only, session.deferrable) == (
-        True, "repeatable read", True, False)
+        True,
+        "repeatable read",
+        True,
+        False,
+    )
 
 
 def test_bad_session_settings_are_one_line_config_errors():
@@ -434,8 +441,9 @@ def test_pool_and_async_pool_take_the_hooks_as_arguments(database_url, driver):
 
     seen: list[str] = []
     settings = build_settings(dsn=database_url, min_size=0, max_size=1, driver=driver)
-    pool = forkpool.Pool(settings, "hooked", configure=lambda conn: seen.append("configure"),
-                         reset=lambda conn: seen.append("reset"))
+    pool = forkpool.Pool(
+        settings, "hooked", configure=lambda conn: seen.append("configure"), reset=lambda conn: seen.append("reset")
+    )
     try:
         with pool.connection() as conn:
             select_1(conn)

@@ -26,9 +26,22 @@ import pytest
 pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install asyncpg")
 pytest.importorskip("uvicorn_worker", reason="the ASGI apps run under Gunicorn's uvicorn worker (dev extra)")
 
-from tests.protect_support import (APPS, doctor, errors, failures, held_by, http_load, masters,  # noqa: E402
-                                   protected_run_ends_clean, recycled_http_load, shared, shared_backends,
-                                   start_celery_app, start_gunicorn_app, task_load)
+from tests.protect_support import (
+    APPS,
+    doctor,
+    errors,
+    failures,
+    held_by,
+    http_load,
+    masters,
+    protected_run_ends_clean,
+    recycled_http_load,
+    shared,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
 
 APP = APPS / "aio_pg"
 WORKERS, POOL, CONCURRENCY = 3, 2, 2
@@ -39,8 +52,9 @@ def test_unprotected_asyncpg_under_gunicorn_preload_fails(variant, servers, data
     if variant == "engine":
         pytest.importorskip("sqlalchemy.ext.asyncio", reason="SQLAlchemy is not installed")
     env = {**os.environ, "PROTECT": "0", "VARIANT": variant}
-    server, url = start_gunicorn_app(servers, APP, "gunicorn_unprotected.conf.py", "asgi:app", env,
-                                     tmp_path / "gunicorn.log", WORKERS)
+    server, url = start_gunicorn_app(
+        servers, APP, "gunicorn_unprotected.conf.py", "asgi:app", env, tmp_path / "gunicorn.log", WORKERS
+    )
     before = doctor(server.pid, database_url, "--pool-size", str(POOL))
     answers = http_load(url, requests=12)
     assert {"shared-socket", "master-connection"} <= {f["code"] for f in errors(before)}, before["findings"]
@@ -54,8 +68,9 @@ def test_protected_asyncpg_under_gunicorn_preload(variant, servers, database_url
     if variant.startswith("engine"):
         pytest.importorskip("sqlalchemy.ext.asyncio", reason="SQLAlchemy is not installed")
     env = {**os.environ, "PROTECT": "1", "VARIANT": variant}
-    server, url = start_gunicorn_app(servers, APP, "gunicorn_protected.conf.py", "asgi:app", env,
-                                     tmp_path / "gunicorn.log", WORKERS)
+    server, url = start_gunicorn_app(
+        servers, APP, "gunicorn_protected.conf.py", "asgi:app", env, tmp_path / "gunicorn.log", WORKERS
+    )
     before = doctor(server.pid, database_url, "--pool-size", str(POOL))
     assert errors(before) == [] and held_by(before, "postgresql")[server.pid] == 0, before["findings"]
     # Before the load: /startup counts toward max_requests, and a worker leaving at its limit

@@ -84,8 +84,9 @@ async def _describe(pool) -> str:
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_the_same_pool_works_in_a_child_and_the_parent_keeps_its_sessions(protected, database_url, suite_id,
-                                                                          sessions, forget_protected):
+def test_the_same_pool_works_in_a_child_and_the_parent_keeps_its_sessions(
+    protected, database_url, suite_id, sessions, forget_protected
+):
     loop = asyncio.new_event_loop()
     pool = loop.run_until_complete(_opened(database_url, protected, server_settings={"search_path": "public"}))
     parent = loop.run_until_complete(_backends(pool))
@@ -94,8 +95,9 @@ def test_the_same_pool_works_in_a_child_and_the_parent_keeps_its_sessions(protec
         async def work() -> str:
             mine = await _backends(pool)  # first use: opens in this loop
             async with pool.acquire() as conn:
-                name, path = await conn.fetchrow("SELECT current_setting('application_name'),"
-                                                 " current_setting('search_path')")
+                name, path = await conn.fetchrow(
+                    "SELECT current_setting('application_name'), current_setting('search_path')"
+                )
             return f"{','.join(map(str, sorted(mine)))} {name} {path} {pool.get_size()}"
 
         return asyncio.run(asyncio.wait_for(work(), 15))
@@ -118,10 +120,20 @@ def test_the_same_pool_works_in_a_child_and_the_parent_keeps_its_sessions(protec
 
 def test_every_option_survives_the_childs_rebuild(database_url, suite_id, forget_protected):
     loop = asyncio.new_event_loop()
-    pool = loop.run_until_complete(_opened(database_url, init=_init, setup=_setup, reset=_reset,
-                                         connection_class=MyConnection, record_class=MyRecord,
-                                         max_queries=1000, max_inactive_connection_lifetime=120,
-                                         command_timeout=30, statement_cache_size=10))
+    pool = loop.run_until_complete(
+        _opened(
+            database_url,
+            init=_init,
+            setup=_setup,
+            reset=_reset,
+            connection_class=MyConnection,
+            record_class=MyRecord,
+            max_queries=1000,
+            max_inactive_connection_lifetime=120,
+            command_timeout=30,
+            statement_cache_size=10,
+        )
+    )
     CALLS.clear()
     parent = loop.run_until_complete(_describe(pool))
 
@@ -139,8 +151,7 @@ def test_every_option_survives_the_childs_rebuild(database_url, suite_id, forget
     loop.close()
 
 
-def test_a_pool_made_before_any_loop_opens_in_the_loop_that_uses_it(database_url, suite_id, sessions,
-                                                                  forget_protected):
+def test_a_pool_made_before_any_loop_opens_in_the_loop_that_uses_it(database_url, suite_id, sessions, forget_protected):
     # asyncpg.create_pool() at import, never awaited: its _loop is the thread's default loop
     # (what get_event_loop() makes at import), which will never run.
     default = asyncio.new_event_loop()
@@ -163,8 +174,7 @@ def test_a_pool_made_before_any_loop_opens_in_the_loop_that_uses_it(database_url
     default.close()
 
 
-def test_release_in_the_pools_idle_loop_closes_it_and_leaves_it_openable(database_url, sessions,
-                                                                         forget_protected):
+def test_release_in_the_pools_idle_loop_closes_it_and_leaves_it_openable(database_url, sessions, forget_protected):
     loop = asyncio.new_event_loop()  # alive, not running: a Celery main process's per-process loop, say
     pool = loop.run_until_complete(_opened(database_url))
     assert wait_for(lambda: len(sessions()) == 2, timeout=10), sessions()
@@ -177,8 +187,9 @@ def test_release_in_the_pools_idle_loop_closes_it_and_leaves_it_openable(databas
     loop.close()
 
 
-def test_release_after_the_loop_is_gone_ends_the_sessions_with_terminate(database_url, admin, sessions,
-                                                                           forget_protected):
+def test_release_after_the_loop_is_gone_ends_the_sessions_with_terminate(
+    database_url, admin, sessions, forget_protected
+):
     async def at_import():
         pool = await _opened(database_url)
         await pool.fetchval("SELECT 1")

@@ -30,9 +30,23 @@ import forkpool
 from forkpool import protection
 from forkpool.integrations.dbapi import drop_without_io
 from tests.conftest import wait_for
-from tests.protect_support import (APPS, doctor, errors, failures, held_by, http_load, in_child, masters,
-                                   recycled_http_load, settled_doctor, shared, shared_backends, start_celery_app,
-                                   start_gunicorn_app, task_load)
+from tests.protect_support import (
+    APPS,
+    doctor,
+    errors,
+    failures,
+    held_by,
+    http_load,
+    in_child,
+    masters,
+    recycled_http_load,
+    settled_doctor,
+    shared,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
 from tests.server_support import by_process
 
 APP = APPS / "dbapi"
@@ -41,9 +55,11 @@ VARIANTS = ["psycopg2", "psycopg"]
 # What using the master's connection in a worker says once the master closed it: the driver's own words.
 CLOSED = {"psycopg2": "error InterfaceError", "psycopg": "error OperationalError"}
 # ... and using a connection a protected parent still holds, in a child: its socket is /dev/null there.
-DEVNULL = {"psycopg2": "error DatabaseError: could not receive data from server: Socket operation on non-socket",
-           "psycopg": "error OperationalError: consuming input failed: could not receive data from server: "
-                      "Socket operation on non-socket"}
+DEVNULL = {
+    "psycopg2": "error DatabaseError: could not receive data from server: Socket operation on non-socket",
+    "psycopg": "error OperationalError: consuming input failed: could not receive data from server: "
+    "Socket operation on non-socket",
+}
 
 
 def _needs(driver: str) -> None:
@@ -71,8 +87,9 @@ def _one_each(sessions, suite_id: str, role: str, live: list[int], answered: set
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_bare_connection_under_gunicorn_preload(variant, protected, servers, database_url, sessions, suite_id,
-                                                tmp_path):
+def test_bare_connection_under_gunicorn_preload(
+    variant, protected, servers, database_url, sessions, suite_id, tmp_path
+):
     _needs(variant)
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant}
     conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
@@ -100,8 +117,9 @@ def test_bare_connection_under_gunicorn_preload(variant, protected, servers, dat
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_bare_connection_under_celery_prefork(variant, protected, servers, database_url, redis_url, sessions,
-                                              suite_id, tmp_path):
+def test_bare_connection_under_celery_prefork(
+    variant, protected, servers, database_url, redis_url, sessions, suite_id, tmp_path
+):
     _needs(variant)
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant, "REDIS_URL": redis_url}
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
@@ -147,7 +165,8 @@ def _backend(conn) -> int:
 @pytest.mark.parametrize("driver", VARIANTS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
 def test_a_child_fails_cleanly_on_a_protected_connection_and_the_parent_keeps_its_session(
-        driver, protected, database_url, sessions, forget_protected):
+    driver, protected, database_url, sessions, forget_protected
+):
     _needs(driver)
     conn = _connect(driver, database_url)
     if protected:
@@ -166,8 +185,12 @@ def test_a_child_fails_cleanly_on_a_protected_connection_and_the_parent_keeps_it
 @pytest.mark.parametrize("driver", VARIANTS)
 def test_per_process_gives_each_child_its_own_connection(driver, database_url, sessions, forget_protected):
     _needs(driver)
-    own = forkpool.per_process(lambda: _connect(driver, database_url), detach=drop_without_io,
-                               close=lambda mine: mine.close(), key=f"test.own.{driver}")
+    own = forkpool.per_process(
+        lambda: _connect(driver, database_url),
+        detach=drop_without_io,
+        close=lambda mine: mine.close(),
+        key=f"test.own.{driver}",
+    )
     parent = _backend(own())
     child = in_child(lambda: (_backend(own()), own.close())[0])
     assert child.isdigit() and int(child) != parent, child
@@ -176,12 +199,14 @@ def test_per_process_gives_each_child_its_own_connection(driver, database_url, s
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
 
 
-def test_an_async_connection_is_released_from_sync_hooks_and_fails_cleanly_in_a_child(database_url, sessions,
-                                                                                    forget_protected):
+def test_an_async_connection_is_released_from_sync_hooks_and_fails_cleanly_in_a_child(
+    database_url, sessions, forget_protected
+):
     _needs("psycopg")
     loop = asyncio.new_event_loop()
-    conn = loop.run_until_complete(psycopg.AsyncConnection.connect(
-        database_url, application_name=forkpool.application_name(), autocommit=True))
+    conn = loop.run_until_complete(
+        psycopg.AsyncConnection.connect(database_url, application_name=forkpool.application_name(), autocommit=True)
+    )
     forkpool.protect(conn)
 
     async def backend(c) -> int:

@@ -1,4 +1,4 @@
-""""forkpool.django" in INSTALLED_APPS, under real Gunicorn (preload_app) and Celery prefork, with recycling.
+""" "forkpool.django" in INSTALLED_APPS, under real Gunicorn (preload_app) and Celery prefork, with recycling.
 
 The project is tests/protect_apps/django_site: one table, a view and a task
 answering "<worker pid> <backend pid>", work at import (Gunicorn master) and in
@@ -33,15 +33,29 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.protect_support import (APPS, backends_by_worker, doctor, errors, exact, failures, held_by, http_load,
-                                   protected_run_ends_clean, recycled_http_load, shared_backends, start_celery_app,
-                                   start_gunicorn_app, task_load)
+from tests.protect_support import (
+    APPS,
+    backends_by_worker,
+    doctor,
+    errors,
+    exact,
+    failures,
+    held_by,
+    http_load,
+    protected_run_ends_clean,
+    recycled_http_load,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
 from tests.server_support import by_process
 
 pytest.importorskip("django", reason="forkpool.django needs Django (pip install 'forkpool[django]')")
-NEEDS_POOL = pytest.mark.skipif(importlib.util.find_spec("psycopg_pool") is None or
-                                importlib.util.find_spec("psycopg") is None,
-                                reason="Django's native pool needs psycopg 3 and psycopg_pool (psycopg[pool])")
+NEEDS_POOL = pytest.mark.skipif(
+    importlib.util.find_spec("psycopg_pool") is None or importlib.util.find_spec("psycopg") is None,
+    reason="Django's native pool needs psycopg 3 and psycopg_pool (psycopg[pool])",
+)
 DATABASES = [pytest.param("pool", marks=NEEDS_POOL), "classic"]
 
 SITE = APPS / "django_site"
@@ -60,25 +74,34 @@ FORKS = 20
 
 @pytest.fixture
 def probe_table(admin) -> None:
-    admin("CREATE TABLE IF NOT EXISTS probe_hit (id bigserial PRIMARY KEY, worker int NOT NULL, "
-          "backend int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+    admin(
+        "CREATE TABLE IF NOT EXISTS probe_hit (id bigserial PRIMARY KEY, worker int NOT NULL, "
+        "backend int NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+    )
 
 
 def site_env(protected: bool, db: str, **extra: str) -> dict[str, str]:
-    return {**os.environ, "PROTECT": "1" if protected else "0", "DJANGO_DB": db,
-            "DJANGO_SETTINGS_MODULE": SETTINGS, **extra}
+    return {
+        **os.environ,
+        "PROTECT": "1" if protected else "0",
+        "DJANGO_DB": db,
+        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("db", DATABASES)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_django_under_gunicorn_preload(protected, db, probe_table, servers, database_url, sessions, suite_id,
-                                       tmp_path):
+def test_django_under_gunicorn_preload(protected, db, probe_table, servers, database_url, sessions, suite_id, tmp_path):
     conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
-    server, url = start_gunicorn_app(servers, SITE, conf, "probe_site.wsgi:application", site_env(protected, db),
-                                     tmp_path / "gunicorn.log", WORKERS)
+    server, url = start_gunicorn_app(
+        servers, SITE, conf, "probe_site.wsgi:application", site_env(protected, db), tmp_path / "gunicorn.log", WORKERS
+    )
     if protected:  # every worker opened its own at start; the master holds none
-        assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), SIZE[db]), timeout=15), \
-            (server.children(), by_process(sessions, suite_id))
+        assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), SIZE[db]), timeout=15), (
+            server.children(),
+            by_process(sessions, suite_id),
+        )
     before = doctor(server.pid, database_url, "--pool-size", str(SIZE[db]))
     answers = recycled_http_load(server, url) if protected else http_load(url)
     if not protected:
@@ -96,16 +119,23 @@ def test_django_under_gunicorn_preload(protected, db, probe_table, servers, data
 
 @pytest.mark.parametrize("db", CELERY_DATABASES)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_django_under_celery_prefork(protected, db, probe_table, servers, database_url, redis_url, sessions,
-                                     suite_id, tmp_path):
+def test_django_under_celery_prefork(
+    protected, db, probe_table, servers, database_url, redis_url, sessions, suite_id, tmp_path
+):
     size = CELERY_SIZE[db]
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
-    env = site_env(protected, db.partition("-")[0], REDIS_URL=redis_url,
-                   CELERY_DB_REUSE_MAX=REUSE_MAX if db == "classic-reused" else "")
+    env = site_env(
+        protected,
+        db.partition("-")[0],
+        REDIS_URL=redis_url,
+        CELERY_DB_REUSE_MAX=REUSE_MAX if db == "classic-reused" else "",
+    )
     worker = start_celery_app(servers, SITE, "probe_site", queue, env, tmp_path / "celery.log", CONCURRENCY)
     if protected:  # each child's pool (connection) opened at start, after the fixup's receiver (which would close it)
-        assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), size), timeout=15), \
-            (worker.children(), by_process(sessions, suite_id))
+        assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), size), timeout=15), (
+            worker.children(),
+            by_process(sessions, suite_id),
+        )
     at_start = by_process(sessions, suite_id)
     before = doctor(worker.pid, database_url, "--pool-size", str(size))
     answers = task_load(redis_url, queue, "probe.tasks.backend", wait=45 if protected else 20)
@@ -137,8 +167,10 @@ def test_django_under_celery_prefork(protected, db, probe_table, servers, databa
 
 def fixup_findings(log: str) -> list[dict]:
     """What each child's receiver saw just before the fixup's worker_process_init receiver (see probe_site/celery.py)."""
-    return [{"connections": ast.literal_eval(conns), "pools": ast.literal_eval(pools)}
-            for conns, pools in re.findall(r"fixup-will-find pid=\d+ connections=(\[.*?\]) pools=(\[.*?\])", log)]
+    return [
+        {"connections": ast.literal_eval(conns), "pools": ast.literal_eval(pools)}
+        for conns, pools in re.findall(r"fixup-will-find pid=\d+ connections=(\[.*?\]) pools=(\[.*?\])", log)
+    ]
 
 
 @pytest.mark.parametrize("db", DATABASES)
@@ -146,8 +178,9 @@ def test_forks_of_a_busy_django_process_keep_the_parents_sessions(db, probe_tabl
     """Forks while a thread queries (and, pooled, checks out and returns): children inherit nothing usable, never
     hang on a lock, open their own; the parent's sessions stay the same and alive; none outlives its child."""
     env = site_env(True, db, PYTHONPATH=os.pathsep.join([str(SITE), str(Path(__file__).resolve().parents[1])]))
-    result = subprocess.run([sys.executable, str(FORK_PROGRAM), str(FORKS)], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(FORK_PROGRAM), str(FORKS)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.stdout, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert "error" not in report, (report, result.stderr[-2000:])
@@ -193,8 +226,9 @@ def test_celery_task_boundaries_leave_a_project_db_reuse_max_alone(reuse_max, pr
     """Celery's default closes pools at every task: forkpool turns that off through the fixup's db_reuse_max and
     closes connections itself (never the pool). A project's own CELERY_DB_REUSE_MAX is kept as it is."""
     env = site_env(True, "pool", REDIS_URL=redis_url, PYTHONPATH=str(SITE), CELERY_DB_REUSE_MAX=reuse_max or "")
-    result = subprocess.run([sys.executable, "-c", WORKER_INIT_PROGRAM], cwd=SITE, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_INIT_PROGRAM], cwd=SITE, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])
     if reuse_max is None:

@@ -1,4 +1,4 @@
-""""forkpool.django" protects every alias whatever its backend: PostgreSQL, MariaDB (Django's MySQL backend,
+""" "forkpool.django" protects every alias whatever its backend: PostgreSQL, MariaDB (Django's MySQL backend,
 mysqlclient) and SQLite in one project, under real Gunicorn (preload_app) and real Celery prefork.
 
 The project is tests/protect_apps/django_site with MARIADB_URL and SQLITE_PATH
@@ -39,16 +39,27 @@ import pytest
 
 from forkpool.kernel_sockets import socket_inodes, tcp_table
 from tests.conftest import wait_for
-from tests.protect_support import (APPS, backends_by_worker, exact, failures, http_load, protected_run_ends_clean,
-                                   recycled_http_load, shared_backends, start_celery_app, start_gunicorn_app,
-                                   task_load)
+from tests.protect_support import (
+    APPS,
+    backends_by_worker,
+    exact,
+    failures,
+    http_load,
+    protected_run_ends_clean,
+    recycled_http_load,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
 from tests.server_support import by_process
 
 pytest.importorskip("django", reason="forkpool.django needs Django (pip install 'forkpool[django]')")
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("MySQLdb") is None,
     reason="Django's MySQL backend needs mysqlclient (MySQLdb): apt-get install libmariadb-dev pkg-config, "
-           "then pip install mysqlclient==2.3.1")
+    "then pip install mysqlclient==2.3.1",
+)
 
 SITE = APPS / "django_site"
 SETTINGS = "probe_site.settings"
@@ -60,10 +71,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def site_databases(admin, mariadb, tmp_path) -> dict[str, str]:
     """The probe table on each server; the environment that adds the "maria" and "lite" aliases."""
-    admin("CREATE TABLE IF NOT EXISTS probe_hit (id bigserial PRIMARY KEY, worker int NOT NULL, "
-          "backend int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
-    mariadb.execute_as_root("CREATE TABLE IF NOT EXISTS test.probe_hit (id bigint AUTO_INCREMENT PRIMARY KEY, "
-                            "worker int NOT NULL, backend bigint NOT NULL)")
+    admin(
+        "CREATE TABLE IF NOT EXISTS probe_hit (id bigserial PRIMARY KEY, worker int NOT NULL, "
+        "backend int NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+    )
+    mariadb.execute_as_root(
+        "CREATE TABLE IF NOT EXISTS test.probe_hit (id bigint AUTO_INCREMENT PRIMARY KEY, "
+        "worker int NOT NULL, backend bigint NOT NULL)"
+    )
     path = tmp_path / "lite.sqlite3"
     with sqlite3.connect(path) as lite:
         lite.execute("PRAGMA journal_mode=WAL")  # readers and one writer at once, across the workers
@@ -72,8 +87,14 @@ def site_databases(admin, mariadb, tmp_path) -> dict[str, str]:
 
 
 def site_env(protected: bool, databases: dict[str, str], **extra: str) -> dict[str, str]:
-    return {**os.environ, "PROTECT": "1" if protected else "0", "DJANGO_DB": "classic",
-            "DJANGO_SETTINGS_MODULE": SETTINGS, **databases, **extra}
+    return {
+        **os.environ,
+        "PROTECT": "1" if protected else "0",
+        "DJANGO_DB": "classic",
+        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        **databases,
+        **extra,
+    }
 
 
 def maria_sessions(mariadb) -> dict[int, list[int]]:
@@ -81,7 +102,8 @@ def maria_sessions(mariadb) -> dict[int, list[int]]:
     rows = mariadb.execute_as_root(
         "SELECT CAST(a.ATTR_VALUE AS UNSIGNED), p.ID FROM information_schema.processlist p "
         "JOIN performance_schema.session_connect_attrs a ON a.PROCESSLIST_ID = p.ID AND a.ATTR_NAME = '_pid' "
-        "WHERE p.USER = 'forkpool' ORDER BY p.ID")
+        "WHERE p.USER = 'forkpool' ORDER BY p.ID"
+    )
     found: dict[int, list[int]] = {}
     for pid, connection_id in rows:
         found.setdefault(int(pid), []).append(int(connection_id))
@@ -123,15 +145,26 @@ def everything_shared(pids: list[int], port: int) -> dict[int, set[int]]:
     return {inode: who for inode, who in holders.items() if len(who) > 1}
 
 
-@pytest.mark.parametrize("protected, transport", [(False, "tcp"), (True, "tcp"), (True, "unix")],
-                         ids=["unprotected", "protected", "protected-unix-socket"])
-def test_every_backend_under_gunicorn_preload(protected, transport, site_databases, mariadb, servers, sessions,
-                                              suite_id, database_url, tmp_path):
+@pytest.mark.parametrize(
+    "protected, transport",
+    [(False, "tcp"), (True, "tcp"), (True, "unix")],
+    ids=["unprotected", "protected", "protected-unix-socket"],
+)
+def test_every_backend_under_gunicorn_preload(
+    protected, transport, site_databases, mariadb, servers, sessions, suite_id, database_url, tmp_path
+):
     """MariaDB over TCP (HOST/PORT) or over its Unix socket (a HOST starting with "/")."""
     conf = "gunicorn_protected.conf.py" if protected else "gunicorn_unprotected.conf.py"
     unix = {"MARIADB_SOCKET": str(mariadb.socket_path)} if transport == "unix" else {}
-    server, url = start_gunicorn_app(servers, SITE, conf, "probe_site.wsgi:application",
-                                     site_env(protected, site_databases, **unix), tmp_path / "gunicorn.log", WORKERS)
+    server, url = start_gunicorn_app(
+        servers,
+        SITE,
+        conf,
+        "probe_site.wsgi:application",
+        site_env(protected, site_databases, **unix),
+        tmp_path / "gunicorn.log",
+        WORKERS,
+    )
     family = {server.pid, *server.children()}
     if not protected:
         # The master keeps the session its import opened, and every worker holds the same socket.
@@ -142,10 +175,14 @@ def test_every_backend_under_gunicorn_preload(protected, transport, site_databas
         server.stop(timeout=5)  # a worker may wait forever for an answer another process read: no graceful wait
         return
     # Each worker opened one session on each server at start; the master holds none.
-    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), 1), timeout=15), \
-        (server.children(), by_process(sessions, suite_id))
-    assert wait_for(lambda: maria_exact(mariadb, family | set(server.children()), server.children()), timeout=15), \
-        (server.children(), maria_sessions(mariadb))
+    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), 1), timeout=15), (
+        server.children(),
+        by_process(sessions, suite_id),
+    )
+    assert wait_for(lambda: maria_exact(mariadb, family | set(server.children()), server.children()), timeout=15), (
+        server.children(),
+        maria_sessions(mariadb),
+    )
     answers = recycled_http_load(server, url + "all")
     pg, maria = split(answers)
     family |= {pid for pid, _ in answers} | set(server.children())
@@ -156,29 +193,37 @@ def test_every_backend_under_gunicorn_preload(protected, transport, site_databas
     assert server.pid not in maria_sessions(mariadb) and maria_sockets(server.pid, mariadb.port) == set()
     assert everything_shared([server.pid, *server.children()], mariadb.port) == {}
     assert not open_files(server.pid, site_databases["SQLITE_PATH"])  # the master holds no SQLite handle either
-    assert wait_for(lambda: maria_exact(mariadb, family | set(server.children()), server.children()), timeout=15), \
-        (server.children(), maria_sessions(mariadb))
+    assert wait_for(lambda: maria_exact(mariadb, family | set(server.children()), server.children()), timeout=15), (
+        server.children(),
+        maria_sessions(mariadb),
+    )
     family |= set(server.children())
     protected_run_ends_clean(server, "web", sessions, suite_id, database_url, 1)
     assert wait_for(lambda: not maria_sessions(mariadb).keys() & family, timeout=10), maria_sessions(mariadb)
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_every_backend_under_celery_prefork(protected, site_databases, mariadb, servers, sessions, suite_id,
-                                            database_url, redis_url, tmp_path):
+def test_every_backend_under_celery_prefork(
+    protected, site_databases, mariadb, servers, sessions, suite_id, database_url, redis_url, tmp_path
+):
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
     env = site_env(protected, site_databases, REDIS_URL=redis_url, CELERY_DB_REUSE_MAX=REUSE_MAX)
     worker = start_celery_app(servers, SITE, "probe_site", queue, env, tmp_path / "celery.log", CONCURRENCY)
     family = {worker.pid, *worker.children()}
     if not protected:
         # The main process holds what its worker_init receiver opened, for its whole life.
-        assert worker.pid in maria_sessions(mariadb) and maria_sockets(worker.pid, mariadb.port), \
-            maria_sessions(mariadb)
+        assert worker.pid in maria_sessions(mariadb) and maria_sockets(worker.pid, mariadb.port), maria_sessions(
+            mariadb
+        )
         return
-    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), 1), timeout=15), \
-        (worker.children(), by_process(sessions, suite_id))
-    assert wait_for(lambda: maria_exact(mariadb, family | set(worker.children()), worker.children()), timeout=15), \
-        (worker.children(), maria_sessions(mariadb))
+    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), 1), timeout=15), (
+        worker.children(),
+        by_process(sessions, suite_id),
+    )
+    assert wait_for(lambda: maria_exact(mariadb, family | set(worker.children()), worker.children()), timeout=15), (
+        worker.children(),
+        maria_sessions(mariadb),
+    )
     answers = task_load(redis_url, queue, "probe.tasks.every_alias")
     pg, maria = split(answers)
     family |= {pid for pid, _ in answers} | set(worker.children())
@@ -188,8 +233,10 @@ def test_every_backend_under_celery_prefork(protected, site_databases, mariadb, 
     assert len(backends_by_worker(maria)) > CONCURRENCY  # max_tasks_per_child recycled some
     assert maria_sockets(worker.pid, mariadb.port) == set() and worker.pid not in maria_sessions(mariadb)
     assert everything_shared([worker.pid, *worker.children()], mariadb.port) == {}
-    assert wait_for(lambda: maria_exact(mariadb, family | set(worker.children()), worker.children()), timeout=15), \
-        (worker.children(), maria_sessions(mariadb))
+    assert wait_for(lambda: maria_exact(mariadb, family | set(worker.children()), worker.children()), timeout=15), (
+        worker.children(),
+        maria_sessions(mariadb),
+    )
     family |= set(worker.children())
     protected_run_ends_clean(worker, "worker", sessions, suite_id, database_url, 1)
     assert wait_for(lambda: not maria_sessions(mariadb).keys() & family, timeout=10), maria_sessions(mariadb)
@@ -279,8 +326,9 @@ def test_a_fork_leaves_another_threads_sessions_alone(protected, site_databases,
     exits. Unprotected, mysqlclient's dealloc in the child (CPython clears the other threads' states, the garbage
     collector frees their wrappers) ends the parent thread's MariaDB session; protected, it survives every fork, and so does its PostgreSQL session."""
     env = site_env(protected, site_databases, PYTHONPATH=os.pathsep.join([str(SITE), str(ROOT)]))
-    result = subprocess.run([sys.executable, "-c", THREAD_PROGRAM, "5"], cwd=SITE, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", THREAD_PROGRAM, "5"], cwd=SITE, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])
     if not protected:
@@ -338,15 +386,19 @@ def test_reports_endpoints_and_identity_of_every_alias(driver, transport, site_d
     inherited one is found), and the name each driver can carry (mysqlclient: none; PyMySQL: program_name)."""
     if driver == "pymysql":
         pytest.importorskip("pymysql")
-    extra = {"MARIADB_DRIVER": driver, "DJANGO_DB": "pool",
-             "PYTHONPATH": os.pathsep.join([str(SITE), str(ROOT)])}
+    extra = {"MARIADB_DRIVER": driver, "DJANGO_DB": "pool", "PYTHONPATH": os.pathsep.join([str(SITE), str(ROOT)])}
     if transport == "unix":
         extra["MARIADB_SOCKET"] = str(mariadb.socket_path)
     if importlib.util.find_spec("psycopg_pool") is None:
         extra["DJANGO_DB"] = "classic"
-    result = subprocess.run([sys.executable, "-c", REPORT_PROGRAM], cwd=SITE,
-                            env={**site_env(True, site_databases), **extra}, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", REPORT_PROGRAM],
+        cwd=SITE,
+        env={**site_env(True, site_databases), **extra},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["peer_found"], report
@@ -355,8 +407,9 @@ def test_reports_endpoints_and_identity_of_every_alias(driver, transport, site_d
     if extra["DJANGO_DB"] == "pool":  # settings: min_size = max_size = 2, opened by the first query
         assert reports["django database 'default'"][:3] == ["postgresql", 2, "OPTIONS['pool'] max_size 2"], reports
     else:
-        assert reports["django database 'default'"] == ["postgresql", None, "one connection per thread (no pool)",
-                                                        1], reports
+        assert reports["django database 'default'"] == ["postgresql", None, "one connection per thread (no pool)", 1], (
+            reports
+        )
     # Classic aliases: one connection per thread that used it (the main thread's and the other's), no bound.
     assert reports["django database 'maria'"] == ["mysql", None, "one connection per thread (no pool)", 2], reports
     assert reports["django database 'lite'"] == ["sqlite", None, "one connection per thread (no pool)", 1], reports

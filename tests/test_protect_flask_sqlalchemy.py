@@ -20,11 +20,26 @@ import pytest
 
 pytest.importorskip("flask_sqlalchemy", reason="the app needs Flask-SQLAlchemy (dev extra)")
 
-from tests.conftest import wait_for  # noqa: E402
-from tests.protect_support import (APPS, backends_by_worker, doctor, errors, exact, failures, held_by,  # noqa: E402
-                                   http_load, masters, protected_run_ends_clean, recycled_http_load, shared,
-                                   shared_backends, start_celery_app, start_gunicorn_app, task_load)
-from tests.server_support import by_process  # noqa: E402
+from tests.conftest import wait_for
+from tests.protect_support import (
+    APPS,
+    backends_by_worker,
+    doctor,
+    errors,
+    exact,
+    failures,
+    held_by,
+    http_load,
+    masters,
+    protected_run_ends_clean,
+    recycled_http_load,
+    shared,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
+from tests.server_support import by_process
 
 APP = APPS / "flask_sqla"
 WORKERS, CONCURRENCY = 3, 2
@@ -40,8 +55,9 @@ def assert_unprotected_shares(before: dict, answers: list[tuple[int, str]]) -> N
     """Both engines' sessions of the master (one each, used at import) in every worker too, and what users see."""
     assert {"shared-socket", "master-connection"} <= {f["code"] for f in errors(before)}, before["findings"]
     assert len(shared(before, "postgresql")) >= 2, before["connections"]
-    assert masters(before) and all(held_by(before, "postgresql")[m] >= 2 for m in masters(before)), \
-        before["connections"]
+    assert masters(before) and all(held_by(before, "postgresql")[m] >= 2 for m in masters(before)), before[
+        "connections"
+    ]
     assert shared_backends(answers) or failures(answers), answers  # what users report
 
 
@@ -63,18 +79,20 @@ def test_flask_sqlalchemy_under_gunicorn_preload(protected, servers, database_ur
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_flask_sqlalchemy_under_celery_prefork(protected, servers, database_url, redis_url, sessions, suite_id,
-                                               tmp_path):
+def test_flask_sqlalchemy_under_celery_prefork(
+    protected, servers, database_url, redis_url, sessions, suite_id, tmp_path
+):
     env = {**os.environ, "PROTECT": "1" if protected else "0", "REDIS_URL": redis_url}
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
     worker = start_celery_app(servers, APP, "tasks:celery_app", queue, env, tmp_path / "celery.log", CONCURRENCY)
     if protected:  # each child opened both engines' pools at start (worker_process_init); the main process none
-        assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), PER_PROCESS), timeout=15), \
-            (worker.children(), by_process(sessions, suite_id))
+        assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), PER_PROCESS), timeout=15), (
+            worker.children(),
+            by_process(sessions, suite_id),
+        )
     at_start = by_process(sessions, suite_id)
     before = doctor(worker.pid, database_url, "--pool-size", str(PER_PROCESS))
-    answers = task_load(redis_url, queue, "tasks.backend", count=16 if protected else 8,
-                        wait=45 if protected else 10)
+    answers = task_load(redis_url, queue, "tasks.backend", count=16 if protected else 8, wait=45 if protected else 10)
     if not protected:
         assert_unprotected_shares(before, answers)
         worker.stop(timeout=WEDGED_STOP_S)

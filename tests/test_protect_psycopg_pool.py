@@ -20,16 +20,31 @@ import uuid
 import pytest
 
 pytest.importorskip("psycopg_pool", reason="psycopg_pool is not installed: pip install 'forkpool[psycopg_pool]'")
-from psycopg_pool import AsyncConnectionPool, ConnectionPool  # noqa: E402
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-import forkpool  # noqa: E402
-from forkpool import identity, protection  # noqa: E402
-from forkpool.integrations.psycopg_pool import INTEGRATION  # noqa: E402
-from tests.conftest import wait_for  # noqa: E402
-from tests.protect_support import (APPS, doctor, errors, exact, failures, held_by, http_load, in_child,  # noqa: E402
-                                   masters, recycled_http_load, settled_doctor, shared, shared_backends,
-                                   start_celery_app, start_gunicorn_app, task_load)
-from tests.server_support import by_process  # noqa: E402
+import forkpool
+from forkpool import identity, protection
+from forkpool.integrations.psycopg_pool import INTEGRATION
+from tests.conftest import wait_for
+from tests.protect_support import (
+    APPS,
+    doctor,
+    errors,
+    exact,
+    failures,
+    held_by,
+    http_load,
+    in_child,
+    masters,
+    recycled_http_load,
+    settled_doctor,
+    shared,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
+from tests.server_support import by_process
 
 APP = APPS / "pgpool"
 WORKERS, POOL, CONCURRENCY = 3, 2, 2
@@ -56,8 +71,7 @@ def _protected(before: dict, answers: list, first: list) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_psycopg_pool_under_gunicorn_preload(variant, protected, servers, database_url, sessions, suite_id,
-                                             tmp_path):
+def test_psycopg_pool_under_gunicorn_preload(variant, protected, servers, database_url, sessions, suite_id, tmp_path):
     if variant == "asyncio":
         pytest.importorskip("uvicorn_worker", reason="the asyncio app runs under Gunicorn's uvicorn worker (dev extra)")
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant}
@@ -75,22 +89,27 @@ def test_psycopg_pool_under_gunicorn_preload(variant, protected, servers, databa
         return
     _protected(before, answers, first)
     assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
-    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), server.children())
+    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), (
+        by_process(sessions, suite_id),
+        server.children(),
+    )
     after = settled_doctor(server.pid, database_url, "--pool-size", str(POOL))
     assert errors(after) == [] and held_by(after, "postgresql")[server.pid] == 0, after["findings"]
     # Steady again (no replacement booting) before the stop: a worker spawned as the master
     # handles SIGTERM misses it (Gunicorn's own race) and the stop would not be graceful.
-    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), server.children())
+    assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), (
+        by_process(sessions, suite_id),
+        server.children(),
+    )
     assert server.stop() == 0
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_psycopg_pool_under_celery_prefork(variant, protected, servers, database_url, redis_url, sessions,
-                                           suite_id, tmp_path):
+def test_psycopg_pool_under_celery_prefork(
+    variant, protected, servers, database_url, redis_url, sessions, suite_id, tmp_path
+):
     env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant, "REDIS_URL": redis_url}
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
     worker = start_celery_app(servers, APP, "tasks", queue, env, tmp_path / "celery.log", CONCURRENCY)
@@ -103,13 +122,17 @@ def test_psycopg_pool_under_celery_prefork(variant, protected, servers, database
         return
     _protected(before, answers, first)
     assert len({pid for pid, _ in answers}) > CONCURRENCY  # max_tasks_per_child recycled some
-    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), worker.children())
+    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), (
+        by_process(sessions, suite_id),
+        worker.children(),
+    )
     after = settled_doctor(worker.pid, database_url, "--pool-size", str(POOL))
     assert errors(after) == [] and held_by(after, "postgresql")[worker.pid] == 0, after["findings"]
     # Steady again (no replacement starting) before the stop, which must be graceful.
-    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), \
-        (by_process(sessions, suite_id), worker.children())
+    assert wait_for(lambda: exact(sessions, suite_id, "worker", worker.children(), POOL), timeout=15), (
+        by_process(sessions, suite_id),
+        worker.children(),
+    )
     assert worker.stop() == 0
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
 
@@ -128,10 +151,17 @@ def _backends(pool: ConnectionPool) -> set[int]:
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_the_same_pool_object_works_in_a_child_and_the_parent_keeps_its_sessions(protected, database_url, suite_id,
-                                                                                  sessions, forget_protected):
-    pool = ConnectionPool(database_url, min_size=2, max_size=2, timeout=3, open=False,
-                          configure=lambda conn: (conn.execute("SET statement_timeout = '1234ms'"), conn.commit()))
+def test_the_same_pool_object_works_in_a_child_and_the_parent_keeps_its_sessions(
+    protected, database_url, suite_id, sessions, forget_protected
+):
+    pool = ConnectionPool(
+        database_url,
+        min_size=2,
+        max_size=2,
+        timeout=3,
+        open=False,
+        configure=lambda conn: (conn.execute("SET statement_timeout = '1234ms'"), conn.commit()),
+    )
     if protected:
         forkpool.protect(pool)
     pool.open(wait=True)
@@ -141,8 +171,9 @@ def test_the_same_pool_object_works_in_a_child_and_the_parent_keeps_its_sessions
         protection.warm_all(time.monotonic() + 10)  # what post_fork / worker_process_init do
         mine = _backends(pool)
         with pool.connection() as conn:
-            name, timeout = conn.execute("SELECT current_setting('application_name'),"
-                                         " current_setting('statement_timeout')").fetchone()
+            name, timeout = conn.execute(
+                "SELECT current_setting('application_name'), current_setting('statement_timeout')"
+            ).fetchone()
         return f"{','.join(map(str, sorted(mine)))} {name} {timeout} {pool.get_stats()['pool_size']}"
 
     report = in_child(child)
@@ -167,7 +198,9 @@ def test_release_closes_the_pool_properly_and_leaves_it_openable(database_url, s
     protection.release_all()  # a master before it forks
     assert pool.closed
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
-    assert INTEGRATION.warm(pool, time.monotonic() + 10, eager=False)  # a new worker's start: the same object, open again
+    assert INTEGRATION.warm(
+        pool, time.monotonic() + 10, eager=False
+    )  # a new worker's start: the same object, open again
     assert len(sessions()) == 2 and not pool.closed
     pool.close()
 

@@ -17,14 +17,14 @@ import time
 import pytest
 
 pytest.importorskip("psycopg_pool", reason="psycopg_pool is not installed: pip install 'forkpool[psycopg_pool]'")
-import psycopg  # noqa: E402
-from psycopg.rows import dict_row  # noqa: E402
-from psycopg_pool import AsyncConnectionPool, ConnectionPool  # noqa: E402
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-import forkpool  # noqa: E402
-from forkpool import protection  # noqa: E402
-from tests.conftest import wait_for  # noqa: E402
-from tests.protect_support import in_child  # noqa: E402
+import forkpool
+from forkpool import protection
+from tests.conftest import wait_for
+from tests.protect_support import in_child
 
 CALLS: list[str] = []  # what the callbacks saw, in this process
 
@@ -72,13 +72,17 @@ def forget_protected():
 
 
 OPTIONS = {"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0}
-QUERY = ("SELECT pg_backend_pid() AS backend, current_setting('application_name') AS name,"
-         " current_setting('statement_timeout') AS timeout")
+QUERY = (
+    "SELECT pg_backend_pid() AS backend, current_setting('application_name') AS name,"
+    " current_setting('statement_timeout') AS timeout"
+)
 
 
 def _describe(conn, row: dict, name: str) -> str:
-    return (f"{row['backend']} {row['name']} {row['timeout']} autocommit={conn.autocommit} "
-            f"class={type(conn).__name__} prepare={conn.prepare_threshold} pool={name}")
+    return (
+        f"{row['backend']} {row['name']} {row['timeout']} autocommit={conn.autocommit} "
+        f"class={type(conn).__name__} prepare={conn.prepare_threshold} pool={name}"
+    )
 
 
 def _calls() -> str:
@@ -97,9 +101,19 @@ def _sync_pool(database_url: str, callable_args: bool) -> ConnectionPool:
     _callables_supported(callable_args)
     conninfo = (lambda: database_url) if callable_args else database_url
     kwargs = (lambda: dict(OPTIONS)) if callable_args else dict(OPTIONS)
-    return ConnectionPool(conninfo, kwargs=kwargs, connection_class=MyConnection, configure=_configure,
-                          check=_check, reset=_reset, name="options-pool", min_size=1, max_size=1, timeout=5,
-                          open=False)
+    return ConnectionPool(
+        conninfo,
+        kwargs=kwargs,
+        connection_class=MyConnection,
+        configure=_configure,
+        check=_check,
+        reset=_reset,
+        name="options-pool",
+        min_size=1,
+        max_size=1,
+        timeout=5,
+        open=False,
+    )
 
 
 def _async_pool(database_url: str, callable_args: bool) -> AsyncConnectionPool:
@@ -111,10 +125,19 @@ def _async_pool(database_url: str, callable_args: bool) -> AsyncConnectionPool:
     async def kwargs() -> dict:
         return dict(OPTIONS)
 
-    return AsyncConnectionPool(conninfo if callable_args else database_url,
-                               kwargs=kwargs if callable_args else dict(OPTIONS),
-                               connection_class=MyAsyncConnection, configure=_aconfigure, check=_acheck,
-                               reset=_areset, name="options-pool", min_size=1, max_size=1, timeout=5, open=False)
+    return AsyncConnectionPool(
+        conninfo if callable_args else database_url,
+        kwargs=kwargs if callable_args else dict(OPTIONS),
+        connection_class=MyAsyncConnection,
+        configure=_aconfigure,
+        check=_acheck,
+        reset=_areset,
+        name="options-pool",
+        min_size=1,
+        max_size=1,
+        timeout=5,
+        open=False,
+    )
 
 
 def _sync_use(pool: ConnectionPool) -> str:
@@ -145,8 +168,9 @@ def _expect(report: str, suite_id: str, parent_backend: int | None = None) -> in
 
 
 @pytest.mark.parametrize("callable_args", [False, True], ids=["values", "callables"])
-def test_a_sync_pool_keeps_every_option_in_a_forked_child(callable_args, database_url, suite_id, sessions,
-                                                          forget_protected):
+def test_a_sync_pool_keeps_every_option_in_a_forked_child(
+    callable_args, database_url, suite_id, sessions, forget_protected
+):
     pool = forkpool.protect(_sync_pool(database_url, callable_args), eager=False)
     CALLS.clear()
     pool.open(wait=True)
@@ -166,8 +190,9 @@ def test_a_sync_pool_keeps_every_option_in_a_forked_child(callable_args, databas
 
 
 @pytest.mark.parametrize("callable_args", [False, True], ids=["values", "callables"])
-def test_an_async_pool_keeps_every_option_in_a_forked_child(callable_args, database_url, suite_id, sessions,
-                                                            forget_protected):
+def test_an_async_pool_keeps_every_option_in_a_forked_child(
+    callable_args, database_url, suite_id, sessions, forget_protected
+):
     loop = asyncio.new_event_loop()
     pool = forkpool.protect(_async_pool(database_url, callable_args))
     CALLS.clear()
@@ -192,12 +217,14 @@ def test_an_async_pool_keeps_every_option_in_a_forked_child(callable_args, datab
     loop.close()
 
 
-def test_an_async_pool_opened_in_its_constructor_is_protected_with_psycopg_arguments(database_url, suite_id,
-                                                                                      forget_protected):
+def test_an_async_pool_opened_in_its_constructor_is_protected_with_psycopg_arguments(
+    database_url, suite_id, forget_protected
+):
     # Once: ProgrammingError 'invalid connection option "autocommit"', and the open pool hung asyncio.run's end.
     async def main() -> str:
-        async with AsyncConnectionPool(database_url, kwargs={"autocommit": True}, min_size=1, max_size=1,
-                                       timeout=5) as pool:
+        async with AsyncConnectionPool(
+            database_url, kwargs={"autocommit": True}, min_size=1, max_size=1, timeout=5
+        ) as pool:
             forkpool.protect(pool)
             async with pool.connection() as conn:
                 return f"{conn.autocommit} {(await (await conn.execute(QUERY)).fetchone())[1]}"
@@ -213,8 +240,13 @@ def _state(pool) -> tuple:
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_failing_protect_leaves_the_pool_untouched_and_says_one_line(kind, forget_protected):
     cls = ConnectionPool if kind == "sync" else AsyncConnectionPool
-    pool = cls("host=localhost password=hunter2 port=not-a-number =oops", kwargs={"autocommit": True},
-               min_size=1, max_size=1, open=False)
+    pool = cls(
+        "host=localhost password=hunter2 port=not-a-number =oops",
+        kwargs={"autocommit": True},
+        min_size=1,
+        max_size=1,
+        open=False,
+    )
     before = _state(pool)
     with pytest.raises(forkpool.ConfigError) as caught:
         forkpool.protect(pool)
@@ -256,8 +288,9 @@ def test_an_attach_that_fails_half_way_is_undone(database_url, forget_protected)
     before = _state(pool)
     with pytest.raises(forkpool.ConfigError) as caught:
         forkpool.protect(pool, HalfWay())
-    assert str(caught.value) == ("forkpool.protect: cannot protect psycopg_pool.pool.ConnectionPool (half-way): "
-                                 "RuntimeError: lost on the way")
+    assert str(caught.value) == (
+        "forkpool.protect: cannot protect psycopg_pool.pool.ConnectionPool (half-way): RuntimeError: lost on the way"
+    )
     assert _state(pool) == before and pool.timeout == 30 and protection.protected() == []
 
 
@@ -265,8 +298,9 @@ def test_a_refused_async_pool_is_left_for_its_own_close_and_the_loop_ends(forget
     # An open async pool nobody closes keeps asyncio.run() from ending (psycopg_pool's workers):
     # a refused protect() leaves the pool as it was, so the app's `async with` closes it.
     async def main() -> str:
-        async with AsyncConnectionPool("host=localhost password=hunter2 =oops", min_size=1, max_size=1,
-                                       timeout=1, reconnect_timeout=1) as pool:
+        async with AsyncConnectionPool(
+            "host=localhost password=hunter2 =oops", min_size=1, max_size=1, timeout=1, reconnect_timeout=1
+        ) as pool:
             try:
                 forkpool.protect(pool)
             except forkpool.ConfigError as exc:
@@ -276,4 +310,3 @@ def test_a_refused_async_pool_is_left_for_its_own_close_and_the_loop_ends(forget
     message = asyncio.run(asyncio.wait_for(main(), 30))
     assert message.startswith("forkpool.protect: cannot protect") and "hunter2" not in message, message
     assert protection.protected() == []
-

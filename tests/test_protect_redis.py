@@ -24,9 +24,25 @@ import forkpool
 from forkpool import identity, protection
 from harness.services import EmbeddedRedis
 from tests.conftest import wait_for
-from tests.protect_support import (APPS, doctor, endpoint_of, errors, exact, failures, held_by, http_load, in_child,
-                                   recycled_http_load, redis_sessions, settled_doctor, shared, shared_backends,
-                                   start_celery_app, start_gunicorn_app, task_load)
+from tests.protect_support import (
+    APPS,
+    doctor,
+    endpoint_of,
+    errors,
+    exact,
+    failures,
+    held_by,
+    http_load,
+    in_child,
+    recycled_http_load,
+    redis_sessions,
+    settled_doctor,
+    shared,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
 from tests.server_support import by_process
 
 APP = APPS / "redispy"
@@ -76,24 +92,34 @@ def test_redis_under_gunicorn_preload(variant, protected, servers, database_url,
     assert errors(before) == [], before["findings"]
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
-    assert wait_for(lambda: exact(clients, suite_id, "web", server.children(), 1), timeout=15), \
-        (by_process(clients, suite_id), server.children())
+    assert wait_for(lambda: exact(clients, suite_id, "web", server.children(), 1), timeout=15), (
+        by_process(clients, suite_id),
+        server.children(),
+    )
     after = settled_doctor(server.pid, database_url, redis_url=redis_url)
     assert errors(after) == [] and held_by(after, "redis", at)[server.pid] == 0, after["findings"]
     # Steady again (no replacement booting) before the stop: a worker spawned as the master
     # handles SIGTERM misses it (Gunicorn's own race) and the stop would not be graceful.
-    assert wait_for(lambda: exact(clients, suite_id, "web", server.children(), 1), timeout=15), \
-        (by_process(clients, suite_id), server.children())
+    assert wait_for(lambda: exact(clients, suite_id, "web", server.children(), 1), timeout=15), (
+        by_process(clients, suite_id),
+        server.children(),
+    )
     assert server.stop() == 0
     assert wait_for(lambda: clients() == [], timeout=10), clients()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_redis_under_celery_prefork(variant, protected, servers, database_url, redis_url, broker_url, suite_id,
-                                    tmp_path):
-    env = {**os.environ, "PROTECT": "1" if protected else "0", "VARIANT": variant, "REDIS_URL": redis_url,
-           "BROKER_URL": broker_url}
+def test_redis_under_celery_prefork(
+    variant, protected, servers, database_url, redis_url, broker_url, suite_id, tmp_path
+):
+    env = {
+        **os.environ,
+        "PROTECT": "1" if protected else "0",
+        "VARIANT": variant,
+        "REDIS_URL": redis_url,
+        "BROKER_URL": broker_url,
+    }
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
     worker = start_celery_app(servers, APP, "tasks", queue, env, tmp_path / "celery.log", CONCURRENCY)
     clients, at = redis_sessions(redis_url, suite_id), endpoint_of(redis_url)
@@ -111,20 +137,25 @@ def test_redis_under_celery_prefork(variant, protected, servers, database_url, r
     assert errors(before) == [], before["findings"]
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     assert len({pid for pid, _ in answers}) > CONCURRENCY  # max_tasks_per_child recycled some
-    assert wait_for(lambda: exact(clients, suite_id, "worker", worker.children(), 1), timeout=15), \
-        (by_process(clients, suite_id), worker.children())
+    assert wait_for(lambda: exact(clients, suite_id, "worker", worker.children(), 1), timeout=15), (
+        by_process(clients, suite_id),
+        worker.children(),
+    )
     after = settled_doctor(worker.pid, database_url, redis_url=redis_url)
     assert errors(after) == [] and held_by(after, "redis", at)[worker.pid] == 0, after["findings"]
     # Steady again (no replacement starting) before the stop, which must be graceful.
-    assert wait_for(lambda: exact(clients, suite_id, "worker", worker.children(), 1), timeout=15), \
-        (by_process(clients, suite_id), worker.children())
+    assert wait_for(lambda: exact(clients, suite_id, "worker", worker.children(), 1), timeout=15), (
+        by_process(clients, suite_id),
+        worker.children(),
+    )
     assert worker.stop() == 0
     assert wait_for(lambda: clients() == [], timeout=10), clients()
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_a_sync_child_never_waits_for_the_pool_lock_a_parent_thread_held(protected, redis_url, suite_id,
-                                                                        forget_protected):
+def test_a_sync_child_never_waits_for_the_pool_lock_a_parent_thread_held(
+    protected, redis_url, suite_id, forget_protected
+):
     if not protected and int(redis.__version__.split(".")[0]) < 6:
         pytest.skip(f"redis-py {redis.__version__} makes a new pool lock in its own fork reset (before 6)")
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
@@ -134,7 +165,7 @@ def test_a_sync_child_never_waits_for_the_pool_lock_a_parent_thread_held(protect
     held, done = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
-        with client.connection_pool._lock:  # noqa: SLF001 - a parent thread inside the pool at fork time
+        with client.connection_pool._lock:  # a parent thread inside the pool at fork time
             held.set()
             done.wait()
 
@@ -142,11 +173,12 @@ def test_a_sync_child_never_waits_for_the_pool_lock_a_parent_thread_held(protect
     holder.start()
     held.wait()
     try:
+
         def child() -> str:
             # redis-py's fork reset takes this lock on the first command: no thread here will release it.
-            if not client.connection_pool._lock.acquire(blocking=False):  # noqa: SLF001
+            if not client.connection_pool._lock.acquire(blocking=False):
                 return "lock held"
-            client.connection_pool._lock.release()  # noqa: SLF001
+            client.connection_pool._lock.release()
             return f"{client.client_id()} {client.client_getname()}"
 
         report = in_child(child)
@@ -164,8 +196,9 @@ def test_a_sync_child_never_waits_for_the_pool_lock_a_parent_thread_held(protect
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_an_asyncio_child_gets_its_own_connection_and_the_parent_keeps_its(protected, redis_url, suite_id,
-                                                                          forget_protected):
+def test_an_asyncio_child_gets_its_own_connection_and_the_parent_keeps_its(
+    protected, redis_url, suite_id, forget_protected
+):
     client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=5)
     if protected:
         forkpool.protect(client)

@@ -44,8 +44,9 @@ def test_report_of_each_pool_kind(redis_url):
     assert report_of(default)["open"] == 1 and report_of(default)["in_use"] == 0
     protection.unprotect_all()
 
-    blocking = protection.protect(redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-        redis_url, max_connections=5)))
+    blocking = protection.protect(
+        redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(redis_url, max_connections=5))
+    )
     assert report_of(blocking) == {"max": 5, "source": "max_connections 5", "open": 0, "in_use": 0}
     held = blocking.connection_pool.get_connection()
     try:

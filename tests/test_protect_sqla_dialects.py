@@ -26,14 +26,23 @@ import time
 import pytest
 
 pytest.importorskip("sqlalchemy", reason="forkpool.protect(engine) needs SQLAlchemy (forkpool[sqlalchemy])")
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, text
 
-import forkpool  # noqa: E402
-from forkpool import identity, protection  # noqa: E402
-from tests.conftest import wait_for  # noqa: E402
-from tests.dialect_support import file_handles, kcmp_available, same_open_file, sockets_to  # noqa: E402
-from tests.protect_support import (APPS, doctor, errors, failures, http_load, in_child,  # noqa: E402
-                                   shared, shared_backends, start_gunicorn_app)
+import forkpool
+from forkpool import identity, protection
+from tests.conftest import wait_for
+from tests.dialect_support import file_handles, kcmp_available, same_open_file, sockets_to
+from tests.protect_support import (
+    APPS,
+    doctor,
+    errors,
+    failures,
+    http_load,
+    in_child,
+    shared,
+    shared_backends,
+    start_gunicorn_app,
+)
 
 FACTORY = APPS / "flask_factory"
 
@@ -51,11 +60,16 @@ def mariadb_engine(mariadb, driver: str, **options):
 
 
 def connect_attrs(mariadb, session: int) -> dict[str, str]:
-    return dict(mariadb.execute_as_root("SELECT ATTR_NAME, ATTR_VALUE FROM performance_schema.session_connect_attrs "
-                                        f"WHERE PROCESSLIST_ID = {int(session)}"))
+    return dict(
+        mariadb.execute_as_root(
+            "SELECT ATTR_NAME, ATTR_VALUE FROM performance_schema.session_connect_attrs "
+            f"WHERE PROCESSLIST_ID = {int(session)}"
+        )
+    )
 
 
 # --- identity ---------------------------------------------------------------------------------------------------
+
 
 def test_pymysql_sessions_carry_the_identity_as_program_name(mariadb, suite_id):
     engine = forkpool.protect(mariadb_engine(mariadb, "pymysql"))
@@ -100,8 +114,7 @@ def test_psycopg3_and_pg8000_sessions_carry_application_name(driver, database_ur
     pytest.importorskip(driver)
     engine = forkpool.protect(create_engine(database_url.replace("postgresql://", f"postgresql+{driver}://", 1)))
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT current_setting('application_name')")).scalar() == \
-            identity.application_name()
+        assert conn.execute(text("SELECT current_setting('application_name')")).scalar() == identity.application_name()
     engine.dispose()
 
 
@@ -113,8 +126,9 @@ def test_asyncpg_sessions_carry_application_name_beside_the_apps_settings(databa
 
     async def name(settings: dict | None) -> str:
         args = {"server_settings": settings} if settings else {}
-        async_engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://", 1),
-                                           connect_args=args)
+        async_engine = create_async_engine(
+            database_url.replace("postgresql://", "postgresql+asyncpg://", 1), connect_args=args
+        )
         attach_engine(async_engine.sync_engine)  # the do_connect hook AsyncEngine support builds on
         try:
             async with async_engine.connect() as conn:
@@ -127,6 +141,7 @@ def test_asyncpg_sessions_carry_application_name_beside_the_apps_settings(databa
 
 
 # --- a forked child of a busy parent, on MariaDB ----------------------------------------------------------------
+
 
 def _sessions(engine) -> set[int]:
     held = [engine.connect() for _ in range(engine.pool.size())]
@@ -172,7 +187,7 @@ def test_a_child_of_a_busy_parent_gets_mariadb_sessions_of_its_own(protected, dr
         forked.set()
         thread.join()
     assert not report.startswith("error"), report
-    session, child_pid, inherited = (int(x) for x in report.split(" "))
+    session, _child_pid, inherited = (int(x) for x in report.split(" "))
     assert found and found[0] in parent
     if not protected:  # the child talked through the parent's idle session
         assert session in parent - set(found) and inherited == 2, (report, parent)
@@ -185,6 +200,7 @@ def test_a_child_of_a_busy_parent_gets_mariadb_sessions_of_its_own(protected, dr
 
 
 # --- SQLite -----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not kcmp_available(), reason="kcmp(2) is not available: cannot tell a shared open file")
 def test_a_child_opens_its_own_sqlite_file_handle(tmp_path):
@@ -213,8 +229,7 @@ def test_a_child_opens_its_own_sqlite_file_handle(tmp_path):
 def test_an_in_memory_sqlite_database_is_the_childs_private_copy(poolclass):
     from sqlalchemy.pool import StaticPool
 
-    options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}} if poolclass != "default" \
-        else {}
+    options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}} if poolclass != "default" else {}
     engine = forkpool.protect(create_engine("sqlite://", **options))
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (n INTEGER)"))
@@ -234,6 +249,7 @@ def test_an_in_memory_sqlite_database_is_the_childs_private_copy(poolclass):
 
 
 # --- Flask-SQLAlchemy's app factory ---------------------------------------------------------------------------
+
 
 def test_protect_before_init_app_lets_a_child_release_the_masters_socket(mariadb, suite_id):
     """No server hooks: the engine init_app makes is known to the at-fork hook, and learned where it connects."""
@@ -264,13 +280,16 @@ def test_protect_before_init_app_lets_a_child_release_the_masters_socket(mariadb
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_flask_app_factory_under_gunicorn_preload_without_hooks(protected, servers, database_url, sessions,
-                                                                 suite_id, tmp_path):
+def test_flask_app_factory_under_gunicorn_preload_without_hooks(
+    protected, servers, database_url, sessions, suite_id, tmp_path
+):
     pytest.importorskip("flask_sqlalchemy")
-    env = {**os.environ, "PROTECT": "1" if protected else "0",
-           "APP_DATABASE_URL": database_url.replace("postgresql://", "postgresql+psycopg2://", 1)}
-    server, url = start_gunicorn_app(servers, FACTORY, "gunicorn.conf.py", "web:app", env,
-                                     tmp_path / "gunicorn.log", 3)
+    env = {
+        **os.environ,
+        "PROTECT": "1" if protected else "0",
+        "APP_DATABASE_URL": database_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+    }
+    server, url = start_gunicorn_app(servers, FACTORY, "gunicorn.conf.py", "web:app", env, tmp_path / "gunicorn.log", 3)
     before = doctor(server.pid, database_url)
     if not protected:  # what users reported: the master's socket in all 4 processes, doctor exit 1
         assert len(shared(before, "postgresql")) >= 1 and "shared-socket" in {f["code"] for f in errors(before)}
@@ -292,8 +311,7 @@ def test_flask_app_factory_with_a_sqlite_test_config_under_gunicorn_preload(serv
     """``SQLALCHEMY_DATABASE_URI="sqlite://"``: each worker answers from its copy of the master's database."""
     pytest.importorskip("flask_sqlalchemy")
     env = {**os.environ, "PROTECT": "1", "TEST_CONFIG": "1"}
-    server, url = start_gunicorn_app(servers, FACTORY, "gunicorn.conf.py", "web:app", env,
-                                     tmp_path / "gunicorn.log", 3)
+    server, url = start_gunicorn_app(servers, FACTORY, "gunicorn.conf.py", "web:app", env, tmp_path / "gunicorn.log", 3)
     report = doctor(server.pid, database_url)
     answers = http_load(url, requests=24)
     assert errors(report) == [], report["findings"]

@@ -61,7 +61,7 @@ print("ok", parent, child)
 
 
 # The test config's in-memory database: the child works on its own copy of the parent's.
-CHECK_MEMORY = '''
+CHECK_MEMORY = """
 import os
 from sqlalchemy import text
 
@@ -88,7 +88,7 @@ child = os.read(read_fd, 4096).decode()
 os.waitpid(pid, 0)
 assert (child, count()) == ("2", 1), (child, count())
 print("ok", child)
-'''
+"""
 
 
 def recipes() -> dict[str, str]:
@@ -97,8 +97,9 @@ def recipes() -> dict[str, str]:
 
 def run(code: str, url: str, cwd: Path, check: str = CHECK) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": url, "SUITE_ID": "docs-recipe"}
-    return subprocess.run([sys.executable, "-c", code + check], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code + check], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_doc_has_the_four_recipes():

@@ -14,19 +14,35 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 
 pytest.importorskip("sqlalchemy", reason="forkpool.protect(engine) needs SQLAlchemy (forkpool[sqlalchemy])")
 
-from tests.conftest import wait_for  # noqa: E402
-from tests.dialect_support import (file_handles, kcmp_available, local_ports, mariadb_client_ports,  # noqa: E402
-                                   mariadb_sessions, shared_file_handles, sockets_to)
-from tests.protect_support import (APPS, exact, failures, http_load, recycled_http_load,  # noqa: E402
-                                   shared_backends, start_celery_app, start_gunicorn_app, task_load)
-from tests.server_support import Server, by_process  # noqa: E402
+from tests.conftest import wait_for
+from tests.dialect_support import (
+    file_handles,
+    kcmp_available,
+    local_ports,
+    mariadb_client_ports,
+    mariadb_sessions,
+    shared_file_handles,
+    sockets_to,
+)
+from tests.protect_support import (
+    APPS,
+    exact,
+    failures,
+    http_load,
+    recycled_http_load,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
+from tests.server_support import Server, by_process
 
 APP = APPS / "sqla"
 WORKERS, POOL, CONCURRENCY = 3, 2, 2
@@ -62,13 +78,19 @@ def backend(request, suite_id, tmp_path) -> Backend:
         path = str(tmp_path / "app.db")
         return Backend(f"sqlite:///{path}", None, None, path, None)
     if request.param == "mariadb-mysqlclient":
-        pytest.importorskip("MySQLdb", reason="mysqlclient is not installed (dev extra; needs libmariadb-dev, "
-                                              "pkg-config)")
+        pytest.importorskip(
+            "MySQLdb", reason="mysqlclient is not installed (dev extra; needs libmariadb-dev, pkg-config)"
+        )
     mariadb = request.getfixturevalue("mariadb")
     driver = "pymysql" if request.param == "mariadb-pymysql" else "mysqldb"
     by = "program_name" if driver == "pymysql" else "_pid"  # mysqlclient takes no program name
-    return Backend(mariadb.url.replace("mysql://", f"mysql+{driver}://", 1), mariadb, (mariadb.host, mariadb.port),
-                   None, lambda role: mariadb_sessions(mariadb, suite_id, by, role))
+    return Backend(
+        mariadb.url.replace("mysql://", f"mysql+{driver}://", 1),
+        mariadb,
+        (mariadb.host, mariadb.port),
+        None,
+        lambda role: mariadb_sessions(mariadb, suite_id, by, role),
+    )
 
 
 def ends_clean(server: Server, role: str, backend: Backend, suite_id: str) -> None:
@@ -76,13 +98,16 @@ def ends_clean(server: Server, role: str, backend: Backend, suite_id: str) -> No
     a graceful stop; no session left."""
     if backend.sessions is not None:
         sessions = backend.sessions(role)
-        assert wait_for(lambda: exact(sessions, suite_id, role, server.children(), POOL), timeout=15), \
-            (by_process(sessions, suite_id), server.children())
+        assert wait_for(lambda: exact(sessions, suite_id, role, server.children(), POOL), timeout=15), (
+            by_process(sessions, suite_id),
+            server.children(),
+        )
     processes = [server.pid, *server.children()]
     assert backend.sharing(processes) == [] and backend.held_by(server.pid) == 0
     if backend.mariadb is not None:  # the server's sessions are exactly the sockets the workers hold
-        assert wait_for(lambda: mariadb_client_ports(backend.mariadb) == set(local_ports(processes, backend.server)),
-                        timeout=10), (mariadb_client_ports(backend.mariadb), local_ports(processes, backend.server))
+        assert wait_for(
+            lambda: mariadb_client_ports(backend.mariadb) == set(local_ports(processes, backend.server)), timeout=10
+        ), (mariadb_client_ports(backend.mariadb), local_ports(processes, backend.server))
     assert server.stop() == 0
     if backend.sessions is not None:
         assert wait_for(lambda: sessions() == [], timeout=10), sessions()
@@ -114,8 +139,7 @@ def test_engine_under_celery_prefork(protected, backend, servers, redis_url, sui
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
     worker = start_celery_app(servers, APP, "tasks", queue, env, tmp_path / "celery.log", CONCURRENCY)
     before, master = backend.sharing([worker.pid, *worker.children()]), backend.held_by(worker.pid)
-    answers = task_load(redis_url, queue, "tasks.backend", count=16 if protected else 8,
-                        wait=45 if protected else 10)
+    answers = task_load(redis_url, queue, "tasks.backend", count=16 if protected else 8, wait=45 if protected else 10)
     if not protected:
         assert before and master >= 1, before
         assert shared_backends(answers) or failures(answers), answers

@@ -18,14 +18,25 @@ import uuid
 import pytest
 
 pytest.importorskip("sqlalchemy", reason="forkpool.protect(engine) needs SQLAlchemy (forkpool[sqlalchemy])")
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, text
 
-import forkpool  # noqa: E402
-from forkpool import identity, protection  # noqa: E402
-from tests.conftest import wait_for  # noqa: E402
-from tests.protect_support import (APPS, doctor, errors, failures, http_load, in_child,  # noqa: E402
-                                   protected_run_ends_clean, recycled_http_load, shared_backends,
-                                   start_celery_app, start_gunicorn_app, task_load)
+import forkpool
+from forkpool import identity, protection
+from tests.conftest import wait_for
+from tests.protect_support import (
+    APPS,
+    doctor,
+    errors,
+    failures,
+    http_load,
+    in_child,
+    protected_run_ends_clean,
+    recycled_http_load,
+    shared_backends,
+    start_celery_app,
+    start_gunicorn_app,
+    task_load,
+)
 
 APP = APPS / "sqla"
 WORKERS, POOL = 3, 2
@@ -67,8 +78,7 @@ def test_sqlalchemy_under_celery_prefork(protected, servers, database_url, redis
     queue = f"{suite_id}.{uuid.uuid4().hex[:4]}"
     worker = start_celery_app(servers, APP, "tasks", queue, env, tmp_path / "celery.log", CONCURRENCY)
     before = doctor(worker.pid, database_url, "--pool-size", str(POOL))
-    answers = task_load(redis_url, queue, "tasks.backend", count=16 if protected else 8,
-                        wait=45 if protected else 10)
+    answers = task_load(redis_url, queue, "tasks.backend", count=16 if protected else 8, wait=45 if protected else 10)
     if not protected:
         assert {"shared-socket", "master-connection"} <= {f["code"] for f in errors(before)}, before["findings"]
         assert shared_backends(answers) or failures(answers), answers
@@ -91,14 +101,16 @@ def _backends(engine) -> set[int]:
 
 
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_a_child_that_disposes_the_engine_leaves_a_busy_parents_sessions_alive(protected, admin, database_url,
-                                                                                sessions, suite_id, forget_protected):
+def test_a_child_that_disposes_the_engine_leaves_a_busy_parents_sessions_alive(
+    protected, admin, database_url, sessions, suite_id, forget_protected
+):
     """A fork while a parent thread is mid-query; the child uses the engine, then calls `engine.dispose()`,
     the cleanup users reach for (without close=False). Unprotected, that ends the parent's idle session."""
     from sqlalchemy.exc import DBAPIError
 
-    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1),
-                           pool_size=2, max_overflow=0, pool_timeout=3)
+    engine = create_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg2://", 1), pool_size=2, max_overflow=0, pool_timeout=3
+    )
     if protected:
         forkpool.protect(engine, eager=True)
     parent = _backends(engine)
@@ -134,8 +146,9 @@ def test_a_child_that_disposes_the_engine_leaves_a_busy_parents_sessions_alive(p
     assert found and found[0] in parent  # the parent's query finished on its own session
     if not protected:  # the child talked through the parent's idle session, and its dispose() ended it
         assert int(backend) in parent - set(found), (report, parent)
-        assert wait_for(lambda: admin("SELECT pid FROM pg_stat_activity WHERE pid = %s", int(backend)) == [],
-                        timeout=10)
+        assert wait_for(
+            lambda: admin("SELECT pid FROM pg_stat_activity WHERE pid = %s", int(backend)) == [], timeout=10
+        )
         with pytest.raises(DBAPIError):  # what the parent's next request meets
             _backends(engine)
         engine.dispose()

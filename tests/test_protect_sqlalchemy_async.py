@@ -16,13 +16,13 @@ import pytest
 
 pytest.importorskip("sqlalchemy.ext.asyncio", reason="SQLAlchemy is not installed")
 pytest.importorskip("greenlet", reason="SQLAlchemy's asyncio extension needs greenlet")
-from sqlalchemy import make_url, text  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-import forkpool  # noqa: E402
-from forkpool import identity, protection  # noqa: E402
-from tests.conftest import wait_for  # noqa: E402
-from tests.protect_support import in_child  # noqa: E402
+import forkpool
+from forkpool import identity, protection
+from tests.conftest import wait_for
+from tests.protect_support import in_child
 
 DRIVERS = ["asyncpg", "psycopg"]
 
@@ -51,8 +51,9 @@ async def _name(engine) -> str:
 
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("protected", [False, True], ids=["unprotected", "protected"])
-def test_a_child_gets_its_own_sessions_and_the_parent_keeps_its_own(protected, driver, database_url, suite_id,
-                                                                    sessions, forget_protected):
+def test_a_child_gets_its_own_sessions_and_the_parent_keeps_its_own(
+    protected, driver, database_url, suite_id, sessions, forget_protected
+):
     engine = _engine(database_url, driver)
     if protected:
         assert forkpool.protect(engine) is engine

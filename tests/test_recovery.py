@@ -151,8 +151,7 @@ def test_maintainer_replaces_idle_connections_the_server_ended_without_a_caller(
     forkpool.configure(min_size=2, max_size=2, check_idle=3600)
     pool = forkpool.get_pool()
     assert pool.wait(10) and count_settles(2) == 2
-    admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
-          f"{suite_id}:%")
+    admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s", f"{suite_id}:%")
     assert wait_for(lambda: pool.stats()[keys.CONNECTIONS_DISCARDED] == 2, timeout=10)
     assert count_settles(2) == 2 and pool.stats()[keys.SIZE] == 2
     assert pool.stats()[keys.CHECKOUTS] == 0  # nobody had to find them dead

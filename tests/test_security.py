@@ -21,9 +21,9 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import psycopg2
@@ -41,8 +41,16 @@ SECRET = f"pw-{CORE}/s+cr@t"
 WRONG_CORE = uuid.uuid4().hex
 WRONG = f"wrong-{WRONG_CORE}/x+y@z"
 # Settings a caller's environment could use to supply a password behind our back.
-_NOT_INHERITED = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "DATABASE_URL", "REDIS_URL",
-                  "SUITE_ID", "PROCESS_ROLE")
+_NOT_INHERITED = (
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SUITE_ID",
+    "PROCESS_ROLE",
+)
 
 
 def needles(*passwords: str) -> list[str]:
@@ -89,8 +97,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def harness(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "forkpool", *args], env=clean_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "forkpool", *args], env=clean_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def harness_all(*calls: tuple[tuple[str, ...], dict[str, str]]) -> list[subprocess.CompletedProcess]:
@@ -139,8 +148,7 @@ def assert_run_clean(what: str, result: subprocess.CompletedProcess, forms: list
 ERROR_LINE = re.compile(r"(Error|forkpool( [a-z][a-z0-9_-]*)?): ")
 
 
-def assert_one_line_error(what: str, result: subprocess.CompletedProcess,
-                          forms: list[str] = ALL_NEEDLES) -> str:
+def assert_one_line_error(what: str, result: subprocess.CompletedProcess, forms: list[str] = ALL_NEEDLES) -> str:
     """Exactly one error line on stderr, no traceback, none of the password `forms` anywhere."""
     assert result.returncode != 0, (what, result.stdout)
     assert "Traceback" not in result.stderr + result.stdout, (what, result.stderr)
@@ -192,8 +200,14 @@ def secure_db() -> Iterator[SecureDatabase]:
 @pytest.fixture(scope="module")
 def live_suite(secure_db: SecureDatabase, redis_url: str, tmp_path_factory) -> Iterator[RunningSuite]:
     logs = tmp_path_factory.mktemp("secure-suite")
-    plan = SuitePlan(database_url=secure_db.dsn, redis_url=redis_url, suite_id=f"sec{uuid.uuid4().hex[:8]}",
-                     web_workers=2, worker_concurrency=1, pool_size=2)
+    plan = SuitePlan(
+        database_url=secure_db.dsn,
+        redis_url=redis_url,
+        suite_id=f"sec{uuid.uuid4().hex[:8]}",
+        web_workers=2,
+        worker_concurrency=1,
+        pool_size=2,
+    )
     suite = start_suite(plan, logs)
     try:
         yield suite
@@ -222,9 +236,22 @@ def test_the_password_is_required(secure_db: SecureDatabase, monkeypatch):
 
 def test_a_real_loadtest_writes_no_password_anywhere(secure_db: SecureDatabase, redis_url: str, tmp_path):
     json_path, report_dir = tmp_path / "run.json", tmp_path / "report"
-    result = harness("loadtest", "--duration", "5", "--users", "4", "--kill-workers", "1",
-                     "--json", str(json_path), "--report", str(report_dir),
-                     timeout=180, DATABASE_URL=secure_db.dsn, REDIS_URL=redis_url)
+    result = harness(
+        "loadtest",
+        "--duration",
+        "5",
+        "--users",
+        "4",
+        "--kill-workers",
+        "1",
+        "--json",
+        str(json_path),
+        "--report",
+        str(report_dir),
+        timeout=180,
+        DATABASE_URL=secure_db.dsn,
+        REDIS_URL=redis_url,
+    )
     assert_run_clean("loadtest", result)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # It ran on our server (external DATABASE_URL: no embedded PostgreSQL of its own).
@@ -247,7 +274,7 @@ def test_live_endpoints_and_cli_output_hold_no_password(live_suite: RunningSuite
     status, body, _ = http(url, "GET", "/readyz")
     assert status == 200 and body["ready"] is True, body
     assert_clean("GET /readyz", repr(body))
-    status, item, _ = http(url, "POST", "/items", {"name": "secure", "payload": {"k": 1}})
+    status, _item, _ = http(url, "POST", "/items", {"name": "secure", "payload": {"k": 1}})
     assert status == 201
     raw = _raw(url + "/metrics")
     assert b"forkpool_pool_size" in raw
@@ -299,13 +326,18 @@ def test_debug_mode_is_off():
     assert app.debug is False and app.config["PROPAGATE_EXCEPTIONS"] is False
 
 
-def test_connection_identities_carry_no_secret(live_suite: RunningSuite, secure_db: SecureDatabase,
-                                               redis_url: str):
+def test_connection_identities_carry_no_secret(live_suite: RunningSuite, secure_db: SecureDatabase, redis_url: str):
     sid = live_suite.plan.suite_id
     http(live_suite.web.url, "GET", "/readyz")  # every answering worker names a Redis client
     pattern = re.compile(rf"{re.escape(sid)}:(web|worker):\d+")
-    assert wait_for(lambda: len(secure_db.admin("SELECT 1 FROM pg_stat_activity WHERE application_name LIKE %s",
-                                                sid + ":%")) == live_suite.plan.ceiling, 15, 0.1)
+    assert wait_for(
+        lambda: (
+            len(secure_db.admin("SELECT 1 FROM pg_stat_activity WHERE application_name LIKE %s", sid + ":%"))
+            == live_suite.plan.ceiling
+        ),
+        15,
+        0.1,
+    )
     rows = secure_db.admin("SELECT application_name, coalesce(query, '') FROM pg_stat_activity")
     mine = [name for name, _ in rows if name.startswith(sid + ":")]
     assert len(mine) == live_suite.plan.ceiling, rows
@@ -323,25 +355,41 @@ def test_connection_identities_carry_no_secret(live_suite: RunningSuite, secure_
     suite_names = [n for n in names if n.startswith(sid + ":")]
     assert suite_names and all(pattern.fullmatch(n) for n in suite_names), names
 
-    for pid in [live_suite.web.pid, live_suite.worker.pid, *live_suite.web.children(),
-                *live_suite.worker.children()]:
+    for pid in [live_suite.web.pid, live_suite.worker.pid, *live_suite.web.children(), *live_suite.worker.children()]:
         assert_clean(f"/proc/{pid}/cmdline (ps)", Path(f"/proc/{pid}/cmdline").read_bytes())
 
 
-def test_unreachable_database_and_wrong_password_errors_are_one_redacted_line(secure_db: SecureDatabase,
-                                                                             live_suite: RunningSuite):
+def test_unreachable_database_and_wrong_password_errors_are_one_redacted_line(
+    secure_db: SecureDatabase, live_suite: RunningSuite
+):
     from harness._procs import free_port
 
     wrong_port = {"DATABASE_URL": secure_db.dsn_with(SECRET, port=free_port())}  # the right password
     wrong_password = {"DATABASE_URL": secure_db.dsn_with(WRONG)}
     stats = ("stats", "--url", live_suite.web.url, "--database-url", wrong_password["DATABASE_URL"])
-    results = harness_all((("initdb",), wrong_port), (("initdb",), wrong_password),
-                          (("budget",), wrong_port), (("budget",), wrong_password), (stats, wrong_password))
-    lines = [assert_one_line_error(what, result) for what, result in zip(
-        ["initdb, wrong port", "initdb, wrong password", "budget, wrong port", "budget, wrong password",
-         "stats, wrong password"], results)]
+    results = harness_all(
+        (("initdb",), wrong_port),
+        (("initdb",), wrong_password),
+        (("budget",), wrong_port),
+        (("budget",), wrong_password),
+        (stats, wrong_password),
+    )
+    lines = [
+        assert_one_line_error(what, result)
+        for what, result in zip(
+            [
+                "initdb, wrong port",
+                "initdb, wrong password",
+                "budget, wrong port",
+                "budget, wrong password",
+                "stats, wrong password",
+            ],
+            results,
+            strict=False,
+        )
+    ]
     assert all(result.returncode == 2 for result in results), [r.returncode for r in results]
-    for line, reason in zip(lines, ["Connection refused", "authentication failed"] * 2):
+    for line, reason in zip(lines, ["Connection refused", "authentication failed"] * 2, strict=False):
         assert line.startswith("forkpool ") and "DATABASE_URL='postgresql://forkpool:***@" in line, line
         assert "cannot connect" in line and reason in line, line
     # stats checks the database before it asks the suite anything
@@ -349,10 +397,15 @@ def test_unreachable_database_and_wrong_password_errors_are_one_redacted_line(se
     assert "authentication failed" in lines[4], lines[4]
 
 
-def test_a_suite_on_a_wrong_password_logs_and_answers_without_it(secure_db: SecureDatabase, redis_url: str,
-                                                                 tmp_path):
-    plan = SuitePlan(database_url=secure_db.dsn_with(WRONG), redis_url=redis_url,
-                     suite_id=f"bad{uuid.uuid4().hex[:8]}", web_workers=1, worker_concurrency=1, pool_size=1)
+def test_a_suite_on_a_wrong_password_logs_and_answers_without_it(secure_db: SecureDatabase, redis_url: str, tmp_path):
+    plan = SuitePlan(
+        database_url=secure_db.dsn_with(WRONG),
+        redis_url=redis_url,
+        suite_id=f"bad{uuid.uuid4().hex[:8]}",
+        web_workers=1,
+        worker_concurrency=1,
+        pool_size=1,
+    )
     suite = start_suite(plan, tmp_path / "logs")
     try:
         url = suite.web.url
@@ -377,8 +430,9 @@ def test_a_suite_on_a_wrong_password_logs_and_answers_without_it(secure_db: Secu
     assert scan_redis(redis_url) > 0  # the retried task's message and the job key included
 
 
-def test_live_suite_logs_and_server_log_hold_no_password(live_suite: RunningSuite, secure_db: SecureDatabase,
-                                                         redis_url: str):
+def test_live_suite_logs_and_server_log_hold_no_password(
+    live_suite: RunningSuite, secure_db: SecureDatabase, redis_url: str
+):
     """Last: stops the live suite (shutdown logging included), then scans everything it wrote."""
     live_suite.stop()
     scan_redis(redis_url)
@@ -389,6 +443,7 @@ def test_live_suite_logs_and_server_log_hold_no_password(live_suite: RunningSuit
 
 
 # --- helpers -----------------------------------------------------------------
+
 
 def _raw(url: str) -> bytes:
     import urllib.request
@@ -404,8 +459,9 @@ def _http_raw(base: str, method: str, path: str, body: object, raw: bytes | None
     import urllib.request
 
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(base + path, method=method, data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        base + path, method=method, data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read(), dict(response.headers)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import psycopg2
 import pytest
 import redis
 
-from harness.services import (EmbeddedPostgres, EmbeddedRedis, ServiceError, redact_url, services)
+from harness.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, redact_url, services
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE_PORTS = {5432, 6379}  # the machine's own servers: never ours
@@ -106,9 +105,8 @@ def test_restart_in_place_kills_sessions_keeps_port_and_data(pg: EmbeddedPostgre
         pg.restart()
         assert (pg.port, pg.data_dir) == (port, data_dir)
         assert pg.pid != old_pid
-        with pytest.raises(psycopg2.OperationalError):
-            with survivor.cursor() as cur:
-                cur.execute("SELECT 1")
+        with pytest.raises(psycopg2.OperationalError), survivor.cursor() as cur:
+            cur.execute("SELECT 1")
     finally:
         survivor.close()
     assert query(pg.url, "SELECT v FROM kept") == [(42,)]
@@ -201,8 +199,7 @@ time.sleep(60)
 
 
 def test_servers_die_with_a_sigkilled_parent() -> None:
-    child = subprocess.Popen([sys.executable, "-c", _CHILD.format(root=str(ROOT))],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _CHILD.format(root=str(ROOT))], stdout=subprocess.PIPE, text=True)
     started: dict = {}
     try:
         started.update(json.loads(child.stdout.readline()))  # type: ignore[union-attr]
@@ -244,7 +241,8 @@ def test_redis_start_ping_restart_cleanup() -> None:
 
 
 def test_services_uses_external_urls_and_starts_nothing(
-        pg: EmbeddedPostgres, rd: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg: EmbeddedPostgres, rd: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DATABASE_URL", pg.url)
     monkeypatch.setenv("REDIS_URL", rd.url)
     before = len(processes_mentioning("forkpool-"))

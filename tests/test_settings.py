@@ -84,8 +84,9 @@ def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog, drive
     assert pool.driver.name == driver
     assert pool.wait(10)
     shown = [repr(pool), repr(settings), str(pool.stats()), str(forkpool.all_stats()), str(forkpool.health_check())]
-    bad = build_settings(dsn=dsn.rsplit("/", 1)[0] + "/no_such_db", min_size=0, max_size=1, connect_timeout=2,
-                         driver=driver)
+    bad = build_settings(
+        dsn=dsn.rsplit("/", 1)[0] + "/no_such_db", min_size=0, max_size=1, connect_timeout=2, driver=driver
+    )
     broken = forkpool.Pool(bad, "broken")
     assert broken.driver.name == driver
     with pytest.raises(forkpool.ConnectError) as caught:
@@ -101,8 +102,14 @@ def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog, drive
 def test_bad_configuration_in_a_fresh_process_prints_one_line(monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "-2")
     result = subprocess.run(
-        [sys.executable, "-c", "import forkpool\ntry:\n    forkpool.configure()\nexcept forkpool.ConfigError as e:\n    print(e)"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import forkpool\ntry:\n    forkpool.configure()\nexcept forkpool.ConfigError as e:\n    print(e)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.stdout.strip().count("\n") == 0
     assert "DB_POOL_SIZE='-2' must be at least 1" in result.stdout
@@ -113,14 +120,38 @@ def test_network_bounds_are_defaults_the_environment_overrides():
     from forkpool.connections import connect_params
 
     params = connect_params(build_settings(dsn="host=db dbname=app"), 5)
-    assert {k: params[k] for k in ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
-                                   "tcp_user_timeout", "connect_timeout")} == {
-        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-        "tcp_user_timeout": 10000, "connect_timeout": 5}
-    found = settings_from_env({"DB_POOL_TCP_USER_TIMEOUT": "20", "DB_POOL_KEEPALIVES_IDLE": "0",
-                               "DB_POOL_KEEPALIVES_COUNT": "5", "DB_POOL_KEEPALIVES_INTERVAL": "1.5"})
-    assert found == {"tcp_user_timeout": 20.0, "keepalives_idle": 0.0, "keepalives_count": 5,
-                     "keepalives_interval": 1.5}
+    assert {
+        k: params[k]
+        for k in (
+            "keepalives",
+            "keepalives_idle",
+            "keepalives_interval",
+            "keepalives_count",
+            "tcp_user_timeout",
+            "connect_timeout",
+        )
+    } == {
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10000,
+        "connect_timeout": 5,
+    }
+    found = settings_from_env(
+        {
+            "DB_POOL_TCP_USER_TIMEOUT": "20",
+            "DB_POOL_KEEPALIVES_IDLE": "0",
+            "DB_POOL_KEEPALIVES_COUNT": "5",
+            "DB_POOL_KEEPALIVES_INTERVAL": "1.5",
+        }
+    )
+    assert found == {
+        "tcp_user_timeout": 20.0,
+        "keepalives_idle": 0.0,
+        "keepalives_count": 5,
+        "keepalives_interval": 1.5,
+    }
     off = connect_params(build_settings(dsn="host=db", **found), 5)
     assert "keepalives" not in off and off["tcp_user_timeout"] == 20000
     # The DSN's own choice wins over the pool's default; connect_kwargs win over both.
@@ -130,11 +161,14 @@ def test_network_bounds_are_defaults_the_environment_overrides():
     assert kw["keepalives"] == 0
 
 
-@pytest.mark.parametrize(("env", "named"), [
-    ({"DB_POOL_TCP_USER_TIMEOUT": "-1"}, "tcp_user_timeout (DB_POOL_TCP_USER_TIMEOUT)=-1.0"),
-    ({"DB_POOL_KEEPALIVES_COUNT": "0"}, "keepalives_count (DB_POOL_KEEPALIVES_COUNT)=0"),
-    ({"DB_POOL_KEEPALIVES_INTERVAL": "0"}, "keepalives_interval (DB_POOL_KEEPALIVES_INTERVAL)=0.0"),
-])
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DB_POOL_TCP_USER_TIMEOUT": "-1"}, "tcp_user_timeout (DB_POOL_TCP_USER_TIMEOUT)=-1.0"),
+        ({"DB_POOL_KEEPALIVES_COUNT": "0"}, "keepalives_count (DB_POOL_KEEPALIVES_COUNT)=0"),
+        ({"DB_POOL_KEEPALIVES_INTERVAL": "0"}, "keepalives_interval (DB_POOL_KEEPALIVES_INTERVAL)=0.0"),
+    ],
+)
 def test_bad_network_settings_name_the_variable(monkeypatch, env, named):
     for var, value in env.items():
         monkeypatch.setenv(var, value)

@@ -10,8 +10,7 @@ import json
 import subprocess
 import sys
 import uuid
-from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -26,8 +25,13 @@ POOL = 2
 @pytest.fixture(scope="module")
 def suite_database(pg_server, database_url) -> str:
     url = pg_server.create_database(f"suite_{uuid.uuid4().hex[:8]}") if pg_server else database_url
-    result = subprocess.run([sys.executable, "-m", "forkpool", "initdb"], env=_env(DATABASE_URL=url),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "forkpool", "initdb"],
+        env=_env(DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and "schema ready" in result.stdout, result.stderr
     return url
 
@@ -43,8 +47,13 @@ def launch(suite_database, redis_url, tmp_path) -> Iterator[Callable[..., Runnin
     started: list[RunningSuite] = []
 
     def launch_suite(**sizes) -> RunningSuite:
-        plan = SuitePlan(database_url=suite_database, redis_url=redis_url,
-                         suite_id=f"s{uuid.uuid4().hex[:8]}", pool_size=POOL, **sizes)
+        plan = SuitePlan(
+            database_url=suite_database,
+            redis_url=redis_url,
+            suite_id=f"s{uuid.uuid4().hex[:8]}",
+            pool_size=POOL,
+            **sizes,
+        )
         suite = start_suite(plan, tmp_path / "logs")
         started.append(suite)
         return suite
@@ -176,9 +185,23 @@ def test_tasks_enqueued_directly_through_celery(launch, admin_db):
     env = suite.plan.env(0)
     key = f"cli-{uuid.uuid4().hex}"
     cli = subprocess.run(
-        [sys.executable, "-m", "celery", "--app", "workers.app", "call", "workers.record_event",
-         "--kwargs", json.dumps({"key": key}), "--queue", env["CELERY_QUEUE"]],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            "workers.app",
+            "call",
+            "workers.record_event",
+            "--kwargs",
+            json.dumps({"key": key}),
+            "--queue",
+            env["CELERY_QUEUE"],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert cli.returncode == 0, cli.stderr
     code = (
@@ -211,11 +234,18 @@ def test_recycled_workers_return_to_exactly_the_ceiling(launch, admin):
     first_web, first_workers = set(suite.web.children()), set(suite.worker.children())
     for _ in range(120):
         http(suite.web.url, "GET", "/pool")
-    jobs = [http(suite.web.url, "POST", "/jobs", {"kind": "record_event",
-                                                  "args": {"key": f"recycle-{suite.plan.suite_id}-{i}"}})[1]["id"]
-            for i in range(20)]
-    assert wait_for(lambda: all(http(suite.web.url, "GET", f"/jobs/{j}")[1].get("state") == "SUCCESS"
-                                for j in jobs), 60, 0.2)
+    jobs = [
+        http(
+            suite.web.url,
+            "POST",
+            "/jobs",
+            {"kind": "record_event", "args": {"key": f"recycle-{suite.plan.suite_id}-{i}"}},
+        )[1]["id"]
+        for i in range(20)
+    ]
+    assert wait_for(
+        lambda: all(http(suite.web.url, "GET", f"/jobs/{j}")[1].get("state") == "SUCCESS" for j in jobs), 60, 0.2
+    )
     # How requests and tasks spread over processes is the kernel's and Celery's business:
     # at least one process of each server must have been recycled and replaced.
     assert wait_for(lambda: first_web - set(suite.web.children()), 30)
@@ -262,8 +292,7 @@ def test_bad_requests_get_json_errors_and_write_nothing(launch, admin_db):
 def test_threads_beyond_pool_size_refuse_to_start(suite_database, redis_url, tmp_path):
     from harness.processes import WebServer
 
-    plan = SuitePlan(database_url=suite_database, redis_url=redis_url, suite_id="refuse",
-                     web_threads=4, pool_size=2)
+    plan = SuitePlan(database_url=suite_database, redis_url=redis_url, suite_id="refuse", web_threads=4, pool_size=2)
     web = WebServer(plan, tmp_path).start()
     assert web.proc.wait(30) != 0
     log = web.log_text()
@@ -275,12 +304,23 @@ def test_workers_start_while_the_database_is_down_and_tasks_retry_until_it_is_ba
 
     with EmbeddedPostgres(max_connections=30) as db:
         url = db.create_database("down_db")
-        init = subprocess.run([sys.executable, "-m", "forkpool", "initdb"], env=_env(DATABASE_URL=url),
-                              capture_output=True, text=True, timeout=60)
+        init = subprocess.run(
+            [sys.executable, "-m", "forkpool", "initdb"],
+            env=_env(DATABASE_URL=url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert init.returncode == 0, init.stderr
         db.stop()
-        plan = SuitePlan(database_url=url, redis_url=redis_url, suite_id=f"down{uuid.uuid4().hex[:6]}",
-                         web_workers=1, worker_concurrency=2, pool_size=1)
+        plan = SuitePlan(
+            database_url=url,
+            redis_url=redis_url,
+            suite_id=f"down{uuid.uuid4().hex[:6]}",
+            web_workers=1,
+            worker_concurrency=2,
+            pool_size=1,
+        )
         suite = start_suite(plan, tmp_path)
         try:
             children = set(suite.worker.children())
@@ -290,8 +330,9 @@ def test_workers_start_while_the_database_is_down_and_tasks_retry_until_it_is_ba
             assert wait_for(lambda: "Retry in" in suite.worker.log_text(), 20), "the task did not retry"
             assert set(suite.worker.children()) == children  # no respawn storm
             db.start_server()
-            assert wait_for(lambda: http(suite.web.url, "GET", f"/jobs/{job['id']}")[1].get("state") == "SUCCESS",
-                            60, 0.2)
+            assert wait_for(
+                lambda: http(suite.web.url, "GET", f"/jobs/{job['id']}")[1].get("state") == "SUCCESS", 60, 0.2
+            )
             assert wait_for(lambda: http(suite.web.url, "GET", "/readyz")[0] == 200, 20)
         finally:
             suite.stop()

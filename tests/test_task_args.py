@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from tests.fuzz_support import (  # noqa: F401 - fixtures and helpers
-    Any,
     FUZZ,
     KEY_MAX,
     MAX_HOLD_SECONDS,
+    Any,
+    forkpool,
     given,
     nested,
     pytest,
     settings,
-    forkpool,
     st,
     storable_char,
     suite,
     uuid,
 )
-
 
 # --------------------------------------------------------------------------- task arguments
 
@@ -37,24 +36,48 @@ def mutate(valid: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return {**valid, key: value}
 
 
-not_a_str = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.binary(max_size=5),
-                      st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
-                                                                                 max_size=2))
-bad_key = st.one_of(not_a_str, st.just(""), st.text(storable_char, min_size=KEY_MAX + 1, max_size=KEY_MAX + 30),
-                    st.text(max_size=5).map(lambda t: t + "\x00"),
-                    st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2))
-bad_data = st.one_of(st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
-                     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.just("a\x00b"),
-                                                                          min_size=1, max_size=2),
-                     st.just({"\x00": 1}), st.just({"nested": [{"deep": "\x00"}]}))
-bad_seconds = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.lists(st.integers(), max_size=2),
-                        st.floats(max_value=0), st.floats(min_value=MAX_HOLD_SECONDS, exclude_min=True),
-                        st.just(float("nan")), st.integers(max_value=0),
-                        st.integers(min_value=int(MAX_HOLD_SECONDS) + 1, max_value=2**1000))
+not_a_str = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.binary(max_size=5),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+bad_key = st.one_of(
+    not_a_str,
+    st.just(""),
+    st.text(storable_char, min_size=KEY_MAX + 1, max_size=KEY_MAX + 30),
+    st.text(max_size=5).map(lambda t: t + "\x00"),
+    st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2),
+)
+bad_data = st.one_of(
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.just("a\x00b"), min_size=1, max_size=2),
+    st.just({"\x00": 1}),
+    st.just({"nested": [{"deep": "\x00"}]}),
+)
+bad_seconds = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+    st.floats(max_value=0),
+    st.floats(min_value=MAX_HOLD_SECONDS, exclude_min=True),
+    st.just(float("nan")),
+    st.integers(max_value=0),
+    st.integers(min_value=int(MAX_HOLD_SECONDS) + 1, max_value=2**1000),
+)
 extra_names = st.text(min_size=1, max_size=10).filter(lambda k: k not in ("key", "data", "seconds"))
-good_record = st.fixed_dictionaries({"key": st.text(storable_char, min_size=1, max_size=KEY_MAX)},
-                                    optional={"data": st.none() | st.dictionaries(st.text(storable_char, max_size=5),
-                                                                                 st.integers(), max_size=2)})
+good_record = st.fixed_dictionaries(
+    {"key": st.text(storable_char, min_size=1, max_size=KEY_MAX)},
+    optional={"data": st.none() | st.dictionaries(st.text(storable_char, max_size=5), st.integers(), max_size=2)},
+)
 good_hold = st.fixed_dictionaries({"seconds": st.floats(0, MAX_HOLD_SECONDS, exclude_min=True)})
 
 wrong_task_calls = st.one_of(
@@ -62,13 +85,21 @@ wrong_task_calls = st.one_of(
     st.tuples(st.just("record_event"), good_record.map(lambda d: {k: v for k, v in d.items() if k != "key"})),
     st.tuples(st.just("record_event"), st.builds(lambda d, v: mutate(d, "key", v), good_record, bad_key)),
     st.tuples(st.just("record_event"), st.builds(lambda d, v: mutate(d, "data", v), good_record, bad_data)),
-    st.tuples(st.just("record_event"), st.builds(lambda d, k, v: mutate(d, k, v), good_record, extra_names,
-                                                 st.integers())),
+    st.tuples(
+        st.just("record_event"), st.builds(lambda d, k, v: mutate(d, k, v), good_record, extra_names, st.integers())
+    ),
     st.tuples(st.just("hold"), st.just({})),
     st.tuples(st.just("hold"), st.builds(lambda d, v: mutate(d, "seconds", v), good_hold, bad_seconds)),
     st.tuples(st.just("hold"), st.builds(lambda d, k, v: mutate(d, k, v), good_hold, extra_names, st.integers())),
-    st.tuples(st.just("aggregate"), st.dictionaries(extra_names | st.sampled_from(["key", "seconds"]),
-                                                    st.integers() | st.text(max_size=3), min_size=1, max_size=3)),
+    st.tuples(
+        st.just("aggregate"),
+        st.dictionaries(
+            extra_names | st.sampled_from(["key", "seconds"]),
+            st.integers() | st.text(max_size=3),
+            min_size=1,
+            max_size=3,
+        ),
+    ),
 )
 
 
@@ -102,8 +133,6 @@ def test_valid_task_arguments_do_reach_the_database(suite):
     assert suite.sql("SELECT data FROM events WHERE key = %s", key) == [({"k": "'; DROP TABLE events; --"},)]
 
 
-
-
 def test_hold_task_refuses_an_int_beyond_float_range(tasks):
     with pytest.raises(tasks.InvalidTaskArguments):
         tasks.hold.run(seconds=10**309)
@@ -127,9 +156,15 @@ def test_a_task_outlives_a_database_outage_of_the_retry_budget(tasks, name):
 
     task = getattr(tasks, name)
     factor = int(max(1.0, float(task.retry_backoff)))  # as celery/app/autoretry.py reads it
-    spent = {sum(get_exponential_backoff_interval(factor=factor, retries=r, maximum=int(task.retry_backoff_max),
-                                                  full_jitter=task.retry_jitter)
-                 for r in range(task.max_retries)) for _ in range(200)}
+    spent = {
+        sum(
+            get_exponential_backoff_interval(
+                factor=factor, retries=r, maximum=int(task.retry_backoff_max), full_jitter=task.retry_jitter
+            )
+            for r in range(task.max_retries)
+        )
+        for _ in range(200)
+    }
     assert spent == {RETRY_BUDGET_S}, spent
 
 

@@ -17,7 +17,7 @@ import ctypes
 import json
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg2
 import pytest
@@ -61,8 +61,11 @@ def in_c_child(work: Callable[[], dict]) -> dict:
 def server_sockets(database_url: str) -> dict[int, int]:
     """This process's sockets connected to the database server: {fd: socket inode}."""
     ends = postgres(database_url)
-    return {fd: inode for fd, inode in kernel_sockets.socket_fds("self").items()
-            if kernel_sockets._leads_to(kernel_sockets.own_peer(fd), ends)}  # noqa: SLF001
+    return {
+        fd: inode
+        for fd, inode in kernel_sockets.socket_fds("self").items()
+        if kernel_sockets._leads_to(kernel_sockets.own_peer(fd), ends)
+    }
 
 
 def forkpool_sockets(database_url: str, baseline: dict[int, int]) -> dict[int, int]:
@@ -123,8 +126,7 @@ def forget_protected():
     protection.unprotect_all()
 
 
-def test_get_pool_in_a_c_forked_child_builds_its_own_and_the_parents_survive(monkeypatch, database_url,
-                                                                              count_settles):
+def test_get_pool_in_a_c_forked_child_builds_its_own_and_the_parents_survive(monkeypatch, database_url, count_settles):
     baseline = server_sockets(database_url)
     monkeypatch.setenv("DB_POOL_SIZE", "2")
     pool = forkpool.get_pool()
@@ -160,8 +162,12 @@ def test_a_per_process_client_first_releases_everything_inherited(key, monkeypat
     baseline = server_sockets(database_url)
     monkeypatch.setenv("DB_POOL_SIZE", "1")
     pool = forkpool.get_pool()
-    make = forkpool.per_process(lambda: psycopg2.connect(database_url, application_name=forkpool.application_name()),
-                                detach=detach_inherited, close=lambda c: c.close(), key=key)
+    make = forkpool.per_process(
+        lambda: psycopg2.connect(database_url, application_name=forkpool.application_name()),
+        detach=detach_inherited,
+        close=lambda c: c.close(),
+        key=key,
+    )
 
     def backend(conn) -> int:
         with conn.cursor() as cur:
@@ -189,8 +195,9 @@ def test_a_per_process_client_first_releases_everything_inherited(key, monkeypat
 def _engine(database_url: str):
     from sqlalchemy import create_engine
 
-    return create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1), pool_size=2,
-                         max_overflow=0, pool_timeout=10)
+    return create_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg2://", 1), pool_size=2, max_overflow=0, pool_timeout=10
+    )
 
 
 def _engine_backends(engine) -> set[int]:

@@ -8,9 +8,9 @@ import psycopg2
 import pytest
 
 import forkpool
+from forkpool.flask import EXTENSION_KEY, ForkPool
 from suite.schema import init_schema
 from web import create_app
-from forkpool.flask import EXTENSION_KEY, ForkPool
 
 
 @pytest.fixture
@@ -86,13 +86,15 @@ def test_unexpected_errors_are_json_500_without_details(client):
 def test_publish_retry_on_a_silent_broker_stays_within_the_web_redis_bound():
     """kombu's publish waits its socket timeout, then connects max_retries + 1 times (sleeping the
     policy's intervals between): that worst case must fit the bound the redis-blackhole scenario checks."""
-    from harness.net_scenarios import REDIS_BOUND_S
     from forkpool.redis_client import CONNECT_TIMEOUT, SOCKET_TIMEOUT
+    from harness.net_scenarios import REDIS_BOUND_S
     from web.api import PUBLISH_RETRY
 
     retries = PUBLISH_RETRY["max_retries"]
-    sleeps = [min(PUBLISH_RETRY["interval_start"] + i * PUBLISH_RETRY["interval_step"], PUBLISH_RETRY["interval_max"])
-              for i in range(retries)]
+    sleeps = [
+        min(PUBLISH_RETRY["interval_start"] + i * PUBLISH_RETRY["interval_step"], PUBLISH_RETRY["interval_max"])
+        for i in range(retries)
+    ]
     worst = SOCKET_TIMEOUT + (retries + 1) * CONNECT_TIMEOUT + sum(sleeps)
     assert worst <= REDIS_BOUND_S, (worst, REDIS_BOUND_S)
 

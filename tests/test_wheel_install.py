@@ -18,9 +18,9 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -31,9 +31,18 @@ PYPI = "https://pypi.org/simple"
 # What the suite pulls in and the library must not.
 NOT_REQUIRED = {"flask", "celery", "gunicorn", "locust", "matplotlib", "rich", "prometheus-client", "redis"}
 INSTALLER_TOOLS = {"pip", "setuptools", "wheel"}
-NETWORK_TROUBLE = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
-                   "Name or service not known", "Max retries exceeded", "Network is unreachable", "ConnectTimeout",
-                   "ReadTimeoutError", "Could not fetch URL", "No matching distribution found")
+NETWORK_TROUBLE = (
+    "NewConnectionError",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Max retries exceeded",
+    "Network is unreachable",
+    "ConnectTimeout",
+    "ReadTimeoutError",
+    "Could not fetch URL",
+    "No matching distribution found",
+)
 
 pytestmark = pytest.mark.timeout(300)  # venv + build + install: ~10 s here, more on a slow network
 
@@ -48,16 +57,20 @@ class CleanVenv:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The venv as activated, without anything that points back at the checkout or the dev venv."""
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DATABASE_URL", "PROCESS_ROLE")
-               and not k.startswith(("DB_POOL_", "WEB_", "WORKER_", "PYTEST_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DATABASE_URL", "PROCESS_ROLE")
+            and not k.startswith(("DB_POOL_", "WEB_", "WORKER_", "PYTEST_"))
+        }
         env.update(VIRTUAL_ENV=str(self.root / "venv"), PATH=f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}")
         env.update(extra)
         return env
 
     def run(self, argv: list[str], timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=self.workdir, env=self.env(**env), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            argv, cwd=self.workdir, env=self.env(**env), capture_output=True, text=True, timeout=timeout
+        )
 
     def script(self, code: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
         path = self.workdir / "check.py"
@@ -77,21 +90,41 @@ def _offline(result: subprocess.CompletedProcess) -> bool:
 def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> CleanVenv:
     root = tmp_path_factory.mktemp("wheel-install")
     source, wheels, workdir = root / "shared", root / "wheels", root / "work"
-    shutil.copytree(REPO / "shared", source,
-                    ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        REPO / "shared", source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__")
+    )
     workdir.mkdir()
-    made = subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], capture_output=True, text=True,
-                          timeout=120)
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", str(root / "venv")], capture_output=True, text=True, timeout=120
+    )
     assert made.returncode == 0, made.stderr
     venv = CleanVenv(root, root / "venv" / "bin" / "python", root / "venv" / "bin", wheels / "unbuilt", workdir)
     pip = [str(venv.python), "-m", "pip"]
 
     # PyPI itself, not a local mirror or pip's cache: no config file, no find-links.
-    probe_env = {k: v for k, v in venv.env().items() if k not in ("PIP_FIND_LINKS", "PIP_INDEX_URL",
-                                                                    "PIP_EXTRA_INDEX_URL")}
-    probe = subprocess.run([*pip, "index", "versions", "psycopg2-binary", "--index-url", PYPI, "--no-cache-dir",
-                            "--timeout", "20", "--retries", "1"], cwd=workdir, capture_output=True, text=True,
-                           timeout=120, env={**probe_env, "PIP_CONFIG_FILE": os.devnull})
+    probe_env = {
+        k: v for k, v in venv.env().items() if k not in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+    }
+    probe = subprocess.run(
+        [
+            *pip,
+            "index",
+            "versions",
+            "psycopg2-binary",
+            "--index-url",
+            PYPI,
+            "--no-cache-dir",
+            "--timeout",
+            "20",
+            "--retries",
+            "1",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**probe_env, "PIP_CONFIG_FILE": os.devnull},
+    )
     if probe.returncode != 0 or "psycopg2-binary" not in probe.stdout:
         pytest.skip(f"pip cannot reach PyPI ({PYPI}): {_tail(probe, 2) or 'no output'}")
 
@@ -135,16 +168,24 @@ def test_only_the_driver_is_installed(clean_venv: CleanVenv, capsys: pytest.Capt
     assert library["closure"].names == ("forkpool", "psycopg2-binary")
     suite = measure(Path(sys.prefix), "forkpool-suite")  # the dev venv: the suite and its dev tools
     with capsys.disabled():
-        print("\ninstall size, (a) the library, no extras, clean venv:"
-              f"\n  {library['closure'].line()}\n  {library['environment'].line()}"
-              "\ninstall size, (b) everything the suite pulls (root project, dev venv):"
-              f"\n  {suite['closure'].line()}\n  {suite['environment'].line()}")
+        print(
+            "\ninstall size, (a) the library, no extras, clean venv:"
+            f"\n  {library['closure'].line()}\n  {library['environment'].line()}"
+            "\ninstall size, (b) everything the suite pulls (root project, dev venv):"
+            f"\n  {suite['closure'].line()}\n  {suite['environment'].line()}"
+        )
 
 
-def test_a_pool_opens_and_survives_a_fork(clean_venv: CleanVenv, database_url: str, suite_id: str,
-                                          sessions: Callable[..., list], count_settles: Callable[..., int]) -> None:
+def test_a_pool_opens_and_survives_a_fork(
+    clean_venv: CleanVenv,
+    database_url: str,
+    suite_id: str,
+    sessions: Callable[..., list],
+    count_settles: Callable[..., int],
+) -> None:
     script = clean_venv.workdir / "fork_check.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json, os, sys
         import forkpool
 
@@ -173,18 +214,29 @@ def test_a_pool_opens_and_survives_a_fork(clean_venv: CleanVenv, database_url: s
         _, status = os.waitpid(child, 0)
         print(json.dumps({"child_exit": os.waitstatus_to_exitcode(status), "parent_backend": backend_pid(pool),
                           "same_pool": forkpool.get_pool() is pool, "size": pool.stats()["size"]}), flush=True)
-    """))
-    proc = subprocess.Popen([str(clean_venv.python), str(script)], cwd=clean_venv.workdir, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_venv.env(DATABASE_URL=database_url, DB_POOL_SIZE="1", SUITE_ID=suite_id))
+    """)
+    )
+    proc = subprocess.Popen(
+        [str(clean_venv.python), str(script)],
+        cwd=clean_venv.workdir,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_venv.env(DATABASE_URL=database_url, DB_POOL_SIZE="1", SUITE_ID=suite_id),
+    )
     try:
         line = proc.stdout.readline()
         assert line, proc.communicate(timeout=30)[1]
         forked = json.loads(line)
         assert forked["child_has_own_pool"] and forked["child_backend"] != forked["parent_backend"]
         # Both processes hold exactly their own session, each named for its process.
-        assert sorted(sessions()) == sorted([(f"{suite_id}:app:{forked['parent']}", forked["parent_backend"]),
-                                             (f"{suite_id}:app:{forked['child']}", forked["child_backend"])])
+        assert sorted(sessions()) == sorted(
+            [
+                (f"{suite_id}:app:{forked['parent']}", forked["parent_backend"]),
+                (f"{suite_id}:app:{forked['child']}", forked["child_backend"]),
+            ]
+        )
         out, err = proc.communicate("go\n", timeout=30)
     finally:
         if proc.poll() is None:
@@ -207,7 +259,8 @@ def test_the_forkpool_command_runs(clean_venv: CleanVenv) -> None:
     assert "budget" in library_commands
     # Exactly the library's own: none of the commands the suite adds through entry points.
     suite_commands = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"][
-        "forkpool.commands"]
+        "forkpool.commands"
+    ]
     assert suite_commands and not set(suite_commands) & set(library_commands)
     assert [line.split()[0] for line in listed.splitlines()] == library_commands
 
@@ -245,8 +298,13 @@ def test_an_extra_backed_feature_names_its_extra(clean_venv: CleanVenv) -> None:
     """)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
-    expected_extra = {"get_redis": "redis", "metrics": "prometheus", "metrics again": "prometheus",
-                      "flask": "flask", "wire_celery": "celery"}
+    expected_extra = {
+        "get_redis": "redis",
+        "metrics": "prometheus",
+        "metrics again": "prometheus",
+        "flask": "flask",
+        "wire_celery": "celery",
+    }
     for label, extra in expected_extra.items():
         kind, is_import_error, message = seen[label]
         assert (kind, is_import_error) == ("MissingExtra", True), (label, seen[label])

@@ -120,8 +120,8 @@ class WireLog:
             kind, length = buffer[:1], struct.unpack("!i", buffer[1:5])[0]
             if len(buffer) < 1 + length:
                 return buffer, started
-            body = buffer[5:1 + length]
-            buffer = buffer[1 + length:]
+            body = buffer[5 : 1 + length]
+            buffer = buffer[1 + length :]
             if kind == b"Q":
                 self._add(body.split(b"\0", 1)[0])
             elif kind == b"P":

@@ -34,12 +34,17 @@ DATABASE_RETRY_AFTER = "2"  # a server (PostgreSQL, Redis) coming back takes lon
 # Werkzeug's names and descriptions: the ASGI app and the django stack answer a bad request as the Flask app does.
 HTTP_ERRORS = {
     400: ("bad_request", "The browser (or proxy) sent a request that this server could not understand."),
-    404: ("not_found", "The requested URL was not found on the server. If you entered the URL manually please "
-                       "check your spelling and try again."),
+    404: (
+        "not_found",
+        "The requested URL was not found on the server. If you entered the URL manually please "
+        "check your spelling and try again.",
+    ),
     405: ("method_not_allowed", "The method is not allowed for the requested URL."),
     413: ("request_entity_too_large", "The data value transmitted exceeds the capacity limit."),
-    415: ("unsupported_media_type", "Did not attempt to load JSON data because the request Content-Type was not "
-                                    "'application/json'."),
+    415: (
+        "unsupported_media_type",
+        "Did not attempt to load JSON data because the request Content-Type was not 'application/json'.",
+    ),
 }
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
-from forkpool.settings import env_int
-
-from .errors import register_error_handlers
 from forkpool.flask import ForkPool
+from forkpool.settings import env_int
 from suite.stacks import FLASK_SQLALCHEMY, stack
+
 from .api import DEFAULT_MAX_BODY_BYTES
+from .errors import register_error_handlers
 from .openapi import openapi_bp
 from .views import api
 

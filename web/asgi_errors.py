@@ -10,8 +10,9 @@ HTML, no traceback, no SQL, no password.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import psycopg
 import redis
@@ -30,8 +31,14 @@ logger = logging.getLogger("forkpool.web")
 Handler = Callable[[Request, Any], Awaitable[Response]]
 
 
-def error_response(status: int, error: str, message: str, retry_after: str | None = None,
-                   headers: dict[str, str] | None = None, **extra: object) -> JSONResponse:
+def error_response(
+    status: int,
+    error: str,
+    message: str,
+    retry_after: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: object,
+) -> JSONResponse:
     response = JSONResponse({"error": error, "message": message, **extra}, status_code=status, headers=headers)
     if retry_after:
         response.headers["Retry-After"] = retry_after
@@ -53,20 +60,23 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
 
 async def pool_busy(request: Request, exc: Exception) -> Response:
     logger.warning("503: %s", exc)
-    return error_response(503, "pool_timeout", "all database connections are busy; retry shortly",
-                          retry_after=POOL_RETRY_AFTER)
+    return error_response(
+        503, "pool_timeout", "all database connections are busy; retry shortly", retry_after=POOL_RETRY_AFTER
+    )
 
 
 async def database_down(request: Request, exc: Exception) -> Response:
     logger.warning("503: database unavailable: %s", type(exc).__name__)
-    return error_response(503, "database_unavailable", "the database is unavailable; retry shortly",
-                          retry_after=DATABASE_RETRY_AFTER)
+    return error_response(
+        503, "database_unavailable", "the database is unavailable; retry shortly", retry_after=DATABASE_RETRY_AFTER
+    )
 
 
 async def broker_down(request: Request, exc: Exception) -> Response:
     logger.warning("503: broker unavailable: %s", type(exc).__name__)
-    return error_response(503, "queue_unavailable", "the task queue is unavailable; retry shortly",
-                          retry_after=DATABASE_RETRY_AFTER)
+    return error_response(
+        503, "queue_unavailable", "the task queue is unavailable; retry shortly", retry_after=DATABASE_RETRY_AFTER
+    )
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:

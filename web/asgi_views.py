@@ -15,7 +15,8 @@ import functools
 import json
 import os
 import uuid
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from celery.result import AsyncResult
@@ -89,13 +90,15 @@ async def readyz(request: Request) -> Response:
 
 async def pool_info(request: Request) -> Response:
     pool = await forkpool.get_async_pool()
-    return JSONResponse({
-        "pid": os.getpid(),
-        "role": forkpool.process_role(),
-        "suite_id": forkpool.suite_id(),
-        "pool": pool.stats(),
-        "pools": forkpool.async_stats(),
-    })
+    return JSONResponse(
+        {
+            "pid": os.getpid(),
+            "role": forkpool.process_role(),
+            "suite_id": forkpool.suite_id(),
+            "pool": pool.stats(),
+            "pools": forkpool.async_stats(),
+        }
+    )
 
 
 async def prometheus_metrics(request: Request) -> Response:
@@ -130,8 +133,7 @@ async def list_items(request: Request) -> Response:
     after = int_param(request.query_params, "after", 0, 0, BIGINT_MAX)
     pool = await forkpool.get_async_pool()
     async with pool.connection() as conn:
-        cur = await conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id > %s ORDER BY id LIMIT %s",
-                                 (after, limit))
+        cur = await conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
         rows = await cur.fetchall()
     return JSONResponse(item_page(rows, limit))
 
@@ -151,8 +153,7 @@ async def get_item(request: Request) -> Response:
 
 def _publish(kind: str, kwargs: dict[str, Any], job_id: str) -> None:
     # In a thread: kombu connects, publishes and retries on blocking sockets.
-    get_celery().send_task(TASK_FOR_KIND[kind], kwargs=kwargs, task_id=job_id, retry=True,
-                           retry_policy=PUBLISH_RETRY)
+    get_celery().send_task(TASK_FOR_KIND[kind], kwargs=kwargs, task_id=job_id, retry=True, retry_policy=PUBLISH_RETRY)
 
 
 async def enqueue_job(request: Request) -> Response:

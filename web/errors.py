@@ -16,8 +16,7 @@ from suite.stacks import stack_errors
 from .api import DATABASE_RETRY_AFTER, POOL_RETRY_AFTER
 from .schemas import ValidationFailed
 
-__all__ = ["DATABASE_RETRY_AFTER", "POOL_RETRY_AFTER", "ValidationFailed", "error_response",
-           "register_error_handlers"]
+__all__ = ["DATABASE_RETRY_AFTER", "POOL_RETRY_AFTER", "ValidationFailed", "error_response", "register_error_handlers"]
 
 logger = logging.getLogger("forkpool.web")
 
@@ -47,15 +46,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(TooManyWaiting)
     def pool_busy(exc: Exception):
         logger.warning("503: %s", exc)
-        return error_response(503, "pool_timeout", "all database connections are busy; retry shortly",
-                              retry_after=POOL_RETRY_AFTER)
+        return error_response(
+            503, "pool_timeout", "all database connections are busy; retry shortly", retry_after=POOL_RETRY_AFTER
+        )
 
     @app.errorhandler(ConnectError)
     @app.errorhandler(psycopg2.OperationalError)
     def database_down(exc: Exception):
         logger.warning("503: database unavailable: %s", type(exc).__name__)
-        return error_response(503, "database_unavailable", "the database is unavailable; retry shortly",
-                              retry_after=DATABASE_RETRY_AFTER)
+        return error_response(
+            503, "database_unavailable", "the database is unavailable; retry shortly", retry_after=DATABASE_RETRY_AFTER
+        )
 
     for error in busy_errors:
         app.register_error_handler(error, pool_busy)
@@ -66,10 +67,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def broker_down(exc: Exception):
         logger.warning("503: broker unavailable: %s", type(exc).__name__)
-        return error_response(503, "queue_unavailable", "the task queue is unavailable; retry shortly",
-                              retry_after=DATABASE_RETRY_AFTER)
+        return error_response(
+            503, "queue_unavailable", "the task queue is unavailable; retry shortly", retry_after=DATABASE_RETRY_AFTER
+        )
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        logger.exception("500: unhandled error")
+        logger.exception("500: unhandled error")  # noqa: LOG004 - Flask calls error handlers inside its except block
         return error_response(500, "internal_error", "internal server error")

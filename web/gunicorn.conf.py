@@ -8,7 +8,14 @@ import sys
 
 from forkpool.errors import ConfigError
 from forkpool.gunicorn import (  # noqa: F401
-    child_exit, on_exit, on_starting, post_fork, post_worker_init, pre_fork, when_ready, worker_exit,
+    child_exit,
+    on_exit,
+    on_starting,
+    post_fork,
+    post_worker_init,
+    pre_fork,
+    when_ready,
+    worker_exit,
 )
 from web.server_settings import gunicorn_settings, web_server_settings
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from psycopg2.pool import ThreadedConnectionPool
 
+from forkpool.flask import ForkPool
 from forkpool.identity import application_name
 from forkpool.settings import build_settings, settings_from_env
 from web import create_app
-from forkpool.flask import ForkPool
 
 
 class InheritedPool:

@@ -45,13 +45,19 @@ def request_schemas() -> dict[str, dict[str, Any]]:
     """The request-body schemas, by component name, built from the models the views validate with."""
     components: dict[str, Any] = {}
     item_in = _hoist(ItemIn.model_json_schema(ref_template=REF, mode="validation"), components)
-    item_in.setdefault("description", "A new item. Text anywhere in it (name, payload keys and strings) "
-                                      "must not contain NUL characters or lone surrogates, numbers must be "
-                                      f"finite, and the payload may nest at most {MAX_DEPTH} levels deep.")
+    item_in.setdefault(
+        "description",
+        "A new item. Text anywhere in it (name, payload keys and strings) "
+        "must not contain NUL characters or lone surrogates, numbers must be "
+        f"finite, and the payload may nest at most {MAX_DEPTH} levels deep.",
+    )
     job = _hoist(JOB_ADAPTER.json_schema(ref_template=REF, mode="validation"), components)
     job["title"] = "Job"
-    job.setdefault("description", "A job for the workers, by kind. Text in it must not contain NUL characters, "
-                                  f"and `data` may nest at most {MAX_DEPTH} levels deep.")
+    job.setdefault(
+        "description",
+        "A job for the workers, by kind. Text in it must not contain NUL characters, "
+        f"and `data` may nest at most {MAX_DEPTH} levels deep.",
+    )
     components["ItemIn"] = item_in
     components["Job"] = job
     return components
@@ -68,11 +74,16 @@ def _error_schemas() -> dict[str, Any]:
             "type": "object",
             "description": "Every error is a JSON object: no HTML, no traceback, no SQL.",
             "properties": {
-                "error": {"type": "string", "description": "a machine-readable code, e.g. invalid_request, "
-                                                          "not_found, pool_timeout"},
+                "error": {
+                    "type": "string",
+                    "description": "a machine-readable code, e.g. invalid_request, not_found, pool_timeout",
+                },
                 "message": {"type": "string"},
-                "details": {"type": "array", "items": _ref("ErrorDetail"),
-                            "description": "where and why a request body or parameter does not fit (400)"},
+                "details": {
+                    "type": "array",
+                    "items": _ref("ErrorDetail"),
+                    "description": "where and why a request body or parameter does not fit (400)",
+                },
             },
             "required": ["error", "message"],
         },
@@ -96,15 +107,19 @@ def _response_schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "items": {"type": "array", "items": _ref("Item")},
-                "next_after": {"anyOf": [{"type": "integer"}, {"type": "null"}],
-                               "description": "pass as `after` for the next page; null on the last page"},
+                "next_after": {
+                    "anyOf": [{"type": "integer"}, {"type": "null"}],
+                    "description": "pass as `after` for the next page; null on the last page",
+                },
             },
             "required": ["items", "next_after"],
         },
         "JobAccepted": {
             "type": "object",
-            "properties": {"id": {"type": "string", "format": "uuid"},
-                           "kind": {"type": "string", "enum": ["record_event", "aggregate", "hold"]}},
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "kind": {"type": "string", "enum": ["record_event", "aggregate", "hold"]},
+            },
             "required": ["id", "kind"],
         },
         "JobStatus": {
@@ -129,8 +144,10 @@ def _response_schemas() -> dict[str, Any]:
                 "ready": {"type": "boolean"},
                 "pid": count,
                 "pools": {"type": "object", "additionalProperties": {"type": "object"}},
-                "redis": {"type": "object", "properties": {"ok": {"type": "boolean"},
-                                                           "error": {"type": ["string", "null"]}}},
+                "redis": {
+                    "type": "object",
+                    "properties": {"ok": {"type": "boolean"}, "error": {"type": ["string", "null"]}},
+                },
             },
             "required": ["ready", "pid", "pools", "redis"],
         },
@@ -150,14 +167,13 @@ def _response_schemas() -> dict[str, Any]:
 
 
 _ERROR_DESCRIPTIONS = {
-    "400": "Bad request: malformed JSON, a body that is not an object or does not fit the schema, "
-           "or a bad parameter",
+    "400": "Bad request: malformed JSON, a body that is not an object or does not fit the schema, or a bad parameter",
     "404": "Not found",
     "405": "Method not allowed",
     "413": "Request body too large (WEB_MAX_BODY_BYTES)",
     "415": "Unsupported media type: the body must be application/json",
     "503": "Service unavailable: the pool is busy, or the database or task queue is unreachable; "
-           "retry after Retry-After seconds",
+    "retry after Retry-After seconds",
     "default": "Unexpected error (500), still a JSON error body",
 }
 
@@ -165,11 +181,14 @@ _ERROR_DESCRIPTIONS = {
 def _error_responses() -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, description in _ERROR_DESCRIPTIONS.items():
-        response: dict[str, Any] = {"description": description,
-                                    "content": {"application/json": {"schema": _ref("Error")}}}
+        response: dict[str, Any] = {
+            "description": description,
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
         if status == "503":
-            response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
-                                                   "schema": {"type": "integer"}}}
+            response["headers"] = {
+                "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+            }
         responses[f"Error{status.capitalize()}"] = response
     return responses
 
@@ -184,8 +203,13 @@ def _order(status: str) -> tuple[int, str]:
     return (1, status) if status == "default" else (0, status)
 
 
-def _ok(status: str, description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None,
-        media: str = "application/json") -> dict[str, Any]:
+def _ok(
+    status: str,
+    description: str,
+    schema: dict[str, Any],
+    headers: dict[str, Any] | None = None,
+    media: str = "application/json",
+) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description, "content": {media: {"schema": schema}}}
     if headers:
         response["headers"] = headers
@@ -195,10 +219,12 @@ def _ok(status: str, description: str, schema: dict[str, Any], headers: dict[str
 def _json_body(name: str, examples: dict[str, Any]) -> dict[str, Any]:
     return {
         "required": True,
-        "content": {"application/json": {
-            "schema": _ref(name),
-            "examples": {key: {"value": value} for key, value in examples.items()},
-        }},
+        "content": {
+            "application/json": {
+                "schema": _ref(name),
+                "examples": {key: {"value": value} for key, value in examples.items()},
+            }
+        },
     }
 
 
@@ -222,71 +248,117 @@ JOB_EXAMPLES: dict[str, Any] = {
 
 def _paths() -> dict[str, Any]:
     return {
-        "/healthz": {"get": {
-            "operationId": "healthz", "summary": "Liveness (no I/O)", "tags": ["health"],
-            "responses": {**_ok("200", "Alive", _ref("Health")), **_errors()},
-        }},
-        "/readyz": {"get": {
-            "operationId": "readyz", "summary": "Readiness: PostgreSQL and Redis reachable", "tags": ["health"],
-            "responses": {
-                **_ok("200", "Ready", _ref("Readiness")),
-                "503": {"description": "Not ready (the same body, ready: false)",
-                        "content": {"application/json": {"schema": _ref("Readiness")}}},
-                **_errors(),
-            },
-        }},
-        "/pool": {"get": {
-            "operationId": "poolInfo", "summary": "This worker's pid, role and pool statistics", "tags": ["health"],
-            "responses": {**_ok("200", "Pool statistics", _ref("PoolInfo")), **_errors("503")},
-        }},
-        "/metrics": {"get": {
-            "operationId": "metrics", "summary": "Prometheus metrics of the suite's pools", "tags": ["health"],
-            "responses": {**_ok("200", "Prometheus text exposition format", {"type": "string"},
-                                media="text/plain"), **_errors()},
-        }},
-        "/openapi.json": {"get": {
-            "operationId": "openapi", "summary": "This description", "tags": ["meta"],
-            "responses": {**_ok("200", "OpenAPI 3.1 document", {"type": "object"}), **_errors()},
-        }},
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness (no I/O)",
+                "tags": ["health"],
+                "responses": {**_ok("200", "Alive", _ref("Health")), **_errors()},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: PostgreSQL and Redis reachable",
+                "tags": ["health"],
+                "responses": {
+                    **_ok("200", "Ready", _ref("Readiness")),
+                    "503": {
+                        "description": "Not ready (the same body, ready: false)",
+                        "content": {"application/json": {"schema": _ref("Readiness")}},
+                    },
+                    **_errors(),
+                },
+            }
+        },
+        "/pool": {
+            "get": {
+                "operationId": "poolInfo",
+                "summary": "This worker's pid, role and pool statistics",
+                "tags": ["health"],
+                "responses": {**_ok("200", "Pool statistics", _ref("PoolInfo")), **_errors("503")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of the suite's pools",
+                "tags": ["health"],
+                "responses": {
+                    **_ok("200", "Prometheus text exposition format", {"type": "string"}, media="text/plain"),
+                    **_errors(),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This description",
+                "tags": ["meta"],
+                "responses": {**_ok("200", "OpenAPI 3.1 document", {"type": "object"}), **_errors()},
+            }
+        },
         "/items": {
             "get": {
-                "operationId": "listItems", "summary": "A page of items in id order (keyset pagination)",
+                "operationId": "listItems",
+                "summary": "A page of items in id order (keyset pagination)",
                 "tags": ["items"],
                 "parameters": [
-                    {"name": "limit", "in": "query", "required": False, "description": "page size",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": LIMIT_DEFAULT}},
-                    {"name": "after", "in": "query", "required": False,
-                     "description": "return items with an id greater than this (next_after of the previous page)",
-                     "schema": {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX, "default": 0}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "page size",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": LIMIT_DEFAULT},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "return items with an id greater than this (next_after of the previous page)",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX, "default": 0},
+                    },
                 ],
                 "responses": {**_ok("200", "A page of items", _ref("ItemPage")), **_errors("400", "503")},
             },
             "post": {
-                "operationId": "createItem", "summary": "Create an item", "tags": ["items"],
+                "operationId": "createItem",
+                "summary": "Create an item",
+                "tags": ["items"],
                 "requestBody": _json_body("ItemIn", ITEM_EXAMPLES),
-                "responses": {**_ok("201", "Created", _ref("Item"), LOCATION),
-                              **_errors("400", "413", "415", "503")},
+                "responses": {**_ok("201", "Created", _ref("Item"), LOCATION), **_errors("400", "413", "415", "503")},
             },
         },
         "/items/{item_id}": {
-            "parameters": [{"name": "item_id", "in": "path", "required": True,
-                            "schema": {"type": "integer", "minimum": 0}}],
+            "parameters": [
+                {"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+            ],
             "get": {
-                "operationId": "getItem", "summary": "One item", "tags": ["items"],
+                "operationId": "getItem",
+                "summary": "One item",
+                "tags": ["items"],
                 "responses": {**_ok("200", "The item", _ref("Item")), **_errors("404", "503")},
             },
         },
-        "/jobs": {"post": {
-            "operationId": "enqueueJob", "summary": "Enqueue a job for the Celery workers", "tags": ["jobs"],
-            "requestBody": _json_body("Job", JOB_EXAMPLES),
-            "responses": {**_ok("202", "Accepted: poll GET /jobs/{id}", _ref("JobAccepted"), LOCATION),
-                          **_errors("400", "413", "415", "503")},
-        }},
+        "/jobs": {
+            "post": {
+                "operationId": "enqueueJob",
+                "summary": "Enqueue a job for the Celery workers",
+                "tags": ["jobs"],
+                "requestBody": _json_body("Job", JOB_EXAMPLES),
+                "responses": {
+                    **_ok("202", "Accepted: poll GET /jobs/{id}", _ref("JobAccepted"), LOCATION),
+                    **_errors("400", "413", "415", "503"),
+                },
+            }
+        },
         "/jobs/{job_id}": {
-            "parameters": [{"name": "job_id", "in": "path", "required": True,
-                            "schema": {"type": "string", "format": "uuid"}}],
+            "parameters": [
+                {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+            ],
             "get": {
-                "operationId": "jobStatus", "summary": "A job's state, and its result once finished",
+                "operationId": "jobStatus",
+                "summary": "A job's state, and its result once finished",
                 "tags": ["jobs"],
                 "responses": {**_ok("200", "The job", _ref("JobStatus")), **_errors("404", "503")},
             },
@@ -303,8 +375,8 @@ def _spec() -> dict[str, Any]:
             "title": "forkpool",
             "version": API_VERSION,
             "description": "The forkpool suite's HTTP API: health, items, jobs and this worker's pool. "
-                           "Every request and response body is JSON (but /metrics); every error is a JSON "
-                           "object with an `error` code and a `message`.",
+            "Every request and response body is JSON (but /metrics); every error is a JSON "
+            "object with an `error` code and a `message`.",
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "tags": [{"name": name} for name in ("health", "items", "jobs", "meta")],

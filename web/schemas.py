@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -38,8 +38,10 @@ class ItemIn(BaseModel):
 def describe(exc: ValidationError) -> list[dict[str, str]]:
     """Where and why, without echoing the input back."""
     return [
-        {"loc": ".".join(str(part) for part in err["loc"]) or "body",  # not the union tag error: it quotes the input
-         "msg": err["msg"].rsplit(" found using ", 1)[-1] if err["type"] == "union_tag_invalid" else err["msg"]}
+        {
+            "loc": ".".join(str(part) for part in err["loc"]) or "body",  # not the union tag error: it quotes the input
+            "msg": err["msg"].rsplit(" found using ", 1)[-1] if err["type"] == "union_tag_invalid" else err["msg"],
+        }
         for err in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
 

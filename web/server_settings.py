@@ -8,12 +8,13 @@ naming the variable, instead of workers that fail later.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from forkpool.errors import ConfigError
-from suite.logging_setup import logging_config
 from forkpool.settings import build_settings, env_bool, env_int, settings_from_env
+from suite.logging_setup import logging_config
 
 DEFAULT_PORT = 8000
 DEFAULT_ASGI_PORT = 8001

@@ -23,8 +23,9 @@ _G_KEY = "_stack_checkout"
 class SQLAlchemyBinding:
     def __init__(self, app: Flask) -> None:
         app.config.setdefault("SQLALCHEMY_DATABASE_URI", sqlalchemy_url())
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
-                              {"pool_size": pool_size(), "max_overflow": 0, "pool_timeout": 10})
+        app.config.setdefault(
+            "SQLALCHEMY_ENGINE_OPTIONS", {"pool_size": pool_size(), "max_overflow": 0, "pool_timeout": 10}
+        )
         self.app = app
         self.db = SQLAlchemy(app)
         forkpool.protect(self.db, eager=True)  # the ceiling: every process opens its whole pool at start
@@ -32,7 +33,7 @@ class SQLAlchemyBinding:
         app.teardown_appcontext(self._give_back)
 
     @property
-    def pool(self) -> "SQLAlchemyBinding":
+    def pool(self) -> SQLAlchemyBinding:
         return self  # the views call db().pool.stats()
 
     def stats(self) -> dict[str, Any]:

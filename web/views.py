@@ -12,13 +12,13 @@ from celery.result import AsyncResult
 from flask import Blueprint, Response, abort, jsonify, request
 from psycopg2.extras import Json
 
-from forkpool import all_stats, get_redis, manager_stats, process_role, suite_id
-from forkpool import metrics
+from forkpool import all_stats, get_redis, manager_stats, metrics, process_role, suite_id
+from forkpool.flask import db
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
 
-from forkpool.flask import db
-from .api import ITEM_COLUMNS, JOB_TTL_SECONDS, PUBLISH_RETRY, is_uuid as _is_uuid, item_json, item_page
+from .api import ITEM_COLUMNS, JOB_TTL_SECONDS, PUBLISH_RETRY, item_json, item_page
+from .api import is_uuid as _is_uuid
 from .api import job_key as _job_key
 from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn, ValidationFailed, int_param, validate_body
 
@@ -114,8 +114,11 @@ def enqueue_job():
     # (a failed publish leaves the key to expire: web/api.py, PUBLISH_RETRY).
     get_redis().set(_job_key(job_id), job.kind, ex=JOB_TTL_SECONDS)
     get_celery().send_task(
-        TASK_FOR_KIND[job.kind], kwargs=job.args.model_dump(), task_id=job_id,
-        retry=True, retry_policy=PUBLISH_RETRY,
+        TASK_FOR_KIND[job.kind],
+        kwargs=job.args.model_dump(),
+        task_id=job_id,
+        retry=True,
+        retry_policy=PUBLISH_RETRY,
     )
     return jsonify({"id": job_id, "kind": job.kind}), 202, {"Location": f"/jobs/{job_id}"}
 

@@ -1,10 +1,10 @@
 """All of the workers' Celery settings, in one module (``app.config_from_object``)."""
 
+from forkpool.redis_client import network_options
+from forkpool.settings import env_int
 from suite.queue import broker_url as _broker_url
 from suite.queue import queue_name
 from suite.queue import result_backend as _result_backend
-from forkpool.redis_client import network_options
-from forkpool.settings import env_int
 
 broker_url = _broker_url()
 result_backend = _result_backend()
@@ -38,8 +38,11 @@ broker_connection_retry_on_startup = True
 # with --without-heartbeat (Procfile, docker-compose.yml, the harness): the heartbeat publishes in
 # the consumer's event loop with no retry limit (celery#4804), which froze the consumer for as long
 # as the broker was silent; nothing here reads heartbeats (no gossip, no Flower).
-broker_transport_options = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
-                            "health_check_interval": 5, **network_options()}
+broker_transport_options = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+    "health_check_interval": 5,
+    **network_options(),
+}
 # The result backend: the same bounds (its socket timeout is 120 s by default).
 redis_socket_connect_timeout = network_options()["socket_connect_timeout"]
 redis_socket_timeout = network_options()["socket_timeout"]

@@ -52,10 +52,7 @@ def record_event(**kwargs: Any) -> dict[str, Any]:
 def aggregate(**kwargs: Any) -> dict[str, Any]:
     _parse(AggregateArgs, kwargs)
     with worker_store().connection() as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*), count(payload), coalesce(max(id), 0), "
-            "(SELECT count(*) FROM events) FROM items"
-        )
+        cur.execute("SELECT count(*), count(payload), coalesce(max(id), 0), (SELECT count(*) FROM events) FROM items")
         items, with_payload, last_id, events = cur.fetchone()
     return {"items": items, "items_with_payload": with_payload, "last_item_id": last_id, "events": events}
 

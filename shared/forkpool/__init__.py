@@ -48,12 +48,11 @@ from .errors import (
 from .extras import MissingExtra
 from .health import health_check
 from .identity import application_name, process_role, set_identity, set_process_role, suite_id
-from .per_process import PerProcess, per_process
+from .per_process import PerProcess, after_fork_in_child, per_process
 from .pool import Pool
 from .protection import protect
 from .redis_client import get_redis
 from .registry import (
-    after_fork_in_child,
     all_stats,
     close_all,
     configure,
@@ -67,13 +66,6 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AsyncPool",
-    "async_health_check",
-    "async_stats",
-    "close_async_pools",
-    "close_async_redis",
-    "get_async_redis",
-    "get_async_pool",
-    "open_async_pools",
     "ConfigError",
     "ConnectError",
     "ForkpoolError",
@@ -88,12 +80,19 @@ __all__ = [
     "after_fork_in_child",
     "all_stats",
     "application_name",
+    "async_health_check",
+    "async_stats",
     "close_all",
+    "close_async_pools",
+    "close_async_redis",
     "configure",
+    "get_async_pool",
+    "get_async_redis",
     "get_pool",
     "get_redis",
     "health_check",
     "manager_stats",
+    "open_async_pools",
     "per_process",
     "pool_for",
     "process_role",
@@ -103,4 +102,3 @@ __all__ = [
     "stats",
     "suite_id",
 ]
-

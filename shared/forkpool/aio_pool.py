@@ -22,8 +22,9 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from . import stats as keys
 from .aio_upkeep import AsyncPoolUpkeep
@@ -44,8 +45,14 @@ _monotonic = time.monotonic
 class AsyncPool(AsyncPoolUpkeep):
     """Connections to one server and database, for the coroutines of one event loop in one process."""
 
-    def __init__(self, settings: PoolSettings, name: str = "default", *,
-                 configure: Callable[[Any], Any] | None = None, reset: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: PoolSettings,
+        name: str = "default",
+        *,
+        configure: Callable[[Any], Any] | None = None,
+        reset: Callable[[Any], Any] | None = None,
+    ) -> None:
         """`configure` / `reset`: per-connection hooks, plain or coroutine functions (replacing the settings')."""
         settings = with_hooks(settings, configure, reset)
         psycopg = import_extra("psycopg", "psycopg", "forkpool's asyncio pool")
@@ -150,8 +157,12 @@ class AsyncPool(AsyncPoolUpkeep):
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:  # noqa: BLE001 - any failure of the hook discards the connection
-            logger.warning("%r: reset hook %s failed, connection discarded: %s", self, hook_name(hook),
-                           self._describe(exc) if isinstance(exc, self._psycopg.Error) else type(exc).__name__)
+            logger.warning(
+                "%r: reset hook %s failed, connection discarded: %s",
+                self,
+                hook_name(hook),
+                self._describe(exc) if isinstance(exc, self._psycopg.Error) else type(exc).__name__,
+            )
             return False
         if conn.pgconn.transaction_status != self._idle_status:
             logger.warning("%r: reset hook %s left a transaction open: connection discarded", self, hook_name(hook))
@@ -276,8 +287,12 @@ class AsyncPool(AsyncPoolUpkeep):
             return  # served, cancelled or failed first
         self._leave(future)
         self._counts[keys.TIMEOUTS] += 1
-        future.set_exception(PoolTimeout(f"{self!r}: no connection free after {wait:.3g} s "
-                                         f"(max_size {self.settings.max_size}, {len(self._in_use)} in use)"))
+        future.set_exception(
+            PoolTimeout(
+                f"{self!r}: no connection free after {wait:.3g} s "
+                f"(max_size {self.settings.max_size}, {len(self._in_use)} in use)"
+            )
+        )
 
     def _leave(self, future: asyncio.Future[Entry]) -> None:
         for item in self._waiting:
@@ -361,7 +376,9 @@ class AsyncPool(AsyncPoolUpkeep):
         except self._psycopg.Error as exc:
             raise failed(f"configure hook {hook_name(hook)} failed: {describe_error(exc)}") from exc
         except Exception as exc:
-            raise failed(f"configure hook {hook_name(hook)} failed: {type(exc).__name__}: {describe_error(exc)}") from exc
+            raise failed(
+                f"configure hook {hook_name(hook)} failed: {type(exc).__name__}: {describe_error(exc)}"
+            ) from exc
         if not self._is_clean(conn):
             raise failed(setup_left_dirty(hook, conn.pgconn.transaction_status != self._idle_status))
 
@@ -378,9 +395,12 @@ class AsyncPool(AsyncPoolUpkeep):
 
     async def _usable(self, entry: Entry) -> bool:
         idle_for = entry.checked_out_at - entry.returned_at
-        if idle_for < self.settings.check_idle and entry.verified_at >= self._suspect_before:
-            if idle_for < JUST_RETURNED or not entry.socket_has_news():
-                return True
+        if (
+            idle_for < self.settings.check_idle
+            and entry.verified_at >= self._suspect_before
+            and (idle_for < JUST_RETURNED or not entry.socket_has_news())
+        ):
+            return True
         self._counts[keys.CHECKS] += 1
         try:
             await entry.conn.execute("SELECT 1")

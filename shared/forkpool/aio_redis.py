@@ -47,7 +47,7 @@ class LoopClients:
     """This process's asyncio clients, by event loop (held weakly: a finished loop's client goes with it)."""
 
     def __init__(self) -> None:
-        self.by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+        self.by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
 
 def _connections(client: Any) -> list[Any]:
@@ -87,9 +87,11 @@ def _drop(clients: LoopClients) -> None:
 _loop_clients = per_process(LoopClients, detach=_detach, close=_drop, key="forkpool.async_redis")
 
 
-def _new_client() -> "redis.asyncio.Redis":
-    aioredis = import_extra("redis.asyncio", "redis", "forkpool.get_async_redis")
-    return aioredis.Redis.from_url(  # type: ignore[no-any-return]
+def _new_client() -> redis.asyncio.Redis:
+    import_extra("redis.asyncio", "redis", "forkpool.get_async_redis")
+    from redis.asyncio import Redis
+
+    return Redis.from_url(
         redis_url(),
         client_name=application_name(),
         socket_connect_timeout=5,
@@ -98,7 +100,7 @@ def _new_client() -> "redis.asyncio.Redis":
     )
 
 
-def get_async_redis() -> "redis.asyncio.Redis":
+def get_async_redis() -> redis.asyncio.Redis:
     """This process's and this loop's client (from ``REDIS_URL``): made on first use, the same object after.
 
     Call it from a coroutine: the client belongs to the running loop. Making it

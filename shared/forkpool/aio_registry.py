@@ -31,8 +31,9 @@ class LoopPools:
     """This process's async pools, by event loop then name."""
 
     def __init__(self) -> None:
-        self.by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncPool]]" = (
-            weakref.WeakKeyDictionary())
+        self.by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncPool]] = (
+            weakref.WeakKeyDictionary()
+        )
 
 
 _loop_pools = per_process(LoopPools, key="forkpool.async_pools")

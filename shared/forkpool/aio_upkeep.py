@@ -40,10 +40,12 @@ class AsyncPoolUpkeep:
     _suspect_before: float
     _psycopg: Any
 
-    def _size(self) -> int: ...  # noqa: E704 - implemented by AsyncPool
-    def _hand_over(self, entry: Entry) -> None: ...  # noqa: E704
-    def _describe(self, exc: BaseException) -> str: ...  # noqa: E704
-    async def connect(self, timeout: float | None = None) -> Entry: ...  # noqa: E704
+    if TYPE_CHECKING:  # implemented by AsyncPool
+
+        def _size(self) -> int: ...
+        def _hand_over(self, entry: Entry) -> None: ...
+        def _describe(self, exc: BaseException) -> str: ...
+        async def connect(self, timeout: float | None = None) -> Entry: ...
 
     def _init_upkeep(self) -> None:
         self._task: asyncio.Task[None] | None = None
@@ -59,8 +61,9 @@ class AsyncPoolUpkeep:
         """Open connections up to the deficit; False on the first failure (the caller backs off)."""
         total = self._size() + self._opening
         waiting = sum(1 for f, _ in self._waiting if not f.done())
-        wanted = 0 if self._closed else max(self.settings.min_size - total,
-                                            min(waiting, self.settings.max_size - total), 0)
+        wanted = (
+            0 if self._closed else max(self.settings.min_size - total, min(waiting, self.settings.max_size - total), 0)
+        )
         self._opening += wanted  # reserved before the first await
         for done in range(wanted):
             left = None if deadline is None else deadline - time.monotonic()
@@ -121,8 +124,13 @@ class AsyncPoolUpkeep:
                 entry.leak_reported = True
                 self._counts[keys.LEAK_WARNINGS] += 1
                 stack = "".join(entry.checkout_stack or ["  (stack not recorded)\n"])
-                logger.warning("%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); "
-                               "checked out at:\n%s", self, now - entry.checked_out_at, limit, stack)
+                logger.warning(
+                    "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
+                    self,
+                    now - entry.checked_out_at,
+                    limit,
+                    stack,
+                )
 
     def _start_maintainer(self) -> None:
         if self._task is None and not self._closed:
@@ -164,7 +172,7 @@ class AsyncPoolUpkeep:
                 self._publish()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the task must outlive any one bad round
+            except Exception:  # the task must outlive any one bad round
                 logger.exception("%r: maintenance round failed", self)
                 filled = False
             if filled:
@@ -183,7 +191,7 @@ class AsyncPoolUpkeep:
         for publish, _ in list(stats_listeners().values()):
             try:
                 publish(self)
-            except Exception:  # noqa: BLE001 - metrics are best effort
+            except Exception:  # metrics are best effort
                 logger.debug("%r: exporting metrics failed", self, exc_info=True)
 
 

@@ -25,8 +25,9 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -143,8 +144,10 @@ class Budget:
                 f"needed:  PgBouncer pool {b.pool_size} + reserve {b.reserve} + other clients {p.other_clients}"
                 f" = {self.needed} server connections",
             ]
-        lines.append(f"server:  max_connections {s.max_connections} - superuser_reserved {s.superuser_reserved}"
-                     f" - reserved {s.reserved} = {s.available} available")
+        lines.append(
+            f"server:  max_connections {s.max_connections} - superuser_reserved {s.superuser_reserved}"
+            f" - reserved {s.reserved} = {s.available} available"
+        )
         if not self.threads_covered:
             lines.append(f"threads: {p.web_threads} threads per web worker need a pool of at least {p.web_threads}")
         verdict = "fits" if self.fits else "DOES NOT FIT"
@@ -189,11 +192,32 @@ PER_THREAD = "one connection per thread"
 POSTGRESQL = "postgresql"
 _CONNECT_TIMEOUT_S = 3
 # libpq connection keywords: what may be carried from a library's settings into the check's DSN.
-_LIBPQ_KEYS = frozenset({
-    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "service", "options",
-    "sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword", "sslnegotiation",
-    "channel_binding", "gssencmode", "requirepeer", "krbsrvname", "target_session_attrs", "load_balance_hosts",
-})
+_LIBPQ_KEYS = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "service",
+        "options",
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "sslcrl",
+        "sslpassword",
+        "sslnegotiation",
+        "channel_binding",
+        "gssencmode",
+        "requirepeer",
+        "krbsrvname",
+        "target_session_attrs",
+        "load_balance_hosts",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -238,10 +262,18 @@ def held_pools() -> list[HeldPool]:
     for integration, report in reports:
         postgres = report.backend == POSTGRESQL
         dsn = dsns.get(report.label, "") if postgres else ""
-        found.append(HeldPool(report.label, report.backend, report.max_size, report.source,
-                              server=server_of(dsn) if postgres else "", dsn=dsn,
-                              per_thread=report.max_size is None and report.source.startswith(PER_THREAD),
-                              kind=integration))
+        found.append(
+            HeldPool(
+                report.label,
+                report.backend,
+                report.max_size,
+                report.source,
+                server=server_of(dsn) if postgres else "",
+                dsn=dsn,
+                per_thread=report.max_size is None and report.source.startswith(PER_THREAD),
+                kind=integration,
+            )
+        )
     return found
 
 
@@ -294,8 +326,14 @@ def load_app(spec: str) -> Any:
 
 def _own_pool(name: str) -> HeldPool:
     settings = registry.settings_for(name)
-    return HeldPool(f"forkpool pool {name!r}", POSTGRESQL, settings.max_size, _own_source(name),
-                    server=server_of(settings.dsn), dsn=settings.dsn)
+    return HeldPool(
+        f"forkpool pool {name!r}",
+        POSTGRESQL,
+        settings.max_size,
+        _own_source(name),
+        server=server_of(settings.dsn),
+        dsn=settings.dsn,
+    )
 
 
 def _own_source(name: str) -> str:
@@ -316,7 +354,7 @@ def _protected_dsns() -> dict[str, str]:
     for obj, name in protection.protected():
         try:
             pairs = list(_dsns_of(obj, name))
-        except Exception:  # noqa: BLE001 - a library's attributes moved: that pool's server is unknown, no crash
+        except Exception:  # a library's attributes moved: that pool's server is unknown, no crash
             log.debug("cannot tell where %s's connections go", name, exc_info=True)
             continue
         for label, dsn in pairs:
@@ -331,8 +369,14 @@ def _dsns_of(obj: Any, name: str) -> Iterator[tuple[str, str]]:
 
         for alias in getattr(obj, "aliases", ()):
             conf = connections.settings[alias]
-            params = {**(conf.get("OPTIONS") or {}), "dbname": conf.get("NAME"), "user": conf.get("USER"),
-                      "password": conf.get("PASSWORD"), "host": conf.get("HOST"), "port": conf.get("PORT")}
+            params = {
+                **(conf.get("OPTIONS") or {}),
+                "dbname": conf.get("NAME"),
+                "user": conf.get("USER"),
+                "password": conf.get("PASSWORD"),
+                "host": conf.get("HOST"),
+                "port": conf.get("PORT"),
+            }
             yield f"django database {alias!r}", _libpq_dsn(params)  # forkpool.django's label
         return
     integration = integration_for(obj)
@@ -342,20 +386,24 @@ def _dsns_of(obj: Any, name: str) -> Iterator[tuple[str, str]]:
     if name == "sqlalchemy":
         from .integrations.sqlalchemy import engines_of
 
-        dsns = [_sqlalchemy_dsn(engine.url) if engine.dialect.name == POSTGRESQL else ""
-                for engine in engines_of(obj)]
+        dsns = [_sqlalchemy_dsn(engine.url) if engine.dialect.name == POSTGRESQL else "" for engine in engines_of(obj)]
     elif name == "psycopg_pool":
         dsns = [_libpq_dsn(dict(obj.kwargs or {}), base=obj.conninfo)]
     else:  # a psycopg2 or psycopg 3 connection: its parameters, without the password, and the password
         info = obj.info
         params = info.get_parameters() if hasattr(info, "get_parameters") else info.dsn_parameters
         dsns = [_libpq_dsn({**params, "password": info.password})]
-    yield from zip(labels, dsns)
+    yield from zip(labels, dsns, strict=False)
 
 
 def _sqlalchemy_dsn(url: Any) -> str:
-    params = {"host": url.host, "port": url.port, "user": url.username, "password": url.password,
-              "dbname": url.database}
+    params = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
     for key, value in url.query.items():  # ?host=/run/postgresql, ?sslmode=require
         if isinstance(value, str) and params.get(key) in (None, ""):
             params[key] = value
@@ -366,7 +414,8 @@ def _libpq_dsn(params: dict[str, Any], base: str = "") -> str:
     chosen = {k: str(v) for k, v in params.items() if k in _LIBPQ_KEYS and v not in (None, "")}
     if not base and not chosen:
         return ""
-    return psycopg2.extensions.make_dsn(base or None, **chosen)
+    dsn: str = psycopg2.extensions.make_dsn(base or None, **chosen)
+    return dsn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,8 +440,16 @@ class RoleVerdict:
         return f"{role}: budget not checked: {'; '.join(self.fine)}"
 
 
-def judge(processes: int, threads: int, pools: list[HeldPool], limits_of: Limits, *, hosts: int = 1,
-          allowance: int = 0, max_client_conn: int = 0) -> RoleVerdict:
+def judge(
+    processes: int,
+    threads: int,
+    pools: list[HeldPool],
+    limits_of: Limits,
+    *,
+    hosts: int = 1,
+    allowance: int = 0,
+    max_client_conn: int = 0,
+) -> RoleVerdict:
     """Does one role's share fit? `processes` each holding `pools`, each process serving `threads` at once.
 
     The rules:
@@ -410,8 +467,7 @@ def judge(processes: int, threads: int, pools: list[HeldPool], limits_of: Limits
     for pool in pools:
         bound = pool.bound(threads)
         if bound is not None and bound < threads:
-            verdict.bad.append(f"{threads} threads per worker, but {pool.label} holds at most {bound} "
-                               f"({pool.source})")
+            verdict.bad.append(f"{threads} threads per worker, but {pool.label} holds at most {bound} ({pool.source})")
     groups: dict[str, list[HeldPool]] = {}
     for pool in pools:
         if pool.backend == POSTGRESQL:
@@ -421,8 +477,11 @@ def judge(processes: int, threads: int, pools: list[HeldPool], limits_of: Limits
         listed = " + ".join(pool.describe(threads) for pool in group)
         if not server:
             own = any(pool.kind == "forkpool" and not pool.dsn for pool in group)
-            why = ("no DSN (DATABASE_URL unset)" if own and not os.environ.get("DATABASE_URL", "").strip()
-                   else "its server is not known")
+            why = (
+                "no DSN (DATABASE_URL unset)"
+                if own and not os.environ.get("DATABASE_URL", "").strip()
+                else "its server is not known"
+            )
             verdict.fine.append(f"{listed}: {why}, not checked against a server")
             continue
         bounds = [pool.bound(threads) for pool in group]
@@ -439,11 +498,15 @@ def judge(processes: int, threads: int, pools: list[HeldPool], limits_of: Limits
                 verdict.fine.append(f"{listed} on {server}: not checked, {limits}")
                 continue
             room = limits.available
-            against = (f"of {limits.available} available (max_connections {limits.max_connections}"
-                       f" - reserved {limits.superuser_reserved + limits.reserved}) on {server}")
+            against = (
+                f"of {limits.available} available (max_connections {limits.max_connections}"
+                f" - reserved {limits.superuser_reserved + limits.reserved}) on {server}"
+            )
         verdict.checked += 1
-        clause = (f"{fleet}{processes} processes x pool {per} = {share} connections (+ {allowance} for other "
-                  f"clients) {against} [pool {per}: {listed}]")
+        clause = (
+            f"{fleet}{processes} processes x pool {per} = {share} connections (+ {allowance} for other "
+            f"clients) {against} [pool {per}: {listed}]"
+        )
         (verdict.fine if share + allowance <= room else verdict.bad).append(clause)
     others = [pool for pool in pools if pool.backend != POSTGRESQL]
     if others:
@@ -451,8 +514,9 @@ def judge(processes: int, threads: int, pools: list[HeldPool], limits_of: Limits
     return verdict
 
 
-def startup_check(role: str, processes: int, threads: int, *, app_loaded: bool = True,
-                  pools: list[HeldPool] | None = None) -> list[str]:
+def startup_check(
+    role: str, processes: int, threads: int, *, app_loaded: bool = True, pools: list[HeldPool] | None = None
+) -> list[str]:
     """At a server's start: does the fleet's share of this role fit? One line on stderr says the verdict.
 
     The pools are ``held_pools()`` (or `pools`), judged by ``judge``: the share is
@@ -483,16 +547,31 @@ def startup_check(role: str, processes: int, threads: int, *, app_loaded: bool =
             line = f"{role}: budget not checked: {exc}"
             say(line)
             return [line]
-    later = ("the app is not imported in the master (preload_app off): the pools it makes are checked "
-             "by the first worker (forkpool.gunicorn.post_worker_init)")
+    later = (
+        "the app is not imported in the master (preload_app off): the pools it makes are checked "
+        "by the first worker (forkpool.gunicorn.post_worker_init)"
+    )
     if not pools:
-        why = later if not app_loaded else ("no pool known in this process (none protected, configured, "
-                                             "used, or sized by DB_POOL_SIZE / DB_POOL_MAX)")
+        why = (
+            later
+            if not app_loaded
+            else (
+                "no pool known in this process (none protected, configured, "
+                "used, or sized by DB_POOL_SIZE / DB_POOL_MAX)"
+            )
+        )
         line = f"{role}: budget not checked: {why}"
         say(line)
         return [line]
-    verdict = judge(processes, threads, pools, _limits_reader(role), hosts=hosts, allowance=allowance,
-                    max_client_conn=max_client_conn)
+    verdict = judge(
+        processes,
+        threads,
+        pools,
+        _limits_reader(role),
+        hosts=hosts,
+        allowance=allowance,
+        max_client_conn=max_client_conn,
+    )
     if not app_loaded:
         verdict.fine.append(later)
     line = verdict.line(role)
@@ -536,6 +615,7 @@ def limits_or_reason(dsn: str) -> ServerLimits | str:
 
 def _password(dsn: str) -> str | None:
     try:
-        return psycopg2.extensions.parse_dsn(dsn).get("password")
+        password: str | None = psycopg2.extensions.parse_dsn(dsn).get("password")
+        return password
     except psycopg2.Error:
         return None

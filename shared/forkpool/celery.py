@@ -25,11 +25,11 @@ import os
 import sys
 from typing import Any
 
+from . import endpoints
 from .budget import startup_check
 from .errors import ConfigError
 from .extras import import_extra
 from .identity import set_process_role
-from . import endpoints
 from .kernel_sockets import detach_connected_to
 from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
 from .metrics_dir import mark_dead, prepare_directory
@@ -62,8 +62,12 @@ def wire_celery(app: Any = None, *, role: str = WORKER_ROLE, open_timeout: float
 
 
 # What the receivers use: set by the latest wire_celery() call.
-_wiring: dict[str, Any] = {"role": WORKER_ROLE, "open_timeout": DEFAULT_OPEN_TIMEOUT, "app": None,
-                           "broker_endpoints": endpoints.Endpoints()}
+_wiring: dict[str, Any] = {
+    "role": WORKER_ROLE,
+    "open_timeout": DEFAULT_OPEN_TIMEOUT,
+    "app": None,
+    "broker_endpoints": endpoints.Endpoints(),
+}
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
@@ -116,8 +120,9 @@ def serve_metrics_alone() -> None:
     """With WORKER_METRICS_PORT set, the main process serves the workers' metrics itself."""
     port = env_int(METRICS_PORT_ENV, 0, minimum=0)
     if port:
-        from . import metrics  # raises MissingExtra naming `prometheus` when it is not installed
         from prometheus_client import start_http_server
+
+        from . import metrics  # raises MissingExtra naming `prometheus` when it is not installed
 
         addr = os.environ.get(METRICS_ADDR_ENV) or "127.0.0.1"
         start_http_server(port, addr=addr, registry=metrics.suite_registry())

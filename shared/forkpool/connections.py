@@ -35,15 +35,15 @@ class Entry:
     """A connection and what the pool knows about it."""
 
     __slots__ = (
-        "conn",
         "_poller",
-        "created_at",
-        "expires_at",
-        "verified_at",
-        "returned_at",
         "checked_out_at",
         "checkout_stack",
+        "conn",
+        "created_at",
+        "expires_at",
         "leak_reported",
+        "returned_at",
+        "verified_at",
     )
 
     def __init__(self, conn: connection, max_lifetime: float) -> None:
@@ -103,15 +103,19 @@ def set_up(driver: Driver, conn: connection, settings: PoolSettings, session: Se
     except driver.Error as exc:
         raise driver.SetupFailed(f"configure hook {hook_name(hook)} failed: {describe_error(exc)}") from exc
     except Exception as exc:
-        raise driver.SetupFailed(f"configure hook {hook_name(hook)} failed: "
-                                 f"{type(exc).__name__}: {describe_error(exc)}") from exc
+        raise driver.SetupFailed(
+            f"configure hook {hook_name(hook)} failed: {type(exc).__name__}: {describe_error(exc)}"
+        ) from exc
     if not driver.clean_check(session)(conn):
         raise driver.SetupFailed(setup_left_dirty(hook, not driver.is_idle(conn)))
 
 
 def setup_left_dirty(hook: object, in_transaction: bool) -> str:
-    what = ("a transaction open (commit it, or run it in autocommit mode)" if in_transaction else
-            "another session state (set autocommit, isolation_level, read_only, deferrable in the pool's settings)")
+    what = (
+        "a transaction open (commit it, or run it in autocommit mode)"
+        if in_transaction
+        else "another session state (set autocommit, isolation_level, read_only, deferrable in the pool's settings)"
+    )
     return f"configure hook {hook_name(hook)} left {what}"
 
 
@@ -139,9 +143,12 @@ def network_params(settings: PoolSettings) -> dict[str, int]:
     """TCP keepalives and tcp_user_timeout as libpq takes them (whole seconds; milliseconds for the latter)."""
     found: dict[str, int] = {}
     if settings.keepalives_idle > 0:
-        found.update(keepalives=1, keepalives_idle=max(1, round(settings.keepalives_idle)),
-                     keepalives_interval=max(1, round(settings.keepalives_interval)),
-                     keepalives_count=settings.keepalives_count)
+        found.update(
+            keepalives=1,
+            keepalives_idle=max(1, round(settings.keepalives_idle)),
+            keepalives_interval=max(1, round(settings.keepalives_interval)),
+            keepalives_count=settings.keepalives_count,
+        )
     if settings.tcp_user_timeout > 0:
         found["tcp_user_timeout"] = max(1, round(settings.tcp_user_timeout * 1000))
     return found

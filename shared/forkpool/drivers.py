@@ -29,8 +29,9 @@ dealloc guard of both drivers without the pool.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -157,9 +158,11 @@ class Psycopg2Driver(Driver):
         self.SetupFailed = type("SetupFailed", (SetupFailed, psycopg2.OperationalError), {})
         self._idle, self._unusable = ext.TRANSACTION_STATUS_IDLE, (ext.TRANSACTION_STATUS_UNKNOWN,)
         self._levels: dict[str, int | None] = {
-            "": None, "read uncommitted": ext.ISOLATION_LEVEL_READ_UNCOMMITTED,
+            "": None,
+            "read uncommitted": ext.ISOLATION_LEVEL_READ_UNCOMMITTED,
             "read committed": ext.ISOLATION_LEVEL_READ_COMMITTED,
-            "repeatable read": ext.ISOLATION_LEVEL_REPEATABLE_READ, "serializable": ext.ISOLATION_LEVEL_SERIALIZABLE,
+            "repeatable read": ext.ISOLATION_LEVEL_REPEATABLE_READ,
+            "serializable": ext.ISOLATION_LEVEL_SERIALIZABLE,
         }
 
     def connect(self, dsn: str, kwargs: Mapping[str, Any]) -> Any:
@@ -170,9 +173,13 @@ class Psycopg2Driver(Driver):
         read_only, deferrable = session.read_only, session.deferrable
         # psycopg2's getters return None (the server's default) or a bool, and the level as None or an int.
         # The status comes first: a closed connection reports UNKNOWN, and its other getters raise.
-        return lambda conn: (conn.get_transaction_status() == idle and conn.autocommit is autocommit
-                             and conn.readonly is read_only and conn.isolation_level == level
-                             and conn.deferrable is deferrable)
+        return lambda conn: (
+            conn.get_transaction_status() == idle
+            and conn.autocommit is autocommit
+            and conn.readonly is read_only
+            and conn.isolation_level == level
+            and conn.deferrable is deferrable
+        )
 
     def apply_session(self, conn: Any, session: Session) -> None:
         # Autocommit first: in autocommit mode psycopg2 sets the others with SET default_transaction_*.
@@ -219,9 +226,13 @@ class PsycopgDriver(Driver):
     def clean_check(self, session: Session) -> Callable[[Any], bool]:
         idle, autocommit, level = self._idle, session.autocommit, self.level(session)
         read_only, deferrable = session.read_only, session.deferrable
-        return lambda conn: (conn.pgconn.transaction_status == idle and conn.autocommit is autocommit
-                             and conn.read_only is read_only and conn.isolation_level is level
-                             and conn.deferrable is deferrable)
+        return lambda conn: (
+            conn.pgconn.transaction_status == idle
+            and conn.autocommit is autocommit
+            and conn.read_only is read_only
+            and conn.isolation_level is level
+            and conn.deferrable is deferrable
+        )
 
     def apply_session(self, conn: Any, session: Session) -> None:
         # psycopg 3 keeps all four on the client and sends them with the next BEGIN: no I/O here.

@@ -24,7 +24,7 @@ class Endpoints:
     tcp: frozenset[tuple[str, int]] = field(default_factory=frozenset)
     unix: frozenset[str] = field(default_factory=frozenset)
 
-    def __or__(self, other: "Endpoints") -> "Endpoints":
+    def __or__(self, other: Endpoints) -> Endpoints:
         return Endpoints(self.tcp | other.tcp, self.unix | other.unix)
 
     def __bool__(self) -> bool:

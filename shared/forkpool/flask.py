@@ -59,7 +59,7 @@ class ForkPool:
 
     def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
         """A round trip through each of this process's pools (creating this extension's first)."""
-        self.pool
+        self.pool  # noqa: B018 - the property creates this extension's pool
         return health_check(timeout)
 
     def _give_back(self, exc: BaseException | None) -> None:
@@ -73,4 +73,4 @@ def db() -> ForkPool:
     """The extension of the current app."""
     from flask import current_app
 
-    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]  # ForkPool.init_app put it there

@@ -36,6 +36,7 @@ import os
 import sys
 import threading
 import time
+import types
 import weakref
 from typing import Protocol
 
@@ -61,12 +62,12 @@ class Quiet(Protocol):
         """Start the thread again if it is wanted (in the parent, after fork)."""
 
 
-def members() -> "weakref.WeakSet[Quiet]":
+def members() -> weakref.WeakSet[Quiet]:
     holder = home()
     found = getattr(holder, "quiet_threads", None)
     if found is None:
         found = holder.quiet_threads = weakref.WeakSet()
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def register(owner: Quiet) -> None:
@@ -94,7 +95,7 @@ def for_subprocess() -> bool:
     execs at once: there is nothing to end. Found by the calling frames: the hooks run
     from C, inside ``Popen._execute_child``.
     """
-    frame = sys._getframe(1)  # noqa: SLF001 - CPython's frames are the only way to know who forks
+    frame: types.FrameType | None = sys._getframe(1)  # CPython's frames are the only way to know who forks
     for _ in range(8):
         if frame is None:
             return False
@@ -115,7 +116,7 @@ def end_threads() -> None:
     for owner in owners:
         try:
             thread = owner.pause_for_fork()
-        except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        except Exception:  # an at-fork hook must never break the fork
             logger.debug("pausing %r before fork failed", owner, exc_info=True)
             continue
         # Under gevent's monkey patching a thread started after the patch is a greenlet on this very
@@ -153,7 +154,7 @@ def resume_threads() -> None:
     for owner in list(members()):
         try:
             owner.resume_after_fork()
-        except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        except Exception:  # an at-fork hook must never break the fork
             logger.warning("restarting %r after fork failed", owner, exc_info=True)
 
 
@@ -165,5 +166,6 @@ def forget_in_child() -> None:
     holder.quiet_threads = weakref.WeakSet()
 
 
-install_fork_hooks("quiet-threads", before=end_threads, after_in_parent=after_fork_in_parent,
-                   after_in_child=forget_in_child)
+install_fork_hooks(
+    "quiet-threads", before=end_threads, after_in_parent=after_fork_in_parent, after_in_child=forget_in_child
+)

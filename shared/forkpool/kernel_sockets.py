@@ -20,8 +20,8 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from .endpoints import Endpoints
 
@@ -114,20 +114,33 @@ def tcp_table(pid: int | str = "self", inodes: set[int] | None = None) -> dict[i
         inode = int(fields[9])
         if not inode or (inodes is not None and inode not in inodes):
             continue  # no process holds it (TIME_WAIT, ...), or not one asked about
-        table[inode] = TcpSocket(inode, _hex_endpoint(fields[1], family), _hex_endpoint(fields[2], family),
-                                 int(fields[3], 16))
+        table[inode] = TcpSocket(
+            inode, _hex_endpoint(fields[1], family), _hex_endpoint(fields[2], family), int(fields[3], 16)
+        )
     return table
 
 
 def tcp_endpoints_in_use(pid: int | str = "self") -> set[tuple[str, int]]:
     """Local (address, port) of every established TCP socket in `pid`'s namespace, held or not."""
-    return {_hex_endpoint(fields[1], family) for fields, family in _tcp_lines(pid)
-            if int(fields[3], 16) == TCP_ESTABLISHED}
+    return {
+        _hex_endpoint(fields[1], family) for fields, family in _tcp_lines(pid) if int(fields[3], 16) == TCP_ESTABLISHED
+    }
 
 
 # Every socket table of a network namespace, with the column of each line that holds the inode.
-_SOCKET_TABLES = (("tcp", 9), ("tcp6", 9), ("udp", 9), ("udp6", 9), ("udplite", 9), ("udplite6", 9),
-                  ("raw", 9), ("raw6", 9), ("unix", 6), ("netlink", 9), ("packet", 8))
+_SOCKET_TABLES = (
+    ("tcp", 9),
+    ("tcp6", 9),
+    ("udp", 9),
+    ("udp6", 9),
+    ("udplite", 9),
+    ("udplite6", 9),
+    ("raw", 9),
+    ("raw6", 9),
+    ("unix", 6),
+    ("netlink", 9),
+    ("packet", 8),
+)
 
 
 def listed_socket_inodes(pid: int | str = "self") -> set[int]:
@@ -290,7 +303,7 @@ def _hex_endpoint(text: str, family: int) -> tuple[str, int]:
     address, port = text.split(":")
     raw = bytes.fromhex(address)
     # The kernel prints each 32-bit word in host order (little-endian here).
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     ip = ipaddress.ip_address(socket.inet_ntop(family, raw))
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import time
 
+from . import protection
 from .identity import set_process_role
 from .metrics_dir import multiprocess_dir
-from . import protection
-from .per_process import home
-from .registry import after_fork_in_child, close_all, get_pool, pool_names, process_pools
+from .per_process import after_fork_in_child, home
+from .registry import close_all, get_pool, pool_names, process_pools
 
 logger = logging.getLogger("forkpool.lifecycle")
 
@@ -34,8 +34,11 @@ def release_in_master(where: str) -> None:
     state = process_pools.peek()
     names = sorted(name for name, pool in state.pools.items() if not pool.closed) if state is not None else []
     if names or home().created or protection.protected():
-        logger.info("%s: closing %s opened in the master; masters hold no connections",
-                    where, f"pools {names}" if names else "per-process instances")
+        logger.info(
+            "%s: closing %s opened in the master; masters hold no connections",
+            where,
+            f"pools {names}" if names else "per-process instances",
+        )
     close_all()
 
 
@@ -49,7 +52,7 @@ def start_in_child(role: str, timeout: float = DEFAULT_OPEN_TIMEOUT) -> bool:
     after_fork_in_child()
     if multiprocess_dir() is not None:
         # The suite collects metrics: importing the exporter registers it with every pool.
-        from . import metrics  # noqa: F401
+        from . import metrics
     deadline = time.monotonic() + timeout
     full = True
     for name in pool_names():

@@ -19,13 +19,13 @@ from .per_process import home, install_fork_hooks
 logger = logging.getLogger("forkpool.pool")
 
 
-def all_pools() -> "weakref.WeakSet[Any]":
+def all_pools() -> weakref.WeakSet[Any]:
     """Every live Pool object of this process, named or not (the fork hook detaches them all)."""
     holder = home()
     pools = getattr(holder, "all_pools", None)
     if pools is None:
         pools = holder.all_pools = weakref.WeakSet()
-    return pools  # type: ignore[no-any-return]
+    return pools
 
 
 def _hold_pool_locks() -> None:
@@ -58,9 +58,10 @@ def detach_inherited_pools() -> None:
         if pool.pid != pid:
             try:
                 pool.detach_after_fork()
-            except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+            except Exception:  # an at-fork hook must never break the fork
                 logger.warning("%r: detaching after fork failed", pool, exc_info=True)
 
 
-install_fork_hooks("pool", before=_hold_pool_locks, after_in_parent=_release_pool_locks,
-                   after_in_child=detach_inherited_pools)
+install_fork_hooks(
+    "pool", before=_hold_pool_locks, after_in_parent=_release_pool_locks, after_in_child=detach_inherited_pools
+)

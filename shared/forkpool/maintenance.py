@@ -14,7 +14,8 @@ import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import fork_quiet
 from .connections import close_quietly
@@ -44,7 +45,7 @@ def stats_listeners() -> dict[str, tuple[Callable[[Any], None], Callable[[Any], 
     holder = home()
     if not hasattr(holder, "stats_listeners"):
         holder.stats_listeners = {}
-    return holder.stats_listeners  # type: ignore[no-any-return]
+    return holder.stats_listeners
 
 
 # Each backoff is scaled by a random factor in [1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER]. Not a
@@ -91,8 +92,7 @@ class Maintainer:
     def _spawn_if_due(self) -> None:
         # Called with _start_lock held.
         if self._thread is None and self._wanted and not self.paused and not self._stopping.is_set():
-            self._thread = threading.Thread(target=self._run, name=f"forkpool-maintainer[{self._name}]",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name=f"forkpool-maintainer[{self._name}]", daemon=True)
             self._thread.start()
 
     def wake(self) -> None:
@@ -198,7 +198,7 @@ class Maintainer:
             filled = pool.fill()
             report_leaks(pool)
             _publish(pool)
-        except Exception:  # noqa: BLE001 - the thread must outlive any one bad round
+        except Exception:  # the thread must outlive any one bad round
             logger.exception("%r: maintenance round failed", pool)
             return next_backoff(backoff)
         if filled:
@@ -217,7 +217,10 @@ def report_leaks(pool: Pool) -> None:
         stack = "".join(entry.checkout_stack or ["  (stack not recorded)\n"])
         logger.warning(
             "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
-            pool, now - entry.checked_out_at, pool.settings.leak_timeout, stack,
+            pool,
+            now - entry.checked_out_at,
+            pool.settings.leak_timeout,
+            stack,
         )
 
 
@@ -225,5 +228,5 @@ def _publish(pool: Pool) -> None:
     for publish, _ in list(stats_listeners().values()):
         try:
             publish(pool)
-        except Exception:  # noqa: BLE001 - metrics are best effort; the pool must go on
+        except Exception:  # metrics are best effort; the pool must go on
             logger.debug("%r: exporting metrics failed", pool, exc_info=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import fork_quiet
 from .errors import ConfigError, PoolError
-from .settings import PoolSettings, env_int, _parse_seconds
+from .settings import PoolSettings, _parse_seconds, env_int
 
 logger = logging.getLogger("forkpool.manager")
 
@@ -51,7 +51,7 @@ def config_key(settings: PoolSettings) -> str:
 
 def is_idle(pool: Any) -> bool:
     snapshot = pool.stats()
-    return snapshot["in_use"] == 0 and snapshot["waiting"] == 0
+    return bool(snapshot["in_use"] == 0 and snapshot["waiting"] == 0)
 
 
 def make_room(state: Any) -> None:
@@ -73,8 +73,9 @@ def close_idle_pools(state: Any, older_than: float) -> None:
     """Close pools unused for `older_than` seconds (none with a connection in use)."""
     now = time.monotonic()
     with state.lock:
-        stale = [name for name, p in state.pools.items()
-                 if not p.closed and now - p.last_active > older_than and is_idle(p)]
+        stale = [
+            name for name, p in state.pools.items() if not p.closed and now - p.last_active > older_than and is_idle(p)
+        ]
         for name in stale:
             _retire(state, name, "closed_idle")
 

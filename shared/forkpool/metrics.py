@@ -30,11 +30,17 @@ from .extras import import_extra
 
 import_extra("prometheus_client", "prometheus", "forkpool.metrics")
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess  # noqa: E402
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402,F401 - re-exported for /metrics endpoints
+from prometheus_client import (  # noqa: E402
+    CONTENT_TYPE_LATEST,  # noqa: F401 - re-exported for /metrics endpoints
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-from . import fork_quiet  # noqa: E402
-from . import protection  # noqa: E402
+from . import fork_quiet, protection  # noqa: E402
 from . import stats as keys  # noqa: E402
 from .identity import process_role  # noqa: E402
 from .maintenance import add_stats_listener  # noqa: E402
@@ -69,11 +75,14 @@ _COUNTER_KEYS = {
 }
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-GAUGES = {k: Gauge(f"forkpool_pool_{k}", f"Pool {text}.", GAUGE_LABELS, multiprocess_mode="liveall")
-          for k, text in _GAUGE_KEYS.items()}
+GAUGES = {
+    k: Gauge(f"forkpool_pool_{k}", f"Pool {text}.", GAUGE_LABELS, multiprocess_mode="liveall")
+    for k, text in _GAUGE_KEYS.items()
+}
 COUNTERS = {k: Counter(f"forkpool_pool_{k}", f"Pool {text}.", LABELS) for k, text in _COUNTER_KEYS.items()}
-WAIT_SECONDS = Histogram("forkpool_pool_wait_seconds", "Time callers spent queued for a connection.", LABELS,
-                         buckets=WAIT_BUCKETS)
+WAIT_SECONDS = Histogram(
+    "forkpool_pool_wait_seconds", "Time callers spent queued for a connection.", LABELS, buckets=WAIT_BUCKETS
+)
 
 # Last exported counter values per pool object: counters advance by the difference.
 _exported: dict[int, dict[str, float]] = {}
@@ -143,8 +152,13 @@ def protected_gauges() -> dict[tuple[str, str, str, str], dict[str, float]]:
     for integration, report in protection.reports():
         values = found.setdefault((report.label, role, integration, report.backend), {})
         idle = report.open - report.in_use if report.open is not None and report.in_use is not None else None
-        for key, value in ((keys.SIZE, report.open), (keys.IN_USE, report.in_use), (keys.WAITING, report.waiting),
-                           (keys.MAX_SIZE, report.max_size), (keys.IDLE, idle)):
+        for key, value in (
+            (keys.SIZE, report.open),
+            (keys.IN_USE, report.in_use),
+            (keys.WAITING, report.waiting),
+            (keys.MAX_SIZE, report.max_size),
+            (keys.IDLE, idle),
+        ):
             if value is not None:
                 values[key] = values.get(key, 0) + value
     return found
@@ -157,7 +171,7 @@ def export_protected() -> None:
     """Publish this process's protected pools; one no longer reported drops to zero (as a closed pool)."""
     try:
         current = protected_gauges()
-    except Exception:  # noqa: BLE001 - metrics are best effort: a library's report must not break a scrape
+    except Exception:  # metrics are best effort: a library's report must not break a scrape
         logger.debug("reading protected pools failed", exc_info=True)
         return
     with _export_lock:
@@ -271,5 +285,6 @@ _HELD = [False]
 
 # Every pool's maintainer publishes through this module from now on.
 add_stats_listener("prometheus", export_pool, forget_pool)
-install_fork_hooks("metrics", before=_hold_export_lock, after_in_parent=_release_export_lock,
-                   after_in_child=_new_export_lock_in_child)
+install_fork_hooks(
+    "metrics", before=_hold_export_lock, after_in_parent=_release_export_lock, after_in_child=_new_export_lock_in_child
+)

@@ -36,7 +36,15 @@ import os
 import sys
 import threading
 import types
-from typing import Any, Callable, Generic, TypeVar, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
+
+if TYPE_CHECKING:
+    import weakref
+
+    from .fork_quiet import Quiet
+    from .protection import Protected
+    from .settings import PoolSettings
 
 T = TypeVar("T")
 
@@ -45,31 +53,66 @@ logger = logging.getLogger("forkpool")
 _HOME = "_forkpool_process_state"
 
 
-def home() -> types.ModuleType:
+class Home(Protocol):
+    """forkpool's process-wide holder, as the library uses it: a module object in ``sys.modules`` (see home()).
+
+    The first group exists from the holder's creation. The second, each module's own state, is added by that
+    module's accessor on first use and read only behind ``hasattr``/``getattr`` until then.
+    """
+
+    slots: dict[str, _Slot]  # key -> _Slot
+    created: list[_Slot]  # slots with an instance, in creation order
+    hooks_installed: set[str]  # which at-fork hooks are registered
+    child_callbacks: dict[str, Callable[[], None]]  # name -> callback, run in order by after_fork_in_child()
+    owner_pid: int  # the process this state belongs to: another pid means a fork nobody has handled yet
+    handling_fork_in: int | None  # pid whose routine is running
+    unseen_fork_lock: threading.RLock
+    noticed_late: bool  # notice_fork() is running after_fork_in_child(), see noticed_late()
+    exit_callbacks: dict[str, Callable[[], None]]  # name -> callback, see on_exit()
+    exit_watched_in: int | None  # pid whose exit is watched
+    exit_watch: _ExitWatch
+
+    configured: dict[str, PoolSettings]  # registry.configured()
+    size_sources: dict[str, str]  # registry.size_sources()
+    used_pools: set[str]  # registry._used()
+    stats_listeners: dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]]  # maintenance
+    all_pools: weakref.WeakSet[Any]  # live_pools.all_pools()
+    held_at_fork: list[Any]  # live_pools: the pool locks held across fork
+    protected: list[Protected]  # protection._entries()
+    started_worker: int  # protection: the pid whose worker start ran
+    quiet_threads: weakref.WeakSet[Quiet]  # fork_quiet.members()
+    quiet_forking: bool  # fork_quiet
+    sqlalchemy_inherited_pools: list[Any]  # integrations.sqlalchemy._kept()
+    django_graveyard: list[Any]  # django.databases.graveyard()
+    uwsgi_fork_handler: Any  # uwsgi: a ctypes callback kept alive for good
+
+
+def home() -> Home:
     """forkpool's process-wide holder: created once, found again by every later import or reload."""
     holder = sys.modules.get(_HOME)
     if holder is None:
         candidate = types.ModuleType(_HOME, "forkpool's per-process state; see forkpool/per_process.py")
-        candidate.slots = {}  # type: ignore[attr-defined]  # key -> _Slot
-        candidate.created = []  # type: ignore[attr-defined]  # slots with an instance, in creation order
-        candidate.hooks_installed = set()  # type: ignore[attr-defined]  # which at-fork hooks are registered
-        # name -> callback, run in order by after_fork_in_child(): what a forked child lets go of.
-        candidate.child_callbacks = {}  # type: ignore[attr-defined]
-        # The process this state belongs to: another pid means a fork nobody has handled yet.
-        candidate.owner_pid = os.getpid()  # type: ignore[attr-defined]
-        candidate.handling_fork_in = None  # type: ignore[attr-defined]  # pid whose routine is running
-        candidate.unseen_fork_lock = threading.RLock()  # type: ignore[attr-defined]
-        candidate.exit_callbacks = {}  # type: ignore[attr-defined]  # name -> callback, see on_exit()
-        candidate.exit_watched_in = None  # type: ignore[attr-defined]  # pid whose exit is watched
-        candidate.exit_watch = _ExitWatch()  # type: ignore[attr-defined]
+        state = cast(Home, candidate)  # a module takes any attribute: the first group of Home is set here
+        state.slots = {}
+        state.created = []
+        state.hooks_installed = set()
+        state.child_callbacks = {}
+        state.owner_pid = os.getpid()
+        state.handling_fork_in = None
+        state.unseen_fork_lock = threading.RLock()
+        state.noticed_late = False
+        state.exit_callbacks = {}
+        state.exit_watched_in = None
+        state.exit_watch = _ExitWatch()
         holder = sys.modules.setdefault(_HOME, candidate)
-    return holder
+    # Only home() creates the module at this name (a name of forkpool's own): it has Home's first group.
+    return cast(Home, holder)
 
 
 class _Slot:
     """One per_process key: the newest factory and callbacks, and this process's instance."""
 
-    __slots__ = ("key", "factory", "detach", "close", "lock", "current", "creator")
+    __slots__ = ("close", "creator", "current", "detach", "factory", "key", "lock")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -108,14 +151,14 @@ class PerProcess(Generic[T]):
     def __call__(self) -> T:
         current = self._slot.current
         if current is not None and current[0] == os.getpid():
-            return current[1]  # type: ignore[no-any-return]
+            return current[1]  # type: ignore[no-any-return]  # the slot holds what this factory made: a T
         return self._create()
 
     def peek(self) -> T | None:
         """This process's instance if it exists, without creating it."""
         current = self._slot.current
         if current is not None and current[0] == os.getpid():
-            return current[1]  # type: ignore[no-any-return]
+            return current[1]  # type: ignore[no-any-return]  # the slot holds what this factory made: a T
         return None
 
     def close(self) -> None:
@@ -135,7 +178,7 @@ class PerProcess(Generic[T]):
             # here and the losers return the winner's instance; the factory runs once.
             current = slot.current
             if current is not None and current[0] == pid:
-                return current[1]  # type: ignore[no-any-return]
+                return current[1]  # type: ignore[no-any-return]  # the slot holds what this factory made: a T
             if slot.creator == threading.get_ident():
                 raise RuntimeError(f"per_process factory {slot.key} calls itself")
             slot.creator = threading.get_ident()
@@ -146,20 +189,34 @@ class PerProcess(Generic[T]):
             slot.current = (pid, instance)
             home().created.append(slot)
         watch_exit()  # a multiprocessing child closes it too, though it leaves without atexit
-        return instance  # type: ignore[no-any-return]
+        return instance  # type: ignore[no-any-return]  # the factory's: a T
 
 
 @overload
-def per_process(factory: Callable[[], T], *, detach: Callable[[T], None] | None = ...,
-                close: Callable[[T], None] | None = ..., key: str | None = ...) -> PerProcess[T]: ...
+def per_process(
+    factory: Callable[[], T],
+    *,
+    detach: Callable[[T], None] | None = ...,
+    close: Callable[[T], None] | None = ...,
+    key: str | None = ...,
+) -> PerProcess[T]: ...
 @overload
-def per_process(factory: None = ..., *, detach: Callable[[Any], None] | None = ...,
-                close: Callable[[Any], None] | None = ...,
-                key: str | None = ...) -> Callable[[Callable[[], T]], PerProcess[T]]: ...
+def per_process(
+    factory: None = ...,
+    *,
+    detach: Callable[[Any], None] | None = ...,
+    close: Callable[[Any], None] | None = ...,
+    key: str | None = ...,
+) -> Callable[[Callable[[], T]], PerProcess[T]]: ...
 
 
-def per_process(factory: Callable[[], T] | None = None, *, detach: Callable[[T], None] | None = None,
-                close: Callable[[T], None] | None = None, key: str | None = None) -> Any:
+def per_process(
+    factory: Callable[[], T] | None = None,
+    *,
+    detach: Callable[[T], None] | None = None,
+    close: Callable[[T], None] | None = None,
+    key: str | None = None,
+) -> Any:
     """One instance of ``factory()`` per process; usable as ``@per_process`` or ``@per_process(close=...)``.
 
     ``detach(instance)`` runs in a forked child for the instance it inherited
@@ -194,7 +251,7 @@ def _close_slot(slot: _Slot) -> None:
     if slot.close is not None:
         try:
             slot.close(current[1])
-        except Exception:  # noqa: BLE001 - one failing close must not keep the others open
+        except Exception:  # one failing close must not keep the others open
             logger.warning("closing %s failed", slot.key, exc_info=True)
 
 
@@ -217,7 +274,7 @@ def detach_inherited() -> None:
         if slot.detach is not None:
             try:
                 slot.detach(current[1])
-            except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+            except Exception:  # an at-fork hook must never break the fork
                 logger.warning("detaching inherited %s failed", slot.key, exc_info=True)
 
 
@@ -250,13 +307,13 @@ def after_fork_in_child() -> None:
     for name, callback in list(holder.child_callbacks.items()):
         try:
             callback()
-        except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        except Exception:  # an at-fork hook must never break the fork
             logger.warning("releasing inherited state (%s) after fork failed", name, exc_info=True)
     # Last: the lock-free check of other threads passes only once everything is released.
     holder.owner_pid = pid
     try:
         watch_exit()
-    except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+    except Exception:  # an at-fork hook must never break the fork
         logger.warning("watching a multiprocessing child's exit failed", exc_info=True)
 
 
@@ -292,12 +349,17 @@ def noticed_late() -> bool:
     reconnects): a sweep of sockets by server endpoint must keep to those the parent
     holds too (``kernel_sockets.detach_connected_to(..., only_shared_with_parent=True)``).
     """
+    # getattr: a state made by a forkpool before this attribute existed (a reload in a long process).
     return bool(getattr(home(), "noticed_late", False))
 
 
-def install_fork_hooks(name: str, *, before: Callable[[], None] | None = None,
-                       after_in_parent: Callable[[], None] | None = None,
-                       after_in_child: Callable[[], None] | None = None) -> None:
+def install_fork_hooks(
+    name: str,
+    *,
+    before: Callable[[], None] | None = None,
+    after_in_parent: Callable[[], None] | None = None,
+    after_in_child: Callable[[], None] | None = None,
+) -> None:
     """Fork hooks for `name`: `after_in_child` joins ``after_fork_in_child`` (so a fork Python's hooks
     do not see runs it too); `before` and `after_in_parent` go to ``os.register_at_fork``, once per
     process however often the caller is imported or reloaded."""
@@ -336,12 +398,12 @@ def close_at_exit() -> None:
     notice_fork()  # in a child no hook saw fork: what it inherited is let go, never closed
     try:
         close_all()
-    except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+    except Exception:  # nothing may break interpreter exit
         logger.debug("closing per-process instances at exit failed", exc_info=True)
     for name, callback in list(home().exit_callbacks.items()):
         try:
             callback()
-        except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+        except Exception:  # nothing may break interpreter exit
             logger.debug("closing %s at exit failed", name, exc_info=True)
 
 

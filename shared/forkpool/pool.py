@@ -20,8 +20,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import stats as keys
 from .connections import (
@@ -36,8 +37,8 @@ from .connections import (
 )
 from .drivers import get_driver
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
-from .maintenance import Maintainer
 from .live_pools import all_pools
+from .maintenance import Maintainer
 from .per_process import notice_fork
 from .redact import describe_error
 from .settings import PoolSettings, session_of, with_hooks
@@ -58,9 +59,14 @@ _getpid = os.getpid
 class Pool(PoolUpkeep):
     """Connections to one server and database, for the threads of one process."""
 
-    def __init__(self, settings: PoolSettings, name: str = "default", *,
-                 configure: Callable[[connection], Any] | None = None,
-                 reset: Callable[[connection], Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: PoolSettings,
+        name: str = "default",
+        *,
+        configure: Callable[[connection], Any] | None = None,
+        reset: Callable[[connection], Any] | None = None,
+    ) -> None:
         """`configure` / `reset`: per-connection hooks, as ``PoolSettings.configure`` / ``reset`` (which they replace)."""
         settings = with_hooks(settings, configure, reset)
         self.name = name
@@ -167,8 +173,12 @@ class Pool(PoolUpkeep):
         try:
             hook(conn)  # type: ignore[misc]  # checked by the caller
         except Exception as exc:  # noqa: BLE001 - any failure of the hook discards the connection, the caller goes on
-            logger.warning("%r: reset hook %s failed, connection discarded: %s", self, hook_name(hook),
-                           self._describe(exc) if isinstance(exc, self.driver.Error) else type(exc).__name__)
+            logger.warning(
+                "%r: reset hook %s failed, connection discarded: %s",
+                self,
+                hook_name(hook),
+                self._describe(exc) if isinstance(exc, self.driver.Error) else type(exc).__name__,
+            )
             return False
         if not self.driver.is_idle(conn):
             logger.warning("%r: reset hook %s left a transaction open: connection discarded", self, hook_name(hook))
@@ -192,8 +202,9 @@ class Pool(PoolUpkeep):
     def stats(self) -> dict[str, Any]:
         """A consistent snapshot; keys are the constants of ``forkpool.stats``."""
         with self._lock:
-            return keys.snapshot(self, len(self._idle), len(self._in_use), len(self._waiting), self._opening,
-                                 self._counts)
+            return keys.snapshot(
+                self, len(self._idle), len(self._in_use), len(self._waiting), self._opening, self._counts
+            )
 
     def close(self) -> None:
         """Close idle connections now, in-use ones as they come back; wake waiters with PoolClosed."""
@@ -360,9 +371,12 @@ class Pool(PoolUpkeep):
     def _usable(self, entry: Entry) -> bool:
         """Check the connection first if it sat idle long, predates a failure, or heard from the server."""
         idle_for = entry.checked_out_at - entry.returned_at
-        if idle_for < self.settings.check_idle and entry.verified_at >= self._suspect_before:
-            if idle_for < JUST_RETURNED or not entry.socket_has_news():
-                return True
+        if (
+            idle_for < self.settings.check_idle
+            and entry.verified_at >= self._suspect_before
+            and (idle_for < JUST_RETURNED or not entry.socket_has_news())
+        ):
+            return True
         self._counts[keys.CHECKS] += 1  # a lost increment under a race only blurs a counter
         if self.driver.is_alive(entry.conn):
             entry.verified_at = time.monotonic()
@@ -416,5 +430,3 @@ class Pool(PoolUpkeep):
 
     def _describe(self, exc: BaseException) -> str:
         return self.settings.redact(describe_error(exc))
-
-

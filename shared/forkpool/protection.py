@@ -95,10 +95,12 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
             return obj
     chosen = integration or integration_for(obj)
     if chosen is None:
-        raise ConfigError(f"forkpool.protect: no integration for {type(obj).__module__}.{type(obj).__qualname__}; "
-                          "supported: SQLAlchemy Engine and AsyncEngine, Flask-SQLAlchemy, psycopg_pool pools, "
-                          "asyncpg pools, redis clients, psycopg2 / psycopg connections "
-                          "(Django: add 'forkpool.django' to INSTALLED_APPS)")
+        raise ConfigError(
+            f"forkpool.protect: no integration for {type(obj).__module__}.{type(obj).__qualname__}; "
+            "supported: SQLAlchemy Engine and AsyncEngine, Flask-SQLAlchemy, psycopg_pool pools, "
+            "asyncpg pools, redis clients, psycopg2 / psycopg connections "
+            "(Django: add 'forkpool.django' to INSTALLED_APPS)"
+        )
     endpoints = _attach_whole(chosen, obj)
     try:
         ref: Any = weakref.ref(obj)
@@ -137,8 +139,10 @@ def _attach_whole(integration: Integration, obj: Any) -> Endpoints:
         before.restore(obj)
         if isinstance(exc, ConfigError):
             raise ConfigError(describe_error(exc)) from None
-        raise ConfigError(f"forkpool.protect: cannot protect {type(obj).__module__}.{type(obj).__qualname__} "
-                          f"({integration.name}): {type(exc).__name__}: {describe_error(exc)}") from None
+        raise ConfigError(
+            f"forkpool.protect: cannot protect {type(obj).__module__}.{type(obj).__qualname__} "
+            f"({integration.name}): {type(exc).__name__}: {describe_error(exc)}"
+        ) from None
 
 
 _MISSING = object()
@@ -206,11 +210,11 @@ def release_all() -> None:
             try:
                 # Again now, before a fork: Flask-SQLAlchemy makes engines after protect(db).
                 entry.endpoints = entry.integration.attach(obj)
-            except Exception:  # noqa: BLE001 - the endpoints known so far still serve; release anyway
+            except Exception:  # the endpoints known so far still serve; release anyway
                 logger.warning("attaching %s again failed", entry.integration.name, exc_info=True)
             try:
                 entry.integration.release(obj)
-            except Exception:  # noqa: BLE001 - one failure must not keep the others open
+            except Exception:  # one failure must not keep the others open
                 logger.warning("releasing %s failed", entry.integration.name, exc_info=True)
 
 
@@ -245,7 +249,7 @@ def detach_inherited() -> None:
         endpoints |= entry.endpoints
     try:
         detach_connected_to(endpoints, only_shared_with_parent=noticed_late())
-    except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+    except Exception:  # an at-fork hook must never break the fork
         logger.warning("pointing inherited sockets at /dev/null failed", exc_info=True)
     for entry in inherited:
         entry.pid = pid
@@ -254,7 +258,7 @@ def detach_inherited() -> None:
             continue
         try:
             entry.integration.detach(obj)
-        except Exception:  # noqa: BLE001 - an at-fork hook must never break the fork
+        except Exception:  # an at-fork hook must never break the fork
             logger.warning("detaching inherited %s failed", entry.integration.name, exc_info=True)
 
 
@@ -272,7 +276,7 @@ def _entries() -> list[Protected]:
     holder = home()
     if not hasattr(holder, "protected"):
         holder.protected = []
-    return holder.protected  # type: ignore[no-any-return]
+    return holder.protected
 
 
 def _close_at_exit() -> None:
@@ -280,7 +284,7 @@ def _close_at_exit() -> None:
     # leave with os._exit(): worker_process_shutdown releases there.
     try:
         release_all()
-    except Exception:  # noqa: BLE001 - nothing may break interpreter exit
+    except Exception:  # nothing may break interpreter exit
         logger.debug("releasing protected objects at exit failed", exc_info=True)
 
 

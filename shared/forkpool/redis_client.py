@@ -34,24 +34,33 @@ SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
 KEEPALIVE_OPTIONS: dict[int, int] = {
     option: value
-    for option, value in ((getattr(socket, "TCP_KEEPIDLE", None), 5), (getattr(socket, "TCP_KEEPINTVL", None), 2),
-                          (getattr(socket, "TCP_KEEPCNT", None), 3), (getattr(socket, "TCP_USER_TIMEOUT", None), 10000))
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), 5),
+        (getattr(socket, "TCP_KEEPINTVL", None), 2),
+        (getattr(socket, "TCP_KEEPCNT", None), 3),
+        (getattr(socket, "TCP_USER_TIMEOUT", None), 10000),
+    )
     if option is not None
 }
 
 
 def network_options() -> dict[str, Any]:
     """Socket settings for any redis-py client (kombu's transport options take the same names)."""
-    return {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT,
-            "socket_keepalive": True, "socket_keepalive_options": dict(KEEPALIVE_OPTIONS)}
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_keepalive": True,
+        "socket_keepalive_options": dict(KEEPALIVE_OPTIONS),
+    }
 
 
-def _new_client() -> "redis.Redis":
-    redis = import_extra("redis", "redis", "forkpool.get_redis")
+def _new_client() -> redis.Redis:
+    import_extra("redis", "redis", "forkpool.get_redis")
+    from redis import Redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    return Redis.from_url(
         redis_url(),
         client_name=application_name(),
         health_check_interval=30,
@@ -70,6 +79,7 @@ def _forget_inherited(client: Any) -> None:
     del client
 
 
-get_redis = per_process(_new_client, detach=_forget_inherited, close=lambda client: client.close(),
-                        key="forkpool.redis")
+get_redis = per_process(
+    _new_client, detach=_forget_inherited, close=lambda client: client.close(), key="forkpool.redis"
+)
 get_redis.__doc__ = "This process's Redis client, created on first use from ``REDIS_URL``."

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import manager, protection
 from .errors import ConfigError
 from .live_pools import all_pools
+
 # after_fork_in_child, re-exported as forkpool.after_fork_in_child: the one routine a forked child
 # runs; the pools, protected objects and others add their part to it when their modules load.
 from .per_process import after_fork_in_child, home, notice_fork, per_process  # noqa: F401
@@ -54,8 +56,9 @@ class ProcessPools:
             pool.close()
 
 
-process_pools = per_process(ProcessPools, detach=ProcessPools.detach_inherited, close=ProcessPools.close,
-                            key="forkpool.pools")
+process_pools = per_process(
+    ProcessPools, detach=ProcessPools.detach_inherited, close=ProcessPools.close, key="forkpool.pools"
+)
 
 
 def configured() -> dict[str, PoolSettings]:
@@ -63,7 +66,7 @@ def configured() -> dict[str, PoolSettings]:
     holder = home()
     if not hasattr(holder, "configured"):
         holder.configured = {}
-    return holder.configured  # type: ignore[no-any-return]
+    return holder.configured
 
 
 def size_sources() -> dict[str, str]:
@@ -75,7 +78,7 @@ def size_sources() -> dict[str, str]:
     holder = home()
     if not hasattr(holder, "size_sources"):
         holder.size_sources = {}
-    return holder.size_sources  # type: ignore[no-any-return]
+    return holder.size_sources
 
 
 def get_pool(name: str = DEFAULT) -> Pool:
@@ -125,13 +128,30 @@ def configure(
     """
     base = build_settings(**settings_from_env()) if name == DEFAULT else PoolSettings()
     settings = build_settings(
-        base, dsn=dsn, min_size=min_size, max_size=max_size, timeout=timeout,
-        max_waiting=max_waiting, max_lifetime=max_lifetime, max_idle=max_idle,
-        check_idle=check_idle, leak_timeout=leak_timeout, connect_timeout=connect_timeout,
-        keepalives_idle=keepalives_idle, keepalives_interval=keepalives_interval,
-        keepalives_count=keepalives_count, tcp_user_timeout=tcp_user_timeout, connect_kwargs=connect_kwargs,
-        driver=driver, prepare=prepare, autocommit=autocommit, isolation_level=isolation_level,
-        read_only=read_only, deferrable=deferrable, configure=configure, reset=reset,
+        base,
+        dsn=dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        max_waiting=max_waiting,
+        max_lifetime=max_lifetime,
+        max_idle=max_idle,
+        check_idle=check_idle,
+        leak_timeout=leak_timeout,
+        connect_timeout=connect_timeout,
+        keepalives_idle=keepalives_idle,
+        keepalives_interval=keepalives_interval,
+        keepalives_count=keepalives_count,
+        tcp_user_timeout=tcp_user_timeout,
+        connect_kwargs=connect_kwargs,
+        driver=driver,
+        prepare=prepare,
+        autocommit=autocommit,
+        isolation_level=isolation_level,
+        read_only=read_only,
+        deferrable=deferrable,
+        configure=configure,
+        reset=reset,
     )
     state = process_pools()
     with state.lock:
@@ -186,7 +206,7 @@ def _used() -> set[str]:
     holder = home()
     if not hasattr(holder, "used_pools"):
         holder.used_pools = set()
-    return holder.used_pools  # type: ignore[no-any-return]
+    return holder.used_pools
 
 
 def close_all() -> None:
@@ -215,8 +235,12 @@ def manager_stats() -> dict[str, Any]:
     with state.lock:
         open_count = sum(1 for p in state.pools.values() if not p.closed)
         counts = dict(state.manager_counts)
-    return {"pools": open_count, "max_pools": manager.max_pools(), "idle_close_s": manager.idle_close_seconds(),
-            **counts}
+    return {
+        "pools": open_count,
+        "max_pools": manager.max_pools(),
+        "idle_close_s": manager.idle_close_seconds(),
+        **counts,
+    }
 
 
 def _create_pool(state: ProcessPools, name: str) -> Pool:

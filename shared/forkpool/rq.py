@@ -21,7 +21,9 @@ from typing import Any
 from .extras import import_extra
 from .per_process import close_at_exit
 
-rq = import_extra("rq", "rq", "forkpool.rq")
+import_extra("rq", "rq", "forkpool.rq")  # without rq: one line saying pip install 'forkpool[rq]'
+
+import rq  # noqa: E402 - after the check above
 
 
 class ClosesWhatTheHorseOpened:
@@ -34,11 +36,11 @@ class ClosesWhatTheHorseOpened:
         # ends in os._exit(): the flag tells perform_job it runs in a horse, not in the worker
         # itself (SimpleWorker runs jobs in its own process and keeps its pools between them).
         self._forkpool_horse = True
-        super().main_work_horse(*args, **kwargs)  # type: ignore[misc]
+        super().main_work_horse(*args, **kwargs)  # type: ignore[misc]  # a mixin: rq.Worker comes after it in the MRO
 
     def perform_job(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().perform_job(*args, **kwargs)  # type: ignore[misc]
+            return super().perform_job(*args, **kwargs)  # type: ignore[misc]  # a mixin: rq.Worker comes after it in the MRO
         finally:
             if self._forkpool_horse:
                 close_at_exit()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -168,7 +169,7 @@ def isolation_level(name: str, value: Any) -> str:
         if level in ISOLATION_LEVELS:
             return level
     choices = ", ".join(repr(level) for level in ISOLATION_LEVELS[1:])
-    raise ConfigError(f"{name}={value!r} is not an isolation level: use one of {choices} (\"\": the server's)")
+    raise ConfigError(f'{name}={value!r} is not an isolation level: use one of {choices} ("": the server\'s)')
 
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
@@ -187,16 +188,19 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 def session_of(settings: PoolSettings) -> Session:
     """The session state of `settings`: its fields, and what connect_kwargs says (ConfigError on a conflict)."""
     level = isolation_level(_env_name("isolation_level"), settings.isolation_level)
-    found: dict[str, Any] = {"autocommit": settings.autocommit, "isolation_level": level,
-                             "read_only": settings.read_only, "deferrable": settings.deferrable}
+    found: dict[str, Any] = {
+        "autocommit": settings.autocommit,
+        "isolation_level": level,
+        "read_only": settings.read_only,
+        "deferrable": settings.deferrable,
+    }
     given = {key: value for key, value in (settings.connect_kwargs or {}).items() if key in SESSION_KWARGS}
     for key, value in given.items():
         field = SESSION_KWARGS[key]
         if field == "isolation_level":
             value = isolation_level(f"connect_kwargs[{key!r}]", value)
-        elif field == "autocommit" or value is not None:
-            if not isinstance(value, bool):
-                raise ConfigError(f"connect_kwargs[{key!r}]={value!r} must be True or False")
+        elif (field == "autocommit" or value is not None) and not isinstance(value, bool):
+            raise ConfigError(f"connect_kwargs[{key!r}]={value!r} must be True or False")
         default = getattr(PoolSettings, field)
         if found[field] != default and found[field] != value:
             raise ConfigError(f"connect_kwargs[{key!r}]={value!r} contradicts {_env_name(field)}={found[field]!r}")
@@ -254,7 +258,9 @@ def validate(settings: PoolSettings) -> PoolSettings:
         if getattr(settings, field) < 0:
             raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must not be negative (0 turns it off)")
     resolve_name(settings.driver)  # an unknown or missing driver fails at start-up, not at the first checkout
-    settings = replace(settings, isolation_level=isolation_level(_env_name("isolation_level"), settings.isolation_level))
+    settings = replace(
+        settings, isolation_level=isolation_level(_env_name("isolation_level"), settings.isolation_level)
+    )
     for field in ("autocommit", "read_only", "deferrable"):
         value = getattr(settings, field)
         if not isinstance(value, bool) and not (value is None and field != "autocommit"):
@@ -288,10 +294,13 @@ def build_settings(base: PoolSettings | None = None, **overrides: Any) -> PoolSe
     return validate(replace(base or PoolSettings(), **chosen))
 
 
-def with_hooks(settings: PoolSettings, configure: Callable[[Any], Any] | None,
-               reset: Callable[[Any], Any] | None) -> PoolSettings:
+def with_hooks(
+    settings: PoolSettings, configure: Callable[[Any], Any] | None, reset: Callable[[Any], Any] | None
+) -> PoolSettings:
     """`settings` with the hooks given (None: keep the settings' own); ConfigError if one is not callable."""
-    hooks = {name: hook for name, hook in (("configure", configure), ("reset", reset)) if hook is not None}
+    hooks: dict[str, Any] = {
+        name: hook for name, hook in (("configure", configure), ("reset", reset)) if hook is not None
+    }
     for name, hook in hooks.items():
         if not callable(hook):
             raise ConfigError(f"{name}={hook!r} must be a function taking the connection")

@@ -53,9 +53,16 @@ ALL_KEYS = (PID, NAME, SERVER, MIN_SIZE, MAX_SIZE) + GAUGES + COUNTERS
 def snapshot(pool: Any, idle: int, in_use: int, waiting: int, opening: int, counts: dict[str, float]) -> dict[str, Any]:
     """One stats dict for a pool of either kind (the threaded pool calls it under its lock)."""
     found: dict[str, Any] = {
-        PID: pool.pid, NAME: pool.name, SERVER: pool.identity,
-        MIN_SIZE: pool.settings.min_size, MAX_SIZE: pool.settings.max_size,
-        SIZE: idle + in_use, IDLE: idle, IN_USE: in_use, WAITING: waiting, OPENING: opening,
+        PID: pool.pid,
+        NAME: pool.name,
+        SERVER: pool.identity,
+        MIN_SIZE: pool.settings.min_size,
+        MAX_SIZE: pool.settings.max_size,
+        SIZE: idle + in_use,
+        IDLE: idle,
+        IN_USE: in_use,
+        WAITING: waiting,
+        OPENING: opening,
     }
     found.update(counts)
     found[WAIT_MS_TOTAL] = round(found[WAIT_MS_TOTAL], 3)

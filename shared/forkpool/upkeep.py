@@ -41,9 +41,11 @@ class PoolUpkeep:
     _last_connect_error: str
     driver: Driver
 
-    def _size(self) -> int: ...  # noqa: E704 - implemented by Pool
-    def _hand_over(self, entry: Entry) -> None: ...  # noqa: E704
-    def _describe(self, exc: BaseException) -> str: ...  # noqa: E704
+    if TYPE_CHECKING:  # implemented by Pool
+
+        def _size(self) -> int: ...
+        def _hand_over(self, entry: Entry) -> None: ...
+        def _describe(self, exc: BaseException) -> str: ...
 
     def fill(self, deadline: float | None = None) -> bool:
         """Open connections up to the deficit; False on the first failure (caller backs off)."""
@@ -97,7 +99,6 @@ class PoolUpkeep:
                 return
             self._counts[keys.CONNECTIONS_CLOSED] += 1
         close_quietly(entry.conn)
-
 
     def take_expired_idle(self) -> list[Entry]:
         """Remove (for the caller to close) idle connections past ``max_lifetime``,

@@ -39,7 +39,8 @@ import ctypes
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .budget import startup_check
 from .errors import ConfigError
@@ -135,8 +136,11 @@ def _register_prepare_handler() -> None:
         libc.pthread_atfork.argtypes = [_FORK_HANDLER, _FORK_HANDLER, _FORK_HANDLER]
         failed = libc.pthread_atfork(handler, _FORK_HANDLER(), _FORK_HANDLER())
     if failed:
-        logger.warning("forkpool.uwsgi: registering the before-fork handler failed (%s); "
-                       "the master keeps what the app opened at import", failed)
+        logger.warning(
+            "forkpool.uwsgi: registering the before-fork handler failed (%s); "
+            "the master keeps what the app opened at import",
+            failed,
+        )
 
 
 def _prepare() -> None:
@@ -144,7 +148,7 @@ def _prepare() -> None:
     # Nothing here may fork or register another handler (libc holds its at-fork lock).
     try:
         before_fork()
-    except Exception:  # noqa: BLE001 - a failure here must not stop uWSGI from forking
+    except Exception:  # a failure here must not stop uWSGI from forking
         logger.warning("forkpool.uwsgi: releasing in the master before fork failed", exc_info=True)
 
 
@@ -154,6 +158,8 @@ def _option_int(name: str, default: int) -> int:
         value = value[-1]
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
+    if value is None:
+        return default
     try:
         return int(value)
     except (TypeError, ValueError):

@@ -4,4 +4,6 @@ import os
 
 import forkpool
 
-forkpool.configure("reports", dsn=os.environ["DATABASE_URL"], min_size=1, max_size=int(os.environ.get("REPORTS_SIZE", "3")))
+forkpool.configure(
+    "reports", dsn=os.environ["DATABASE_URL"], min_size=1, max_size=int(os.environ.get("REPORTS_SIZE", "3"))
+)

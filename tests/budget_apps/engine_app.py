@@ -6,9 +6,12 @@ from sqlalchemy import create_engine, text
 
 import forkpool
 
-engine = create_engine(os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
-                       pool_size=int(os.environ["ENGINE_POOL_SIZE"]),
-                       max_overflow=int(os.environ.get("ENGINE_MAX_OVERFLOW", "0")), pool_timeout=10)
+engine = create_engine(
+    os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
+    pool_size=int(os.environ["ENGINE_POOL_SIZE"]),
+    max_overflow=int(os.environ.get("ENGINE_MAX_OVERFLOW", "0")),
+    pool_timeout=10,
+)
 forkpool.protect(engine, eager=os.environ.get("ENGINE_EAGER") == "1")
 
 

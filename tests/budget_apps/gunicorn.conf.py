@@ -2,7 +2,6 @@
 
 import os
 
-from forkpool.gunicorn import (on_exit, on_starting, post_fork, post_worker_init, pre_fork,  # noqa: F401
-                               when_ready, worker_exit)
+from forkpool.gunicorn import on_exit, on_starting, post_fork, post_worker_init, pre_fork, when_ready, worker_exit  # noqa: F401
 
 preload_app = os.environ.get("PRELOAD", "1") == "1"

@@ -47,7 +47,7 @@ for _ in range(children):
             os.write(write_fd, b".")
             os.close(write_fd)  # once every child has, or has died, the parent reads the end
             time.sleep(600)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child reports any failure and exits with 1
             traceback.print_exc()
             code = 1
         finally:

@@ -12,8 +12,9 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 
 url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1)
-engine = create_engine(url, pool_size=2, max_overflow=0,
-                       connect_args={"application_name": os.environ.get("APP_NAME", "sqla-app")})
+engine = create_engine(
+    url, pool_size=2, max_overflow=0, connect_args={"application_name": os.environ.get("APP_NAME", "sqla-app")}
+)
 
 app = Flask(__name__)
 

@@ -1,4 +1,4 @@
-from forkpool.gunicorn import on_starting, when_ready, pre_fork, post_fork, worker_exit, on_exit  # noqa: F401
+from forkpool.gunicorn import on_exit, on_starting, post_fork, pre_fork, when_ready, worker_exit  # noqa: F401
 
 worker_class = "gevent"
 worker_connections = 50

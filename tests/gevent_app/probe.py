@@ -59,8 +59,7 @@ def exhaust() -> dict:
     finally:
         for conn in taken:
             pool.putconn(conn)
-    return {"pid": os.getpid(), "timed_out": late.value, "queued": queued, "woken": waiter.value,
-            "patched": patched()}
+    return {"pid": os.getpid(), "timed_out": late.value, "queued": queued, "woken": waiter.value, "patched": patched()}
 
 
 class _Run:
@@ -107,6 +106,10 @@ def refill() -> dict:
             break
         time.sleep(0.01)  # cooperative under gevent: the maintainer (a greenlet there) runs meanwhile
     snapshot = pool.stats()
-    return {"pid": os.getpid(), "size": snapshot[keys.SIZE], "min_size": pool.settings.min_size,
-            "reopened": snapshot[keys.CONNECTIONS_OPENED] - opened,
-            "maintainers": sorted(t.name for t in threading.enumerate() if t.name.startswith("forkpool-"))}
+    return {
+        "pid": os.getpid(),
+        "size": snapshot[keys.SIZE],
+        "min_size": pool.settings.min_size,
+        "reopened": snapshot[keys.CONNECTIONS_OPENED] - opened,
+        "maintainers": sorted(t.name for t in threading.enumerate() if t.name.startswith("forkpool-")),
+    }

@@ -9,7 +9,7 @@ import time
 import forkpool
 
 if os.environ.get("WIRE_IN_APP") == "1":
-    import forkpool.uwsgi  # noqa: F401 - the one line, in the app instead of uWSGI's --import
+    import forkpool.uwsgi  # the one line, in the app instead of uWSGI's --import
 
 pool = forkpool.get_pool()
 with pool.connection() as conn, conn.cursor() as cur:  # work at import

@@ -6,8 +6,15 @@ from sqlalchemy import create_engine, text
 
 import forkpool
 
-engine = forkpool.protect(create_engine(os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
-                                        pool_size=2, max_overflow=0, pool_timeout=10), eager=True)
+engine = forkpool.protect(
+    create_engine(
+        os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1),
+        pool_size=2,
+        max_overflow=0,
+        pool_timeout=10,
+    ),
+    eager=True,
+)
 
 with engine.connect() as conn:  # work at import
     conn.execute(text("SELECT 1"))

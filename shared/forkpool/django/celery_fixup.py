@@ -73,8 +73,7 @@ def connect() -> bool:
     except ImportError:
         return False
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="forkpool.django.worker_init")
-    signals.worker_before_create_process.connect(_before_fork, weak=False,
-                                                 dispatch_uid="forkpool.django.before_fork")
+    signals.worker_before_create_process.connect(_before_fork, weak=False, dispatch_uid="forkpool.django.before_fork")
     return True
 
 
@@ -118,13 +117,14 @@ def run_forkpool_process_init_last(warn: bool) -> bool:
     from .. import celery as forkpool_celery
 
     if signals.worker_process_init.disconnect(dispatch_uid=PROCESS_INIT_UID):
-        signals.worker_process_init.connect(forkpool_celery._on_process_init, weak=False,
-                                            dispatch_uid=PROCESS_INIT_UID)
+        signals.worker_process_init.connect(forkpool_celery._on_process_init, weak=False, dispatch_uid=PROCESS_INIT_UID)
         return True
     if warn and not _state["warned_unwired"]:
         _state["warned_unwired"] = True
-        logger.warning("forkpool.django: this Celery worker was not wired (forkpool.celery.wire_celery(app)): "
-                       "Django pools open at the first task and are not closed when a child exits")
+        logger.warning(
+            "forkpool.django: this Celery worker was not wired (forkpool.celery.wire_celery(app)): "
+            "Django pools open at the first task and are not closed when a child exits"
+        )
     return False
 
 

@@ -114,7 +114,7 @@ def graveyard() -> list[Any]:
     holder = home()
     if not hasattr(holder, "django_graveyard"):
         holder.django_graveyard = []
-    return holder.django_graveyard  # type: ignore[no-any-return]
+    return holder.django_graveyard
 
 
 @dataclass(eq=False)
@@ -125,14 +125,14 @@ class DjangoDatabases:
     vendors: dict[str, str] = field(default_factory=dict)  # alias -> "postgresql", "mysql", "sqlite", ...
     pooled: frozenset[str] = frozenset()
     persistent: frozenset[str] = frozenset()  # CONN_MAX_AGE != 0
-    pool_dicts: list[dict] = field(default_factory=list)  # each backend class's _connection_pools
+    pool_dicts: list[dict[str, Any]] = field(default_factory=list)  # each backend class's _connection_pools
     name_keys: dict[str, str] = field(default_factory=dict)  # alias -> OPTIONS key naming a connection
     identities: dict[str, str] = field(default_factory=dict)  # alias -> the name we set last
     # False when a server closes classic connections between units of work anyway
     # (Celery's Django fixup, by default): opening one at worker start would be wasted.
     warm_classic: bool = True
     # Every thread's wrapper that connected (connection_created), weakly: what a fork may inherit.
-    wrappers: weakref.WeakSet = field(default_factory=weakref.WeakSet)
+    wrappers: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     # Between the parent's before-fork hook and the end of the fork: each thread's connection.
     held: list[Any] = field(default_factory=list)
 
@@ -142,8 +142,9 @@ class DjangoDatabases:
 
         if any(pools.keys() & set(self.aliases) for pools in self.pool_dicts):
             return True
-        return any(conn.connection is not None for conn in connections.all(initialized_only=True)
-                   if conn.alias in self.aliases)
+        return any(
+            conn.connection is not None for conn in connections.all(initialized_only=True) if conn.alias in self.aliases
+        )
 
     def open_connections(self, alias: str) -> int:
         """Classic connections of `alias` open in this process, every thread's."""
@@ -158,7 +159,11 @@ class DjangoIntegration:
         from django.db.backends.signals import connection_created
 
         found = Endpoints()
-        aliases, vendors, pooled, persistent, pool_dicts = [], {}, set(), set(), []
+        aliases: list[str] = []
+        vendors: dict[str, str] = {}
+        pooled: set[str] = set()
+        persistent: set[str] = set()
+        pool_dicts: list[dict[str, Any]] = []
         for alias in connections:
             wrapper = connections[alias]  # this thread's wrapper: made, not connected
             aliases.append(alias)
@@ -181,8 +186,7 @@ class DjangoIntegration:
         obj.aliases, obj.vendors = tuple(aliases), vendors
         obj.pooled, obj.persistent, obj.pool_dicts = frozenset(pooled), frozenset(persistent), pool_dicts
         connection_created.connect(_track, weak=False, dispatch_uid="forkpool.django.connection_created")
-        install_fork_hooks("forkpool.django", before=_hold_every_thread_connection,
-                           after_in_parent=_let_go_of_held)
+        install_fork_hooks("forkpool.django", before=_hold_every_thread_connection, after_in_parent=_let_go_of_held)
         return found
 
     def detach(self, obj: DjangoDatabases) -> None:
@@ -219,13 +223,13 @@ class DjangoIntegration:
             if conn.alias in obj.aliases and conn.connection is not None:
                 try:
                     conn.close()  # a pooled connection goes back to its pool, a classic one is closed
-                except Exception:  # noqa: BLE001 - a broken connection must not keep the others open
+                except Exception:  # a broken connection must not keep the others open
                     logger.warning("closing Django connection %r failed", conn.alias, exc_info=True)
         for pools in obj.pool_dicts:
             for alias in [a for a in obj.pooled if a in pools]:
                 try:
                     connections[alias].close_pool()  # closes the pool's connections, stops its threads
-                except Exception:  # noqa: BLE001
+                except Exception:
                     logger.warning("closing Django pool %r failed", alias, exc_info=True)
 
     def warm(self, obj: DjangoDatabases, deadline: float, eager: bool) -> bool:
@@ -267,13 +271,23 @@ class DjangoIntegration:
                     stats = pool.get_stats()
                     size, available = int(stats.get("pool_size", 0)), int(stats.get("pool_available", 0))
                     waiting = int(stats.get("requests_waiting", 0))
-                found.append(PoolReport(label, backend, bound, f"OPTIONS['pool'] max_size {bound}", open=size,
-                                        in_use=size - available, waiting=waiting))
+                found.append(
+                    PoolReport(
+                        label,
+                        backend,
+                        bound,
+                        f"OPTIONS['pool'] max_size {bound}",
+                        open=size,
+                        in_use=size - available,
+                        waiting=waiting,
+                    )
+                )
             else:
                 # A classic connection for each thread that uses the alias: as many as threads, no bound.
                 held = obj.open_connections(alias)
-                found.append(PoolReport(label, backend, None, "one connection per thread (no pool)",
-                                        open=held, in_use=held))
+                found.append(
+                    PoolReport(label, backend, None, "one connection per thread (no pool)", open=held, in_use=held)
+                )
         return found
 
 
@@ -313,7 +327,7 @@ def drop_socket(raw: Any) -> None:
         os.dup2(devnull_fd(), fd)
 
 
-def endpoints_of(vendor: str, settings_dict: dict) -> Endpoints:
+def endpoints_of(vendor: str, settings_dict: dict[str, Any]) -> Endpoints:
     """Where an alias's connections go, as the kernel's socket tables show them (none for SQLite)."""
     if vendor == "postgresql":
         return postgres(dsn_of(settings_dict))
@@ -322,7 +336,7 @@ def endpoints_of(vendor: str, settings_dict: dict) -> Endpoints:
     return Endpoints()
 
 
-def mysql_endpoints(settings_dict: dict) -> Endpoints:
+def mysql_endpoints(settings_dict: dict[str, Any]) -> Endpoints:
     """A MySQL alias's server, as Django's backend passes it to the driver (OPTIONS over HOST/PORT)."""
     options = settings_dict.get("OPTIONS") or {}
     host = str(settings_dict.get("HOST") or "")
@@ -330,8 +344,9 @@ def mysql_endpoints(settings_dict: dict) -> Endpoints:
     if socket_path:
         return Endpoints(unix=frozenset({socket_path}))
     host = str(options.get("host") or host)
-    port = int(options.get("port") or settings_dict.get("PORT") or os.environ.get("MYSQL_TCP_PORT")
-               or MYSQL_DEFAULT_PORT)
+    port = int(
+        options.get("port") or settings_dict.get("PORT") or os.environ.get("MYSQL_TCP_PORT") or MYSQL_DEFAULT_PORT
+    )
     if host in ("", "localhost"):
         # mysqlclient: the client library's Unix socket; PyMySQL: TCP to localhost.
         paths = {os.environ["MYSQL_UNIX_PORT"]} if os.environ.get("MYSQL_UNIX_PORT") else set(MYSQL_DEFAULT_SOCKETS)
@@ -375,7 +390,7 @@ def forget_connection(conn: Any) -> None:
     conn.connection = None
 
 
-def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict) -> None:
+def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict[str, Any]) -> None:
     """Name `alias`'s next connections after this process, unless the project named them itself."""
     key = obj.name_keys.get(alias)
     if key is None:  # the backend has no place for a name
@@ -388,7 +403,7 @@ def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict) -> None:
         options[key] = obj.identities[alias] = application_name()
 
 
-def dsn_of(settings_dict: dict) -> str:
+def dsn_of(settings_dict: dict[str, Any]) -> str:
     """A libpq DSN naming the servers of one alias (as Django merges HOST/PORT over OPTIONS)."""
     from psycopg2.extensions import make_dsn
 

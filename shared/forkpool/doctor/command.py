@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..extras import import_extra
 from ..redact import describe_error, dsn_identity, dsn_password, redact_text
 from .discovery import find_servers, find_trees
-from .findings import ERROR, Expectations, evaluate
+from .findings import ERROR, Expectations, Finding, evaluate
 from .render import as_json, as_table
 from .survey import survey
 
@@ -27,23 +27,55 @@ from .survey import survey
 def doctor_command(argv: list[str], prog: str) -> int:
     """Check a running Gunicorn / Celery deployment from the outside: shared sockets, masters, counts."""
     parser = argparse.ArgumentParser(prog=prog, description=doctor_command.__doc__)
-    parser.add_argument("--pid", type=int, action="append", default=[], metavar="PID",
-                        help="A master's pid (repeatable); default: every Gunicorn arbiter and Celery main process.")
-    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL"), metavar="URL",
-                        help="PostgreSQL to match sessions against (default: DATABASE_URL).")
-    parser.add_argument("--redis-url", default=None, metavar="URL",
-                        help="Redis to match CLIENT LIST against (needs the redis extra).")
-    parser.add_argument("--pool-size", action="append", default=[], metavar="[SERVER=]N",
-                        help="Expected database connections per worker: N for all, or gunicorn=N / celery=N.")
-    parser.add_argument("--app", action="append", default=[], metavar="MODULE[:ATTR]",
-                        help="Import the application (as forkpool budget --app does) and expect, per worker, "
-                             "the PostgreSQL connections its pools may hold at most (each protected pool's "
-                             "maximum, forkpool's own pools' max_size); --pool-size N still wins.")
-    parser.add_argument("--idle-in-transaction", type=float, default=60.0, metavar="SECONDS",
-                        help="Flag sessions idle in transaction longer than this. Default 60.")
+    parser.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PID",
+        help="A master's pid (repeatable); default: every Gunicorn arbiter and Celery main process.",
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("DATABASE_URL"),
+        metavar="URL",
+        help="PostgreSQL to match sessions against (default: DATABASE_URL).",
+    )
+    parser.add_argument(
+        "--redis-url", default=None, metavar="URL", help="Redis to match CLIENT LIST against (needs the redis extra)."
+    )
+    parser.add_argument(
+        "--pool-size",
+        action="append",
+        default=[],
+        metavar="[SERVER=]N",
+        help="Expected database connections per worker: N for all, or gunicorn=N / celery=N.",
+    )
+    parser.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE[:ATTR]",
+        help="Import the application (as forkpool budget --app does) and expect, per worker, "
+        "the PostgreSQL connections its pools may hold at most (each protected pool's "
+        "maximum, forkpool's own pools' max_size); --pool-size N still wins.",
+    )
+    parser.add_argument(
+        "--idle-in-transaction",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="Flag sessions idle in transaction longer than this. Default 60.",
+    )
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
-    parser.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
-                        help="Refresh the table every SECONDS (default 2) until Ctrl-C.")
+    parser.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="Refresh the table every SECONDS (default 2) until Ctrl-C.",
+    )
     args = parser.parse_args(argv)
     sizes = _pool_sizes(args.pool_size)
     if args.app and "*" not in sizes:
@@ -66,7 +98,7 @@ def doctor_command(argv: list[str], prog: str) -> int:
     return 1 if any(f.severity == ERROR for f in findings) else 0
 
 
-def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list]:
+def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list[Finding]]:
     import psycopg2
 
     try:
@@ -81,11 +113,13 @@ def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list]
     try:
         found = survey(processes, servers, args.dsn, args.redis_url)
     except psycopg2.Error as exc:
-        raise ConfigError(f"cannot list the sessions of {dsn_identity(args.dsn)} (--dsn / DATABASE_URL): "
-                          f"{_describe(exc, args.dsn)}") from None
+        raise ConfigError(
+            f"cannot list the sessions of {dsn_identity(args.dsn)} (--dsn / DATABASE_URL): {_describe(exc, args.dsn)}"
+        ) from None
     except redis_error as exc:
-        raise ConfigError(f"cannot list the clients of {redact_text(args.redis_url)} (--redis-url): "
-                          f"{_describe(exc, args.redis_url)}") from None
+        raise ConfigError(
+            f"cannot list the clients of {redact_text(args.redis_url)} (--redis-url): {_describe(exc, args.redis_url)}"
+        ) from None
     return found, evaluate(found, expect)
 
 
@@ -98,7 +132,8 @@ def _redis_errors(redis_url: str | None) -> type[BaseException] | tuple[type[Bas
         redis.connection.parse_url(redis_url)
     except ValueError as exc:
         raise ConfigError(f"--redis-url is not a valid Redis URL: {_describe(exc, redis_url)}") from None
-    return redis.RedisError
+    errors: type[BaseException] = redis.RedisError
+    return errors
 
 
 def _watch(args: argparse.Namespace, expect: Expectations) -> int:

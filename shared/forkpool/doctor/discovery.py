@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
-from ..extras import import_extra
 from .. import kernel_sockets as procfs
+from ..extras import import_extra
 
 POSTGRESQL, REDIS = "postgresql", "redis"
 _SERVER_PROCESSES = {"postgres": POSTGRESQL, "postmaster": POSTGRESQL, "redis-server": REDIS}
@@ -58,9 +59,11 @@ class Servers:
         return self.unix.get(path)
 
     def describe(self) -> list[str]:
-        return sorted({f"{kind} {ip}:{port}" for (ip, port), kind in self.tcp.items()}
-                      | {f"{kind} *:{port}" for port, kind in self.any_local_ip.items()}
-                      | {f"{kind} {path}" for path, kind in self.unix.items()})
+        return sorted(
+            {f"{kind} {ip}:{port}" for (ip, port), kind in self.tcp.items()}
+            | {f"{kind} *:{port}" for port, kind in self.any_local_ip.items()}
+            | {f"{kind} {path}" for path, kind in self.unix.items()}
+        )
 
 
 def psutil_module() -> Any:
@@ -88,15 +91,16 @@ def find_trees(master_pids: Iterable[int] | None = None) -> list[Examined]:
             seen.add(proc.pid)
             try:
                 role = "worker" if proc.pid != pid else "master" if len(members) > 1 else "single"
-                found.append(Examined(proc.pid, proc.ppid(), pid, role, kind, proc.name(),
-                                      " ".join(proc.cmdline())[:200]))
+                found.append(
+                    Examined(proc.pid, proc.ppid(), pid, role, kind, proc.name(), " ".join(proc.cmdline())[:200])
+                )
             except psutil.Error:
                 continue  # exited while we looked
     return found
 
 
 def server_kind(proc: Any) -> str | None:
-    """"gunicorn" or "celery" when `proc` runs one (by its command line), else None."""
+    """ "gunicorn" or "celery" when `proc` runs one (by its command line), else None."""
     try:
         argv = proc.cmdline()
     except Exception:  # noqa: BLE001 - psutil.Error, or the process is gone
@@ -189,6 +193,6 @@ def _add_redis_url(servers: Servers, url: str) -> None:
 
 def _resolve(host: str, port: int) -> set[str]:
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except OSError:
         return set()

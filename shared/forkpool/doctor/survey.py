@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+
 from .. import kernel_sockets as procfs
 from .discovery import POSTGRESQL, REDIS, Examined, Servers
 
@@ -51,8 +52,7 @@ class Survey:
     dead_sockets: dict[int, list[int]] = field(default_factory=dict)
 
 
-def survey(processes: list[Examined], servers: Servers, database_url: str | None,
-           redis_url: str | None) -> Survey:
+def survey(processes: list[Examined], servers: Servers, database_url: str | None, redis_url: str | None) -> Survey:
     started = time.perf_counter()
     connections = connections_of(processes, servers)
     dead = dead_sockets_of(processes)
@@ -61,8 +61,7 @@ def survey(processes: list[Examined], servers: Servers, database_url: str | None
         sessions += match(postgres_sessions(database_url), connections, processes, servers.local_ips)
     if redis_url:
         sessions += match(redis_clients(redis_url), connections, processes, servers.local_ips)
-    return Survey(processes, connections, sessions, servers.describe(), (time.perf_counter() - started) * 1000,
-                  dead)
+    return Survey(processes, connections, sessions, servers.describe(), (time.perf_counter() - started) * 1000, dead)
 
 
 def connections_of(processes: list[Examined], servers: Servers) -> dict[int, Connection]:
@@ -103,8 +102,9 @@ def dead_sockets_of(processes: list[Examined]) -> dict[int, list[int]]:
     return found
 
 
-def _classify(inode: int, tcp: dict[int, procfs.TcpSocket], unix: dict[int, procfs.UnixSocket],
-              servers: Servers) -> Connection | None:
+def _classify(
+    inode: int, tcp: dict[int, procfs.TcpSocket], unix: dict[int, procfs.UnixSocket], servers: Servers
+) -> Connection | None:
     entry = tcp.get(inode)
     if entry is not None:
         if entry.state not in (procfs.TCP_ESTABLISHED, procfs.TCP_CLOSE_WAIT):
@@ -112,15 +112,23 @@ def _classify(inode: int, tcp: dict[int, procfs.TcpSocket], unix: dict[int, proc
         kind = servers.tcp_kind(entry.remote)
         if kind is None:
             return None
-        return Connection(inode, kind, "tcp", _ep(entry.local), _ep(entry.remote),
-                          closed_by_server=entry.state == procfs.TCP_CLOSE_WAIT)
+        return Connection(
+            inode,
+            kind,
+            "tcp",
+            _ep(entry.local),
+            _ep(entry.remote),
+            closed_by_server=entry.state == procfs.TCP_CLOSE_WAIT,
+        )
     sock = unix.get(inode)
     if sock is None or sock.listening or not sock.peer:
         return None
     peer = unix.get(sock.peer)
     # An accepted Unix socket carries its listener's path: that is how a client's
     # unnamed socket is known to lead to PostgreSQL.
-    kind = servers.unix_kind(peer.path) if peer is not None else None
+    if peer is None:
+        return None
+    kind = servers.unix_kind(peer.path)
     if kind is None:
         return None
     return Connection(inode, kind, "unix", "unix", peer.path)
@@ -142,9 +150,17 @@ def postgres_sessions(database_url: str) -> list[Session]:
             rows = cur.fetchall()
     finally:
         conn.close()
-    return [Session(POSTGRESQL, str(pid), name, f"{addr}:{port}" if addr else "unix", state,
-                    float(idle) if idle is not None else None)
-            for pid, name, addr, port, state, idle in rows]
+    return [
+        Session(
+            POSTGRESQL,
+            str(pid),
+            name,
+            f"{addr}:{port}" if addr else "unix",
+            state,
+            float(idle) if idle is not None else None,
+        )
+        for pid, name, addr, port, state, idle in rows
+    ]
 
 
 def redis_clients(redis_url: str) -> list[Session]:
@@ -162,14 +178,14 @@ def redis_clients(redis_url: str) -> list[Session]:
         if str(row.get("id")) == str(me):
             continue
         addr = row.get("addr", "")
-        client_end = "unix" if addr.startswith("/") or row.get("fd") == "-1" and not addr else addr
-        sessions.append(Session(REDIS, str(row.get("id")), row.get("name", ""), client_end,
-                                row.get("cmd", ""), None))
+        client_end = "unix" if addr.startswith("/") or (row.get("fd") == "-1" and not addr) else addr
+        sessions.append(Session(REDIS, str(row.get("id")), row.get("name", ""), client_end, row.get("cmd", ""), None))
     return sessions
 
 
-def match(sessions: list[Session], connections: dict[int, Connection], processes: list[Examined],
-          local_ips: set[str]) -> list[Session]:
+def match(
+    sessions: list[Session], connections: dict[int, Connection], processes: list[Examined], local_ips: set[str]
+) -> list[Session]:
     """Find each session's client process: in an examined tree, elsewhere on this host, or gone."""
     by_client = {(c.kind, c.client): c for c in connections.values() if c.transport == "tcp"}
     examined = {p.pid for p in processes}

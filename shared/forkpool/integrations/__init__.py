@@ -14,8 +14,11 @@ _BY_TYPE = (
     ("sqlalchemy.engine", {"Engine"}, "sqlalchemy"),
     ("sqlalchemy.ext.asyncio", {"AsyncEngine"}, "sqlalchemy_async"),
     ("flask_sqlalchemy", {"SQLAlchemy"}, "sqlalchemy"),
-    ("psycopg_pool", {"ConnectionPool", "AsyncConnectionPool", "NullConnectionPool", "AsyncNullConnectionPool"},
-     "psycopg_pool"),
+    (
+        "psycopg_pool",
+        {"ConnectionPool", "AsyncConnectionPool", "NullConnectionPool", "AsyncNullConnectionPool"},
+        "psycopg_pool",
+    ),
     ("asyncpg", {"Pool"}, "asyncpg"),
     ("redis", {"Redis", "StrictRedis"}, "redis"),
     ("psycopg2", {"connection"}, "dbapi"),

@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,10 +85,18 @@ TERMINATE = b"X\x00\x00\x00\x04"  # the frontend's Terminate message ('X', lengt
 
 # Pool.__init__'s keyword arguments and the slot asyncpg keeps each in (0.30 - 0.32; init_size: 0.32).
 _SLOT_OF = {
-    "init_size": "_initsize", "min_size": "_minsize", "max_size": "_maxsize", "max_queries": "_max_queries",
-    "max_inactive_connection_lifetime": "_max_inactive_connection_lifetime", "connect": "_connect",
-    "setup": "_setup", "init": "_init", "reset": "_reset", "loop": "_loop",
-    "connection_class": "_connection_class", "record_class": "_record_class",
+    "init_size": "_initsize",
+    "min_size": "_minsize",
+    "max_size": "_maxsize",
+    "max_queries": "_max_queries",
+    "max_inactive_connection_lifetime": "_max_inactive_connection_lifetime",
+    "connect": "_connect",
+    "setup": "_setup",
+    "init": "_init",
+    "reset": "_reset",
+    "loop": "_loop",
+    "connection_class": "_connection_class",
+    "record_class": "_record_class",
 }
 _STATE_SLOTS = ("_holders", "_initialized", "_initializing", "_closed", "_connect_args", "_connect_kwargs")
 
@@ -98,7 +107,7 @@ class _PoolState:
     naming: bool  # forkpool names its connections (the app named none)
     label: str
     deferred: bool = False  # rebuilt unopened: opens in the loop that first needs it
-    opening: "asyncio.Task[Any] | None" = None
+    opening: asyncio.Task[Any] | None = None
 
 
 _STATES: dict[int, _PoolState] = {}
@@ -113,8 +122,10 @@ class _NoLoopYet:
     def __getattr__(self, name: str) -> Any:
         from asyncpg import exceptions
 
-        raise exceptions.InterfaceError("forkpool: this asyncpg pool opens in the event loop that first awaits "
-                                        "or uses it (await pool, async with pool, pool.acquire())")
+        raise exceptions.InterfaceError(
+            "forkpool: this asyncpg pool opens in the event loop that first awaits "
+            "or uses it (await pool, async with pool, pool.acquire())"
+        )
 
 
 _UNBOUND = _NoLoopYet()
@@ -129,32 +140,31 @@ class _OpensInItsLoop:
         state = _STATES.get(id(self))
         if state is not None and (state.deferred or _loop_ended(self)):
             return await _open_here(self, state)
-        return await super()._async__init__()  # type: ignore[misc]
+        return await super()._async__init__()  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
     async def _acquire(self, timeout: float | None) -> Any:  # first use: acquire(), fetch(), execute()...
         state = _STATES.get(id(self))
         if state is not None and (state.deferred or _loop_ended(self)):
             await _open_here(self, state)
-        return await super()._acquire(timeout)  # type: ignore[misc]
+        return await super()._acquire(timeout)  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
     async def close(self) -> None:
         state = _STATES.get(id(self))
         if state is not None and state.deferred:
             return  # never opened in this process: nothing to close (asyncpg would say "not initialized")
-        await super().close()  # type: ignore[misc]
+        await super().close()  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
     def terminate(self) -> None:
         state = _STATES.get(id(self))
         if state is not None and state.deferred:
             return
-        super().terminate()  # type: ignore[misc]
+        super().terminate()  # type: ignore[misc]  # asyncpg is untyped: the base is Any
 
 
 def _loop_ended(pool: Any) -> bool:
     """The pool opened in a loop that has closed since (one ``asyncio.run()`` per Celery task, say)."""
     loop = pool._loop
-    return pool._initialized and not pool._closed and isinstance(loop, asyncio.AbstractEventLoop) \
-        and loop.is_closed()
+    return pool._initialized and not pool._closed and isinstance(loop, asyncio.AbstractEventLoop) and loop.is_closed()
 
 
 async def _open_here(pool: Any, state: _PoolState) -> Any:
@@ -199,32 +209,44 @@ def _base_class(pool: Any) -> type:
     raise ConfigError(f"forkpool.protect: {type(pool).__qualname__} is not an asyncpg pool")
 
 
+def _base_init(pool: Any) -> Callable[..., None]:
+    """That class's own ``__init__`` (the function in its ``__dict__``, what ``cls.__init__`` gives)."""
+    init: Callable[..., None] = vars(_base_class(pool))["__init__"]
+    return init
+
+
 def _protected_class(cls: type) -> type:
     if issubclass(cls, _OpensInItsLoop):
         return cls
     sub = _SUBCLASSES.get(cls)
     if sub is None:
-        sub = _SUBCLASSES[cls] = type(cls.__name__, (_OpensInItsLoop, cls),
-                                      {"__slots__": (), "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__})
+        sub = _SUBCLASSES[cls] = type(
+            cls.__name__,
+            (_OpensInItsLoop, cls),
+            {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
     return sub
 
 
 def constructor_args(pool: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The positional and keyword arguments `pool` was made with (``set_connect_args()`` included), no loop."""
     keywords: dict[str, Any] = {}
-    for name, parameter in inspect.signature(_base_class(pool).__init__).parameters.items():
+    for name, parameter in inspect.signature(_base_init(pool)).parameters.items():
         if name in ("self", "loop") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         slot = _SLOT_OF.get(name)
         if slot is None or not hasattr(pool, slot):
-            raise ConfigError(f"forkpool.protect: cannot rebuild {type(pool).__qualname__} in a worker: this "
-                              f"asyncpg keeps its {name!r} argument where forkpool does not know")
+            raise ConfigError(
+                f"forkpool.protect: cannot rebuild {type(pool).__qualname__} in a worker: this "
+                f"asyncpg keeps its {name!r} argument where forkpool does not know"
+            )
         keywords[name] = getattr(pool, slot)
     for slot in _STATE_SLOTS:
         if not hasattr(pool, slot):
-            raise ConfigError(f"forkpool.protect: this asyncpg pool has no {slot!r}: an asyncpg forkpool "
-                              "was not tried with (0.30 - 0.32)")
+            raise ConfigError(
+                f"forkpool.protect: this asyncpg pool has no {slot!r}: an asyncpg forkpool "
+                "was not tried with (0.30 - 0.32)"
+            )
     return tuple(pool._connect_args), {**pool._connect_kwargs, **keywords}
 
 
@@ -232,9 +254,10 @@ def rebuild(pool: Any, *, keep_old: bool) -> None:
     """Run asyncpg's ``Pool.__init__`` again on `pool`: unopened, bound to no loop yet."""
     args, kwargs = constructor_args(pool)
     if keep_old:
-        _graveyard.append({slot: getattr(pool, slot, None)
-                           for slot in ("_holders", "_queue", "_loop", "_maintenance_task")})
-    _base_class(pool).__init__(pool, *args, loop=_UNBOUND, **kwargs)
+        _graveyard.append(
+            {slot: getattr(pool, slot, None) for slot in ("_holders", "_queue", "_loop", "_maintenance_task")}
+        )
+    _base_init(pool)(pool, *args, loop=_UNBOUND, **kwargs)
     state = _STATES[id(pool)]
     state.deferred, state.opening = True, None
 
@@ -243,8 +266,11 @@ def _connect_arguments(pool: Any) -> dict[str, Any]:
     """asyncpg.connect()'s keyword arguments as the pool will pass them (its defaults filled in)."""
     import asyncpg
 
-    found = {name: p.default for name, p in inspect.signature(asyncpg.connect).parameters.items()
-             if p.default is not inspect.Parameter.empty}
+    found = {
+        name: p.default
+        for name, p in inspect.signature(asyncpg.connect).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     args = tuple(pool._connect_args)
     if args:
         found["dsn"] = args[0]
@@ -258,8 +284,7 @@ def _parsed(pool: Any) -> tuple[list[Any], Any]:
 
     given = _connect_arguments(pool)
     accepted = inspect.signature(connect_utils._parse_connect_arguments).parameters
-    addrs, params, _config = connect_utils._parse_connect_arguments(
-        **{name: given.get(name) for name in accepted})
+    addrs, params, _config = connect_utils._parse_connect_arguments(**{name: given.get(name) for name in accepted})
     return list(addrs), params
 
 
@@ -341,7 +366,7 @@ def terminate_without_loop(connection: Any) -> None:
 
 
 def loop_state(loop: Any) -> str:
-    """"idle": alive, not running; "elsewhere": running in another thread; "gone": closed, unknown, or this thread's."""
+    """ "idle": alive, not running; "elsewhere": running in another thread; "gone": closed, unknown, or this thread's."""
     if not isinstance(loop, asyncio.AbstractEventLoop) or loop.is_closed():
         return "gone"
     if not loop.is_running():
@@ -378,8 +403,11 @@ class AsyncpgPools:
         if state is None or state.pool is not obj:
             where = addrs[0] if addrs else "?"
             server = where if isinstance(where, str) else f"{where[0]}:{where[1]}"
-            state = _PoolState(obj, not _names_itself(obj, params),
-                               f"asyncpg pool {getattr(params, 'user', '')}@{server}/{getattr(params, 'database', '')}")
+            state = _PoolState(
+                obj,
+                not _names_itself(obj, params),
+                f"asyncpg pool {getattr(params, 'user', '')}@{server}/{getattr(params, 'database', '')}",
+            )
         cls = _protected_class(type(obj))
         _STATES[id(obj)] = state
         if type(obj) is not cls:
@@ -415,8 +443,16 @@ class AsyncpgPools:
     def report(self, obj: Any) -> list[PoolReport]:
         state = _STATES.get(id(obj))
         size = obj.get_size()
-        return [PoolReport(state.label if state else "asyncpg pool", "postgresql", obj.get_max_size(),
-                           f"max_size {obj.get_max_size()}", open=size, in_use=size - obj.get_idle_size())]
+        return [
+            PoolReport(
+                state.label if state else "asyncpg pool",
+                "postgresql",
+                obj.get_max_size(),
+                f"max_size {obj.get_max_size()}",
+                open=size,
+                in_use=size - obj.get_idle_size(),
+            )
+        ]
 
 
 INTEGRATION = AsyncpgPools()

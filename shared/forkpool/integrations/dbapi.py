@@ -74,8 +74,15 @@ class BareConnection:
         return time.monotonic() <= deadline
 
     def report(self, obj: Any) -> list[PoolReport]:
-        return [PoolReport(f"{type(obj).__module__}.{type(obj).__qualname__}", "postgresql", 1, "one connection",
-                           open=0 if obj.closed else 1)]
+        return [
+            PoolReport(
+                f"{type(obj).__module__}.{type(obj).__qualname__}",
+                "postgresql",
+                1,
+                "one connection",
+                open=0 if obj.closed else 1,
+            )
+        ]
 
 
 def _run_to_end(coroutine: Any, fallback: Any) -> None:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..endpoints import Endpoints, postgres
@@ -82,13 +83,21 @@ def _pool_class(pool: Any) -> type:
     raise ConfigError(f"forkpool.protect: {type(pool).__qualname__} is not a psycopg_pool pool")
 
 
+def _own_init(cls: type) -> Callable[..., None]:
+    """`cls`'s own ``__init__`` (_pool_class found it in its ``__dict__``: the function ``cls.__init__`` gives)."""
+    init: Callable[..., None] = vars(cls)["__init__"]
+    return init
+
+
 def _parameters(cls: type) -> tuple[str, ...]:
     # Read once per class in the process calling protect(): a child only looks it up.
     found = _PARAMETERS.get(cls)
     if found is None:
         found = _PARAMETERS[cls] = tuple(
-            name for name, p in inspect.signature(cls.__init__).parameters.items()
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            name
+            for name, p in inspect.signature(_own_init(cls)).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
     return found
 
 
@@ -104,8 +113,10 @@ def constructor_args(pool: Any) -> dict[str, Any]:
         elif name not in _PRIVATE and hasattr(pool, name):
             args[name] = getattr(pool, name)
         else:
-            raise ConfigError(f"forkpool.protect: cannot rebuild {type(pool).__qualname__} in a worker: "
-                              f"this psycopg_pool keeps its {name!r} argument where forkpool does not know")
+            raise ConfigError(
+                f"forkpool.protect: cannot rebuild {type(pool).__qualname__} in a worker: "
+                f"this psycopg_pool keeps its {name!r} argument where forkpool does not know"
+            )
     return args
 
 
@@ -117,7 +128,7 @@ def rebuild(pool: Any, *, keep_old: bool) -> None:
         _graveyard.append(old)
         for conn in old.get("_pool", ()):  # its idle connections, whatever the conninfo says
             drop_without_io(conn)
-    _pool_class(pool).__init__(pool, **args)
+    _own_init(_pool_class(pool))(pool, **args)
 
 
 def _names_itself(pool: Any) -> bool:
@@ -230,9 +241,17 @@ class PsycopgPools:
     def report(self, obj: Any) -> list[PoolReport]:
         stats = obj.get_stats()
         size = stats.get("pool_size", 0)
-        return [PoolReport(f"psycopg_pool {obj.name}", "postgresql", obj.max_size, f"max_size {obj.max_size}",
-                           open=size, in_use=size - stats.get("pool_available", 0),
-                           waiting=stats.get("requests_waiting", 0))]
+        return [
+            PoolReport(
+                f"psycopg_pool {obj.name}",
+                "postgresql",
+                obj.max_size,
+                f"max_size {obj.max_size}",
+                open=size,
+                in_use=size - stats.get("pool_available", 0),
+                waiting=stats.get("requests_waiting", 0),
+            )
+        ]
 
 
 def _close_async(pool: Any) -> None:

@@ -59,12 +59,13 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from ..stats import PoolReport
 from ..endpoints import Endpoints, resolve
 from ..identity import application_name
 from ..kernel_sockets import devnull_fd
+from ..stats import PoolReport
 
 _NAMED = "_forkpool_named"  # on a pool: its connections' names are forkpool's to set
 _SINGLE = "_forkpool_single"  # on a client: made with single_connection_client=True
@@ -137,8 +138,8 @@ class RedisClients:
         pool = obj.connection_pool
         # A parent thread may have held these at fork; redis-py's _checkpid() takes
         # both on the pool's first use here. No public way to renew them.
-        pool._fork_lock = _fresh_like(pool._fork_lock)  # noqa: SLF001
-        pool._lock = _fresh_like(pool._lock)  # noqa: SLF001
+        pool._fork_lock = _fresh_like(pool._fork_lock)
+        pool._lock = _fresh_like(pool._lock)
         if getattr(obj, _SINGLE, False):
             obj.single_connection_lock = threading.RLock()
             obj.connection = None  # it leads to /dev/null now; warm() takes a new one from the pool
@@ -147,14 +148,14 @@ class RedisClients:
         pool = obj.connection_pool
         _graveyard.append(dict(vars(pool)))  # the inherited connection objects, never used or collected here
         pool.reset()  # public, sync, takes no lock in redis.asyncio
-        pool._lock = asyncio.Lock()  # noqa: SLF001 - a parent task may have held it at fork
+        pool._lock = asyncio.Lock()  # a parent task may have held it at fork
         if hasattr(pool, "_condition"):  # BlockingConnectionPool
-            pool._condition = asyncio.Condition()  # noqa: SLF001
+            pool._condition = asyncio.Condition()
         if obj.connection is not None:
             _graveyard.append(obj.connection)
             obj.connection = None  # initialize() takes a new one, in this process's loop
         if hasattr(obj, "_single_conn_lock"):
-            obj._single_conn_lock = asyncio.Lock()  # noqa: SLF001
+            obj._single_conn_lock = asyncio.Lock()
 
     def release(self, obj: Any) -> None:
         if is_asyncio(obj):
@@ -184,8 +185,11 @@ class RedisClients:
         # Unset, max_connections is 2**31 up to redis-py 7.x (no bound in practice) and 100 from
         # 8.0 (sync and asyncio pools; read in the tags v5.0.8 ... v8.1.0): "Too many connections" beyond.
         bound = bound if isinstance(bound, int) and bound < 2**31 - 1 else None
-        source = "one connection" if getattr(obj, _SINGLE, False) else (
-            f"max_connections {bound}" if bound is not None else "max_connections unset (2**31)")
+        source = (
+            "one connection"
+            if getattr(obj, _SINGLE, False)
+            else (f"max_connections {bound}" if bound is not None else "max_connections unset (2**31)")
+        )
         if bound == 100 and not getattr(obj, _SINGLE, False):
             source += " (set, or redis-py 8's default)"
         if getattr(obj, _SINGLE, False):
@@ -254,9 +258,9 @@ def _shut_down(conn: Any) -> None:
     if fd >= 0:
         os.dup2(devnull_fd(), fd)
     try:
-        conn._close()  # noqa: SLF001 - sync: the transport lets go, the next use reconnects
+        conn._close()  # sync: the transport lets go, the next use reconnects
     except RuntimeError:  # its event loop is closed: the transport cannot schedule its end
-        conn._reader = conn._writer = None  # noqa: SLF001
+        conn._reader = conn._writer = None
 
 
 INTEGRATION = RedisClients()

@@ -39,7 +39,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..endpoints import Endpoints, mysql, postgres
 from ..identity import application_name
@@ -108,8 +109,12 @@ def in_memory(engine: Any) -> bool:
     if engine.dialect.name != "sqlite":
         return False
     database = engine.url.database or ""
-    return (database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database
-            or engine.url.query.get("mode") == "memory")
+    return (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or "mode=memory" in database
+        or engine.url.query.get("mode") == "memory"
+    )
 
 
 def url_endpoints(engine: Any) -> Endpoints:
@@ -165,7 +170,7 @@ def attach_engine(engine: Any) -> Endpoints:
         setattr(engine, _LEARNED, learned)
 
         @event.listens_for(engine, "do_connect")
-        def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:
+        def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
             add_identity(dialect, cparams)
 
         @event.listens_for(engine, "connect")
@@ -199,7 +204,7 @@ def _kept() -> list[Any]:
     holder = home()
     if not hasattr(holder, "sqlalchemy_inherited_pools"):
         holder.sqlalchemy_inherited_pools = []
-    return holder.sqlalchemy_inherited_pools  # type: ignore[no-any-return]
+    return holder.sqlalchemy_inherited_pools
 
 
 class SQLAlchemyEngines:
@@ -264,8 +269,9 @@ def engine_report(engine: Any) -> PoolReport:
         # _max_overflow: QueuePool keeps the max_overflow argument nowhere public (SQLAlchemy 2.0, 2.1).
         bound = None if overflow < 0 else size() + overflow
         source = f"pool_size {size()} + max_overflow {overflow}"
-        return PoolReport(label, backend, bound, source, open=pool.checkedin() + pool.checkedout(),
-                          in_use=pool.checkedout())
+        return PoolReport(
+            label, backend, bound, source, open=pool.checkedin() + pool.checkedout(), in_use=pool.checkedout()
+        )
     kind = type(pool).__name__
     if kind in ("SingletonThreadPool", "StaticPool", "AssertionPool"):
         return PoolReport(label, backend, 1 if kind != "SingletonThreadPool" else None, kind)

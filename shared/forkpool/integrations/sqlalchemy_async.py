@@ -41,7 +41,8 @@ from typing import Any
 
 from ..endpoints import Endpoints, postgres, resolve
 from ..stats import PoolReport
-from .asyncpg import loop_state, drop_without_io as drop_asyncpg, terminate_without_loop
+from .asyncpg import drop_without_io as drop_asyncpg
+from .asyncpg import loop_state, terminate_without_loop
 from .dbapi import drop_without_io as drop_dbapi
 from .sqlalchemy import add_identity, engine_report
 
@@ -83,10 +84,10 @@ def attach_async_engine(engine: Any) -> None:
         return
     from sqlalchemy import event
 
-    tracked: "weakref.WeakSet[Any]" = weakref.WeakSet()
+    tracked: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @event.listens_for(engine, "do_connect")
-    def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict) -> None:
+    def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         add_identity(dialect, cparams)  # the sync engines' rules: where the driver takes one, none set
 
     @event.listens_for(engine, "connect")

@@ -34,8 +34,9 @@ if VARIANT in ("engine", "engine_psycopg"):
     from sqlalchemy.ext.asyncio import create_async_engine
 
     driver = "psycopg" if VARIANT == "engine_psycopg" else "asyncpg"
-    engine = create_async_engine(make_url(URL).set(drivername=f"postgresql+{driver}"), pool_size=2, max_overflow=0,
-                                 pool_timeout=WAIT)
+    engine = create_async_engine(
+        make_url(URL).set(drivername=f"postgresql+{driver}"), pool_size=2, max_overflow=0, pool_timeout=WAIT
+    )
     if PROTECT:
         forkpool.protect(engine)
 
@@ -53,6 +54,7 @@ if VARIANT in ("engine", "engine_psycopg"):
 
     asyncio.run(_query("SELECT 1"))  # work at import: in the master, under preload_app
 elif VARIANT == "pool":
+
     async def _make():
         made = await asyncpg.create_pool(URL, min_size=2, max_size=2)
         await made.fetchval("SELECT 1")  # work at import: in the master, under preload_app
@@ -83,6 +85,7 @@ else:
 
     async def _stop():
         await pool.close()
+
 
 startup = "not started"
 

@@ -16,8 +16,11 @@ import forkpool
 from forkpool.celery import wire_celery
 
 app = Celery("aio_pg_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
-app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
-                worker_hijack_root_logger=False)
+app.conf.update(
+    task_default_queue=os.environ["CELERY_QUEUE"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
 QUERY = "SELECT pg_backend_pid() FROM pg_sleep(0.01)"
 WAIT = 15 if os.environ.get("PROTECT") == "1" else 5  # protected: a slow shared machine must not fail a task
 

@@ -5,11 +5,15 @@ import os
 from celery import Celery
 
 from forkpool.celery import wire_celery
-from shared_conn import backend as query, conn, own
+from shared_conn import backend as query
+from shared_conn import conn, own
 
 app = Celery("dbapi_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
-app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
-                worker_hijack_root_logger=False)
+app.conf.update(
+    task_default_queue=os.environ["CELERY_QUEUE"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
 if os.environ.get("PROTECT") == "1":
     wire_celery(app)
 

@@ -27,8 +27,10 @@ class Visit(db.Model):
 
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.update(SQLALCHEMY_DATABASE_URI=os.environ.get("APP_DATABASE_URL"),
-                      SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 0, "pool_timeout": 10})
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=os.environ.get("APP_DATABASE_URL"),
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 0, "pool_timeout": 10},
+    )
     if test_config:
         app.config.update(test_config)
     db.init_app(app)

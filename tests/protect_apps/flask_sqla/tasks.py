@@ -13,7 +13,8 @@ import os
 from celery import Celery, Task
 
 from forkpool.celery import wire_celery
-from web import answer, app as flask_app
+from web import answer
+from web import app as flask_app
 
 
 class FlaskTask(Task):
@@ -22,10 +23,12 @@ class FlaskTask(Task):
             return self.run(*args, **kwargs)
 
 
-celery_app = Celery(flask_app.name, task_cls=FlaskTask, broker=os.environ["REDIS_URL"],
-                    backend=os.environ["REDIS_URL"])
-celery_app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
-                       worker_hijack_root_logger=False)
+celery_app = Celery(flask_app.name, task_cls=FlaskTask, broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
+celery_app.conf.update(
+    task_default_queue=os.environ["CELERY_QUEUE"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
 flask_app.extensions["celery"] = celery_app
 if os.environ.get("PROTECT") == "1":
     wire_celery(celery_app)

@@ -18,9 +18,11 @@ import forkpool
 URL = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1)
 
 app = Flask(__name__)
-app.config.update(SQLALCHEMY_DATABASE_URI=URL,
-                  SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 0, "pool_timeout": 10},
-                  SQLALCHEMY_BINDS={"reports": {"url": URL, "pool_size": 1, "max_overflow": 0, "pool_timeout": 10}})
+app.config.update(
+    SQLALCHEMY_DATABASE_URI=URL,
+    SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 0, "pool_timeout": 10},
+    SQLALCHEMY_BINDS={"reports": {"url": URL, "pool_size": 1, "max_overflow": 0, "pool_timeout": 10}},
+)
 db = SQLAlchemy(app)
 if os.environ.get("PROTECT") == "1":
     forkpool.protect(db, eager=True)  # the test counts whole pools per process

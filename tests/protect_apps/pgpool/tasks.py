@@ -15,8 +15,11 @@ import forkpool
 from forkpool.celery import wire_celery
 
 app = Celery("pgpool_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
-app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
-                worker_hijack_root_logger=False)
+app.conf.update(
+    task_default_queue=os.environ["CELERY_QUEUE"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
 ASYNC = os.environ.get("VARIANT") == "asyncio"
 QUERY = "SELECT pg_backend_pid() FROM pg_sleep(0.01)"
 

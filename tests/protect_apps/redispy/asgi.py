@@ -13,8 +13,9 @@ import redis.asyncio
 
 import forkpool
 
-pool = redis.asyncio.BlockingConnectionPool.from_url(os.environ["REDIS_URL"], max_connections=1, timeout=5,
-                                                     socket_timeout=5)
+pool = redis.asyncio.BlockingConnectionPool.from_url(
+    os.environ["REDIS_URL"], max_connections=1, timeout=5, socket_timeout=5
+)
 client = redis.asyncio.Redis(connection_pool=pool)
 if os.environ.get("PROTECT") == "1":
     forkpool.protect(client)

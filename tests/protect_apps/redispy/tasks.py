@@ -17,14 +17,20 @@ import forkpool
 from forkpool.celery import wire_celery
 
 app = Celery("redis_tasks", broker=os.environ["BROKER_URL"], backend=os.environ["BROKER_URL"])
-app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
-                worker_hijack_root_logger=False)
+app.conf.update(
+    task_default_queue=os.environ["CELERY_QUEUE"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
 ASYNCIO = os.environ.get("VARIANT") == "asyncio"
 
 loop = forkpool.per_process(asyncio.new_event_loop, close=lambda running: running.close(), key="tasks.loop")
 if ASYNCIO:
-    client = redis.asyncio.Redis(connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
-        os.environ["REDIS_URL"], max_connections=1, timeout=5, socket_timeout=5))
+    client = redis.asyncio.Redis(
+        connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+            os.environ["REDIS_URL"], max_connections=1, timeout=5, socket_timeout=5
+        )
+    )
 else:
     client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5)
 if os.environ.get("PROTECT") == "1":

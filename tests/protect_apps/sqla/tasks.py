@@ -6,12 +6,16 @@ from celery import Celery
 from sqlalchemy import text
 
 import forkpool
-from dialect import backend as session_of_this_process, engine
+from dialect import backend as session_of_this_process
+from dialect import engine
 from forkpool.celery import wire_celery
 
 app = Celery("sqla_tasks", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
-app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True,
-                worker_hijack_root_logger=False)
+app.conf.update(
+    task_default_queue=os.environ["CELERY_QUEUE"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
 if os.environ.get("PROTECT") == "1":
     forkpool.protect(engine, eager=True)  # the test counts whole pools per process
     wire_celery(app)

@@ -8,8 +8,11 @@ from django.db import connection
 def backend():
     try:
         with connection.cursor() as cursor:
-            cursor.execute("INSERT INTO probe_hit (worker, backend) SELECT %s, pg_backend_pid() FROM pg_sleep(0.01) "
-                           "RETURNING backend", [os.getpid()])
+            cursor.execute(
+                "INSERT INTO probe_hit (worker, backend) SELECT %s, pg_backend_pid() FROM pg_sleep(0.01) "
+                "RETURNING backend",
+                [os.getpid()],
+            )
             return [os.getpid(), cursor.fetchone()[0]]
     except Exception as exc:  # noqa: BLE001 - the test counts what users would see
         return [os.getpid(), f"error {type(exc).__name__}"]

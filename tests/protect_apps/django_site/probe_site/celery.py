@@ -26,8 +26,11 @@ def what_the_fixup_will_find(**_):
     from django.db.backends.postgresql.base import DatabaseWrapper
 
     inherited = [c.alias for c in connections.all(initialized_only=True) if c.connection is not None]
-    print(f"fixup-will-find pid={os.getpid()} connections={inherited} pools={sorted(DatabaseWrapper._connection_pools)}",
-          file=sys.stderr, flush=True)
+    print(
+        f"fixup-will-find pid={os.getpid()} connections={inherited} pools={sorted(DatabaseWrapper._connection_pools)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if os.environ.get("PROTECT") == "1":

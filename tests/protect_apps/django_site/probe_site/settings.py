@@ -45,13 +45,20 @@ if os.environ.get("MARIADB_DRIVER") == "pymysql":  # PyMySQL standing in for mys
 
     pymysql.install_as_MySQLdb()
 if os.environ.get("MARIADB_URL"):
-    DATABASES["maria"] = {**database_from_url(os.environ["MARIADB_URL"]), "ENGINE": "django.db.backends.mysql",
-                          "CONN_MAX_AGE": 600}
+    DATABASES["maria"] = {
+        **database_from_url(os.environ["MARIADB_URL"]),
+        "ENGINE": "django.db.backends.mysql",
+        "CONN_MAX_AGE": 600,
+    }
     if os.environ.get("MARIADB_SOCKET"):  # a HOST starting with "/": Django's MySQL backend connects there
         DATABASES["maria"].update(HOST=os.environ["MARIADB_SOCKET"], PORT="")
 if os.environ.get("SQLITE_PATH"):
-    DATABASES["lite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["SQLITE_PATH"],
-                         "CONN_MAX_AGE": 600, "OPTIONS": {"timeout": 30}}
+    DATABASES["lite"] = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ["SQLITE_PATH"],
+        "CONN_MAX_AGE": 600,
+        "OPTIONS": {"timeout": 30},
+    }
 
 # Celery reads these (namespace "CELERY"); the web never starts a worker.
 CELERY_BROKER_URL = CELERY_RESULT_BACKEND = os.environ.get("REDIS_URL", "")
