@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from typing import Any
 
 from .extras import import_extra
@@ -89,6 +90,8 @@ _exported: dict[int, dict[str, float]] = {}
 _export_lock = threading.Lock()
 
 
+# Pools whose gauges were dropped at close: a late export of theirs changes nothing.
+_forgotten: weakref.WeakSet[Any] = weakref.WeakSet()
 # (pool name, role) -> id of the pool whose stats the gauges under those labels show.
 _gauge_owner: dict[tuple[str, str], int] = {}
 
@@ -99,9 +102,9 @@ def export_pool(pool: Any) -> None:
     waits = pool.drain_wait_times()
     labels = (snapshot[keys.NAME], process_role())
     with _export_lock:
-        if pool.closed:
-            # Its maintainer's last round, after close(): the gauges under these labels are zero
-            # (forget_pool), or a newer pool's of the same name by now.
+        if pool in _forgotten:
+            # Its maintainer's round outlived close() (a stop's join timed out): its last counts were
+            # published before forget_pool, and the gauges belong to a newer pool of the name by now.
             return
         # Invariant: a counter only ever advances by what this pool did since its last export.
         # Every prometheus_client call is made under this lock, which fork holds (below):
@@ -131,6 +134,7 @@ def forget_pool(pool: Any) -> None:
     """A closed pool's gauges drop to zero (its process may live on with other pools)."""
     labels = (pool.name, process_role())
     with _export_lock:
+        _forgotten.add(pool)
         _exported.pop(id(pool), None)
         # A pool closed late (its maintainer ending) must not zero a newer pool of the same name.
         if _gauge_owner.get(labels, id(pool)) != id(pool):
