@@ -242,3 +242,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in SERIAL_MODULES:
             item.add_marker(pytest.mark.xdist_group("deployments"))
+
+
+def backend_pids(pool: forkpool.Pool, count: int, timeout: float = 10.0) -> list[int]:
+    """Check out `count` connections of forkpool's pool at once and ask each its backend pid (a real round trip)."""
+    conns = [pool.getconn(timeout=timeout) for _ in range(count)]
+    try:
+        pids = []
+        for conn in conns:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                pids.append(cur.fetchone()[0])
+        return pids
+    finally:
+        for conn in conns:
+            pool.putconn(conn)

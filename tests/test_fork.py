@@ -12,24 +12,10 @@ import pytest
 
 import forkpool
 from forkpool import stats as keys
+from tests.conftest import backend_pids
 
 # Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.
 pytestmark = pytest.mark.usefixtures("driver")
-
-
-def backend_pids(pool, count: int) -> list[int]:
-    """Check out `count` connections at once and ask each its backend pid (a real round trip)."""
-    conns = [pool.getconn(timeout=5) for _ in range(count)]
-    try:
-        pids = []
-        for conn in conns:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_backend_pid()")
-                pids.append(cur.fetchone()[0])
-        return pids
-    finally:
-        for conn in conns:
-            pool.putconn(conn)
 
 
 def child_uses_its_own_pool(report_fd: int, size: int) -> None:

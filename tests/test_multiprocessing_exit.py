@@ -21,7 +21,7 @@ import pytest
 
 import forkpool
 from harness.services import EmbeddedPostgres
-from tests.conftest import wait_for
+from tests.conftest import backend_pids, wait_for
 from tests.runner_support import holders, logged_pg, without_goodbye  # noqa: F401 - logged_pg is a fixture
 
 POOL = 2
@@ -32,20 +32,6 @@ def logged_db(logged_pg: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> E
     monkeypatch.setenv("DATABASE_URL", logged_pg.url)
     monkeypatch.setenv("DB_POOL_SIZE", str(POOL))
     return logged_pg
-
-
-def backend_pids(pool, count: int) -> list[int]:
-    conns = [pool.getconn(timeout=10) for _ in range(count)]
-    try:
-        pids = []
-        for conn in conns:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_backend_pid()")
-                pids.append(cur.fetchone()[0])
-        return pids
-    finally:
-        for conn in conns:
-            pool.putconn(conn)
 
 
 def child_work(_: object = None) -> tuple[int, list[int]]:

@@ -26,6 +26,7 @@ import forkpool
 from forkpool import kernel_sockets, protection
 from forkpool.connections import detach_inherited
 from forkpool.endpoints import postgres
+from tests.conftest import backend_pids
 
 
 def c_fork() -> int:
@@ -97,20 +98,6 @@ def _points_to(fd: int, inode: int, now: dict[int, int]) -> str:
     if target == os.devnull:
         return "/dev/null"
     return "the inherited socket" if now.get(fd) == inode else "reused"
-
-
-def backend_pids(pool, count: int) -> list[int]:
-    conns = [pool.getconn(timeout=5) for _ in range(count)]
-    try:
-        pids = []
-        for conn in conns:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_backend_pid()")
-                pids.append(cur.fetchone()[0])
-        return pids
-    finally:
-        for conn in conns:
-            pool.putconn(conn)
 
 
 def assert_released(report: dict) -> None:
