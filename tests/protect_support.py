@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,7 +197,7 @@ def http_load(url: str, requests: int = 60, threads: int = 6, retry_reset: bool 
 
 
 def recycled_http_load(server: Server, url: str, requests: int = 60) -> list[tuple[int, str]]:
-    """Load until max_requests has replaced a worker, then load the replacements too.
+    """Load until max_requests has replaced a worker, then until a replacement has answered too.
 
     A uvicorn worker checks its request limit on a timer tick, so a short burst
     may end before any worker leaves: the first burst is followed by a wait
@@ -207,7 +208,14 @@ def recycled_http_load(server: Server, url: str, requests: int = 60) -> list[tup
     first = set(server.children())
     answers = http_load(url, requests, retry_reset=True)
     assert wait_for(lambda: bool(set(server.children()) - first), timeout=30), "no worker was recycled"
-    return answers + http_load(url, requests // 2, retry_reset=True)
+    # The kernel may hand a whole burst to the workers that were already there:
+    # load on until a replacement has answered, so the caller sees it serve.
+    deadline = time.monotonic() + 30
+    while True:
+        answers += http_load(url, requests // 2, retry_reset=True)
+        if {pid for pid, _ in answers} - first:
+            return answers
+        assert time.monotonic() < deadline, f"no replacement answered: {sorted({pid for pid, _ in answers})}"
 
 
 def start_celery_app(

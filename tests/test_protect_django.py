@@ -113,7 +113,6 @@ def test_django_under_gunicorn_preload(protected, db, probe_table, servers, data
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
     # No churn: every worker answered from its own pool's sessions (or its one connection).
     assert all(len(b) <= SIZE[db] for b in backends_by_worker(answers).values()), backends_by_worker(answers)
-    assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     protected_run_ends_clean(server, "web", sessions, suite_id, database_url, SIZE[db])
 
 

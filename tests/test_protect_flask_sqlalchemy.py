@@ -74,7 +74,6 @@ def test_flask_sqlalchemy_under_gunicorn_preload(protected, servers, database_ur
         return
     assert errors(before) == [], before["findings"]
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
-    assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     protected_run_ends_clean(server, "web", sessions, suite_id, database_url, PER_PROCESS)
 
 

@@ -88,7 +88,6 @@ def test_psycopg_pool_under_gunicorn_preload(variant, protected, servers, databa
         server.stop(timeout=5)  # workers stuck on a session another process read from do not stop gracefully
         return
     _protected(before, answers, first)
-    assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     assert wait_for(lambda: exact(sessions, suite_id, "web", server.children(), POOL), timeout=15), (
         by_process(sessions, suite_id),
         server.children(),

@@ -129,7 +129,6 @@ def test_engine_under_gunicorn_preload(protected, backend, servers, suite_id, tm
     answers = recycled_http_load(server, url)
     assert before == [] and master == 0, before
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
-    assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     ends_clean(server, "web", backend, suite_id)
 
 

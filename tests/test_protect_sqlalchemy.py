@@ -68,7 +68,6 @@ def test_sqlalchemy_under_gunicorn_preload(protected, servers, database_url, ses
         return
     assert errors(before) == [], before["findings"]
     assert failures(answers) == [] and shared_backends(answers) == {}, answers
-    assert len({pid for pid, _ in answers}) > WORKERS  # max_requests recycled some
     protected_run_ends_clean(server, "web", sessions, suite_id, database_url, POOL)
 
 
