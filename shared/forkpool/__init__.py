@@ -17,8 +17,8 @@ named), ``forkpool.redis`` (this process's Redis clients), ``forkpool.health``
 (health checks and stats), ``forkpool.fork`` (for code that forks outside
 Python's hooks). See docs/fork-story.md for why.
 
-Modules, bottom-up (each imports only modules on lines above its own;
-tests/test_layers.py keeps it so):
+Modules, bottom-up (each imports only modules on lines above its own; import-linter
+checks it: [tool.importlinter] in the root pyproject.toml):
 
     _endpoints, _process, errors, identity
     _drivers, _metrics_dir, _sockets, fork, rq
