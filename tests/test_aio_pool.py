@@ -13,7 +13,7 @@ import time
 import pytest
 
 import forkpool
-from forkpool import _base as keys
+from forkpool import stats as keys
 
 
 def run(coro):

@@ -12,7 +12,7 @@ import pytest
 
 import forkpool
 import forkpool.fork
-from forkpool import _base as keys
+from forkpool import stats as keys
 from tests.conftest import backend_pids
 
 # Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.

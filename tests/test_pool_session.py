@@ -15,7 +15,7 @@ import logging
 import pytest
 
 import forkpool
-from forkpool import _base as keys
+from forkpool import stats as keys
 from forkpool.settings import PoolSettings, build_settings, session_of, settings_from_env
 from tests.conftest import transaction_status
 from tests.wire_log import WireLog

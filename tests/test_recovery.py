@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import forkpool
-from forkpool import _base as keys
+from forkpool import stats as keys
 from tests.conftest import wait_for
 
 # Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.

@@ -22,7 +22,6 @@ from starlette.applications import Starlette
 import forkpool
 import forkpool.identity
 import forkpool.redis
-from forkpool._registry import OPEN_TIMEOUT
 from forkpool.gunicorn import ASGI_ROLE
 from forkpool.identity import DEFAULT_ROLE
 from forkpool.settings import env_int
@@ -30,6 +29,9 @@ from forkpool.settings import env_int
 from .api import DEFAULT_MAX_BODY_BYTES
 from .asgi_errors import exception_handlers
 from .asgi_views import routes
+
+# How long a worker's lifespan waits for full pools: forkpool.open_async_pools()'s default, the server hooks' bound.
+OPEN_TIMEOUT = 2.5
 
 logger = logging.getLogger("forkpool.web")
 

@@ -15,12 +15,13 @@ Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
 opened in an ASGI lifespan. Submodules: ``forkpool.identity`` (how sessions are
 named), ``forkpool.redis`` (this process's Redis clients), ``forkpool.health``
 (health checks and stats), ``forkpool.fork`` (for code that forks outside
-Python's hooks). See docs/fork-story.md for why.
+Python's hooks), ``forkpool.stats`` (the keys of ``Pool.stats()``). See
+docs/fork-story.md for why.
 
 Modules, bottom-up (each imports only modules on lines above its own; import-linter
 checks it: [tool.importlinter] in the root pyproject.toml):
 
-    _endpoints, _process, errors, identity
+    _endpoints, _process, errors, identity, stats
     _drivers, _metrics_dir, _sockets, fork, rq
     redis, settings
     _base
@@ -44,6 +45,7 @@ from . import fork as fork
 from . import health as health
 from . import identity as identity
 from . import redis as redis
+from . import stats as stats
 from ._pool import Pool
 from ._pool_async import AsyncPool
 from ._process import per_process

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from . import _base as keys
 from . import _process as fork_quiet
+from . import stats as keys
 from ._base import (
     INTERVAL,
     JUST_RETURNED,
@@ -191,7 +191,7 @@ class Pool(BasePool):
             self.putconn(conn)
 
     def stats(self) -> dict[str, Any]:
-        """A consistent snapshot; keys are the constants of ``forkpool._base``."""
+        """A consistent snapshot; keys are the constants of ``forkpool.stats``."""
         with self._lock:
             return self._snapshot(len(self._waiting))
 

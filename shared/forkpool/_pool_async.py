@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from . import _base as keys
+from . import stats as keys
 from ._base import (
     INTERVAL,
     JUST_RETURNED,
@@ -207,7 +207,7 @@ class AsyncPool(BasePool):
                 await self.putconn(conn)
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot with the keys of ``forkpool._base``, as the threaded pool's."""
+        """A snapshot with the keys of ``forkpool.stats``, as the threaded pool's."""
         return self._snapshot(sum(1 for f, _ in self._waiting if not f.done()))
 
     async def close(self) -> None:

@@ -41,9 +41,9 @@ from prometheus_client import (  # noqa: E402
     multiprocess,
 )
 
-from . import _base as keys  # noqa: E402
 from . import _process as fork_quiet  # noqa: E402
 from . import _protect as protection  # noqa: E402
+from . import stats as keys  # noqa: E402
 from ._base import add_stats_listener  # noqa: E402
 from ._metrics_dir import MULTIPROC_ENV, multiprocess_dir, pid_alive, pids_with_files  # noqa: E402,F401
 from ._process import install_fork_hooks  # noqa: E402
