@@ -1,4 +1,6 @@
-"""``per_process``: one instance per process, the singleton pre-forking servers need.
+"""Per-process state and fork: ``per_process``, the after-fork routine, forkpool's threads across a fork.
+
+``per_process`` is one instance per process, the singleton pre-forking servers need.
 
     @per_process(close=lambda client: client.close())
     def make_client() -> Client:

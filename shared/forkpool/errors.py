@@ -1,4 +1,4 @@
-"""Exceptions raised by forkpool's shared library.
+"""Exceptions raised by forkpool, and ``MissingExtra`` for an optional part whose extra is not installed.
 
 Every message here is safe to show to a user: DSNs in them are redacted.
 """

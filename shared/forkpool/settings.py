@@ -1,4 +1,4 @@
-"""A pool's settings: defaults, the environment, validation.
+"""A pool's settings (defaults, the environment, validation), and the redaction of every string shown.
 
 Bad values fail at start-up with one line naming the setting and the value,
 never a traceback at the first request, and never showing a password.
