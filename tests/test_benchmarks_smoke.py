@@ -286,7 +286,7 @@ def test_quick_asgi_profile_runs(tmp_path: Path, database_url: str) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     [text_file] = tmp_path.glob("asgi_profile_*.txt")
     text = text_file.read_text()
-    for row in ("  pool ", "  floor ", "  floor-b (A/A) ", "cProfile of the pool's cycle", "aio_pool.py"):
+    for row in ("  pool ", "  floor ", "  floor-b (A/A) ", "cProfile of the pool's cycle", "_pool_async.py"):
         assert row in text, row
 
 
