@@ -286,6 +286,8 @@ CHECKS = (
     ("ruff check", ("ruff", "check", ".")),
     ("ruff format", ("ruff", "format", "--check", ".")),
     ("mypy (shared/forkpool, strict)", ("mypy",)),
+    # import-linter's contracts, in the root pyproject.toml: the library's layers, the suite kept out of it.
+    ("lint-imports (layers)", ("lint-imports", "--no-logo")),
 )
 
 
@@ -306,8 +308,11 @@ def run_checks() -> int:
             print(f"bootstrap: {label}: passed", flush=True)
             continue
         lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-        # The tool's own summary ("Found 3 errors.", "2 files would be reformatted"), else its last line.
-        summary = [line for line in lines if line.startswith("Found ") or " would be reformatted" in line]
+        # The tool's own summary ("Found 3 errors.", "2 files would be reformatted", "Contracts: 2 kept, 1 broken."),
+        # else its last line.
+        summary = [
+            line for line in lines if line.startswith(("Found ", "Contracts: ")) or " would be reformatted" in line
+        ]
         said = (summary or lines or [f"exit code {result.returncode}"])[-1].strip()
         print(f"bootstrap: {label}: FAILED: {said} (see: {' '.join(command)})", flush=True)
         code = 1

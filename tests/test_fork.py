@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import forkpool
+import forkpool.fork
 from forkpool import stats as keys
 from tests.conftest import backend_pids
 
@@ -152,9 +153,9 @@ def test_after_fork_in_child_is_idempotent(count_settles, monkeypatch):
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        forkpool.after_fork_in_child()
+        forkpool.fork.after_fork_in_child()
         child = forkpool.get_pool()
-        forkpool.after_fork_in_child()  # again: must not drop the child's own pool
+        forkpool.fork.after_fork_in_child()  # again: must not drop the child's own pool
         ok = forkpool.get_pool() is child and child.wait(10)
         os.write(write_fd, b"ok" if ok else b"no")
         forkpool.close_all()
@@ -169,12 +170,12 @@ def test_reload_and_double_import_do_not_create_a_second_pool(count_settles, mon
     monkeypatch.setenv("DB_POOL_SIZE", "2")
     pool = forkpool.get_pool()
     assert pool.wait(10)
-    for name in ("forkpool.registry", "forkpool.pool", "forkpool.per_process", "forkpool.live_pools", "forkpool"):
+    for name in ("forkpool._registry", "forkpool._pool", "forkpool._process", "forkpool._base", "forkpool"):
         importlib.reload(sys.modules[name])
     assert forkpool.get_pool() is pool
     # The same file imported again under another module name (a second sys.path entry).
     spec = importlib.util.spec_from_file_location(
-        "registry_copy", forkpool.registry.__file__, submodule_search_locations=None
+        "registry_copy", forkpool._registry.__file__, submodule_search_locations=None
     )
     copy = importlib.util.module_from_spec(spec)
     copy.__package__ = "forkpool"

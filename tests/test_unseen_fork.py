@@ -23,9 +23,11 @@ import psycopg2
 import pytest
 
 import forkpool
-from forkpool import kernel_sockets, protection
-from forkpool.connections import detach_inherited
-from forkpool.endpoints import postgres
+import forkpool.identity
+from forkpool import _protect as protection
+from forkpool import _sockets as kernel_sockets
+from forkpool._base import drop_without_io
+from forkpool._endpoints import postgres
 from tests.conftest import backend_pids
 
 
@@ -150,8 +152,8 @@ def test_a_per_process_client_first_releases_everything_inherited(key, monkeypat
     monkeypatch.setenv("DB_POOL_SIZE", "1")
     pool = forkpool.get_pool()
     make = forkpool.per_process(
-        lambda: psycopg2.connect(database_url, application_name=forkpool.application_name()),
-        detach=detach_inherited,
+        lambda: psycopg2.connect(database_url, application_name=forkpool.identity.application_name()),
+        detach=drop_without_io,
         close=lambda c: c.close(),
         key=key,
     )

@@ -11,12 +11,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from forkpool import suite_id
+from forkpool import identity
 
 ITEM_COLUMNS = "id, name, payload, created_at"
 JOB_TTL_SECONDS = 24 * 3600
 # kombu's publish retry: the publish waits its socket timeout (5 s), then kombu reconnects
-# max_retries + 1 times, each connect up to 3 s (forkpool.redis_client's network options):
+# max_retries + 1 times, each connect up to 3 s (forkpool.redis's network options):
 # at most 5 + 2 x 3 = 11 s on a silent broker (9.0 s measured), within the web's Redis bound (11.4 s,
 # harness/net_scenarios.py); two retries measured 11.2 s, and the delete that followed a failed
 # publish waited on until the network came back (a CI run: 14.6 s). A broker that refuses (a
@@ -61,7 +61,7 @@ def item_page(rows: list[tuple], limit: int) -> dict[str, Any]:
 
 def job_key(job_id: str) -> str:
     """Where a job's kind is remembered in Redis, so GET /jobs/<id> knows the ids this suite handed out."""
-    return f"{suite_id()}:job:{job_id}"
+    return f"{identity.name()}:job:{job_id}"
 
 
 def is_uuid(value: str) -> bool:

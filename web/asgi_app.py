@@ -20,7 +20,8 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 
 import forkpool
-from forkpool.aio_registry import OPEN_TIMEOUT
+import forkpool.identity
+import forkpool.redis
 from forkpool.gunicorn import ASGI_ROLE
 from forkpool.identity import DEFAULT_ROLE
 from forkpool.settings import env_int
@@ -28,6 +29,9 @@ from forkpool.settings import env_int
 from .api import DEFAULT_MAX_BODY_BYTES
 from .asgi_errors import exception_handlers
 from .asgi_views import routes
+
+# How long a worker's lifespan waits for full pools: forkpool.open_async_pools()'s default, the server hooks' bound.
+OPEN_TIMEOUT = 2.5
 
 logger = logging.getLogger("forkpool.web")
 
@@ -39,8 +43,10 @@ BLOCKING_THREADS = 4
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """One worker's start and stop, in its own event loop."""
-    if forkpool.process_role() == DEFAULT_ROLE:
-        forkpool.set_process_role(ASGI_ROLE)  # served without forkpool's hooks (bare uvicorn): still named asgi
+    if forkpool.identity.process_role() == DEFAULT_ROLE:
+        forkpool.identity.set_process_role(
+            ASGI_ROLE
+        )  # served without forkpool's hooks (bare uvicorn): still named asgi
     # Made here, in the worker: a master never starts threads that a fork would leave behind.
     app.state.executor = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="forkpool-blocking")
     await forkpool.get_async_pool()  # the app's pool, opened even if nothing configured its size
@@ -50,7 +56,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await forkpool.close_async_pools()
-        await forkpool.close_async_redis()
+        await forkpool.redis.close_async_redis()
         executor: ThreadPoolExecutor = app.state.executor
         await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)  # waited for off the loop
 

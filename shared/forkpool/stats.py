@@ -1,4 +1,4 @@
-"""The keys of `Pool.stats()`: a fixed, documented set, named once here.
+"""The keys of ``Pool.stats()`` and ``AsyncPool.stats()``: a fixed, documented set, named once here.
 
 Counters (``checkouts`` ... ``wait_ms_total``) only grow over a pool's life;
 gauges (``size`` ... ``waiting``) are read under the pool lock, so one
@@ -7,9 +7,6 @@ snapshot always satisfies ``size == idle + in_use`` and
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 PID = "pid"  # the process that owns the pool
 NAME = "name"  # the pool's name ("default", ...)
@@ -48,35 +45,3 @@ COUNTERS = (
     LEAK_WARNINGS,
 )
 ALL_KEYS = (PID, NAME, SERVER, MIN_SIZE, MAX_SIZE) + GAUGES + COUNTERS
-
-
-def snapshot(pool: Any, idle: int, in_use: int, waiting: int, opening: int, counts: dict[str, float]) -> dict[str, Any]:
-    """One stats dict for a pool of either kind (the threaded pool calls it under its lock)."""
-    found: dict[str, Any] = {
-        PID: pool.pid,
-        NAME: pool.name,
-        SERVER: pool.identity,
-        MIN_SIZE: pool.settings.min_size,
-        MAX_SIZE: pool.settings.max_size,
-        SIZE: idle + in_use,
-        IDLE: idle,
-        IN_USE: in_use,
-        WAITING: waiting,
-        OPENING: opening,
-    }
-    found.update(counts)
-    found[WAIT_MS_TOTAL] = round(found[WAIT_MS_TOTAL], 3)
-    return found
-
-
-@dataclass(frozen=True)
-class PoolReport:
-    """One pool a protected object keeps in a process: how many connections it may hold, and holds now."""
-
-    label: str  # what the user calls it, never with a password: "engine mysql+pymysql://app@db/shop"
-    backend: str  # "postgresql", "mysql", "sqlite", "redis"
-    max_size: int | None  # connections it may hold at once; None: no bound
-    source: str  # where max_size comes from: "pool_size 5 + max_overflow 10"
-    open: int | None = None  # connections it holds now; None where the library does not say
-    in_use: int | None = None
-    waiting: int | None = None

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import kernel_sockets as procfs
-from ..extras import import_extra
+from .. import _sockets as procfs
+from ..errors import import_extra
 
 POSTGRESQL, REDIS = "postgresql", "redis"
 _SERVER_PROCESSES = {"postgres": POSTGRESQL, "postmaster": POSTGRESQL, "redis-server": REDIS}

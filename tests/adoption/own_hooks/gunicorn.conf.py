@@ -9,6 +9,7 @@ worker_exit; the pool's size in a worker after post_fork, which opens it eagerly
 import os
 
 import forkpool
+import forkpool.health
 import forkpool.gunicorn
 
 preload_app = True
@@ -21,7 +22,7 @@ def _note(event, pid, detail):
 
 def when_ready(server):
     forkpool.gunicorn.when_ready(server)
-    _note("when_ready", os.getpid(), len(forkpool.all_stats()))
+    _note("when_ready", os.getpid(), len(forkpool.health.stats()))
 
 
 def post_fork(server, worker):
@@ -31,4 +32,4 @@ def post_fork(server, worker):
 
 def worker_exit(server, worker):
     forkpool.gunicorn.worker_exit(server, worker)
-    _note("worker_exit", worker.pid, len(forkpool.all_stats()))
+    _note("worker_exit", worker.pid, len(forkpool.health.stats()))

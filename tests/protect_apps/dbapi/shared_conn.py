@@ -8,7 +8,8 @@ PROTECT=1 hands it to forkpool.protect. ``own()``: this process's connection
 import os
 
 import forkpool
-from forkpool.integrations.dbapi import drop_without_io
+import forkpool.identity
+from forkpool._integrations.dbapi import drop_without_io
 
 if os.environ.get("VARIANT") == "psycopg":
     import psycopg as driver
@@ -17,7 +18,7 @@ else:
 
 
 def connect():
-    conn = driver.connect(os.environ["DATABASE_URL"], application_name=forkpool.application_name())
+    conn = driver.connect(os.environ["DATABASE_URL"], application_name=forkpool.identity.application_name())
     conn.autocommit = True
     return conn
 

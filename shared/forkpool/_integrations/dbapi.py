@@ -10,7 +10,7 @@ with the driver's "connection already closed" / "the connection is closed".)
 
 A process that needs a connection of its own, in every worker::
 
-    own = forkpool.per_process(lambda: psycopg2.connect(dsn, application_name=forkpool.application_name()),
+    own = forkpool.per_process(lambda: psycopg2.connect(dsn, application_name=forkpool.identity.application_name()),
                                detach=drop_without_io, close=lambda conn: conn.close())
 
     with own().cursor() as cur: ...   # this process's connection, made on first use
@@ -25,9 +25,9 @@ import os
 import time
 from typing import Any
 
-from ..endpoints import Endpoints, postgres
-from ..kernel_sockets import devnull_fd
-from ..stats import PoolReport
+from .._base import PoolReport
+from .._endpoints import Endpoints, postgres
+from .._sockets import devnull_fd
 
 
 def drop_without_io(dbapi_connection: Any) -> None:
