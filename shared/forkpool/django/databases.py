@@ -414,7 +414,7 @@ def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict[str, Any]
 
 def dsn_of(settings_dict: dict[str, Any]) -> str:
     """A libpq DSN naming the servers of one alias (as Django merges HOST/PORT over OPTIONS)."""
-    from psycopg2.extensions import make_dsn
+    from .._drivers import make_conninfo
 
     options = settings_dict.get("OPTIONS") or {}
     params = {key: str(options[key]) for key in ("host", "hostaddr", "port") if options.get(key)}
@@ -425,7 +425,7 @@ def dsn_of(settings_dict: dict[str, Any]) -> str:
     for key, env in (("host", "PGHOST"), ("port", "PGPORT")):
         if key not in params and os.environ.get(env):
             params[key] = os.environ[env]
-    return make_dsn(**params) if params else ""
+    return make_conninfo(**params) if params else ""
 
 
 DATABASES = DjangoDatabases()
