@@ -234,3 +234,43 @@ def test_celery_task_boundaries_leave_a_project_db_reuse_max_alone(reuse_max, pr
         assert report == {"db_reuse_max": sys.maxsize, "boundaries": True}
     else:
         assert report == {"db_reuse_max": 5, "boundaries": False}
+
+
+REFUSED_PROGRAM = """
+import copy, json
+
+import django
+from django.conf import settings
+
+settings.configure(DATABASES={
+    "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "HOST": "127.0.0.1", "PORT": "5"},
+    "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    "bad": {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "HOST": "127.0.0.1", "PORT": "abc"},
+})
+django.setup()
+from django.db import connections
+
+before = copy.deepcopy({alias: connections[alias].settings_dict for alias in connections})
+try:
+    import forkpool
+    from forkpool.django.databases import DATABASES, INTEGRATION
+
+    forkpool.protect(DATABASES, INTEGRATION)
+    outcome = "protected"
+except forkpool.ConfigError as exc:
+    outcome = str(exc)
+after = {alias: connections[alias].settings_dict for alias in connections}
+print(json.dumps({"outcome": outcome, "unchanged": before == after, "keys": sorted(DATABASES.name_keys)}))
+"""
+
+
+def test_a_refused_protect_leaves_databases_as_they_were():
+    """A PORT that is not a number refuses protect() in one line, before any alias's OPTIONS is written."""
+    pytest.importorskip("django")
+    result = subprocess.run(
+        [sys.executable, "-c", REFUSED_PROGRAM], capture_output=True, text=True, timeout=60, env={**os.environ}
+    )
+    assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["outcome"] != "protected" and "\n" not in report["outcome"], report
+    assert report["unchanged"] and report["keys"] == [], report

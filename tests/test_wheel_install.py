@@ -3,7 +3,9 @@
 One virtualenv per test session (module fixture): the wheel is built from a
 copy of shared/ (building in place would write build/ and egg-info next to
 the sources), installed with the venv's own pip, which fetches
-psycopg2-binary, the only requirement. Every check then runs the venv's
+nothing else: it requires nothing. What that bare install holds and does
+is recorded, then the `psycopg2` extra is added for the checks that open a
+pool. Every check then runs the venv's
 interpreter from a directory outside the checkout, so nothing of the suite
 or of the dev venv is importable. Without PyPI the whole module is skipped,
 saying so; it never passes without having installed.
@@ -54,6 +56,8 @@ class CleanVenv:
     bin: Path
     wheel: Path
     workdir: Path  # outside the checkout: `import forkpool` can only find the installed wheel
+    bare_names: frozenset[str] = frozenset()  # what `pip install forkpool` alone installed
+    bare_pool: str = ""  # what get_pool() raised there (no driver)
 
     def env(self, **extra: str) -> dict[str, str]:
         """The venv as activated, without anything that points back at the checkout or the dev venv."""
@@ -136,7 +140,21 @@ def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> CleanVenv:
     installed = venv.run([*pip, "install", str(wheel)], timeout=300)
     if installed.returncode != 0:
         (pytest.skip if _offline(installed) else pytest.fail)(f"pip install of the wheel failed:\n{_tail(installed)}")
-    return CleanVenv(root, venv.python, venv.bin, wheel, workdir)
+    bare = CleanVenv(root, venv.python, venv.bin, wheel, workdir)
+    bare_names = frozenset(installed_names(bare))
+    probe_pool = bare.script("""
+        import forkpool
+        try:
+            forkpool.get_pool()
+        except forkpool.MissingExtra as exc:
+            print(exc)
+    """)
+    assert probe_pool.returncode == 0, probe_pool.stderr
+    # Then the driver, as the README's install line has it.
+    with_driver = venv.run([*pip, "install", f"{wheel}[psycopg2]"], timeout=300)
+    if with_driver.returncode != 0:
+        (pytest.skip if _offline(with_driver) else pytest.fail)(f"installing the extra failed:\n{_tail(with_driver)}")
+    return CleanVenv(root, venv.python, venv.bin, wheel, workdir, bare_names, probe_pool.stdout.strip())
 
 
 def installed_names(venv: CleanVenv) -> set[str]:
@@ -159,13 +177,19 @@ def test_import_forkpool_comes_from_the_wheel(clean_venv: CleanVenv) -> None:
     assert clean_venv.wheel.name == f"forkpool-{found['version']}-py3-none-any.whl"
 
 
-def test_only_the_driver_is_installed(clean_venv: CleanVenv, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nothing_is_required_and_the_driver_is_an_extra(
+    clean_venv: CleanVenv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert clean_venv.bare_names - INSTALLER_TOOLS == {"forkpool"}
+    # A pool there says, in one line, which extras bring a driver.
+    assert "forkpool[psycopg2]" in clean_venv.bare_pool and "forkpool[psycopg]" in clean_venv.bare_pool
+    assert "\n" not in clean_venv.bare_pool
     names = installed_names(clean_venv)
     assert names - INSTALLER_TOOLS == {"forkpool", "psycopg2-binary"}
     assert not names & NOT_REQUIRED
 
     library = measure(clean_venv.root / "venv", "forkpool")
-    assert library["closure"].names == ("forkpool", "psycopg2-binary")
+    assert library["closure"].names == ("forkpool",)  # its requirements: none
     suite = measure(Path(sys.prefix), "forkpool-suite")  # the dev venv: the suite and its dev tools
     with capsys.disabled():
         print(

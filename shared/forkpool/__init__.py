@@ -21,8 +21,10 @@ docs/fork-story.md for why.
 Modules, bottom-up (each imports only modules on lines above its own; import-linter
 checks it: [tool.importlinter] in the root pyproject.toml):
 
-    _endpoints, _process, errors, identity, stats
-    _drivers, _metrics_dir, _sockets, fork, rq
+    _process, errors, identity, stats
+    _drivers
+    _endpoints
+    _metrics_dir, _sockets, fork, rq
     redis, settings
     _base
     _integrations, _pool, _pool_async

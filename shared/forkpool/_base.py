@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._drivers import Driver, Session, get_driver
+from ._drivers import Driver, Session, get_driver, parse_conninfo
 from ._process import end_threads, home, install_fork_hooks
 from ._sockets import devnull_fd
 from .identity import application_name
@@ -226,10 +226,8 @@ def network_params(settings: PoolSettings) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=64)
 def _dsn_keys(dsn: str) -> frozenset[str]:
-    import psycopg2.extensions  # always installed: settings validates DSNs with it
-
     try:
-        return frozenset(psycopg2.extensions.parse_dsn(dsn))
+        return frozenset(parse_conninfo(dsn))
     except Exception:  # noqa: BLE001 - validated at configuration; libpq reports a bad one on connect
         return frozenset()
 

@@ -206,8 +206,7 @@ def _limits(
     whose: str = "DATABASE_URL",
     app: bool = False,
 ) -> Any:
-    import psycopg2
-
+    from ._drivers import connect_once, driver_error
     from .budget import ServerLimits, read_server_limits
     from .settings import build_settings
 
@@ -227,8 +226,8 @@ def _limits(
     except ConfigError as exc:  # names DATABASE_URL and shows its value, password masked
         raise UsageError(f"{exc}; use a URL like postgresql://user@host:5432/dbname, {offline}") from None
     try:
-        conn = psycopg2.connect(settings.dsn, application_name="forkpool-budget", connect_timeout=5)
-    except psycopg2.Error as exc:
+        conn = connect_once(settings.dsn, "forkpool-budget", 5)
+    except driver_error() as exc:
         named = (
             f"{settings.identity} (the server of {whose})" if app else f"DATABASE_URL={settings.redact(settings.dsn)!r}"
         )

@@ -33,10 +33,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingExtra
 
 PSYCOPG2, PSYCOPG = "psycopg2", "psycopg"
 NAMES = (PSYCOPG2, PSYCOPG)
+NO_DRIVER = (
+    "no PostgreSQL driver is installed: pip install 'forkpool[psycopg2]' (psycopg2) or 'forkpool[psycopg]' (psycopg 3)"
+)
 
 # Transaction isolation levels by the name PostgreSQL gives them; "" is the server's default.
 ISOLATION_LEVELS = ("", "read uncommitted", "read committed", "repeatable read", "serializable")
@@ -266,7 +269,7 @@ def resolve_name(name: str) -> str:
     present = installed()
     if not name:
         if not present:
-            raise ConfigError("no PostgreSQL driver is installed: pip install 'forkpool[psycopg]' or psycopg2-binary")
+            raise MissingExtra(NO_DRIVER)
         return present[0]
     if name not in present:
         extra = "psycopg" if name == PSYCOPG else "psycopg2"
@@ -281,3 +284,54 @@ def get_driver(name: str = "") -> Driver:
     if driver is None:
         driver = _made.setdefault(resolved, _CLASSES[resolved]())
     return driver
+
+
+class BadConninfo(ValueError):
+    """libpq could not read a connection string; the message is the driver's (it never holds the password)."""
+
+
+def parse_conninfo(dsn: str) -> dict[str, str]:
+    """A connection string (``key=value`` pairs or a ``postgresql://`` URI) read as libpq reads it.
+
+    By whichever driver is installed (both call libpq's ``PQconninfoParse``), so
+    the library needs no driver of its own: MissingExtra when neither is there.
+    """
+    if resolve_name("") == PSYCOPG2:
+        import psycopg2
+        import psycopg2.extensions
+
+        try:
+            params: dict[str, str] = psycopg2.extensions.parse_dsn(dsn)
+            return params
+        except psycopg2.Error as exc:
+            raise BadConninfo(str(exc).strip()) from None
+    import psycopg.conninfo
+
+    try:
+        return {key: str(value) for key, value in psycopg.conninfo.conninfo_to_dict(dsn).items()}
+    except psycopg.Error as exc:
+        raise BadConninfo(str(exc).strip()) from None
+
+
+def make_conninfo(base: str = "", **params: Any) -> str:
+    """`base` with `params` added or replaced, quoted as libpq needs (either driver's own function)."""
+    if resolve_name("") == PSYCOPG2:
+        import psycopg2.extensions
+
+        made: str = psycopg2.extensions.make_dsn(base or None, **params)
+        return made
+    import psycopg.conninfo
+
+    return psycopg.conninfo.make_conninfo(base, **params)
+
+
+def connect_once(dsn: str, application_name: str, timeout_s: int) -> Any:
+    """A short connection of a tool's own (budget, doctor) by the installed driver; its ``Error`` on failure."""
+    driver = get_driver("")
+    return driver.connect(dsn, {"application_name": application_name, "connect_timeout": timeout_s})
+
+
+def driver_error() -> type[Exception]:
+    """The installed driver's base exception (what connect_once and queries raise)."""
+    error: type[Exception] = get_driver("").Error
+    return error

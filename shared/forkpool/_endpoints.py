@@ -33,9 +33,9 @@ class Endpoints:
 
 def postgres(dsn: str) -> Endpoints:
     """A PostgreSQL DSN's servers (URL or key=value; several hosts allowed)."""
-    from psycopg2.extensions import parse_dsn
+    from ._drivers import parse_conninfo
 
-    params = parse_dsn(dsn)
+    params = parse_conninfo(dsn)
     ports = (params.get("port") or "5432").split(",")
     hosts = (params.get("host") or params.get("hostaddr") or "").split(",")
     tcp: set[tuple[str, int]] = set()

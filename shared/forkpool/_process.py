@@ -56,6 +56,11 @@ logger = logging.getLogger("forkpool")
 _HOME = "_forkpool_process_state"
 
 
+# Where there is no fork (Windows) there are no at-fork hooks to install: per_process is then
+# simply one instance per process, and the pid check never sees another pid.
+CAN_FORK = hasattr(os, "register_at_fork")
+
+
 class Home(Protocol):
     """forkpool's process-wide holder, as the library uses it: a module object in ``sys.modules`` (see home()).
 
@@ -373,7 +378,7 @@ def install_fork_hooks(
         return
     holder.hooks_installed.add(name)
     kwargs = {k: v for k, v in (("before", before), ("after_in_parent", after_in_parent)) if v is not None}
-    if kwargs:
+    if kwargs and CAN_FORK:
         os.register_at_fork(**kwargs)
 
 
@@ -456,8 +461,9 @@ def _close_at_exit() -> None:
 
 if "per_process" not in home().hooks_installed:
     atexit.register(_close_at_exit)
-    # The one at-fork hook of the child: every module's callback runs from it, in order.
-    os.register_at_fork(after_in_child=after_fork_in_child)
+    if CAN_FORK:
+        # The one at-fork hook of the child: every module's callback runs from it, in order.
+        os.register_at_fork(after_in_child=after_fork_in_child)
 install_fork_hooks("unseen-fork-lock", after_in_child=_replace_unseen_fork_lock)
 install_fork_hooks("per_process", after_in_child=_detach_inherited_instances)
 

@@ -58,6 +58,15 @@ def devnull_fd() -> int:
     return _devnull_fd
 
 
+def readable() -> bool:
+    """True where this module can see sockets: Linux's /proc with the process's fds and its net tables.
+
+    Elsewhere (macOS, Windows, a container without /proc) every reader here returns nothing,
+    which must not be taken for "no socket": callers that report on sockets check this first.
+    """
+    return os.path.isdir("/proc/self/fd") and os.path.exists("/proc/self/net/tcp")
+
+
 def socket_inodes(pid: int | str) -> list[int]:
     """Inodes of the sockets `pid` has open; [] if it is gone or not ours to read."""
     return list(socket_fds(pid).values())

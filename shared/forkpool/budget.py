@@ -29,13 +29,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-
 from . import _protect as protection
 from . import _registry as registry
+from ._drivers import BadConninfo, connect_once, driver_error, make_conninfo, parse_conninfo
 from ._integrations import integration_for
-from .errors import ConfigError
+from .errors import ConfigError, MissingExtra
 from .settings import DEFAULT_SIZE, SIZE_ENV, describe_error, env_int, redact_text
 
 log = logging.getLogger("forkpool.budget")
@@ -161,7 +159,7 @@ class Budget:
         return lines
 
 
-def read_server_limits(conn: psycopg2.extensions.connection) -> ServerLimits:
+def read_server_limits(conn: Any) -> ServerLimits:
     """The server's connection settings (reserved_connections only exists from PostgreSQL 16)."""
     with conn.cursor() as cur:
         cur.execute(
@@ -293,8 +291,8 @@ def server_of(dsn: str) -> str:
     if not dsn.strip():
         return ""
     try:
-        params = psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.Error:
+        params = parse_conninfo(dsn)
+    except (BadConninfo, MissingExtra):
         return ""
     host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "local socket"
     return f"{host}:{params.get('port') or os.environ.get('PGPORT') or 5432}"
@@ -414,7 +412,7 @@ def _libpq_dsn(params: dict[str, Any], base: str = "") -> str:
     chosen = {k: str(v) for k, v in params.items() if k in _LIBPQ_KEYS and v not in (None, "")}
     if not base and not chosen:
         return ""
-    dsn: str = psycopg2.extensions.make_dsn(base or None, **chosen)
+    dsn: str = make_conninfo(base, **chosen)
     return dsn
 
 
@@ -604,8 +602,10 @@ def limits_or_reason(dsn: str) -> ServerLimits | str:
     """The server's limits, read with a short connection of its own; or why they could not be read."""
     secrets = tuple(p for p in (_password(dsn),) if p)
     try:
-        conn = psycopg2.connect(dsn, application_name="forkpool-budget", connect_timeout=_CONNECT_TIMEOUT_S)
-    except psycopg2.Error as exc:
+        conn = connect_once(dsn, "forkpool-budget", _CONNECT_TIMEOUT_S)
+    except MissingExtra as exc:
+        return str(exc)
+    except driver_error() as exc:
         return f"the server is unreachable: {redact_text(describe_error(exc), secrets)}"
     try:
         return read_server_limits(conn)
@@ -615,7 +615,6 @@ def limits_or_reason(dsn: str) -> ServerLimits | str:
 
 def _password(dsn: str) -> str | None:
     try:
-        password: str | None = psycopg2.extensions.parse_dsn(dsn).get("password")
-        return password
-    except psycopg2.Error:
+        return parse_conninfo(dsn).get("password")
+    except (BadConninfo, MissingExtra):
         return None

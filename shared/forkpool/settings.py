@@ -14,11 +14,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import unquote
 
-import psycopg2
-import psycopg2.extensions
-
-from ._drivers import ISOLATION_LEVELS, Session, resolve_name
-from .errors import ConfigError
+from ._drivers import ISOLATION_LEVELS, BadConninfo, Session, parse_conninfo, resolve_name
+from .errors import ConfigError, MissingExtra
 
 DEFAULT_SIZE = 4
 DEFAULT_TIMEOUT = 30.0
@@ -275,8 +272,8 @@ def validate(settings: PoolSettings) -> PoolSettings:
 
 def _check_dsn(dsn: str) -> None:
     try:
-        psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.Error as exc:
+        parse_conninfo(dsn)
+    except BadConninfo as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
         secrets = _secrets(dsn)
         raise ConfigError(
@@ -361,8 +358,8 @@ def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
 def dsn_password(dsn: str) -> str | None:
     """The password a DSN carries, if any (for masking it in third-party messages)."""
     try:
-        return psycopg2.extensions.parse_dsn(dsn).get("password") or None
-    except psycopg2.Error:
+        return parse_conninfo(dsn).get("password") or None
+    except (BadConninfo, MissingExtra):  # unreadable, or no driver to read it: the patterns below
         match = _URL_PASSWORD.search(dsn) or _KV_PASSWORD.search(dsn)
         return unquote(match["pw"].strip("'")) if match else None
 
@@ -373,7 +370,7 @@ def dsn_identity(dsn: str) -> str:
     This is a pool's identity key: two DSNs that differ only in password are the
     same server and database for reporting purposes.
     """
-    params = psycopg2.extensions.parse_dsn(dsn)
+    params = parse_conninfo(dsn)
     user = params.get("user", "")
     host = params.get("host", "") or params.get("hostaddr", "")
     port = params.get("port", "")

@@ -164,6 +164,11 @@ class DjangoIntegration:
         pooled: set[str] = set()
         persistent: set[str] = set()
         pool_dicts: list[dict[str, Any]] = []
+        name_keys: dict[str, str] = {}
+        settings_dicts: dict[str, dict[str, Any]] = {}
+        # Everything that can fail (a PORT that is not a number, a host that does not
+        # resolve) runs before the first write to a settings dict: a refused protect()
+        # leaves the project's DATABASES as they were.
         for alias in connections:
             wrapper = connections[alias]  # this thread's wrapper: made, not connected
             aliases.append(alias)
@@ -178,9 +183,13 @@ class DjangoIntegration:
                 pool_dicts.append(pools)
             key = identity_option(vendor, wrapper)
             if key:
-                obj.name_keys[alias] = key
-            set_identity(obj, alias, settings_dict)
+                name_keys[alias] = key
+            settings_dicts[alias] = settings_dict
             found |= endpoints_of(vendor, settings_dict)
+        obj.name_keys.update(name_keys)
+        for alias, settings_dict in settings_dicts.items():
+            set_identity(obj, alias, settings_dict)
+            wrapper = connections[alias]
             if wrapper.connection is not None:  # connected before ready(): tracked from now on
                 obj.wrappers.add(wrapper)
         obj.aliases, obj.vendors = tuple(aliases), vendors
@@ -405,7 +414,7 @@ def set_identity(obj: DjangoDatabases, alias: str, settings_dict: dict[str, Any]
 
 def dsn_of(settings_dict: dict[str, Any]) -> str:
     """A libpq DSN naming the servers of one alias (as Django merges HOST/PORT over OPTIONS)."""
-    from psycopg2.extensions import make_dsn
+    from .._drivers import make_conninfo
 
     options = settings_dict.get("OPTIONS") or {}
     params = {key: str(options[key]) for key in ("host", "hostaddr", "port") if options.get(key)}
@@ -416,7 +425,7 @@ def dsn_of(settings_dict: dict[str, Any]) -> str:
     for key, env in (("host", "PGHOST"), ("port", "PGPORT")):
         if key not in params and os.environ.get(env):
             params[key] = os.environ[env]
-    return make_dsn(**params) if params else ""
+    return make_conninfo(**params) if params else ""
 
 
 DATABASES = DjangoDatabases()

@@ -98,11 +98,17 @@ def doctor_command(argv: list[str], prog: str) -> int:
 
 
 def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list[Finding]]:
-    import psycopg2
+    from .. import _sockets
+    from .._drivers import BadConninfo, driver_error
 
+    if not _sockets.readable():
+        raise ConfigError(
+            f"forkpool doctor reads sockets from Linux's /proc, which this system ({sys.platform}) does not "
+            "offer: nothing was checked (run it on the Linux host or in the container of the deployment)"
+        )
     try:
         servers = find_servers(args.dsn, args.redis_url)
-    except psycopg2.Error as exc:
+    except BadConninfo as exc:
         raise ConfigError(f"--dsn / DATABASE_URL is not a valid DSN: {_describe(exc, args.dsn)}") from None
     redis_error = _redis_errors(args.redis_url)
     processes = find_trees(args.pid)
@@ -111,7 +117,7 @@ def _examine(args: argparse.Namespace, expect: Expectations) -> tuple[Any, list[
         raise ConfigError(f"--pid {missing[0]}: no such process, or not one this user may examine")
     try:
         found = survey(processes, servers, args.dsn, args.redis_url)
-    except psycopg2.Error as exc:
+    except driver_error() as exc:
         raise ConfigError(
             f"cannot list the sessions of {dsn_identity(args.dsn)} (--dsn / DATABASE_URL): {_describe(exc, args.dsn)}"
         ) from None

@@ -167,9 +167,9 @@ def _local_ips(psutil: Any) -> set[str]:
 
 
 def _add_database_url(servers: Servers, url: str) -> None:
-    from psycopg2.extensions import parse_dsn
+    from .._drivers import parse_conninfo
 
-    params = parse_dsn(url)
+    params = parse_conninfo(url)
     hosts = (params.get("host") or "/var/run/postgresql").split(",")
     ports = (params.get("port") or "5432").split(",")
     for number, host in enumerate(hosts):

@@ -135,9 +135,9 @@ def _classify(
 
 
 def postgres_sessions(database_url: str) -> list[Session]:
-    import psycopg2
+    from .._drivers import connect_once
 
-    conn = psycopg2.connect(database_url, application_name="forkpool-doctor", connect_timeout=5)
+    conn = connect_once(database_url, "forkpool-doctor", 5)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
