@@ -112,6 +112,8 @@ def check_work_done(
     status_counts: dict[str, int],
     killed_in_flight: int = 0,
     writers: dict[str, int] | None = None,
+    dropped_by_tier: dict[str, int] | None = None,
+    allowed_by_tier: dict[str, int] | None = None,
 ) -> Check:
     """4: every task wrote its row exactly once; no 5xx but 503 (pool timeout), which is counted.
 
@@ -121,6 +123,9 @@ def check_work_done(
     writer role, from each row's ``written_by``: the server's application_name in
     the task's transaction) says which host ran the tasks; every row must name a
     task process, which behind PgBouncer proves the identity reached the server.
+    With `dropped_by_tier` and `allowed_by_tier` each tier is held to its own
+    kills: a drop on a tier whose workers were only recycled (gracefully) fails,
+    whatever kills on the other tier allow.
     """
     missing = [k for k in keys if rows_per_key.get(k, 0) == 0]
     doubled = [k for k in keys if rows_per_key.get(k, 0) > 1]
@@ -134,6 +139,15 @@ def check_work_done(
         f"other 5xx: {other}, dropped connections: {dropped} (allowed {killed_in_flight}: in flight on "
         "killed web and asgi workers)"
     )
+    if dropped_by_tier is not None and allowed_by_tier is not None:
+        over = {t: n for t, n in dropped_by_tier.items() if n > allowed_by_tier.get(t, 0)}
+        passed = passed and not over
+        detail += "; dropped per tier: " + (
+            ", ".join(f"{t} {dropped_by_tier.get(t, 0)} (allowed {n})" for t, n in sorted(allowed_by_tier.items()))
+            or "none"
+        )
+        if over:
+            detail += f" (more than its kills allow: {over})"
     if writers is not None:
         strangers = {role: n for role, n in writers.items() if role.partition("@")[0] != WORKER}
         passed = passed and not strangers

@@ -258,7 +258,15 @@ def _drive(
     # Which host ran each task, by the name its transaction carried: on a fleet, or through PgBouncer.
     writers = writers_for_keys(direct_url, keys) if options.hosts > 1 or options.pgbouncer else None
     report.checks.append(
-        checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options), writers)
+        checks.check_work_done(
+            keys,
+            rows,
+            load.status_counts,
+            _in_flight_on_killed(report, options),
+            writers,
+            load.dropped_by_tier,
+            _in_flight_by_tier(report, options),
+        )
     )
     by_role, final = _pool_reports(fleet, sampler, celery)
     report.checks.append(checks.check_reports_agree(by_role, final.by_pid(), pid_alive))
@@ -387,6 +395,16 @@ def _in_flight_on_killed(report: RunReport, options: LoadOptions) -> int:
     web = sum(1 for d in kills if d.startswith("SIGKILL web worker"))
     asgi = sum(1 for d in kills if d.startswith("SIGKILL asgi worker"))
     return web * options.web_threads + asgi * -(-options.asgi_users // options.hosts)
+
+
+def _in_flight_by_tier(report: RunReport, options: LoadOptions) -> dict[str, int]:
+    """`_in_flight_on_killed` per tier: a recycle is graceful, so only a tier's own kills allow it drops."""
+    kills = [e.detail for e in report.events if e.kind == "kill"]
+    allowed = {"web": sum(1 for d in kills if d.startswith("SIGKILL web worker")) * options.web_threads}
+    if options.asgi_workers:
+        asgi = sum(1 for d in kills if d.startswith("SIGKILL asgi worker"))
+        allowed["asgi"] = asgi * -(-options.asgi_users // options.hosts)
+    return allowed
 
 
 def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
