@@ -65,6 +65,7 @@ class LoadOptions:
     pgbouncer: bool = False  # put a PgBouncer (transaction pooling) between the suite and PostgreSQL
     pgbouncer_pool_size: int = 10  # its default_pool_size: the server connections it may open
     pgbouncer_reserve: int = 2  # its reserve_pool_size
+    web_server: str = "gunicorn"  # or "uwsgi": the web tier under uWSGI (harness/processes.py)
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(
@@ -146,6 +147,7 @@ def plans_for(
             naive=options.naive,
             stack=options.stack,
             host=host,
+            web_server=options.web_server,
             extra_env=env,
         )
         for host in host_labels(options.hosts)
