@@ -198,19 +198,18 @@ def check_reports_agree(
 ) -> Check:
     """5, for any roles (``web@h1``, ``worker@h2`` on a fleet): every role needs a live report, and each agrees."""
     reports = {pid: r for role_reports in by_role.values() for pid, r in role_reports.items()}
-    live = {pid: r for pid, r in reports.items() if is_alive(pid)}
-    disagree = {
-        pid: (r.get("size"), server_by_pid.get(pid, 0))
-        for pid, r in live.items()
-        if r.get("size") != server_by_pid.get(pid, 0)
-    }
+    # A report with "server_sessions" was checked where it was made: an RQ work-horse, gone before anyone could ask
+    # the server about its pid, reports the server's count of its sessions beside its pool's own.
+    live = {pid: r for pid, r in reports.items() if is_alive(pid) or "server_sessions" in r}
+    seen = {pid: r.get("server_sessions", server_by_pid.get(pid, 0)) for pid, r in live.items()}
+    disagree = {pid: (r.get("size"), seen[pid]) for pid, r in live.items() if r.get("size") != seen[pid]}
     role_of = {pid: role for role, role_reports in by_role.items() for pid in role_reports}
     unheard = [role for role, role_reports in by_role.items() if not set(role_reports) & set(live)]
     passed = not unheard and not disagree
     heard = ", ".join(f"{len(r)} {_reporter(role)}" for role, r in by_role.items())
-    detail = (
-        f"{heard} processes reported, {len(live)} still alive; disagreeing (pool size, server): {disagree or 'none'}"
-    )
+    in_job = sum(1 for pid, r in live.items() if "server_sessions" in r and not is_alive(pid))
+    checked = f"{len(live) - in_job} still alive" + (f", {in_job} checked in the job that reported" if in_job else "")
+    detail = f"{heard} processes reported, {checked}; disagreeing (pool size, server): {disagree or 'none'}"
     if disagree:
         detail += " (" + ", ".join(f"{role_of[pid]} {pid}" for pid in disagree) + ")"
     if len(live) < len(reports):

@@ -31,7 +31,7 @@ from forkpool.redact import describe_error, dsn_password, redact_text
 from forkpool.settings import build_settings, settings_from_env
 
 from ._procs import ServiceError, postgres_bindir, redis_server_binary
-from .processes import UWSGI, SuitePlan, uwsgi_binary
+from .processes import RQ, UWSGI, SuitePlan, uwsgi_binary
 
 CONNECT_TIMEOUT_S = 5  # long enough for a remote server, short enough that a typo is not a long wait
 DSN_EXAMPLE = "postgresql://user@host:5432/dbname"  # no password in it: the final redaction would mask it
@@ -217,13 +217,18 @@ def check_stack(stack: str) -> None:
         )
 
 
-def check_runners(web_server: str) -> None:
+def check_runners(web_server: str, task_runner: str = "celery") -> None:
     """The servers a run is asked to run under must be installed (uWSGI is built by pip, not always present)."""
-    if web_server == UWSGI:
-        try:
+    try:
+        if web_server == UWSGI:
             uwsgi_binary()
-        except ServiceError as exc:
-            raise PreflightError(f"--web-server uwsgi: {exc}") from None
+        if task_runner == RQ:
+            from .rq_runner import rq_binary  # imports rq itself: ImportError when it is not installed
+
+            rq_binary()
+    except (ServiceError, ImportError) as exc:
+        option = "--web-server uwsgi" if web_server == UWSGI and "uWSGI" in str(exc) else f"--task-runner {task_runner}"
+        raise PreflightError(f"{option}: {exc}") from None
 
 
 def check_suite(needs: SuiteNeeds, environ: Mapping[str, str] | None = None) -> None:

@@ -48,10 +48,12 @@ _PLAN_OWNS = (
     "ASGI_MAX_REQUESTS_JITTER",
     "DJANGO_SETTINGS_MODULE",
     "HOST_LABEL",
+    "TASK_RUNNER",
 )
 DJANGO_PACKAGE = "django_stack"  # the django stack's own project: it replaces web/ and workers/
 GUNICORN, UWSGI = "gunicorn", "uwsgi"
 WEB_SERVERS = (GUNICORN, UWSGI)
+CELERY, RQ = "celery", "rq"  # suite/rq_queue.py's names: the web enqueues through TASK_RUNNER
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class SuitePlan:
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR shared by web and workers; start_suite makes a fresh one
     host: str = ""  # HOST_LABEL of one host of a fleet (harness/fleet.py); "": a single host, unlabelled
     web_server: str = GUNICORN  # what serves the web tier: Gunicorn, or uWSGI wired with --import forkpool.uwsgi
+    task_runner: str = CELERY  # what runs the tasks: Celery prefork, or RQ workers (harness/rq_runner.py)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -126,6 +129,8 @@ class SuitePlan:
             env["STACK_POOL_SIZE"] = env.pop("DB_POOL_SIZE")
         if self.stack == DJANGO_STACK:
             env["DJANGO_SETTINGS_MODULE"] = f"{DJANGO_PACKAGE}.settings"
+        if self.task_runner == RQ:
+            env["TASK_RUNNER"] = RQ  # the web tier enqueues through RQ (suite/rq_queue.py)
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update(self.extra_env)
@@ -183,6 +188,11 @@ class SuiteProcess:
 
     def children(self) -> list[int]:
         return child_pids(self.pid) if self.is_running() else []
+
+    @property
+    def master_pids(self) -> list[int]:
+        """The processes of this server that fork the others: each must hold no connection."""
+        return [self.pid]
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until the server serves (each server knows how to tell)."""
@@ -354,7 +364,7 @@ class CeleryWorker(SuiteProcess):
 class RunningSuite:
     plan: SuitePlan
     web: WebServer  # Gunicorn, or uWSGI (UwsgiWebServer)
-    worker: CeleryWorker
+    worker: SuiteProcess  # CeleryWorker, or RqWorkers (harness/rq_runner.py)
     asgi: AsgiServer | None = None  # when the plan has ASGI workers
 
     @property
@@ -363,12 +373,20 @@ class RunningSuite:
 
     @property
     def master_pids(self) -> list[int]:
-        """The Gunicorn arbiters and the Celery main process: each must hold no connection."""
-        return [server.pid for server in self.servers]
+        """The Gunicorn arbiters (or uWSGI master), the Celery main process (or RQ workers): none holds a connection."""
+        return [pid for server in self.servers for pid in server.master_pids]
 
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def _task_tier(plan: SuitePlan, log_dir: Path) -> SuiteProcess:
+    if plan.task_runner == RQ:
+        from .rq_runner import RqWorkers  # imports rq: only when asked for
+
+        return RqWorkers(plan, log_dir)
+    return CeleryWorker(plan, log_dir)
 
 
 def prepare_suite(plan: SuitePlan, log_dir: Path) -> RunningSuite:
@@ -381,7 +399,7 @@ def prepare_suite(plan: SuitePlan, log_dir: Path) -> RunningSuite:
     return RunningSuite(
         plan,
         UwsgiWebServer(plan, log_dir) if plan.web_server == UWSGI else WebServer(plan, log_dir),
-        CeleryWorker(plan, log_dir),
+        _task_tier(plan, log_dir),
         AsgiServer(plan, log_dir) if plan.asgi_workers else None,
     )
 

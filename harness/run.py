@@ -25,7 +25,7 @@ from .fleet import Fleet, check_fleet_ceiling, host_labels, qualified, start_fle
 from .load import LocustRun
 from .model import Check, Event, LoadResult, RunReport, Sample
 from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
-from .processes import SuitePlan
+from .processes import RQ, SuitePlan
 from .rss import RssSampler, check_memory_flat
 from .sampler import BouncerSampler, Sampler
 from .services import redact_url, services
@@ -66,6 +66,7 @@ class LoadOptions:
     pgbouncer_pool_size: int = 10  # its default_pool_size: the server connections it may open
     pgbouncer_reserve: int = 2  # its reserve_pool_size
     web_server: str = "gunicorn"  # or "uwsgi": the web tier under uWSGI (harness/processes.py)
+    task_runner: str = "celery"  # or "rq": the task tier under RQ workers (harness/rq_runner.py)
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(
@@ -148,6 +149,7 @@ def plans_for(
             stack=options.stack,
             host=host,
             web_server=options.web_server,
+            task_runner=options.task_runner,
             extra_env=env,
         )
         for host in host_labels(options.hosts)
@@ -232,7 +234,7 @@ def _drive(
     steady = _wait_for(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected, patience)
     report.checks.append(checks.check_steady_state(steady, expected, fleet.master_pids, plan.pool_size))
     report.events.append(Event(sampler.now(), "phase", "load starts"))
-    celery = producer(plan.redis_url)
+    celery = _producer(plan)
     load_start = time.monotonic()
     watch = SocketWatch(plan.database_url, plan.redis_url, fleet.master_pids).start()
     try:
@@ -399,6 +401,15 @@ def _in_flight_on_killed(report: RunReport, options: LoadOptions) -> int:
     return web * options.web_threads + asgi * -(-options.asgi_users // options.hosts)
 
 
+def _producer(plan: SuitePlan):
+    """Celery's producer, or under RQ one with the part of its API the enqueuer and the stats probe use."""
+    if plan.task_runner == RQ:
+        from .rq_runner import RqProducer
+
+        return RqProducer(plan.redis_url)
+    return producer(plan.redis_url)
+
+
 def _in_flight_by_tier(report: RunReport, options: LoadOptions) -> dict[str, int]:
     """`_in_flight_on_killed` per tier: a recycle is graceful, so only a tier's own kills allow it drops."""
     kills = [e.detail for e in report.events if e.kind == "kill"]
@@ -437,18 +448,25 @@ def _pool_reports(fleet: Fleet, sampler: Sampler, celery, rounds: int = 3) -> tu
                 http[qualified(checks.ASGI, host)] = web_pool_reports(suite.asgi.url, set(suite.asgi.children()))
         tasks = {
             qualified(checks.WORKER, suite.plan.host):  # last: they recycle the most
-            worker_pool_reports(celery, suite.plan.host_queue, suite.plan.worker_concurrency)
+            worker_pool_reports(
+                celery, suite.plan.host_queue, suite.plan.worker_concurrency, **_REPORT_CALLS[suite.plan.task_runner]
+            )
             for suite in fleet.hosts
         }
         final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
         # Roles in check 5's order (web, worker, asgi), hosts in order within each: the sort is stable.
         by_role = dict(sorted({**http, **tasks}.items(), key=lambda item: _ROLE_RANK[item[0].partition("@")[0]]))
         _let_recycled_exit({pid: r for reports in by_role.values() for pid, r in reports.items()}, final)
-        if all(any(pid_alive(pid) for pid in reports) for reports in by_role.values()):
+        if all(
+            any(pid_alive(pid) or "server_sessions" in r for pid, r in reports.items()) for reports in by_role.values()
+        ):
             break
     return by_role, final
 
 
+# Stats calls per task process: Celery's processes live on, so lingering calls spread over all of them;
+# an RQ work-horse lives for one call.
+_REPORT_CALLS = {"celery": {"calls": 4, "linger": 0.3}, RQ: {"calls": 1, "linger": 0.0}}
 _ROLE_RANK = {checks.WEB: 0, checks.WORKER: 1, checks.ASGI: 2}  # check 5 names roles in this order
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from tests.test_harness import forkpool
 
+pytest.importorskip("rq", reason="--task-runner rq needs rq (the dev extra pins it)")
+
 UWSGI = Path(sys.executable).with_name("uwsgi")
 needs_uwsgi = pytest.mark.skipif(not UWSGI.exists(), reason=f"uWSGI is not installed ({UWSGI}): pip install uwsgi")
 
@@ -26,6 +28,10 @@ def loadtest(tmp_path: Path, *args: str) -> tuple[dict, Path]:
     assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6]
     assert all(c["passed"] for c in body["checks"]), body["checks"]
     return body, report
+
+
+def rq_logs(report: Path) -> str:
+    return "".join(log.read_text(errors="replace") for log in sorted((report / "logs").glob("rq-*.log")))
 
 
 def web_log(report: Path) -> str:
@@ -88,4 +94,69 @@ def test_loadtest_under_uwsgi_with_an_asgi_tier_recycling_and_kills(tmp_path):
     log = web_log(report)
     assert "The work of process" in log  # --max-requests recycled uWSGI workers during the run
     assert {r["role"]: r["expected"] for r in body["roles"]} == {"web": 6, "worker": 6, "asgi": 6}
+    assert {e["detail"].split()[1] for e in body["events"] if e["kind"] == "kill"} == {"web", "task", "asgi"}
+
+
+def test_loadtest_with_the_task_tier_under_rq_holds_every_check(tmp_path):
+    body, report = loadtest(
+        tmp_path,
+        "--task-runner",
+        "rq",
+        "--duration",
+        "5",
+        "--users",
+        "4",
+        "--task-rate",
+        "4",
+        "--kill-workers",
+        "2",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--pool-size",
+        "2",
+    )
+    logs = rq_logs(report)
+    assert logs.count("Listening on") >= 2  # two rq workers, each forking a horse per job
+    # The ceiling counts a pool per RQ worker (its horse); at rest the task tier holds none.
+    assert body["ceiling"] == 8 and body["checks"][0]["detail"].startswith("expected {'web': 4}")
+    assert "checked in the job that reported" in body["checks"][4]["detail"]  # check 5 heard from horses
+    assert [e for e in body["events"] if e["detail"].startswith("SIGKILL task process")]  # a horse, mid-job or not
+    assert body["load"]["tasks_completed"] == body["load"]["tasks_enqueued"] > 0
+
+
+def test_rq_runner_refuses_celery_only_options():
+    result = forkpool("loadtest", "--task-runner", "rq", "--max-tasks-per-child", "5", timeout=60)
+    assert result.returncode == 2 and "an RQ work-horse lives for one job" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@needs_uwsgi
+def test_loadtest_under_uwsgi_and_rq_with_an_asgi_tier_recycling_and_kills(tmp_path):
+    """Both other runners at once, beside the async tier: every role recycled or killed, 20 s of load."""
+    body, report = loadtest(
+        tmp_path,
+        "--web-server",
+        "uwsgi",
+        "--task-runner",
+        "rq",
+        "--duration",
+        "20",
+        "--kill-workers",
+        "3",
+        "--max-requests",
+        "60",
+        "--web-workers",
+        "2",
+        "--worker-concurrency",
+        "2",
+        "--asgi-workers",
+        "2",
+        "--pool-size",
+        "3",
+    )
+    assert "The work of process" in web_log(report)  # uWSGI recycled its workers at --max-requests
+    assert body["load"]["tasks_completed"] == body["load"]["tasks_enqueued"] > 0  # a killed horse's job ran again
     assert {e["detail"].split()[1] for e in body["events"] if e["kind"] == "kill"} == {"web", "task", "asgi"}
