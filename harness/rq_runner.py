@@ -50,6 +50,8 @@ class RqWorker(SuiteProcess):
             plan.redis_url,
             "--worker-class",
             "forkpool.rq.Worker",
+            "--config",
+            "workers.rq_settings",  # preloads the jobs' module: horses inherit it instead of importing it per job
             "--name",
             f"{plan.name}-{index}",
             *queues,

@@ -18,11 +18,15 @@ pytest.importorskip("rq", reason="--task-runner rq needs rq (the dev extra pins 
 
 UWSGI = Path(sys.executable).with_name("uwsgi")
 needs_uwsgi = pytest.mark.skipif(not UWSGI.exists(), reason=f"uWSGI is not installed ({UWSGI}): pip install uwsgi")
+# A whole deployment booted, loaded, disturbed and stopped: past the suite's 120 s default on a busy 2-core machine.
+QUICK_TIMEOUT_S, FULL_TIMEOUT_S = 300, 600
 
 
 def loadtest(tmp_path: Path, *args: str) -> tuple[dict, Path]:
     report = tmp_path / "report"
-    result = forkpool("loadtest", *args, "--json", str(tmp_path / "run.json"), "--report", str(report), timeout=400)
+    result = forkpool(
+        "loadtest", *args, "--json", str(tmp_path / "run.json"), "--report", str(report), timeout=QUICK_TIMEOUT_S * 2
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     body = json.loads((tmp_path / "run.json").read_text())
     assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6]
@@ -40,6 +44,7 @@ def web_log(report: Path) -> str:
 
 
 @needs_uwsgi
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
 def test_loadtest_with_the_web_tier_under_uwsgi_holds_every_check(tmp_path):
     body, report = loadtest(
         tmp_path,
@@ -70,6 +75,7 @@ def test_loadtest_with_the_web_tier_under_uwsgi_holds_every_check(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FULL_TIMEOUT_S)
 @needs_uwsgi
 def test_loadtest_under_uwsgi_with_an_asgi_tier_recycling_and_kills(tmp_path):
     body, report = loadtest(
@@ -97,6 +103,7 @@ def test_loadtest_under_uwsgi_with_an_asgi_tier_recycling_and_kills(tmp_path):
     assert {e["detail"].split()[1] for e in body["events"] if e["kind"] == "kill"} == {"web", "task", "asgi"}
 
 
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
 def test_loadtest_with_the_task_tier_under_rq_holds_every_check(tmp_path):
     body, report = loadtest(
         tmp_path,
@@ -133,6 +140,7 @@ def test_rq_runner_refuses_celery_only_options():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FULL_TIMEOUT_S)
 @needs_uwsgi
 def test_loadtest_under_uwsgi_and_rq_with_an_asgi_tier_recycling_and_kills(tmp_path):
     """Both other runners at once, beside the async tier: every role recycled or killed, 20 s of load."""
