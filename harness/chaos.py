@@ -70,9 +70,14 @@ class DirectEnqueuer:
             self._stop.wait(max(next_at - time.monotonic(), 0.0))
 
 
-def worker_pool_reports(app: Celery, queue: str, processes: int, timeout: float = 20.0) -> dict[int, dict]:
-    """Each task process's own pool stats: enough lingering calls that every process takes one."""
-    pending = [app.send_task(TASK_POOL_STATS, kwargs={"linger": 0.3}, queue=queue) for _ in range(processes * 4)]
+def worker_pool_reports(
+    app: Celery, queue: str, processes: int, timeout: float = 20.0, calls: int = 4, linger: float = 0.3
+) -> dict[int, dict]:
+    """Each task process's own pool stats: enough lingering calls (`calls` per process) that every process takes one.
+
+    Under RQ every call runs in a new work-horse: one per worker, no linger, is enough.
+    """
+    pending = [app.send_task(TASK_POOL_STATS, kwargs={"linger": linger}, queue=queue) for _ in range(processes * calls)]
     reports: dict[int, dict] = {}
     deadline = time.monotonic() + timeout
     for result in pending:

@@ -112,6 +112,8 @@ def check_work_done(
     status_counts: dict[str, int],
     killed_in_flight: int = 0,
     writers: dict[str, int] | None = None,
+    dropped_by_tier: dict[str, int] | None = None,
+    allowed_by_tier: dict[str, int] | None = None,
 ) -> Check:
     """4: every task wrote its row exactly once; no 5xx but 503 (pool timeout), which is counted.
 
@@ -121,6 +123,9 @@ def check_work_done(
     writer role, from each row's ``written_by``: the server's application_name in
     the task's transaction) says which host ran the tasks; every row must name a
     task process, which behind PgBouncer proves the identity reached the server.
+    With `dropped_by_tier` and `allowed_by_tier` each tier is held to its own
+    kills: a drop on a tier whose workers were only recycled (gracefully) fails,
+    whatever kills on the other tier allow.
     """
     missing = [k for k in keys if rows_per_key.get(k, 0) == 0]
     doubled = [k for k in keys if rows_per_key.get(k, 0) > 1]
@@ -134,6 +139,15 @@ def check_work_done(
         f"other 5xx: {other}, dropped connections: {dropped} (allowed {killed_in_flight}: in flight on "
         "killed web and asgi workers)"
     )
+    if dropped_by_tier is not None and allowed_by_tier is not None:
+        over = {t: n for t, n in dropped_by_tier.items() if n > allowed_by_tier.get(t, 0)}
+        passed = passed and not over
+        detail += "; dropped per tier: " + (
+            ", ".join(f"{t} {dropped_by_tier.get(t, 0)} (allowed {n})" for t, n in sorted(allowed_by_tier.items()))
+            or "none"
+        )
+        if over:
+            detail += f" (more than its kills allow: {over})"
     if writers is not None:
         strangers = {role: n for role, n in writers.items() if role.partition("@")[0] != WORKER}
         passed = passed and not strangers
@@ -184,19 +198,18 @@ def check_reports_agree(
 ) -> Check:
     """5, for any roles (``web@h1``, ``worker@h2`` on a fleet): every role needs a live report, and each agrees."""
     reports = {pid: r for role_reports in by_role.values() for pid, r in role_reports.items()}
-    live = {pid: r for pid, r in reports.items() if is_alive(pid)}
-    disagree = {
-        pid: (r.get("size"), server_by_pid.get(pid, 0))
-        for pid, r in live.items()
-        if r.get("size") != server_by_pid.get(pid, 0)
-    }
+    # A report with "server_sessions" was checked where it was made: an RQ work-horse, gone before anyone could ask
+    # the server about its pid, reports the server's count of its sessions beside its pool's own.
+    live = {pid: r for pid, r in reports.items() if is_alive(pid) or "server_sessions" in r}
+    seen = {pid: r.get("server_sessions", server_by_pid.get(pid, 0)) for pid, r in live.items()}
+    disagree = {pid: (r.get("size"), seen[pid]) for pid, r in live.items() if r.get("size") != seen[pid]}
     role_of = {pid: role for role, role_reports in by_role.items() for pid in role_reports}
     unheard = [role for role, role_reports in by_role.items() if not set(role_reports) & set(live)]
     passed = not unheard and not disagree
     heard = ", ".join(f"{len(r)} {_reporter(role)}" for role, r in by_role.items())
-    detail = (
-        f"{heard} processes reported, {len(live)} still alive; disagreeing (pool size, server): {disagree or 'none'}"
-    )
+    in_job = sum(1 for pid, r in live.items() if "server_sessions" in r and not is_alive(pid))
+    checked = f"{len(live) - in_job} still alive" + (f", {in_job} checked in the job that reported" if in_job else "")
+    detail = f"{heard} processes reported, {checked}; disagreeing (pool size, server): {disagree or 'none'}"
     if disagree:
         detail += " (" + ", ".join(f"{role_of[pid]} {pid}" for pid in disagree) + ")"
     if len(live) < len(reports):

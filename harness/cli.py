@@ -193,6 +193,22 @@ def load_options(command: Callable) -> Callable:
     'native pool, protected by "forkpool.django".',
 )
 @fleet_options
+# The runners the suite can run under (issue 23): the behaviour lives in harness/processes.py.
+@click.option(
+    "--web-server",
+    type=click.Choice(["gunicorn", "uwsgi"]),
+    default="gunicorn",
+    show_default=True,
+    help="What serves the web tier: Gunicorn, or uWSGI (master + workers) wired with --import forkpool.uwsgi.",
+)
+@click.option(
+    "--task-runner",
+    type=click.Choice(["celery", "rq"]),
+    default="celery",
+    show_default=True,
+    help="What runs the tasks: Celery prefork, or --worker-concurrency RQ workers "
+    "(--worker-class forkpool.rq.Worker, a work-horse per job).",
+)
 def loadtest(**params: Any) -> None:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
     from . import preflight
@@ -207,7 +223,14 @@ def loadtest(**params: Any) -> None:
         raise click.UsageError("--hosts and --pgbouncer prove the hooks: not with --naive")
     if params["pgbouncer"] and params["stack"] != FORKPOOL:
         raise click.UsageError("--pgbouncer runs forkpool's own pools (prepared statements off): not with --stack")
+    if params["web_server"] != "gunicorn" and (params["naive"] or params["stack"] != FORKPOOL):
+        raise click.UsageError("--web-server uwsgi serves the suite's own Flask app: not with --naive or --stack")
+    if params["task_runner"] != "celery" and (params["naive"] or params["stack"] != FORKPOOL):
+        raise click.UsageError("--task-runner rq runs the suite's jobs on forkpool's pool: not with --naive or --stack")
+    if params["task_runner"] != "celery" and params["max_tasks_per_child"]:
+        raise click.UsageError("--max-tasks-per-child is Celery's: an RQ work-horse lives for one job")
     preflight.check_stack(params["stack"])
+    preflight.check_runners(params["web_server"], params["task_runner"])
     preflight.check_suite(
         preflight.SuiteNeeds(params["pool_size"], params["web_threads"], pgbouncer=params["pgbouncer"])
     )

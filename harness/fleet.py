@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import checks
 from .model import Check, Overlap, Sample
-from .processes import RunningSuite, SuitePlan, SuiteProcess, prepare_suite
+from .processes import RQ, RunningSuite, SuitePlan, SuiteProcess, prepare_suite
 
 
 def host_labels(hosts: int) -> list[str]:
@@ -60,22 +60,29 @@ class Fleet:
         return sum(suite.plan.ceiling for suite in self.hosts)
 
     def expected(self) -> dict[str, int]:
-        """processes x pool size per role, on every host."""
+        """processes x pool size per role, on every host, at rest.
+
+        Under RQ the task tier holds nothing at rest: a work-horse opens its pool
+        for its job and closes it after (the ceiling still counts one pool per
+        worker, the most its horses can hold at once).
+        """
         found: dict[str, int] = {}
         for suite in self.hosts:
             p = suite.plan
             for role, n in checks.expected_by_role(
                 p.web_workers, p.worker_concurrency, p.pool_size, p.asgi_workers
             ).items():
-                found[qualified(role, p.host)] = n
+                if not (role == checks.WORKER and p.task_runner == RQ):
+                    found[qualified(role, p.host)] = n
         return found
 
     def processes(self) -> dict[str, int]:
-        """Processes per (qualified) role, for the per-role summaries."""
+        """Processes per (qualified) role holding a pool at rest, for the per-role summaries."""
         found: dict[str, int] = {}
         for suite in self.hosts:
             p = suite.plan
-            counts = {checks.WEB: p.web_workers, checks.WORKER: p.worker_concurrency, checks.ASGI: p.asgi_workers}
+            workers = 0 if p.task_runner == RQ else p.worker_concurrency
+            counts = {checks.WEB: p.web_workers, checks.WORKER: workers, checks.ASGI: p.asgi_workers}
             found.update({qualified(role, p.host): n for role, n in counts.items() if n})
         return found
 

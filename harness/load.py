@@ -323,6 +323,7 @@ class LocustRun:
                 (int(s), {str(k): int(v) for k, v in c.items()})
                 for s, c in sorted((summary.get("status_by_second") or {}).items())
             ],
+            dropped_by_tier={str(k): int(v) for k, v in (summary.get("dropped_by_tier") or {}).items()},
         )
 
 

@@ -68,6 +68,7 @@ Environment:
         {"version": 1, "suite_id": ..., "pid": ..., "started_at": ..., "written_at": ...,
          "status_counts": {"200": n, "201": n, "202": n, "503": n, "error": n, ...},
          "status_by_second": {"<unix second>": {"200": n, "503": n, ...}, ...},  # the same, over time
+         "dropped_by_tier": {"web": n, "asgi": n},  # requests with no response ("error"), per tier
          "jobs": [{"id": job_id, "key": record_event_key}, ...],   # every 202 from POST /jobs
          "pool_reports": {"<web or asgi pid>": <last GET /pool body from that pid>, ...},
          "stats": {"aggregated": {...}, "endpoints": [...], "failures": [...]}}
@@ -126,6 +127,7 @@ def _next_host(tier: str, hosts: list[str]) -> str:
 # greenlets switch only at I/O, so plain dicts and lists need no locks.
 STATUS_COUNTS: dict[str, int] = {}
 STATUS_BY_SECOND: dict[int, dict[str, int]] = {}  # wall-clock second the request ended -> status -> n
+DROPPED_BY_TIER: dict[str, int] = {}  # "web" / "asgi" (stats name "asgi ...") -> requests that got no response
 JOBS: list[dict[str, str]] = []  # {"id": job id, "key": record_event key}, one per 202
 POOL_REPORTS: dict[str, dict[str, Any]] = {}  # web or asgi pid -> last GET /pool body
 _environment: Any = None
@@ -144,6 +146,9 @@ def _count_status(request_type, name, response_time, response_length, response=N
     STATUS_COUNTS[key] = STATUS_COUNTS.get(key, 0) + 1
     second = STATUS_BY_SECOND.setdefault(int(time.time()), {})
     second[key] = second.get(key, 0) + 1
+    if key == "error":
+        tier = "asgi" if str(name).startswith("asgi ") else "web"
+        DROPPED_BY_TIER[tier] = DROPPED_BY_TIER.get(tier, 0) + 1
 
 
 def _json(response: Any) -> Any:
@@ -337,6 +342,7 @@ def summary() -> dict[str, Any]:
         "written_at": time.time(),
         "status_counts": dict(sorted(STATUS_COUNTS.items())),
         "status_by_second": {str(s): dict(c) for s, c in sorted(STATUS_BY_SECOND.items())},
+        "dropped_by_tier": dict(sorted(DROPPED_BY_TIER.items())),
         "jobs": list(JOBS),
         "pool_reports": dict(POOL_REPORTS),
         "stats": final_stats(_environment),

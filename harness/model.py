@@ -102,6 +102,7 @@ class LoadResult:
     # Responses per second by status, [unix second, {"200": n, "503": n, ...}]; the run places them on
     # its own clock (RunReport.status_timeline).
     status_by_second: list[tuple[int, dict[str, int]]] = field(default_factory=list)
+    dropped_by_tier: dict[str, int] = field(default_factory=dict)  # "web" / "asgi" -> requests with no response
 
 
 @dataclass

@@ -30,7 +30,7 @@ from forkpool.errors import ConfigError
 from forkpool.settings import build_settings, describe_error, dsn_password, redact_text, settings_from_env
 
 from ._procs import ServiceError, postgres_bindir, redis_server_binary
-from .processes import SuitePlan
+from .processes import RQ, UWSGI, SuitePlan, uwsgi_binary
 
 CONNECT_TIMEOUT_S = 5  # long enough for a remote server, short enough that a typo is not a long wait
 DSN_EXAMPLE = "postgresql://user@host:5432/dbname"  # no password in it: the final redaction would mask it
@@ -214,6 +214,20 @@ def check_stack(stack: str) -> None:
             f"--stack {stack} needs {', '.join(missing)}, which is not installed; "
             f"pip install {' '.join(repr(dist) for dist in missing)}"
         )
+
+
+def check_runners(web_server: str, task_runner: str = "celery") -> None:
+    """The servers a run is asked to run under must be installed (uWSGI is built by pip, not always present)."""
+    try:
+        if web_server == UWSGI:
+            uwsgi_binary()
+        if task_runner == RQ:
+            from .rq_runner import rq_binary  # imports rq itself: ImportError when it is not installed
+
+            rq_binary()
+    except (ServiceError, ImportError) as exc:
+        option = "--web-server uwsgi" if web_server == UWSGI and "uWSGI" in str(exc) else f"--task-runner {task_runner}"
+        raise PreflightError(f"{option}: {exc}") from None
 
 
 def check_suite(needs: SuiteNeeds, environ: Mapping[str, str] | None = None) -> None:

@@ -1,10 +1,12 @@
-"""The suite's servers as real processes: Gunicorn (web), a Celery worker, and Gunicorn with uvicorn workers (asgi).
+"""The suite's servers as real processes: Gunicorn or uWSGI (web), a Celery worker, Gunicorn with uvicorn workers (asgi).
 
 Started from the command line exactly as a user would (``gunicorn -c
 web/gunicorn.conf.py``, ``celery -A workers.app worker``, ``gunicorn -c
 web/gunicorn_asgi.conf.py`` when the plan has ASGI workers; with ``--stack
 django``, ``gunicorn -c django_stack/gunicorn.conf.py`` and ``celery -A
-django_stack.celery worker`` instead of web and workers), configured only by
+django_stack.celery worker`` instead of web and workers; with ``--web-server
+uwsgi``, ``uwsgi --module web.wsgi:app --import forkpool.uwsgi`` instead of
+the web tier's Gunicorn), configured only by
 environment variables, each in its own session, dying with the harness
 (PDEATHSIG), and logging to a file. The harness never imports web, workers or
 django_stack.
@@ -46,8 +48,12 @@ _PLAN_OWNS = (
     "ASGI_MAX_REQUESTS_JITTER",
     "DJANGO_SETTINGS_MODULE",
     "HOST_LABEL",
+    "TASK_RUNNER",
 )
 DJANGO_PACKAGE = "django_stack"  # the django stack's own project: it replaces web/ and workers/
+GUNICORN, UWSGI = "gunicorn", "uwsgi"
+WEB_SERVERS = (GUNICORN, UWSGI)
+CELERY, RQ = "celery", "rq"  # suite/rq_queue.py's names: the web enqueues through TASK_RUNNER
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class SuitePlan:
     port: int = 0
     metrics_dir: str = ""  # PROMETHEUS_MULTIPROC_DIR shared by web and workers; start_suite makes a fresh one
     host: str = ""  # HOST_LABEL of one host of a fleet (harness/fleet.py); "": a single host, unlabelled
+    web_server: str = GUNICORN  # what serves the web tier: Gunicorn, or uWSGI wired with --import forkpool.uwsgi
+    task_runner: str = CELERY  # what runs the tasks: Celery prefork, or RQ workers (harness/rq_runner.py)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -121,6 +129,8 @@ class SuitePlan:
             env["STACK_POOL_SIZE"] = env.pop("DB_POOL_SIZE")
         if self.stack == DJANGO_STACK:
             env["DJANGO_SETTINGS_MODULE"] = f"{DJANGO_PACKAGE}.settings"
+        if self.task_runner == RQ:
+            env["TASK_RUNNER"] = RQ  # the web tier enqueues through RQ (suite/rq_queue.py)
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update(self.extra_env)
@@ -178,6 +188,11 @@ class SuiteProcess:
 
     def children(self) -> list[int]:
         return child_pids(self.pid) if self.is_running() else []
+
+    @property
+    def master_pids(self) -> list[int]:
+        """The processes of this server that fork the others: each must hold no connection."""
+        return [self.pid]
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until the server serves (each server knows how to tell)."""
@@ -245,6 +260,56 @@ class WebServer(SuiteProcess):
             return False
 
 
+def uwsgi_binary() -> Path:
+    """uWSGI's command, installed beside this Python (``pip install uwsgi`` builds it)."""
+    found = Path(sys.executable).with_name("uwsgi")
+    if not found.is_file():
+        raise ServiceError(
+            f"uWSGI is not installed ({found}): pip install uwsgi (it builds with gcc and Python's headers)"
+        )
+    return found
+
+
+class UwsgiWebServer(WebServer):
+    """The web tier under uWSGI: master + workers, the app loaded in the master, one line of wiring.
+
+    ``--import forkpool.uwsgi`` is the whole integration: the master holds no
+    connection when it forks, each worker opens its own pool and closes it when
+    it leaves (``--max-requests`` recycling, shutdown). uWSGI's own options
+    stand for Gunicorn's: ``--processes``/``--threads``, ``--max-requests``, and
+    ``--die-on-term`` so that SIGTERM stops it (uWSGI 2.0 reloads on SIGTERM by default).
+    """
+
+    name = "uwsgi"
+
+    def __init__(self, plan: SuitePlan, log_dir: Path) -> None:
+        self.port = plan.port or free_port()
+        argv = [
+            str(uwsgi_binary()),
+            "--master",
+            "--processes",
+            str(plan.web_workers),
+            "--http-socket",
+            f"127.0.0.1:{self.port}",
+            "--module",
+            "web.wsgi:app",
+            "--import",
+            "forkpool.uwsgi",
+            "--need-app",
+            "--die-on-term",
+            "--disable-logging",  # one line per request otherwise; errors are still logged
+            "--procname-prefix-spaced",
+            "forkpool-web",
+        ]
+        if plan.web_threads > 1:
+            argv += ["--threads", str(plan.web_threads)]
+        if plan.max_requests:
+            # --min-worker-lifetime: uWSGI's default (60 s) would hold a worker past its requests.
+            argv += ["--max-requests", str(plan.max_requests), "--min-worker-lifetime", "1"]
+        SuiteProcess.__init__(self, argv, plan.env(self.port), log_dir / f"web-{self.port}.log")
+        self.workers = plan.web_workers
+
+
 class AsgiServer(WebServer):
     """The async tier: Gunicorn with ``uvicorn_worker.UvicornWorker`` serving web/asgi_app.py."""
 
@@ -298,8 +363,8 @@ class CeleryWorker(SuiteProcess):
 @dataclass
 class RunningSuite:
     plan: SuitePlan
-    web: WebServer
-    worker: CeleryWorker
+    web: WebServer  # Gunicorn, or uWSGI (UwsgiWebServer)
+    worker: SuiteProcess  # CeleryWorker, or RqWorkers (harness/rq_runner.py)
     asgi: AsgiServer | None = None  # when the plan has ASGI workers
 
     @property
@@ -308,12 +373,20 @@ class RunningSuite:
 
     @property
     def master_pids(self) -> list[int]:
-        """The Gunicorn arbiters and the Celery main process: each must hold no connection."""
-        return [server.pid for server in self.servers]
+        """The Gunicorn arbiters (or uWSGI master), the Celery main process (or RQ workers): none holds a connection."""
+        return [pid for server in self.servers for pid in server.master_pids]
 
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def _task_tier(plan: SuitePlan, log_dir: Path) -> SuiteProcess:
+    if plan.task_runner == RQ:
+        from .rq_runner import RqWorkers  # imports rq: only when asked for
+
+        return RqWorkers(plan, log_dir)
+    return CeleryWorker(plan, log_dir)
 
 
 def prepare_suite(plan: SuitePlan, log_dir: Path) -> RunningSuite:
@@ -325,8 +398,8 @@ def prepare_suite(plan: SuitePlan, log_dir: Path) -> RunningSuite:
         plan = replace(plan, metrics_dir=str(fresh))
     return RunningSuite(
         plan,
-        WebServer(plan, log_dir),
-        CeleryWorker(plan, log_dir),
+        UwsgiWebServer(plan, log_dir) if plan.web_server == UWSGI else WebServer(plan, log_dir),
+        _task_tier(plan, log_dir),
         AsgiServer(plan, log_dir) if plan.asgi_workers else None,
     )
 

@@ -25,7 +25,7 @@ from .fleet import Fleet, check_fleet_ceiling, host_labels, qualified, start_fle
 from .load import LocustRun
 from .model import Check, Event, LoadResult, RunReport, Sample
 from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
-from .processes import SuitePlan
+from .processes import RQ, SuitePlan
 from .rss import RssSampler, check_memory_flat
 from .sampler import BouncerSampler, Sampler
 from .services import redact_url, services
@@ -65,6 +65,8 @@ class LoadOptions:
     pgbouncer: bool = False  # put a PgBouncer (transaction pooling) between the suite and PostgreSQL
     pgbouncer_pool_size: int = 10  # its default_pool_size: the server connections it may open
     pgbouncer_reserve: int = 2  # its reserve_pool_size
+    web_server: str = "gunicorn"  # or "uwsgi": the web tier under uWSGI (harness/processes.py)
+    task_runner: str = "celery"  # or "rq": the task tier under RQ workers (harness/rq_runner.py)
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(
@@ -146,6 +148,8 @@ def plans_for(
             naive=options.naive,
             stack=options.stack,
             host=host,
+            web_server=options.web_server,
+            task_runner=options.task_runner,
             extra_env=env,
         )
         for host in host_labels(options.hosts)
@@ -230,7 +234,7 @@ def _drive(
     steady = _wait_for(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected, patience)
     report.checks.append(checks.check_steady_state(steady, expected, fleet.master_pids, plan.pool_size))
     report.events.append(Event(sampler.now(), "phase", "load starts"))
-    celery = producer(plan.redis_url)
+    celery = _producer(plan)
     load_start = time.monotonic()
     watch = SocketWatch(plan.database_url, plan.redis_url, fleet.master_pids).start()
     try:
@@ -258,7 +262,15 @@ def _drive(
     # Which host ran each task, by the name its transaction carried: on a fleet, or through PgBouncer.
     writers = writers_for_keys(direct_url, keys) if options.hosts > 1 or options.pgbouncer else None
     report.checks.append(
-        checks.check_work_done(keys, rows, load.status_counts, _in_flight_on_killed(report, options), writers)
+        checks.check_work_done(
+            keys,
+            rows,
+            load.status_counts,
+            _in_flight_on_killed(report, options),
+            writers,
+            load.dropped_by_tier,
+            _in_flight_by_tier(report, options),
+        )
     )
     by_role, final = _pool_reports(fleet, sampler, celery)
     report.checks.append(checks.check_reports_agree(by_role, final.by_pid(), pid_alive))
@@ -389,6 +401,25 @@ def _in_flight_on_killed(report: RunReport, options: LoadOptions) -> int:
     return web * options.web_threads + asgi * -(-options.asgi_users // options.hosts)
 
 
+def _producer(plan: SuitePlan):
+    """Celery's producer, or under RQ one with the part of its API the enqueuer and the stats probe use."""
+    if plan.task_runner == RQ:
+        from .rq_runner import RqProducer
+
+        return RqProducer(plan.redis_url)
+    return producer(plan.redis_url)
+
+
+def _in_flight_by_tier(report: RunReport, options: LoadOptions) -> dict[str, int]:
+    """`_in_flight_on_killed` per tier: a recycle is graceful, so only a tier's own kills allow it drops."""
+    kills = [e.detail for e in report.events if e.kind == "kill"]
+    allowed = {"web": sum(1 for d in kills if d.startswith("SIGKILL web worker")) * options.web_threads}
+    if options.asgi_workers:
+        asgi = sum(1 for d in kills if d.startswith("SIGKILL asgi worker"))
+        allowed["asgi"] = asgi * -(-options.asgi_users // options.hosts)
+    return allowed
+
+
 def _recycles(samples: list[Sample], killed: set[int]) -> list[Event]:
     """Processes whose sessions ended without the harness killing them: recycled (or died)."""
     found, before = [], set()
@@ -417,18 +448,25 @@ def _pool_reports(fleet: Fleet, sampler: Sampler, celery, rounds: int = 3) -> tu
                 http[qualified(checks.ASGI, host)] = web_pool_reports(suite.asgi.url, set(suite.asgi.children()))
         tasks = {
             qualified(checks.WORKER, suite.plan.host):  # last: they recycle the most
-            worker_pool_reports(celery, suite.plan.host_queue, suite.plan.worker_concurrency)
+            worker_pool_reports(
+                celery, suite.plan.host_queue, suite.plan.worker_concurrency, **_REPORT_CALLS[suite.plan.task_runner]
+            )
             for suite in fleet.hosts
         }
         final = sampler.sample_now()  # after the reports: a process that answered and then recycled is gone now
         # Roles in check 5's order (web, worker, asgi), hosts in order within each: the sort is stable.
         by_role = dict(sorted({**http, **tasks}.items(), key=lambda item: _ROLE_RANK[item[0].partition("@")[0]]))
         _let_recycled_exit({pid: r for reports in by_role.values() for pid, r in reports.items()}, final)
-        if all(any(pid_alive(pid) for pid in reports) for reports in by_role.values()):
+        if all(
+            any(pid_alive(pid) or "server_sessions" in r for pid, r in reports.items()) for reports in by_role.values()
+        ):
             break
     return by_role, final
 
 
+# Stats calls per task process: Celery's processes live on, so lingering calls spread over all of them;
+# an RQ work-horse lives for one call.
+_REPORT_CALLS = {"celery": {"calls": 4, "linger": 0.3}, RQ: {"calls": 1, "linger": 0.0}}
 _ROLE_RANK = {checks.WEB: 0, checks.WORKER: 1, checks.ASGI: 2}  # check 5 names roles in this order
 
 

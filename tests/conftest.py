@@ -231,7 +231,7 @@ def pgbouncer_binary() -> str:
 # Under pytest-xdist (`bootstrap.py test` runs two workers), the modules that run whole deployments
 # under load and time their recovery share one worker, one after another: two of them at once on a
 # 2-core machine would measure each other. Everything else spreads over both workers.
-SERIAL_MODULES = frozenset({"test_faults.py", "test_fleet_runs.py", "test_harness.py"})
+SERIAL_MODULES = frozenset({"test_faults.py", "test_fleet_runs.py", "test_harness.py", "test_runner_loadtests.py"})
 
 
 def pytest_configure(config: pytest.Config) -> None:

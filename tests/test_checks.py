@@ -114,3 +114,23 @@ def test_the_async_tier_is_a_third_role_in_every_count():
     plan = DeploymentPlan(3, 1, 2, P, other_clients=2, asgi_workers=2)
     lines = Budget(plan, ServerLimits(100, 3, 0)).explain()
     assert plan.ceiling == 28 and "asgi:    2 workers x pool 4 = 8" in lines and "ceiling: 12 + 8 + 8 = 28" in lines
+
+
+def test_work_done_holds_each_tier_to_its_own_kills():
+    keys, rows = ["a"], {"a": 1}
+    # One web kill allows one web drop; an asgi drop, where workers were only recycled, fails though the total fits.
+    recycled = checks.check_work_done(keys, rows, {"200": 9, "error": 1}, 1, None, {"asgi": 1}, {"web": 1, "asgi": 0})
+    assert not recycled.passed and "more than its kills allow" in recycled.detail
+    killed = checks.check_work_done(keys, rows, {"200": 9, "error": 1}, 1, None, {"web": 1}, {"web": 1, "asgi": 0})
+    assert killed.passed and "dropped per tier: asgi 0 (allowed 0), web 1 (allowed 1)" in killed.detail
+
+
+def test_a_report_checked_in_its_job_counts_when_its_process_is_gone():
+    """An RQ work-horse reports the server's count of its sessions itself: it has exited before anyone asks."""
+    gone = lambda pid: False  # noqa: E731
+    ok = checks.check_reports_agree({"worker": {7: {"size": 2, "server_sessions": 2}}}, {}, gone)
+    assert ok.passed and "1 checked in the job that reported" in ok.detail
+    bad = checks.check_reports_agree({"worker": {7: {"size": 2, "server_sessions": 3}}}, {}, gone)
+    assert not bad.passed and "7: (2, 3)" in bad.detail
+    unheard = checks.check_reports_agree({"worker": {7: {"size": 2}}}, {}, gone)  # no count of its own: unheard
+    assert not unheard.passed and "no live report from worker" in unheard.detail

@@ -32,6 +32,8 @@ import forkpool.identity
 import forkpool.redis
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
+from suite.rq_queue import RQ, job_state, task_runner
+from suite.rq_queue import enqueue as rq_enqueue
 
 from .api import ITEM_COLUMNS, JOB_TTL_SECONDS, PUBLISH_RETRY, is_uuid, item_json, item_page, job_key
 from .schemas import BIGINT_MAX, LIMIT_DEFAULT, LIMIT_MAX, ItemIn, ValidationFailed, int_param, validate_body
@@ -155,7 +157,10 @@ async def get_item(request: Request) -> Response:
 
 
 def _publish(kind: str, kwargs: dict[str, Any], job_id: str) -> None:
-    # In a thread: kombu connects, publishes and retries on blocking sockets.
+    # In a thread: kombu (or RQ's redis-py) connects, publishes and retries on blocking sockets.
+    if task_runner() == RQ:
+        rq_enqueue(TASK_FOR_KIND[kind], kwargs, job_id)
+        return
     get_celery().send_task(TASK_FOR_KIND[kind], kwargs=kwargs, task_id=job_id, retry=True, retry_policy=PUBLISH_RETRY)
 
 
@@ -172,6 +177,8 @@ async def enqueue_job(request: Request) -> Response:
 
 def _result(job_id: str) -> dict[str, Any]:
     # In a thread: every property of AsyncResult may ask the result backend (blocking Redis).
+    if task_runner() == RQ:
+        return job_state(job_id)
     result = AsyncResult(job_id, app=get_celery())
     found: dict[str, Any] = {"state": result.state}
     if result.successful():

@@ -18,7 +18,8 @@ from suite.logging_setup import logging_config
 
 DEFAULT_PORT = 8000
 DEFAULT_ASGI_PORT = 8001
-ASGI_WORKER_CLASS = "uvicorn_worker.UvicornWorker"  # uvicorn.workers is deprecated in favour of this package
+# uvicorn_worker.UvicornWorker (uvicorn.workers is deprecated in favour of it) whose graceful stop drops no request
+ASGI_WORKER_CLASS = "web.asgi_worker.DrainingUvicornWorker"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from forkpool.health import manager_stats, stats
 from forkpool.redis import get_redis
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
+from suite.rq_queue import RQ, job_state, task_runner
+from suite.rq_queue import enqueue as rq_enqueue
 
 from .api import ITEM_COLUMNS, JOB_TTL_SECONDS, PUBLISH_RETRY, item_json, item_page
 from .api import is_uuid as _is_uuid
@@ -115,6 +117,9 @@ def enqueue_job():
     # Remember the id first, so GET /jobs/<id> knows it the moment a worker might
     # (a failed publish leaves the key to expire: web/api.py, PUBLISH_RETRY).
     get_redis().set(_job_key(job_id), job.kind, ex=JOB_TTL_SECONDS)
+    if task_runner() == RQ:
+        rq_enqueue(TASK_FOR_KIND[job.kind], job.args.model_dump(), job_id)
+        return jsonify({"id": job_id, "kind": job.kind}), 202, {"Location": f"/jobs/{job_id}"}
     get_celery().send_task(
         TASK_FOR_KIND[job.kind],
         kwargs=job.args.model_dump(),
@@ -130,6 +135,8 @@ def job_status(job_id: str):
     kind = get_redis().get(_job_key(job_id)) if _is_uuid(job_id) else None
     if kind is None:
         abort(404, description="no such job")
+    if task_runner() == RQ:
+        return {"id": job_id, "kind": kind.decode(), **job_state(job_id)}
     result = AsyncResult(job_id, app=get_celery())
     body: dict[str, Any] = {"id": job_id, "kind": kind.decode(), "state": result.state}
     if result.successful():

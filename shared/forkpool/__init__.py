@@ -24,7 +24,7 @@ checks it: [tool.importlinter] in the root pyproject.toml):
     _process, errors, identity, stats
     _drivers
     _endpoints
-    _metrics_dir, _sockets, fork, rq
+    _metrics_dir, _sockets, fork
     redis, settings
     _base
     _integrations, _pool, _pool_async
@@ -32,7 +32,7 @@ checks it: [tool.importlinter] in the root pyproject.toml):
     _registry
     budget, health, metrics
     _servers, doctor, flask
-    _cli, celery, gunicorn, uwsgi
+    _cli, celery, gunicorn, rq, uwsgi
     django
 """
 

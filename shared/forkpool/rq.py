@@ -11,6 +11,12 @@ stored: the horse's sessions end properly. A horse killed by a signal (RQ's
 ``job_timeout`` monitor, ``kill``) runs nothing; the server ends its sessions
 when its sockets close.
 
+RQ's own Redis connections (the worker's client, its pubsub listener) are
+inherited by every horse too: ``Worker`` protects that client, so in a horse
+the at-fork hook points the inherited sockets at /dev/null (no byte reaches
+the worker's connections, none stays open in two processes) and redis-py
+connects afresh for the horse's own job bookkeeping.
+
 A worker class of your own: put ``ClosesWhatTheHorseOpened`` first in its bases.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._process import close_at_exit
+from ._protect import protect
 from .errors import import_extra
 
 import_extra("rq", "rq", "forkpool.rq")  # without rq: one line saying pip install 'forkpool[rq]'
@@ -30,6 +37,11 @@ class ClosesWhatTheHorseOpened:
     """Mixin for an ``rq.Worker`` class: a work-horse closes its pools and protected objects after its job."""
 
     _forkpool_horse = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # a mixin: rq.Worker comes after it in the MRO
+        # The worker's Redis client: each horse forked from here gets its sockets released by the at-fork hook.
+        protect(self.connection)  # type: ignore[attr-defined]  # rq.Worker's, set by its __init__
 
     def main_work_horse(self, *args: Any, **kwargs: Any) -> None:
         # The horse's entry point (RQ 2.x and 3.0: fork and spawn workers both run it), which
