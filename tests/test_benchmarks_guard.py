@@ -1,0 +1,79 @@
+"""The regression guard still runs end to end (--quick); no timing is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.guard import FIGURES
+from benchmarks.guard_bench import BENCHES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git_checkout() -> bool:
+    return (
+        subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=ROOT, capture_output=True).returncode == 0
+        and (ROOT / "shared" / "forkpool").is_dir()
+    )
+
+
+@pytest.mark.timeout(240)
+def test_quick_guard_prints_every_figure_for_both_commits(tmp_path: Path, database_url: str) -> None:
+    if not _git_checkout():
+        pytest.skip("the guard checks a commit out with git: this is not a git checkout")
+    assert os.environ["DATABASE_URL"] == database_url  # the session's server, as the other benchmarks
+    worktrees_before = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.guard", "--quick", "--base", "HEAD", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    for bench in BENCHES:  # every benchmark, for both commits, in the guard's table and in pyperf's
+        assert f"  {bench.name} " in out, bench.name
+        assert f"| {bench.name} " in out, bench.name
+    for figure, _, _ in FIGURES:
+        assert figure in out, figure
+    assert out.count("    base: ") == out.count("    head: ") == len(FIGURES)
+    assert "fairness ours" in out
+    # each commit's processes imported their own tree's library: the base's from its temporary worktree
+    facts = {
+        line.split(":", 1)[0].strip(): line for line in out.splitlines() if line.startswith(("  base:", "  head:"))
+    }
+    assert "forkpool-guard-" in facts["base"] and str(ROOT / "shared" / "forkpool") in facts["head"], facts
+    assert "autocommit_pool_lends_autocommit=True" in facts["head"], facts  # DB_POOL_AUTOCOMMIT taken
+    [text] = tmp_path.glob("guard_*.txt")
+    assert text.read_text().startswith("# guard: base HEAD") and text.read_text().strip() in out
+    [figures] = tmp_path.glob("guard_*_figures.json")
+    rows = json.loads(figures.read_text())["rows"]
+    assert {r["benchmark"] for r in rows if "benchmark" in r} == {b.name for b in BENCHES}
+    assert all(len(r["head_over_base"]) == 1 and r["head_over_base"][0] > 0 for r in rows if "benchmark" in r)
+    assert len(list(tmp_path.glob("guard_*_base.json"))) == len(list(tmp_path.glob("guard_*_head.json"))) == 1
+    # the temporary worktree is gone again
+    after = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert after == worktrees_before
+
+
+def test_guard_refuses_a_bad_base_in_one_line(tmp_path: Path) -> None:
+    if not _git_checkout():
+        pytest.skip("the guard checks a commit out with git: this is not a git checkout")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.guard", "--quick", "--base", "no-such-ref-xyz", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "benchmarks.guard: 'no-such-ref-xyz' is not a commit of this repository"
+    assert "Traceback" not in proc.stderr
