@@ -1,4 +1,4 @@
-"""The regression guard still runs end to end (--quick); no timing is checked."""
+"""The regression guard and the fork-cost benchmark still run end to end (--quick); no timing is checked."""
 
 from __future__ import annotations
 
@@ -77,3 +77,28 @@ def test_guard_refuses_a_bad_base_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == "benchmarks.guard: 'no-such-ref-xyz' is not a commit of this repository"
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(180)
+def test_quick_fork_cost_reports_pool_and_scratch_children(tmp_path: Path, database_url: str) -> None:
+    pytest.importorskip("psutil")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fork_cost", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [text_file] = tmp_path.glob("fork_cost_*.txt")
+    text = text_file.read_text()
+    table = [line.split() for line in text.splitlines() if line.startswith(("pool ", "pool1 ", "scratch "))]
+    rows = {cells[0]: cells for cells in table if cells[1] != "/"}  # not the "pool / scratch" summary line
+    assert set(rows) == {"pool", "pool1", "scratch"}, text
+    for kind, cells in rows.items():
+        assert float(cells[1]) > 0, (kind, text)  # fork to first query, ms
+        assert float(cells[4]) > 0, (kind, text)  # the child's USS, MiB
+    assert int(rows["pool"][6]) >= int(rows["scratch"][6]) >= 1, text  # threads alive in the idle child
+    assert "pool / scratch, fork to first query, paired by round" in text
+    assert "the pool's memory in a child" in text
