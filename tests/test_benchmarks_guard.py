@@ -1,4 +1,4 @@
-"""The regression guard and the fork-cost benchmark still run end to end (--quick); no timing is checked."""
+"""The regression guard, fork_cost and hotpath_profile still run end to end (--quick); no timing is checked."""
 
 from __future__ import annotations
 
@@ -102,3 +102,23 @@ def test_quick_fork_cost_reports_pool_and_scratch_children(tmp_path: Path, datab
     assert int(rows["pool"][6]) >= int(rows["scratch"][6]) >= 1, text  # threads alive in the idle child
     assert "pool / scratch, fork to first query, paired by round" in text
     assert "the pool's memory in a child" in text
+
+
+@pytest.mark.timeout(180)
+def test_quick_hotpath_profile_reports_every_part(tmp_path: Path, database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hotpath_profile", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [text_file] = tmp_path.glob("hotpath_profile_*.txt")
+    text = text_file.read_text()
+    for part in ("1. getconn() + putconn()", "2. ours' steps", "3. cProfile", "4. prototypes"):
+        assert part in text, part
+    for row in ("psycopg2 + semaphore", "psycopg_pool", "A_inlined", "B_no_pid", "C_status_only"):
+        assert f"\n{row} " in text, row
+    assert "forkpool/pool.py" in text  # the profile names the pool's own functions
