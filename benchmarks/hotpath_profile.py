@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import forkpool
+from forkpool.connections import Entry
 
 from .machine import load_average, run_context_line, save_text_result
 
@@ -177,10 +178,17 @@ def step_costs(pool: forkpool.Pool) -> str:
     lock = threading.Lock()
     counts = {"checkouts": 0}
     env = {"pool": pool, "entry": entry, "conn": conn, "lock": lock, "counts": counts, "os": os, "time": time}
+    # _usable() reads the entry's times: one returned just before its checkout (the busy pool's case, no
+    # poll), and a copy made to look back for 10 ms (a poll; a fresh Entry: the maintainer never sees it).
+    entry.returned_at = entry.checked_out_at
+    stale = Entry(conn, 0)
+    stale.returned_at, stale.checked_out_at, stale.verified_at = 0.0, 0.01, entry.verified_at
+    env["stale"] = stale
     steps = [
         ("os.getpid() (getconn's fork check: a system call)", "os.getpid()"),
         ("pool._maintainer.paused", "pool._maintainer.paused"),
-        ("pool._usable(entry) (back < 1 ms: no poll)", "pool._usable(entry)"),
+        ("pool._usable(entry), back < 1 ms: no poll", "pool._usable(entry)"),
+        ("pool._usable(entry), back >= 1 ms: poll(0) on its socket", "pool._usable(stale)"),
         ("pool._is_clean(conn) (status + 4 session settings)", "pool._is_clean(conn)"),
         ("  conn.get_transaction_status()", "conn.get_transaction_status()"),
         ("  conn.autocommit", "conn.autocommit"),
