@@ -10,13 +10,14 @@ the head is this working tree, uncommitted changes included (the output says whi
 shared/ differ from HEAD). Every figure of benchmarks/guard_bench.py runs at both commits on the
 same PostgreSQL (DATABASE_URL, else an embedded one), each commit's library imported in its own
 processes from its own tree (the benchmark code is this tree's for both), as pyperf benchmarks:
-per round, one pyperf run (one worker process per benchmark, 1 warm-up + 3 values) for each
-commit, in a shuffled order, appended to one pyperf file per commit.
+per round, every benchmark in a shuffled order, each run at both commits back to back (in a
+shuffled order; one pyperf worker process each, 1 warm-up + 3 values), so the two sides of
+a ratio are measured seconds apart; appended to one pyperf file per commit.
 
 Printed: for each figure, head / base of ours paired by round (median, 90 % bootstrap interval,
 min-max), the same for each peer (it runs the same code at both commits: the A/A control, the
-run's noise), ours / peer at each commit (the issue's figures), fairness with several threads or
-tasks; then ``python -m pyperf compare_to base.json head.json --table`` (mean +- std dev of every
+run's noise), ours / peer at each commit (the issue's figures) and its head / base, fairness with
+several threads or tasks; then ``python -m pyperf compare_to base.json head.json --table`` (mean +- std dev of every
 value, and whether a difference is significant). --quick runs one process per commit with one
 value of a few hundred operations per benchmark (pyperf's --debug-single-value): a smoke test.
 The text and both pyperf files go to benchmarks/results/ (or --out). Asserts nothing unless
@@ -125,13 +126,19 @@ class Worktrees:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-def run_commit(label: str, library: Path, dsn: str, out_json: Path, side: Path, quick: bool, values: int) -> None:
+def run_commit(
+    label: str, library: Path, dsn: str, out_json: Path, side: Path, quick: bool, values: int, only: str | None = None
+) -> None:
     cmd = [sys.executable, "-m", "benchmarks.guard_bench", "--dsn", dsn, "--library", str(library)]
     cmd += ["--label", label, "--side", str(side), "--quiet", "--append", str(out_json)]
+    if only:
+        cmd += ["--only", only]
+    # pyperf's worker mode: this process runs the loops itself (no manager spawning one more process);
+    # the loop count is fixed (each benchmark's operations per value), not calibrated.
     if quick:
         cmd += ["--quick", "--worker", "--loops", "1", "--warmups", "0", "--values", "1"]
     else:
-        cmd += ["--processes", "1", "--values", str(values), "--warmups", "1", "--loops", "1"]
+        cmd += ["--worker", "--loops", "1", "--warmups", "1", "--values", str(values)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -213,6 +220,10 @@ def report(
                     f"peer {statistics.median(fair.get((label, peer), [0.0])):.2f}"
                 )
             lines.append(f"    {label}: {_ratio_text(ratio)}{fair_text}")
+        # ours' change with the machine's drift divided out: (ours / peer) at head over the same at base
+        drift_free = paired(row["head"], row["base"])
+        row["head_over_base_per_peer"] = drift_free
+        lines.append(f"    head / base of ours / peer: {_ratio_text(drift_free)}")
         rows.append(row)
     return "\n".join(lines), rows
 
@@ -292,13 +303,19 @@ def _run(args: argparse.Namespace) -> int:
         side_files: list[Path] = []
         progress(f"base {base_ref} ({base_sha[:10]}) against head: {head_text}; {args.rounds} round(s)")
         for number in range(args.rounds):
-            order = ["base", "head"]
-            rng.shuffle(order)
-            for label in order:
-                side = work / f"side_{label}_{number}.jsonl"
-                side_files.append(side)
-                run_commit(label, libraries[label], dsn, files[label], side, args.quick, VALUES)
-            progress(f"round {number + 1}/{args.rounds} done ({' then '.join(order)}; load {load_average()})")
+            # --quick: one process per commit. Else each benchmark at both commits back to back, in a
+            # shuffled order of benchmarks and of commits: the two sides of a ratio seconds apart.
+            names = [None] if args.quick else [b.name for b in BENCHES]
+            rng.shuffle(names)
+            for name in names:
+                order = ["base", "head"]
+                rng.shuffle(order)
+                for label in order:
+                    side = work / f"side_{label}_{number}.jsonl"
+                    if side not in side_files:
+                        side_files.append(side)
+                    run_commit(label, libraries[label], dsn, files[label], side, args.quick, VALUES, name)
+            progress(f"round {number + 1}/{args.rounds} done (load {load_average()})")
         cpu_use = meter.result()
         base, head = per_round(files["base"]), per_round(files["head"])
         fairness, facts = side_facts(side_files)

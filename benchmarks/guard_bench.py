@@ -1,7 +1,7 @@
 """The regression guard's figures as pyperf benchmarks, on the forkpool found under --library.
 
-Run by ``python -m benchmarks.guard`` once per commit and round (a pyperf manager that spawns
-one worker process per benchmark), never by hand. Each benchmark is one contender in one
+Run by ``python -m benchmarks.guard`` once per commit, benchmark and round (--only, in pyperf's
+worker mode: the process runs the loops itself), never by hand. Each benchmark is one contender in one
 scenario, named ``scenario/contender``; a value is the time of ``inner_loops`` operations, so
 pyperf reports the cost of one operation. With more than one thread or task, the fairness of
 each value (fewest operations any thread or task completed / mean) goes to --side as a JSON line.
@@ -42,7 +42,7 @@ class Bench:
         return f"{self.scenario}/{self.contender}"
 
 
-# Order matters only for reading; the guard interleaves commits, not benchmarks.
+# Order matters only for reading: the guard runs them in a shuffled order each round.
 BENCHES: list[Bench] = [
     Bench("checkout_1t", "ours", 20_000, 300),
     Bench("checkout_1t", "psycopg2", 20_000, 300),
@@ -358,6 +358,8 @@ def main() -> None:
             cmd.extend(["--side", args.side])
         if args.quick:
             cmd.append("--quick")
+        if args.only:
+            cmd.extend(["--only", args.only])
 
     runner = pyperf.Runner(program_args=("-m", "benchmarks.guard_bench"), add_cmdline_args=pass_on)
     parser = runner.argparser
@@ -366,6 +368,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="which commit this is (base, head), for --side")
     parser.add_argument("--side", help="append each multi-thread value's fairness here (JSON lines)")
     parser.add_argument("--quick", action="store_true", help="a few hundred operations per value")
+    parser.add_argument("--only", metavar="NAME", help="run only this benchmark (scenario/contender)")
     args = runner.parse_args()
     if args.library:
         sys.path.insert(0, args.library)
@@ -379,6 +382,8 @@ def main() -> None:
     runner.metadata["guard_label"] = args.label
     try:
         for bench in BENCHES:
+            if args.only and bench.name != args.only:
+                continue
             inner = bench.quick_ops if args.quick else bench.ops
             timed = Timed(bench, setup, args.side, args.label)
             runner.bench_time_func(bench.name, timed, inner, inner_loops=inner)

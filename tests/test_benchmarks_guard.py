@@ -45,6 +45,7 @@ def test_quick_guard_prints_every_figure_for_both_commits(tmp_path: Path, databa
     for figure, _, _ in FIGURES:
         assert figure in out, figure
     assert out.count("    base: ") == out.count("    head: ") == len(FIGURES)
+    assert out.count("    head / base of ours / peer: ") == len(FIGURES)
     assert "fairness ours" in out
     # each commit's processes imported their own tree's library: the base's from its temporary worktree
     facts = {
