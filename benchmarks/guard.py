@@ -1,6 +1,6 @@
 """The regression guard: the pool benchmarks at two commits, interleaved in one run on one server.
 
-    python -m benchmarks.guard                       # base: the last release tag, else main~5; ~6 min
+    python -m benchmarks.guard                       # base: the last release tag, else main~5; 12 rounds
     python -m benchmarks.guard --base 1587244        # any commit, tag or branch
     python -m benchmarks.guard --quick               # seconds: does it still run? (figures meaningless)
     python -m benchmarks.guard --base main --head my-branch --rounds 20
