@@ -11,7 +11,8 @@ with all its extras) and the suite (this directory, with its `dev` and
 then runs the command in it.
 
 `test` first runs the static checks (`ruff check .`, `ruff format --check .`,
-`mypy`: the library, strict; configured in pyproject.toml), one line each, then
+`mypy`: the library, strict; configured in pyproject.toml; `mkdocs build --strict`:
+the docs site, mkdocs.yml), one line each, then
 pytest whatever they found: a lint failure never hides a test result, and the
 command exits with the worst code of all (FORKPOOL_CHECKS=0: skip the checks).
 
@@ -286,6 +287,8 @@ CHECKS = (
     ("ruff check", ("ruff", "check", ".")),
     ("ruff format", ("ruff", "format", "--check", ".")),
     ("mypy (shared/forkpool, strict)", ("mypy",)),
+    # The docs site into ./site (ignored by git); --strict: a broken link, anchor or included file fails it.
+    ("mkdocs build --strict (docs site)", ("mkdocs", "build", "--strict", "--quiet")),
 )
 
 

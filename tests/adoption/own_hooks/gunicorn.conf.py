@@ -10,6 +10,8 @@ import os
 
 import forkpool
 import forkpool.gunicorn
+import forkpool.health
+from forkpool.gunicorn import on_starting, post_worker_init, pre_fork, on_exit  # noqa: F401
 
 preload_app = True
 
@@ -21,7 +23,7 @@ def _note(event, pid, detail):
 
 def when_ready(server):
     forkpool.gunicorn.when_ready(server)
-    _note("when_ready", os.getpid(), len(forkpool.all_stats()))
+    _note("when_ready", os.getpid(), len(forkpool.health.stats()))
 
 
 def post_fork(server, worker):
@@ -31,4 +33,4 @@ def post_fork(server, worker):
 
 def worker_exit(server, worker):
     forkpool.gunicorn.worker_exit(server, worker)
-    _note("worker_exit", worker.pid, len(forkpool.all_stats()))
+    _note("worker_exit", worker.pid, len(forkpool.health.stats()))
