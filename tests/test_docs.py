@@ -8,6 +8,7 @@ test's own identity so that its sessions can be counted.
 A fenced ```python block is run unless the line before it says otherwise:
 
 - ``<!-- docs-test: run check=NAME -->``: run, then CHECKS[NAME] in the same process (it drives the app);
+  ``run django``: run inside a Django project (the suite's, ``DJANGO_SETTINGS_MODULE=django_stack.settings``);
 - ``<!-- docs-test: gunicorn-conf -->``: a gunicorn.conf.py: executed, every setting it sets validated by
   Gunicorn's own Config (a hook's arity too), and the full hook list present, each one forkpool's or
   calling forkpool's;
@@ -126,8 +127,9 @@ def test_snippets_are_found_and_every_mark_is_known():
     for s in of_mode("skip"):
         assert s.arg.startswith(":") and len(s.arg) > 10, f"{s.id}: a skipped snippet says why"
     for s in of_mode("run"):
-        check = s.arg.removeprefix("check=")
-        assert not s.arg or (s.arg.startswith("check=") and check in CHECKS), f"{s.id}: unknown {s.arg!r}"
+        for option in s.arg.split():
+            known = option == "django" or option.removeprefix("check=") in CHECKS
+            assert known, f"{s.id}: unknown {option!r}"
     # Each page's marks sit right before a python fence: a mark before anything else is a mistake.
     for path in FILES:
         lines = path.read_text().splitlines()
@@ -241,9 +243,8 @@ def test_every_forkpool_name_in_the_docs_prose_exists():
 
 @pytest.mark.parametrize("snippet", params("run"))
 def test_snippet_runs(snippet: Snippet, tmp_path, database_url, redis_url, suite_id, count_settles):
-    code = snippet.code
-    if snippet.arg.startswith("check="):
-        code += CHECKS[snippet.arg.removeprefix("check=")]
+    options = snippet.arg.split()
+    code = snippet.code + "".join(CHECKS[o.removeprefix("check=")] for o in options if o.startswith("check="))
     script = tmp_path / "snippet.py"
     script.write_text(code)
     env = {
@@ -253,6 +254,8 @@ def test_snippet_runs(snippet: Snippet, tmp_path, database_url, redis_url, suite
         "DB_POOL_SIZE": "2",
         "PYTHONPATH": str(tmp_path),
     }
+    if "django" in options:  # the suite's Django project: its settings read DATABASE_URL and REDIS_URL
+        env.update(DJANGO_SETTINGS_MODULE="django_stack.settings", PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
     )
