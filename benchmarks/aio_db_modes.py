@@ -14,8 +14,8 @@
 
 Each mode is one coroutine call and one async context manager per request, so none pays
 for an extra layer. The mode comes from BENCH_DB_MODE (benchmarks.db_modes), the server
-from DATABASE_URL; connections are named ``<SUITE_ID>:<mode>:<pid>`` (the pool: forkpool's
-own ``<SUITE_ID>:asgi:<pid>``). Only the pool mode imports forkpool; every mode imports
+from DATABASE_URL; connections are named ``<FORKPOOL_NAME>:<mode>:<pid>`` (the pool: forkpool's
+own ``<FORKPOOL_NAME>:asgi:<pid>``). Only the pool mode imports forkpool; every mode imports
 psycopg with the app, so that no start-up figure includes that import.
 """
 
@@ -49,7 +49,7 @@ class AsyncSource:
 
 
 def _application_name(mode: str) -> str:
-    return f"{os.environ.get('SUITE_ID') or 'bench'}:{mode}:{os.getpid()}"[-63:]
+    return f"{os.environ.get('FORKPOOL_NAME') or 'bench'}:{mode}:{os.getpid()}"[-63:]
 
 
 async def _connect(mode: str) -> Any:

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = load_average()
     given = os.environ.get("DATABASE_URL")
     with nullcontext(SimpleNamespace(url=given)) if given else EmbeddedPostgres(max_connections=20) as pg:
-        os.environ.update(DATABASE_URL=pg.url, DB_POOL_SIZE="1", SUITE_ID="asgi-profile")
+        os.environ.update(DATABASE_URL=pg.url, DB_POOL_SIZE="1", FORKPOOL_NAME="asgi-profile")
         meter = CpuMeter(postmaster_pid(pg.url))
         asyncio.run(measure(args, out))
         use = meter.result()

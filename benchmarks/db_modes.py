@@ -9,7 +9,7 @@
              thread: one connection per process; gthread: one per thread)
 
 The mode comes from BENCH_DB_MODE; the server from DATABASE_URL. Connections of connect
-and floor are named like the pool's (``<SUITE_ID>:<mode>:<pid>``), so pg_stat_activity
+and floor are named like the pool's (``<FORKPOOL_NAME>:<mode>:<pid>``), so pg_stat_activity
 tells every variant apart. Only the pool mode imports ``shared``.
 """
 
@@ -46,7 +46,7 @@ def connection_source(mode: str) -> ConnectionSource:
 
 
 def _application_name(mode: str) -> str:
-    return f"{os.environ.get('SUITE_ID') or 'bench'}:{mode}:{os.getpid()}"[-63:]
+    return f"{os.environ.get('FORKPOOL_NAME') or 'bench'}:{mode}:{os.getpid()}"[-63:]
 
 
 def _connect() -> Any:

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     out = [f"# protect_overhead {started:%Y-%m-%dT%H:%M:%SZ}", __doc__.split("\n\n", 2)[2].strip(), ""]
     load_start = load_average()
-    os.environ.setdefault("SUITE_ID", "protect-overhead")
+    os.environ.setdefault("FORKPOOL_NAME", "protect-overhead")
     if args.backend == "mariadb":
         from harness.services import EmbeddedMariaDB
 

@@ -1,5 +1,5 @@
 """The suite benchmark's servers as subprocesses: Gunicorn serving bench_app, Celery running
-bench_celery, one per variant, each with its own SUITE_ID (so its connections are named
+bench_celery, one per variant, each with its own FORKPOOL_NAME (so its connections are named
 ``<suite-id>:<mode-or-role>:<pid>``) and its own start-up file; plus what is read from
 outside: worker pids, RSS (/proc/<pid>/status VmRSS) and server sessions."""
 
@@ -69,7 +69,7 @@ def variant_env(variant: Variant, dsn: str, redis_url: str) -> dict[str, str]:
     env.update(
         DATABASE_URL=dsn,
         REDIS_URL=redis_url,
-        SUITE_ID=variant.suite_id,
+        FORKPOOL_NAME=variant.suite_id,
         BENCH_DB_MODE=variant.mode,
         BENCH_WORKERS=str(variant.processes),
         BENCH_THREADS=str(variant.threads),

@@ -1,7 +1,7 @@
 """The django stack's settings, all from the environment the suite's other processes read.
 
 DATABASE_URL       the suite's database, on Django's native pool of STACK_POOL_SIZE connections (min = max)
-REDIS_URL          forkpool.get_redis() (job ids) and, unless CELERY_BROKER_URL / CELERY_RESULT_BACKEND
+REDIS_URL          forkpool.redis.get_redis() (job ids) and, unless CELERY_BROKER_URL / CELERY_RESULT_BACKEND
                    say otherwise, Celery's broker and results (suite/queue.py)
 CELERY_QUEUE, WORKER_CONCURRENCY, WORKER_MAX_TASKS_PER_CHILD, CELERY_VISIBILITY_TIMEOUT, WEB_MAX_BODY_BYTES
                    as for the suite's Flask app and workers (README, Configuration)

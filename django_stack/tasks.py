@@ -18,7 +18,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError, connection
 from psycopg.types.json import Jsonb
 
-from forkpool import process_role
+from forkpool.identity import process_role
 from suite.jobs import AggregateArgs, HoldArgs, InvalidTaskArguments, RecordEventArgs, parse_task_args
 from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT, TASK_RETRY
 

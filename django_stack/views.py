@@ -22,7 +22,8 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from psycopg.types.json import Jsonb
 
-from forkpool import get_redis, process_role, suite_id
+from forkpool import identity
+from forkpool.redis import get_redis
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
 from web.api import ITEM_COLUMNS, JOB_TTL_SECONDS, PUBLISH_RETRY, is_uuid, item_json, item_page, job_key
@@ -93,7 +94,9 @@ def readyz(request: HttpRequest) -> HttpResponse:
 
 
 def pool_info(request: HttpRequest) -> HttpResponse:
-    return JsonResponse({"pid": os.getpid(), "role": process_role(), "suite_id": suite_id(), "pool": pool_stats()})
+    return JsonResponse(
+        {"pid": os.getpid(), "role": identity.process_role(), "suite_id": identity.name(), "pool": pool_stats()}
+    )
 
 
 def create_item(request: HttpRequest) -> HttpResponse:

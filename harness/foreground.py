@@ -44,7 +44,7 @@ def run_foreground(
             database_url=suite_url,
             redis_url=running.redis_url,
             extra_env=env,
-            suite_id=os.environ.get("SUITE_ID") or f"up{uuid.uuid4().hex[:6]}",
+            suite_id=os.environ.get("FORKPOOL_NAME") or f"up{uuid.uuid4().hex[:6]}",
             web_workers=web_workers,
             web_threads=web_threads,
             worker_concurrency=worker_concurrency,

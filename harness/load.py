@@ -166,7 +166,7 @@ class LocustRun:
         # run behind the harness's back; pass them in `env` to mean them.
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
         env.update(self.extra_env)
-        env["SUITE_ID"] = self.suite_id
+        env["FORKPOOL_NAME"] = self.suite_id
         env["FORKPOOL_LOAD_SUMMARY"] = str(self.summary_path)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

@@ -27,7 +27,7 @@ weight     request                                 stats name
 ``AsgiUser`` does the same against the async tier (the Starlette app under
 Gunicorn's uvicorn workers) when ``FORKPOOL_ASGI_HOST`` is set, with its
 stats names prefixed ``asgi `` (``asgi /items?limit=20``); otherwise it does
-not run. Every ``record_event`` key is globally unique, ``f"{SUITE_ID}:{uuid4().hex}"``,
+not run. Every ``record_event`` key is globally unique, ``f"{FORKPOOL_NAME}:{uuid4().hex}"``,
 so a run's events can be found (and counted exactly once) in the ``events`` table.
 
 How responses count (Locust's failure statistics):
@@ -45,7 +45,7 @@ How responses count (Locust's failure statistics):
 
 Environment:
 
-``SUITE_ID``
+``FORKPOOL_NAME``
     prefix of the ``record_event`` keys (default ``locust``).
 ``FORKPOOL_WAIT_MIN`` / ``FORKPOOL_WAIT_MAX``
     seconds each user waits between tasks (default 0.01 / 0.1).
@@ -102,7 +102,7 @@ from locust.stats import StatsError
 
 log = logging.getLogger("forkpool.locust")
 
-SUITE_ID = os.environ.get("SUITE_ID") or "locust"
+FORKPOOL_NAME = os.environ.get("FORKPOOL_NAME") or "locust"
 WAIT_MIN = float(os.environ.get("FORKPOOL_WAIT_MIN", "0.01"))
 WAIT_MAX = max(WAIT_MIN, float(os.environ.get("FORKPOOL_WAIT_MAX", "0.1")))
 SUMMARY_ENV = "FORKPOOL_LOAD_SUMMARY"
@@ -235,7 +235,7 @@ class SuiteUser(HttpUser):
     def create_item(self) -> None:
         body = {
             "name": f"locust-{uuid.uuid4().hex[:12]}",
-            "payload": {"suite": SUITE_ID, "n": random.randint(0, 1_000_000), "tags": ["load"]},
+            "payload": {"suite": FORKPOOL_NAME, "n": random.randint(0, 1_000_000), "tags": ["load"]},
         }
         with self.client.post("/items", json=body, name=self.named("/items"), catch_response=True) as response:
             if self.record(response):
@@ -245,7 +245,7 @@ class SuiteUser(HttpUser):
 
     @task(2)
     def enqueue_job(self) -> None:
-        key = f"{SUITE_ID}:{uuid.uuid4().hex}"
+        key = f"{FORKPOOL_NAME}:{uuid.uuid4().hex}"
         body = {"kind": "record_event", "args": {"key": key, "data": {"by": "locust"}}}
         with self.client.post("/jobs", json=body, name=self.named("/jobs"), catch_response=True) as response:
             if self.record(response) and response.status_code == 202:
@@ -331,7 +331,7 @@ def final_stats(environment: Any) -> dict[str, Any] | None:
 def summary() -> dict[str, Any]:
     return {
         "version": 1,
-        "suite_id": SUITE_ID,
+        "suite_id": FORKPOOL_NAME,
         "pid": os.getpid(),
         "started_at": _started_at,
         "written_at": time.time(),

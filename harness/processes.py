@@ -97,7 +97,7 @@ class SuitePlan:
         env.update(
             DATABASE_URL=self.database_url,
             REDIS_URL=self.redis_url,
-            SUITE_ID=self.suite_id,
+            FORKPOOL_NAME=self.suite_id,
             CELERY_QUEUE=self.queue,
             DB_POOL_SIZE=str(self.pool_size),
             WEB_CONCURRENCY=str(self.web_workers),

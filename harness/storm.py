@@ -53,7 +53,7 @@ def _one_run(pg: EmbeddedPostgres, proxy: FaultProxy, processes: int, pool: int,
     sampler = Sampler(pg.url, suite_id).start()
     env = {
         **os.environ,
-        "SUITE_ID": suite_id,
+        "FORKPOOL_NAME": suite_id,
         "PROCESS_ROLE": ROLE,
         "STORM_DSN": proxy.url(pg.url),
         "STORM_POOL": str(pool),

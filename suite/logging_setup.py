@@ -13,7 +13,7 @@ import logging.config
 import os
 from typing import Any
 
-from forkpool.identity import process_role, suite_id
+from forkpool import identity
 from forkpool.redact import redact_text
 
 LOG_FORMAT_ENV = "LOG_FORMAT"
@@ -25,8 +25,8 @@ class IdentityFilter(logging.Filter):
     """Stamps each record with this process's role and suite id, read at emit time (after fork too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.role = process_role()
-        record.suite = suite_id()
+        record.role = identity.process_role()
+        record.suite = identity.name()
         return True
 
 
@@ -41,8 +41,8 @@ class JsonFormatter(logging.Formatter):
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "suite": getattr(record, "suite", suite_id()),
-            "role": getattr(record, "role", process_role()),
+            "suite": getattr(record, "suite", identity.name()),
+            "role": getattr(record, "role", identity.process_role()),
             "pid": record.process,
             "message": redact_text(record.getMessage()),
         }

@@ -117,7 +117,7 @@ def admin(database_url: str) -> Iterator[Callable[..., list[tuple]]]:
 @pytest.fixture
 def suite_id(monkeypatch: pytest.MonkeyPatch) -> str:
     sid = f"t{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("SUITE_ID", sid)
+    monkeypatch.setenv("FORKPOOL_NAME", sid)
     return sid
 
 
@@ -195,7 +195,7 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
             monkeypatch.delenv(var)
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("REDIS_URL", redis_url)
-    identity._suite_id = identity._role = identity._host = None
+    identity._name = identity._role = identity._host = None
     yield
     forkpool.close_all()
     registry.configured().clear()
@@ -204,7 +204,7 @@ def clean_shared(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: 
     pools = registry.process_pools.peek()
     if pools is not None:
         pools.manager_counts = dict.fromkeys(pools.manager_counts, 0)
-    identity._suite_id = identity._role = identity._host = None
+    identity._name = identity._role = identity._host = None
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import psycopg2
 
 import forkpool
+import forkpool.health
 from forkpool.settings import build_settings
 
 DSN = os.environ["DATABASE_URL"]
@@ -179,7 +180,7 @@ def idle_close() -> str:
     with pool.connection() as conn, conn.cursor() as cur:  # a use: 3.13 starts the threads again here
         cur.execute("SELECT 1")
     assert wait_for(lambda: pool.closed), pool.stats()
-    assert forkpool.manager_stats()["closed_idle"] == 1, forkpool.manager_stats()
+    assert forkpool.health.manager_stats()["closed_idle"] == 1, forkpool.health.manager_stats()
     return "idle pool closed after forks"
 
 

@@ -29,7 +29,7 @@ POOL = 2
 
 @pytest.fixture
 def recipe_env(suite_id: str) -> dict[str, str]:
-    """The test's environment (DATABASE_URL, REDIS_URL, SUITE_ID) with a fixed-size pool of 2."""
+    """The test's environment (DATABASE_URL, REDIS_URL, FORKPOOL_NAME) with a fixed-size pool of 2."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEB_", "WORKER_", "PROMETHEUS_"))}
     env.update(DB_POOL_SIZE=str(POOL), PYTHONUNBUFFERED="1")
     return env

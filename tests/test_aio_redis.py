@@ -9,6 +9,7 @@ import pytest
 import redis
 
 import forkpool
+import forkpool.redis
 
 
 def named_clients(suite_id: str, redis_url: str) -> list[str]:
@@ -23,13 +24,13 @@ def test_one_named_client_per_loop_closed_at_shutdown(suite_id, redis_url, monke
     monkeypatch.setenv("PROCESS_ROLE", "asgi")
 
     async def main():
-        client = forkpool.get_async_redis()
-        assert all(forkpool.get_async_redis() is client for _ in range(5))
+        client = forkpool.redis.get_async_redis()
+        assert all(forkpool.redis.get_async_redis() is client for _ in range(5))
         assert await client.ping()
         assert named_clients(suite_id, redis_url) == [f"{suite_id}:asgi:{os.getpid()}"]
-        await forkpool.close_async_redis()
-        assert forkpool.get_async_redis() is not client  # a new one after closing
-        await forkpool.close_async_redis()
+        await forkpool.redis.close_async_redis()
+        assert forkpool.redis.get_async_redis() is not client  # a new one after closing
+        await forkpool.redis.close_async_redis()
         return client
 
     first = asyncio.run(main())
@@ -40,7 +41,7 @@ def test_one_named_client_per_loop_closed_at_shutdown(suite_id, redis_url, monke
 
 def test_outside_a_loop_it_refuses():
     with pytest.raises(RuntimeError):
-        forkpool.get_async_redis()
+        forkpool.redis.get_async_redis()
 
 
 def test_a_forked_child_gets_its_own_client_and_the_parent_keeps_its_connection(suite_id, redis_url):
@@ -48,7 +49,7 @@ def test_a_forked_child_gets_its_own_client_and_the_parent_keeps_its_connection(
     try:
 
         async def connect():
-            client = forkpool.get_async_redis()
+            client = forkpool.redis.get_async_redis()
             await client.set(f"{suite_id}:k", "parent")
             return client
 
@@ -62,10 +63,10 @@ def test_a_forked_child_gets_its_own_client_and_the_parent_keeps_its_connection(
                 shared = os.readlink(f"/proc/self/fd/{fd}") != os.devnull
 
                 async def child_main():
-                    child = forkpool.get_async_redis()
+                    child = forkpool.redis.get_async_redis()
                     await child.set(f"{suite_id}:child", "1")
                     names = named_clients(suite_id, redis_url)
-                    await forkpool.close_async_redis()
+                    await forkpool.redis.close_async_redis()
                     return child is not parent, names
 
                 fresh, names = asyncio.run(child_main())
@@ -78,11 +79,11 @@ def test_a_forked_child_gets_its_own_client_and_the_parent_keeps_its_connection(
         os.waitpid(pid, 0)
 
         async def after():
-            assert forkpool.get_async_redis() is parent
+            assert forkpool.redis.get_async_redis() is parent
             assert await parent.get(f"{suite_id}:k") == b"parent"  # the same connection, still in sync
             assert await parent.get(f"{suite_id}:child") == b"1"
             assert len(parent.connection_pool._available_connections) == 1  # not reconnected
-            await forkpool.close_async_redis()
+            await forkpool.redis.close_async_redis()
 
         loop.run_until_complete(after())
     finally:

@@ -34,7 +34,7 @@ FORKS = 40
 def test_forks_under_busy_threads_never_hang_and_parent_keeps_its_sessions(seed, suite_id, admin, database_url):
     env = {
         **os.environ,
-        "SUITE_ID": suite_id,
+        "FORKPOOL_NAME": suite_id,
         "DATABASE_URL": database_url,
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }

@@ -230,7 +230,7 @@ def test_procfile_runs_under_honcho(database_url, redis_url, admin, pg_server):
         **os.environ,
         "DATABASE_URL": url,
         "REDIS_URL": redis_url,
-        "SUITE_ID": suite_id,
+        "FORKPOOL_NAME": suite_id,
         "CELERY_QUEUE": f"{suite_id}.tasks",
         "DB_POOL_SIZE": "2",
         "WEB_CONCURRENCY": "2",

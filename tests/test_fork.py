@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import forkpool
+import forkpool.fork
 from forkpool import stats as keys
 from tests.conftest import backend_pids
 
@@ -152,9 +153,9 @@ def test_after_fork_in_child_is_idempotent(count_settles, monkeypatch):
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        forkpool.after_fork_in_child()
+        forkpool.fork.after_fork_in_child()
         child = forkpool.get_pool()
-        forkpool.after_fork_in_child()  # again: must not drop the child's own pool
+        forkpool.fork.after_fork_in_child()  # again: must not drop the child's own pool
         ok = forkpool.get_pool() is child and child.wait(10)
         os.write(write_fd, b"ok" if ok else b"no")
         forkpool.close_all()

@@ -26,7 +26,7 @@ def forkpool(*args: str, env: dict | None = None, timeout: float = 240) -> subpr
 
 def embedded_env() -> dict[str, str]:
     """The environment of a fresh machine: no DATABASE_URL / REDIS_URL, so the harness starts its own."""
-    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SUITE_ID")}
+    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "FORKPOOL_NAME", "SUITE_ID")}
 
 
 def processes_marked(mark: str) -> list[int]:

@@ -130,11 +130,11 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {EXTRAS!r}:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Block())
-import forkpool, forkpool.cli, forkpool.gunicorn, forkpool.lifecycle, forkpool.budget
+import forkpool, forkpool.cli, forkpool.gunicorn, forkpool.lifecycle, forkpool.budget, forkpool.redis
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {EXTRAS!r})
 assert not loaded, loaded
 try:
-    forkpool.get_redis()
+    forkpool.redis.get_redis()
 except forkpool.MissingExtra as exc:
     print(exc)
 for module in ("forkpool.metrics", "forkpool.flask", "forkpool.celery"):

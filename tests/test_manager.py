@@ -7,6 +7,7 @@ import time
 import pytest
 
 import forkpool
+import forkpool.health
 from tests.conftest import wait_for
 
 
@@ -23,7 +24,7 @@ def test_same_configuration_same_pool_other_configuration_other_pool(database_ur
     assert "other-secret" not in other_secret.name and other_secret.name.startswith(a.identity + "#")
     with a.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT 1")
-    assert forkpool.manager_stats()["pools"] == 3
+    assert forkpool.health.manager_stats()["pools"] == 3
 
 
 def test_max_pools_evicts_the_least_recently_used_idle_pool(database_url, monkeypatch):
@@ -37,7 +38,7 @@ def test_max_pools_evicts_the_least_recently_used_idle_pool(database_url, monkey
         pass  # second is now the more recently used
     third = forkpool.pool_for(database_url, min_size=0, max_size=3, timeout=1)
     assert first.closed and not second.closed and not third.closed
-    assert forkpool.manager_stats()["evicted"] == 1
+    assert forkpool.health.manager_stats()["evicted"] == 1
 
 
 def test_max_pools_never_evicts_a_pool_in_use(database_url, monkeypatch):
@@ -65,6 +66,6 @@ def test_idle_pools_are_closed_after_the_idle_time(database_url, monkeypatch, co
         assert not busy.closed  # a connection is in use: never closed under the caller
     finally:
         busy.putconn(held)
-    assert forkpool.manager_stats()["closed_idle"] >= 1
+    assert forkpool.health.manager_stats()["closed_idle"] >= 1
     assert wait_for(lambda: busy.closed, 10)
     assert count_settles(0) == 0

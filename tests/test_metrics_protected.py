@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 import forkpool
+import forkpool.identity
 from forkpool import identity, protection
 from tests.conftest import wait_for
 
@@ -96,7 +97,7 @@ CHILD = textwrap.dedent("""
     import forkpool
     from forkpool import metrics
 
-    forkpool.set_process_role("web")
+    forkpool.identity.set_process_role("web")
     engine = forkpool.protect(create_engine(sys.argv[1], pool_size=2, max_overflow=0))
     metrics.start_exporter(interval=0.05)
     held = [engine.raw_connection() for _ in range(2)]

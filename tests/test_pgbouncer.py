@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 
 import forkpool
+import forkpool.health
 from harness.pgbouncer import BouncerSettings, EmbeddedPgBouncer, show
 
 
@@ -150,7 +151,7 @@ def test_forkpools_pool_relies_on_no_session_state(bouncer, monkeypatch, suite_i
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT 2")
         assert cur.fetchone()[0] == 2
-    assert forkpool.health_check() == {"default": {"ok": True, "error": None}}
+    assert forkpool.health.health_check() == {"default": {"ok": True, "error": None}}
     clients = [row["application_name"] for row in show(bouncer.admin_url, "SHOW CLIENTS")]
     assert clients.count(name) == 3  # processes x pool size, counted at PgBouncer by identity
     servers = [row for row in show(bouncer.admin_url, "SHOW SERVERS") if row["user"] == bouncer.server_role]

@@ -10,6 +10,7 @@ import psycopg2
 import pytest
 
 import forkpool
+import forkpool.identity
 from forkpool import stats as keys
 from tests.conftest import transaction_status, wait_for
 
@@ -318,14 +319,14 @@ def test_application_name_carries_suite_role_and_pid(sessions, suite_id, monkeyp
     assert forkpool.get_pool().wait(10)
     assert sessions() and all(name == f"{suite_id}:web:{os.getpid()}" for name, _ in sessions())
     forkpool.close_all()
-    forkpool.set_process_role("reporting")
+    forkpool.identity.set_process_role("reporting")
     assert forkpool.get_pool().wait(10)
     assert wait_for(lambda: [n for n, _ in sessions()] == [f"{suite_id}:reporting:{os.getpid()}"], 5)
 
 
 def test_application_name_is_truncated_without_losing_the_pid():
-    forkpool.set_identity(suite_id="s" * 80, role="r" * 40)
-    name = forkpool.application_name(pid=4194304)
+    forkpool.identity.set_identity(name="s" * 80, role="r" * 40)
+    name = forkpool.identity.application_name(pid=4194304)
     assert len(name) <= 63
     assert name.endswith(":4194304")
     assert name.count(":") == 2 and name.startswith("s") and ":r" in name
@@ -333,17 +334,17 @@ def test_application_name_is_truncated_without_losing_the_pid():
 
 def test_a_host_label_joins_the_role_and_is_never_truncated(monkeypatch):
     monkeypatch.setenv("HOST_LABEL", "h2")
-    forkpool.set_identity(suite_id="run1", role="web")
-    assert forkpool.application_name(pid=42) == "run1:web@h2:42"
-    forkpool.set_identity(suite_id="s" * 80, role="r" * 40)
-    name = forkpool.application_name(pid=4194304)
+    forkpool.identity.set_identity(name="run1", role="web")
+    assert forkpool.identity.application_name(pid=42) == "run1:web@h2:42"
+    forkpool.identity.set_identity(name="s" * 80, role="r" * 40)
+    name = forkpool.identity.application_name(pid=4194304)
     assert len(name) <= 63 and name.endswith("@h2:4194304") and name.count(":") == 2
     monkeypatch.setenv("HOST_LABEL", "auto")  # the machine's short host name, cleaned
     import socket
 
-    assert forkpool.application_name(pid=1).endswith(f"@{socket.gethostname().split('.')[0][:20]}:1")
+    assert forkpool.identity.application_name(pid=1).endswith(f"@{socket.gethostname().split('.')[0][:20]}:1")
     monkeypatch.setenv("HOST_LABEL", "")
-    assert "@" not in forkpool.application_name(pid=1)  # one host: the name is as it always was
+    assert "@" not in forkpool.identity.application_name(pid=1)  # one host: the name is as it always was
 
 
 def test_the_pool_hands_out_connections_of_the_configured_driver(driver):

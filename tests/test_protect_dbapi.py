@@ -27,6 +27,7 @@ except ImportError:  # the psycopg (3) cases skip, saying so
     psycopg = None
 
 import forkpool
+import forkpool.identity
 from forkpool import protection
 from forkpool.integrations.dbapi import drop_without_io
 from tests.conftest import wait_for
@@ -145,9 +146,9 @@ def test_bare_connection_under_celery_prefork(
 
 def _connect(driver: str, database_url: str):
     if driver == "psycopg2":
-        conn = psycopg2.connect(database_url, application_name=forkpool.application_name())
+        conn = psycopg2.connect(database_url, application_name=forkpool.identity.application_name())
     else:
-        conn = psycopg.connect(database_url, application_name=forkpool.application_name())
+        conn = psycopg.connect(database_url, application_name=forkpool.identity.application_name())
     conn.autocommit = True
     return conn
 
@@ -204,7 +205,9 @@ def test_an_async_connection_is_released_from_sync_hooks_and_fails_cleanly_in_a_
     _needs("psycopg")
     loop = asyncio.new_event_loop()
     conn = loop.run_until_complete(
-        psycopg.AsyncConnection.connect(database_url, application_name=forkpool.application_name(), autocommit=True)
+        psycopg.AsyncConnection.connect(
+            database_url, application_name=forkpool.identity.application_name(), autocommit=True
+        )
     )
     forkpool.protect(conn)
 

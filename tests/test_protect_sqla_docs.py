@@ -96,7 +96,7 @@ def recipes() -> dict[str, str]:
 
 
 def run(code: str, url: str, cwd: Path, check: str = CHECK) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": url, "SUITE_ID": "docs-recipe"}
+    env = {**os.environ, "DATABASE_URL": url, "FORKPOOL_NAME": "docs-recipe"}
     return subprocess.run(
         [sys.executable, "-c", code + check], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )

@@ -7,6 +7,7 @@ import os
 import redis
 
 import forkpool
+import forkpool.redis
 
 
 def named_clients(suite_id: str, redis_url: str) -> list[str]:
@@ -19,19 +20,19 @@ def named_clients(suite_id: str, redis_url: str) -> list[str]:
 
 def test_one_named_client_per_process(suite_id, redis_url, monkeypatch):
     monkeypatch.setenv("PROCESS_ROLE", "worker")
-    client = forkpool.get_redis()
-    assert forkpool.get_redis() is client
+    client = forkpool.redis.get_redis()
+    assert forkpool.redis.get_redis() is client
     client.ping()
     assert named_clients(suite_id, redis_url) == [f"{suite_id}:worker:{os.getpid()}"]
 
 
 def test_child_gets_its_own_client_and_parent_keeps_working(suite_id, redis_url):
-    parent = forkpool.get_redis()
+    parent = forkpool.redis.get_redis()
     parent.set(f"{suite_id}:k", "parent")
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        child = forkpool.get_redis()
+        child = forkpool.redis.get_redis()
         child.set(f"{suite_id}:child", "1")
         names = named_clients(suite_id, redis_url)
         ok = child is not parent and f"{suite_id}:app:{os.getpid()}" in names
@@ -51,10 +52,10 @@ def test_redis_client_and_celery_are_bounded_on_a_silent_network():
 
     from forkpool.redis_client import network_options
 
-    kwargs = forkpool.get_redis().connection_pool.connection_kwargs
+    kwargs = forkpool.redis.get_redis().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 5 and kwargs["socket_connect_timeout"] == 3 and kwargs["socket_keepalive"]
     assert kwargs["socket_keepalive_options"][socket.TCP_USER_TIMEOUT] == 10000
-    assert forkpool.get_redis().get_retry().get_retries() == 1
+    assert forkpool.redis.get_redis().get_retry().get_retries() == 1
     from workers import celeryconfig
 
     assert celeryconfig.broker_transport_options["socket_timeout"] == 5

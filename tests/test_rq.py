@@ -37,7 +37,7 @@ def test_thirty_jobs_thirty_horses_one_session_each(
     with Redis.from_url(redis_url) as redis:
         queue = Queue(name, connection=redis)
         jobs = [queue.enqueue("rq_jobs.backend") for _ in range(JOBS)]
-        env = {**os.environ, "DATABASE_URL": logged_pg.url, "DB_POOL_SIZE": "1", "SUITE_ID": suite_id}
+        env = {**os.environ, "DATABASE_URL": logged_pg.url, "DB_POOL_SIZE": "1", "FORKPOOL_NAME": suite_id}
         log = tmp_path / "rq.log"
         with log.open("w") as out:
             done = subprocess.run(

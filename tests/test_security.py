@@ -48,6 +48,7 @@ _NOT_INHERITED = (
     "PGSERVICEFILE",
     "DATABASE_URL",
     "REDIS_URL",
+    "FORKPOOL_NAME",
     "SUITE_ID",
     "PROCESS_ROLE",
 )

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import forkpool
+import forkpool.health
 from forkpool.settings import build_settings, settings_from_env
 
 SECRET = "s3cr3t-Pa55"
@@ -66,7 +67,7 @@ def test_named_pools_are_separate_and_reported_separately(database_url):
     a, b = forkpool.get_pool("a"), forkpool.get_pool("b")
     assert a is not b and a.identity == b.identity
     assert a.wait(10) and b.wait(10)
-    assert [s["name"] for s in forkpool.all_stats()] == ["a", "b"]
+    assert [s["name"] for s in forkpool.health.stats()] == ["a", "b"]
 
 
 def password_dsn(database_url: str) -> str:
@@ -83,7 +84,13 @@ def test_password_never_in_repr_stats_logs_or_errors(database_url, caplog, drive
     pool = forkpool.get_pool("secret")
     assert pool.driver.name == driver
     assert pool.wait(10)
-    shown = [repr(pool), repr(settings), str(pool.stats()), str(forkpool.all_stats()), str(forkpool.health_check())]
+    shown = [
+        repr(pool),
+        repr(settings),
+        str(pool.stats()),
+        str(forkpool.health.stats()),
+        str(forkpool.health.health_check()),
+    ]
     bad = build_settings(
         dsn=dsn.rsplit("/", 1)[0] + "/no_such_db", min_size=0, max_size=1, connect_timeout=2, driver=driver
     )

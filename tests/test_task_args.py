@@ -110,10 +110,10 @@ def test_task_arguments_of_the_wrong_shape_are_rejected_without_retry_or_databas
     task = getattr(tasks, name)
     with pytest.raises(tasks.InvalidTaskArguments):
         task.run(**kwargs)  # through Celery's autoretry wrapper: a retry would raise Retry instead
-    assert not forkpool.all_stats(), "validation opened a pool"
+    assert not forkpool.health.stats(), "validation opened a pool"
     result = task.apply(kwargs=kwargs)  # run eagerly, like a worker would
     assert result.state == "FAILURE" and isinstance(result.result, tasks.InvalidTaskArguments)
-    assert not forkpool.all_stats()
+    assert not forkpool.health.stats()
 
 
 @pytest.mark.parametrize("name", ["record_event", "aggregate", "hold"])

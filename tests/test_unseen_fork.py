@@ -23,6 +23,7 @@ import psycopg2
 import pytest
 
 import forkpool
+import forkpool.identity
 from forkpool import kernel_sockets, protection
 from forkpool.connections import detach_inherited
 from forkpool.endpoints import postgres
@@ -150,7 +151,7 @@ def test_a_per_process_client_first_releases_everything_inherited(key, monkeypat
     monkeypatch.setenv("DB_POOL_SIZE", "1")
     pool = forkpool.get_pool()
     make = forkpool.per_process(
-        lambda: psycopg2.connect(database_url, application_name=forkpool.application_name()),
+        lambda: psycopg2.connect(database_url, application_name=forkpool.identity.application_name()),
         detach=detach_inherited,
         close=lambda c: c.close(),
         key=key,

@@ -8,6 +8,7 @@ import psycopg2
 import pytest
 
 import forkpool
+import forkpool.identity
 from forkpool.flask import EXTENSION_KEY, ForkPool
 from suite.schema import init_schema
 from web import create_app
@@ -109,7 +110,7 @@ def test_a_failed_publish_is_a_503_and_makes_no_second_redis_call(client, monkey
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setattr(suite.queue, "_producer", None)
     r = redis_py.Redis.from_url(redis_url)
-    before = set(r.scan_iter(f"{forkpool.suite_id()}:job:*"))
+    before = set(r.scan_iter(f"{forkpool.identity.name()}:job:*"))
     commands: list[str] = []
     original = redis_py.Redis.execute_command
 
@@ -123,6 +124,6 @@ def test_a_failed_publish_is_a_503_and_makes_no_second_redis_call(client, monkey
     monkeypatch.setattr(redis_py.Redis, "execute_command", original)
     assert response.status_code == 503 and response.get_json()["error"] == "queue_unavailable"
     assert commands == ["SET"], commands
-    left = set(r.scan_iter(f"{forkpool.suite_id()}:job:*")) - before
+    left = set(r.scan_iter(f"{forkpool.identity.name()}:job:*")) - before
     assert len(left) == 1 and 0 < r.ttl(next(iter(left))) <= 24 * 3600
     monkeypatch.setattr(suite.queue, "_producer", None)

@@ -223,7 +223,7 @@ def test_a_pool_opens_and_survives_a_fork(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=clean_venv.env(DATABASE_URL=database_url, DB_POOL_SIZE="1", SUITE_ID=suite_id),
+        env=clean_venv.env(DATABASE_URL=database_url, DB_POOL_SIZE="1", FORKPOOL_NAME=suite_id),
     )
     try:
         line = proc.stdout.readline()
@@ -275,6 +275,7 @@ def test_an_extra_backed_feature_names_its_extra(clean_venv: CleanVenv) -> None:
     done = clean_venv.script("""
         import importlib, json
         import forkpool
+        import forkpool.redis
 
         seen = {}
 
@@ -288,7 +289,7 @@ def test_an_extra_backed_feature_names_its_extra(clean_venv: CleanVenv) -> None:
             else:
                 seen[label] = ["ok", False, ""]
 
-        attempt("get_redis", forkpool.get_redis)
+        attempt("get_redis", forkpool.redis.get_redis)
         attempt("metrics", lambda: importlib.import_module("forkpool.metrics"))
         attempt("metrics again", lambda: importlib.import_module("forkpool.metrics"))
         attempt("flask", lambda: importlib.import_module("forkpool.flask"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from forkpool import suite_id
+from forkpool import identity
 
 ITEM_COLUMNS = "id, name, payload, created_at"
 JOB_TTL_SECONDS = 24 * 3600
@@ -61,7 +61,7 @@ def item_page(rows: list[tuple], limit: int) -> dict[str, Any]:
 
 def job_key(job_id: str) -> str:
     """Where a job's kind is remembered in Redis, so GET /jobs/<id> knows the ids this suite handed out."""
-    return f"{suite_id()}:job:{job_id}"
+    return f"{identity.name()}:job:{job_id}"
 
 
 def is_uuid(value: str) -> bool:

@@ -20,6 +20,8 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 
 import forkpool
+import forkpool.identity
+import forkpool.redis
 from forkpool.aio_registry import OPEN_TIMEOUT
 from forkpool.gunicorn import ASGI_ROLE
 from forkpool.identity import DEFAULT_ROLE
@@ -39,8 +41,10 @@ BLOCKING_THREADS = 4
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """One worker's start and stop, in its own event loop."""
-    if forkpool.process_role() == DEFAULT_ROLE:
-        forkpool.set_process_role(ASGI_ROLE)  # served without forkpool's hooks (bare uvicorn): still named asgi
+    if forkpool.identity.process_role() == DEFAULT_ROLE:
+        forkpool.identity.set_process_role(
+            ASGI_ROLE
+        )  # served without forkpool's hooks (bare uvicorn): still named asgi
     # Made here, in the worker: a master never starts threads that a fork would leave behind.
     app.state.executor = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="forkpool-blocking")
     await forkpool.get_async_pool()  # the app's pool, opened even if nothing configured its size
@@ -50,7 +54,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await forkpool.close_async_pools()
-        await forkpool.close_async_redis()
+        await forkpool.redis.close_async_redis()
         executor: ThreadPoolExecutor = app.state.executor
         await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)  # waited for off the loop
 

@@ -2,7 +2,7 @@
 
 Same paths, bodies, statuses and headers as the Flask app (web/api.py holds
 what both share). Queries go through ``await forkpool.get_async_pool()`` and
-Redis through ``forkpool.get_async_redis()``, on the event loop. Celery's
+Redis through ``forkpool.redis.get_async_redis()``, on the event loop. Celery's
 producer is not async (kombu publishes on blocking sockets and sleeps between
 retries), so publishing and reading results run in the worker's thread pool
 (``in_thread``), never on the loop.
@@ -27,6 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import forkpool
+import forkpool.health
+import forkpool.identity
+import forkpool.redis
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
 
@@ -76,10 +79,10 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     await forkpool.get_async_pool()  # the app's pool is checked even before its first query
-    pools = await forkpool.async_health_check(timeout=READY_TIMEOUT)
+    pools = await forkpool.health.async_health_check(timeout=READY_TIMEOUT)
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            await forkpool.get_async_redis().ping()
+            await forkpool.redis.get_async_redis().ping()
         redis_state: dict[str, Any] = {"ok": True, "error": None}
     except (TimeoutError, redis.RedisError) as exc:
         redis_state = {"ok": False, "error": type(exc).__name__}
@@ -93,10 +96,10 @@ async def pool_info(request: Request) -> Response:
     return JSONResponse(
         {
             "pid": os.getpid(),
-            "role": forkpool.process_role(),
-            "suite_id": forkpool.suite_id(),
+            "role": forkpool.identity.process_role(),
+            "suite_id": forkpool.identity.name(),
             "pool": pool.stats(),
-            "pools": forkpool.async_stats(),
+            "pools": forkpool.health.async_stats(),
         }
     )
 
@@ -159,7 +162,7 @@ def _publish(kind: str, kwargs: dict[str, Any], job_id: str) -> None:
 async def enqueue_job(request: Request) -> Response:
     job = validate_body(JOB_ADAPTER, await json_body(request))
     job_id = str(uuid.uuid4())
-    client = forkpool.get_async_redis()
+    client = forkpool.redis.get_async_redis()
     # Remember the id first, so GET /jobs/<id> knows it the moment a worker might
     # (a failed publish leaves the key to expire: web/api.py, PUBLISH_RETRY).
     await client.set(job_key(job_id), job.kind, ex=JOB_TTL_SECONDS)
@@ -180,7 +183,7 @@ def _result(job_id: str) -> dict[str, Any]:
 
 async def job_status(request: Request) -> Response:
     job_id: str = request.path_params["job_id"]
-    kind = await forkpool.get_async_redis().get(job_key(job_id)) if is_uuid(job_id) else None
+    kind = await forkpool.redis.get_async_redis().get(job_key(job_id)) if is_uuid(job_id) else None
     if kind is None:
         raise HTTPException(404, "no such job")
     body = {"id": job_id, "kind": kind.decode(), **await in_thread(request, functools.partial(_result, job_id))}

@@ -12,8 +12,10 @@ from celery.result import AsyncResult
 from flask import Blueprint, Response, abort, jsonify, request
 from psycopg2.extras import Json
 
-from forkpool import all_stats, get_redis, manager_stats, metrics, process_role, suite_id
+from forkpool import identity, metrics
 from forkpool.flask import db
+from forkpool.health import manager_stats, stats
+from forkpool.redis import get_redis
 from suite.jobs import JOB_ADAPTER, TASK_FOR_KIND
 from suite.queue import get_celery
 
@@ -55,10 +57,10 @@ def readyz():
 def pool_info():
     return {
         "pid": os.getpid(),
-        "role": process_role(),
-        "suite_id": suite_id(),
+        "role": identity.process_role(),
+        "suite_id": identity.name(),
         "pool": db().pool.stats(),
-        "pools": all_stats(),
+        "pools": stats(),
         "manager": manager_stats(),
     }
 

@@ -11,7 +11,8 @@ import psycopg2.errors
 from celery.utils.log import get_task_logger
 from psycopg2.extras import Json
 
-from forkpool import ConnectError, PoolTimeout, process_role
+from forkpool import ConnectError, PoolTimeout
+from forkpool.identity import process_role
 from suite.jobs import AggregateArgs, HoldArgs, InvalidTaskArguments, RecordEventArgs
 from suite.jobs import parse_task_args as _parse
 from suite.queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT, TASK_RETRY

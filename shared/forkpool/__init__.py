@@ -11,8 +11,11 @@ without network I/O. ``per_process`` gives any client the same guarantees.
 Server wiring: ``forkpool.gunicorn`` (hooks), ``forkpool.celery`` (signals),
 ``forkpool.uwsgi`` (``--import forkpool.uwsgi``), ``forkpool.rq`` (a worker class),
 ``forkpool.flask`` (extension),
-``"forkpool.django"`` (an app for ``INSTALLED_APPS``); asyncio: ``await get_async_pool()``, ``get_async_redis()``,
-opened in an ASGI lifespan. See docs/fork-story.md for why.
+``"forkpool.django"`` (an app for ``INSTALLED_APPS``); asyncio: ``await get_async_pool()``,
+opened in an ASGI lifespan. Submodules: ``forkpool.identity`` (how sessions are
+named), ``forkpool.redis`` (this process's Redis clients), ``forkpool.health``
+(health checks and stats), ``forkpool.fork`` (for code that forks outside
+Python's hooks). See docs/fork-story.md for why.
 
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
@@ -24,18 +27,26 @@ tests/test_layers.py keeps it so):
     maintenance, upkeep, waiter
     aio_upkeep, pool
     aio_pool, registry
-    aio_registry, budget, health, metrics
-    doctor, flask, lifecycle
+    aio_registry, budget, metrics
+    doctor, fork, health, lifecycle, redis
+    flask
     celery, cli, gunicorn, rq, uwsgi
     django
 """
 
 from __future__ import annotations
 
-from . import stats
+import importlib
+import warnings
+from typing import Any
+
+# The public submodules, loaded with the package: `import forkpool` is enough for `forkpool.health.stats()`.
+from . import fork as fork
+from . import health as health
+from . import identity as identity
+from . import redis as redis
 from .aio_pool import AsyncPool
-from .aio_redis import close_async_redis, get_async_redis
-from .aio_registry import async_health_check, async_stats, close_async_pools, get_async_pool, open_async_pools
+from .aio_registry import close_async_pools, get_async_pool, open_async_pools
 from .errors import (
     ConfigError,
     ConnectError,
@@ -46,20 +57,10 @@ from .errors import (
     TooManyWaiting,
 )
 from .extras import MissingExtra
-from .health import health_check
-from .identity import application_name, process_role, set_identity, set_process_role, suite_id
-from .per_process import PerProcess, after_fork_in_child, per_process
+from .per_process import per_process
 from .pool import Pool
 from .protection import protect
-from .redis_client import get_redis
-from .registry import (
-    all_stats,
-    close_all,
-    configure,
-    get_pool,
-    manager_stats,
-    pool_for,
-)
+from .registry import close_all, configure, get_pool, pool_for
 from .settings import PoolSettings
 
 __version__ = "0.2.0"
@@ -70,35 +71,59 @@ __all__ = [
     "ConnectError",
     "ForkpoolError",
     "MissingExtra",
-    "PerProcess",
     "Pool",
     "PoolClosed",
     "PoolError",
     "PoolSettings",
     "PoolTimeout",
     "TooManyWaiting",
-    "after_fork_in_child",
-    "all_stats",
-    "application_name",
-    "async_health_check",
-    "async_stats",
     "close_all",
     "close_async_pools",
-    "close_async_redis",
     "configure",
     "get_async_pool",
-    "get_async_redis",
     "get_pool",
-    "get_redis",
-    "health_check",
-    "manager_stats",
     "open_async_pools",
     "per_process",
     "pool_for",
-    "process_role",
     "protect",
-    "set_identity",
-    "set_process_role",
-    "stats",
-    "suite_id",
 ]
+
+# Names this package exported before 0.3.0: {old name: (module, its name there)}. They keep working until
+# 0.4; the first use of each in a process warns (DeprecationWarning) with the new place.
+_MOVED: dict[str, tuple[str, str]] = {
+    "get_redis": ("forkpool.redis", "get_redis"),
+    "get_async_redis": ("forkpool.redis", "get_async_redis"),
+    "close_async_redis": ("forkpool.redis", "close_async_redis"),
+    "health_check": ("forkpool.health", "health_check"),
+    "async_health_check": ("forkpool.health", "async_health_check"),
+    "all_stats": ("forkpool.health", "stats"),
+    "async_stats": ("forkpool.health", "async_stats"),
+    "manager_stats": ("forkpool.health", "manager_stats"),
+    "suite_id": ("forkpool.identity", "name"),
+    "application_name": ("forkpool.identity", "application_name"),
+    "process_role": ("forkpool.identity", "process_role"),
+    "set_identity": ("forkpool.identity", "set_identity"),
+    "set_process_role": ("forkpool.identity", "set_process_role"),
+    "PerProcess": ("forkpool.fork", "PerProcess"),
+    "after_fork_in_child": ("forkpool.fork", "after_fork_in_child"),
+}
+
+
+# Old names already announced in this process: each is announced once (``from forkpool import x`` looks a
+# name up twice, and a caller in a loop should not flood the log).
+_announced: set[str] = set()
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _MOVED[name]
+    except KeyError:
+        raise AttributeError(f"module 'forkpool' has no attribute {name!r}") from None
+    if name not in _announced:
+        _announced.add(name)
+        warnings.warn(
+            f"forkpool.{name} is deprecated and will be removed in forkpool 0.4: use {module}.{attribute}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    return getattr(importlib.import_module(module), attribute)

@@ -1,4 +1,4 @@
-"""``forkpool.get_async_redis()``: this process's and this event loop's ``redis.asyncio.Redis`` (extra ``redis``).
+"""``forkpool.redis.get_async_redis()``: this process's and this event loop's ``redis.asyncio.Redis`` (extra ``redis``).
 
 redis-py's asyncio client has no fork check at all (the sync pool's pid check,
 ``_checkpid``, was not carried over: redis-py#2911): a client made before a
@@ -88,7 +88,7 @@ _loop_clients = per_process(LoopClients, detach=_detach, close=_drop, key="forkp
 
 
 def _new_client() -> redis.asyncio.Redis:
-    import_extra("redis.asyncio", "redis", "forkpool.get_async_redis")
+    import_extra("redis.asyncio", "redis", "forkpool.redis.get_async_redis")
     from redis.asyncio import Redis
 
     return Redis.from_url(

@@ -1,17 +1,25 @@
-"""Health of this process's pools and Redis client, each checked with a real round trip."""
+"""Health and stats of this process's pools: each health check a real round trip, stats a snapshot per pool."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .aio_registry import async_health_check, async_stats
 from .errors import PoolError
 from .redact import describe_error
-from .registry import open_pools
+from .registry import manager_stats, open_pools
+
+__all__ = ["async_health_check", "async_stats", "health_check", "manager_stats", "stats"]
 
 
 def health_check(timeout: float = 2.0) -> dict[str, dict[str, Any]]:
     """``{pool name: {"ok": bool, "error": str | None}}`` for every open pool of this process."""
     return {pool.name: _check(pool, timeout) for pool in open_pools()}
+
+
+def stats() -> list[dict[str, Any]]:
+    """`Pool.stats()` of every pool this process has open, by name."""
+    return [pool.stats() for pool in open_pools()]
 
 
 def _check(pool: Any, timeout: float) -> dict[str, Any]:

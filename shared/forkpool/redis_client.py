@@ -55,7 +55,7 @@ def network_options() -> dict[str, Any]:
 
 
 def _new_client() -> redis.Redis:
-    import_extra("redis", "redis", "forkpool.get_redis")
+    import_extra("redis", "redis", "forkpool.redis.get_redis")
     from redis import Redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry

@@ -224,11 +224,6 @@ def close_all() -> None:
             pool.close()
 
 
-def all_stats() -> list[dict[str, Any]]:
-    """`Pool.stats()` of every pool this process has open, by name."""
-    return [pool.stats() for pool in open_pools()]
-
-
 def manager_stats() -> dict[str, Any]:
     """Pools open in this process, the limits, and how many pools the limits closed."""
     state = process_pools()

@@ -10,7 +10,7 @@ with the driver's "connection already closed" / "the connection is closed".)
 
 A process that needs a connection of its own, in every worker::
 
-    own = forkpool.per_process(lambda: psycopg2.connect(dsn, application_name=forkpool.application_name()),
+    own = forkpool.per_process(lambda: psycopg2.connect(dsn, application_name=forkpool.identity.application_name()),
                                detach=drop_without_io, close=lambda conn: conn.close())
 
     with own().cursor() as cur: ...   # this process's connection, made on first use

@@ -8,6 +8,7 @@ PROTECT=1 hands it to forkpool.protect. ``own()``: this process's connection
 import os
 
 import forkpool
+import forkpool.identity
 from forkpool.integrations.dbapi import drop_without_io
 
 if os.environ.get("VARIANT") == "psycopg":
@@ -17,7 +18,7 @@ else:
 
 
 def connect():
-    conn = driver.connect(os.environ["DATABASE_URL"], application_name=forkpool.application_name())
+    conn = driver.connect(os.environ["DATABASE_URL"], application_name=forkpool.identity.application_name())
     conn.autocommit = True
     return conn
 
