@@ -124,7 +124,7 @@ def build(dsn: str, stack: ExitStack) -> dict[str, tuple[str, Callable[[], None]
 
 
 def _installed() -> list[str]:
-    from forkpool.drivers import installed
+    from forkpool._drivers import installed
 
     return installed()
 

@@ -44,8 +44,8 @@ import psycopg2
 import psycopg2.pool
 
 import forkpool
-from forkpool import stats as keys
-from forkpool.drivers import Session, get_driver
+from forkpool import _base as keys
+from forkpool._drivers import Session, get_driver
 from forkpool.errors import PoolTimeout
 from forkpool.settings import build_settings
 

@@ -103,8 +103,8 @@ def threaded(dsn: str, stack: ExitStack, ops: int, top: int) -> list[str]:
 def prototypes() -> dict[str, type]:
     """P1 and P2 (see the module's docstring): forkpool.AsyncPool subclasses, measuring instruments only."""
     import forkpool
-    from forkpool import stats as keys
-    from forkpool.aio_pool import _served
+    from forkpool import _base as keys
+    from forkpool._pool_async import _served
     from forkpool.errors import PoolTimeout, TooManyWaiting
 
     monotonic = time.monotonic

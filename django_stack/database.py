@@ -10,7 +10,7 @@ import getpass
 import os
 from typing import Any
 
-from forkpool import stats as keys
+from forkpool import _base as keys
 
 ALIAS = "default"
 POOL_TIMEOUT_S = 10  # as the flask-sqlalchemy stack's pool_timeout: a busy pool answers 503 well inside Gunicorn's 30 s
@@ -46,7 +46,7 @@ def database_from_url(url: str, pool_size: int) -> dict[str, Any]:
 
 
 def pool_stats() -> dict[str, Any]:
-    """This process's pool under the keys of forkpool.stats; `size` counts what the server sees for this pid."""
+    """This process's pool under the keys of forkpool._base; `size` counts what the server sees for this pid."""
     from django.db import connections
 
     wrapper = connections[ALIAS]

@@ -1,6 +1,6 @@
 """The suite's subcommands of `forkpool`: demo, loadtest, soak, fault, up, stats, initdb.
 
-The library owns the `forkpool` command (forkpool/cli.py); these join it through
+The library owns the `forkpool` command (forkpool/_cli.py); these join it through
 the entry point group ``forkpool.commands`` (root pyproject.toml), each as a
 ``name_command(argv, prog)`` function wrapping the click command below.
 
@@ -23,7 +23,7 @@ import click
 import psycopg2
 
 import forkpool
-from forkpool.redact import describe_error, redact_text
+from forkpool._redact import describe_error, redact_text
 from suite.stacks import FORKPOOL, STACKS
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3

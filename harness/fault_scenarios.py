@@ -10,7 +10,7 @@ from collections.abc import Callable
 import psycopg2
 
 from forkpool import ConnectError, Pool, PoolTimeout
-from forkpool import stats as keys
+from forkpool import _base as keys
 from forkpool.budget import Budget, DeploymentPlan, ServerLimits
 from forkpool.settings import build_settings
 from suite.queue import TASK_HOLD

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from forkpool import ConnectError, Pool, PoolTimeout
-from forkpool import stats as keys
+from forkpool import _base as keys
 from forkpool.settings import build_settings
 
 from .chaos import DirectEnqueuer, producer

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psycopg2
 
-from forkpool.registry import get_pool
+from forkpool._registry import get_pool
 
 NAME_MIN, NAME_MAX = 1, 200
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import forkpool
-from forkpool import stats as keys
+from forkpool import _base as keys
 
 STACK_ENV = "SUITE_STACK"
 POOL_SIZE_ENV = "STACK_POOL_SIZE"
@@ -86,7 +86,7 @@ class EngineStore:
 
 
 def engine_stats(engine: Any) -> dict[str, Any]:
-    """A QueuePool's state under the keys of forkpool.stats (size = idle + in use, as the server counts it)."""
+    """A QueuePool's state under the keys of forkpool._base (size = idle + in use, as the server counts it)."""
     pool = engine.pool
     idle, in_use = pool.checkedin(), pool.checkedout()
     return {

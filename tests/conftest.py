@@ -17,7 +17,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 import forkpool
-from forkpool import identity, registry
+from forkpool import _registry as registry
+from forkpool import identity
 from harness.services import (
     EmbeddedMariaDB,
     EmbeddedPostgres,

@@ -14,7 +14,7 @@ import os
 import platform
 from collections.abc import Callable, Iterable
 
-from forkpool.kernel_sockets import socket_fds, tcp_table
+from forkpool._sockets import socket_fds, tcp_table
 
 _KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
 _KCMP_FILE = 0

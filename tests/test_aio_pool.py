@@ -13,7 +13,7 @@ import time
 import pytest
 
 import forkpool
-from forkpool import stats as keys
+from forkpool import _base as keys
 
 
 def run(coro):
@@ -392,10 +392,10 @@ def test_reload_and_double_import_do_not_create_a_second_async_pool(count_settle
         pool = await forkpool.get_async_pool()
         assert await pool.wait(10)
         for name in (
-            "forkpool.per_process",
+            "forkpool._process",
             "forkpool.live_pools",
-            "forkpool.registry",
-            "forkpool.aio_pool",
+            "forkpool._registry",
+            "forkpool._pool_async",
             "forkpool.aio_registry",
             "forkpool",
         ):

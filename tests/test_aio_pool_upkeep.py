@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import forkpool
-from forkpool import stats as keys
+from forkpool import _base as keys
 from forkpool.maintenance import add_stats_listener, stats_listeners
 from forkpool.settings import build_settings
 from tests.test_aio_pool import backend_pid, invariants, until

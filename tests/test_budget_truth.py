@@ -22,7 +22,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 import forkpool
-from forkpool import protection, registry
+from forkpool import _protect as protection
+from forkpool import _registry as registry
 from forkpool.budget import ServerLimits, held_pools, limits_or_reason, server_of, startup_check
 from harness._procs import free_port
 from tests.conftest import wait_for

@@ -12,7 +12,7 @@ import pytest
 
 import forkpool
 import forkpool.fork
-from forkpool import stats as keys
+from forkpool import _base as keys
 from tests.conftest import backend_pids
 
 # Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.
@@ -170,12 +170,12 @@ def test_reload_and_double_import_do_not_create_a_second_pool(count_settles, mon
     monkeypatch.setenv("DB_POOL_SIZE", "2")
     pool = forkpool.get_pool()
     assert pool.wait(10)
-    for name in ("forkpool.registry", "forkpool.pool", "forkpool.per_process", "forkpool.live_pools", "forkpool"):
+    for name in ("forkpool._registry", "forkpool._pool", "forkpool._process", "forkpool.live_pools", "forkpool"):
         importlib.reload(sys.modules[name])
     assert forkpool.get_pool() is pool
     # The same file imported again under another module name (a second sys.path entry).
     spec = importlib.util.spec_from_file_location(
-        "registry_copy", forkpool.registry.__file__, submodule_search_locations=None
+        "registry_copy", forkpool._registry.__file__, submodule_search_locations=None
     )
     copy = importlib.util.module_from_spec(spec)
     copy.__package__ = "forkpool"

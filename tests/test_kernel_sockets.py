@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from forkpool import endpoints, kernel_sockets
+from forkpool import _endpoints as endpoints
+from forkpool import _sockets as kernel_sockets
 
 
 def test_a_process_sees_its_own_tcp_socket_by_inode_with_both_ends(redis_url):

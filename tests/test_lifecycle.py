@@ -15,7 +15,7 @@ from celery import signals
 import forkpool
 from forkpool import celery as celery_signals
 from forkpool import gunicorn as gunicorn_hooks
-from forkpool.lifecycle import start_in_child
+from forkpool._servers import start_in_child
 
 
 def fork_child(body) -> tuple[int, int]:
@@ -138,7 +138,7 @@ def test_plain_scripts_close_their_pools_at_interpreter_exit(database_url):
 
 def test_a_worker_opens_forkpools_default_pool_only_when_its_size_is_set_or_it_was_used(monkeypatch, sessions):
     """An app that only protects its own engine gets no second pool from DATABASE_URL alone."""
-    from forkpool import registry
+    from forkpool import _registry as registry
 
     monkeypatch.delenv("DB_POOL_SIZE", raising=False)
     assert registry.pool_names() == []

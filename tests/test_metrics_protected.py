@@ -21,7 +21,8 @@ from sqlalchemy import create_engine
 
 import forkpool
 import forkpool.identity
-from forkpool import identity, protection
+from forkpool import _protect as protection
+from forkpool import identity
 from tests.conftest import wait_for
 
 GAUGES = ("size", "idle", "in_use", "waiting", "max_size")

@@ -22,9 +22,9 @@ from celery import signals
 
 import forkpool
 from forkpool import gunicorn as gunicorn_hooks
+from forkpool._process import home
 from forkpool.celery import wire_celery
 from forkpool.connections import detach_inherited
-from forkpool.per_process import home
 
 
 class Thing:

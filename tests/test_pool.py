@@ -11,7 +11,7 @@ import pytest
 
 import forkpool
 import forkpool.identity
-from forkpool import stats as keys
+from forkpool import _base as keys
 from tests.conftest import transaction_status, wait_for
 
 # Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.

@@ -15,7 +15,7 @@ import logging
 import pytest
 
 import forkpool
-from forkpool import stats as keys
+from forkpool import _base as keys
 from forkpool.settings import PoolSettings, build_settings, session_of, settings_from_env
 from tests.conftest import transaction_status
 from tests.wire_log import WireLog
@@ -370,7 +370,7 @@ def test_async_failing_hooks_surface_as_connect_error_or_discard(psycopg3, count
     assert run(failing_configure()) >= 1
     assert count_settles(0) == 0
 
-    forkpool.registry.configured().clear()
+    forkpool._registry.configured().clear()
 
     async def bad_reset(conn) -> None:
         raise RuntimeError("reset failed")

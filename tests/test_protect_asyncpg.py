@@ -19,8 +19,9 @@ import pytest
 asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is not installed: pip install asyncpg")
 
 import forkpool  # noqa: E402
-from forkpool import identity, protection  # noqa: E402
-from forkpool.integrations.asyncpg import INTEGRATION  # noqa: E402
+from forkpool import _protect as protection  # noqa: E402
+from forkpool import identity  # noqa: E402
+from forkpool._integrations.asyncpg import INTEGRATION  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.protect_support import in_child  # noqa: E402
 
@@ -218,7 +219,7 @@ def test_a_pool_follows_the_process_from_one_asyncio_run_to_the_next(database_ur
 
 
 def _slots(pool) -> dict:
-    from forkpool.protection import _slot_names
+    from forkpool._protect import _slot_names
 
     return {name: getattr(pool, name, None) for name in _slot_names(type(pool))}
 
@@ -264,7 +265,7 @@ def test_with_the_loop_gone_the_server_gets_terminate_not_eof(database_url, pg_s
     def eofs() -> int:
         return pg_server.log_path.read_text(errors="replace").count("unexpected EOF on client connection")
 
-    from forkpool.integrations.asyncpg import connections_of, drop_without_io
+    from forkpool._integrations.asyncpg import connections_of, drop_without_io
 
     # Control: a socket that just closes (no Terminate) is logged as an EOF.
     before = eofs()

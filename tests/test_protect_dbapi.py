@@ -28,8 +28,8 @@ except ImportError:  # the psycopg (3) cases skip, saying so
 
 import forkpool
 import forkpool.identity
-from forkpool import protection
-from forkpool.integrations.dbapi import drop_without_io
+from forkpool import _protect as protection
+from forkpool._integrations.dbapi import drop_without_io
 from tests.conftest import wait_for
 from tests.protect_support import (
     APPS,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from forkpool.kernel_sockets import socket_inodes, tcp_table
+from forkpool._sockets import socket_inodes, tcp_table
 from tests.conftest import wait_for
 from tests.protect_support import (
     APPS,
@@ -350,9 +350,9 @@ django.setup()
 
 from django.db import connections
 
-from forkpool import protection
+from forkpool import _protect as protection
 from forkpool.django.databases import mysql_endpoints
-from forkpool.kernel_sockets import own_peer
+from forkpool._sockets import own_peer
 
 
 def use(alias):

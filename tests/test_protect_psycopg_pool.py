@@ -23,8 +23,9 @@ pytest.importorskip("psycopg_pool", reason="psycopg_pool is not installed: pip i
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import forkpool
-from forkpool import identity, protection
-from forkpool.integrations.psycopg_pool import INTEGRATION
+from forkpool import _protect as protection
+from forkpool import identity
+from forkpool._integrations.psycopg_pool import INTEGRATION
 from tests.conftest import wait_for
 from tests.protect_support import (
     APPS,

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import forkpool
-from forkpool import protection
+from forkpool import _protect as protection
 from tests.conftest import wait_for
 from tests.protect_support import in_child
 
@@ -270,7 +270,7 @@ def test_a_pool_forkpool_cannot_rebuild_is_refused_untouched(database_url, forge
 
 
 def test_an_attach_that_fails_half_way_is_undone(database_url, forget_protected):
-    from forkpool.integrations.psycopg_pool import INTEGRATION
+    from forkpool._integrations.psycopg_pool import INTEGRATION
 
     class HalfWay:
         name = "half-way"

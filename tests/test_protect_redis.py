@@ -21,7 +21,8 @@ import redis
 import redis.asyncio
 
 import forkpool
-from forkpool import identity, protection
+from forkpool import _protect as protection
+from forkpool import identity
 from harness.services import EmbeddedRedis
 from tests.conftest import wait_for
 from tests.protect_support import (

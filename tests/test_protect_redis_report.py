@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from forkpool import protection
+from forkpool import _protect as protection
 from tests.protect_support import in_child
 
 redis = pytest.importorskip("redis")

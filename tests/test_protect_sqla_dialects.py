@@ -29,7 +29,8 @@ pytest.importorskip("sqlalchemy", reason="forkpool.protect(engine) needs SQLAlch
 from sqlalchemy import create_engine, text
 
 import forkpool
-from forkpool import identity, protection
+from forkpool import _protect as protection
+from forkpool import identity
 from tests.conftest import wait_for
 from tests.dialect_support import file_handles, kcmp_available, same_open_file, sockets_to
 from tests.protect_support import (
@@ -122,7 +123,7 @@ def test_asyncpg_sessions_carry_application_name_beside_the_apps_settings(databa
     pytest.importorskip("asyncpg")
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from forkpool.integrations.sqlalchemy import attach_engine
+    from forkpool._integrations.sqlalchemy import attach_engine
 
     async def name(settings: dict | None) -> str:
         args = {"server_settings": settings} if settings else {}

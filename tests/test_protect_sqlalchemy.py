@@ -21,7 +21,8 @@ pytest.importorskip("sqlalchemy", reason="forkpool.protect(engine) needs SQLAlch
 from sqlalchemy import create_engine, text
 
 import forkpool
-from forkpool import identity, protection
+from forkpool import _protect as protection
+from forkpool import identity
 from tests.conftest import wait_for
 from tests.protect_support import (
     APPS,

@@ -20,7 +20,8 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import forkpool
-from forkpool import identity, protection
+from forkpool import _protect as protection
+from forkpool import identity
 from tests.conftest import wait_for
 from tests.protect_support import in_child
 

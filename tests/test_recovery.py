@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import forkpool
-from forkpool import stats as keys
+from forkpool import _base as keys
 from tests.conftest import wait_for
 
 # Every test here runs once per driver (psycopg2, psycopg 3): the same guarantees for both.
@@ -129,10 +129,10 @@ def test_callers_fail_fast_while_the_database_is_down_not_after_the_timeout(pg_s
 @pytest.mark.parametrize("just_returned, polls", [(60.0, 0), (0.0, 50)])
 def test_only_a_connection_back_for_a_moment_skips_the_socket_poll(monkeypatch, just_returned, polls):
     # The constant is widened / zeroed so the test does not depend on how fast this machine is.
-    import forkpool.pool
+    import forkpool._pool
     from forkpool.connections import Entry
 
-    monkeypatch.setattr(forkpool.pool, "JUST_RETURNED", just_returned)
+    monkeypatch.setattr(forkpool._pool, "JUST_RETURNED", just_returned)
     calls = []
     real = Entry.socket_has_news
     monkeypatch.setattr(Entry, "socket_has_news", lambda self: calls.append(1) or real(self))

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import forkpool
-from forkpool import stats as keys
+from forkpool import _base as keys
 
 pytestmark = pytest.mark.usefixtures("driver")  # once per driver
 

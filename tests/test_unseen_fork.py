@@ -24,9 +24,10 @@ import pytest
 
 import forkpool
 import forkpool.identity
-from forkpool import kernel_sockets, protection
+from forkpool import _protect as protection
+from forkpool import _sockets as kernel_sockets
+from forkpool._endpoints import postgres
 from forkpool.connections import detach_inherited
-from forkpool.endpoints import postgres
 from tests.conftest import backend_pids
 
 

@@ -20,17 +20,17 @@ Python's hooks). See docs/fork-story.md for why.
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
-    endpoints, errors, identity, per_process, redact, stats
-    drivers, extras, fork_quiet, kernel_sockets
-    integrations, live_pools, metrics_dir, redis_client, settings
-    aio_redis, connections, manager, protection
+    _base, _endpoints, _process, _redact, errors, identity
+    _drivers, _sockets, extras, fork_quiet
+    _integrations, live_pools, metrics_dir, redis_client, settings
+    _protect, aio_redis, connections, manager
     maintenance, upkeep, waiter
-    aio_upkeep, pool
-    aio_pool, registry
+    _pool, aio_upkeep
+    _pool_async, _registry
     aio_registry, budget, metrics
-    doctor, fork, health, lifecycle, redis
+    _servers, doctor, fork, health, redis
     flask
-    celery, cli, gunicorn, rq, uwsgi
+    _cli, celery, gunicorn, rq, uwsgi
     django
 """
 
@@ -45,7 +45,11 @@ from . import fork as fork
 from . import health as health
 from . import identity as identity
 from . import redis as redis
-from .aio_pool import AsyncPool
+from ._pool import Pool
+from ._pool_async import AsyncPool
+from ._process import per_process
+from ._protect import protect
+from ._registry import close_all, configure, get_pool, pool_for
 from .aio_registry import close_async_pools, get_async_pool, open_async_pools
 from .errors import (
     ConfigError,
@@ -57,10 +61,6 @@ from .errors import (
     TooManyWaiting,
 )
 from .extras import MissingExtra
-from .per_process import per_process
-from .pool import Pool
-from .protection import protect
-from .registry import close_all, configure, get_pool, pool_for
 from .settings import PoolSettings
 
 __version__ = "0.2.0"

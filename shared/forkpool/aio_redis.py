@@ -30,10 +30,10 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ._process import per_process
+from ._sockets import devnull_fd
 from .extras import import_extra
 from .identity import application_name
-from .kernel_sockets import devnull_fd
-from .per_process import per_process
 from .redis_client import redis_url
 
 if TYPE_CHECKING:

@@ -18,11 +18,11 @@ import time
 import weakref
 from typing import Any
 
-from .aio_pool import AsyncPool
+from ._pool_async import AsyncPool
+from ._process import per_process
+from ._redact import describe_error
+from ._registry import DEFAULT, pool_names, settings_for
 from .errors import PoolError
-from .per_process import per_process
-from .redact import describe_error
-from .registry import DEFAULT, pool_names, settings_for
 
 OPEN_TIMEOUT = 2.5  # like the server hooks' bound on opening a worker's pools
 

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import stats as keys
+from . import _base as keys
 from .errors import ConnectError
 from .maintenance import INTERVAL, next_backoff, stats_listeners
 from .upkeep import sort_idle

@@ -32,10 +32,11 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from . import protection, registry
+from . import _protect as protection
+from . import _registry as registry
+from ._integrations import integration_for
+from ._redact import describe_error, redact_text
 from .errors import ConfigError
-from .integrations import integration_for
-from .redact import describe_error, redact_text
 from .settings import DEFAULT_SIZE, SIZE_ENV, env_int
 
 log = logging.getLogger("forkpool.budget")
@@ -384,7 +385,7 @@ def _dsns_of(obj: Any, name: str) -> Iterator[tuple[str, str]]:
         return  # an integration this module does not know: its PostgreSQL pools' server stays unknown
     labels = [report.label for report in integration.report(obj)]
     if name == "sqlalchemy":
-        from .integrations.sqlalchemy import engines_of
+        from ._integrations.sqlalchemy import engines_of
 
         dsns = [_sqlalchemy_dsn(engine.url) if engine.dialect.name == POSTGRESQL else "" for engine in engines_of(obj)]
     elif name == "psycopg_pool":

@@ -25,15 +25,15 @@ import os
 import sys
 from typing import Any
 
-from . import endpoints
+from . import _endpoints as endpoints
+from ._process import install_fork_hooks
+from ._servers import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
+from ._sockets import detach_connected_to
 from .budget import startup_check
 from .errors import ConfigError
 from .extras import import_extra
 from .identity import set_process_role
-from .kernel_sockets import detach_connected_to
-from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
 from .metrics_dir import mark_dead, prepare_directory
-from .per_process import install_fork_hooks
 from .settings import env_int
 
 WORKER_ROLE = "worker"

@@ -15,10 +15,10 @@ import traceback
 import weakref
 from typing import Any
 
-from .drivers import Driver, Session, get_driver
+from ._drivers import Driver, Session, get_driver
+from ._redact import describe_error
+from ._sockets import devnull_fd
 from .identity import application_name
-from .kernel_sockets import devnull_fd
-from .redact import describe_error
 from .settings import SESSION_KWARGS, PoolSettings, session_of
 
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # the peer's FIN (Linux): the server closed the session

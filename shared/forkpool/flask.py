@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._pool import Pool
+from ._registry import get_pool
 from .connections import connection as PgConnection
 from .extras import import_extra
 from .health import health_check
-from .pool import Pool
-from .registry import get_pool
 
 import_extra("flask", "flask", "forkpool.flask")
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .per_process import PerProcess, after_fork_in_child
+from ._process import PerProcess, after_fork_in_child
 
 __all__ = ["PerProcess", "after_fork_in_child"]

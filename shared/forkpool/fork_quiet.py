@@ -40,7 +40,7 @@ import types
 import weakref
 from typing import Protocol
 
-from .per_process import home, install_fork_hooks
+from ._process import home, install_fork_hooks
 
 logger = logging.getLogger("forkpool.pool")
 

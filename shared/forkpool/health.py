@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._redact import describe_error
+from ._registry import manager_stats, open_pools
 from .aio_registry import async_health_check, async_stats
 from .errors import PoolError
-from .redact import describe_error
-from .registry import manager_stats, open_pools
 
 __all__ = ["async_health_check", "async_stats", "health_check", "manager_stats", "stats"]
 

@@ -14,7 +14,7 @@ import weakref
 from typing import Any
 
 from . import fork_quiet
-from .per_process import home, install_fork_hooks
+from ._process import home, install_fork_hooks
 
 logger = logging.getLogger("forkpool.pool")
 

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import fork_quiet
+from ._process import home
 from .connections import close_quietly
-from .per_process import home
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from ._pool import Pool
 
 logger = logging.getLogger("forkpool.pool")
 

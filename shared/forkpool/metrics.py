@@ -41,13 +41,14 @@ from prometheus_client import (  # noqa: E402
     multiprocess,
 )
 
-from . import fork_quiet, protection  # noqa: E402
-from . import stats as keys  # noqa: E402
+from . import _base as keys  # noqa: E402
+from . import _protect as protection  # noqa: E402
+from . import fork_quiet  # noqa: E402
+from ._process import install_fork_hooks  # noqa: E402
+from ._registry import open_pools  # noqa: E402
 from .identity import process_role  # noqa: E402
 from .maintenance import add_stats_listener  # noqa: E402
 from .metrics_dir import MULTIPROC_ENV, multiprocess_dir, pid_alive, pids_with_files  # noqa: E402,F401
-from .per_process import install_fork_hooks  # noqa: E402
-from .registry import open_pools  # noqa: E402
 
 logger = logging.getLogger("forkpool.metrics")
 

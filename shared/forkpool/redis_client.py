@@ -11,9 +11,9 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ._process import per_process
 from .extras import import_extra
 from .identity import application_name
-from .per_process import per_process
 
 if TYPE_CHECKING:
     import redis

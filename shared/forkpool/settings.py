@@ -15,9 +15,9 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from .drivers import ISOLATION_LEVELS, Session, resolve_name
+from ._drivers import ISOLATION_LEVELS, Session, resolve_name
+from ._redact import dsn_identity, dsn_password, redact_text
 from .errors import ConfigError
-from .redact import dsn_identity, dsn_password, redact_text
 
 DEFAULT_SIZE = 4
 DEFAULT_TIMEOUT = 30.0

@@ -11,14 +11,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import stats as keys
+from . import _base as keys
 from .connections import Entry, close_quietly, connect
 from .errors import ConnectError
 
 if TYPE_CHECKING:
     import threading
 
-    from .drivers import Driver
+    from ._drivers import Driver
     from .maintenance import Maintainer
     from .settings import PoolSettings
     from .waiter import Waiter

@@ -42,11 +42,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ._process import after_fork_in_child, home
+from ._servers import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
 from .budget import startup_check
 from .errors import ConfigError
 from .identity import set_process_role
-from .lifecycle import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
-from .per_process import after_fork_in_child, home
 
 logger = logging.getLogger("forkpool.uwsgi")
 

@@ -12,7 +12,7 @@ import threading
 import time
 
 import forkpool
-from forkpool import stats as keys
+from forkpool import _base as keys
 
 HOLD = 0.2  # how long /hold keeps its connection: time.sleep, cooperative once gevent has patched it
 

@@ -11,7 +11,7 @@ class ForkpoolConfig(AppConfig):
     verbose_name = "forkpool: fork-safe database connections"
 
     def ready(self) -> None:
-        from ..protection import protect
+        from .._protect import protect
         from . import celery_fixup
         from .databases import DATABASES, INTEGRATION
 

@@ -94,12 +94,12 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..endpoints import Endpoints, postgres, resolve
+from .._base import PoolReport
+from .._endpoints import Endpoints, postgres, resolve
+from .._integrations.dbapi import drop_without_io
+from .._process import home, install_fork_hooks
+from .._sockets import devnull_fd
 from ..identity import application_name
-from ..integrations.dbapi import drop_without_io
-from ..kernel_sockets import devnull_fd
-from ..per_process import home, install_fork_hooks
-from ..stats import PoolReport
 
 logger = logging.getLogger("forkpool.django")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import kernel_sockets as procfs
+from .. import _sockets as procfs
 from ..extras import import_extra
 
 POSTGRESQL, REDIS = "postgresql", "redis"

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .. import kernel_sockets as procfs
+from .. import _sockets as procfs
 from .discovery import POSTGRESQL, REDIS, Examined, Servers
 
 

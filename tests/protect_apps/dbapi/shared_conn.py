@@ -9,7 +9,7 @@ import os
 
 import forkpool
 import forkpool.identity
-from forkpool.integrations.dbapi import drop_without_io
+from forkpool._integrations.dbapi import drop_without_io
 
 if os.environ.get("VARIANT") == "psycopg":
     import psycopg as driver

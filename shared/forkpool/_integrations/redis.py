@@ -62,10 +62,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..endpoints import Endpoints, resolve
+from .._base import PoolReport
+from .._endpoints import Endpoints, resolve
+from .._sockets import devnull_fd
 from ..identity import application_name
-from ..kernel_sockets import devnull_fd
-from ..stats import PoolReport
 
 _NAMED = "_forkpool_named"  # on a pool: its connections' names are forkpool's to set
 _SINGLE = "_forkpool_single"  # on a client: made with single_connection_client=True

@@ -25,9 +25,9 @@ import os
 import time
 from typing import Any
 
-from ..endpoints import Endpoints, postgres
-from ..kernel_sockets import devnull_fd
-from ..stats import PoolReport
+from .._base import PoolReport
+from .._endpoints import Endpoints, postgres
+from .._sockets import devnull_fd
 
 
 def drop_without_io(dbapi_connection: Any) -> None:

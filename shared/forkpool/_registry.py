@@ -15,15 +15,16 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import manager, protection
-from .errors import ConfigError
-from .live_pools import all_pools
+from . import _protect as protection
+from . import manager
+from ._pool import Pool
 
 # after_fork_in_child, re-exported as forkpool.after_fork_in_child: the one routine a forked child
 # runs; the pools, protected objects and others add their part to it when their modules load.
-from .per_process import after_fork_in_child, home, notice_fork, per_process  # noqa: F401
-from .per_process import close_all as close_every_instance
-from .pool import Pool
+from ._process import after_fork_in_child, home, notice_fork, per_process  # noqa: F401
+from ._process import close_all as close_every_instance
+from .errors import ConfigError
+from .live_pools import all_pools
 from .settings import PoolSettings, build_settings, settings_from_env
 
 logger = logging.getLogger("forkpool.registry")

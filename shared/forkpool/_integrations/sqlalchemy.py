@@ -42,11 +42,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..endpoints import Endpoints, mysql, postgres
+from .._base import PoolReport
+from .._endpoints import Endpoints, mysql, postgres
+from .._process import home, noticed_late
+from .._sockets import detach_connected_to, own_peer
 from ..identity import application_name
-from ..kernel_sockets import detach_connected_to, own_peer
-from ..per_process import home, noticed_late
-from ..stats import PoolReport
 
 _ATTACHED = "_forkpool_attached"
 _ENDPOINTS = "_forkpool_endpoints"  # what the URL names, resolved in the process that attached

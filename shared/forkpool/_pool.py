@@ -24,7 +24,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import stats as keys
+from . import _base as keys
+from ._drivers import get_driver
+from ._process import notice_fork
+from ._redact import describe_error
 from .connections import (
     Entry,
     close_quietly,
@@ -35,12 +38,9 @@ from .connections import (
     hook_name,
     rollback_quietly,
 )
-from .drivers import get_driver
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .live_pools import all_pools
 from .maintenance import Maintainer
-from .per_process import notice_fork
-from .redact import describe_error
 from .settings import PoolSettings, session_of, with_hooks
 from .upkeep import PoolUpkeep
 from .waiter import Waiter
@@ -200,7 +200,7 @@ class Pool(PoolUpkeep):
             self.putconn(conn)
 
     def stats(self) -> dict[str, Any]:
-        """A consistent snapshot; keys are the constants of ``forkpool.stats``."""
+        """A consistent snapshot; keys are the constants of ``forkpool._base``."""
         with self._lock:
             return keys.snapshot(
                 self, len(self._idle), len(self._in_use), len(self._waiting), self._opening, self._counts

@@ -74,11 +74,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..endpoints import Endpoints, resolve
+from .._base import PoolReport
+from .._endpoints import Endpoints, resolve
+from .._sockets import devnull_fd
 from ..errors import ConfigError
 from ..identity import application_name
-from ..kernel_sockets import devnull_fd
-from ..stats import PoolReport
 
 CLOSE_TIMEOUT_S = 10.0  # a master's close() in the pool's own loop; then asyncpg terminates what is left
 TERMINATE = b"X\x00\x00\x00\x04"  # the frontend's Terminate message ('X', length 4)

@@ -26,16 +26,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from . import stats as keys
+from . import _base as keys
+from ._drivers import PSYCOPG, Session, get_driver
+from ._pool import JUST_RETURNED
+from ._process import notice_fork
+from ._redact import describe_error
 from .aio_upkeep import AsyncPoolUpkeep
 from .connections import Entry, connect_params, format_checkout_stack, hook_name, setup_left_dirty
-from .drivers import PSYCOPG, Session, get_driver
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .extras import import_extra
 from .live_pools import all_pools
-from .per_process import notice_fork
-from .pool import JUST_RETURNED
-from .redact import describe_error
 from .settings import PoolSettings, session_of, with_hooks
 
 logger = logging.getLogger("forkpool.pool")
@@ -206,7 +206,7 @@ class AsyncPool(AsyncPoolUpkeep):
                 await self.putconn(conn)
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot with the keys of ``forkpool.stats``, as the threaded pool's."""
+        """A snapshot with the keys of ``forkpool._base``, as the threaded pool's."""
         waiting = sum(1 for f, _ in self._waiting if not f.done())
         return keys.snapshot(self, len(self._idle), len(self._in_use), waiting, self._opening, self._counts)
 

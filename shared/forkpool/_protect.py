@@ -17,7 +17,7 @@ A protected object gets what forkpool's own pool gets:
 - the worker closes them when it exits (``close``: Gunicorn ``worker_exit``,
   Celery ``worker_process_shutdown``, ``atexit``).
 
-Each library's part is an ``Integration`` in ``forkpool/integrations/``,
+Each library's part is an ``Integration`` in ``forkpool/_integrations/``,
 attached through the library's own extension API where it has one.
 """
 
@@ -31,12 +31,12 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .endpoints import Endpoints
+from ._base import PoolReport
+from ._endpoints import Endpoints
+from ._process import home, install_fork_hooks, notice_fork, noticed_late, on_exit, watch_exit
+from ._redact import describe_error
+from ._sockets import detach_connected_to
 from .errors import ConfigError
-from .kernel_sockets import detach_connected_to
-from .per_process import home, install_fork_hooks, notice_fork, noticed_late, on_exit, watch_exit
-from .redact import describe_error
-from .stats import PoolReport
 
 logger = logging.getLogger("forkpool.protect")
 WARM_IN_WORKER_S = 2.5  # like the server hooks' bound on opening a worker's pools
@@ -87,7 +87,7 @@ def protect(obj: T, integration: Integration | None = None, *, eager: bool = Fal
     A worker's protected pool opens what the library would open by itself (SQLAlchemy: nothing
     until first use); `eager` opens every connection it keeps at worker start instead.
     """
-    from .integrations import integration_for
+    from ._integrations import integration_for
 
     notice_fork()  # in a child forked where no hook ran: the inherited objects let go first
     for entry in _entries():

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import time
 
-from . import protection
+from . import _protect as protection
+from ._process import after_fork_in_child, home
+from ._registry import close_all, get_pool, pool_names, process_pools
 from .identity import set_process_role
 from .metrics_dir import multiprocess_dir
-from .per_process import after_fork_in_child, home
-from .registry import close_all, get_pool, pool_names, process_pools
 
 logger = logging.getLogger("forkpool.lifecycle")
 

@@ -55,10 +55,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..endpoints import Endpoints, postgres
+from .._base import PoolReport
+from .._endpoints import Endpoints, postgres
 from ..errors import ConfigError
 from ..identity import application_name
-from ..stats import PoolReport
 from .dbapi import drop_without_io
 
 _OPEN = "_forkpool_open"  # the pool was open in the parent: a worker opens it again

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .endpoints import Endpoints
+from ._endpoints import Endpoints
 
 TCP_ESTABLISHED = 0x01
 TCP_CLOSE_WAIT = 0x08  # the peer closed; this end has not (yet)

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overloa
 if TYPE_CHECKING:
     import weakref
 
+    from ._protect import Protected
     from .fork_quiet import Quiet
-    from .protection import Protected
     from .settings import PoolSettings
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ def home() -> Home:
     """forkpool's process-wide holder: created once, found again by every later import or reload."""
     holder = sys.modules.get(_HOME)
     if holder is None:
-        candidate = types.ModuleType(_HOME, "forkpool's per-process state; see forkpool/per_process.py")
+        candidate = types.ModuleType(_HOME, "forkpool's per-process state; see forkpool/_process.py")
         state = cast(Home, candidate)  # a module takes any attribute: the first group of Home is set here
         state.slots = {}
         state.created = []

@@ -39,8 +39,8 @@ import asyncio
 import weakref
 from typing import Any
 
-from ..endpoints import Endpoints, postgres, resolve
-from ..stats import PoolReport
+from .._base import PoolReport
+from .._endpoints import Endpoints, postgres, resolve
 from .asyncpg import drop_without_io as drop_asyncpg
 from .asyncpg import loop_state, terminate_without_loop
 from .dbapi import drop_without_io as drop_dbapi
