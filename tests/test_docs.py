@@ -60,6 +60,27 @@ NOT_NAMES = {
 }
 
 CHECKS = {
+    # per_process's example: a forked child gets a connection of its own, and the parent's still answers.
+    "per-process-fork": textwrap.dedent(
+        """
+        import os
+
+        parent = connection()
+        with parent.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+        pid = os.fork()
+        if pid == 0:
+            with connection().cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                os._exit(0 if connection() is not parent and cur.fetchone()[0] != backend else 1)
+        assert os.waitpid(pid, 0)[1] == 0, "the child did not get a connection of its own"
+        with parent.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            assert cur.fetchone()[0] == backend, "the parent's session did not survive the child"
+        print("checked: one connection per process, the parent's intact")
+        """
+    ),
     # Drive the ASGI app through its lifespan and one request (Starlette's TestClient runs the lifespan).
     "asgi-now": textwrap.dedent(
         """
