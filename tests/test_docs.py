@@ -81,6 +81,46 @@ CHECKS = {
         print("checked: one connection per process, the parent's intact")
         """
     ),
+    # A WSGI app called as a server calls it, once.
+    "wsgi": textwrap.dedent(
+        """
+        from wsgiref.util import setup_testing_defaults
+
+        environ = {}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda line, headers: status.append(line)))
+        assert status == ["200 OK"] and body, (status, body)
+        print("checked:", body)
+        """
+    ),
+    # The Flask app factory's app, one request through Flask's test client.
+    "flask": textwrap.dedent(
+        """
+        answer = create_app().test_client().get("/")
+        assert answer.status_code == 200 and answer.get_json()["backend_pid"] > 0, answer.data
+        print("checked: GET /", answer.get_json())
+        """
+    ),
+    # The Celery task, run where it is defined (eagerly: no broker needed) on this process's pool.
+    "celery-task": textwrap.dedent(
+        """
+        result = backend_pid.apply().get()
+        assert isinstance(result, int) and result > 0, result
+        print("checked: backend_pid() =", result)
+        """
+    ),
+    # An ASGI app's GET / through its lifespan (Starlette's TestClient runs it).
+    "asgi-root": textwrap.dedent(
+        """
+        from starlette.testclient import TestClient
+
+        with TestClient(app) as client:
+            answer = client.get("/")
+            assert answer.status_code == 200 and answer.json() == {"n": 1}, answer.text
+        print("checked: GET /")
+        """
+    ),
     # Drive the ASGI app through its lifespan and one request (Starlette's TestClient runs the lifespan).
     "asgi-now": textwrap.dedent(
         """
