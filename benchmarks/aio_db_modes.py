@@ -63,7 +63,7 @@ class PoolSource(AsyncSource):
 
     async def open(self) -> dict[str, Any]:
         import forkpool
-        from forkpool.aio_registry import OPEN_TIMEOUT
+        from forkpool._registry import OPEN_TIMEOUT
 
         self._get_async_pool = forkpool.get_async_pool  # what an app calls per request
         await forkpool.get_async_pool()

@@ -91,11 +91,11 @@ def probe(dsn: str) -> dict[str, float]:
 
 def _end_and_restart() -> tuple[float, float]:
     """Median cost of ending forkpool's threads before a fork and starting them again (0, 0: an older forkpool)."""
-    from forkpool import maintenance
+    from forkpool import _pool as maintenance
 
     if not hasattr(maintenance.Maintainer, "pause_for_fork"):
         return 0.0, 0.0  # a forkpool from before fork_quiet
-    from forkpool import fork_quiet
+    from forkpool import _process as fork_quiet
 
     ends, restarts = [], []
     for _ in range(20):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from forkpool.metrics_dir import pid_alive  # one definition, the library's
+from forkpool._metrics_dir import pid_alive  # one definition, the library's
 
 log = logging.getLogger("forkpool.harness")
 

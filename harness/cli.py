@@ -23,7 +23,7 @@ import click
 import psycopg2
 
 import forkpool
-from forkpool._redact import describe_error, redact_text
+from forkpool.settings import describe_error, redact_text
 from suite.stacks import FORKPOOL, STACKS
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3

@@ -5,7 +5,7 @@ trip the kernel's timers that the pool relies on; the harness watches the server
 socket, which the silence does not reach.
 
 The bounds, derived below from the defaults they rest on (forkpool/settings.py,
-forkpool/redis_client.py, faults.SERVER_NETWORK_SETTINGS); each check allows ALLOWANCE_S more:
+forkpool/redis.py, faults.SERVER_NETWORK_SETTINGS); each check allows ALLOWANCE_S more:
 - BOUND_S, a request on a silent PostgreSQL (16 s): its query, or the check of a connection that
   sat idle, goes unacknowledged and fails after tcp_user_timeout (10 s); the pool then opens a new
   connection, which gives up after connect_timeout (5 s); the kernel fires the timer late by up to
@@ -51,7 +51,7 @@ from datetime import datetime
 
 import psycopg2
 
-from forkpool import redis_client
+from forkpool import redis as redis_client
 from forkpool.settings import PoolSettings
 
 from .chaos import DirectEnqueuer, producer

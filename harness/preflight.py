@@ -26,9 +26,8 @@ import psycopg2
 import psycopg2.extensions
 import redis
 
-from forkpool._redact import describe_error, dsn_password, redact_text
 from forkpool.errors import ConfigError
-from forkpool.settings import build_settings, settings_from_env
+from forkpool.settings import build_settings, describe_error, dsn_password, redact_text, settings_from_env
 
 from ._procs import ServiceError, postgres_bindir, redis_server_binary
 from .processes import SuitePlan

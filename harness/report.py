@@ -1,6 +1,6 @@
 """Show a harness run: tables on the terminal, report.json, and a connections chart (PNG).
 
-Every free-form string goes through `forkpool._redact` first: the plan carries the
+Every free-form string goes through `forkpool.settings` first: the plan carries the
 database URL, and driver errors quoted in check details or load errors can echo it.
 """
 
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from forkpool._redact import dsn_password, redact_text
+from forkpool.settings import dsn_password, redact_text
 from harness.model import RunReport
 
 # A literal password shorter than this is masked only where it sits in a URL or a

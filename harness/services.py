@@ -38,7 +38,7 @@ import psycopg2.extensions
 import redis
 from psycopg2 import sql
 
-from forkpool._redact import redact_text
+from forkpool.settings import redact_text
 
 from ._procs import (
     ServiceError,

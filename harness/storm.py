@@ -6,7 +6,7 @@ down (every connection reset, new ones refused) for `outage` seconds, then up. M
 connection attempts per second the server sees (the proxy's accepts), the time until every pool
 is full again (the server's own count), and whether the server ever refused for lack of slots.
 Run twice: with the pool's jittered backoff, and with the jitter set to 0 in these processes
-only (forkpool.maintenance.BACKOFF_JITTER), to show what lockstep retries would do.
+only (forkpool._base.BACKOFF_JITTER), to show what lockstep retries would do.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def reconnect_storm(processes: int = 16, pool: int = 4, outage: float = 8.0) -> 
 
 def _child() -> int:
     """One storm process: a fixed pool; answers `stats` and `exit` on stdin."""
-    from forkpool import Pool, maintenance
+    from forkpool import Pool
+    from forkpool import _base as maintenance
     from forkpool.settings import build_settings
 
     maintenance.BACKOFF_JITTER = float(os.environ["STORM_JITTER"])

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from forkpool import identity
-from forkpool._redact import redact_text
+from forkpool.settings import redact_text
 
 LOG_FORMAT_ENV = "LOG_FORMAT"
 LOG_LEVEL_ENV = "LOG_LEVEL"

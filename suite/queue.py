@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from forkpool.redis_client import network_options, redis_url
+from forkpool.redis import network_options, redis_url
 
 TASK_RECORD_EVENT = "workers.record_event"
 TASK_AGGREGATE = "workers.aggregate"

@@ -393,21 +393,20 @@ def test_reload_and_double_import_do_not_create_a_second_async_pool(count_settle
         assert await pool.wait(10)
         for name in (
             "forkpool._process",
-            "forkpool.live_pools",
-            "forkpool._registry",
+            "forkpool._base",
             "forkpool._pool_async",
-            "forkpool.aio_registry",
+            "forkpool._registry",
             "forkpool",
         ):
             importlib.reload(sys.modules[name])
         reloaded = await forkpool.get_async_pool()
         # The same file imported again under another module name (a second sys.path entry).
-        spec = importlib.util.spec_from_file_location("aio_registry_copy", forkpool.aio_registry.__file__)
+        spec = importlib.util.spec_from_file_location("aio_registry_copy", forkpool._registry.__file__)
         copy = importlib.util.module_from_spec(spec)
         copy.__package__ = "forkpool"
         spec.loader.exec_module(copy)
         copied = await copy.get_async_pool()
-        stats = [s["name"] for s in copy.async_stats()]
+        stats = [s["name"] for s in forkpool.health.async_stats()]  # async_stats() moved to forkpool.health
         sessions = count_settles(2)
         await forkpool.close_async_pools()
         return pool, reloaded, copied, stats, sessions

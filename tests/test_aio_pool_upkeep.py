@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import forkpool
 from forkpool import _base as keys
-from forkpool.maintenance import add_stats_listener, stats_listeners
+from forkpool._base import add_stats_listener, stats_listeners
 from forkpool.settings import build_settings
 from tests.test_aio_pool import backend_pid, invariants, until
 

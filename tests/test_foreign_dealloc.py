@@ -1,6 +1,6 @@
 """A connection dropped in a forked child, with no /dev/null step, leaves the parent's session alone.
 
-The pool's fork detach (connections.detach_inherited) points the descriptor at
+The pool's fork detach (_base.drop_without_io) points the descriptor at
 /dev/null first, so it does not depend on this; these tests check the drivers'
 own guard, which the detach also relies on (it never closes, it drops):
 

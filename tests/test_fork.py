@@ -170,7 +170,7 @@ def test_reload_and_double_import_do_not_create_a_second_pool(count_settles, mon
     monkeypatch.setenv("DB_POOL_SIZE", "2")
     pool = forkpool.get_pool()
     assert pool.wait(10)
-    for name in ("forkpool._registry", "forkpool._pool", "forkpool._process", "forkpool.live_pools", "forkpool"):
+    for name in ("forkpool._registry", "forkpool._pool", "forkpool._process", "forkpool._base", "forkpool"):
         importlib.reload(sys.modules[name])
     assert forkpool.get_pool() is pool
     # The same file imported again under another module name (a second sys.path entry).

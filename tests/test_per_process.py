@@ -22,9 +22,9 @@ from celery import signals
 
 import forkpool
 from forkpool import gunicorn as gunicorn_hooks
+from forkpool._base import drop_without_io
 from forkpool._process import home
 from forkpool.celery import wire_celery
-from forkpool.connections import detach_inherited
 
 
 class Thing:
@@ -244,7 +244,7 @@ def test_a_fork_while_a_thread_builds_the_instance_hangs_the_naive_child_not_our
 def test_a_per_process_psycopg2_connection_survives_a_child_using_its_own(key, database_url):
     make = forkpool.per_process(
         lambda: psycopg2.connect(database_url, application_name="pp-test"),
-        detach=detach_inherited,
+        detach=drop_without_io,
         close=lambda c: c.close(),
         key=key,
     )

@@ -182,7 +182,7 @@ def test_timeouts_racing_handoffs_lose_no_connection_and_serve_no_one_twice():
 @pytest.mark.parametrize("served_first", [False, True])
 def test_a_waiter_interrupted_in_its_sleep_leaves_no_ghost_and_keeps_no_connection(monkeypatch, served_first):
     # KeyboardInterrupt lands in a sleeping caller: before it was served, or just as it was.
-    from forkpool.waiter import Waiter
+    from forkpool._pool import Waiter
 
     forkpool.configure(min_size=1, max_size=1, timeout=30)
     pool = forkpool.get_pool()

@@ -426,7 +426,7 @@ def test_bad_session_settings_are_one_line_config_errors():
 
 
 def test_session_keys_of_connect_kwargs_become_the_session_and_not_libpq_parameters():
-    from forkpool.connections import connect_params
+    from forkpool._base import connect_params
 
     settings = build_settings(connect_kwargs={"autocommit": True, "readonly": True, "options": "-c x=1"})
     assert session_of(settings).autocommit is True and session_of(settings).read_only is True

@@ -130,7 +130,7 @@ def test_callers_fail_fast_while_the_database_is_down_not_after_the_timeout(pg_s
 def test_only_a_connection_back_for_a_moment_skips_the_socket_poll(monkeypatch, just_returned, polls):
     # The constant is widened / zeroed so the test does not depend on how fast this machine is.
     import forkpool._pool
-    from forkpool.connections import Entry
+    from forkpool._base import Entry
 
     monkeypatch.setattr(forkpool._pool, "JUST_RETURNED", just_returned)
     calls = []

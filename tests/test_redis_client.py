@@ -50,7 +50,7 @@ def test_redis_client_and_celery_are_bounded_on_a_silent_network():
     """No RST on a dead link: a reply is awaited 5 s, one retry, kernel keepalives and tcp_user_timeout on."""
     import socket
 
-    from forkpool.redis_client import network_options
+    from forkpool.redis import network_options
 
     kwargs = forkpool.redis.get_redis().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 5 and kwargs["socket_connect_timeout"] == 3 and kwargs["socket_keepalive"]

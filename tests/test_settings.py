@@ -124,7 +124,7 @@ def test_bad_configuration_in_a_fresh_process_prints_one_line(monkeypatch):
 
 def test_network_bounds_are_defaults_the_environment_overrides():
     """A silent network must fail a caller, not hang it: keepalives and tcp_user_timeout are on by default."""
-    from forkpool.connections import connect_params
+    from forkpool._base import connect_params
 
     params = connect_params(build_settings(dsn="host=db dbname=app"), 5)
     assert {

@@ -26,8 +26,8 @@ import forkpool
 import forkpool.identity
 from forkpool import _protect as protection
 from forkpool import _sockets as kernel_sockets
+from forkpool._base import drop_without_io
 from forkpool._endpoints import postgres
-from forkpool.connections import detach_inherited
 from tests.conftest import backend_pids
 
 
@@ -153,7 +153,7 @@ def test_a_per_process_client_first_releases_everything_inherited(key, monkeypat
     pool = forkpool.get_pool()
     make = forkpool.per_process(
         lambda: psycopg2.connect(database_url, application_name=forkpool.identity.application_name()),
-        detach=detach_inherited,
+        detach=drop_without_io,
         close=lambda c: c.close(),
         key=key,
     )

@@ -87,7 +87,7 @@ def test_unexpected_errors_are_json_500_without_details(client):
 def test_publish_retry_on_a_silent_broker_stays_within_the_web_redis_bound():
     """kombu's publish waits its socket timeout, then connects max_retries + 1 times (sleeping the
     policy's intervals between): that worst case must fit the bound the redis-blackhole scenario checks."""
-    from forkpool.redis_client import CONNECT_TIMEOUT, SOCKET_TIMEOUT
+    from forkpool.redis import CONNECT_TIMEOUT, SOCKET_TIMEOUT
     from harness.net_scenarios import REDIS_BOUND_S
     from web.api import PUBLISH_RETRY
 

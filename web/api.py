@@ -16,7 +16,7 @@ from forkpool import identity
 ITEM_COLUMNS = "id, name, payload, created_at"
 JOB_TTL_SECONDS = 24 * 3600
 # kombu's publish retry: the publish waits its socket timeout (5 s), then kombu reconnects
-# max_retries + 1 times, each connect up to 3 s (forkpool.redis_client's network options):
+# max_retries + 1 times, each connect up to 3 s (forkpool.redis's network options):
 # at most 5 + 2 x 3 = 11 s on a silent broker (9.0 s measured), within the web's Redis bound (11.4 s,
 # harness/net_scenarios.py); two retries measured 11.2 s, and the delete that followed a failed
 # publish waited on until the network came back (a CI run: 14.6 s). A broker that refuses (a

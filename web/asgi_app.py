@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 import forkpool
 import forkpool.identity
 import forkpool.redis
-from forkpool.aio_registry import OPEN_TIMEOUT
+from forkpool._registry import OPEN_TIMEOUT
 from forkpool.gunicorn import ASGI_ROLE
 from forkpool.identity import DEFAULT_ROLE
 from forkpool.settings import env_int

@@ -1,6 +1,6 @@
 """All of the workers' Celery settings, in one module (``app.config_from_object``)."""
 
-from forkpool.redis_client import network_options
+from forkpool.redis import network_options
 from forkpool.settings import env_int
 from suite.queue import broker_url as _broker_url
 from suite.queue import queue_name
@@ -33,7 +33,7 @@ broker_connection_retry_on_startup = True
 # A task taken but not acknowledged (its ack lost with the broker connection) is
 # redelivered after this many seconds; keep it above the longest task.
 # A silent broker (packets dropped, no RST) must not hang a publish or the consumer: socket
-# timeouts and kernel keepalives as the web's Redis client has (forkpool.redis_client), and kombu's
+# timeouts and kernel keepalives as the web's Redis client has (forkpool.redis), and kombu's
 # check that drops a BRPOP connection whose reply is overdue by health_check_interval. Workers run
 # with --without-heartbeat (Procfile, docker-compose.yml, the harness): the heartbeat publishes in
 # the consumer's event loop with retry=True and no retry limit (celery#5066; kombu#1024, #902 report

@@ -20,17 +20,16 @@ Python's hooks). See docs/fork-story.md for why.
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
-    _base, _endpoints, _process, _redact, errors, identity
-    _drivers, _sockets, extras, fork_quiet
-    _integrations, live_pools, metrics_dir, redis_client, settings
-    _protect, aio_redis, connections, manager
-    maintenance, upkeep, waiter
-    _pool, aio_upkeep
-    _pool_async, _registry
-    aio_registry, budget, metrics
-    _servers, doctor, fork, health, redis
-    flask
-    _cli, celery, gunicorn, rq, uwsgi
+    _endpoints, _process, errors, identity
+    _drivers, _metrics_dir, _sockets, fork, rq
+    redis, settings
+    _base
+    _integrations, _pool, _pool_async
+    _protect
+    _registry
+    budget, health, metrics
+    _servers, doctor, flask
+    _cli, celery, gunicorn, uwsgi
     django
 """
 
@@ -49,18 +48,17 @@ from ._pool import Pool
 from ._pool_async import AsyncPool
 from ._process import per_process
 from ._protect import protect
-from ._registry import close_all, configure, get_pool, pool_for
-from .aio_registry import close_async_pools, get_async_pool, open_async_pools
+from ._registry import close_all, close_async_pools, configure, get_async_pool, get_pool, open_async_pools, pool_for
 from .errors import (
     ConfigError,
     ConnectError,
     ForkpoolError,
+    MissingExtra,
     PoolClosed,
     PoolError,
     PoolTimeout,
     TooManyWaiting,
 )
-from .extras import MissingExtra
 from .settings import PoolSettings
 
 __version__ = "0.2.0"

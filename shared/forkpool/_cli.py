@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from ._redact import describe_error, redact_text
 from .errors import ConfigError, ForkpoolError
+from .settings import describe_error, redact_text
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
 ENTRY_POINT_GROUP = "forkpool.commands"

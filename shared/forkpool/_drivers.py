@@ -19,7 +19,7 @@ while a query runs: the detach never takes it, as it never calls ``close()``.
 "Detach after fork" and "its socket" are not methods here because they are the
 same for every driver: both connection types (and psycopg 3's async one) expose
 ``fileno()``, libpq's ``PQsocket()``, read without a lock or I/O, and both guard
-deallocation by pid. So ``connections.detach_inherited`` (the fork detach, for
+deallocation by pid. So ``_base.drop_without_io`` (the fork detach, for
 the threaded and the asyncio pool alike) and ``Entry``'s idle-socket poll use
 ``fileno()`` directly; a driver without those two properties would need its own
 detach, and would be added here then. tests/test_foreign_dealloc.py checks the

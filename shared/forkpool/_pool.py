@@ -1,10 +1,12 @@
 """A thread-safe PostgreSQL connection pool owned by exactly one process.
 
 One lock guards the deques and counters. Callers that find no free connection
-queue FIFO, each sleeping on its own lock outside the pool lock (see waiter.py).
+queue FIFO, each sleeping on its own lock outside the pool lock (``Waiter``).
 Connecting, health checks, rollbacks and closing happen outside the lock.
-A background maintainer (maintenance.py) refills to ``min_size`` with
-backoff, trims idle and expired connections and reports leaks.
+A background maintainer (``Maintainer``) refills to ``min_size`` with
+backoff, trims idle and expired connections and reports leaks. What the pool
+decides it shares with the asyncio pool (``_base.BasePool``); this module adds
+the lock, the waiters and the thread.
 
 After ``fork()`` a pool is dead in the child: the at-fork hook at the end of
 this module calls ``detach_after_fork`` on every pool the child inherited, which
@@ -19,44 +21,46 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _base as keys
-from ._drivers import get_driver
-from ._process import notice_fork
-from ._redact import describe_error
-from .connections import (
+from . import _process as fork_quiet
+from ._base import (
+    INTERVAL,
+    JUST_RETURNED,
+    BasePool,
     Entry,
     close_quietly,
     connect,
     connection,
-    detach_inherited,
     format_checkout_stack,
     hook_name,
+    live_pools,
+    next_backoff,
     rollback_quietly,
+    stats_listeners,
 )
+from ._drivers import get_driver
+from ._process import notice_fork
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
-from .live_pools import all_pools
-from .maintenance import Maintainer
-from .settings import PoolSettings, session_of, with_hooks
-from .upkeep import PoolUpkeep
-from .waiter import Waiter
+from .settings import PoolSettings, with_hooks
+
+if TYPE_CHECKING:
+    import threading
+
+    from .settings import PoolSettings
 
 logger = logging.getLogger("forkpool.pool")
-
-# A connection back for less than this long was in use a moment ago: a termination
-# landing in that moment goes unseen, as one landing while the caller held it does.
-# Polling it would cost more than the rest of the checkout (see BENCHMARKS.md).
-JUST_RETURNED = 0.001
 
 _monotonic = time.monotonic  # the hot path's clock, without two attribute lookups per call
 _getpid = os.getpid
 
 
-class Pool(PoolUpkeep):
+class Pool(BasePool):
     """Connections to one server and database, for the threads of one process."""
 
     def __init__(
@@ -69,29 +73,14 @@ class Pool(PoolUpkeep):
     ) -> None:
         """`configure` / `reset`: per-connection hooks, as ``PoolSettings.configure`` / ``reset`` (which they replace)."""
         settings = with_hooks(settings, configure, reset)
-        self.name = name
-        self.settings = settings
-        self.identity = settings.identity
-        self.pid = os.getpid()
         self.driver = get_driver(settings.driver)
-        self.session = session_of(settings)  # the state every connection is lent in
+        super().__init__(settings, name)
         self._is_clean = self.driver.clean_check(self.session)  # putconn's one question, made once
         self._lock = threading.Lock()
         self._size_changed = threading.Condition(self._lock)
-        self._idle: deque[Entry] = deque()  # LIFO: hot connections stay hot, cold ones age out
-        self._in_use: dict[connection, Entry] = {}
         self._waiting: deque[Waiter] = deque()
-        self._opening = 0
-        self._closed = False
-        self._inherited = False
-        # Connections last verified before this moment must be checked before use.
-        self._suspect_before = 0.0
-        self._last_connect_error = ""  # the latest refill failure, for the maintainer's log line
-        self._counts = dict.fromkeys(keys.COUNTERS, 0)
-        self._wait_times: deque[float] = deque(maxlen=1000)  # queued waits, drained by the metrics export
-        self.last_active = time.monotonic()  # last checkout: what least-recently-used eviction goes by
         self._maintainer = Maintainer(self)
-        all_pools().add(self)
+        live_pools().add(self)
 
     # -- public API -----------------------------------------------------------------
 
@@ -129,7 +118,9 @@ class Pool(PoolUpkeep):
             # Inherited across a fork no Python hook saw (uWSGI forks in C): release what the
             # process inherited first; this pool is then detached and refuses (PoolClosed).
             notice_fork()
-        if self._maintainer.paused:  # ended for a fork and not restarted by the hook (fork_quiet.py)
+        if (
+            self._maintainer.paused
+        ):  # ended for a fork and not restarted by the hook (_process.py, "background threads no fork sees")
             self._maintainer.resume()
         entry = self._take_idle()
         if entry is None or not self._usable(entry):
@@ -202,9 +193,7 @@ class Pool(PoolUpkeep):
     def stats(self) -> dict[str, Any]:
         """A consistent snapshot; keys are the constants of ``forkpool._base``."""
         with self._lock:
-            return keys.snapshot(
-                self, len(self._idle), len(self._in_use), len(self._waiting), self._opening, self._counts
-            )
+            return self._snapshot(len(self._waiting))
 
     def close(self) -> None:
         """Close idle connections now, in-use ones as they come back; wake waiters with PoolClosed."""
@@ -224,19 +213,6 @@ class Pool(PoolUpkeep):
         for entry in idle:
             close_quietly(entry.conn)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def last_connect_error(self) -> str:
-        """The latest failure to open a connection (redacted), "" if none yet."""
-        return self._last_connect_error
-
-    def __repr__(self) -> str:
-        state = "inherited" if self._inherited else "closed" if self._closed else "open"
-        return f"<Pool {self.name!r} {self.identity} pid={self.pid} {state}>"
-
     def detach_after_fork(self) -> None:
         """In a forked child: drop inherited connections with no network I/O. Idempotent.
 
@@ -247,11 +223,7 @@ class Pool(PoolUpkeep):
             return
         self._lock = threading.Lock()
         self._size_changed = threading.Condition(self._lock)
-        self._closed = self._inherited = True
-        for entry in [*self._idle, *self._in_use.values()]:
-            detach_inherited(entry.conn)
-        self._idle.clear()
-        self._in_use.clear()
+        self._let_go_after_fork()
         self._waiting.clear()
         self._maintainer.forget_after_fork()
 
@@ -292,14 +264,6 @@ class Pool(PoolUpkeep):
         if grow:
             return self._open_for_caller(deadline), True
         return self._wait_for(waiter, deadline, wait), True
-
-    def _lend(self, entry: Entry) -> Entry:
-        # Called with the pool lock held. Inlined in _take_idle(): keep the two alike.
-        entry.checked_out_at = self.last_active = _monotonic()
-        entry.leak_reported = False
-        self._in_use[entry.conn] = entry
-        self._counts[keys.CHECKOUTS] += 1
-        return entry
 
     def _enqueue(self) -> Waiter:
         # Called with the pool lock held.
@@ -344,11 +308,6 @@ class Pool(PoolUpkeep):
             served = waiter.entry  # _hand_over sets it under this lock
         if served is not None:
             self.putconn(served.conn)
-
-    def _count_wait(self, waited: float) -> None:
-        # Called with the pool lock held.
-        self._counts[keys.WAIT_MS_TOTAL] += waited * 1000.0
-        self._wait_times.append(waited)
 
     def _open_for_caller(self, deadline: float) -> Entry:
         try:
@@ -401,23 +360,12 @@ class Pool(PoolUpkeep):
         never had it and it does not count as a checkout.
         """
         with self._lock:
-            self._in_use.pop(entry.conn, None)
-            if not checked_out:
-                self._counts[keys.CHECKOUTS] -= 1
-            self._counts[keys.CONNECTIONS_CLOSED] += 1
-            if broken:
-                self._counts[keys.CONNECTIONS_DISCARDED] += 1
-                # One dead connection suggests the others may be too (server restart):
-                # everything verified before now gets a round trip before reuse.
-                self._suspect_before = time.monotonic()
+            self._forget_retired(entry, broken, checked_out)
             self._size_changed.notify_all()
         close_quietly(entry.conn)
         if broken:
             logger.info("%r: discarded a broken connection", self)
         self._maintainer.wake()
-
-    def _size(self) -> int:
-        return len(self._idle) + len(self._in_use)
 
     def _raise_if_unusable(self) -> None:
         if self._inherited:
@@ -428,5 +376,291 @@ class Pool(PoolUpkeep):
         if self._closed:
             raise PoolClosed(f"{self!r} is closed")
 
-    def _describe(self, exc: BaseException) -> str:
-        return self.settings.redact(describe_error(exc))
+    def fill(self, deadline: float | None = None) -> bool:
+        """Open connections up to the deficit; False on the first failure (caller backs off)."""
+        with self._lock:
+            wanted = self._reserve_deficit(len(self._waiting))
+        for done in range(wanted):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._release_reservations(wanted - done)
+                return False
+            try:
+                entry = connect(self.settings, left)
+            except self.driver.Error as exc:
+                self._last_connect_error = self._describe(exc)
+                self._connect_failed(wanted - done)
+                return False
+            self._add_new(entry)
+        return True
+
+    def _release_reservations(self, count: int) -> None:
+        with self._lock:
+            self._opening -= count
+
+    def _connect_failed(self, unopened: int) -> None:
+        """A refill failed: with no connection open that could come back, waiting is futile."""
+        with self._lock:
+            stranded = self._strand_after_failed_refill(unopened, self._waiting)
+        for waiter in stranded:
+            waiter.fail(ConnectError(f"{self!r}: cannot connect: {self._last_connect_error}"))
+
+    def _add_new(self, entry: Entry) -> None:
+        with self._lock:
+            self._opening -= 1
+            self._counts[keys.CONNECTIONS_OPENED] += 1
+            if not self._closed:
+                self._hand_over(entry)
+                self._size_changed.notify_all()
+                return
+            self._counts[keys.CONNECTIONS_CLOSED] += 1
+        close_quietly(entry.conn)
+
+    def take_expired_idle(self) -> list[Entry]:
+        """Remove (for the caller to close) idle connections past ``max_lifetime``,
+        those idle past ``max_idle`` while the pool is above ``min_size``, and those the
+        kernel already ended (a server that hung up, a silent network that keepalives caught):
+        replaced now, not found dead by the next caller, and the pool is full again."""
+        with self._lock:
+            return self._take_expired_idle()
+
+    def drain_wait_times(self) -> list[float]:
+        """Seconds each queued caller waited since the last drain (for the wait histogram)."""
+        with self._lock:
+            return self._drain_wait_times()
+
+    def take_overdue_checkouts(self) -> list[Entry]:
+        """Checked-out connections held past ``leak_timeout`` and not yet reported (now marked)."""
+        if not self.settings.leak_timeout:
+            return []
+        with self._lock:
+            return self._take_overdue_checkouts()
+
+
+# -- a caller queued for a connection ------------------------------------------------------------------------
+# A caller queued for a connection, with a wake-up of its own.
+#
+# The pool keeps waiters in a FIFO deque under the pool lock; each waiter sleeps
+# on its own lock, outside the pool lock, so handing a connection to the
+# longest-waiting caller wakes exactly that caller.
+#
+# The lock is created held and released once, by whoever takes the waiter off the
+# queue: that is the one-sleeper case of a ``threading.Condition`` without the
+# Condition's bookkeeping (a lock allocated and taken twice per wait), and it
+# makes a contended checkout 11-22 % cheaper (``benchmarks/hotpath.py``, S5).
+#
+# Invariant: only the thread that removed a waiter from the pool's queue, under
+# the pool lock, may serve or fail it; a waiter that times out gives up only if
+# it is still queued, checked under the pool lock. So the lock is released exactly
+# once, and a served waiter never misses its connection.
+
+
+class Waiter:
+    __slots__ = ("_wakeup", "entry", "error", "started")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()  # held until served or failed
+        self.entry: Entry | None = None
+        self.error: BaseException | None = None
+
+    def sleep(self, timeout: float) -> bool:
+        """Sleep until served or failed; False if `timeout` passed first."""
+        return self._wakeup.acquire(timeout=timeout)
+
+    def sleep_until_woken(self) -> None:
+        """After a timeout lost the race: taken off the queue, the wake-up is on its way."""
+        self._wakeup.acquire()
+
+    def serve(self, entry: Entry) -> None:
+        """Hand `entry` over (the caller took this waiter off the queue)."""
+        self.entry = entry
+        self._wakeup.release()
+
+    def fail(self, error: BaseException) -> None:
+        """Wake the waiter with an error, e.g. the pool closing (the caller took it off the queue)."""
+        self.error = error
+        self._wakeup.release()
+
+
+# -- the maintainer: the pool's background thread ------------------------------------------------------------
+# The pool's background thread: refill to min_size with backoff, trim, report leaks.
+#
+# It holds the pool by weak reference, so a pool nobody uses any more is
+# collected and its thread ends. Threads do not survive fork: a child's pools
+# are new objects with maintainers of their own. In the parent the thread is not
+# alive across a fork either (Python 3.12+ warns about a fork with threads):
+# _process.py ends it before and starts it again after (docs/maintainer.md).
+
+
+class Maintainer:
+    """One pool's upkeep thread. It is not alive across a fork (see _process.py): ended
+    before, started again in the parent after, with its backoff kept."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = weakref.ref(pool)
+        self._name = pool.name
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._server_back = threading.Event()  # ends a backoff early: a caller just connected
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        # Invariants, under _start_lock: _thread is the running thread or None (a thread clears it
+        # itself, under the lock, as it ends); a thread runs only while _wanted and not _paused.
+        self._wanted = False  # start() was called: upkeep should run whenever no fork is under way
+        self.paused = fork_quiet.forking()  # ended for a fork; Pool.getconn() resumes it if the hook did not
+        # Both survive a pause: a fork neither resets a backoff in progress nor brings a round forward.
+        self._backoff = 0.0
+        self._next_round_at = 0.0
+        self._woken = self._back = False  # wake() / server_is_back() called since the last round
+        fork_quiet.register(self)
+
+    def start(self) -> None:
+        if self.paused and not fork_quiet.forking():
+            self.resume()  # opened again after a fork whose hook left the threads ended
+        with self._start_lock:
+            self._wanted = True
+            self._spawn_if_due()
+
+    def _spawn_if_due(self) -> None:
+        # Called with _start_lock held.
+        if self._thread is None and self._wanted and not self.paused and not self._stopping.is_set():
+            self._thread = threading.Thread(target=self._run, name=f"forkpool-maintainer[{self._name}]", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        self._woken = True
+        self._wake.set()
+
+    def server_is_back(self) -> None:
+        """A caller connected while we were backing off: refill now, not at the end of the backoff."""
+        self._back = True
+        self._server_back.set()
+
+    def pause_for_fork(self) -> threading.Thread | None:
+        with self._start_lock:
+            self.paused = True
+            thread = self._thread
+            if thread is not None:
+                self._wake.set()
+                self._server_back.set()
+        return thread
+
+    def resume_after_fork(self) -> None:
+        with self._start_lock:
+            self.paused = False
+            self._spawn_if_due()
+
+    def resume(self) -> None:
+        """The first use of the pool after a fork whose hook did not restart the threads."""
+        fork_quiet.resume_threads()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._server_back.set()
+        with self._start_lock:
+            thread = self._thread
+            ran = self._wanted
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        pool = self._pool()
+        if pool is not None and ran:
+            _publish(pool)  # the last counts before the pool's gauges go to zero
+            for _, forget in list(stats_listeners().values()):
+                forget(pool)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child the thread is gone and its events' locks may be stale."""
+        self._wake = threading.Event()
+        self._server_back = threading.Event()
+        self._stopping = threading.Event()
+        self._stopping.set()
+        self._start_lock = threading.Lock()
+        self._thread = None
+        self._wanted = self.paused = False
+
+    def _run(self) -> None:
+        while True:
+            self._rounds()
+            with self._start_lock:
+                if self._stopping.is_set() or self.paused or self._thread is not threading.current_thread():
+                    if self.paused:
+                        self._keep_pending_wakes()
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
+            # Resumed between the last round and here: carry on as the same thread.
+
+    def _rounds(self) -> None:
+        while not self._stopping.is_set() and not self.paused:
+            now = time.monotonic()
+            if now < self._next_round_at:
+                # wake() (a discard) must not cut a backoff short; proof that the server is back does.
+                (self._server_back if self._backoff else self._wake).wait(self._next_round_at - now)
+                if self.paused:
+                    return
+                self._woken = self._back = False
+                self._wake.clear()
+                self._server_back.clear()
+            backoff = self._round(self._backoff)
+            if backoff < 0:
+                self._stopping.set()  # the pool is gone: nothing to resume
+                return
+            self._backoff = backoff
+            self._next_round_at = time.monotonic() + (backoff or INTERVAL)
+
+    def _keep_pending_wakes(self) -> None:
+        # Called with _start_lock held. pause_for_fork() set both events (under that lock) to end
+        # the wait: only real wake-ups survive the fork.
+        self._wake.clear()
+        self._server_back.clear()
+        if self._woken:
+            self._wake.set()
+        if self._back:
+            self._server_back.set()
+
+    def _round(self, backoff: float) -> float:
+        """One round of upkeep; returns the backoff before the next (-1: pool gone)."""
+        pool = self._pool()
+        if pool is None or pool.closed:
+            return -1.0
+        try:
+            for entry in pool.take_expired_idle():
+                close_quietly(entry.conn)
+            filled = pool.fill()
+            report_leaks(pool)
+            _publish(pool)
+        except Exception:  # the thread must outlive any one bad round
+            logger.exception("%r: maintenance round failed", pool)
+            return next_backoff(backoff)
+        if filled:
+            if backoff:
+                logger.info("%r: connected again", pool)
+            return 0.0
+        delay = next_backoff(backoff)
+        logger.warning("%r: cannot connect: %s; retrying in %.1f s", pool, pool.last_connect_error, delay)
+        return delay
+
+
+def report_leaks(pool: Pool) -> None:
+    """Log, once per checkout, each connection held longer than ``leak_timeout``, with its stack."""
+    now = time.monotonic()
+    for entry in pool.take_overdue_checkouts():
+        stack = "".join(entry.checkout_stack or ["  (stack not recorded)\n"])
+        logger.warning(
+            "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
+            pool,
+            now - entry.checked_out_at,
+            pool.settings.leak_timeout,
+            stack,
+        )
+
+
+def _publish(pool: Pool) -> None:
+    for publish, _ in list(stats_listeners().values()):
+        try:
+            publish(pool)
+        except Exception:  # metrics are best effort; the pool must go on
+            logger.debug("%r: exporting metrics failed", pool, exc_info=True)

@@ -6,7 +6,8 @@ lock is needed: that is the invariant, and nothing here mutates pool state
 after an ``await`` without checking again. Callers that find no free
 connection wait FIFO, each on a future of its own; connecting, checks,
 rollbacks and closing happen outside any such section. A maintainer task
-(aio_upkeep.py) refills to ``min_size`` with backoff, trims and reports leaks.
+refills to ``min_size`` with backoff, trims and reports leaks. What the pool
+decides it shares with the threaded pool (``_base.BasePool``).
 
 Cancellation: a caller cancelled while waiting leaves the queue (or hands back
 the connection it was served at that very moment); one cancelled while holding
@@ -24,25 +25,36 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _base as keys
+from ._base import (
+    INTERVAL,
+    JUST_RETURNED,
+    BasePool,
+    Entry,
+    connect_params,
+    format_checkout_stack,
+    hook_name,
+    live_pools,
+    next_backoff,
+    setup_left_dirty,
+    stats_listeners,
+)
 from ._drivers import PSYCOPG, Session, get_driver
-from ._pool import JUST_RETURNED
 from ._process import notice_fork
-from ._redact import describe_error
-from .aio_upkeep import AsyncPoolUpkeep
-from .connections import Entry, connect_params, format_checkout_stack, hook_name, setup_left_dirty
-from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
-from .extras import import_extra
-from .live_pools import all_pools
-from .settings import PoolSettings, session_of, with_hooks
+from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting, import_extra
+from .settings import PoolSettings, describe_error, with_hooks
+
+if TYPE_CHECKING:
+    from ._base import Entry
+    from .settings import PoolSettings
 
 logger = logging.getLogger("forkpool.pool")
 _monotonic = time.monotonic
 
 
-class AsyncPool(AsyncPoolUpkeep):
+class AsyncPool(BasePool):
     """Connections to one server and database, for the coroutines of one event loop in one process."""
 
     def __init__(
@@ -59,29 +71,18 @@ class AsyncPool(AsyncPoolUpkeep):
         self._psycopg = psycopg
         self._idle_status = int(psycopg.pq.TransactionStatus.IDLE)
         self._intrans = (int(psycopg.pq.TransactionStatus.INTRANS), int(psycopg.pq.TransactionStatus.INERROR))
-        self.name = name
-        self.settings = settings
-        self.identity = settings.identity
-        self.session = session_of(settings)  # the state every connection is lent in
+        super().__init__(settings, name)
         self._driver = get_driver(PSYCOPG)
         self._level = self._driver.level(self.session)  # type: ignore[attr-defined]  # PsycopgDriver's
         self._is_clean = self._driver.clean_check(self.session)  # the same question as the threaded pool's
-        self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
-        self._idle: deque[Entry] = deque()  # LIFO
-        self._in_use: dict[Any, Entry] = {}
         self._waiting: deque[tuple[asyncio.Future[Entry], float]] = deque()  # (future, when it queued)
-        self._opening = 0
-        self._closed = False
-        self._inherited = False
-        self._suspect_before = 0.0
-        self._last_connect_error = ""
-        self._counts = dict.fromkeys(keys.COUNTERS, 0)
-        self._wait_times: deque[float] = deque(maxlen=1000)
         self._size_changed = asyncio.Event()
-        self.last_active = _monotonic()
-        self._init_upkeep()
-        all_pools().add(self)  # the at-fork hook detaches it in a child, as it does the threaded pools
+        self._task: asyncio.Task[None] | None = None  # the maintainer
+        self._wake = asyncio.Event()
+        self._back = asyncio.Event()  # a caller connected: end a backoff early
+        self._closing: set[asyncio.Task[None]] = set()  # background closes, awaited by close()
+        live_pools().add(self)  # the at-fork hook detaches it in a child, as it does the threaded pools
 
     # -- public API -----------------------------------------------------------------
 
@@ -207,8 +208,7 @@ class AsyncPool(AsyncPoolUpkeep):
 
     def stats(self) -> dict[str, Any]:
         """A snapshot with the keys of ``forkpool._base``, as the threaded pool's."""
-        waiting = sum(1 for f, _ in self._waiting if not f.done())
-        return keys.snapshot(self, len(self._idle), len(self._in_use), waiting, self._opening, self._counts)
+        return self._snapshot(sum(1 for f, _ in self._waiting if not f.done()))
 
     async def close(self) -> None:
         """Close idle connections now, in-use ones as they come back; waiters get PoolClosed."""
@@ -226,24 +226,14 @@ class AsyncPool(AsyncPoolUpkeep):
         for entry in idle:
             await _quietly(entry.conn.close())
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __repr__(self) -> str:
-        state = "inherited" if self._inherited else "closed" if self._closed else "open"
-        return f"<AsyncPool {self.name!r} {self.identity} pid={self.pid} {state}>"
+    _kind = "AsyncPool"
 
     def detach_after_fork(self) -> None:
         """In a forked child: drop every connection with no I/O and no lock (the at-fork hook). Idempotent."""
-        from .connections import detach_inherited
-
         if self._inherited:
             return
-        self._closed = self._inherited = True
-        for entry in [*self._idle, *self._in_use.values()]:
-            detach_inherited(entry.conn)
-        self._idle, self._in_use, self._waiting = deque(), {}, deque()
+        self._let_go_after_fork()
+        self._waiting = deque()
         self._forget_maintainer()
 
     # -- checkout ---------------------------------------------------------------------
@@ -306,13 +296,6 @@ class AsyncPool(AsyncPoolUpkeep):
         self._counts[keys.CHECKOUTS] -= 1
         self._hand_over(entry)
 
-    def _lend(self, entry: Entry) -> Entry:
-        entry.checked_out_at = self.last_active = _monotonic()
-        entry.leak_reported = False
-        self._in_use[entry.conn] = entry
-        self._counts[keys.CHECKOUTS] += 1
-        return entry
-
     def _hand_over(self, entry: Entry) -> None:
         """The longest waiter still waiting gets `entry`, else it goes idle. No await in here."""
         while self._waiting:
@@ -324,10 +307,6 @@ class AsyncPool(AsyncPoolUpkeep):
             future.set_result(entry)
             return
         self._idle.append(entry)
-
-    def _count_wait(self, waited: float) -> None:
-        self._counts[keys.WAIT_MS_TOTAL] += max(waited, 0.0) * 1000.0
-        self._wait_times.append(max(waited, 0.0))
 
     async def _open_for_caller(self, deadline: float) -> Entry:
         try:
@@ -424,13 +403,8 @@ class AsyncPool(AsyncPoolUpkeep):
 
     def _retire(self, entry: Entry, broken: bool, checked_out: bool = True) -> None:
         """Close a lent connection for good (in the background); the maintainer replaces it."""
-        self._in_use.pop(entry.conn, None)
-        if not checked_out:
-            self._counts[keys.CHECKOUTS] -= 1
-        self._counts[keys.CONNECTIONS_CLOSED] += 1
+        self._forget_retired(entry, broken, checked_out)
         if broken:
-            self._counts[keys.CONNECTIONS_DISCARDED] += 1
-            self._suspect_before = _monotonic()
             logger.info("%r: discarded a broken connection", self)
         self._size_changed.set()
         self._background(_quietly(entry.conn.close()))
@@ -443,9 +417,6 @@ class AsyncPool(AsyncPoolUpkeep):
         task.add_done_callback(self._closing.discard)
         return task
 
-    def _size(self) -> int:
-        return len(self._idle) + len(self._in_use)
-
     def _raise_if_unusable(self) -> None:
         if self.pid != os.getpid():
             notice_fork()  # a fork no Python hook saw: the process releases what it inherited, this pool too
@@ -454,8 +425,121 @@ class AsyncPool(AsyncPoolUpkeep):
         if self._closed:
             raise PoolClosed(f"{self!r} is closed")
 
-    def _describe(self, exc: BaseException) -> str:
-        return self.settings.redact(describe_error(exc))
+    async def fill(self, deadline: float | None = None) -> bool:
+        """Open connections up to the deficit; False on the first failure (the caller backs off)."""
+        wanted = self._reserve_deficit(sum(1 for f, _ in self._waiting if not f.done()))  # before the first await
+        for done in range(wanted):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._opening -= wanted - done
+                return False
+            try:
+                entry = await self.connect(left)
+            except self._psycopg.Error as exc:
+                self._last_connect_error = self._describe(exc)
+                self._connect_failed(wanted - done)
+                return False
+            except BaseException:
+                self._opening -= wanted - done
+                raise
+            self._opening -= 1
+            self._counts[keys.CONNECTIONS_OPENED] += 1
+            if self._closed:
+                self._counts[keys.CONNECTIONS_CLOSED] += 1
+                await _close_quietly(entry.conn)
+                continue
+            self._hand_over(entry)
+            self._size_changed.set()
+        return True
+
+    def _connect_failed(self, unopened: int) -> None:
+        """A refill failed: with no connection open that could come back, waiting is futile."""
+        for future, _ in self._strand_after_failed_refill(unopened, self._waiting):
+            if not future.done():
+                future.set_exception(ConnectError(f"{self!r}: cannot connect: {self._last_connect_error}"))
+
+    def take_expired_idle(self) -> list[Entry]:
+        """Idle connections past max_lifetime, past max_idle above min_size, or already ended by the
+        kernel: removed, for closing (as the threaded pool's upkeep does)."""
+        return self._take_expired_idle()
+
+    def drain_wait_times(self) -> list[float]:
+        return self._drain_wait_times()
+
+    def _report_leaks(self) -> None:
+        limit = self.settings.leak_timeout
+        now = time.monotonic()
+        for entry in self._take_overdue_checkouts():
+            stack = "".join(entry.checkout_stack or ["  (stack not recorded)\n"])
+            logger.warning(
+                "%r: a connection has been checked out for %.1f s (leak_timeout %.1f s); checked out at:\n%s",
+                self,
+                now - entry.checked_out_at,
+                limit,
+                stack,
+            )
+
+    def _start_maintainer(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = self.loop.create_task(self._maintain(), name=f"forkpool-maintainer[{self!r}]")
+
+    def _wake_maintainer(self) -> None:
+        self._wake.set()
+
+    def _server_is_back(self) -> None:
+        self._back.set()
+
+    async def _stop_maintainer(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._publish()
+        for _, forget in list(stats_listeners().values()):
+            forget(self)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _forget_maintainer(self) -> None:
+        # In a forked child: the task belongs to the parent's loop, which is not this process's.
+        self._task = None
+        self._closing = set()
+
+    async def _maintain(self) -> None:
+        backoff = 0.0
+        while not self._closed:
+            try:
+                for entry in self.take_expired_idle():
+                    await _close_quietly(entry.conn)
+                filled = await self.fill()
+                self._report_leaks()
+                self._publish()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the task must outlive any one bad round
+                logger.exception("%r: maintenance round failed", self)
+                filled = False
+            if filled:
+                if backoff:
+                    logger.info("%r: connected again", self)
+                backoff = 0.0
+                await _wait_event(self._wake, INTERVAL)
+            else:
+                backoff = next_backoff(backoff)
+                logger.warning("%r: cannot connect: %s; retrying in %.1f s", self, self._last_connect_error, backoff)
+                await _wait_event(self._back, backoff)
+            self._wake.clear()
+            self._back.clear()
+
+    def _publish(self) -> None:
+        for publish, _ in list(stats_listeners().values()):
+            try:
+                publish(self)
+            except Exception:  # metrics are best effort
+                logger.debug("%r: exporting metrics failed", self, exc_info=True)
 
 
 def _served(future: asyncio.Future[Any]) -> bool:
@@ -466,4 +550,28 @@ async def _quietly(awaitable: Any) -> None:
     try:
         await awaitable
     except Exception:  # noqa: BLE001 - a dying connection may fail any way; it is gone either way
+        pass
+
+
+# -- upkeep: the maintainer task -----------------------------------------------------------------------------
+# The asyncio pool's maintainer: a task that refills with backoff, trims, reports leaks, publishes stats.
+#
+# A mixin of ``AsyncPool``, split out for size; the same invariant holds: pool
+# state changes only between awaits, and is checked again after each one.
+
+logger = logging.getLogger("forkpool.pool")
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await conn.close()
+    except Exception:  # noqa: BLE001 - it is gone either way
         pass

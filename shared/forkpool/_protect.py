@@ -34,9 +34,9 @@ from typing import Any, Protocol, TypeVar
 from ._base import PoolReport
 from ._endpoints import Endpoints
 from ._process import home, install_fork_hooks, notice_fork, noticed_late, on_exit, watch_exit
-from ._redact import describe_error
 from ._sockets import detach_connected_to
 from .errors import ConfigError
+from .settings import describe_error
 
 logger = logging.getLogger("forkpool.protect")
 WARM_IN_WORKER_S = 2.5  # like the server hooks' bound on opening a worker's pools
@@ -238,7 +238,7 @@ def warm_all(deadline: float) -> bool:
     return done
 
 
-def detach_inherited() -> None:
+def _detach_inherited_objects() -> None:
     """In a forked child (at-fork hook, server hooks): the inherited objects let go. Idempotent."""
     pid = os.getpid()
     inherited = [e for e in _entries() if e.pid != pid]
@@ -288,6 +288,6 @@ def _close_at_exit() -> None:
         logger.debug("releasing protected objects at exit failed", exc_info=True)
 
 
-# At interpreter exit and at a multiprocessing child's exit (per_process.close_at_exit).
+# At interpreter exit and at a multiprocessing child's exit (_process.close_at_exit).
 on_exit("protection", _close_at_exit)
-install_fork_hooks("protection", after_in_child=detach_inherited)
+install_fork_hooks("protection", after_in_child=_detach_inherited_objects)

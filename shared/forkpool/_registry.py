@@ -1,31 +1,52 @@
-"""This process's pools, one per name: ``get_pool``, ``configure``, ``pool_for``, ``close_all``.
+"""This process's pools, one per name: ``get_pool``, ``get_async_pool``, ``configure``, ``pool_for``, ``close_all``.
 
 The pools of a process are one ``per_process`` instance (``ProcessPools``):
-created on first use in the process that uses it; in a forked child the
-inherited one is detached (no network I/O, no lock) and the child builds its
-own on first use. Settings registered with ``configure()`` are configuration,
-not connections: they are process-independent and a child keeps them.
+the threaded pools by name, the asyncio pools by event loop then name, and
+what the limits on their number closed. It is created on first use in the
+process that uses it; in a forked child the inherited one is detached (no
+network I/O, no lock) and the child builds its own on first use. Settings
+registered with ``configure()`` are configuration, not connections: they are
+process-independent and a child keeps them. (Every pool object alive,
+named or not, is ``_base.live_pools()``: what fork must detach.)
+
+Asyncio pools: the same object for every coroutine of a loop; another loop in
+the same process (a second ``asyncio.run``) gets its own, since asyncio
+connections belong to the loop that made them; a forked child never uses its
+parent's. Loops are held weakly, so a finished loop's pools are not kept alive
+here. In an ASGI app, open the pools in the lifespan startup of each worker
+(``await get_async_pool()``; ``open_async_pools()`` waits until they are full)
+and close them at lifespan shutdown (``await close_async_pools()``).
+
+Two limits for processes that reach many databases (``pool_for(dsn, ...)``
+returns the same pool for the same configuration and a new one for another),
+both off by default:
+
+- ``DB_MAX_POOLS``: at most this many pools per process; making room evicts the
+  least recently used *idle* pool (never one with a connection in use or a
+  caller waiting); when none is idle, creating another pool fails clearly.
+- ``DB_POOL_IDLE_CLOSE``: close pools nobody used for this many seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import _process as fork_quiet
 from . import _protect as protection
-from . import manager
+from ._base import live_pools
 from ._pool import Pool
-
-# after_fork_in_child, re-exported as forkpool.after_fork_in_child: the one routine a forked child
-# runs; the pools, protected objects and others add their part to it when their modules load.
-from ._process import after_fork_in_child, home, notice_fork, per_process  # noqa: F401
-from ._process import close_all as close_every_instance
-from .errors import ConfigError
-from .live_pools import all_pools
-from .settings import PoolSettings, build_settings, settings_from_env
+from ._pool_async import AsyncPool
+from ._process import after_fork_in_child, close_instances, home, install_fork_hooks, notice_fork, per_process  # noqa: F401
+from .errors import ConfigError, PoolError
+from .settings import PoolSettings, build_settings, env_int, parse_seconds, settings_from_env
 
 logger = logging.getLogger("forkpool.registry")
 
@@ -33,32 +54,77 @@ DEFAULT = "default"
 
 
 class ProcessPools:
-    """The named pools of one process, and what the pool manager's limits closed."""
+    """The pools of one process: threaded ones by name, asyncio ones by loop and name, and what the limits closed."""
 
     def __init__(self) -> None:
-        # Guards creation and removal of pools (not their use).
+        # Guards creation and removal of the threaded pools (not their use).
         self.lock = threading.RLock()
         self.pid = os.getpid()
         self.pools: dict[str, Pool] = {}
-        self.manager_counts = {"evicted": 0, "closed_idle": 0}  # see manager.py
-        self.idle_closer: manager.IdleCloser | None = None
+        # Changed only in the loop's own thread, with no await between a look-up and an insertion.
+        self.by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncPool]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.manager_counts = {"evicted": 0, "closed_idle": 0}  # what the limits closed
+        self.idle_closer: IdleCloser | None = None
 
-    def detach_inherited(self) -> None:
-        # In a forked child, with no lock taken (see per_process): the pools themselves
-        # were detached by live_pools' at-fork hook; dropping them here is all that is left.
+    def detach_after_fork(self) -> None:
+        # In a forked child, with no lock taken (see _process): the pools themselves
+        # were detached by _base's at-fork hook; dropping them here is all that is left.
         for pool in list(self.pools.values()):
             pool.detach_after_fork()
         self.pools = {}
+        self.by_loop = weakref.WeakKeyDictionary()
 
     def close(self) -> None:
+        # The threaded pools; asyncio ones close in their loop (close_async_pools).
         with self.lock:
             pools, self.pools = list(self.pools.values()), {}
         for pool in pools:
             pool.close()
 
+    def make_room(self) -> None:
+        """Called with the lock held, before a new pool is created: DB_MAX_POOLS."""
+        limit = max_pools()
+        if not limit:
+            return
+        open_pools = {name: p for name, p in self.pools.items() if not p.closed}
+        if len(open_pools) < limit:
+            return
+        idle = sorted((p.last_active, name) for name, p in open_pools.items() if is_idle(p))
+        if not idle:
+            raise PoolError(f"{MAX_POOLS_ENV}={limit} pools are open in this process and none is idle")
+        _, victim = idle[0]
+        self._retire(victim, "evicted")
+
+    def close_idle(self, older_than: float) -> None:
+        """Close pools unused for `older_than` seconds (none with a connection in use): DB_POOL_IDLE_CLOSE."""
+        now = time.monotonic()
+        with self.lock:
+            stale = [
+                name
+                for name, p in self.pools.items()
+                if not p.closed and now - p.last_active > older_than and is_idle(p)
+            ]
+            for name in stale:
+                self._retire(name, "closed_idle")
+
+    def start_idle_closer(self) -> None:
+        """One thread per process, when DB_POOL_IDLE_CLOSE is set (called with the lock held)."""
+        if not idle_close_seconds() or self.idle_closer is not None:
+            return
+        self.idle_closer = IdleCloser(self)
+        self.idle_closer.start()
+
+    def _retire(self, name: str, counter: str) -> None:
+        pool = self.pools.pop(name)
+        self.manager_counts[counter] += 1
+        manager_logger.info("%r: %s", pool, counter.replace("_", " "))
+        pool.close()
+
 
 process_pools = per_process(
-    ProcessPools, detach=ProcessPools.detach_inherited, close=ProcessPools.close, key="forkpool.pools"
+    ProcessPools, detach=ProcessPools.detach_after_fork, close=ProcessPools.close, key="forkpool.pools"
 )
 
 
@@ -170,7 +236,7 @@ def configure(
 def pool_for(dsn: str, **options: Any) -> Pool:
     """The pool for this configuration in this process; the same object for the same configuration."""
     settings = build_settings(dsn=dsn, **options)
-    key = manager.config_key(settings)
+    key = config_key(settings)
     state = process_pools()
     with state.lock:
         configured().setdefault(key, settings)
@@ -217,10 +283,10 @@ def close_all() -> None:
     (``after_fork_in_child``): only what this process opened is closed.
     """
     notice_fork()
-    close_every_instance()
+    close_instances()
     protection.release_all()
     pid = os.getpid()
-    for pool in list(all_pools()):  # pools made with Pool(...) directly too; async ones close in their loop
+    for pool in list(live_pools()):  # pools made with Pool(...) directly too; async ones close in their loop
         if pool.pid == pid and isinstance(pool, Pool):
             pool.close()
 
@@ -233,8 +299,8 @@ def manager_stats() -> dict[str, Any]:
         counts = dict(state.manager_counts)
     return {
         "pools": open_count,
-        "max_pools": manager.max_pools(),
-        "idle_close_s": manager.idle_close_seconds(),
+        "max_pools": max_pools(),
+        "idle_close_s": idle_close_seconds(),
         **counts,
     }
 
@@ -246,8 +312,8 @@ def _create_pool(state: ProcessPools, name: str) -> Pool:
         pool = state.pools.get(name)
         if pool is None or pool.closed:
             settings = settings_for(name)
-            manager.make_room(state)
-            manager.start_idle_closer(state)
+            state.make_room()
+            state.start_idle_closer()
             pool = Pool(settings, name)
             state.pools[name] = pool
             _used().add(name)
@@ -263,3 +329,129 @@ def settings_for(name: str) -> PoolSettings:
     if name == DEFAULT:
         return build_settings(**settings_from_env())
     raise ConfigError(f"pool {name!r} is not configured: call forkpool.configure({name!r}, dsn=...) first")
+
+
+# -- the limits: DB_MAX_POOLS, DB_POOL_IDLE_CLOSE (see the module docstring) ---------------------------------
+
+manager_logger = logging.getLogger("forkpool.manager")
+
+MAX_POOLS_ENV = "DB_MAX_POOLS"
+IDLE_CLOSE_ENV = "DB_POOL_IDLE_CLOSE"
+# Keys hash the whole configuration, password included, so a DSN that differs
+# only in its password gets its own pool; the salt keeps the hash from being a
+# handle on the password.
+_SALT = os.urandom(16)
+
+
+def max_pools() -> int:
+    return env_int(MAX_POOLS_ENV, 0, minimum=0)
+
+
+def idle_close_seconds() -> float:
+    raw = os.environ.get(IDLE_CLOSE_ENV, "").strip()
+    value = parse_seconds(IDLE_CLOSE_ENV, raw) if raw else 0.0
+    return max(value, 0.0)
+
+
+def config_key(settings: PoolSettings) -> str:
+    """``<dsn without password>#<8 hex>``: readable in stats, distinct per configuration."""
+    digest = hashlib.blake2b(repr(sorted(vars(settings).items())).encode(), key=_SALT, digest_size=4)
+    return f"{settings.identity}#{digest.hexdigest()}"
+
+
+def is_idle(pool: Any) -> bool:
+    snapshot = pool.stats()
+    return bool(snapshot["in_use"] == 0 and snapshot["waiting"] == 0)
+
+
+class IdleCloser:
+    """The sweep of DB_POOL_IDLE_CLOSE. Its thread is not alive across a fork (_process.py, "background threads no fork sees")."""
+
+    def __init__(self, state: ProcessPools) -> None:
+        self._state = state
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # set to end the thread for a fork
+        self._thread: threading.Thread | None = None  # under _lock: the running thread or None
+        self._paused = fork_quiet.forking()
+        fork_quiet.register(self)
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn_if_due()
+
+    def _spawn_if_due(self) -> None:
+        # Called with _lock held.
+        if self._thread is None and not self._paused and self._state.pid == os.getpid():
+            self._thread = threading.Thread(target=self._run, name="forkpool-idle-closer", daemon=True)
+            self._thread.start()
+
+    def pause_for_fork(self) -> threading.Thread | None:
+        with self._lock:
+            self._paused = True
+            if self._thread is not None:
+                self._stop.set()
+            return self._thread
+
+    def resume_after_fork(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._spawn_if_due()
+
+    def _run(self) -> None:
+        state = self._state
+        try:
+            interval = idle_close_seconds()
+        except ConfigError:
+            interval = 1.0  # read again below, where a bad value stops the thread
+        while state.pid == os.getpid():
+            self._stop.wait(min(1.0, interval / 2))
+            with self._lock:
+                if self._paused:
+                    self._stop.clear()
+                    self._thread = None
+                    return
+            try:
+                interval = idle_close_seconds()  # read again: turning it off stops the thread
+            except ConfigError:
+                interval = 0.0
+            if not interval:
+                with state.lock:
+                    state.idle_closer = None
+                with self._lock:
+                    self._thread = None
+                return
+            state.close_idle(interval)
+
+
+# -- asyncio pools, per process and event loop (see the module docstring) ------------------------------------
+
+OPEN_TIMEOUT = 2.5  # like the server hooks' bound on opening a worker's pools
+
+
+async def get_async_pool(name: str = DEFAULT) -> AsyncPool:
+    """This process's and this loop's pool called `name`: made on first use, the same object after."""
+    loop = asyncio.get_running_loop()
+    pools = process_pools().by_loop.setdefault(loop, {})
+    pool = pools.get(name)
+    if pool is None or pool.closed:
+        # No await between the look-up and the insertion: one coroutine makes the pool.
+        pool = pools[name] = AsyncPool(settings_for(name), name)
+        await pool.open(wait=False)
+    return pool
+
+
+async def open_async_pools(timeout: float = OPEN_TIMEOUT) -> bool:
+    """At an ASGI worker's start: every pool a worker opens (see registry.pool_names), full within `timeout`."""
+    deadline = time.monotonic() + timeout
+    full = True
+    for name in pool_names():
+        pool = await get_async_pool(name)
+        full = await pool.open(wait=True, timeout=max(deadline - time.monotonic(), 0.0)) and full
+    return full
+
+
+async def close_async_pools() -> None:
+    """At lifespan shutdown: close this loop's pools (their sessions end now, not at TCP timeout)."""
+    pools = process_pools().by_loop.pop(asyncio.get_running_loop(), {})
+    for pool in pools.values():
+        await pool.close()

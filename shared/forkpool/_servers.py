@@ -17,10 +17,10 @@ import logging
 import time
 
 from . import _protect as protection
+from ._metrics_dir import multiprocess_dir
 from ._process import after_fork_in_child, home
 from ._registry import close_all, get_pool, pool_names, process_pools
 from .identity import set_process_role
-from .metrics_dir import multiprocess_dir
 
 logger = logging.getLogger("forkpool.lifecycle")
 

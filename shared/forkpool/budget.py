@@ -35,9 +35,8 @@ import psycopg2.extensions
 from . import _protect as protection
 from . import _registry as registry
 from ._integrations import integration_for
-from ._redact import describe_error, redact_text
 from .errors import ConfigError
-from .settings import DEFAULT_SIZE, SIZE_ENV, env_int
+from .settings import DEFAULT_SIZE, SIZE_ENV, describe_error, env_int, redact_text
 
 log = logging.getLogger("forkpool.budget")
 

@@ -26,14 +26,18 @@ import sys
 from typing import Any
 
 from . import _endpoints as endpoints
+from ._metrics_dir import mark_dead, prepare_directory
 from ._process import install_fork_hooks
-from ._servers import DEFAULT_OPEN_TIMEOUT, release_in_master, start_in_child, stop_in_child
+from ._servers import (
+    DEFAULT_OPEN_TIMEOUT,
+    release_in_master,
+    start_in_child,
+    stop_in_child,
+)
 from ._sockets import detach_connected_to
 from .budget import startup_check
-from .errors import ConfigError
-from .extras import import_extra
+from .errors import ConfigError, import_extra
 from .identity import set_process_role
-from .metrics_dir import mark_dead, prepare_directory
 from .settings import env_int
 
 WORKER_ROLE = "worker"

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._base import connection as PgConnection
 from ._pool import Pool
 from ._registry import get_pool
-from .connections import connection as PgConnection
-from .extras import import_extra
+from .errors import import_extra
 from .health import health_check
 
 import_extra("flask", "flask", "forkpool.flask")

@@ -41,11 +41,17 @@ import os
 import sys
 from typing import Any
 
-from ._servers import DEFAULT_OPEN_TIMEOUT, release_in_master, start_async_child, start_in_child, stop_in_child
+from ._metrics_dir import mark_dead, prepare_directory
+from ._servers import (
+    DEFAULT_OPEN_TIMEOUT,
+    release_in_master,
+    start_async_child,
+    start_in_child,
+    stop_in_child,
+)
 from .budget import say, startup_check
 from .errors import ConfigError
 from .identity import process_role, set_process_role
-from .metrics_dir import mark_dead, prepare_directory
 
 WEB_ROLE = "web"
 ASGI_ROLE = "asgi"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from ._redact import describe_error
-from ._registry import manager_stats, open_pools
-from .aio_registry import async_health_check, async_stats
+from ._pool_async import AsyncPool
+from ._registry import manager_stats, open_pools, process_pools
 from .errors import PoolError
+from .settings import describe_error
 
 __all__ = ["async_health_check", "async_stats", "health_check", "manager_stats", "stats"]
 
@@ -28,4 +29,30 @@ def _check(pool: Any, timeout: float) -> dict[str, Any]:
             cur.execute("SELECT 1")
         return {"ok": True, "error": None}
     except (PoolError, pool.driver.Error) as exc:
+        return {"ok": False, "error": pool.settings.redact(describe_error(exc))}
+
+
+def async_stats() -> list[dict[str, Any]]:
+    """Stats of this loop's open pools (call from the loop)."""
+    pools = process_pools().by_loop.get(asyncio.get_running_loop(), {})
+    return [pool.stats() for _, pool in sorted(pools.items()) if not pool.closed]
+
+
+async def async_health_check(timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    """``{pool name: {"ok": bool, "error": str | None}}`` for this loop's open pools, each a real round trip."""
+    pools = process_pools().by_loop.get(asyncio.get_running_loop(), {})
+    return {name: await _check_async(pool, timeout) for name, pool in sorted(pools.items()) if not pool.closed}
+
+
+async def _check_async(pool: AsyncPool, timeout: float) -> dict[str, Any]:
+    import psycopg  # there is a pool: psycopg 3 is installed
+
+    try:
+        # The whole round trip is bounded: a server that accepts but never answers is not ready either.
+        async with asyncio.timeout(timeout), pool.connection(timeout=timeout) as conn:
+            await conn.execute("SELECT 1")
+        return {"ok": True, "error": None}
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {timeout:g} s"}
+    except (PoolError, psycopg.Error) as exc:
         return {"ok": False, "error": pool.settings.redact(describe_error(exc))}

@@ -27,7 +27,7 @@ import threading
 import weakref
 from typing import Any
 
-from .extras import import_extra
+from .errors import import_extra
 
 import_extra("prometheus_client", "prometheus", "forkpool.metrics")
 
@@ -42,13 +42,13 @@ from prometheus_client import (  # noqa: E402
 )
 
 from . import _base as keys  # noqa: E402
+from . import _process as fork_quiet  # noqa: E402
 from . import _protect as protection  # noqa: E402
-from . import fork_quiet  # noqa: E402
+from ._base import add_stats_listener  # noqa: E402
+from ._metrics_dir import MULTIPROC_ENV, multiprocess_dir, pid_alive, pids_with_files  # noqa: E402,F401
 from ._process import install_fork_hooks  # noqa: E402
 from ._registry import open_pools  # noqa: E402
 from .identity import process_role  # noqa: E402
-from .maintenance import add_stats_listener  # noqa: E402
-from .metrics_dir import MULTIPROC_ENV, multiprocess_dir, pid_alive, pids_with_files  # noqa: E402,F401
 
 logger = logging.getLogger("forkpool.metrics")
 
@@ -191,7 +191,7 @@ def export_protected() -> None:
 
 
 class _Exporter:
-    """The thread exporting protected pools: one per process, not alive across a fork (fork_quiet.py)."""
+    """The thread exporting protected pools: one per process, not alive across a fork (_process.py, "background threads no fork sees")."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._process import close_at_exit
-from .extras import import_extra
+from .errors import import_extra
 
 import_extra("rq", "rq", "forkpool.rq")  # without rq: one line saying pip install 'forkpool[rq]'
 

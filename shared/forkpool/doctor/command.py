@@ -15,9 +15,8 @@ import sys
 import time
 from typing import Any
 
-from .._redact import describe_error, dsn_identity, dsn_password, redact_text
-from ..errors import ConfigError
-from ..extras import import_extra
+from ..errors import ConfigError, import_extra
+from ..settings import describe_error, dsn_identity, dsn_password, redact_text
 from .discovery import find_servers, find_trees
 from .findings import ERROR, Expectations, Finding, evaluate
 from .render import as_json, as_table

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import _sockets as procfs
-from ..extras import import_extra
+from ..errors import import_extra
 
 POSTGRESQL, REDIS = "postgresql", "redis"
 _SERVER_PROCESSES = {"postgres": POSTGRESQL, "postmaster": POSTGRESQL, "redis-server": REDIS}

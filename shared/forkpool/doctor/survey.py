@@ -164,7 +164,7 @@ def postgres_sessions(database_url: str) -> list[Session]:
 
 
 def redis_clients(redis_url: str) -> list[Session]:
-    from ..extras import import_extra
+    from ..errors import import_extra
 
     redis = import_extra("redis", "redis", "forkpool doctor --redis-url")
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5, client_name="forkpool-doctor")

@@ -11,7 +11,7 @@ import glob
 import os
 import re
 
-from .extras import import_extra
+from .errors import import_extra
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PID_IN_NAME = re.compile(r"_(\d+)\.db$")
