@@ -11,7 +11,8 @@ with all its extras) and the suite (this directory, with its `dev` and
 then runs the command in it.
 
 `test` first runs the static checks (`ruff check .`, `ruff format --check .`,
-`mypy`: the library, strict; configured in pyproject.toml), one line each, then
+`mypy`: the library, strict; configured in pyproject.toml; `mkdocs build --strict`:
+the docs site, mkdocs.yml), one line each, then
 pytest whatever they found: a lint failure never hides a test result, and the
 command exits with the worst code of all (FORKPOOL_CHECKS=0: skip the checks).
 
@@ -288,6 +289,9 @@ CHECKS = (
     ("mypy (shared/forkpool, strict)", ("mypy",)),
     # import-linter's contracts, in the root pyproject.toml: the library's layers, the suite kept out of it.
     ("lint-imports (layers)", ("lint-imports", "--no-logo")),
+    # The docs site into ./site (ignored by git); --strict: a broken link, anchor or included file fails it
+    # (not with --quiet, which hides the warnings strict mode counts).
+    ("mkdocs build --strict (docs site)", ("mkdocs", "build", "--strict")),
 )
 
 

@@ -33,7 +33,7 @@ forkpool/redis.py, faults.SERVER_NETWORK_SETTINGS); each check allows ALLOWANCE_
   workers/celeryconfig.py) and looks every health_check_interval: 1 + 2 x 5 s. The kernel's
   keepalives end the same socket at ~11 s too. This holds only with the worker's heartbeat off
   (`--without-heartbeat`): the heartbeat publishes inside the consumer's event loop with kombu's
-  retry policy left open (celery#4804), so on a silent broker it reconnected in that loop for as
+  retry policy left open (`retry=True`, from celery#5066; the hang: kombu#1024, #902), so on a silent broker it reconnected in that loop for as
   long as the silence lasted (measured: the loss logged 0.8 s after a 20 s silence ended).
 - celery_resume_bound_s(silence), from the network's return to the first task written after it
   (8.5 s for a silence of 14 or 20 s): a consumer that noticed the loss during the silence retries

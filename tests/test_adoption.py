@@ -163,7 +163,9 @@ def test_recipe_celery_prefork_worker(servers, recipe_env, redis_url, tmp_path, 
 
 # -- the doc shows exactly the files the tests run ----------------------------------------------------
 
-SNIPPET = re.compile(r"^File: \[`(tests/adoption/[^`]+)`\]\([^)]*\)\n\n```[a-z]*\n(.*?)^```$", re.M | re.S)
+SNIPPET = re.compile(
+    r"^File: `(tests/adoption/[^`]+)`\n\n(?:<!-- docs-test: [^\n]* -->\n)?```[a-z]*\n(.*?)^```$", re.M | re.S
+)
 RECIPES = ("wsgi_app", "flask_app", "celery_app")
 
 
@@ -179,7 +181,9 @@ def test_the_doc_shows_each_recipe_file_verbatim():
         assert code == (REPO / path).read_text(), path
 
 
-EXCERPT = re.compile(r"^Excerpt of \[`(tests/adoption/[^`]+)`\]\([^)]*\)\n\n```[a-z]*\n(.*?)^```$", re.M | re.S)
+EXCERPT = re.compile(
+    r"^Excerpt of `(tests/adoption/[^`]+)`\n\n(?:<!-- docs-test: [^\n]* -->\n)?```[a-z]*\n(.*?)^```$", re.M | re.S
+)
 
 
 def test_the_doc_excerpts_of_the_hooks_file_are_in_it():

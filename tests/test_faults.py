@@ -1,7 +1,7 @@
 """Fault scenarios under load, on real servers and processes: each must come back whole.
 
 The figures each run measures are printed (pytest -s shows them) and, for the
-README's reliability section, produced by `forkpool fault all --json`.
+reliability page's table (docs/reliability.md), produced by `forkpool fault all --json`.
 """
 
 from __future__ import annotations

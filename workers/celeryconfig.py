@@ -36,8 +36,9 @@ broker_connection_retry_on_startup = True
 # timeouts and kernel keepalives as the web's Redis client has (forkpool.redis), and kombu's
 # check that drops a BRPOP connection whose reply is overdue by health_check_interval. Workers run
 # with --without-heartbeat (Procfile, docker-compose.yml, the harness): the heartbeat publishes in
-# the consumer's event loop with no retry limit (celery#4804), which froze the consumer for as long
-# as the broker was silent; nothing here reads heartbeats (no gossip, no Flower).
+# the consumer's event loop with retry=True and no retry limit (celery#5066; kombu#1024, #902 report
+# the hang), which froze the consumer for as long as the broker was silent; nothing here reads
+# heartbeats (no gossip, no Flower).
 broker_transport_options = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
     "health_check_interval": 5,

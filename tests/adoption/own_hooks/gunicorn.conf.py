@@ -9,8 +9,9 @@ worker_exit; the pool's size in a worker after post_fork, which opens it eagerly
 import os
 
 import forkpool
-import forkpool.health
 import forkpool.gunicorn
+import forkpool.health
+from forkpool.gunicorn import on_starting, post_worker_init, pre_fork, on_exit  # noqa: F401
 
 preload_app = True
 
