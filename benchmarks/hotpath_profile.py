@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import forkpool
-from forkpool.connections import Entry
+from forkpool._base import Entry
 
 from .machine import load_average, run_context_line, save_text_result
 

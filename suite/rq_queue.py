@@ -16,7 +16,7 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
-from forkpool.redis_client import redis_url
+from forkpool.redis import redis_url
 
 from .queue import TASK_AGGREGATE, TASK_HOLD, TASK_POOL_STATS, TASK_RECORD_EVENT, queue_name
 
