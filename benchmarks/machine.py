@@ -274,11 +274,15 @@ def postmaster_pid(dsn: str) -> int | None:
 def _server_cpu(postmaster: int | None, reaped: bool = False) -> dict[int, float]:
     if postmaster is None:
         return {}
+    try:
+        pids = [postmaster, *(child.pid for child in psutil.Process(postmaster).children())]
+    except psutil.NoSuchProcess:
+        return {}
     found = {}
-    for proc in psutil.process_iter():
-        info = _process_cpu(proc.pid, reaped and proc.pid == postmaster)
-        if info and (info[0] == postmaster or proc.pid == postmaster):
-            found[proc.pid] = info[1]
+    for pid in pids:
+        info = _process_cpu(pid, reaped and pid == postmaster)
+        if info:
+            found[pid] = info[1]
     return found
 
 
