@@ -67,10 +67,11 @@ def _command(parser: Callable[[str], CommandParser]) -> Callable[[Callable[..., 
     def wrap(run: Callable[..., int]) -> Callable[[list[str], str], int]:
         @functools.wraps(run)
         def command(argv: list[str], prog: str) -> int:
+            args = parser(prog).parse_args(argv)  # first: --help and a mistake import nothing more
+
             from .preflight import PreflightError
             from .services import ServiceError
 
-            args = parser(prog).parse_args(argv)
             try:
                 return run(args)
             except PreflightError:

@@ -145,8 +145,8 @@ def assert_run_clean(what: str, result: subprocess.CompletedProcess, forms: list
     assert_clean(f"{what} stderr", result.stderr, forms)
 
 
-# click's `Error: ...`, the suite's `forkpool: ...`, the `forkpool` command's `forkpool NAME: ...`
-ERROR_LINE = re.compile(r"(Error|forkpool( [a-z][a-z0-9_-]*)?): ")
+# the suite's `forkpool: ...`, the `forkpool` command's `forkpool NAME: ...` (every command, the suite's too)
+ERROR_LINE = re.compile(r"forkpool( [a-z][a-z0-9_-]*)?: ")
 
 
 def assert_one_line_error(what: str, result: subprocess.CompletedProcess, forms: list[str] = ALL_NEEDLES) -> str:
