@@ -24,6 +24,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 from forkpool.doctor.discovery import find_servers, find_trees
 from forkpool.doctor.findings import Expectations, evaluate
 from forkpool.doctor.survey import survey
@@ -65,7 +67,7 @@ def main() -> int:
                 refresh_ms.append((time.perf_counter() - started) * 1000)
                 cpu_ms.append((time.process_time() - cpu_started) * 1000)
                 survey_ms.append(found.took_ms)
-            host_processes = sum(entry.isdigit() for entry in os.listdir("/proc"))
+            host_processes = len(psutil.pids())
             command_ms = []
             for _ in range(5):
                 started = time.perf_counter()

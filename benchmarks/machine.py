@@ -15,27 +15,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from harness._procs import kernel_file
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in (kernel_file("cpuinfo") or "").splitlines():  # psutil has no CPU model name
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
 
 
 def _mem_total() -> str | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError):
-        pass
-    return None
+    return f"{psutil.virtual_memory().total / 1024**3:.1f} GiB"
 
 
 def _version(*dists: str) -> str | None:
@@ -237,24 +232,27 @@ def machine_markdown(machine: dict[str, Any], extra_rows: Iterable[tuple[str, st
 
 # -- how busy the machine was during a run ----------------------------------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-
-def _proc_stat() -> list[int] | None:
-    """All CPUs' counters from /proc/stat: user nice system idle iowait irq softirq steal (ticks)."""
-    try:
-        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
+def _cpu_times() -> list[float] | None:
+    """All CPUs' times: user nice system idle iowait irq softirq steal (seconds; None where not all are kept)."""
+    times = psutil.cpu_times()
+    fields = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    if not all(hasattr(times, name) for name in fields):
         return None
+    return [getattr(times, name) for name in fields]
 
 
-def _proc_cpu(pid: int, reaped: bool = False) -> tuple[int, float] | None:
-    """(parent pid, user + system CPU seconds) of a live process, from /proc/<pid>/stat; with
-    `reaped`, plus those of its children that exited and were waited for (cutime, cstime)."""
+def _process_cpu(pid: int, reaped: bool = False) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process; with `reaped`, plus those of its
+    children that exited and were waited for."""
     try:
-        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(rest[1]), sum(int(x) for x in rest[11 : 15 if reaped else 13]) / _TICK
-    except (OSError, ValueError, IndexError):
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            return proc.ppid(), times.user + times.system + (
+                times.children_user + times.children_system if reaped else 0.0
+            )
+    except psutil.Error:
         return None
 
 
@@ -267,7 +265,7 @@ def postmaster_pid(dsn: str) -> int | None:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_backend_pid()")
             backend = cur.fetchone()[0]
-        found = _proc_cpu(backend)
+        found = _process_cpu(backend)
     finally:
         conn.close()
     return found[0] if found else None
@@ -276,13 +274,15 @@ def postmaster_pid(dsn: str) -> int | None:
 def _server_cpu(postmaster: int | None, reaped: bool = False) -> dict[int, float]:
     if postmaster is None:
         return {}
+    try:
+        pids = [postmaster, *(child.pid for child in psutil.Process(postmaster).children())]
+    except psutil.NoSuchProcess:
+        return {}
     found = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            pid = int(entry.name)
-            info = _proc_cpu(pid, reaped and pid == postmaster)
-            if info and (info[0] == postmaster or pid == postmaster):
-                found[pid] = info[1]
+    for pid in pids:
+        info = _process_cpu(pid, reaped and pid == postmaster)
+        if info:
+            found[pid] = info[1]
     return found
 
 
@@ -302,15 +302,15 @@ class CpuMeter:
 
     def __init__(self, postmaster: int | None = None, reaped: bool = False, helpers: Iterable[int] = ()) -> None:
         self.postmaster, self.reaped, self.helpers = postmaster, reaped, [p for p in helpers if p]
-        self._stat, self._self = _proc_stat(), _own_cpu(os.times(), reaped) + self._helpers_cpu()
+        self._stat, self._self = _cpu_times(), _own_cpu(os.times(), reaped) + self._helpers_cpu()
         self._server = _server_cpu(postmaster, reaped)
         self._began = time.monotonic()
 
     def _helpers_cpu(self) -> float:
-        return sum(found[1] for pid in self.helpers if (found := _proc_cpu(pid)))
+        return sum(found[1] for pid in self.helpers if (found := _process_cpu(pid)))
 
     def result(self) -> dict[str, Any] | None:
-        stat, server = _proc_stat(), _server_cpu(self.postmaster, self.reaped)
+        stat, server = _cpu_times(), _server_cpu(self.postmaster, self.reaped)
         mine = _own_cpu(os.times(), self.reaped) + self._helpers_cpu()
         if stat is None or self._stat is None:
             return None

@@ -1,7 +1,7 @@
 """The suite benchmark's servers as subprocesses: Gunicorn serving bench_app, Celery running
 bench_celery, one per variant, each with its own FORKPOOL_NAME (so its connections are named
 ``<suite-id>:<mode-or-role>:<pid>``) and its own start-up file; plus what is read from
-outside: worker pids, RSS (/proc/<pid>/status VmRSS) and server sessions."""
+outside: worker pids, RSS (VmRSS, by psutil) and server sessions."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg2
 
 from harness._procs import free_port
 from harness.processes import SuiteProcess
+from harness.rss import rss_kb
 
 from .startup_probe import STARTUP_FILE_ENV, read_records
 
@@ -113,7 +115,7 @@ class BenchProcess(SuiteProcess):
         return True
 
     def worker_rss_kib(self) -> dict[int, int]:
-        return {pid: rss for pid in self.children() if (rss := rss_kib(pid)) is not None}
+        return {pid: rss for pid in self.children() if (rss := rss_kb(pid)) is not None}
 
     def worker_cpu_seconds(self) -> float:
         """User + system CPU time the worker processes have used so far."""
@@ -179,26 +181,13 @@ class BenchCelery(BenchProcess):
         return self.queue_for(self.variant)
 
 
-def rss_kib(pid: int) -> int | None:
-    """VmRSS of `pid` in KiB: resident memory, pages shared with the master included."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (0 once it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    return times.user + times.system
 
 
 def sessions_by_variant(dsn: str, variants: list[Variant]) -> dict[str, int]:

@@ -180,7 +180,7 @@ def method(plan: Plan, loadgen: LoadGenerator) -> str:
         + "The servers of a generation run "
         "together, idle when not measured. Ratios: variant / floor of the same worker class within each round, "
         "median (min-max) over rounds. Worker CPU us/req: user + system time of the server's worker processes "
-        "during the variant's passes (/proc/<pid>/stat) / requests; PostgreSQL's side (for connect, a backend "
+        "during the variant's passes (the kernel's utime + stime, by psutil) / requests; PostgreSQL's side (for connect, a backend "
         "forked per request) is not in it. "
         + (
             f"Celery: {plan.celery_rounds} rounds of {plan.tasks} tasks per "
@@ -192,9 +192,9 @@ def method(plan: Plan, loadgen: LoadGenerator) -> str:
         + "Start-up: measured inside each worker process "
         "(benchmarks/startup_probe.py) at every start of a server: from entering post_fork / "
         "worker_process_init to leaving it; for asgi, the lifespan startup (where its connections open). "
-        "Memory: VmRSS from /proc/<pid>/status after "
+        "Memory: VmRSS (by psutil) after "
         "the load (last generation; pages shared with the master counted in every worker). CPU use: the "
-        "machine's from /proc/stat over the run; this benchmark = its process, its servers and load "
+        "machine's CPU times (by psutil) over the run; this benchmark = its process, its servers and load "
         "generator (exited children included) and its Redis; its PostgreSQL = the server's processes, "
         "exited backends included."
     )

@@ -58,9 +58,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _ephemeral_low() -> int:
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        return int((kernel_file("sys/net/ipv4/ip_local_port_range") or "").split()[0])
+    except (ValueError, IndexError):
         return 32768  # Linux's default; elsewhere the check below still applies
+
+
+def kernel_file(name: str) -> str | None:
+    """The text of /proc/NAME, or None where it cannot be read (no /proc: not Linux).
+
+    The suite reads process facts (children, status, memory, CPU times, open files, command lines) through
+    psutil. This is the one place it reads /proc itself, for what psutil has no API for: a sysctl
+    (net.ipv4.ip_local_port_range) and the CPU's model name (cpuinfo, for a benchmark's machine line).
+    """
+    try:
+        return Path("/proc", name).read_text()
+    except OSError:
+        return None
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -1,11 +1,12 @@
 """The suite's subcommands of `forkpool`: demo, loadtest, soak, fault, up, stats, initdb.
 
-The library owns the `forkpool` command (forkpool/_cli.py); these join it through
-the entry point group ``forkpool.commands`` (root pyproject.toml), each as a
-``name_command(argv, prog)`` function wrapping the click command below.
-
-Exit codes: 0 every check passed; 1 a check failed; 2 bad usage or configuration;
-3 the plan does not fit the server's connection slots.
+The library owns the `forkpool` command (forkpool/cli.py); these join it through
+the entry point group ``forkpool.commands`` (root pyproject.toml), each a
+``name_command(argv, prog)`` function that parses its options with the library's
+``CommandParser`` (``name_parser(prog)``). The options several commands share and
+the exit codes are the library's (``forkpool.cli``): 0 every check passed; 1 a
+check failed; 2 bad usage or configuration; 3 the plan does not fit the server's
+connection slots.
 
 Every command first checks what it needs (harness/preflight.py): a setting that
 cannot work ends the command before anything starts, with one line on stderr.
@@ -13,53 +14,87 @@ cannot work ends the command before anything starts, with one line on stderr.
 
 from __future__ import annotations
 
+import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import psycopg2
 
 import forkpool
-from forkpool.settings import describe_error, redact_text
+from forkpool.cli import (
+    EXIT_DOES_NOT_FIT,
+    EXIT_FAILED,
+    CommandFailed,
+    CommandParser,
+    UsageError,
+    add_size_options,
+    count,
+    dir_path,
+    env_default,
+    file_path,
+    number,
+    setting_of,
+)
+from forkpool.settings import describe_error
 from suite.stacks import FORKPOOL, STACKS
 
-EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
+# `forkpool fault SCENARIO`: harness/fault_scenarios.py's SCENARIOS, and all of them (tests/test_faults.py
+# keeps the two lists equal; named here so that --help does not import the scenarios).
+FAULT_SCENARIOS = [
+    "all",
+    "pg-restart",
+    "pg-down-at-start",
+    "out-of-slots",
+    "redis-restart",
+    "slow-queries",
+    "blackhole",
+    "latency",
+    "reset-mid-query",
+    "reconnect-storm",
+    "redis-blackhole",
+]
 
 
-def size_options(defaults: dict[str, int], from_env: bool) -> Callable[[Callable], Callable]:
-    """--web-workers ... --pool-size, shared by every command that plans a deployment."""
-    specs = [
-        ("--web-workers", "WEB_CONCURRENCY", "Gunicorn worker processes."),
-        ("--web-threads", "WEB_THREADS", "Threads per web worker (> 1: gthread)."),
-        ("--worker-concurrency", "WORKER_CONCURRENCY", "Celery task processes."),
-        ("--pool-size", "DB_POOL_SIZE", "Connections per process (fixed-size pools)."),
-    ]
+def _command(parser: Callable[[str], CommandParser]) -> Callable[[Callable[..., int]], Callable[[list[str], str], int]]:
+    """`run(args) -> exit code` as a `forkpool` subcommand: its options parsed by `parser`; the suite's own
+    errors become the library's (one line, no traceback): a server that would not start or stop, exit 1;
+    a setting the pool rejects, exit 2."""
 
-    def decorate(command: Callable) -> Callable:
-        for flag, env, help_text in reversed(specs):
-            name = flag[2:].replace("-", "_")
-            command = click.option(
-                flag,
-                type=click.IntRange(min=1),
-                default=defaults[name],
-                show_default=True,
-                envvar=env if from_env else None,
-                show_envvar=from_env,
-                help=help_text,
-            )(command)
+    def wrap(run: Callable[..., int]) -> Callable[[list[str], str], int]:
+        @functools.wraps(run)
+        def command(argv: list[str], prog: str) -> int:
+            args = parser(prog).parse_args(argv)  # first: --help and a mistake import nothing more
+
+            from .preflight import PreflightError
+            from .services import ServiceError
+
+            try:
+                return run(args)
+            except PreflightError:
+                raise  # already says which setting and what to do
+            except forkpool.ConfigError as exc:
+                raise UsageError(f"invalid configuration: {exc}") from None
+            except ServiceError as exc:
+                raise CommandFailed(str(exc)) from None
+
         return command
 
-    return decorate
+    return wrap
 
 
-_CONTEXT = {"help_option_names": ["-h", "--help"]}
+# -- forkpool initdb ---------------------------------------------------------------------------------------------
 
 
-@click.command(context_settings=_CONTEXT)
-def initdb() -> None:
+def initdb_parser(prog: str) -> CommandParser:
+    return CommandParser(prog=prog, description=initdb_command.__doc__)
+
+
+@_command(initdb_parser)
+def initdb_command(args: argparse.Namespace) -> int:
     """Create the suite's tables in DATABASE_URL (idempotent)."""
     from forkpool.settings import build_settings, settings_from_env
     from suite.schema import init_schema_at
@@ -71,195 +106,212 @@ def initdb() -> None:
     try:
         init_schema_at(settings.dsn)  # one connection, no pool: nothing retries behind the user's back
     except psycopg2.Error as exc:
-        raise click.ClickException(f"initdb failed: {settings.redact(describe_error(exc))}") from None
-    click.echo("schema ready: tables items, events")
+        raise CommandFailed(f"initdb failed: {settings.redact(describe_error(exc))}") from None
+    print("schema ready: tables items, events", flush=True)
+    return 0
 
 
-def fleet_options(command: Callable) -> Callable:
-    """--hosts, --pgbouncer and its pool: past one machine."""
-    options = [
-        click.option(
-            "--hosts",
-            type=click.IntRange(min=1),
-            default=1,
-            show_default=True,
-            help="Run this many copies of the suite, each a host of a fleet (its own masters, host label "
-            "h1, h2, ... in every connection's name), on one PostgreSQL, Redis and task queue.",
-        ),
-        click.option(
-            "--pgbouncer",
-            is_flag=True,
-            help="Put a PgBouncer (transaction pooling, from the `pgbouncer` binary) between the suite and "
-            "PostgreSQL: clients counted at PgBouncer, servers at PostgreSQL (check 8).",
-        ),
-        click.option(
-            "--pgbouncer-pool-size",
-            type=click.IntRange(min=1),
-            default=10,
-            show_default=True,
-            help="With --pgbouncer: its default_pool_size (server connections; reserve 2 more).",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+# -- forkpool loadtest: every option it takes is defined here, in the order --help lists them ---------------------
+
+LOADTEST_SIZES = {"web_workers": 3, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}
 
 
-def load_options(command: Callable) -> Callable:
-    options = [
-        click.option(
-            "--duration", type=click.FloatRange(min=1), default=20.0, show_default=True, help="Seconds of load."
-        ),
-        click.option(
-            "--users",
-            type=click.IntRange(min=1),
-            default=10,
-            show_default=True,
-            help="Concurrent HTTP clients (Locust users).",
-        ),
-        click.option(
-            "--task-rate",
-            type=click.FloatRange(min=0),
-            default=5.0,
-            show_default=True,
-            help="Tasks per second enqueued directly through Celery.",
-        ),
-        click.option(
-            "--max-requests",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Recycle each web worker after this many requests (0: never).",
-        ),
-        click.option(
-            "--max-tasks-per-child",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Recycle each task process after this many tasks (0: never).",
-        ),
-        click.option("--preload/--no-preload", default=False, show_default=True, help="Gunicorn preload_app."),
-        click.option(
-            "--kill-workers",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="SIGKILL this many random web, task (and asgi) processes during the load, in turn.",
-        ),
-        click.option(
-            "--max-connections",
-            type=click.IntRange(min=10),
-            default=100,
-            show_default=True,
-            help="max_connections of the embedded PostgreSQL.",
-        ),
-        click.option(
-            "--json",
-            "json_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Write the machine-readable report here.",
-        ),
-        click.option(
-            "--report",
-            "report_dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Write report.json, report.txt, connections.png and the logs here.",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def loadtest_options(parser: CommandParser) -> None:
+    """The options of `forkpool loadtest`, all of them."""
+    add_size_options(parser, LOADTEST_SIZES, from_env=False)
+    parser.add_argument(
+        "--duration", type=number(1), default=20.0, metavar="SECONDS", help="Seconds of load. Default 20."
+    )
+    parser.add_argument(
+        "--users", type=count(1), default=10, metavar="N", help="Concurrent HTTP clients (Locust users). Default 10."
+    )
+    parser.add_argument(
+        "--task-rate",
+        type=number(0),
+        default=5.0,
+        metavar="N",
+        help="Tasks per second enqueued directly through Celery. Default 5.",
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=count(0),
+        default=0,
+        metavar="N",
+        help="Recycle each web worker after this many requests (0: never). Default 0.",
+    )
+    parser.add_argument(
+        "--max-tasks-per-child",
+        type=count(0),
+        default=0,
+        metavar="N",
+        help="Recycle each task process after this many tasks (0: never). Default 0.",
+    )
+    parser.add_argument(
+        "--preload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Gunicorn preload_app. Default --no-preload.",
+    )
+    parser.add_argument(
+        "--kill-workers",
+        type=count(0),
+        default=0,
+        metavar="N",
+        help="SIGKILL this many random web, task (and asgi) processes during the load, in turn. Default 0.",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=count(10),
+        default=100,
+        metavar="N",
+        help="max_connections of the embedded PostgreSQL (at least 10). Default 100.",
+    )
+    parser.add_argument(
+        "--json", dest="json_path", type=file_path, metavar="FILE", help="Write the machine-readable report here."
+    )
+    parser.add_argument(
+        "--report",
+        dest="report_dir",
+        type=dir_path,
+        metavar="DIRECTORY",
+        help="Write report.json, report.txt, connections.png and the logs here.",
+    )
+    parser.add_argument(
+        "--asgi-workers",
+        type=count(0),
+        default=0,
+        metavar="N",
+        help="Also run the async tier (Starlette under Gunicorn's uvicorn workers) with this many workers, "
+        "pool --pool-size each; half the users load it (0: off). Default 0.",
+    )
+    parser.add_argument(
+        "--naive", action="store_true", help="Contrast run with the per-process hooks off: expected to fail."
+    )
+    parser.add_argument(
+        "--stack",
+        choices=STACKS,
+        default=FORKPOOL,
+        help="The data layer web and workers run on: forkpool's pool; Flask-SQLAlchemy / SQLAlchemy "
+        "protected by forkpool.protect(); or a Django project and its Celery worker on Django's "
+        f'native pool, protected by "forkpool.django". Default {FORKPOOL}.',
+    )
+    # Past one machine.
+    parser.add_argument(
+        "--hosts",
+        type=count(1),
+        default=1,
+        metavar="N",
+        help="Run this many copies of the suite, each a host of a fleet (its own masters, host label "
+        "h1, h2, ... in every connection's name), on one PostgreSQL, Redis and task queue. Default 1.",
+    )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="Put a PgBouncer (transaction pooling, from the `pgbouncer` binary) between the suite and "
+        "PostgreSQL: clients counted at PgBouncer, servers at PostgreSQL (check 8).",
+    )
+    parser.add_argument(
+        "--pgbouncer-pool-size",
+        type=count(1),
+        default=10,
+        metavar="N",
+        help="With --pgbouncer: its default_pool_size (server connections; reserve 2 more). Default 10.",
+    )
+    # The runners the suite can run under (issue 23): the behaviour lives in harness/processes.py.
+    parser.add_argument(
+        "--web-server",
+        choices=["gunicorn", "uwsgi"],
+        default="gunicorn",
+        help="What serves the web tier: Gunicorn, or uWSGI (master + workers) wired with --import forkpool.uwsgi. "
+        "Default gunicorn.",
+    )
+    parser.add_argument(
+        "--task-runner",
+        choices=["celery", "rq"],
+        default="celery",
+        help="What runs the tasks: Celery prefork, or --worker-concurrency RQ workers "
+        "(--worker-class forkpool.rq.Worker, a work-horse per job). Default celery.",
+    )
 
 
-@click.command(context_settings=_CONTEXT)
-@size_options({"web_workers": 3, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=False)
-@load_options
-@click.option(
-    "--asgi-workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Also run the async tier (Starlette under Gunicorn's uvicorn workers) with this many workers, "
-    "pool --pool-size each; half the users load it (0: off).",
-)
-@click.option("--naive", is_flag=True, help="Contrast run with the per-process hooks off: expected to fail.")
-@click.option(
-    "--stack",
-    type=click.Choice(STACKS),
-    default=FORKPOOL,
-    show_default=True,
-    help="The data layer web and workers run on: forkpool's pool; Flask-SQLAlchemy / SQLAlchemy "
-    "protected by forkpool.protect(); or a Django project and its Celery worker on Django's "
-    'native pool, protected by "forkpool.django".',
-)
-@fleet_options
-# The runners the suite can run under (issue 23): the behaviour lives in harness/processes.py.
-@click.option(
-    "--web-server",
-    type=click.Choice(["gunicorn", "uwsgi"]),
-    default="gunicorn",
-    show_default=True,
-    help="What serves the web tier: Gunicorn, or uWSGI (master + workers) wired with --import forkpool.uwsgi.",
-)
-@click.option(
-    "--task-runner",
-    type=click.Choice(["celery", "rq"]),
-    default="celery",
-    show_default=True,
-    help="What runs the tasks: Celery prefork, or --worker-concurrency RQ workers "
-    "(--worker-class forkpool.rq.Worker, a work-horse per job).",
-)
-def loadtest(**params: Any) -> None:
+def loadtest_parser(prog: str) -> CommandParser:
+    parser = CommandParser(prog=prog, description=loadtest_command.__doc__)
+    loadtest_options(parser)
+    return parser
+
+
+# -- end of forkpool loadtest's options --------------------------------------------------------------------------
+
+
+@_command(loadtest_parser)
+def loadtest_command(args: argparse.Namespace) -> int:
     """Boot the suite, drive load through Gunicorn and Celery, and check the connection ceiling."""
     from . import preflight
 
+    params = vars(args)
     if params["asgi_workers"] and (params["naive"] or params["stack"] != FORKPOOL):
-        raise click.UsageError("--asgi-workers runs forkpool's asyncio pool: not with --naive or another --stack")
+        raise UsageError("--asgi-workers runs forkpool's asyncio pool: not with --naive or another --stack")
     if params["naive"] and params["stack"] != FORKPOOL:
-        raise click.UsageError(
-            f"--naive is the suite's own Flask app without its hooks: not with --stack {params['stack']}"
-        )
+        raise UsageError(f"--naive is the suite's own Flask app without its hooks: not with --stack {params['stack']}")
     if (params["hosts"] > 1 or params["pgbouncer"]) and params["naive"]:
-        raise click.UsageError("--hosts and --pgbouncer prove the hooks: not with --naive")
+        raise UsageError("--hosts and --pgbouncer prove the hooks: not with --naive")
     if params["pgbouncer"] and params["stack"] != FORKPOOL:
-        raise click.UsageError("--pgbouncer runs forkpool's own pools (prepared statements off): not with --stack")
+        raise UsageError("--pgbouncer runs forkpool's own pools (prepared statements off): not with --stack")
     if params["web_server"] != "gunicorn" and (params["naive"] or params["stack"] != FORKPOOL):
-        raise click.UsageError("--web-server uwsgi serves the suite's own Flask app: not with --naive or --stack")
+        raise UsageError("--web-server uwsgi serves the suite's own Flask app: not with --naive or --stack")
     if params["task_runner"] != "celery" and (params["naive"] or params["stack"] != FORKPOOL):
-        raise click.UsageError("--task-runner rq runs the suite's jobs on forkpool's pool: not with --naive or --stack")
+        raise UsageError("--task-runner rq runs the suite's jobs on forkpool's pool: not with --naive or --stack")
     if params["task_runner"] != "celery" and params["max_tasks_per_child"]:
-        raise click.UsageError("--max-tasks-per-child is Celery's: an RQ work-horse lives for one job")
+        raise UsageError("--max-tasks-per-child is Celery's: an RQ work-horse lives for one job")
     preflight.check_stack(params["stack"])
     preflight.check_runners(params["web_server"], params["task_runner"])
     preflight.check_suite(
         preflight.SuiteNeeds(params["pool_size"], params["web_threads"], pgbouncer=params["pgbouncer"])
     )
-    sys.exit(_run(params))
+    return _run(params)
 
 
-@click.command(context_settings=_CONTEXT)
-@click.option("--duration", type=click.FloatRange(min=5), default=600.0, show_default=True, help="Seconds of load.")
-@click.option(
-    "--report",
-    "report_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write report files (memory.png too) and logs here.",
-)
-@click.option(
-    "--faults",
-    is_flag=True,
-    help="During the load: PostgreSQL restarts, goes silent (packets dropped), then slow "
-    "(embedded servers, in a private network namespace; needs root, ip and tc).",
-)
-def soak(duration: float, report_dir: Path | None, faults: bool) -> None:
+# -- forkpool soak -----------------------------------------------------------------------------------------------
+
+
+def soak_parser(prog: str) -> CommandParser:
+    parser = CommandParser(prog=prog, description=soak_command.__doc__)
+    parser.add_argument(
+        "--duration",
+        type=number(5),
+        default=600.0,
+        metavar="SECONDS",
+        help="Seconds of load (at least 5). Default 600.",
+    )
+    parser.add_argument(
+        "--report",
+        dest="report_dir",
+        type=dir_path,
+        metavar="DIRECTORY",
+        help="Write report files (memory.png too) and logs here.",
+    )
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="During the load: PostgreSQL restarts, goes silent (packets dropped), then slow "
+        "(embedded servers, in a private network namespace; needs root, ip and tc).",
+    )
+    return parser
+
+
+@_command(soak_parser)
+def soak_command(args: argparse.Namespace) -> int:
     """Long mixed load with recycling on: connection counts and memory per process must stay flat."""
     from . import preflight
 
+    duration, report_dir, faults = args.duration, args.report_dir, args.faults
     preflight.check_suite(preflight.SuiteNeeds(pool_size=4, embedded_only=faults))
     if faults:
-        _enter_private_network(
+        code = _enter_private_network(
             ["soak", "--duration", str(duration), "--faults", *(["--report", str(report_dir)] if report_dir else [])]
         )
+        if code is not None:
+            return code
     params = dict(
         web_workers=3,
         web_threads=1,
@@ -279,12 +331,12 @@ def soak(duration: float, report_dir: Path | None, faults: bool) -> None:
         soak=True,
         faults=faults,
     )
-    sys.exit(_run(params))
+    return _run(params)
 
 
-def _enter_private_network(argv: list[str]) -> None:
-    """Run this command again inside a new network namespace (unless already in one), and exit with it:
-    dropping packets there touches nothing outside this run (harness/netfault.py)."""
+def _enter_private_network(argv: list[str]) -> int | None:
+    """Run this command again inside a new network namespace (unless already in one) and return its exit code;
+    None inside the namespace: go on. Dropping packets there touches nothing outside this run (harness/netfault.py)."""
     import subprocess
 
     from .netfault import IN_NETNS_ENV, prepare_namespace, unavailable
@@ -294,41 +346,37 @@ def _enter_private_network(argv: list[str]) -> None:
     if state == "new":  # the namespace's first process: bring it up once
         prepare_namespace()
         os.environ[IN_NETNS_ENV] = "1"
-        return
+        return None
     if state:
-        return
+        return None
     reason = unavailable()
     if reason:
         raise PreflightError(f"--faults: {reason}")
     done = subprocess.run(
         ["unshare", "--net", "--", sys.executable, "-m", "forkpool", *argv], env={**os.environ, IN_NETNS_ENV: "new"}
     )
-    sys.exit(done.returncode)
+    return done.returncode
 
 
-@click.command(context_settings=_CONTEXT)
-@click.argument(
-    "scenario",
-    type=click.Choice(
-        [
-            "all",
-            "pg-restart",
-            "pg-down-at-start",
-            "out-of-slots",
-            "redis-restart",
-            "slow-queries",
-            "blackhole",
-            "latency",
-            "reset-mid-query",
-            "reconnect-storm",
-            "redis-blackhole",
-        ]
-    ),
-)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures and checks here."
-)
-def fault(scenario: str, json_path: Path | None) -> None:
+# -- forkpool fault ----------------------------------------------------------------------------------------------
+
+
+def fault_parser(prog: str) -> CommandParser:
+    parser = CommandParser(prog=prog, description=fault_command.__doc__)
+    parser.add_argument(
+        "scenario",
+        choices=FAULT_SCENARIOS,
+        metavar="SCENARIO",
+        help=f"What to break: {', '.join(FAULT_SCENARIOS[1:])}; or all, every one in turn.",
+    )
+    parser.add_argument(
+        "--json", dest="json_path", type=file_path, metavar="FILE", help="Write the figures and checks here."
+    )
+    return parser
+
+
+@_command(fault_parser)
+def fault_command(args: argparse.Namespace) -> int:
     """Break something under load (on embedded servers) and measure how the suite comes back."""
     import json
     from dataclasses import asdict
@@ -338,20 +386,19 @@ def fault(scenario: str, json_path: Path | None) -> None:
     from .faults import POOL
 
     preflight.check_suite(preflight.SuiteNeeds(pool_size=POOL, embedded_only=True))
-    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     results = []
     for name in names:
-        click.echo(f"== {name}")
+        print(f"== {name}", flush=True)
         result = SCENARIOS[name]()
         results.append(result)
         for key, value in result.figures.items():
-            click.echo(f"   {key}: {value}")
+            print(f"   {key}: {value}")
         for check in result.checks:
-            mark = click.style("PASS", fg="green") if check.passed else click.style("FAIL", fg="red")
-            click.echo(f"   {mark} {check.number}. {check.name}: {check.detail}")
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(
+            print(f"   {_mark(check.passed)} {check.number}. {check.name}: {check.detail}", flush=True)
+    if args.json_path:
+        args.json_path.parent.mkdir(parents=True, exist_ok=True)
+        args.json_path.write_text(
             json.dumps(
                 [
                     {"name": r.name, "passed": r.passed, "figures": r.figures, "checks": [asdict(c) for c in r.checks]}
@@ -360,25 +407,42 @@ def fault(scenario: str, json_path: Path | None) -> None:
                 indent=1,
             )
         )
-    sys.exit(0 if all(r.passed for r in results) else EXIT_FAILED)
+    return 0 if all(r.passed for r in results) else EXIT_FAILED
 
 
-@click.command(context_settings=_CONTEXT)
-@click.option(
-    "--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), help="Write report files and logs here."
-)
-@click.option("--no-contrast", is_flag=True, help="Skip the short naive run that shows why the hooks exist.")
-@click.option(
-    "--pgbouncer",
-    is_flag=True,
-    help="Then past one machine (about 45 s more): a fleet of 4 hosts x 20 connections onto "
-    "max_connections 30, refused directly, run through PgBouncer.",
-)
-def demo(report_dir: Path | None, no_contrast: bool, pgbouncer: bool) -> None:
+def _mark(passed: bool) -> str:
+    """PASS / FAIL, in green / red on a terminal only (a file or a pipe gets the plain word)."""
+    word, colour = ("PASS", 32) if passed else ("FAIL", 31)
+    return f"\x1b[{colour}m{word}\x1b[0m" if sys.stdout.isatty() else word
+
+
+# -- forkpool demo -----------------------------------------------------------------------------------------------
+
+
+def demo_parser(prog: str) -> CommandParser:
+    parser = CommandParser(prog=prog, description=demo_command.__doc__)
+    parser.add_argument(
+        "--report", dest="report_dir", type=dir_path, metavar="DIRECTORY", help="Write report files and logs here."
+    )
+    parser.add_argument(
+        "--no-contrast", action="store_true", help="Skip the short naive run that shows why the hooks exist."
+    )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="Then past one machine (about 45 s more): a fleet of 4 hosts x 20 connections onto "
+        "max_connections 30, refused directly, run through PgBouncer.",
+    )
+    return parser
+
+
+@_command(demo_parser)
+def demo_command(args: argparse.Namespace) -> int:
     """The tour: 3 web workers, 2 task processes, 2 ASGI workers, pools of 4, mixed load with recycling and kills."""
     from . import preflight
 
-    preflight.check_suite(preflight.SuiteNeeds(pool_size=4, pgbouncer=pgbouncer))
+    report_dir = args.report_dir
+    preflight.check_suite(preflight.SuiteNeeds(pool_size=4, pgbouncer=args.pgbouncer))
     # The async tier adds about a second to the tour (README: the proof): its Gunicorn starts beside the others.
     params = dict(
         web_workers=3,
@@ -399,8 +463,8 @@ def demo(report_dir: Path | None, no_contrast: bool, pgbouncer: bool) -> None:
         naive=False,
     )
     code = _run(params)
-    if not no_contrast:
-        click.echo("\nNow the same suite without the per-process hooks (pool created in the master, inherited):")
+    if not args.no_contrast:
+        print("\nNow the same suite without the per-process hooks (pool created in the master, inherited):", flush=True)
         contrast = {
             **params,
             "duration": 8.0,
@@ -412,9 +476,9 @@ def demo(report_dir: Path | None, no_contrast: bool, pgbouncer: bool) -> None:
             "report_dir": report_dir / "naive" if report_dir else None,
         }
         _run(contrast)
-    if pgbouncer:
+    if args.pgbouncer:
         code = _fleet_contrast(params, report_dir) or code
-    sys.exit(code)
+    return code
 
 
 # The demo's fleet: 4 hosts x (2 web + 2 task processes) x pool 5 = 80 client connections, on a server of 30.
@@ -444,16 +508,17 @@ def _fleet_contrast(params: dict[str, Any], report_dir: Path | None) -> int:
 
     fleet = {**params, **FLEET_DEMO, "report_dir": report_dir / "fleet" if report_dir else None}
     options = LoadOptions(**{k: v for k, v in fleet.items() if k not in ("json_path", "report_dir")})
-    click.echo(
+    print(
         f"\nPast one machine: {options.hosts} hosts, each {options.deployment().ceiling} connections, onto "
         f"max_connections {options.max_connections}. Directly, the budget refuses it before anything starts:"
     )
     limits = ServerLimits(options.max_connections, 3, 0)  # the embedded server's superuser_reserved_connections
     for line in Budget(options.deployment(), limits).explain():
-        click.echo(f"  budget  {line}")
-    click.echo(
+        print(f"  budget  {line}")
+    print(
         f"Through PgBouncer (transaction pooling, {options.pgbouncer_pool_size} server connections + "
-        f"{options.pgbouncer_reserve} reserve), the same fleet:"
+        f"{options.pgbouncer_reserve} reserve), the same fleet:",
+        flush=True,
     )
     return _run(fleet)
 
@@ -479,13 +544,25 @@ def _run(params: dict[str, Any]) -> int:
     return 0 if report.passed else EXIT_FAILED
 
 
-@click.command(context_settings=_CONTEXT)
-@click.option("--url", help="The suite's web URL (default: the suite `forkpool up` started, else :8000).")
-@click.option(
-    "--database-url", help="Where to count the server's sessions (default: `forkpool up`'s, else DATABASE_URL)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
+# -- forkpool stats ----------------------------------------------------------------------------------------------
+
+
+def stats_parser(prog: str) -> CommandParser:
+    parser = CommandParser(prog=prog, description=stats_command.__doc__)
+    parser.add_argument(
+        "--url", metavar="URL", help="The suite's web URL (default: the suite `forkpool up` started, else :8000)."
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="Where to count the server's sessions (default: `forkpool up`'s, else DATABASE_URL).",
+    )
+    parser.add_argument("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+    return parser
+
+
+@_command(stats_parser)
+def stats_command(args: argparse.Namespace) -> int:
     """Every process's pool in a running suite, totals per role, and the server's count beside them."""
     import json
     import urllib.error
@@ -494,9 +571,9 @@ def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
     from .stats_view import collect, read_state
 
     state = read_state()
-    url = (url or state.get("web_url") or "http://127.0.0.1:8000").rstrip("/")
+    url = (args.url or state.get("web_url") or "http://127.0.0.1:8000").rstrip("/")
     # A bad URL is named as the user gave it: the option, `forkpool up`'s state file, or the variable.
-    setting = "--database-url"
+    database_url, setting = args.database_url, "--database-url"
     if not database_url and state.get("database_url"):
         database_url, setting = state["database_url"], "--database-url (default: `forkpool up`'s)"
     elif not database_url:
@@ -507,73 +584,67 @@ def stats(url: str | None, database_url: str | None, as_json: bool) -> None:
     try:
         found = collect(url, database_url)
     except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(f"no suite answers at {url}: {exc}") from None
+        raise CommandFailed(f"no suite answers at {url}: {exc}") from None
     except psycopg2.Error as exc:
-        raise click.ClickException(f"cannot count the server's sessions: {describe_error(exc)}") from None
-    if as_json:
-        click.echo(json.dumps(found, indent=1))
-        return
+        raise CommandFailed(f"cannot count the server's sessions: {describe_error(exc)}") from None
+    if args.as_json:
+        print(json.dumps(found, indent=1))
+        return 0
     from .report import render_stats
 
     render_stats(found)
+    return 0
 
 
-@click.command(context_settings=_CONTEXT)
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, envvar="PORT")
-@size_options({"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}, from_env=True)
-@click.option(
-    "--pgbouncer",
-    is_flag=True,
-    help="Put a PgBouncer (transaction pooling) between the suite and "
-    "PostgreSQL; its admin console answers SHOW CLIENTS.",
-)
-def up(port: int, web_workers: int, web_threads: int, worker_concurrency: int, pool_size: int, pgbouncer: bool) -> None:
+# -- forkpool up -------------------------------------------------------------------------------------------------
+
+
+def up_parser(prog: str) -> CommandParser:
+    parser = CommandParser(prog=prog, description=up_command.__doc__)
+    parser.add_argument(
+        "--port",
+        type=count(1, 65535),
+        default=env_default("PORT", 8000),
+        metavar="PORT",
+        help=f"The suite's web port. Default {os.environ.get('PORT') or 8000} (env PORT).",
+    )
+    add_size_options(parser)
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="Put a PgBouncer (transaction pooling) between the suite and "
+        "PostgreSQL; its admin console answers SHOW CLIENTS.",
+    )
+    return parser
+
+
+@_command(up_parser)
+def up_command(args: argparse.Namespace) -> int:
     """Run the suite in the foreground until Ctrl-C or SIGTERM; then stop everything it started."""
-    from click.core import ParameterSource
-
     from . import preflight
     from .foreground import run_foreground
 
-    from_env = click.get_current_context().get_parameter_source("port") == ParameterSource.ENVIRONMENT
     preflight.check_suite(
         preflight.SuiteNeeds(
-            pool_size, web_threads, port=port, port_setting="PORT" if from_env else "--port", pgbouncer=pgbouncer
+            args.pool_size,
+            args.web_threads,
+            port=args.port,
+            port_setting=setting_of(args.port, "--port"),
+            pgbouncer=args.pgbouncer,
         )
     )
-    sys.exit(run_foreground(port, web_workers, web_threads, worker_concurrency, pool_size, pgbouncer))
+    return run_foreground(
+        args.port, args.web_workers, args.web_threads, args.worker_concurrency, args.pool_size, args.pgbouncer
+    )
 
 
-def _entry(command: click.Command) -> Callable[[list[str], str], int]:
-    """A click command as a `forkpool` subcommand: user mistakes end with one line, never a traceback."""
-
-    def run(argv: list[str], prog: str) -> int:
-        from .preflight import PreflightError
-        from .services import ServiceError
-
-        try:
-            command.main(args=argv, prog_name=prog, standalone_mode=True)
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILED)
-        except PreflightError as exc:  # already says which setting and what to do
-            click.echo(f"{prog}: {redact_text(str(exc))}", err=True)
-            return EXIT_USAGE
-        except forkpool.ConfigError as exc:
-            click.echo(f"{prog}: invalid configuration: {exc}", err=True)
-            return EXIT_USAGE
-        except ServiceError as exc:
-            click.echo(f"{prog}: {exc}", err=True)
-            return EXIT_FAILED
-        return 0
-
-    run.__doc__ = command.help
-    run.__name__ = f"{command.name}_command"
-    return run
-
-
-demo_command = _entry(demo)
-loadtest_command = _entry(loadtest)
-soak_command = _entry(soak)
-fault_command = _entry(fault)
-up_command = _entry(up)
-stats_command = _entry(stats)
-initdb_command = _entry(initdb)
+# Each command's parser, by name: what tests/test_cli.py checks against the list of every option.
+PARSERS: dict[str, Callable[[str], CommandParser]] = {
+    "demo": demo_parser,
+    "loadtest": loadtest_parser,
+    "soak": soak_parser,
+    "fault": fault_parser,
+    "up": up_parser,
+    "stats": stats_parser,
+    "initdb": initdb_parser,
+}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 import threading
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-
-import click
 
 from forkpool.settings import env_bool, env_int
 from suite.schema import init_schema_at
@@ -63,19 +62,23 @@ def run_foreground(
             suite_id=plan.suite_id,
         )
         try:
-            click.echo(f"web        {suite.web.url}  (try {suite.web.url}/pool)")
-            click.echo(f"PostgreSQL {redact_url(running.database_url)}")
+            print(f"web        {suite.web.url}  (try {suite.web.url}/pool)", flush=True)
+            print(f"PostgreSQL {redact_url(running.database_url)}", flush=True)
             if bouncer is not None:
-                click.echo(f"PgBouncer  {bouncer.url}  (transaction pooling; SHOW CLIENTS on {bouncer.admin_url})")
-            click.echo(f"Redis      {redact_url(running.redis_url)}")
-            click.echo(f"ceiling    ({web_workers} + {worker_concurrency}) x {pool_size} = {ceiling} connections")
-            click.echo(f"logs       {logs}")
-            click.echo("running; Ctrl-C or SIGTERM stops everything")
+                print(
+                    f"PgBouncer  {bouncer.url}  (transaction pooling; SHOW CLIENTS on {bouncer.admin_url})", flush=True
+                )
+            print(f"Redis      {redact_url(running.redis_url)}", flush=True)
+            print(
+                f"ceiling    ({web_workers} + {worker_concurrency}) x {pool_size} = {ceiling} connections", flush=True
+            )
+            print(f"logs       {logs}", flush=True)
+            print("running; Ctrl-C or SIGTERM stops everything", flush=True)
             while not stop.wait(1.0):
                 if not (suite.web.is_running() and suite.worker.is_running()):
-                    click.echo("forkpool: a server exited unexpectedly; see the logs", err=True)
+                    print("forkpool: a server exited unexpectedly; see the logs", file=sys.stderr, flush=True)
                     return 1
-            click.echo("stopping")
+            print("stopping", flush=True)
             return 0
         finally:
             clear_state()

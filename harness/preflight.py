@@ -5,7 +5,7 @@ psycopg2 traceback after the embedded Redis already started, a Celery worker
 retrying an unreachable Redis for 60 s, Gunicorn's five bind retries on a taken
 port. Here each is found in about a second, before any server or process is
 started, and reported as a PreflightError: one line naming the setting, its
-value (any password masked) and what to do. `harness.cli` prints it and exits 2.
+value (any password masked) and what to do. The `forkpool` command prints it and exits 2.
 
 Offline checks (pool settings, the port, URL syntax, the embedded binaries) run
 before network ones, so a typo is never hidden behind a connect timeout.

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psutil
+
 from suite.stacks import DJANGO as DJANGO_STACK
 
 from ._procs import ServiceError, free_port, log_tail, spawn
@@ -146,19 +148,18 @@ def package_dir(name: str) -> Path:
 
 
 def child_pids(parent: int) -> list[int]:
-    """Direct children of `parent`, from /proc (the server's worker processes)."""
+    """Direct children of `parent`, zombies left out (the server's worker processes); [] once it is gone."""
+    try:
+        children = psutil.Process(parent).children()
+    except psutil.NoSuchProcess:
+        return []
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in children:
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z":
-            found.append(int(entry.name))
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue  # exited and reaped since the listing
     return sorted(found)
 
 

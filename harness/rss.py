@@ -6,6 +6,8 @@ import statistics
 import threading
 from collections.abc import Callable
 
+import psutil
+
 from .model import Check
 from .processes import RunningSuite
 
@@ -15,14 +17,15 @@ GROWTH_LIMIT = 0.25
 
 
 def rss_kb(pid: int) -> int | None:
+    """Resident memory of `pid` in KiB (the kernel's VmRSS), or None once it is gone (a zombie has none)."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None  # psutil says 0: it would drag a role's median down
+            return proc.memory_info().rss // 1024
+    except psutil.Error:
         return None
-    return None
 
 
 class RssSampler:

@@ -258,3 +258,9 @@ def backend_pids(pool: forkpool.Pool, count: int, timeout: float = 10.0) -> list
     finally:
         for conn in conns:
             pool.putconn(conn)
+
+
+def on_devnull(fd: int) -> bool:
+    """Whether this process's descriptor `fd` is open on /dev/null (where a detached connection's socket is
+    pointed); OSError (EBADF) when it is closed. fstat, not a /proc link: psutil lists only regular files."""
+    return os.path.samestat(os.fstat(fd), os.stat(os.devnull))

@@ -1,8 +1,9 @@
 """What the SQLAlchemy dialect tests see from outside: MariaDB's sessions, sockets and SQLite file handles per process.
 
 Doctor knows PostgreSQL and Redis; for MariaDB and SQLite these read the same
-kernel facts themselves: which process holds a socket to a server (its
-``/proc/PID/fd`` links and the namespace's TCP table), and whether two processes
+kernel facts themselves: which process holds a socket to a server (its socket
+descriptors and the namespace's TCP table, by forkpool.kernel_sockets), which
+descriptors are open on a database file (psutil), and whether two processes
 hold one open file description of a database file (``kcmp(2)``, the question
 "are these two descriptors the same open file", asked of the kernel).
 """
@@ -13,6 +14,8 @@ import ctypes
 import os
 import platform
 from collections.abc import Callable, Iterable
+
+import psutil
 
 from forkpool._sockets import socket_fds, tcp_table
 
@@ -61,18 +64,10 @@ def sockets_to(pids: Iterable[int], server: tuple[str, int]) -> dict[int, set[in
 
 def file_handles(pid: int, path: str) -> list[int]:
     """`pid`'s descriptors open on `path` ([] if it is gone)."""
-    found = []
     try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
+        return [handle.fd for handle in psutil.Process(pid).open_files() if handle.path == path]
+    except psutil.NoSuchProcess:
         return []
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == path:
-                found.append(int(name))
-        except OSError:
-            continue
-    return found
 
 
 def same_open_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:

@@ -10,6 +10,7 @@ import redis
 
 import forkpool
 import forkpool.redis
+from tests.conftest import on_devnull
 
 
 def named_clients(suite_id: str, redis_url: str) -> list[str]:
@@ -60,7 +61,7 @@ def test_a_forked_child_gets_its_own_client_and_the_parent_keeps_its_connection(
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through the pipe
             try:
-                shared = os.readlink(f"/proc/self/fd/{fd}") != os.devnull
+                shared = not on_devnull(fd)
 
                 async def child_main():
                     child = forkpool.redis.get_async_redis()

@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import wait_for
@@ -32,15 +33,14 @@ def embedded_env() -> dict[str, str]:
 def processes_marked(mark: str) -> list[int]:
     """Processes whose environment carries `mark`: this run's own, whatever other sessions run beside it."""
     found = []
-    needle = f"FORKPOOL_TEST_MARK={mark}".encode()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as stream:
-                    if needle in stream.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                continue  # gone, or not ours to read
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get("FORKPOOL_TEST_MARK") == mark:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue  # gone, or not ours to read
     return found
 
 
@@ -358,8 +358,6 @@ def _descendants(root: int) -> list[int]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False

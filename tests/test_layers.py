@@ -79,7 +79,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {EXTRAS!r}:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Block())
-import forkpool, forkpool._cli, forkpool.gunicorn, forkpool._servers, forkpool.budget, forkpool.redis
+import forkpool, forkpool.cli, forkpool.gunicorn, forkpool._servers, forkpool.budget, forkpool.redis
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {EXTRAS!r})
 assert not loaded, loaded
 try:

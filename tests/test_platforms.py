@@ -64,10 +64,10 @@ def test_doctor_without_proc_says_so_and_exits_2():
     """Where the socket tables cannot be read, doctor reports nothing as clean: one line, exit 2."""
     done = run("""
         import sys
-        from forkpool import _sockets, _cli
+        from forkpool import _sockets, cli
 
         _sockets.readable = lambda: False  # as on macOS: no /proc to read sockets from
-        sys.exit(_cli.main(["doctor", "--pid", "1"]))
+        sys.exit(cli.main(["doctor", "--pid", "1"]))
     """)
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()

@@ -35,6 +35,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from forkpool._sockets import socket_inodes, tcp_table
@@ -243,15 +244,7 @@ def test_every_backend_under_celery_prefork(
 
 def open_files(pid: int, path: str) -> list[str]:
     """`pid`'s descriptors open on `path` (or its -wal / -shm files)."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(path):
-            found.append(target)
-    return found
+    return [handle.path for handle in psutil.Process(pid).open_files() if handle.path.startswith(path)]
 
 
 THREAD_PROGRAM = """

@@ -277,7 +277,7 @@ def test_the_forkpool_command_runs(clean_venv: CleanVenv) -> None:
     helped = clean_venv.run([str(clean_venv.bin / "forkpool"), "--help"])
     assert helped.returncode == 0, helped.stderr
     listed = helped.stdout.split("commands:\n", 1)[1].split("\n\n", 1)[0]
-    own = clean_venv.script("import json, forkpool._cli; print(json.dumps(sorted(forkpool._cli.LIBRARY_COMMANDS)))")
+    own = clean_venv.script("import json, forkpool.cli; print(json.dumps(sorted(forkpool.cli.LIBRARY_COMMANDS)))")
     assert own.returncode == 0, own.stderr
     library_commands = json.loads(own.stdout)
     assert "budget" in library_commands

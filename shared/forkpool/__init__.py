@@ -32,7 +32,7 @@ checks it: [tool.importlinter] in the root pyproject.toml):
     _registry
     budget, health, metrics
     _servers, doctor, flask
-    _cli, celery, gunicorn, rq, uwsgi
+    celery, cli, gunicorn, rq, uwsgi
     django
 """
 

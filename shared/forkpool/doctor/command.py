@@ -23,9 +23,13 @@ from .render import as_json, as_table
 from .survey import survey
 
 
-def doctor_command(argv: list[str], prog: str) -> int:
+def doctor_command(
+    argv: list[str], prog: str, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> int:
     """Check a running Gunicorn / Celery deployment from the outside: shared sockets, masters, counts."""
-    parser = argparse.ArgumentParser(prog=prog, description=doctor_command.__doc__)
+    # `parser_class`: the `forkpool` command's (cli.CommandParser: a mistake is one line), passed in because
+    # this module sits below cli in the layers.
+    parser = parser_class(prog=prog, description=doctor_command.__doc__)
     parser.add_argument(
         "--pid",
         type=int,

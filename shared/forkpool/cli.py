@@ -8,40 +8,183 @@ subcommands, with an entry point in the group ``forkpool.commands``::
 
 The object it names is called as ``command(argv, prog)`` (the arguments after
 NAME, and ``"forkpool NAME"`` for its usage lines) and returns an exit code;
-the first line of its docstring is its line in ``forkpool --help``.
+the first line of its docstring is its line in ``forkpool --help``. A command
+parses its options with :class:`CommandParser` and takes the options several
+commands share (:func:`add_size_options`), the value types (:func:`count`,
+:func:`number`, :func:`file_path`, :func:`dir_path`, :func:`env_default`) and
+the exit codes from here, so that every ``forkpool`` command reads and fails alike.
 
-Exit codes: 0 success; 1 a check failed; 2 bad usage or configuration;
-3 the plan does not fit the server's connection slots. A user's mistake ends
-in one line on stderr, never a traceback, and never shows a password.
+Exit codes: 0 success; 1 a check failed, or the command could not finish
+(:class:`CommandFailed`); 2 bad usage or configuration (:class:`UsageError`,
+any other ``ForkpoolError``); 3 the plan does not fit the server's connection
+slots; 130 interrupted (Ctrl-C). A user's mistake ends in one line on stderr,
+never a traceback, and never shows a password.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from .errors import ConfigError, ForkpoolError
 from .settings import describe_error, redact_text
 
-EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOES_NOT_FIT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 ENTRY_POINT_GROUP = "forkpool.commands"
 
 Command = Callable[[list[str], str], "int | None"]
 
 
 class UsageError(ForkpoolError):
-    """The command cannot run as asked; the message says what to change."""
+    """The command cannot run as asked; the message says what to change (exit 2)."""
+
+
+class CommandFailed(ForkpoolError):
+    """The command ran and could not finish; the message says why (exit 1)."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The option parser of a ``forkpool`` command: a mistake is one line (a UsageError, exit 2), never the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class FromEnv(str):
+    """An option's default read from an environment variable (:func:`env_default`): argparse parses it like a
+    value on the command line when the option is not given, and the error then names the variable."""
+
+    env: str
+
+    def __new__(cls, value: str, env: str) -> FromEnv:
+        self = super().__new__(cls, value)
+        self.env = env
+        return self
+
+
+class EnvInt(int):
+    """A whole number that came from an environment variable (see :func:`setting_of`)."""
+
+    env: str
+
+
+def env_default(env: str, default: Any) -> Any:
+    """An option's default: the variable `env` when it is set (parsed by the option's type only if the option
+    is not given), else `default`."""
+    raw = os.environ.get(env)
+    return FromEnv(raw, env) if raw else default
+
+
+def setting_of(value: object, flag: str) -> str:
+    """Where an option's value came from, as a message names it: its environment variable, else the flag."""
+    env = getattr(value, "env", None)
+    return env if isinstance(env, str) else flag
+
+
+def count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A whole number in [minimum, maximum] (an argparse type)."""
+
+    def parse(raw: str) -> int:
+        shown = f"{raw.env}={str(raw)!r}" if isinstance(raw, FromEnv) else repr(raw)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{shown} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{shown} is below {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{shown} is above {maximum}")
+        if isinstance(raw, FromEnv):
+            found = EnvInt(value)
+            found.env = raw.env
+            return found
+        return value
+
+    return parse
+
+
+def number(minimum: float) -> Callable[[str], float]:
+    """A finite number at least `minimum` (an argparse type)."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a finite number")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{raw!r} is below {minimum:g}")
+        return value
+
+    return parse
+
+
+def file_path(raw: str) -> Path:
+    """A file to write (an argparse type): anything but an existing directory."""
+    if Path(raw).is_dir():
+        raise argparse.ArgumentTypeError(f"{raw!r} is a directory, expected a file")
+    return Path(raw)
+
+
+def dir_path(raw: str) -> Path:
+    """A directory to write into (an argparse type): anything but an existing file."""
+    if Path(raw).exists() and not Path(raw).is_dir():
+        raise argparse.ArgumentTypeError(f"{raw!r} is a file, expected a directory")
+    return Path(raw)
+
+
+# The options of every command that plans a deployment (budget, and the suite's loadtest and up):
+# (flag, environment variable, help).
+SIZE_OPTIONS = (
+    ("--web-workers", "WEB_CONCURRENCY", "Gunicorn worker processes."),
+    ("--web-threads", "WEB_THREADS", "Threads per web worker (> 1: gthread)."),
+    ("--worker-concurrency", "WORKER_CONCURRENCY", "Celery task processes."),
+    ("--pool-size", "DB_POOL_SIZE", "Connections per process (fixed-size pools)."),
+)
+SIZE_DEFAULTS: Mapping[str, int] = {"web_workers": 2, "web_threads": 1, "worker_concurrency": 2, "pool_size": 4}
+
+
+def add_size_options(
+    parser: argparse.ArgumentParser,
+    defaults: Mapping[str, int] = SIZE_DEFAULTS,
+    *,
+    from_env: bool = True,
+    minimum: Mapping[str, int] | None = None,
+) -> None:
+    """--web-workers, --web-threads, --worker-concurrency, --pool-size: each at least 1 unless `minimum` says
+    otherwise; with `from_env`, each defaults to its environment variable (WEB_CONCURRENCY, ...) when set."""
+    for flag, env, text in SIZE_OPTIONS:
+        dest = flag[2:].replace("-", "_")
+        env_option(parser, flag, env if from_env else None, defaults[dest], text, (minimum or {}).get(dest, 1))
+
+
+def env_option(
+    parser: argparse.ArgumentParser, flag: str, env: str | None, default: int, text: str, minimum: int = 1
+) -> None:
+    """A whole-number option of at least `minimum`, defaulting to the variable `env` (when given and set)."""
+    raw = os.environ.get(env) if env else None
+    parser.add_argument(
+        flag,
+        type=count(minimum),
+        default=env_default(env, default) if env else default,
+        metavar="N",
+        help=f"{text} Default {raw or default} (env {env})." if env else f"{text} Default {default}.",
+    )
 
 
 def budget_command(argv: list[str], prog: str) -> int:
     """Does a deployment fit the server's connection slots? Prints the arithmetic; exit 3 when not."""
     from .budget import HOSTS_ENV, Budget, DeploymentPlan, PoolerLimits
 
-    parser = argparse.ArgumentParser(prog=prog, description=budget_command.__doc__)
+    parser = CommandParser(prog=prog, description=budget_command.__doc__)
     parser.add_argument(
         "--app",
         action="append",
@@ -53,28 +196,25 @@ def budget_command(argv: list[str], prog: str) -> int:
         "DB_POOL_*). Each PostgreSQL server its pools use is checked with the pool's own DSN. "
         "Instead of --pool-size.",
     )
-    _size_option(parser, "--web-workers", "WEB_CONCURRENCY", 2, "Gunicorn worker processes.")
-    _size_option(parser, "--web-threads", "WEB_THREADS", 1, "Threads per web worker (> 1: gthread).")
-    _size_option(parser, "--worker-concurrency", "WORKER_CONCURRENCY", 2, "Celery task processes.", minimum=0)
-    _size_option(parser, "--pool-size", "DB_POOL_SIZE", 4, "Connections per process (fixed-size pools).")
+    add_size_options(parser, minimum={"worker_concurrency": 0})  # a deployment may have no task processes
     parser.add_argument(
         "--asgi-workers",
-        type=_count(0),
+        type=count(0),
         default=0,
         metavar="N",
         help="Async (uvicorn) worker processes, each with a pool of the same size. Default 0.",
     )
     parser.add_argument(
         "--other-clients",
-        type=_count(0),
+        type=count(0),
         default=0,
         metavar="N",
         help="Sessions of anything else on the server (admin, migrations, monitoring). Default 0.",
     )
-    _size_option(parser, "--hosts", HOSTS_ENV, 1, "Hosts each running this same deployment (a fleet).")
+    env_option(parser, "--hosts", HOSTS_ENV, 1, "Hosts each running this same deployment (a fleet).")
     parser.add_argument(
         "--pgbouncer-pool-size",
-        type=_count(1),
+        type=count(1),
         metavar="N",
         help="PgBouncer (transaction pooling) stands between the fleet and the server, with this "
         "default_pool_size: clients are then counted against its max_client_conn, and the "
@@ -82,35 +222,35 @@ def budget_command(argv: list[str], prog: str) -> int:
     )
     parser.add_argument(
         "--pgbouncer-reserve",
-        type=_count(0),
+        type=count(0),
         default=0,
         metavar="N",
         help="With --pgbouncer-pool-size: PgBouncer's reserve_pool_size. Default 0.",
     )
     parser.add_argument(
         "--max-client-conn",
-        type=_count(1),
+        type=count(1),
         default=100,
         metavar="N",
         help="With --pgbouncer-pool-size: PgBouncer's max_client_conn. Default 100 (PgBouncer's).",
     )
     parser.add_argument(
         "--max-connections",
-        type=_count(1),
+        type=count(1),
         metavar="N",
         help="Plan offline against this max_connections instead of asking the server "
         "(DATABASE_URL's; with --app, each pool's own).",
     )
     parser.add_argument(
         "--superuser-reserved",
-        type=_count(0),
+        type=count(0),
         default=3,
         metavar="N",
         help="With --max-connections: superuser_reserved_connections. Default 3.",
     )
     parser.add_argument(
         "--reserved",
-        type=_count(0),
+        type=count(0),
         default=0,
         metavar="N",
         help="With --max-connections: reserved_connections (PostgreSQL 16+). Default 0.",
@@ -245,7 +385,7 @@ def doctor_command(argv: list[str], prog: str) -> int:
     """Check a running Gunicorn / Celery deployment from the outside: shared sockets, masters, counts."""
     from .doctor.command import doctor_command as run
 
-    return run(argv, prog)
+    return run(argv, prog, parser_class=CommandParser)
 
 
 LIBRARY_COMMANDS: dict[str, Command] = {"budget": budget_command, "doctor": doctor_command}
@@ -257,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = available_commands()
     if not args or args[0] in ("-h", "--help"):
         print(_overview(commands))
-        return 0 if args else EXIT_USAGE
+        return EXIT_OK if args else EXIT_USAGE
     name, rest = args[0], args[1:]
     if name not in commands:
         known = ", ".join(sorted(commands))
@@ -266,7 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _load(commands[name])(rest, f"forkpool {name}")
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help, or a command that exits by itself
+        if isinstance(exc.code, str):
+            print(f"forkpool {name}: {redact_text(exc.code)}", file=sys.stderr)
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_FAILED)
+    except CommandFailed as exc:
+        print(f"forkpool {name}: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     except ForkpoolError as exc:  # configuration and usage errors: one line, no traceback
         print(f"forkpool {name}: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -301,32 +448,6 @@ def _overview(commands: dict[str, Any]) -> str:
         lines.append(f"  {name:<10} {doc[0] if doc else ''}")
     lines += ["", "forkpool COMMAND --help shows a command's options."]
     return "\n".join(lines)
-
-
-def _size_option(
-    parser: argparse.ArgumentParser, flag: str, env: str, default: int, text: str, minimum: int = 1
-) -> None:
-    raw = os.environ.get(env)
-    try:
-        value = _count(minimum)(raw) if raw else default
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"{env}={raw!r}: {exc}; set a whole number of at least {minimum}") from None
-    parser.add_argument(
-        flag, type=_count(minimum), default=value, metavar="N", help=f"{text} Default {value} (env {env})."
-    )
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-        return value
-
-    return parse
 
 
 if __name__ == "__main__":
