@@ -72,6 +72,8 @@ COMMANDS: dict[str, dict[str, str | None]] = {
         "--hosts": "Default 1.",
         "--pgbouncer": None,
         "--pgbouncer-pool-size": "Default 10.",
+        "--web-server": "Default gunicorn.",
+        "--task-runner": "Default celery.",
     },
     "up": {
         "--port": "Default 8000 (env PORT).",
@@ -115,6 +117,8 @@ SUITE_DEFAULTS: dict[str, dict[str, object]] = {
         "hosts": 1,
         "pgbouncer": False,
         "pgbouncer_pool_size": 10,
+        "web_server": "gunicorn",
+        "task_runner": "celery",
     },
     "up": {
         "port": 8000,
