@@ -17,7 +17,7 @@ opened in an ASGI lifespan. See docs/fork-story.md for why.
 Modules, bottom-up (each imports only modules on lines above its own;
 tests/test_layers.py keeps it so):
 
-    endpoints, errors, identity, per_process, redact, stats
+    _failover, endpoints, errors, identity, per_process, redact, stats
     drivers, extras, fork_quiet, kernel_sockets
     integrations, live_pools, metrics_dir, redis_client, settings
     aio_redis, connections, manager, protection

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from . import stats as keys
+from ._failover import PrimaryWatch, take_stale, wants_primary
 from .aio_upkeep import AsyncPoolUpkeep
 from .connections import Entry, connect_params, format_checkout_stack, hook_name, setup_left_dirty
 from .drivers import PSYCOPG, Session, get_driver
@@ -66,6 +67,10 @@ class AsyncPool(AsyncPoolUpkeep):
         self._driver = get_driver(PSYCOPG)
         self._level = self._driver.level(self.session)  # type: ignore[attr-defined]  # PsycopgDriver's
         self._is_clean = self._driver.clean_check(self.session)  # the same question as the threaded pool's
+        # A pool whose DSN asks for the primary drops connections to a server demoted under it (_failover.py).
+        self._primary = PrimaryWatch(
+            wants_primary(settings.dsn, settings.connect_kwargs) and not self.session.read_only
+        )
         self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
         self._idle: deque[Entry] = deque()  # LIFO
@@ -180,6 +185,10 @@ class AsyncPool(AsyncPoolUpkeep):
 
     def _return(self, entry: Entry) -> None:
         now = _monotonic()
+        if self._primary.enabled and self._primary.check(entry.conn, entry.created_at):
+            self._retire(entry, broken=True)
+            self._drop_demoted_idle()
+            return
         if now >= entry.expires_at or self._closed:
             self._retire(entry, broken=False)
             return
@@ -193,8 +202,10 @@ class AsyncPool(AsyncPoolUpkeep):
         conn = await self.getconn(timeout)
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             await _quietly(conn.rollback())
+            if self._primary.enabled:
+                self._primary.check(conn, 0.0, exc)  # a 25006 from a server too old to report read-only
             raise
         else:
             await conn.commit()
@@ -394,6 +405,8 @@ class AsyncPool(AsyncPoolUpkeep):
             await conn.set_deferrable(session.deferrable)
 
     async def _usable(self, entry: Entry) -> bool:
+        if self._primary.enabled and self._primary.stale(entry.conn, entry.created_at):
+            return False  # on a server seen demoted since it was opened: the primary changed
         idle_for = entry.checked_out_at - entry.returned_at
         if (
             idle_for < self.settings.check_idle
@@ -435,6 +448,18 @@ class AsyncPool(AsyncPoolUpkeep):
         self._size_changed.set()
         self._background(_quietly(entry.conn.close()))
         self._wake_maintainer()
+
+    def _drop_demoted_idle(self) -> None:
+        """Close the idle siblings of a connection found on a demoted server (as the threaded pool's)."""
+        stale = take_stale(self._idle, self._primary)
+        self._counts[keys.CONNECTIONS_CLOSED] += len(stale)
+        self._counts[keys.CONNECTIONS_DISCARDED] += len(stale)
+        for entry in stale:
+            self._background(_quietly(entry.conn.close()))
+        if stale:
+            logger.info("%r: closed %d idle connections to a demoted server", self, len(stale))
+            self._size_changed.set()
+            self._wake_maintainer()
 
     def _background(self, coro: Any) -> asyncio.Task[None]:
         """A task held until it ends (the loop keeps only weak references); close() awaits those left."""

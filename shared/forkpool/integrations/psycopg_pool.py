@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._failover import follow_primary_psycopg_pool
 from ..endpoints import Endpoints, postgres
 from ..errors import ConfigError
 from ..identity import application_name
@@ -207,6 +208,7 @@ class PsycopgPools:
         setattr(obj, _NAMING, naming)
         setattr(obj, _OPEN, getattr(obj, _OPEN, False) or not obj.closed)
         name_connections(obj)
+        follow_primary_psycopg_pool(obj, is_async(obj))  # a conninfo asking for the primary: _failover.py
         return endpoints
 
     def detach(self, obj: Any) -> None:

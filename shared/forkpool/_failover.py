@@ -1,0 +1,242 @@
+"""Following the primary: which pooled connections sit on a server that no longer takes writes."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
+
+
+class _Entry(Protocol):
+    conn: Any
+    created_at: float
+
+
+E = TypeVar("E", bound=_Entry)
+
+READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: "cannot execute INSERT in a read-only transaction"
+# target_session_attrs values with which libpq connects only to a server that takes writes.
+WRITABLE_TARGETS = frozenset({"read-write", "primary"})
+# PostgreSQL >= 14 reports both to the client whenever they change (ParameterStatus, before the
+# next ReadyForQuery): a session learns its server was made read-only, or is a standby, with no
+# round trip of its own. libpq's target_session_attrs check reads the same two at connect time.
+_READ_ONLY_PARAMETERS = ("default_transaction_read_only", "in_hot_standby")
+_CAUSE_DEPTH = 5  # SQLAlchemy's .orig, Django's __cause__: a wrapped driver error is a level or two down
+
+
+def wants_primary(dsn: str, connect_kwargs: Mapping[str, Any] | None = None) -> bool:
+    """True if connections made from `dsn` (and keywords) must be to a server that takes writes:
+    ``target_session_attrs`` read-write or primary, from the keywords, the DSN or PGTARGETSESSIONATTRS."""
+    target = (connect_kwargs or {}).get("target_session_attrs")
+    if target is None:
+        target = _dsn_params(dsn).get("target_session_attrs")
+    if target is None:
+        target = os.environ.get("PGTARGETSESSIONATTRS")
+    return str(target).strip().lower() in WRITABLE_TARGETS
+
+
+def conn_wants_primary(conn: Any) -> bool:
+    """The same question asked of an open libpq connection (psycopg2, psycopg 3): its own options, no I/O."""
+    info = getattr(conn, "info", None)
+    params = getattr(info, "dsn_parameters", None)  # psycopg2
+    if params is None:
+        get = getattr(info, "get_parameters", None)  # psycopg 3
+        params = get() if callable(get) else {}
+    return str(params.get("target_session_attrs", "")).lower() in WRITABLE_TARGETS
+
+
+def sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver error, or of the driver error it wraps (SQLAlchemy, Django)."""
+    for _ in range(_CAUSE_DEPTH):
+        if exc is None:
+            return None
+        # psycopg2: pgcode; psycopg 3 and asyncpg: sqlstate.
+        code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+        orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError
+        exc = orig if isinstance(orig, BaseException) else exc.__cause__
+    return None
+
+
+def is_read_only_error(exc: BaseException | None) -> bool:
+    return sqlstate(exc) == READ_ONLY_SQLSTATE
+
+
+def _parameter(conn: Any, name: str) -> str | None:
+    info = getattr(conn, "info", None)
+    if info is not None:  # psycopg2 >= 2.8 and psycopg 3: PQparameterStatus, no I/O
+        try:
+            value = info.parameter_status(name)
+        except Exception:  # noqa: BLE001 - a closed connection reports nothing
+            return None
+        return value if isinstance(value, str) else None
+    get_settings = getattr(conn, "get_settings", None)  # asyncpg: the server's ParameterStatus values
+    if callable(get_settings):
+        value = getattr(get_settings(), name, None)
+        return value if isinstance(value, str) else None
+    return None
+
+
+def reports_read_only(conn: Any) -> bool | None:
+    """True if `conn`'s server said it is read-only or a standby; None if the server reports
+    neither (PostgreSQL < 14: only an error tells)."""
+    values = [_parameter(conn, name) for name in _READ_ONLY_PARAMETERS]
+    if all(v is None for v in values):
+        return None
+    return "on" in values
+
+
+def host_of(conn: Any) -> tuple[str, str] | None:
+    """The server `conn` reached, of the DSN's several: libpq's PQhost / PQport (asyncpg: its address)."""
+    info = getattr(conn, "info", None)
+    try:
+        if info is not None:
+            return str(info.host), str(info.port)
+        addr = getattr(conn, "_addr", None)  # asyncpg keeps the address it reached nowhere public (0.29, 0.30)
+        if isinstance(addr, tuple):
+            return str(addr[0]), str(addr[1])
+        if isinstance(addr, str):
+            return addr, ""
+    except Exception:  # noqa: BLE001 - a closed connection: nothing to compare
+        return None
+    return None
+
+
+def on_demoted_server(conn: Any, exc: BaseException | None = None) -> bool:
+    """True if `conn`'s server no longer takes writes: it reports read-only or in recovery, or, on a
+    server too old to report it, a statement failed with SQLSTATE 25006. A 25006 from a transaction
+    the application made read-only itself, on a server that reports read-write, is not a demotion."""
+    reported = reports_read_only(conn)
+    if reported is None:
+        return is_read_only_error(exc)
+    return reported
+
+
+class PrimaryWatch:
+    """One pool's record of the servers it saw demoted: a connection opened to such a server before
+    it was seen demoted is stale, and is discarded at its next return instead of being reused."""
+
+    __slots__ = ("_demoted", "_lock", "enabled")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._demoted: dict[tuple[str, str], float] = {}  # host -> when it was last seen demoted
+        self._lock = threading.Lock()  # only for writes; reading a dict entry is atomic
+
+    def check(self, conn: Any, opened_at: float, exc: BaseException | None = None) -> bool:
+        """True if `conn` must go: its server is demoted now, or was seen so since `opened_at`.
+        Costs no I/O: the server's reported parameters are already in the client."""
+        if not self.enabled:
+            return False
+        host = host_of(conn)
+        if on_demoted_server(conn, exc):
+            if host is not None:
+                with self._lock:
+                    self._demoted[host] = time.monotonic()
+            return True
+        seen = self._demoted.get(host) if host is not None else None
+        return seen is not None and opened_at <= seen
+
+    def stale(self, conn: Any, opened_at: float) -> bool:
+        """`conn`, opened at `opened_at`, is on a host seen demoted since: a sibling of one that
+        failed. Asks nothing of the connection's own parameters (it may not have talked since)."""
+        if not self._demoted:
+            return False
+        host = host_of(conn)
+        seen = self._demoted.get(host) if host is not None else None
+        return seen is not None and opened_at <= seen
+
+    @property
+    def demoted_hosts(self) -> list[tuple[str, str]]:
+        return list(self._demoted)
+
+
+def _dsn_params(dsn: str) -> dict[str, str]:
+    import psycopg2.extensions  # always installed: settings validates DSNs with it
+
+    try:
+        return dict(psycopg2.extensions.parse_dsn(dsn))
+    except Exception:  # noqa: BLE001 - a bad DSN is reported when connecting, not here
+        return {}
+
+
+def take_stale(idle: deque[E], watch: PrimaryWatch) -> list[E]:
+    """Remove from `idle` (under its pool's lock) and return the entries on a host `watch` saw demoted."""
+    stale = [entry for entry in idle if watch.stale(entry.conn, entry.created_at)]
+    for entry in stale:
+        idle.remove(entry)
+    return stale
+
+
+def sqlalchemy_handle_error(context: Any) -> None:
+    """SQLAlchemy's ``handle_error`` event: a write refused by a demoted primary, on a connection whose
+    DSN asks for the primary, is made a disconnect (``is_disconnect``, the documented way): SQLAlchemy
+    invalidates that connection and its pool (``invalidate_pool_on_disconnect``, on by default), so every
+    connection opened before now reconnects, through the DSN's host list, at its next checkout."""
+    if context.is_disconnect or not is_read_only_error(context.original_exception):
+        return
+    connection = context.connection  # None when the error came from connecting
+    if connection is None or connection.invalidated:
+        return
+    dbapi_connection = getattr(connection.connection, "dbapi_connection", None)
+    if dbapi_connection is None or not conn_wants_primary(dbapi_connection):
+        return
+    if on_demoted_server(dbapi_connection, context.original_exception):
+        context.is_disconnect = True
+
+
+class _PoolReset:
+    """A psycopg_pool pool's ``reset`` callback, ours first: a connection returned from a demoted server
+    drains the pool (``drain()``, psycopg_pool >= 3.2: idle connections closed now, lent ones when they
+    come back, this one included); then the application's own ``reset``, if it gave one."""
+
+    def __init__(self, pool: Any, own: Any) -> None:
+        self.pool = weakref.ref(pool)
+        self.own = own
+
+    def _demoted(self, conn: Any) -> bool:
+        return bool(on_demoted_server(conn))
+
+
+class _SyncPoolReset(_PoolReset):
+    def __call__(self, conn: Any) -> None:
+        pool = self.pool()
+        if pool is not None and self._demoted(conn):
+            drain = getattr(pool, "drain", None)
+            if drain is None:  # psycopg_pool < 3.2: an error in reset discards this connection only
+                raise RuntimeError("connection to a demoted server")
+            drain()
+        if self.own is not None:
+            self.own(conn)
+
+
+class _AsyncPoolReset(_PoolReset):
+    async def __call__(self, conn: Any) -> None:
+        pool = self.pool()
+        if pool is not None and self._demoted(conn):
+            drain = getattr(pool, "drain", None)
+            if drain is None:
+                raise RuntimeError("connection to a demoted server")
+            await drain()
+        if self.own is not None:
+            result = self.own(conn)
+            if inspect.isawaitable(result):
+                await result
+
+
+def follow_primary_psycopg_pool(pool: Any, asynchronous: bool) -> None:
+    """Make a psycopg_pool pool whose conninfo asks for the primary follow it, through its ``reset``
+    (``_reset``: where psycopg_pool keeps that argument, read by the rebuild in a child too). Idempotent;
+    nothing for any other pool, whose returns stay as they were."""
+    conninfo, kwargs = pool.conninfo, pool.kwargs
+    if not isinstance(conninfo, str) or not (kwargs is None or isinstance(kwargs, dict)):
+        return  # a callable conninfo or kwargs: nothing to read before connecting
+    if not wants_primary(conninfo, kwargs) or isinstance(pool._reset, _PoolReset):
+        return
+    pool._reset = (_AsyncPoolReset if asynchronous else _SyncPoolReset)(pool, pool._reset)
