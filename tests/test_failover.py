@@ -1,0 +1,353 @@
+"""Failover on a real primary and streaming standby: every pool forkpool owns or protects follows the primary.
+
+4 threads (or tasks) write through the pool, the DSN naming both servers with
+``target_session_attrs=read-write``; the standby is promoted and the old primary is
+either made read-only without dropping a connection (variant "read-only", what a
+managed writer turning reader does) or stopped (variant "stopped"). Writes must
+succeed again within a bounded wait, no acknowledged write may be missing on the
+new primary, and no session of ours may stay on the old one. The seconds to
+recovery and the attempts that failed meanwhile are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+import forkpool
+from harness.services import ReplicatedPostgres, query_server
+from tests.conftest import wait_for
+
+WRITERS = 4
+TABLE = "CREATE TABLE writes (writer int NOT NULL, n int NOT NULL, PRIMARY KEY (writer, n))"
+INSERT = "INSERT INTO writes (writer, n) VALUES (%s, %s)"
+WARM_UP_WRITES = 40  # acknowledged before the switch: the pool is full and busy when the primary changes
+AFTER_WRITES = 5  # per writer, acknowledged by the new primary: every writer, not just one, got through
+RECOVERY_BOUND = 60.0  # a bound on the wait, far above what it takes: no timing is asserted
+
+
+@dataclass
+class Load:
+    """What the writers saw: acknowledged writes (writer, n, server port, when) and failed attempts (when, error)."""
+
+    acked: list[tuple[int, int, int, float]] = field(default_factory=list)
+    failed: list[tuple[float, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ack(self, writer: int, n: int, port: int) -> None:
+        with self.lock:
+            self.acked.append((writer, n, port, time.monotonic()))
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            self.failed.append((time.monotonic(), type(exc).__name__))
+
+    def acked_on(self, port: int, since: float = 0.0) -> list[tuple[int, int, int, float]]:
+        with self.lock:
+            return [a for a in self.acked if a[2] == port and a[3] >= since]
+
+    def every_writer_on(self, port: int, count: int) -> bool:
+        done = self.acked_on(port)
+        return all(sum(1 for a in done if a[0] == w) >= count for w in range(WRITERS))
+
+
+def switch(pair: ReplicatedPostgres, variant: str) -> None:
+    if variant == "read-only":
+        pair.make_read_only()
+        # Promote only once nothing can commit on the old primary any more: a commit there after the
+        # promotion would wait for its synchronous standby for ever (a switchover tool waits the same way).
+        pair.wait_caught_up()
+    else:
+        pair.stop_primary("immediate")  # a crash: no goodbye to its clients
+    pair.promote()
+
+
+def measure(pair: ReplicatedPostgres, variant: str, load: Load, label: str, suite_id: str) -> dict[str, object]:
+    """The switch under load, then the figures; the caller's writers run throughout."""
+    assert wait_for(lambda: len(load.acked) >= WARM_UP_WRITES, timeout=30), f"no load before the switch: {load.failed}"
+    old_port, new_port = pair.primary.port, pair.standby.port
+    switched_at = time.monotonic()
+    switch(pair, variant)
+    recovered = wait_for(lambda: load.every_writer_on(new_port, AFTER_WRITES), timeout=RECOVERY_BOUND)
+    failures = [f for f in load.failed if f[0] >= switched_at]
+    assert recovered, f"{label}/{variant}: writes did not reach the new primary: {failures[-5:]}"
+    first = min(a[3] for a in load.acked_on(new_port))
+    return {
+        "pool": label,
+        "variant": variant,
+        "seconds_to_recovery": round(first - switched_at, 3),
+        # The switch itself takes time (the read-only variant waits for the standby, then promotes):
+        # what the pools add is the time after the promotion.
+        "seconds_after_promotion": round(first - (pair.promoted_at or switched_at), 3),
+        "failed_attempts": len(failures),
+        "errors": sorted({name for _, name in failures}),
+        "old_port": old_port,
+        "new_port": new_port,
+    }
+
+
+def check_outcome(pair: ReplicatedPostgres, figures: dict[str, object], load: Load, suite_id: str) -> None:
+    """No acknowledged write lost (counted on the new primary); none of our sessions left on the old one."""
+    rows = set(pair.standby_query("SELECT writer, n FROM writes", dbname="failover"))
+    with load.lock:
+        acked = {(w, n) for w, n, _, _ in load.acked}
+    lost = acked - rows
+    figures["acknowledged"] = len(acked)
+    figures["rows_lost"] = len(lost)
+    if figures["variant"] == "read-only":
+
+        def ours_on_old() -> int:
+            found = query_server(
+                pair.primary,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                f"{suite_id}:%",
+            )
+            return int(found[0][0])
+
+        wait_for(lambda: ours_on_old() == 0, timeout=30)  # a closed session ends asynchronously on the server
+        figures["left_on_old_primary"] = ours_on_old()
+    else:
+        figures["left_on_old_primary"] = 0  # the old primary is down: nothing can be left on it
+    print(f"\nfailover {figures}")
+    assert not lost, f"acknowledged writes missing on the new primary: {sorted(lost)[:10]}"
+    assert figures["left_on_old_primary"] == 0, f"sessions left on the old primary: {figures}"
+
+
+def prepare(pair: ReplicatedPostgres) -> str:
+    dsn = pair.create_database("failover")
+    query_server(pair.primary, TABLE, dbname="failover")
+    return dsn
+
+
+def run_threads(write: Callable[[int, int], int], load: Load) -> tuple[threading.Event, list[threading.Thread]]:
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                port = write(w, n)
+            except Exception as exc:  # noqa: BLE001 - every failed attempt is counted, whatever it raised
+                load.fail(exc)
+                stop.wait(0.005)  # a client's pause before it retries: no spin on a 2-core machine
+            else:
+                load.ack(w, n, port)
+
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(WRITERS)]
+    for t in threads:
+        t.start()
+    return stop, threads
+
+
+def stop_threads(stop: threading.Event, threads: list[threading.Thread]) -> None:
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a writer hung"
+
+
+VARIANTS = ["read-only", "stopped"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("driver_name", ["psycopg2", "psycopg"])
+def test_own_pool_follows_the_primary(pg_pair, suite_id, variant, driver_name):
+    pytest.importorskip(driver_name)
+    dsn = prepare(pg_pair)
+    pool = forkpool.pool_for(dsn, min_size=WRITERS, max_size=WRITERS, driver=driver_name, timeout=5)
+
+    def write(w: int, n: int) -> int:
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(INSERT, (w, n))
+            port = int(conn.info.port)
+        return port  # the block committed: acknowledged
+
+    load = Load()
+    stop, threads = run_threads(write, load)
+    try:
+        figures = measure(pg_pair, variant, load, f"forkpool.Pool[{driver_name}]", suite_id)
+    finally:
+        stop_threads(stop, threads)
+    figures["discarded"] = pool.stats()[forkpool.stats.CONNECTIONS_DISCARDED]
+    check_outcome(pg_pair, figures, load, suite_id)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_async_pool_follows_the_primary(pg_pair, suite_id, variant):
+    pytest.importorskip("psycopg")
+    dsn = prepare(pg_pair)
+    load = Load()
+
+    async def main() -> dict[str, object]:
+        pool = forkpool.AsyncPool(forkpool.PoolSettings(dsn=dsn, min_size=WRITERS, max_size=WRITERS, timeout=5))
+        await pool.open()
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    async with pool.connection() as conn:
+                        await conn.execute(INSERT, (w, n))
+                        port = int(conn.info.port)
+                except Exception as exc:  # noqa: BLE001 - every failed attempt is counted
+                    load.fail(exc)
+                    await asyncio.sleep(0.005)  # a client's pause before it retries
+                else:
+                    load.ack(w, n, port)
+
+        tasks = [asyncio.create_task(writer(w)) for w in range(WRITERS)]
+        try:
+            # The switch blocks (it drives the servers): in a thread, so the writers go on meanwhile.
+            return await asyncio.to_thread(measure, pg_pair, variant, load, "forkpool.AsyncPool", suite_id)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+            await pool.close()
+
+    figures = asyncio.run(main())
+    check_outcome(pg_pair, figures, load, suite_id)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_protected_sqlalchemy_engine_follows_the_primary(pg_pair, suite_id, variant):
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    dsn = prepare(pg_pair)
+    # SQLAlchemy takes libpq's multi-host form as repeated host= query parameters.
+    hosts = "&".join(f"host={s.host}:{s.port}" for s in pg_pair.servers)
+    url = f"postgresql+psycopg2://postgres@/failover?{hosts}&target_session_attrs=read-write"
+    engine = forkpool.protect(sqlalchemy.create_engine(url, pool_size=WRITERS, max_overflow=0, pool_timeout=5))
+    statement = sqlalchemy.text("INSERT INTO writes (writer, n) VALUES (:w, :n)")
+
+    def write(w: int, n: int) -> int:
+        with engine.begin() as conn:
+            conn.execute(statement, {"w": w, "n": n})
+            port = int(conn.connection.dbapi_connection.info.port)
+        return port
+
+    load = Load()
+    stop, threads = run_threads(write, load)
+    try:
+        figures = measure(pg_pair, variant, load, "SQLAlchemy engine (protected)", suite_id)
+    finally:
+        stop_threads(stop, threads)
+    check_outcome(pg_pair, figures, load, suite_id)
+    engine.dispose()
+    assert dsn  # the two-host DSN the database was made for
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_protected_psycopg_pool_follows_the_primary(pg_pair, suite_id, variant):
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    dsn = prepare(pg_pair)
+    pool = psycopg_pool.ConnectionPool(dsn, min_size=WRITERS, max_size=WRITERS, timeout=5, open=False)
+    forkpool.protect(pool)
+    pool.open(wait=True)
+
+    def write(w: int, n: int) -> int:
+        with pool.connection() as conn:
+            conn.execute(INSERT, (w, n))
+            port = int(conn.info.port)
+        return port
+
+    load = Load()
+    stop, threads = run_threads(write, load)
+    try:
+        figures = measure(pg_pair, variant, load, "psycopg_pool.ConnectionPool (protected)", suite_id)
+    finally:
+        stop_threads(stop, threads)
+    check_outcome(pg_pair, figures, load, suite_id)
+    pool.close()
+
+
+def test_a_read_only_error_is_recognised_through_every_wrapper(pg_pair):
+    """The SQLSTATE is found on the driver's error, and under SQLAlchemy's and Django's wrappers."""
+    import psycopg2
+
+    from forkpool import _failover  # the library's own module, tested directly: the rule per driver
+
+    dsn = prepare(pg_pair)
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    assert _failover.conn_wants_primary(conn)
+    assert _failover.reports_read_only(conn) is False
+    pg_pair.make_read_only()
+    errors: list[psycopg2.Error] = []
+    attempts = iter(range(1, 10**6))
+
+    def refused() -> bool:  # the server signals its sessions to reload: each picks it up a moment later
+        try:
+            conn.cursor().execute(INSERT, (1, next(attempts)))
+        except psycopg2.Error as exc:
+            errors.append(exc)
+            return True
+        return False
+
+    assert wait_for(refused, timeout=10)
+    assert _failover.is_read_only_error(errors[0]), errors
+    assert _failover.reports_read_only(conn) is True  # the server said so with the error, no round trip
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = errors[0]  # Django's DatabaseError keeps the driver's as its cause
+    assert _failover.is_read_only_error(wrapped)
+    conn.close()
+
+
+def test_a_read_replica_is_a_second_named_pool(pg_pair, suite_id):
+    """Writes through the default pool reach the primary, reads through the "replica" pool the standby;
+    the replica pool keeps its connections (a standby is what it asked for), and falls back to the
+    primary when the standby is gone (prefer-standby)."""
+    prepare(pg_pair)
+    forkpool.configure(dsn=pg_pair.dsn("failover"), min_size=1, max_size=2)
+    forkpool.configure("replica", dsn=pg_pair.dsn("failover", "prefer-standby"), min_size=1, max_size=2)
+
+    with forkpool.get_pool().connection() as conn, conn.cursor() as cur:
+        cur.execute(INSERT, (1, 1))
+        cur.execute("SELECT pg_is_in_recovery(), current_setting('port')::int")
+        assert cur.fetchone() == (False, pg_pair.primary.port)
+    pg_pair.wait_replayed()
+
+    replica = forkpool.get_pool("replica")
+    for _ in range(5):
+        with replica.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_is_in_recovery(), current_setting('port')::int, (SELECT count(*) FROM writes)")
+            assert cur.fetchone() == (True, pg_pair.standby.port, 1)
+    assert replica.stats()[forkpool.stats.CONNECTIONS_DISCARDED] == 0  # a standby is no reason to leave
+
+    # The same pool by its DSN: pool_for() gives one pool per configuration.
+    same = forkpool.pool_for(pg_pair.dsn("failover", "prefer-standby"), min_size=1, max_size=2)
+    with same.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        assert cur.fetchone() == (True,)
+
+    pg_pair.standby.stop("immediate")
+
+    def reads_from_primary() -> bool:
+        try:
+            with replica.connection(timeout=5) as conn, conn.cursor() as cur:
+                cur.execute("SELECT current_setting('port')::int, (SELECT count(*) FROM writes)")
+                return cur.fetchone() == (pg_pair.primary.port, 1)
+        except Exception:  # noqa: BLE001 - a connection the standby's death broke: discarded on its way back
+            return False
+
+    assert wait_for(reads_from_primary, timeout=30)
+
+
+def test_which_dsn_asks_for_the_primary(monkeypatch):
+    from forkpool._failover import wants_primary
+
+    monkeypatch.delenv("PGTARGETSESSIONATTRS", raising=False)
+    assert wants_primary("postgresql://u@a:1,b:2/db?target_session_attrs=read-write")
+    assert wants_primary("host=a,b port=1,2 dbname=db target_session_attrs=primary")
+    assert not wants_primary("host=a,b port=1,2 target_session_attrs=prefer-standby")
+    assert not wants_primary("postgresql://u@a/db")
+    assert wants_primary("postgresql://u@a/db", {"target_session_attrs": "read-write"})
+    assert not wants_primary("postgresql://u@a/db?target_session_attrs=read-write", {"target_session_attrs": "any"})
+    monkeypatch.setenv("PGTARGETSESSIONATTRS", "read-write")
+    assert wants_primary("postgresql://u@a/db")
