@@ -546,9 +546,9 @@ class ReplicatedPostgres:
     def promote(self, timeout: float = 60.0) -> None:
         """The standby becomes the primary (``pg_promote``, waiting until it accepts writes)."""
         self.standby_query("SELECT pg_promote(true, %s)", int(timeout))
+        self.promoted_at = time.monotonic()  # pg_promote(wait) returned: the standby is out of recovery
         if not _poll(lambda: self.standby_query("SELECT pg_is_in_recovery()") == [(False,)], timeout):
             raise ServiceError(f"standby on port {self.standby.port} still in recovery after {timeout:.0f}s")
-        self.promoted_at = time.monotonic()
 
 
 def query_server(server: EmbeddedPostgres, query: str, *params: object, dbname: str = "postgres") -> list[tuple]:

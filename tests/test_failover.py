@@ -12,10 +12,13 @@ recovery and the attempts that failed meanwhile are printed, never asserted.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -265,6 +268,53 @@ def test_protected_psycopg_pool_follows_the_primary(pg_pair, suite_id, variant):
         stop_threads(stop, threads)
     check_outcome(pg_pair, figures, load, suite_id)
     pool.close()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_django_persistent_connections_follow_the_primary(pg_pair, suite_id, variant, tmp_path):
+    """forkpool.django in INSTALLED_APPS, CONN_MAX_AGE = None: each thread's connection is closed at the
+    end of the request that found its server demoted; the next request connects to the new primary."""
+    pytest.importorskip("django")
+    prepare(pg_pair)
+    out, stop_file = tmp_path / "attempts.log", tmp_path / "stop"
+    out.touch()
+    hosts = ",".join(s.host for s in pg_pair.servers)
+    ports = ",".join(str(s.port) for s in pg_pair.servers)
+    program = [sys.executable, str(Path(__file__).with_name("django_failover_program.py"))]
+    proc = subprocess.Popen([*program, hosts, ports, "failover", str(out), str(stop_file), str(WRITERS)])
+    load = Load()
+    done = threading.Event()
+
+    def follow() -> None:  # the program's attempts, read as it writes them
+        with open(out) as lines:
+            while True:
+                line = lines.readline()
+                if not line:
+                    if done.is_set():
+                        return
+                    done.wait(0.02)
+                    continue
+                kind, *rest = line.split()
+                with load.lock:
+                    if kind == "ack":
+                        load.acked.append((int(rest[0]), int(rest[1]), int(rest[2]), float(rest[3])))
+                    else:
+                        load.failed.append((float(rest[0]), rest[1]))
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        figures = measure(pg_pair, variant, load, "Django (forkpool.django, CONN_MAX_AGE=None)", suite_id)
+    finally:
+        stop_file.touch()
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            done.set()
+            reader.join(timeout=10)
+    check_outcome(pg_pair, figures, load, suite_id)
 
 
 def test_a_read_only_error_is_recognised_through_every_wrapper(pg_pair):

@@ -240,3 +240,26 @@ def follow_primary_psycopg_pool(pool: Any, asynchronous: bool) -> None:
     if not wants_primary(conninfo, kwargs) or isinstance(pool._reset, _PoolReset):
         return
     pool._reset = (_AsyncPoolReset if asynchronous else _SyncPoolReset)(pool, pool._reset)
+
+
+def django_leave_demoted(**_: Any) -> None:
+    """Django's ``request_started`` / ``request_finished``: this thread's connections on a demoted
+    server are closed, so its next query connects through the host list. Django alone keeps a
+    persistent connection (``CONN_MAX_AGE``) whose ``is_usable()`` (``SELECT 1``) works read-only or
+    not. Each thread's connections are its own: another thread's go at its own next request."""
+    from django.db import connections
+
+    for wrapper in connections.all(initialized_only=True):
+        raw = wrapper.connection
+        if raw is None or wrapper.in_atomic_block or (wrapper.settings_dict.get("OPTIONS") or {}).get("pool"):
+            continue  # not connected; mid-transaction; Django's psycopg_pool (closing would only return it)
+        if conn_wants_primary(raw) and on_demoted_server(raw):
+            wrapper.close()
+
+
+def follow_primary_django() -> None:
+    """Connect `django_leave_demoted` to the request signals (idempotent: by dispatch uid)."""
+    from django.core.signals import request_finished, request_started
+
+    request_started.connect(django_leave_demoted, weak=False, dispatch_uid="forkpool.failover.started")
+    request_finished.connect(django_leave_demoted, weak=False, dispatch_uid="forkpool.failover.finished")
