@@ -15,147 +15,38 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 import forkpool
-from harness.services import ReplicatedPostgres, query_server
+from harness import failover
+from harness.failover import INSERT, VARIANTS, WRITERS, Load, Writers, prepare
+from harness.services import ReplicatedPostgres
 from tests.conftest import wait_for
-
-WRITERS = 4
-TABLE = "CREATE TABLE writes (writer int NOT NULL, n int NOT NULL, PRIMARY KEY (writer, n))"
-INSERT = "INSERT INTO writes (writer, n) VALUES (%s, %s)"
-WARM_UP_WRITES = 40  # acknowledged before the switch: the pool is full and busy when the primary changes
-AFTER_WRITES = 5  # per writer, acknowledged by the new primary: every writer, not just one, got through
-RECOVERY_BOUND = 60.0  # a bound on the wait, far above what it takes: no timing is asserted
-
-
-@dataclass
-class Load:
-    """What the writers saw: acknowledged writes (writer, n, server port, when) and failed attempts (when, error)."""
-
-    acked: list[tuple[int, int, int, float]] = field(default_factory=list)
-    failed: list[tuple[float, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def ack(self, writer: int, n: int, port: int) -> None:
-        with self.lock:
-            self.acked.append((writer, n, port, time.monotonic()))
-
-    def fail(self, exc: BaseException) -> None:
-        with self.lock:
-            self.failed.append((time.monotonic(), type(exc).__name__))
-
-    def acked_on(self, port: int, since: float = 0.0) -> list[tuple[int, int, int, float]]:
-        with self.lock:
-            return [a for a in self.acked if a[2] == port and a[3] >= since]
-
-    def every_writer_on(self, port: int, count: int) -> bool:
-        done = self.acked_on(port)
-        return all(sum(1 for a in done if a[0] == w) >= count for w in range(WRITERS))
-
-
-def switch(pair: ReplicatedPostgres, variant: str) -> None:
-    if variant == "read-only":
-        pair.make_read_only()
-        # Promote only once nothing can commit on the old primary any more: a commit there after the
-        # promotion would wait for its synchronous standby for ever (a switchover tool waits the same way).
-        pair.wait_caught_up()
-    else:
-        pair.stop_primary("immediate")  # a crash: no goodbye to its clients
-    pair.promote()
 
 
 def measure(pair: ReplicatedPostgres, variant: str, load: Load, label: str, suite_id: str) -> dict[str, object]:
-    """The switch under load, then the figures; the caller's writers run throughout."""
-    assert wait_for(lambda: len(load.acked) >= WARM_UP_WRITES, timeout=30), f"no load before the switch: {load.failed}"
-    old_port, new_port = pair.primary.port, pair.standby.port
-    switched_at = time.monotonic()
-    switch(pair, variant)
-    recovered = wait_for(lambda: load.every_writer_on(new_port, AFTER_WRITES), timeout=RECOVERY_BOUND)
-    failures = [f for f in load.failed if f[0] >= switched_at]
-    assert recovered, f"{label}/{variant}: writes did not reach the new primary: {failures[-5:]}"
-    first = min(a[3] for a in load.acked_on(new_port))
-    return {
-        "pool": label,
-        "variant": variant,
-        "seconds_to_recovery": round(first - switched_at, 3),
-        # The switch itself takes time (the read-only variant waits for the standby, then promotes):
-        # what the pools add is the time after the promotion.
-        "seconds_after_promotion": round(first - (pair.promoted_at or switched_at), 3),
-        "failed_attempts": len(failures),
-        "errors": sorted({name for _, name in failures}),
-        "old_port": old_port,
-        "new_port": new_port,
-    }
+    figures = failover.measure(pair, variant, load, label)
+    assert figures["recovered"], f"{label}/{variant}: writes did not reach the new primary: {load.failed[-5:]}"
+    return figures
 
 
 def check_outcome(pair: ReplicatedPostgres, figures: dict[str, object], load: Load, suite_id: str) -> None:
     """No acknowledged write lost (counted on the new primary); none of our sessions left on the old one."""
-    rows = set(pair.standby_query("SELECT writer, n FROM writes", dbname="failover"))
-    with load.lock:
-        acked = {(w, n) for w, n, _, _ in load.acked}
-    lost = acked - rows
-    figures["acknowledged"] = len(acked)
-    figures["rows_lost"] = len(lost)
-    if figures["variant"] == "read-only":
-
-        def ours_on_old() -> int:
-            found = query_server(
-                pair.primary,
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-                f"{suite_id}:%",
-            )
-            return int(found[0][0])
-
-        wait_for(lambda: ours_on_old() == 0, timeout=30)  # a closed session ends asynchronously on the server
-        figures["left_on_old_primary"] = ours_on_old()
-    else:
-        figures["left_on_old_primary"] = 0  # the old primary is down: nothing can be left on it
+    failover.outcome(pair, figures, load, f"{suite_id}:")
     print(f"\nfailover {figures}")
-    assert not lost, f"acknowledged writes missing on the new primary: {sorted(lost)[:10]}"
+    assert figures["rows_lost"] == 0, f"acknowledged writes missing on the new primary: {figures['lost_sample']}"
     assert figures["left_on_old_primary"] == 0, f"sessions left on the old primary: {figures}"
 
 
-def prepare(pair: ReplicatedPostgres) -> str:
-    dsn = pair.create_database("failover")
-    query_server(pair.primary, TABLE, dbname="failover")
-    return dsn
+def run_threads(write: Callable[[int, int], int], load: Load) -> Writers:
+    return Writers(write, load).start()
 
 
-def run_threads(write: Callable[[int, int], int], load: Load) -> tuple[threading.Event, list[threading.Thread]]:
-    stop = threading.Event()
-
-    def writer(w: int) -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                port = write(w, n)
-            except Exception as exc:  # noqa: BLE001 - every failed attempt is counted, whatever it raised
-                load.fail(exc)
-                stop.wait(0.005)  # a client's pause before it retries: no spin on a 2-core machine
-            else:
-                load.ack(w, n, port)
-
-    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(WRITERS)]
-    for t in threads:
-        t.start()
-    return stop, threads
-
-
-def stop_threads(stop: threading.Event, threads: list[threading.Thread]) -> None:
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-        assert not t.is_alive(), "a writer hung"
-
-
-VARIANTS = ["read-only", "stopped"]
+def stop_threads(writers: Writers) -> None:
+    assert writers.stop(timeout=30), "a writer hung"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -172,11 +63,11 @@ def test_own_pool_follows_the_primary(pg_pair, suite_id, variant, driver_name):
         return port  # the block committed: acknowledged
 
     load = Load()
-    stop, threads = run_threads(write, load)
+    writers = run_threads(write, load)
     try:
         figures = measure(pg_pair, variant, load, f"forkpool.Pool[{driver_name}]", suite_id)
     finally:
-        stop_threads(stop, threads)
+        stop_threads(writers)
     figures["discarded"] = pool.stats()[forkpool.stats.CONNECTIONS_DISCARDED]
     check_outcome(pg_pair, figures, load, suite_id)
 
@@ -220,6 +111,46 @@ def test_async_pool_follows_the_primary(pg_pair, suite_id, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_protected_asyncpg_pool_follows_the_primary(pg_pair, suite_id, variant):
+    asyncpg = pytest.importorskip("asyncpg")
+    dsn = prepare(pg_pair)
+    load = Load()
+
+    async def main() -> dict[str, object]:
+        pool = forkpool.protect(asyncpg.create_pool(dsn, min_size=WRITERS, max_size=WRITERS))
+        await pool
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    async with pool.acquire(timeout=5) as conn:
+                        port = await conn.fetchval(
+                            "INSERT INTO writes (writer, n) VALUES ($1, $2) RETURNING current_setting('port')::int",
+                            w,
+                            n,
+                        )
+                except Exception as exc:  # noqa: BLE001 - every failed attempt is counted
+                    load.fail(exc)
+                    await asyncio.sleep(0.005)  # a client's pause before it retries
+                else:
+                    load.ack(w, n, port)
+
+        tasks = [asyncio.create_task(writer(w)) for w in range(WRITERS)]
+        try:
+            return await asyncio.to_thread(measure, pg_pair, variant, load, "asyncpg pool (protected)", suite_id)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+            await asyncio.wait_for(pool.close(), timeout=30)
+
+    figures = asyncio.run(main())
+    check_outcome(pg_pair, figures, load, suite_id)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_protected_sqlalchemy_engine_follows_the_primary(pg_pair, suite_id, variant):
     sqlalchemy = pytest.importorskip("sqlalchemy")
     dsn = prepare(pg_pair)
@@ -236,11 +167,11 @@ def test_protected_sqlalchemy_engine_follows_the_primary(pg_pair, suite_id, vari
         return port
 
     load = Load()
-    stop, threads = run_threads(write, load)
+    writers = run_threads(write, load)
     try:
         figures = measure(pg_pair, variant, load, "SQLAlchemy engine (protected)", suite_id)
     finally:
-        stop_threads(stop, threads)
+        stop_threads(writers)
     check_outcome(pg_pair, figures, load, suite_id)
     engine.dispose()
     assert dsn  # the two-host DSN the database was made for
@@ -261,11 +192,11 @@ def test_protected_psycopg_pool_follows_the_primary(pg_pair, suite_id, variant):
         return port
 
     load = Load()
-    stop, threads = run_threads(write, load)
+    writers = run_threads(write, load)
     try:
         figures = measure(pg_pair, variant, load, "psycopg_pool.ConnectionPool (protected)", suite_id)
     finally:
-        stop_threads(stop, threads)
+        stop_threads(writers)
     check_outcome(pg_pair, figures, load, suite_id)
     pool.close()
 

@@ -263,3 +263,29 @@ def follow_primary_django() -> None:
 
     request_started.connect(django_leave_demoted, weak=False, dispatch_uid="forkpool.failover.started")
     request_finished.connect(django_leave_demoted, weak=False, dispatch_uid="forkpool.failover.finished")
+
+
+class _AsyncpgReset:
+    """An asyncpg pool's ``reset`` (run at each release), ours first: a connection released from a demoted
+    server expires the pool's connections (``expire_connections()``: each is replaced at its next
+    acquire, this one included); then the application's ``reset``, else asyncpg's default one."""
+
+    def __init__(self, pool: Any, own: Any) -> None:
+        self.pool = pool  # asyncpg's Pool has __slots__ without __weakref__; protect() holds it for life anyway
+        self.own = own
+
+    async def __call__(self, conn: Any) -> None:
+        if on_demoted_server(conn):
+            await self.pool.expire_connections()
+        if self.own is not None:
+            await self.own(conn)
+        else:
+            await conn.reset()  # what asyncpg runs when a pool has no reset of its own
+
+
+def follow_primary_asyncpg(pool: Any, target_session_attrs: Any) -> None:
+    """Make an asyncpg pool whose DSN asks for the primary follow it, through its ``_reset`` (where asyncpg
+    keeps the ``reset`` argument, 0.30 - 0.32; the rebuild in a child reads it there too). Idempotent."""
+    target = str(getattr(target_session_attrs, "value", target_session_attrs)).lower()
+    if target in WRITABLE_TARGETS and not isinstance(pool._reset, _AsyncpgReset):
+        pool._reset = _AsyncpgReset(pool, pool._reset)

@@ -74,6 +74,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._failover import follow_primary_asyncpg
 from ..endpoints import Endpoints, resolve
 from ..errors import ConfigError
 from ..identity import application_name
@@ -417,6 +418,7 @@ class AsyncpgPools:
             # that will never run, the one get_event_loop() gave at import).
             state.deferred = True
         name_connections(obj)
+        follow_primary_asyncpg(obj, getattr(params, "target_session_attrs", None))  # _failover.py
         return endpoints
 
     def detach(self, obj: Any) -> None:
