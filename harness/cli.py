@@ -299,6 +299,7 @@ def _enter_private_network(argv: list[str]) -> None:
             "reset-mid-query",
             "reconnect-storm",
             "redis-blackhole",
+            "failover",
         ]
     ),
 )
