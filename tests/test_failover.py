@@ -248,36 +248,41 @@ def test_django_persistent_connections_follow_the_primary(pg_pair, suite_id, var
     check_outcome(pg_pair, figures, load, suite_id)
 
 
-def test_a_read_only_error_is_recognised_through_every_wrapper(pg_pair):
-    """The SQLSTATE is found on the driver's error, and under SQLAlchemy's and Django's wrappers."""
-    import psycopg2
-
+@pytest.mark.parametrize("driver_name", ["psycopg2", "psycopg"])
+def test_a_demoted_server_is_recognised_with_no_round_trip(pg_pair, driver_name):
+    """Each driver's connection reports the server turned read-only (with the error, no round trip of
+    its own); the SQLSTATE is found on the driver's error and under a wrapper's cause."""
+    driver = pytest.importorskip(driver_name)
     from forkpool import _failover  # the library's own module, tested directly: the rule per driver
 
     dsn = prepare(pg_pair)
-    conn = psycopg2.connect(dsn)
+    conn = driver.connect(dsn)
     conn.autocommit = True
     assert _failover.conn_wants_primary(conn)
-    assert _failover.reports_read_only(conn) is False
+    assert _failover.read_only_status(conn) == "off"
+    assert not _failover.PrimaryWatch(True).check(conn, 0.0)
     pg_pair.make_read_only()
-    errors: list[psycopg2.Error] = []
+    errors: list[Exception] = []
     attempts = iter(range(1, 10**6))
 
     def refused() -> bool:  # the server signals its sessions to reload: each picks it up a moment later
         try:
             conn.cursor().execute(INSERT, (1, next(attempts)))
-        except psycopg2.Error as exc:
+        except driver.Error as exc:
             errors.append(exc)
             return True
         return False
 
     assert wait_for(refused, timeout=10)
     assert _failover.is_read_only_error(errors[0]), errors
-    assert _failover.reports_read_only(conn) is True  # the server said so with the error, no round trip
+    assert _failover.read_only_status(conn) == "on"  # the server said so with the error
+    watch = _failover.PrimaryWatch(True)
+    assert watch.check(conn, 0.0) and watch.demoted_hosts == [("127.0.0.1", str(pg_pair.primary.port))]
     wrapped = RuntimeError("wrapper")
     wrapped.__cause__ = errors[0]  # Django's DatabaseError keeps the driver's as its cause
     assert _failover.is_read_only_error(wrapped)
     conn.close()
+    assert _failover.read_only_status(conn) is None  # closed: nothing to read, no error
 
 
 def test_a_read_replica_is_a_second_named_pool(pg_pair, suite_id):

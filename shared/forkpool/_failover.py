@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 
@@ -22,10 +22,13 @@ E = TypeVar("E", bound=_Entry)
 READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: "cannot execute INSERT in a read-only transaction"
 # target_session_attrs values with which libpq connects only to a server that takes writes.
 WRITABLE_TARGETS = frozenset({"read-write", "primary"})
-# PostgreSQL >= 14 reports both to the client whenever they change (ParameterStatus, before the
-# next ReadyForQuery): a session learns its server was made read-only, or is a standby, with no
-# round trip of its own. libpq's target_session_attrs check reads the same two at connect time.
-_READ_ONLY_PARAMETERS = ("default_transaction_read_only", "in_hot_standby")
+# PostgreSQL >= 14 reports it to the client whenever it changes (ParameterStatus, before the next
+# ReadyForQuery): a session learns its server was made read-only with no round trip of its own.
+# libpq's target_session_attrs check reads it (and in_hot_standby) at connect time. in_hot_standby
+# never turns on under an open session: a server becomes a standby only through a restart, which
+# ends every session.
+_READ_ONLY_PARAMETER = "default_transaction_read_only"
+_READ_ONLY_PARAMETER_BYTES = _READ_ONLY_PARAMETER.encode()
 _CAUSE_DEPTH = 5  # SQLAlchemy's .orig, Django's __cause__: a wrapped driver error is a level or two down
 
 
@@ -68,28 +71,58 @@ def is_read_only_error(exc: BaseException | None) -> bool:
     return sqlstate(exc) == READ_ONLY_SQLSTATE
 
 
-def _parameter(conn: Any, name: str) -> str | None:
-    info = getattr(conn, "info", None)
-    if info is not None:  # psycopg2 >= 2.8 and psycopg 3: PQparameterStatus, no I/O
-        try:
-            value = info.parameter_status(name)
-        except Exception:  # noqa: BLE001 - a closed connection reports nothing
-            return None
-        return value if isinstance(value, str) else None
-    get_settings = getattr(conn, "get_settings", None)  # asyncpg: the server's ParameterStatus values
-    if callable(get_settings):
-        value = getattr(get_settings(), name, None)
-        return value if isinstance(value, str) else None
+def _psycopg2_status(conn: Any) -> str | None:
+    value = conn.get_parameter_status(_READ_ONLY_PARAMETER)  # one C call: PQparameterStatus
+    return value if isinstance(value, str) else None
+
+
+def _psycopg_status(conn: Any) -> str | None:
+    raw = conn.pgconn.parameter_status(_READ_ONLY_PARAMETER_BYTES)  # libpq's own, no object made
+    return raw.decode() if isinstance(raw, bytes) else None
+
+
+def _asyncpg_status(conn: Any) -> str | None:
+    value = getattr(conn.get_settings(), _READ_ONLY_PARAMETER, None)  # its ParameterStatus values
+    return value if isinstance(value, str) else None
+
+
+def _no_status(conn: Any) -> str | None:
     return None
 
 
-def reports_read_only(conn: Any) -> bool | None:
-    """True if `conn`'s server said it is read-only or a standby; None if the server reports
-    neither (PostgreSQL < 14: only an error tells)."""
-    values = [_parameter(conn, name) for name in _READ_ONLY_PARAMETERS]
-    if all(v is None for v in values):
+_STATUS_READERS: dict[type, Callable[[Any], str | None]] = {}  # per connection class: chosen once
+
+
+def _status_reader(conn: Any) -> Callable[[Any], str | None]:
+    cls = type(conn)
+    reader = _STATUS_READERS.get(cls)
+    if reader is None:  # asked of the instance: psycopg 3 sets pgconn in __init__, not on the class
+        if hasattr(conn, "get_parameter_status"):
+            reader = _psycopg2_status
+        elif hasattr(conn, "pgconn"):
+            reader = _psycopg_status
+        elif hasattr(conn, "get_settings"):
+            reader = _asyncpg_status
+        else:
+            reader = _no_status
+        _STATUS_READERS[cls] = reader
+    return reader
+
+
+def read_only_status(conn: Any) -> str | None:
+    """``default_transaction_read_only`` as `conn`'s server last reported it ("on" / "off"), None if it
+    reports nothing (PostgreSQL < 14) or the connection is closed. No I/O."""
+    try:
+        return _status_reader(conn)(conn)
+    except Exception:  # noqa: BLE001 - a closed connection reports nothing
         return None
-    return "on" in values
+
+
+def reports_read_only(conn: Any) -> bool | None:
+    """True if `conn`'s server said it is read-only now; None if the server reports nothing of the
+    kind (PostgreSQL < 14: only an error tells)."""
+    value = read_only_status(conn)
+    return None if value is None else value == "on"
 
 
 def host_of(conn: Any) -> tuple[str, str] | None:
@@ -109,7 +142,7 @@ def host_of(conn: Any) -> tuple[str, str] | None:
 
 
 def on_demoted_server(conn: Any, exc: BaseException | None = None) -> bool:
-    """True if `conn`'s server no longer takes writes: it reports read-only or in recovery, or, on a
+    """True if `conn`'s server no longer takes writes: it reports itself read-only, or, on a
     server too old to report it, a statement failed with SQLSTATE 25006. A 25006 from a transaction
     the application made read-only itself, on a server that reports read-write, is not a demotion."""
     reported = reports_read_only(conn)
@@ -134,14 +167,15 @@ class PrimaryWatch:
         Costs no I/O: the server's reported parameters are already in the client."""
         if not self.enabled:
             return False
-        host = host_of(conn)
-        if on_demoted_server(conn, exc):
+        # on_demoted_server() inlined: this runs at every return of a pool that asks for the primary.
+        status = read_only_status(conn)
+        if status == "on" or (status is None and exc is not None and is_read_only_error(exc)):
+            host = host_of(conn)
             if host is not None:
                 with self._lock:
                     self._demoted[host] = time.monotonic()
             return True
-        seen = self._demoted.get(host) if host is not None else None
-        return seen is not None and opened_at <= seen
+        return bool(self._demoted) and self.stale(conn, opened_at)
 
     def stale(self, conn: Any, opened_at: float) -> bool:
         """`conn`, opened at `opened_at`, is on a host seen demoted since: a sibling of one that
