@@ -161,6 +161,13 @@ def outcome(pair: ReplicatedPostgres, figures: dict[str, Any], load: Load, ident
 
         _poll(lambda: ours_on_old() == 0, 30)  # a closed session ends asynchronously on the server
         figures["left_on_old_primary"] = ours_on_old()
+        if figures["left_on_old_primary"]:
+            query = (
+                "SELECT application_name, state, extract(epoch FROM now() - backend_start)::int, "
+                "extract(epoch FROM now() - state_change)::int, left(query, 60) "
+                "FROM pg_stat_activity WHERE application_name LIKE %s"
+            )
+            figures["left_sessions"] = query_server(pair.primary, query, f"{identity_prefix}%")
     else:
         figures["left_on_old_primary"] = 0  # the old primary is down: nothing can be left on it
     return figures
