@@ -234,14 +234,21 @@ class _PoolReset:
         self.pool = weakref.ref(pool)
         self.own = own
 
-    def _demoted(self, conn: Any) -> bool:
-        return bool(on_demoted_server(conn))
+    def _demoted(self, conn: Any, pool: Any) -> bool:
+        """`conn` is on a demoted server and no drain since it was opened covers it. A connection opened
+        before the last drain is discarded on its way back anyway: draining again for it would close
+        the new primary's fresh connections too. (``_created_at``, ``_drained_at``: psycopg_pool's own
+        marks for that very test, 3.2 and 3.3.)"""
+        if not on_demoted_server(conn):
+            return False
+        created, drained = getattr(conn, "_created_at", None), getattr(pool, "_drained_at", None)
+        return not (isinstance(created, float) and isinstance(drained, float) and created <= drained)
 
 
 class _SyncPoolReset(_PoolReset):
     def __call__(self, conn: Any) -> None:
         pool = self.pool()
-        if pool is not None and self._demoted(conn):
+        if pool is not None and self._demoted(conn, pool):
             drain = getattr(pool, "drain", None)
             if drain is None:  # psycopg_pool < 3.2: an error in reset discards this connection only
                 raise RuntimeError("connection to a demoted server")
@@ -253,7 +260,7 @@ class _SyncPoolReset(_PoolReset):
 class _AsyncPoolReset(_PoolReset):
     async def __call__(self, conn: Any) -> None:
         pool = self.pool()
-        if pool is not None and self._demoted(conn):
+        if pool is not None and self._demoted(conn, pool):
             drain = getattr(pool, "drain", None)
             if drain is None:
                 raise RuntimeError("connection to a demoted server")
