@@ -56,6 +56,7 @@ FAULT_SCENARIOS = [
     "reset-mid-query",
     "reconnect-storm",
     "redis-blackhole",
+    "failover",
 ]
 
 

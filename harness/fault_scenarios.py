@@ -16,6 +16,7 @@ from forkpool.settings import build_settings
 from suite.queue import TASK_HOLD
 
 from .chaos import DirectEnqueuer, producer
+from .failover import failover
 from .faults import Bench, FaultResult, Prober, outcome_counts, recovery_time
 from .model import Check
 from .net_scenarios import blackhole, redis_blackhole
@@ -387,6 +388,8 @@ SCENARIOS: dict[str, Callable[..., FaultResult]] = {
     "reset-mid-query": reset_mid_query,
     "reconnect-storm": reconnect_storm,
     "redis-blackhole": redis_blackhole,
+    # A primary and a synchronous standby; the standby promoted, the old primary read-only, then stopped.
+    "failover": failover,
 }
 
 # CI's versions: each well under a minute on 2 cores. A silence must still outlast the bound it

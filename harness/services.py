@@ -26,7 +26,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,8 @@ __all__ = [
     "EmbeddedMariaDB",
     "EmbeddedPostgres",
     "EmbeddedRedis",
+    "EmbeddedStandby",
+    "ReplicatedPostgres",
     "ServiceError",
     "Services",
     "external_database_url",
@@ -341,6 +343,7 @@ class EmbeddedPostgres(_Server):
         if self._password is not None:
             rules.append(f"host all {APP_ROLE} {HOST}/32 scram-sha-256")
         rules.append(f"host all all {HOST}/32 trust")
+        rules.append(f"host replication {SUPERUSER} {HOST}/32 trust")  # pg_basebackup and a standby's stream
         hba.write_text("\n".join(rules) + "\n")
         chown_tree(hba, self._user)
 
@@ -403,6 +406,172 @@ class EmbeddedPostgres(_Server):
         if self._password:
             return ServiceError(str(error).replace(self._password, "***"))
         return error
+
+
+class EmbeddedStandby(EmbeddedPostgres):
+    """A streaming hot standby of `primary`, copied from it by ``pg_basebackup -R`` (which also writes
+    ``primary_conninfo`` and ``standby.signal``); roles and databases are the primary's."""
+
+    kind = "standby"
+
+    def __init__(
+        self,
+        primary: EmbeddedPostgres,
+        max_connections: int = 100,
+        *,
+        base_dir: str | Path | None = None,
+        settings: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(max_connections, base_dir=base_dir, settings=settings)
+        self.primary = primary
+
+    def _prepare(self) -> None:
+        chown_tree(self._tmp(), self._user, recursive=False)
+        self.socket_dir.mkdir()
+        chown_tree(self.socket_dir, self._user)
+        source = ["-h", self.primary.host, "-p", str(self.primary.port), "-U", SUPERUSER]
+        run(
+            [
+                str(self._bindir / "pg_basebackup"),
+                "-D",
+                str(self.data_dir),
+                *source,
+                "-X",
+                "stream",
+                "-R",
+                "-c",
+                "fast",
+            ],
+            cwd=self._tmp(),
+            user=self._user,
+            timeout=120,
+        )
+
+    def _after_first_start(self) -> None: ...  # the primary's roles came with the copy
+
+
+class ReplicatedPostgres:
+    """An embedded primary and a streaming standby with synchronous commit: a commit is acknowledged
+    only once the standby has flushed it, so a promotion loses no acknowledged write.
+
+    ``dsn()`` names both servers, the way a client of a managed cluster names them; ``promote()``,
+    ``make_read_only()`` and ``stop_primary()`` are the steps of a failover.
+    """
+
+    def __init__(self, max_connections: int = 100, *, base_dir: str | Path | None = None) -> None:
+        durable = {"synchronous_commit": "on", "wal_level": "replica", "max_wal_senders": 5}
+        # Only the primary waits for a standby: the promoted standby has none, and would hang every commit.
+        self.primary = EmbeddedPostgres(
+            max_connections, base_dir=base_dir, settings={**durable, "synchronous_standby_names": "*"}
+        )
+        self.standby = EmbeddedStandby(self.primary, max_connections, base_dir=base_dir, settings=durable)
+        self.promoted_at: float | None = None
+
+    def start(self) -> Self:
+        self.primary.start()
+        self.standby.start()
+        # Synchronous from here on: until the standby is streaming, commits on the primary would wait.
+        if not _poll(lambda: self.primary_query("SELECT sync_state FROM pg_stat_replication") == [("sync",)], 30):
+            raise ServiceError(f"standby on port {self.standby.port} never became a synchronous standby")
+        return self
+
+    def cleanup(self) -> None:
+        try:
+            self.standby.cleanup()
+        finally:
+            self.primary.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    @property
+    def servers(self) -> tuple[EmbeddedPostgres, EmbeddedPostgres]:
+        return self.primary, self.standby
+
+    def dsn(self, dbname: str = "postgres", target_session_attrs: str = "read-write", user: str = SUPERUSER) -> str:
+        """A libpq URL naming both servers, primary first: libpq tries them in turn at connect time."""
+        hosts = ",".join(f"{s.host}:{s.port}" for s in self.servers)
+        return f"postgresql://{quote(user, safe='')}@{hosts}/{quote(dbname, safe='')}?target_session_attrs={target_session_attrs}"
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE on the primary, replicated to the standby; the two-host DSN for it."""
+        self.primary.create_database(name)
+        self.wait_replayed()  # the standby replays it a moment after: usable there too from now on
+        return self.dsn(name)
+
+    def wait_replayed(self, timeout: float = 30.0) -> None:
+        """Until the standby has replayed all the primary wrote so far (synchronous commit waits for
+        its flush, not its replay: a row just committed is visible there a moment later)."""
+        (target,) = self.primary_query("SELECT pg_current_wal_lsn()::text")[0]
+        query = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+        if not _poll(lambda: self.standby_query(query, target) == [(True,)], timeout):
+            raise ServiceError(f"standby on port {self.standby.port} not replayed up to {target} after {timeout:.0f}s")
+
+    def primary_query(self, query: str, *params: object, dbname: str = "postgres") -> list[tuple]:
+        return query_server(self.primary, query, *params, dbname=dbname)
+
+    def standby_query(self, query: str, *params: object, dbname: str = "postgres") -> list[tuple]:
+        return query_server(self.standby, query, *params, dbname=dbname)
+
+    def make_read_only(self) -> None:
+        """The old primary turns read-only without dropping a connection (a managed writer becoming a
+        reader): every session, open ones included, picks the setting up at its next statement."""
+        self.primary_query("ALTER SYSTEM SET default_transaction_read_only = on")
+        self.primary_query("SELECT pg_reload_conf()")
+
+    def wait_caught_up(self, timeout: float = 30.0) -> None:
+        """Until no transaction on the primary can still commit and the standby has flushed all its WAL:
+        what a switchover waits for before promoting. A commit written after the promotion would wait
+        for the synchronous standby for ever."""
+
+        def settled() -> bool:
+            writing = self.primary_query(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL OR wait_event = 'SyncRep'"
+            )
+            behind = self.primary_query(
+                "SELECT count(*) FROM pg_stat_replication WHERE flush_lsn IS DISTINCT FROM pg_current_wal_lsn()"
+            )
+            return writing == [(0,)] and behind == [(0,)]
+
+        if not _poll(settled, timeout):
+            raise ServiceError(f"primary on port {self.primary.port}: standby not caught up after {timeout:.0f}s")
+
+    def stop_primary(self, mode: str = "immediate") -> None:
+        """The old primary dies (immediate: no shutdown checkpoint, as in a crash); its sessions end."""
+        self.primary.stop(mode)
+
+    def promote(self, timeout: float = 60.0) -> None:
+        """The standby becomes the primary (``pg_promote``, waiting until it accepts writes)."""
+        self.standby_query("SELECT pg_promote(true, %s)", int(timeout))
+        self.promoted_at = time.monotonic()  # pg_promote(wait) returned: the standby is out of recovery
+        if not _poll(lambda: self.standby_query("SELECT pg_is_in_recovery()") == [(False,)], timeout):
+            raise ServiceError(f"standby on port {self.standby.port} still in recovery after {timeout:.0f}s")
+
+
+def query_server(server: EmbeddedPostgres, query: str, *params: object, dbname: str = "postgres") -> list[tuple]:
+    """One statement on `server` as the superuser, in autocommit, over its private unix socket."""
+    conn = psycopg2.connect(
+        host=str(server.socket_dir), port=server.port, user=SUPERUSER, dbname=dbname, connect_timeout=5
+    )
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(query, params or None)
+            return [tuple(row) for row in cur.fetchall()] if cur.description else []
+    finally:
+        conn.close()
+
+
+def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
 
 
 class EmbeddedRedis(_Server):

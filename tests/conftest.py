@@ -23,6 +23,7 @@ from harness.services import (
     EmbeddedMariaDB,
     EmbeddedPostgres,
     EmbeddedRedis,
+    ReplicatedPostgres,
     ServiceError,
     external_database_url,
     external_redis_url,
@@ -50,6 +51,18 @@ def pg_server() -> Iterator[EmbeddedPostgres | None]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def pg_pair() -> Iterator[ReplicatedPostgres]:
+    """An embedded primary and its synchronous streaming standby, fresh for each test: a failover
+    changes them for good. ``pg_pair.dsn()`` names both, primary first, ``target_session_attrs=read-write``."""
+    pair = ReplicatedPostgres(max_connections=100)
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.cleanup()
 
 
 @pytest.fixture(scope="session")

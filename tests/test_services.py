@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 import redis
 
-from harness.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, redact_url, services
+from harness.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, query_server, redact_url, services
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE_PORTS = {5432, 6379}  # the machine's own servers: never ours
@@ -284,3 +284,18 @@ def test_free_ports_come_from_below_the_ephemeral_range():
     # else: this machine's ephemeral range starts too low to stay out of it; the kernel's choice is used
     assert not ports & {5432, 6379}
     assert len(ports) > 40  # spread out: parallel runs rarely pick the same one
+
+
+def test_the_pair_replicates_synchronously_and_promotes(pg_pair):
+    """The fixture itself: writes on the primary are on the standby, which refuses writes until promoted."""
+    dsn = pg_pair.create_database("failover")
+    query_server(pg_pair.primary, "CREATE TABLE writes (n int)", dbname="failover")
+    query_server(pg_pair.primary, "INSERT INTO writes VALUES (1)", dbname="failover")
+    pg_pair.wait_replayed()
+    assert pg_pair.standby_query("SELECT count(*) FROM writes", dbname="failover") == [(1,)]
+    assert pg_pair.standby_query("SELECT pg_is_in_recovery()") == [(True,)]
+    assert pg_pair.primary_query("SELECT sync_state FROM pg_stat_replication") == [("sync",)]
+    pg_pair.promote()
+    query_server(pg_pair.standby, "INSERT INTO writes VALUES (2)", dbname="failover")
+    assert pg_pair.standby_query("SELECT count(*) FROM writes", dbname="failover") == [(2,)]
+    assert "target_session_attrs=read-write" in dsn

@@ -45,6 +45,7 @@ from ._base import (
     stats_listeners,
 )
 from ._drivers import get_driver
+from ._failover import PrimaryWatch, take_stale, wants_primary
 from ._process import notice_fork
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .settings import PoolSettings, with_hooks
@@ -76,6 +77,10 @@ class Pool(BasePool):
         self.driver = get_driver(settings.driver)
         super().__init__(settings, name)
         self._is_clean = self.driver.clean_check(self.session)  # putconn's one question, made once
+        # A pool whose DSN asks for the primary drops connections to a server demoted under it (_failover.py).
+        self._primary = PrimaryWatch(
+            wants_primary(settings.dsn, settings.connect_kwargs) and not self.session.read_only
+        )
         self._lock = threading.Lock()
         self._size_changed = threading.Condition(self._lock)
         self._waiting: deque[Waiter] = deque()
@@ -138,6 +143,10 @@ class Pool(BasePool):
         entry = self._in_use.get(conn)  # only the borrowing thread returns it: no race
         if entry is None:
             raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
+        if self._primary.enabled and self._primary.check(conn, entry.created_at):
+            self._retire(entry, broken=True)
+            self._drop_demoted_idle()
+            return
         # The common case asks the driver one question; anything else takes the full reset.
         reusable = self._is_clean(conn) or self.driver.reset_for_reuse(conn, self.session)
         if reusable and self.settings.reset is not None:
@@ -157,6 +166,8 @@ class Pool(BasePool):
                 self._hand_over(entry)
             else:
                 self._idle.append(entry)  # _hand_over()'s common case, without the call
+        if self._primary.enabled and self._primary.stale(conn, entry.created_at):
+            self._drop_demoted_idle()  # its host was seen demoted while it came back, after that purge
 
     def _run_reset_hook(self, conn: connection) -> bool:
         """The user's ``reset`` on a returned, idle connection (outside the pool lock); False: discard it."""
@@ -182,8 +193,10 @@ class Pool(BasePool):
         conn = self.getconn(timeout)
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             rollback_quietly(conn)
+            if self._primary.enabled:
+                self._primary.check(conn, 0.0, exc)  # a 25006 from a server too old to report read-only
             raise
         else:
             conn.commit()
@@ -329,6 +342,8 @@ class Pool(BasePool):
 
     def _usable(self, entry: Entry) -> bool:
         """Check the connection first if it sat idle long, predates a failure, or heard from the server."""
+        if self._primary.enabled and self._primary.stale(entry.conn, entry.created_at):
+            return False  # on a server seen demoted since it was opened: the primary changed
         idle_for = entry.checked_out_at - entry.returned_at
         if (
             idle_for < self.settings.check_idle
@@ -365,6 +380,20 @@ class Pool(BasePool):
         close_quietly(entry.conn)
         if broken:
             logger.info("%r: discarded a broken connection", self)
+        self._maintainer.wake()
+
+    def _drop_demoted_idle(self) -> None:
+        """Close the idle siblings of a connection found on a demoted server: the next checkouts
+        connect again, through the DSN's host list, to the server that now takes writes."""
+        with self._lock:
+            stale = take_stale(self._idle, self._primary)
+            self._counts[keys.CONNECTIONS_CLOSED] += len(stale)
+            self._counts[keys.CONNECTIONS_DISCARDED] += len(stale)
+            self._size_changed.notify_all()
+        for entry in stale:
+            close_quietly(entry.conn)
+        if stale:
+            logger.info("%r: closed %d idle connections to a demoted server", self, len(stale))
         self._maintainer.wake()
 
     def _raise_if_unusable(self) -> None:

@@ -42,6 +42,7 @@ from ._base import (
     stats_listeners,
 )
 from ._drivers import PSYCOPG, Session, get_driver
+from ._failover import PrimaryWatch, take_stale, wants_primary
 from ._process import notice_fork
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting, import_extra
 from .settings import PoolSettings, describe_error, with_hooks
@@ -75,6 +76,10 @@ class AsyncPool(BasePool):
         self._driver = get_driver(PSYCOPG)
         self._level = self._driver.level(self.session)  # type: ignore[attr-defined]  # PsycopgDriver's
         self._is_clean = self._driver.clean_check(self.session)  # the same question as the threaded pool's
+        # A pool whose DSN asks for the primary drops connections to a server demoted under it (_failover.py).
+        self._primary = PrimaryWatch(
+            wants_primary(settings.dsn, settings.connect_kwargs) and not self.session.read_only
+        )
         self.loop = asyncio.get_running_loop()
         self._waiting: deque[tuple[asyncio.Future[Entry], float]] = deque()  # (future, when it queued)
         self._size_changed = asyncio.Event()
@@ -181,6 +186,10 @@ class AsyncPool(BasePool):
 
     def _return(self, entry: Entry) -> None:
         now = _monotonic()
+        if self._primary.enabled and self._primary.check(entry.conn, entry.created_at):
+            self._retire(entry, broken=True)
+            self._drop_demoted_idle()
+            return
         if now >= entry.expires_at or self._closed:
             self._retire(entry, broken=False)
             return
@@ -194,8 +203,10 @@ class AsyncPool(BasePool):
         conn = await self.getconn(timeout)
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             await _quietly(conn.rollback())
+            if self._primary.enabled:
+                self._primary.check(conn, 0.0, exc)  # a 25006 from a server too old to report read-only
             raise
         else:
             await conn.commit()
@@ -373,6 +384,8 @@ class AsyncPool(BasePool):
             await conn.set_deferrable(session.deferrable)
 
     async def _usable(self, entry: Entry) -> bool:
+        if self._primary.enabled and self._primary.stale(entry.conn, entry.created_at):
+            return False  # on a server seen demoted since it was opened: the primary changed
         idle_for = entry.checked_out_at - entry.returned_at
         if (
             idle_for < self.settings.check_idle
@@ -409,6 +422,18 @@ class AsyncPool(BasePool):
         self._size_changed.set()
         self._background(_quietly(entry.conn.close()))
         self._wake_maintainer()
+
+    def _drop_demoted_idle(self) -> None:
+        """Close the idle siblings of a connection found on a demoted server (as the threaded pool's)."""
+        stale = take_stale(self._idle, self._primary)
+        self._counts[keys.CONNECTIONS_CLOSED] += len(stale)
+        self._counts[keys.CONNECTIONS_DISCARDED] += len(stale)
+        for entry in stale:
+            self._background(_quietly(entry.conn.close()))
+        if stale:
+            logger.info("%r: closed %d idle connections to a demoted server", self, len(stale))
+            self._size_changed.set()
+            self._wake_maintainer()
 
     def _background(self, coro: Any) -> asyncio.Task[None]:
         """A task held until it ends (the loop keeps only weak references); close() awaits those left."""

@@ -76,6 +76,7 @@ from typing import Any
 
 from .._base import PoolReport
 from .._endpoints import Endpoints, resolve
+from .._failover import follow_primary_asyncpg
 from .._sockets import devnull_fd
 from ..errors import ConfigError
 from ..identity import application_name
@@ -417,6 +418,7 @@ class AsyncpgPools:
             # that will never run, the one get_event_loop() gave at import).
             state.deferred = True
         name_connections(obj)
+        follow_primary_asyncpg(obj, getattr(params, "target_session_attrs", None))  # _failover.py
         return endpoints
 
     def detach(self, obj: Any) -> None:

@@ -57,6 +57,7 @@ from typing import Any
 
 from .._base import PoolReport
 from .._endpoints import Endpoints, postgres
+from .._failover import follow_primary_psycopg_pool
 from ..errors import ConfigError
 from ..identity import application_name
 from .dbapi import drop_without_io
@@ -207,6 +208,7 @@ class PsycopgPools:
         setattr(obj, _NAMING, naming)
         setattr(obj, _OPEN, getattr(obj, _OPEN, False) or not obj.closed)
         name_connections(obj)
+        follow_primary_psycopg_pool(obj, is_async(obj))  # a conninfo asking for the primary: _failover.py
         return endpoints
 
     def detach(self, obj: Any) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 
 from .._base import PoolReport
 from .._endpoints import Endpoints, mysql, postgres
+from .._failover import sqlalchemy_handle_error
 from .._process import home, noticed_late
 from .._sockets import detach_connected_to, own_peer
 from ..identity import application_name
@@ -172,6 +173,9 @@ def attach_engine(engine: Any) -> Endpoints:
         @event.listens_for(engine, "do_connect")
         def _identity(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
             add_identity(dialect, cparams)
+
+        # A write refused by a demoted primary invalidates the pool: it follows the primary (_failover.py).
+        event.listen(engine, "handle_error", sqlalchemy_handle_error)
 
         @event.listens_for(engine, "connect")
         def _learn(dbapi_connection: Any, conn_rec: Any) -> None:

@@ -96,6 +96,7 @@ from typing import Any
 
 from .._base import PoolReport
 from .._endpoints import Endpoints, postgres, resolve
+from .._failover import follow_primary_django
 from .._integrations.dbapi import drop_without_io
 from .._process import home, install_fork_hooks
 from .._sockets import devnull_fd
@@ -195,6 +196,7 @@ class DjangoIntegration:
         obj.aliases, obj.vendors = tuple(aliases), vendors
         obj.pooled, obj.persistent, obj.pool_dicts = frozenset(pooled), frozenset(persistent), pool_dicts
         connection_created.connect(_track, weak=False, dispatch_uid="forkpool.django.connection_created")
+        follow_primary_django()  # a connection on a demoted primary is closed between requests: _failover.py
         install_fork_hooks("forkpool.django", before=_hold_every_thread_connection, after_in_parent=_let_go_of_held)
         return found
 
