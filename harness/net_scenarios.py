@@ -249,6 +249,7 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
                 f"every request answered within the bound ({BOUND_S:.0f} s, checked at {BOUND_S + ALLOWANCE_S:.0f})",
                 max(waits) <= BOUND_S + ALLOWANCE_S and not kinds.get("error"),
                 f"longest {max(waits):.2f} s; {kinds}",
+                behaved=not kinds.get("error") and max(waits) < back - down,  # answered, none hung the silence out
             ),
             Check(2, "failures are 503s, never a 500", not any(k.startswith("500") for k in kinds), f"{kinds}"),
             Check(
@@ -271,6 +272,7 @@ def _pg_blackhole(silence: float = 20.0) -> FaultResult:
                 and not sessions["still_there"]
                 and longest_session <= SESSION_BOUND_S + ALLOWANCE_S,
                 f"{sessions}",
+                behaved=bool(sessions["sessions_at_start"]) and not sessions["still_there"],
             ),
             Check(
                 6,
@@ -363,6 +365,7 @@ def _redis_blackhole(silence: float = 20.0) -> FaultResult:
                 f"{REDIS_BOUND_S + ALLOWANCE_S:.1f}) on the silent Redis",
                 max(longest.values()) <= REDIS_BOUND_S + ALLOWANCE_S,
                 f"longest {longest}",
+                behaved=max(longest.values()) < back - down,  # every request gave up before the silence ended
             ),
             Check(
                 2,
@@ -391,6 +394,7 @@ def _redis_blackhole(silence: float = 20.0) -> FaultResult:
                 lost is not None and lost <= min(CELERY_LOSS_BOUND_S + ALLOWANCE_S, back_wall - down_wall),
                 f"'Connection to broker lost' logged {lost} s after the silence began (it lasted "
                 f"{back_wall - down_wall:.1f} s)",
+                behaved=lost is not None and lost <= back_wall - down_wall,  # noticed during the silence
             ),
             Check(
                 8,
@@ -399,6 +403,7 @@ def _redis_blackhole(silence: float = 20.0) -> FaultResult:
                 resumed is not None and resumed <= resume_bound + ALLOWANCE_S,
                 f"first task written {resumed} s after; {result.figures['worker_broker_reconnects']} broker "
                 f"reconnect(s) logged, the loss {lost} s after the silence began",
+                behaved=resumed is not None,
             ),
             *bench.settle_checks(back, 9),
         ]

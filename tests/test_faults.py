@@ -26,7 +26,12 @@ def test_fault_scenario_comes_back_whole(name):
         pytest.skip(unavailable())
     result = SCENARIOS[name](**SHORT.get(name, {}))
     print(name, json.dumps(result.figures, default=str))
-    failed = [f"{c.number}. {c.name}: {c.detail}" for c in result.checks if not c.passed]
+    # A time bound missed on a loaded machine is reported, not failed: the behaviour behind it is
+    # asserted (harness.model.Check); `forkpool fault` fails on both.
+    late = [f"{c.number}. {c.name}: {c.detail}" for c in result.checks if c.behaviour_held and not c.passed]
+    if late:
+        print(name, "time bounds missed (machine load):", late)
+    failed = [f"{c.number}. {c.name}: {c.detail}" for c in result.checks if not c.behaviour_held]
     assert result.checks and not failed, failed
 
 
