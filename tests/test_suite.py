@@ -232,8 +232,10 @@ def test_gthread_workers_share_their_process_pool(launch, admin):
 def test_recycled_workers_return_to_exactly_the_ceiling(launch, admin):
     suite = launch(web_workers=3, worker_concurrency=2, max_requests=15, max_tasks_per_child=3)
     first_web, first_workers = set(suite.web.children()), set(suite.worker.children())
+    # All three workers may leave at once (15 requests each): a request then waits in the listen
+    # backlog while their replacements import the app, seconds on a loaded machine.
     for _ in range(120):
-        http(suite.web.url, "GET", "/pool")
+        http(suite.web.url, "GET", "/pool", timeout=90)
     jobs = [
         http(
             suite.web.url,
