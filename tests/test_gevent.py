@@ -110,6 +110,8 @@ def test_celery_one_process_pools(pool, concurrency, servers, app_env, redis_url
         "--without-heartbeat",
     ]
     env = {**app_env, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
+    if pool == "threads":  # more threads than connections, on purpose (a thread queues): the check warns
+        env["DB_BUDGET_CHECK"] = "warn"
     worker = Server(argv, APP, env, tmp_path / "celery.log")
     servers.append(worker)
     worker.wait_until(lambda: " ready." in worker.log(), "celery ready")
@@ -123,9 +125,15 @@ def test_celery_one_process_pools(pool, concurrency, servers, app_env, redis_url
     # One process serves every task: the ceiling is 1 x DB_POOL_SIZE, all of it in the worker.
     def ceiling() -> bool:
         found = by_process(sessions, suite_id)
-        return {pid for _, pid in found} == {worker.pid} and sum(map(len, found.values())) == POOL
+        return set(found) == {("worker", worker.pid)} and sum(map(len, found.values())) == POOL
 
+    # Named as the worker it is (the tasks run in this process), not a prefork parent's "worker-main".
     assert wait_for(ceiling, timeout=15), by_process(sessions, suite_id)
+    # The start-up check counted one process, whose threads share its pool (greenlets queue on it).
+    if pool == "threads":
+        assert f"forkpool: worker: {concurrency} threads per worker, but forkpool pool 'default'" in worker.log()
+    else:
+        assert "forkpool: worker: 1 processes x pool 2" in worker.log(), worker.log()[-3000:]
     assert worker.stop() == 0
     assert wait_for(lambda: sessions() == [], timeout=10), sessions()
 

@@ -76,18 +76,41 @@ _wiring: dict[str, Any] = {
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     role = _wiring["role"]
-    set_process_role(f"{role}-main")
+    kind = _pool_kind(sender)
+    # prefork: the tasks run in the pool's children, this process only forks them. The others
+    # (threads, gevent, eventlet, solo) run every task here: this is the worker.
+    set_process_role(f"{role}-main" if kind == "prefork" else role)
     release_in_master("celery main process")
-    concurrency = getattr(sender, "concurrency", None) or 1
+    concurrency = int(getattr(sender, "concurrency", None) or 1)
+    processes, threads = {
+        "prefork": (concurrency, 1),
+        "thread": (1, concurrency),  # a pool shared by `concurrency` threads: at least that many connections
+    }.get(kind, (1, 1))  # gevent/eventlet: greenlets queue on one pool; solo: one task at a time
     try:
         # The app (and the modules it imports) is loaded by now: its protected pools are known.
-        startup_check(role, int(concurrency), threads=1)
+        startup_check(role, processes, threads=threads)
     except ConfigError as exc:
         sys.exit(f"forkpool: {exc}")  # the one line, on stderr
     prepare_directory()
     serve_metrics_alone()
     # Resolved once here, before any child exists: children inherit the answer.
     _wiring["broker_endpoints"] = _broker_endpoints(getattr(sender, "app", None) or _wiring["app"])
+
+
+def _pool_kind(sender: Any) -> str:
+    """The worker's execution pool: prefork, thread, gevent, eventlet or solo (the module's last part).
+
+    ``worker_init`` is sent before Celery resolves ``pool_cls`` (WorkController.setup_instance):
+    it may still be the name given to ``--pool``, resolved here through Celery's own aliases.
+    """
+    pool_cls = getattr(sender, "pool_cls", None)
+    if isinstance(pool_cls, str):
+        from celery.concurrency import ALIASES
+
+        path = str(ALIASES.get(pool_cls, pool_cls))
+        return path.split(":")[0].rsplit(".", 1)[-1]
+    module = getattr(pool_cls, "__module__", "") or "celery.concurrency.prefork"
+    return str(module).rsplit(".", 1)[-1]
 
 
 def _on_process_init(**_: Any) -> None:
