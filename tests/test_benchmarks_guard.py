@@ -123,4 +123,4 @@ def test_quick_hotpath_profile_reports_every_part(tmp_path: Path, database_url: 
         assert part in text, part
     for row in ("psycopg2 + semaphore", "psycopg_pool", "A_inlined", "B_no_pid", "C_status_only"):
         assert f"\n{row} " in text, row
-    assert "forkpool/pool.py" in text  # the profile names the pool's own functions
+    assert "forkpool/_pool.py" in text  # the profile names the pool's own functions

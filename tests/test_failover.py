@@ -26,6 +26,20 @@ from harness.failover import INSERT, VARIANTS, WRITERS, Load, Writers, prepare
 from harness.services import ReplicatedPostgres
 from tests.conftest import wait_for
 
+# The default run takes each pool through the case issue 24 reproduced (the old primary stays up,
+# read-only); the stopped primary runs there for forkpool's own pool, and for the others on demand
+# (`pytest -m slow tests/test_failover.py`): the whole file is about 4 minutes of a 15-minute budget.
+ON_DEMAND_VARIANTS = [v if v == "read-only" else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+
+
+@pytest.fixture(autouse=True)
+def _forget_protected():
+    """A protected pool left registered would be counted by later tests' start-up checks in this process."""
+    yield
+    from forkpool import _protect
+
+    _protect.unprotect_all()
+
 
 def measure(pair: ReplicatedPostgres, variant: str, load: Load, label: str, suite_id: str) -> dict[str, object]:
     figures = failover.measure(pair, variant, load, label)
@@ -72,7 +86,7 @@ def test_own_pool_follows_the_primary(pg_pair, suite_id, variant, driver_name):
     check_outcome(pg_pair, figures, load, suite_id)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ON_DEMAND_VARIANTS)
 def test_async_pool_follows_the_primary(pg_pair, suite_id, variant):
     pytest.importorskip("psycopg")
     dsn = prepare(pg_pair)
@@ -110,7 +124,7 @@ def test_async_pool_follows_the_primary(pg_pair, suite_id, variant):
     check_outcome(pg_pair, figures, load, suite_id)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ON_DEMAND_VARIANTS)
 def test_protected_asyncpg_pool_follows_the_primary(pg_pair, suite_id, variant):
     asyncpg = pytest.importorskip("asyncpg")
     dsn = prepare(pg_pair)
@@ -150,7 +164,7 @@ def test_protected_asyncpg_pool_follows_the_primary(pg_pair, suite_id, variant):
     check_outcome(pg_pair, figures, load, suite_id)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ON_DEMAND_VARIANTS)
 def test_protected_sqlalchemy_engine_follows_the_primary(pg_pair, suite_id, variant):
     sqlalchemy = pytest.importorskip("sqlalchemy")
     dsn = prepare(pg_pair)
@@ -177,7 +191,7 @@ def test_protected_sqlalchemy_engine_follows_the_primary(pg_pair, suite_id, vari
     assert dsn  # the two-host DSN the database was made for
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ON_DEMAND_VARIANTS)
 def test_protected_psycopg_pool_follows_the_primary(pg_pair, suite_id, variant):
     psycopg_pool = pytest.importorskip("psycopg_pool")
     dsn = prepare(pg_pair)
@@ -201,7 +215,7 @@ def test_protected_psycopg_pool_follows_the_primary(pg_pair, suite_id, variant):
     pool.close()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ON_DEMAND_VARIANTS)
 def test_django_persistent_connections_follow_the_primary(pg_pair, suite_id, variant, tmp_path):
     """forkpool.django in INSTALLED_APPS, CONN_MAX_AGE = None: each thread's connection is closed at the
     end of the request that found its server demoted; the next request connects to the new primary."""
