@@ -157,6 +157,7 @@ WEB_VARIANTS = {
 CELERY_VARIANTS = {f"prefork/{mode}" for mode in ("pool", "connect", "floor")}
 
 
+@pytest.mark.slow  # on demand (-m slow): 25 s; the pool benchmarks smoke-test the harness in the default set
 @pytest.mark.timeout(60)
 def test_quick_suite_benchmark_reports_every_variant(tmp_path: Path) -> None:
     # Its own embedded PostgreSQL and Redis: the session's servers are not used.
@@ -216,6 +217,7 @@ def test_quick_suite_benchmark_reports_every_variant(tmp_path: Path) -> None:
 ASGI_VARIANTS = {f"asgi/{mode}" for mode in ("pool", "connect", "floor", "floor-b")}
 
 
+@pytest.mark.slow  # on demand (-m slow)
 @pytest.mark.timeout(60)
 def test_quick_suite_benchmark_asgi_tier(tmp_path: Path) -> None:
     # Gunicorn with uvicorn workers, on suite_bench's own embedded PostgreSQL and Redis; no Celery phase.

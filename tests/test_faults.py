@@ -58,6 +58,7 @@ def test_every_scenario_is_a_fault_command():
     assert set(scenario.choices) == {"all", *SCENARIOS}
 
 
+@pytest.mark.slow  # on demand (-m slow): 60 s; each fault runs alone above, the soak machinery below
 @pytest.mark.timeout(300)
 def test_soak_with_faults_comes_back_after_each(tmp_path):
     """`forkpool soak --faults` shortened: a restart, a 10 s silence and a latency spike inside 40 s of load;

@@ -32,6 +32,7 @@ def kills_by_kind(body: dict) -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.slow  # on demand (-m slow): the budget of 15 minutes; a fleet runs through PgBouncer in the default set
 @pytest.mark.timeout(300)
 def test_a_fleet_of_three_hosts_with_recycling_and_kills_passes(tmp_path):
     report = tmp_path / "report"
@@ -116,6 +117,7 @@ def test_the_suite_through_pgbouncer_holds_both_ceilings(tmp_path, pgbouncer_bin
     assert not [code for code in body["load"]["status_counts"] if code.startswith("5")]
 
 
+@pytest.mark.slow  # on demand (-m slow): 60 s; PgBouncer and a fleet each run in the default set
 @pytest.mark.timeout(300)
 def test_a_fleet_above_max_connections_runs_only_through_pgbouncer(tmp_path, pgbouncer_binary):
     """4 hosts x (2 web + 2 task processes) x pool 5 = 80 client connections; the server has 30 slots."""

@@ -95,6 +95,7 @@ def test_bad_option_is_one_clear_line_not_a_traceback():
     assert "--pool-size" in result.stderr
 
 
+@pytest.mark.slow  # on demand (-m slow): the ASGI-tier loadtest recycles and kills the web and task tiers too
 def test_loadtest_with_recycling_and_kills_passes(tmp_path):
     report = tmp_path / "report"
     result = forkpool(
@@ -171,6 +172,9 @@ def test_loadtest_with_an_asgi_tier_recycling_and_kills_passes(tmp_path):
     assert "2 asgi processes reported" in body["checks"][4]["detail"]  # check 5 asked every asgi worker
     assert {r["role"]: r["expected"] for r in body["roles"]} == {"web": 6, "worker": 6, "asgi": 6}
     assert [e for e in body["events"] if e["detail"].startswith("SIGKILL asgi worker")]
+    assert {e["detail"].split()[1] for e in body["events"] if e["kind"] == "kill"} == {"web", "task", "asgi"}
+    assert (report / "connections.png").stat().st_size > 5000 and (report / "report.json").exists()
+    assert "PASS: every ceiling held" in result.stdout
     asgi_requests = sum(e["requests"] for e in body["load"]["endpoints"] if e["name"].startswith("asgi "))
     assert asgi_requests > 0 and body["load"]["requests"] > asgi_requests  # both tiers were loaded
     [asgi_log] = (report / "logs").glob("asgi-*.log")
@@ -258,6 +262,7 @@ def test_naive_contrast_is_the_suites_own_app_only(stack):
     assert stack in result.stderr
 
 
+@pytest.mark.slow  # on demand (-m slow): the demo test runs the same naive contrast
 def test_naive_run_fails_its_checks_and_says_so(tmp_path):
     result = forkpool(
         "loadtest",
@@ -304,6 +309,14 @@ def test_demo_runs_end_to_end_on_embedded_servers(tmp_path):
     assert "PASS: every ceiling held" in result.stdout
     assert "as expected" in result.stdout  # the naive contrast ran and failed, plainly
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["passed"] is True
+    # The contrast failed for the reason it exists: masters holding connections, seen in the counts
+    # and in the sockets (what test_naive_run_fails_its_checks_and_says_so checks, on demand).
+    naive = json.loads((tmp_path / "demo" / "naive" / "report.json").read_text())
+    assert naive["naive"] is True and naive["passed"] is False
+    steady = naive["checks"][0]
+    assert steady["number"] == 1 and not steady["passed"] and "masters holding connections" in steady["detail"]
+    [outside] = [c for c in naive["checks"] if c["number"] == 6]
+    assert not outside["passed"] and "master-connection, shared-socket" in outside["detail"]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])

@@ -46,7 +46,8 @@ NETWORK_TROUBLE = (
     "No matching distribution found",
 )
 
-pytestmark = pytest.mark.timeout(300)  # venv + build + install: ~10 s here, more on a slow network
+# venv + build + install: ~10 s here, more on a slow network; one worker builds the venv (module fixture)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("wheel")]
 
 
 @dataclass(frozen=True)
