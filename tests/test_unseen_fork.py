@@ -288,3 +288,60 @@ def test_a_pool_held_across_the_fork_refuses_in_a_c_forked_child(monkeypatch, da
     assert_released(seen)
     assert seen["refused"] == "refused" and set(seen["backends"]).isdisjoint(parent)
     assert sorted(backend_pids(pool, 2)) == sorted(parent)
+
+
+def test_the_fork_sentinel_is_wiped_by_every_fork_and_set_once_the_child_has_released():
+    """The pid check without a system call: the kernel zeroes the page in a child of any fork
+    (MADV_WIPEONFORK); Python's at-fork hook sets it again at once, a C fork's child at its first
+    forkpool call."""
+    from forkpool._process import _PidSentinel, sentinel
+
+    page = sentinel()
+    assert not isinstance(page, _PidSentinel), "Linux 4.14+ wipes a page on fork: the sentinel is that page"
+    assert page[0] == 1
+
+    def c_child() -> dict:
+        before = page[0]
+        forkpool.close_all()  # a forkpool call: the pid check's slow path runs the routine
+        return {"before": before, "after": page[0]}
+
+    assert in_c_child(c_child) == {"before": 0, "after": 1}
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_fd, bytes([page[0]]))
+        os._exit(0)
+    os.close(write_fd)
+    seen = os.read(read_fd, 1)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    assert seen == b"\x01"  # the at-fork hook released what the child inherited, and said so
+    assert page[0] == 1  # the parent's is never touched
+
+
+def test_a_pool_made_in_a_c_forked_child_releases_what_the_process_inherited(monkeypatch, database_url):
+    """The child's first forkpool object is a Pool of its own (its pid is the child's): its first
+    checkout still sees the fork and releases the parent's sockets before lending anything."""
+    baseline = server_sockets(database_url)
+    monkeypatch.setenv("DB_POOL_SIZE", "2")
+    parent_pool = forkpool.get_pool()
+    parent = backend_pids(parent_pool, 2)
+    owned = forkpool_sockets(database_url, baseline)
+    settings = parent_pool.settings
+
+    def child() -> dict:
+        own = forkpool.Pool(settings, name="made-in-child")
+        try:
+            with own.connection() as conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                (backend,) = cur.fetchone()
+        finally:
+            own.close()
+        report = released(owned, baseline, database_url)
+        report["backend"] = backend
+        return report
+
+    seen = in_c_child(child)
+    assert_released(seen)
+    assert seen["backend"] not in parent
+    assert sorted(backend_pids(parent_pool, 2)) == sorted(parent)

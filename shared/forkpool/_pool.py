@@ -46,7 +46,7 @@ from ._base import (
 )
 from ._drivers import get_driver
 from ._failover import PrimaryWatch, take_stale, wants_primary
-from ._process import notice_fork
+from ._process import notice_fork, sentinel
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .settings import PoolSettings, with_hooks
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("forkpool.pool")
 
 _monotonic = time.monotonic  # the hot path's clock, without two attribute lookups per call
-_getpid = os.getpid
+_fork_sentinel = sentinel()  # read on every checkout: see _process.sentinel()
 
 
 class Pool(BasePool):
@@ -119,9 +119,10 @@ class Pool(BasePool):
 
     def getconn(self, timeout: float | None = None) -> connection:
         """Check a connection out; wait (FIFO) up to `timeout` seconds for a free one."""
-        if self.pid != _getpid():
-            # Inherited across a fork no Python hook saw (uWSGI forks in C): release what the
-            # process inherited first; this pool is then detached and refuses (PoolClosed).
+        if not _fork_sentinel[0]:
+            # A fork since this process released what it inherited, one no Python hook saw
+            # (uWSGI forks in C): release it first; an inherited pool is then detached and
+            # refuses (PoolClosed). The kernel wipes the byte in every child: no getpid() here.
             notice_fork()
         if (
             self._maintainer.paused

@@ -43,7 +43,7 @@ from ._base import (
 )
 from ._drivers import PSYCOPG, Session, get_driver
 from ._failover import PrimaryWatch, take_stale, wants_primary
-from ._process import notice_fork
+from ._process import notice_fork, sentinel
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting, import_extra
 from .settings import PoolSettings, describe_error, with_hooks
 
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("forkpool.pool")
 _monotonic = time.monotonic
+_fork_sentinel = sentinel()  # read on every checkout: see _process.sentinel()
 
 
 class AsyncPool(BasePool):
@@ -443,7 +444,7 @@ class AsyncPool(BasePool):
         return task
 
     def _raise_if_unusable(self) -> None:
-        if self.pid != os.getpid():
+        if not _fork_sentinel[0]:
             notice_fork()  # a fork no Python hook saw: the process releases what it inherited, this pool too
         if self._inherited:
             raise PoolClosed(f"{self!r} belongs to process {self.pid}, not {os.getpid()} (inherited across fork)")

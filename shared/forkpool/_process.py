@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import mmap
 import os
 import sys
 import threading
@@ -79,6 +80,7 @@ class Home(Protocol):
     exit_callbacks: dict[str, Callable[[], None]]  # name -> callback, see on_exit()
     exit_watched_in: int | None  # pid whose exit is watched
     exit_watch: _ExitWatch
+    fork_sentinel: ForkSentinel  # see fork_sentinel()
 
     configured: dict[str, PoolSettings]  # _registry.configured()
     size_sources: dict[str, str]  # _registry.size_sources()
@@ -93,6 +95,63 @@ class Home(Protocol):
     sqlalchemy_inherited_pools: list[Any]  # _integrations.sqlalchemy._kept()
     django_graveyard: list[Any]  # django.databases.graveyard()
     uwsgi_fork_handler: Any  # uwsgi: a ctypes callback kept alive for good
+
+
+class ForkSentinel(Protocol):
+    """Byte 0 reads 1 while the process has released everything it inherited, 0 after a fork until it has."""
+
+    def __getitem__(self, index: int, /) -> int: ...
+
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
+_MADV_WIPEONFORK = 18
+
+
+class _PidSentinel:
+    """Where the kernel cannot wipe a page on fork: the same answer from a pid compare (a system call)."""
+
+    def __getitem__(self, index: int, /) -> int:
+        return int(home().owner_pid == os.getpid())
+
+    def __setitem__(self, index: int, value: int, /) -> None:
+        pass  # owner_pid is what arms it
+
+
+def _new_fork_sentinel() -> ForkSentinel:
+    """One private page that the kernel zeroes in the child of every fork (``MADV_WIPEONFORK``, Linux 4.14+).
+
+    Every fork, also one no Python hook sees (uWSGI's, a C extension's), leaves
+    the child a zero where the parent reads 1; ``after_fork_in_child`` sets it
+    again once the child has released what it inherited. Reading it costs a
+    C-level index, where ``os.getpid()`` is a system call on every checkout
+    (glibc has cached no pid since 2.25).
+    """
+    if not sys.platform.startswith("linux"):
+        return _PidSentinel()
+    # CPython's mmap module exports MADV_WIPEONFORK only where its build headers had it (none of
+    # the 3.11-3.13 builds here): the value is Linux's ABI, <asm-generic/mman-common.h>.
+    wipe_on_fork = getattr(mmap, "MADV_WIPEONFORK", _MADV_WIPEONFORK)
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        page.madvise(wipe_on_fork)
+    except OSError:  # a kernel before 4.14 (EINVAL)
+        return _PidSentinel()
+    return page
+
+
+def sentinel(holder: Home | None = None) -> ForkSentinel:
+    """The process's fork sentinel (see ``_new_fork_sentinel``); hot paths keep a reference.
+
+    ``if not sentinel[0]: notice_fork()`` is the pid check without the system call.
+    """
+    holder = holder or home()
+    # getattr: a state made by a forkpool before the sentinel existed (a reload in a long process).
+    found: ForkSentinel | None = getattr(holder, "fork_sentinel", None)
+    if found is None:
+        found = holder.fork_sentinel = _new_fork_sentinel()
+        found[0] = int(holder.owner_pid == os.getpid())
+    return found
 
 
 def home() -> Home:
@@ -112,6 +171,8 @@ def home() -> Home:
         state.exit_callbacks = {}
         state.exit_watched_in = None
         state.exit_watch = _ExitWatch()
+        state.fork_sentinel = _new_fork_sentinel()
+        state.fork_sentinel[0] = 1
         holder = sys.modules.setdefault(_HOME, candidate)
     # Only home() creates the module at this name (a name of forkpool's own): it has Home's first group.
     return cast(Home, holder)
@@ -317,8 +378,9 @@ def after_fork_in_child() -> None:
             callback()
         except Exception:  # an at-fork hook must never break the fork
             logger.warning("releasing inherited state (%s) after fork failed", name, exc_info=True)
-    # Last: the lock-free check of other threads passes only once everything is released.
+    # Last: the lock-free checks of other threads pass only once everything is released.
     holder.owner_pid = pid
+    sentinel(holder)[0] = 1
     try:
         watch_exit()
     except Exception:  # an at-fork hook must never break the fork
@@ -337,6 +399,7 @@ def notice_fork() -> None:
     """
     holder = home()
     if holder.owner_pid == os.getpid():
+        sentinel(holder)[0] = 1  # released already (a pool made in this process asked first)
         return
     lock = holder.unseen_fork_lock
     if not lock.acquire(timeout=5):
