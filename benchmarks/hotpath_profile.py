@@ -12,10 +12,10 @@ on an embedded PostgreSQL (or DATABASE_URL):
    semaphore pool_bench uses) and psycopg_pool, interleaved, median of the repetitions;
 2. each step of ours' path timed alone (best of 5);
 3. cProfile of ours' cycles, by own time, with each function's share;
-4. PROTOTYPES of the proposed changes, as subclasses of forkpool.Pool defined here only to be
-   measured (shared/ is not changed; they copy private internals of shared/forkpool/pool.py as of
-   main 43344ba and are measuring instruments, not code to import), against the stock pool,
-   interleaved, ratios paired by repetition.
+4. VARIANTS of the pool, as subclasses of forkpool.Pool defined here only to be measured (measuring
+   instruments that copy private internals, not code to import): the checkout as it was before the
+   hot-path change, and a diagnostic return check; against the stock pool, interleaved, ratios
+   paired by repetition.
 
 Prints figures; asserts nothing.
 """
@@ -40,6 +40,7 @@ from typing import Any
 
 import forkpool
 from forkpool._base import Entry
+from forkpool._process import sentinel as fork_sentinel
 
 from .machine import load_average, run_context_line, save_text_result
 
@@ -50,72 +51,37 @@ _monotonic = time.monotonic
 _getpid = os.getpid
 
 
-# -- prototypes (measuring instruments: copies of forkpool.Pool's private hot path, changed) ---------------
+# -- variants (measuring instruments: copies of forkpool.Pool's private hot path, changed) -----------------
 
 
-class Inlined(forkpool.Pool):
-    """A: getconn() with _take_idle() and _usable()'s no-check case inline, settings read once into
-    attributes; putconn() with the reset hook and the closed flag read once. Same behaviour."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._check_idle = self.settings.check_idle
-        self._leak_timeout = self.settings.leak_timeout
-        self._reset_hook = self.settings.reset
+class Before(forkpool.Pool):
+    """The checkout as it was before the hot-path change (8e02f54): a getpid() system call for the fork
+    check, then _take_idle() and _usable() as calls, settings read through the settings object."""
 
     def getconn(self, timeout: float | None = None) -> Any:
         if self.pid != _getpid():
             return super().getconn(timeout)  # the rare paths stay the stock pool's
         if self._maintainer.paused:
             self._maintainer.resume()
-        with self._lock:
-            if self._idle and not self._closed:
-                entry = self._idle.pop()
-                entry.checked_out_at = self.last_active = now = _monotonic()
-                entry.leak_reported = False
-                self._in_use[entry.conn] = entry
-                self._counts["checkouts"] += 1
-            else:
-                entry = None
-        if entry is None:
-            return super().getconn(timeout)
-        idle_for = now - entry.returned_at
-        fast = idle_for < 0.001 and idle_for < self._check_idle and entry.verified_at >= self._suspect_before
-        if not fast and not self._usable(entry):
-            self._retire(entry, broken=True, checked_out=False)
+        entry = self._take_idle()
+        if entry is None or not self._usable(entry):
+            if entry is not None:
+                self._retire(entry, broken=True, checked_out=False)
             entry = self._checkout_slow(timeout)
-        if self._leak_timeout:
+        if self.settings.leak_timeout:
             return super().getconn(timeout)  # not measured here
         return entry.conn
 
-    def putconn(self, conn: Any) -> None:
-        entry = self._in_use.get(conn)
-        if entry is None or self._reset_hook is not None or not self._is_clean(conn):
-            return super().putconn(conn)  # the full path: unknown, a hook, or anything but clean
-        now = _monotonic()
-        if now >= entry.expires_at or self._closed:
-            return super().putconn(conn)
-        entry.returned_at = now
+    def _take_idle(self) -> Any:
         with self._lock:
-            del self._in_use[conn]
-            if self._waiting:
-                self._hand_over(entry)
-            else:
-                self._idle.append(entry)
-
-
-def _stock_getconn_without_pid(pool: Any, timeout: float | None) -> Any:
-    # forkpool.Pool.getconn as of 43344ba, less its first two lines (the pid check).
-    if pool._maintainer.paused:
-        pool._maintainer.resume()
-    entry = pool._take_idle()
-    if entry is None or not pool._usable(entry):
-        if entry is not None:
-            pool._retire(entry, broken=True, checked_out=False)
-        entry = pool._checkout_slow(timeout)
-    if pool.settings.leak_timeout:
-        entry.checkout_stack = None
-    return entry.conn
+            if self._idle and not self._closed:
+                entry = self._idle.pop()
+                entry.checked_out_at = self.last_active = _monotonic()
+                entry.leak_reported = False
+                self._in_use[entry.conn] = entry
+                self._counts["checkouts"] += 1
+                return entry
+        return None
 
 
 class StatusOnlyReturn(forkpool.Pool):
@@ -128,17 +94,9 @@ class StatusOnlyReturn(forkpool.Pool):
         self._is_clean = lambda conn: conn.get_transaction_status() == idle and conn.autocommit is autocommit
 
 
-class NoPidGetconn(forkpool.Pool):
-    """B (diagnostic): the stock pool's getconn() with the pid check removed."""
-
-    def getconn(self, timeout: float | None = None) -> Any:
-        return _stock_getconn_without_pid(self, timeout)
-
-
 VARIANTS: dict[str, tuple[type, str]] = {
     "ours": (forkpool.Pool, "forkpool.Pool as it is"),
-    "A_inlined": (Inlined, "A: _take_idle and _usable's fast path inline; settings read once"),
-    "B_no_pid": (NoPidGetconn, "B (diagnostic): stock getconn() without the os.getpid() check"),
+    "before": (Before, "getpid() check, _take_idle() and _usable() calls (8e02f54)"),
     "C_status_only": (StatusOnlyReturn, "C (diagnostic): putconn() asks status + autocommit only"),
 }
 
@@ -178,6 +136,7 @@ def step_costs(pool: forkpool.Pool) -> str:
     lock = threading.Lock()
     counts = {"checkouts": 0}
     env = {"pool": pool, "entry": entry, "conn": conn, "lock": lock, "counts": counts, "os": os, "time": time}
+    env["sentinel"] = fork_sentinel()
     # _usable() reads the entry's times: one returned just before its checkout (the busy pool's case, no
     # poll), and a copy made to look back for 10 ms (a poll; a fresh Entry: the maintainer never sees it).
     entry.returned_at = entry.checked_out_at
@@ -185,7 +144,8 @@ def step_costs(pool: forkpool.Pool) -> str:
     stale.returned_at, stale.checked_out_at, stale.verified_at = 0.0, 0.01, entry.verified_at
     env["stale"] = stale
     steps = [
-        ("os.getpid() (getconn's fork check: a system call)", "os.getpid()"),
+        ("_fork_sentinel[0] (getconn's fork check)", "sentinel[0]"),
+        ("os.getpid() (the fork check before: a system call)", "os.getpid()"),
         ("pool._maintainer.paused", "pool._maintainer.paused"),
         ("pool._usable(entry), back < 1 ms: no poll", "pool._usable(entry)"),
         ("pool._usable(entry), back >= 1 ms: poll(0) on its socket", "pool._usable(stale)"),
@@ -294,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "2. ours' steps timed alone (best of 5 x 50,000, thread CPU ns)\n" + steps,
             f"3. cProfile of {profiled:,} cycles of ours (thread CPU time; the profiler inflates each Python call, "
             "read the shares)\n" + prof,
-            "4. prototypes against the stock pool\n" + table(against_stock, "ours", notes),
+            "4. variants against the stock pool\n" + table(against_stock, "ours", notes),
         ]
     )
     save_text_result(args.out, "hotpath_profile", started_at, text + "\n")

@@ -119,8 +119,8 @@ def test_quick_hotpath_profile_reports_every_part(tmp_path: Path, database_url: 
     assert proc.returncode == 0, proc.stderr[-4000:]
     [text_file] = tmp_path.glob("hotpath_profile_*.txt")
     text = text_file.read_text()
-    for part in ("1. getconn() + putconn()", "2. ours' steps", "3. cProfile", "4. prototypes"):
+    for part in ("1. getconn() + putconn()", "2. ours' steps", "3. cProfile", "4. variants"):
         assert part in text, part
-    for row in ("psycopg2 + semaphore", "psycopg_pool", "A_inlined", "B_no_pid", "C_status_only"):
+    for row in ("psycopg2 + semaphore", "psycopg_pool", "before", "C_status_only"):
         assert f"\n{row} " in text, row
     assert "forkpool/_pool.py" in text  # the profile names the pool's own functions

@@ -407,7 +407,7 @@ class BasePool:
         return snapshot(self, len(self._idle), len(self._in_use), waiting, self._opening, self._counts)
 
     def _lend(self, entry: Entry) -> Entry:
-        # Inlined in Pool._take_idle(): keep the two alike.
+        # Inlined in Pool.getconn(): keep the two alike.
         entry.checked_out_at = self.last_active = time.monotonic()
         entry.leak_reported = False
         self._in_use[entry.conn] = entry

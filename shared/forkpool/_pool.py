@@ -77,6 +77,10 @@ class Pool(BasePool):
         self.driver = get_driver(settings.driver)
         super().__init__(settings, name)
         self._is_clean = self.driver.clean_check(self.session)  # putconn's one question, made once
+        # Read on every checkout and return: copied once (a pool's settings never change).
+        self._no_check_below = min(settings.check_idle, JUST_RETURNED)  # see _usable()
+        self._leak_timeout = settings.leak_timeout
+        self._reset_hook = settings.reset
         # A pool whose DSN asks for the primary drops connections to a server demoted under it (_failover.py).
         self._primary = PrimaryWatch(
             wants_primary(settings.dsn, settings.connect_kwargs) and not self.session.read_only
@@ -124,16 +128,31 @@ class Pool(BasePool):
             # (uWSGI forks in C): release it first; an inherited pool is then detached and
             # refuses (PoolClosed). The kernel wipes the byte in every child: no getpid() here.
             notice_fork()
-        if (
-            self._maintainer.paused
-        ):  # ended for a fork and not restarted by the hook (_process.py, "background threads no fork sees")
+        if self._maintainer.paused:
+            # Ended for a fork and not restarted by the hook (_process.py, "background threads no fork sees").
             self._maintainer.resume()
-        entry = self._take_idle()
-        if entry is None or not self._usable(entry):
-            if entry is not None:
-                self._retire(entry, broken=True, checked_out=False)
+        # Critical section: take an idle connection if there is one (_lend() inline: every checkout
+        # of a busy pool comes this way).
+        entry: Entry | None = None
+        with self._lock:
+            if self._idle and not self._closed:
+                entry = self._idle.pop()
+                entry.checked_out_at = self.last_active = now = _monotonic()
+                entry.leak_reported = False
+                self._in_use[entry.conn] = entry
+                self._counts[keys.CHECKOUTS] += 1
+        if entry is None:
             entry = self._checkout_slow(timeout)
-        if self.settings.leak_timeout:
+        elif (
+            now - entry.returned_at >= self._no_check_below
+            or entry.verified_at < self._suspect_before
+            or self._primary.enabled
+        ) and not self._usable(entry):
+            # _usable()'s no-check case is the test above: back within a millisecond, verified since
+            # the last failure, no primary to follow; anything else asks it.
+            self._retire(entry, broken=True, checked_out=False)
+            entry = self._checkout_slow(timeout)
+        if self._leak_timeout:
             entry.checkout_stack = format_checkout_stack()
         return entry.conn
 
@@ -150,7 +169,7 @@ class Pool(BasePool):
             return
         # The common case asks the driver one question; anything else takes the full reset.
         reusable = self._is_clean(conn) or self.driver.reset_for_reuse(conn, self.session)
-        if reusable and self.settings.reset is not None:
+        if reusable and self._reset_hook is not None:
             try:
                 reusable = self._run_reset_hook(conn)
             except BaseException:  # KeyboardInterrupt in the hook: the connection is not left lent forever
@@ -240,19 +259,6 @@ class Pool(BasePool):
         self._let_go_after_fork()
         self._waiting.clear()
         self._maintainer.forget_after_fork()
-
-    def _take_idle(self) -> Entry | None:
-        """The common case in one lock section: an idle connection is there to take."""
-        with self._lock:
-            if self._idle and not self._closed:
-                entry = self._idle.pop()
-                # _lend() inline: this is the path every checkout of a busy pool takes.
-                entry.checked_out_at = self.last_active = _monotonic()
-                entry.leak_reported = False
-                self._in_use[entry.conn] = entry
-                self._counts[keys.CHECKOUTS] += 1
-                return entry
-        return None
 
     def _checkout_slow(self, timeout: float | None) -> Entry:
         wait = self.settings.timeout if timeout is None else timeout
