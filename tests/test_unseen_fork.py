@@ -345,3 +345,17 @@ def test_a_pool_made_in_a_c_forked_child_releases_what_the_process_inherited(mon
     assert_released(seen)
     assert seen["backend"] not in parent
     assert sorted(backend_pids(parent_pool, 2)) == sorted(parent)
+
+
+def test_where_no_page_is_wiped_on_fork_the_sentinel_is_the_pid_compare(monkeypatch):
+    """Not Linux (or a kernel before 4.14): the same answer from owner_pid == getpid()."""
+    import sys
+
+    from forkpool._process import _new_fork_sentinel, _PidSentinel, home
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    fallback = _new_fork_sentinel()
+    assert isinstance(fallback, _PidSentinel)
+    assert fallback[0] == 1
+    monkeypatch.setattr(home(), "owner_pid", os.getpid() + 1)  # as in a child nothing has released yet
+    assert fallback[0] == 0

@@ -219,7 +219,9 @@ class PerProcess(Generic[T]):
 
     def __call__(self) -> T:
         current = self._slot.current
-        if current is not None and current[0] == os.getpid():
+        # The sentinel reads 1 only once this process has released what it inherited, which empties
+        # every slot another pid filled: an instance found then is this process's.
+        if current is not None and _fork_sentinel[0]:
             return current[1]  # type: ignore[no-any-return]  # the slot holds what this factory made: a T
         return self._create()
 
@@ -521,6 +523,8 @@ def _watch_exit_again(_: object) -> None:
 def _close_at_exit() -> None:
     close_at_exit()
 
+
+_fork_sentinel = sentinel()  # read by every per_process call
 
 if "per_process" not in home().hooks_installed:
     atexit.register(_close_at_exit)
