@@ -18,8 +18,8 @@ What the naive singletons get wrong, and what this does instead:
   names) starts a second instance. Here instances live in one ``sys.modules``
   entry keyed by the factory's qualified name, which a reload finds again.
 - a lock taken on every call, or none: threads racing on first use either
-  serialise forever or build two. Here the fast path is a lock-free pid
-  compare (like redis-py's ``_checkpid``) and the factory runs once.
+  serialise forever or build two. Here the fast path is a lock-free fork
+  check (like redis-py's ``_checkpid``; see ``sentinel()``) and the factory runs once.
 - nothing at exit: ``close`` runs when the worker exits (``close_all()`` from the
   Gunicorn and Celery hooks, ``atexit`` in plain scripts) and in masters before
   they fork.
