@@ -121,7 +121,7 @@ ROLE_SLACK = {"fds": (12.0, 0.25), "tcp": (6.0, 0.25), "sessions": (1.0, 0.10)}
 # replacement starts afresh: a saw-tooth with the same mean in every third), not from its life:
 # 1 descriptor per request over a life of 100 requests is ~+67 here. The slack covers a
 # process's lazily opened clients (above) and a fault's transient replacements (a pool of 4
-# reconnecting).
+# reconnecting); a life is judged from the moment its pool is open (start-up is not growth).
 LIFE_SLACK = {"fds": (24.0, 0.5), "tcp": (12.0, 0.5)}
 MIN_LIFE_SAMPLES = 9
 
@@ -157,11 +157,16 @@ def _role_means(handles: list[Handles], column: int) -> dict[str, list[tuple[flo
     return means
 
 
-def _lives(handles: list[Handles], column: int) -> dict[int, tuple[str, float, float]]:
-    """Per process sampled at least MIN_LIFE_SAMPLES times: (role, early median, late median) of its life."""
+def _lives(handles: list[Handles], column: int, pool_open: dict[int, float]) -> dict[int, tuple[str, float, float]]:
+    """Per process sampled at least MIN_LIFE_SAMPLES times once its pool was open (the server saw a session
+    of it; a master, which holds none, from its first sample): (role, early median, late median).
+
+    A replacement's first seconds, importing the app, hold a fraction of its sockets: they are start-up,
+    not growth, and on a busy machine they can fill a short life's first third."""
     by_pid: dict[int, list[Handles]] = {}
     for row in handles:
-        by_pid.setdefault(row[2], []).append(row)
+        if row[0] >= pool_open.get(row[2], float("-inf")):
+            by_pid.setdefault(row[2], []).append(row)
     lives = {}
     for pid, rows in by_pid.items():
         if len(rows) >= MIN_LIFE_SAMPLES:
@@ -194,15 +199,21 @@ def check_handles_flat(handles: list[Handles], samples: list[Sample], number: in
             if not ok:
                 grown.append(f"{label} of {role}")
         parts.append(f"{label} (median, first third -> last): {', '.join(figures) or 'none'}")
+    pool_open: dict[int, float] = {}
+    for sample in samples:
+        for pid, count in sample.by_pid().items():
+            if count:
+                pool_open.setdefault(pid, sample.t)
     for label, key, column in (("fds", "fds", 3), ("TCP connections", "tcp", 4)):
-        lives = _lives(handles, column)
+        lives = _lives(handles, column, pool_open)
         worst_pid = max(lives, key=lambda pid: lives[pid][2] - lives[pid][1], default=None)
         if worst_pid is None:
             parts.append(f"{label} within a life: no process sampled {MIN_LIFE_SAMPLES} times")
             continue
         role, early, late = lives[worst_pid]
         parts.append(
-            f"{label} within a life ({len(lives)} processes): most grown {role} pid {worst_pid} {_n(early)}->{_n(late)}"
+            f"{label} within a life, from its pool open ({len(lives)} processes): most grown {role} pid {worst_pid} "
+            f"{_n(early)}->{_n(late)}"
         )
         over: dict[str, list[int]] = {}
         for pid, (r, e, lt) in sorted(lives.items()):
