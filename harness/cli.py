@@ -294,15 +294,17 @@ def soak_parser(prog: str) -> CommandParser:
     parser.add_argument(
         "--faults",
         action="store_true",
-        help="During the load: PostgreSQL restarts, goes silent (packets dropped), then slow "
-        "(embedded servers, in a private network namespace; needs root, ip and tc).",
+        help="During the load, one fault a minute in turn (each at least once in a shorter run): PostgreSQL "
+        "restart, Redis restart, PostgreSQL silent (packets dropped), slow, resetting connections; after each, "
+        "counts exact again and a task through (check 9). Embedded servers, in a private network namespace; "
+        "needs root, ip and tc. The hour-long run: --faults --duration 3600.",
     )
     return parser
 
 
 @_command(soak_parser)
 def soak_command(args: argparse.Namespace) -> int:
-    """Long mixed load with recycling on: connection counts and memory per process must stay flat."""
+    """Long mixed load with recycling on: memory, open files and connections per role must stay flat."""
     from . import preflight
 
     duration, report_dir, faults = args.duration, args.report_dir, args.faults

@@ -132,6 +132,10 @@ class RunReport:
     load: LoadResult = field(default_factory=LoadResult)
     budget: dict[str, Any] = field(default_factory=dict)
     rss: list[tuple[float, str, int, int]] = field(default_factory=list)  # (t, role, pid, kB) every second
+    # (t, role, pid, open fds, TCP connections) every second (soak)
+    handles: list[tuple[float, str, int, int, int]] = field(default_factory=list)
+    # soak --faults: one per fault, kind, at, window_s, ended, recovered_s (harness/fault_schedule.py)
+    faults: list[dict[str, Any]] = field(default_factory=list)
     pgbouncer: dict[str, Any] = field(default_factory=dict)  # behind PgBouncer: version, settings, peaks
     # (t, status, n): responses that were not 2xx in each second of the load, on the samples' clock
     status_timeline: list[tuple[float, str, int]] = field(default_factory=list)

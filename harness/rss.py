@@ -1,4 +1,4 @@
-"""Resident memory of every suite process over a run, for the soak's "memory stays flat" check."""
+"""Resident memory, open files and connections of every suite process over a run, for the soak's flatness checks."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from collections.abc import Callable
 
 import psutil
 
-from .model import Check
+from .model import Check, Sample
 from .processes import RunningSuite
 
 INTERVAL = 1.0
 # Last third of the run against the first: allowed growth of each role's median RSS.
 GROWTH_LIMIT = 0.25
+
+# (t, role, pid, open file descriptors, TCP connections) of one process at one sampling round.
+Handles = tuple[float, str, int, int, int]
 
 
 def rss_kb(pid: int) -> int | None:
@@ -28,12 +31,26 @@ def rss_kb(pid: int) -> int | None:
         return None
 
 
+def handle_counts(pid: int) -> tuple[int, int] | None:
+    """Open file descriptors and TCP sockets (listening ones too) of `pid`, or None once it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None  # its descriptors are closed: 0 would drag a role's figure down
+            return proc.num_fds(), len(proc.net_connections(kind="tcp"))
+    except psutil.Error:
+        return None
+
+
 class RssSampler:
-    """Every second: (t, role, pid, rss_kb) for the web and task processes (masters too)."""
+    """Every second: (t, role, pid, rss_kb) for the web and task processes (masters too), and the same
+    processes' open file descriptors and TCP connections in `handles`."""
 
     def __init__(self, suite: RunningSuite | list[RunningSuite], clock: Callable[[], float]) -> None:
         self.hosts, self.clock = suite if isinstance(suite, list) else [suite], clock
         self.series: list[tuple[float, str, int, int]] = []
+        self.handles: list[Handles] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="forkpool-rss", daemon=True)
 
@@ -64,6 +81,9 @@ class RssSampler:
                         kb = rss_kb(pid)
                         if kb is not None:
                             self.series.append((round(t, 2), role + at, pid, kb))
+                        counts = handle_counts(pid)
+                        if counts is not None:
+                            self.handles.append((round(t, 2), role + at, pid, *counts))
             self._stop.wait(INTERVAL)
 
 
@@ -87,6 +107,134 @@ def check_memory_flat(series: list[tuple[float, str, int, int]], number: int = 7
         bool(growth) and worst < GROWTH_LIMIT,
         f"median RSS, last third vs first: {detail}",
     )
+
+
+# What "flat" allows, as (absolute, relative) growth of a median: the larger of the two.
+# Per role, last third of the run against the first, of the role's mean per process per sampling round:
+# recycled processes are new pids, so a role is judged, not a pid. A descriptor or socket leaked per
+# request or per recycle in a process that lives on (a master) grows without bound over an hour.
+# A process opens some clients lazily (Redis, Celery's producer: ~6 sockets, 8 fds, at its first
+# requests), so a role's figure moves with how many of its processes are fresh: the absolute slack.
+ROLE_SLACK = {"fds": (12.0, 0.25), "tcp": (6.0, 0.25), "sessions": (1.0, 0.10)}
+# Per process, last third of its own life against its first, for processes sampled at least
+# MIN_LIFE_SAMPLES times. Recycling hides a per-request leak from the role's figure (each
+# replacement starts afresh: a saw-tooth with the same mean in every third), not from its life:
+# 1 descriptor per request over a life of 100 requests is ~+67 here. The slack covers a
+# process's lazily opened clients (above) and a fault's transient replacements (a pool of 4
+# reconnecting); a life is judged from the moment its pool is open (start-up is not growth).
+LIFE_SLACK = {"fds": (24.0, 0.5), "tcp": (12.0, 0.5)}
+MIN_LIFE_SAMPLES = 9
+
+
+def _within(early: float, late: float, slack: tuple[float, float]) -> bool:
+    absolute, relative = slack
+    return late - early <= max(absolute, relative * early)
+
+
+def _n(value: float) -> str:
+    return f"{round(value, 1):g}"
+
+
+def _thirds_by_time(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Median of the values in the first third of the span and in the last: (early, late)."""
+    if not points:
+        return None
+    start, end = min(t for t, _ in points), max(t for t, _ in points)
+    third = (end - start) / 3 or 1.0
+    early = [v for t, v in points if t <= start + third]
+    late = [v for t, v in points if t >= end - third]
+    return (statistics.median(early), statistics.median(late)) if early and late else None
+
+
+def _role_means(handles: list[Handles], column: int) -> dict[str, list[tuple[float, float]]]:
+    """Per role: (t, mean of the column over the role's processes sampled in that round)."""
+    rounds: dict[tuple[str, float], list[int]] = {}
+    for row in handles:
+        rounds.setdefault((row[1], row[0]), []).append(row[column])
+    means: dict[str, list[tuple[float, float]]] = {}
+    for (role, t), values in sorted(rounds.items()):
+        means.setdefault(role, []).append((t, statistics.fmean(values)))
+    return means
+
+
+def _lives(handles: list[Handles], column: int, pool_open: dict[int, float]) -> dict[int, tuple[str, float, float]]:
+    """Per process sampled at least MIN_LIFE_SAMPLES times once its pool was open (the server saw a session
+    of it; a master, which holds none, from its first sample): (role, early median, late median).
+
+    A replacement's first seconds, importing the app, hold a fraction of its sockets: they are start-up,
+    not growth, and on a busy machine they can fill a short life's first third."""
+    by_pid: dict[int, list[Handles]] = {}
+    for row in handles:
+        if row[0] >= pool_open.get(row[2], float("-inf")):
+            by_pid.setdefault(row[2], []).append(row)
+    lives = {}
+    for pid, rows in by_pid.items():
+        if len(rows) >= MIN_LIFE_SAMPLES:
+            values = [r[column] for r in sorted(rows)]
+            third = len(values) // 3
+            lives[pid] = (rows[0][1], statistics.median(values[:third]), statistics.median(values[-third:]))
+    return lives
+
+
+def check_handles_flat(handles: list[Handles], samples: list[Sample], number: int = 8) -> Check:
+    """Open file descriptors and TCP connections per process (each role's mean, and each process's own
+    life), and PostgreSQL sessions per role, do not grow from the first third of the run to the last."""
+    name = "open files and connections per role stay flat"
+    if not handles or not samples:
+        return Check(number, name, False, f"no samples ({len(handles)} of processes, {len(samples)} of the server)")
+    parts, grown = [], []
+    for label, key, series in (
+        ("open fds per process", "fds", _role_means(handles, 3)),
+        ("TCP connections per process", "tcp", _role_means(handles, 4)),
+        ("PostgreSQL sessions per role", "sessions", _session_series(samples)),
+    ):
+        figures = []
+        for role, points in sorted(series.items()):
+            thirds = _thirds_by_time(points)
+            if thirds is None:
+                continue
+            early, late = thirds
+            ok = _within(early, late, ROLE_SLACK[key])
+            figures.append(f"{role} {_n(early)}->{_n(late)}" + ("" if ok else " (grew)"))
+            if not ok:
+                grown.append(f"{label} of {role}")
+        parts.append(f"{label} (median, first third -> last): {', '.join(figures) or 'none'}")
+    pool_open: dict[int, float] = {}
+    for sample in samples:
+        for pid, count in sample.by_pid().items():
+            if count:
+                pool_open.setdefault(pid, sample.t)
+    for label, key, column in (("fds", "fds", 3), ("TCP connections", "tcp", 4)):
+        lives = _lives(handles, column, pool_open)
+        worst_pid = max(lives, key=lambda pid: lives[pid][2] - lives[pid][1], default=None)
+        if worst_pid is None:
+            parts.append(f"{label} within a life: no process sampled {MIN_LIFE_SAMPLES} times")
+            continue
+        role, early, late = lives[worst_pid]
+        parts.append(
+            f"{label} within a life, from its pool open ({len(lives)} processes): most grown {role} pid {worst_pid} "
+            f"{_n(early)}->{_n(late)}"
+        )
+        over: dict[str, list[int]] = {}
+        for pid, (r, e, lt) in sorted(lives.items()):
+            if not _within(e, lt, LIFE_SLACK[key]):
+                over.setdefault(r, []).append(pid)
+        grown += [
+            f"{label} of {len(pids)} {r} processes in their life (pids {pids[:3]}...)" for r, pids in over.items()
+        ]
+    detail = "; ".join(parts) + (f"; GREW: {', '.join(grown)}" if grown else "")
+    return Check(number, name, not grown, detail)
+
+
+def _session_series(samples: list[Sample]) -> dict[str, list[tuple[float, float]]]:
+    """Per role seen in the run: (t, the server's sessions of that role) at every sample, 0 where none."""
+    roles = sorted({role for s in samples for role in s.by_role()})
+    series: dict[str, list[tuple[float, float]]] = {role: [] for role in roles}
+    for s in samples:
+        counts = s.by_role()
+        for role in roles:
+            series[role].append((s.t, float(counts.get(role, 0))))
+    return series
 
 
 def write_memory_chart(series: list[tuple[float, str, int, int]], path) -> None:

@@ -4,12 +4,13 @@ disturb it, and prove the connection ceiling."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import psycopg2
 from rich.console import Console
 
 from forkpool.budget import Budget, DeploymentPlan, PoolerLimits, read_server_limits
+from suite.queue import TASK_RECORD_EVENT
 from suite.schema import init_schema_at
 
 from . import checks
@@ -26,11 +28,11 @@ from .load import LocustRun
 from .model import Check, Event, LoadResult, RunReport, Sample
 from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
 from .processes import RQ, SuitePlan
-from .rss import RssSampler, check_memory_flat
+from .rss import RssSampler, check_handles_flat, check_memory_flat
 from .sampler import BouncerSampler, Sampler
 from .services import redact_url, services
 from .socket_watch import SocketWatch
-from .suite_probe import pid_alive, wait_for_rows, web_pool_reports, writers_for_keys
+from .suite_probe import pid_alive, rows_for_keys, wait_for_rows, web_pool_reports, writers_for_keys
 
 if TYPE_CHECKING:
     from .fault_schedule import FaultSchedule
@@ -59,14 +61,15 @@ class LoadOptions:
     stack: str = "forkpool"  # the data layer web and workers run on: forkpool, flask-sqlalchemy, django
     max_connections: int = 100  # of the embedded server; ignored with DATABASE_URL
     other_clients: int = 2  # the harness's own sessions (sampler, checks)
-    soak: bool = False  # add check 7: memory per process stays flat
-    faults: bool = False  # soak --faults: a restart, a blackhole, a latency spike (check 8)
+    soak: bool = False  # add checks 7 and 8: memory, open files and connections stay flat
+    faults: bool = False  # soak --faults: rotating faults, recovery after each (check 9)
     hosts: int = 1  # copies of the suite, each its own host (harness/fleet.py)
     pgbouncer: bool = False  # put a PgBouncer (transaction pooling) between the suite and PostgreSQL
     pgbouncer_pool_size: int = 10  # its default_pool_size: the server connections it may open
     pgbouncer_reserve: int = 2  # its reserve_pool_size
     web_server: str = "gunicorn"  # or "uwsgi": the web tier under uWSGI (harness/processes.py)
     task_runner: str = "celery"  # or "rq": the task tier under RQ workers (harness/rq_runner.py)
+    extra_env: dict[str, str] = field(default_factory=dict)  # more environment for every suite process
 
     def deployment(self) -> DeploymentPlan:
         return DeploymentPlan(
@@ -127,7 +130,7 @@ def plans_for(
     options: LoadOptions, suite_id: str, database_url: str, redis_url: str, bouncer: EmbeddedPgBouncer | None = None
 ) -> list[SuitePlan]:
     """One plan per host; behind PgBouncer the suite's DATABASE_URL is PgBouncer's."""
-    env = {"DB_BUDGET_HOSTS": str(options.hosts)}  # each host's start-up check counts the whole fleet
+    env = {**options.extra_env, "DB_BUDGET_HOSTS": str(options.hosts)}  # each host's start-up check counts the fleet
     if bouncer is not None:
         env["DB_BUDGET_MAX_CLIENT_CONN"] = str(bouncer.settings.max_client_conn)
         if not prepares_itself(bouncer.version):
@@ -167,8 +170,8 @@ def run_on(
     schedule: Callable | None = None,
 ) -> RunReport:
     """`bouncer`: the PgBouncer in between, if any; `observe_url`: where the harness counts sessions, if
-    not `database_url` (a proxy in between); `schedule(sampler, exact)`: faults to run during the load
-    (harness/fault_schedule.py)."""
+    not `database_url` (a proxy in between); `schedule(sampler, exact, task_through)`: faults to run
+    during the load (harness/fault_schedule.py)."""
     suite_id = f"run{uuid.uuid4().hex[:8]}"
     plans = plans_for(options, suite_id, database_url, redis_url, bouncer)
     report = RunReport(
@@ -210,6 +213,7 @@ def run_on(
         steady = _drive(fleet, sampler, options, report, console, logs, database_url, schedule)
     finally:
         report.rss = rss.stop()
+        report.handles = rss.handles
         fleet.stop()
         report.samples = sampler.stop()
         report.duration_s = round(time.monotonic() - started, 2)
@@ -239,7 +243,13 @@ def _drive(
     watch = SocketWatch(plan.database_url, plan.redis_url, fleet.master_pids).start()
     try:
         faults = (
-            schedule(sampler, lambda s: {r: n for r, n in s.by_role().items() if n} == expected) if schedule else None
+            schedule(
+                sampler,
+                lambda s: {r: n for r, n in s.by_role().items() if n} == expected,
+                _task_through(celery, plan, direct_url),
+            )
+            if schedule
+            else None
         )
         load = _run_load(fleet, sampler, options, report, console, logs, celery, faults)
     finally:
@@ -336,11 +346,40 @@ def _run_load(
     report.events.extend(killer.events)
     if faults is not None:
         report.events.extend(faults.events)
-        report.checks.append(faults.check(8))
+        report.faults = faults.report()
+        report.checks.append(faults.check(9))
     load.tasks_enqueued = len(enqueuer.keys)
     load.direct_keys = list(enqueuer.keys)
     report.status_timeline = failed_per_second(load.status_by_second, time.time() - sampler.now())
     return load
+
+
+def _task_through(celery, plan: SuitePlan, direct_url: str) -> Callable[[float], bool]:
+    """`task_through(timeout)`: a record_event task enqueued now (again while the broker refuses), True once its
+    row is written. Its key is the run's but none of the load's: check 4 does not count it."""
+    keys = itertools.count()
+
+    def task_through(timeout: float) -> bool:
+        key = f"{plan.suite_id}:probe:{next(keys)}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                celery.send_task(TASK_RECORD_EVENT, kwargs={"key": key}, queue=plan.queue)
+                break
+            except Exception:  # noqa: BLE001 - the broker may still be coming back: try again until the deadline
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.25)
+        while time.monotonic() < deadline:
+            try:
+                if rows_for_keys(direct_url, [key]):
+                    return True
+            except psycopg2.Error:
+                pass  # the server may be coming back too
+            time.sleep(0.1)
+        return False
+
+    return task_through
 
 
 def failed_per_second(by_second: list[tuple[int, dict[str, int]]], wall_at_zero: float) -> list[tuple[float, str, int]]:
@@ -383,6 +422,7 @@ def _conclude(
         }
     if options.soak:
         report.checks.append(check_memory_flat(report.rss))
+        report.checks.append(check_handles_flat(report.handles, report.samples))
     report.checks.sort(key=lambda c: c.number)
     report.roles = checks.role_summaries(report.samples, steady, processes, options.pool_size)
     killed = {int(e.detail.rsplit(" ", 1)[1]) for e in report.events if e.kind == "kill"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from forkpool.budget import Budget, DeploymentPlan, ServerLimits
 from harness import checks
 from harness.model import Sample
+from harness.rss import check_handles_flat
 
 P = 4
 EXPECTED = {"web": 12, "worker": 8}
@@ -134,3 +135,50 @@ def test_a_report_checked_in_its_job_counts_when_its_process_is_gone():
     assert not bad.passed and "7: (2, 3)" in bad.detail
     unheard = checks.check_reports_agree({"worker": {7: {"size": 2}}}, {}, gone)  # no count of its own: unheard
     assert not unheard.passed and "no live report from worker" in unheard.detail
+
+
+def _handles_run(seconds: int = 600, life: int = 30, leak_per_request: int = 0, master_leak_every: int = 0):
+    """A synthetic soak: 3 web workers recycled every `life` s (10 requests/s each), a master that never
+    recycles; open fds and TCP connections noisy around their levels, sessions exact."""
+    import random
+
+    rng = random.Random(7)
+    handles, samples = [], []
+    for t in range(seconds):
+        master_tcp = 2 + (t // master_leak_every if master_leak_every else 0)
+        handles.append((float(t), "web-master", 100, 14 + rng.randint(-1, 1), master_tcp))
+        sessions = {}
+        for slot in range(3):
+            born = (t + slot * 7) // life * life - slot * 7  # staggered recycling
+            pid = 1000 + slot * 1000 + born
+            served = (t - born) * 10
+            handles.append((float(t), "web", pid, 30 + rng.randint(-2, 2) + leak_per_request * served, 6))
+            sessions[("web", pid)] = 4
+        samples.append(Sample(float(t), sessions))
+    return handles, samples
+
+
+def test_handles_flat_passes_a_noisy_flat_run():
+    check = check_handles_flat(*_handles_run())
+    assert check.passed, check.detail
+    assert "open fds per process" in check.detail and "web 30->30" in check.detail
+
+
+def test_handles_flat_fails_one_fd_leaked_per_request_even_with_recycling():
+    check = check_handles_flat(*_handles_run(leak_per_request=1))
+    assert not check.passed
+    assert "fds of 61 web processes in their life" in check.detail, check.detail
+
+
+def test_handles_flat_fails_a_connection_never_closed_per_recycle():
+    check = check_handles_flat(*_handles_run(master_leak_every=30))
+    assert not check.passed
+    assert "TCP connections per process of web-master" in check.detail, check.detail
+
+
+def test_handles_flat_fails_sessions_that_pile_up():
+    handles, samples = _handles_run()
+    samples = [Sample(s.t, {**s.sessions, ("web", 1): 1 + int(s.t) // 60}) for s in samples]
+    check = check_handles_flat(handles, samples)
+    assert not check.passed
+    assert "PostgreSQL sessions per role of web" in check.detail, check.detail

@@ -14,6 +14,7 @@ import pytest
 
 from harness.cli import fault_parser
 from harness.fault_scenarios import SCENARIOS, SHORT
+from harness.fault_schedule import KINDS, PERIOD_S, plan
 from harness.netfault import unavailable
 
 NEEDS_NETNS = {"blackhole", "redis-blackhole"}  # packets dropped in a private network namespace
@@ -46,11 +47,33 @@ def test_soak_machinery_reports_flat_memory_and_counts(tmp_path):
     )
     body = json.loads((tmp_path / "report.json").read_text())
     numbers = [c["number"] for c in body["checks"]]
-    assert numbers == [1, 2, 3, 4, 5, 6, 7], numbers  # 7: memory flat (soak only)
+    assert numbers == [1, 2, 3, 4, 5, 6, 7, 8], numbers  # 7: memory flat, 8: open files and connections (soak only)
     assert body["rss"] and {row[1] for row in body["rss"]} >= {"web", "worker"}
+    # (t, role, pid, open fds, TCP connections): every process holds some of both (its pool's sockets)
+    assert body["handles"] and {row[1] for row in body["handles"]} >= {"web", "worker", "web-master", "worker-main"}
+    assert all(row[3] > 0 for row in body["handles"])
+    assert all(row[4] > 0 for row in body["handles"] if row[1] in ("web", "worker"))
+    flat = next(c for c in body["checks"] if c["number"] == 8)
+    for series in ("open fds per process", "TCP connections per process", "PostgreSQL sessions per role"):
+        assert series in flat["detail"], flat["detail"]
     assert_status_over_time_adds_up(body)
     assert (tmp_path / "memory.png").stat().st_size > 5000
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("duration", [8, 40, 60, 300, 600, 3600])
+def test_the_fault_schedule_rotates_every_kind_and_leaves_each_a_quiet_gap(duration):
+    faults = plan(duration)
+    kinds = [f.kind for f in faults]
+    assert kinds == list(KINDS) * (len(faults) // len(KINDS)), kinds  # whole rotations, each kind at least once
+    slot = duration / len(faults)
+    assert slot <= PERIOD_S * 1.5
+    for fault in faults:
+        assert 0 < fault.offset < duration
+        within = fault.offset % slot
+        assert within + fault.window <= 0.7 * slot or fault.kind.endswith("restart"), fault  # a quiet rest
+    if duration >= 3600:
+        assert len(faults) == duration / PERIOD_S and max(f.window for f in faults) == 20.0
 
 
 def test_every_scenario_is_a_fault_command():
@@ -59,23 +82,26 @@ def test_every_scenario_is_a_fault_command():
 
 
 @pytest.mark.slow  # on demand (-m slow): 60 s; each fault runs alone above, the soak machinery below
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_soak_with_faults_comes_back_after_each(tmp_path):
-    """`forkpool soak --faults` shortened: a restart, a 10 s silence and a latency spike inside 40 s of load;
-    the 10-minute run is on demand (docs/results/)."""
+    """`forkpool soak --faults` shortened to one rotation in 60 s of load: PostgreSQL restart, Redis restart,
+    silence, latency, resets, each in a 12 s slot; the 60-minute run is on demand (docs/results/)."""
     if unavailable():
         pytest.skip(unavailable())
     result = subprocess.run(
-        [sys.executable, "-m", "forkpool", "soak", "--duration", "40", "--faults", "--report", str(tmp_path)],
+        [sys.executable, "-m", "forkpool", "soak", "--duration", "60", "--faults", "--report", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=380,
         env={k: v for k, v in __import__("os").environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
     )
     body = json.loads((tmp_path / "report.json").read_text())
-    assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [c["number"] for c in body["checks"]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     faults = [e["detail"].split(":")[0] for e in body["events"] if e["kind"] == "fault"]
-    assert faults == ["restart", "blackhole", "latency"], faults
+    assert faults == list(KINDS), faults
+    # One recovery figure per occurrence: counts exact again and a task through after each.
+    assert [f["kind"] for f in body["faults"]] == list(KINDS)
+    assert all(f["recovered_s"] is not None for f in body["faults"]), body["faults"]
     failed = [f"{c['number']}. {c['detail']}" for c in body["checks"] if not c["passed"]]
     assert result.returncode == 0 and not failed, (failed, result.stdout[-3000:])
     assert_status_over_time_adds_up(body)
