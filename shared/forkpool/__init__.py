@@ -27,6 +27,7 @@ checks it: [tool.importlinter] in the root pyproject.toml):
     _metrics_dir, _sockets, fork
     redis, settings
     _base
+    _drivers_async
     _integrations, _pool, _pool_async
     _protect
     _registry
