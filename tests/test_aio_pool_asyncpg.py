@@ -243,6 +243,35 @@ def test_a_server_side_kill_is_discarded_and_the_pool_refills(admin, suite_id):
     assert snapshot[keys.CONNECTIONS_DISCARDED] >= 2 and snapshot[keys.SIZE] == 2 and invariants(snapshot)
 
 
+def test_sessions_the_server_ended_are_never_lent_within_the_idle_threshold(admin, suite_id):
+    """asyncpg's loop reads the server's goodbye as it comes, so no news is left on the socket for the pool's
+    poll (whose descriptor asyncpg closes, and may give to a new connection): the pool asks the connection
+    whether it ended. (Without that the poll usually still catches it; the reused descriptor is the race.)"""
+    forkpool.configure(min_size=2, max_size=2, check_idle=30)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        assert await pool.wait(10)
+        held = [await pool.getconn(), await pool.getconn()]
+        before = {await backend_pid(conn) for conn in held}
+        for conn in held:
+            await pool.putconn(conn)
+        await asyncio.to_thread(
+            admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)", list(before)
+        )
+        assert await until(lambda: all(conn.is_closed() for conn in held))  # asyncpg read the goodbye
+        after = set()
+        for _ in range(4):
+            async with pool.connection() as conn:
+                after.add(await backend_pid(conn))
+        snapshot = pool.stats()
+        await forkpool.close_async_pools()
+        return before, after, snapshot
+
+    before, after, snapshot = run(main())
+    assert before.isdisjoint(after) and snapshot[keys.CONNECTIONS_DISCARDED] == 2 and invariants(snapshot)
+
+
 def test_reuse_within_the_idle_threshold_costs_no_round_trip():
     forkpool.configure(min_size=1, max_size=1, check_idle=5)
 

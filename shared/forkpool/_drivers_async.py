@@ -54,6 +54,7 @@ from .errors import import_extra
 from .settings import PoolSettings
 
 ErrorTypes = type[BaseException] | tuple[type[BaseException], ...]
+CLOSE_TIMEOUT = 2.0  # seconds asyncpg's close() may wait for the server to end the session
 
 
 class AsyncDriver:
@@ -65,6 +66,10 @@ class AsyncDriver:
     # A ``connection()`` block's end: None, nothing to do (the return path deals with what is left).
     commit: Callable[[Any], Awaitable[Any]] | None = None
     rollback: Callable[[Any], Awaitable[Any]] | None = None
+    # The driver already knows the connection ended (no I/O); None: it cannot know while the connection is
+    # idle, and the pool's poll() of the socket finds what the server sent (psycopg 3 reads only during an
+    # operation). asyncpg's loop reads every byte as it comes: the server's goodbye never waits in the socket.
+    ended: Callable[[Any], bool] | None = None
 
     async def connect(self, settings: PoolSettings, session: Session, seconds: float) -> Any:
         """One connection named after this process, in `session`'s state; raises one of ``Error``."""
@@ -178,6 +183,7 @@ class AsyncpgDriver(AsyncDriver):
     def __init__(self) -> None:
         asyncpg = import_extra("asyncpg", "asyncpg", "forkpool's asyncio pool on asyncpg (driver='asyncpg')")
         self._asyncpg = asyncpg
+        self.ended = asyncpg.Connection.is_closed
         # ClientConfigurationError is an InterfaceError; TargetServerAttributeNotMatched (no host took
         # target_session_attrs) an InternalClientError; refusals and resets OSErrors; asyncpg's connect
         # timeout a TimeoutError. SetupFailed: a configure hook that failed.
@@ -255,6 +261,15 @@ class AsyncpgDriver(AsyncDriver):
 
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")  # no transaction to end: asyncpg opened none
+
+    async def close(self, conn: Any) -> None:
+        # asyncpg's close() waits for the server to hang up: bounded, then the socket is closed anyway
+        # (also when the connection is busy with a cancelled query, where close() refuses).
+        try:
+            await conn.close(timeout=CLOSE_TIMEOUT)
+        except BaseException:
+            conn.terminate()
+            raise
 
     def drop_without_io(self, conn: Any) -> None:
         try:

@@ -376,6 +376,9 @@ class AsyncPool(BasePool):
     async def _usable(self, entry: Entry) -> bool:
         if self._primary.enabled and self._primary.stale(entry.conn, entry.created_at):
             return False  # on a server seen demoted since it was opened: the primary changed
+        ended = self._driver.ended
+        if ended is not None and ended(entry.conn):
+            return False  # asyncpg read the server's goodbye while it sat idle: no news left on the socket
         idle_for = entry.checked_out_at - entry.returned_at
         if (
             idle_for < self.settings.check_idle
@@ -465,8 +468,17 @@ class AsyncPool(BasePool):
 
     def take_expired_idle(self) -> list[Entry]:
         """Idle connections past max_lifetime, past max_idle above min_size, or already ended by the
-        kernel: removed, for closing (as the threaded pool's upkeep does)."""
-        return self._take_expired_idle()
+        kernel: removed, for closing (as the threaded pool's upkeep does); with asyncpg, also those it
+        already knows ended (see AsyncDriver.ended)."""
+        ended = self._driver.ended
+        if ended is None or not any(ended(entry.conn) for entry in self._idle):
+            return self._take_expired_idle()
+        gone = [entry for entry in self._idle if ended(entry.conn)]
+        self._idle = deque(entry for entry in self._idle if not ended(entry.conn))
+        self._counts[keys.CONNECTIONS_CLOSED] += len(gone)
+        self._counts[keys.CONNECTIONS_DISCARDED] += len(gone)
+        self._suspect_before = _monotonic()  # the others may be gone too: checked before reuse
+        return gone + self._take_expired_idle()
 
     def drain_wait_times(self) -> list[float]:
         return self._drain_wait_times()
