@@ -441,6 +441,77 @@ def test_what_asyncpg_cannot_express_is_one_configuration_error(database_url):
     forkpool.configure(connect_kwargs={"statement_cache_size": 0, "command_timeout": 30})  # asyncpg's own: taken
 
 
+CONNINFOS = [
+    "",
+    "host=a port=5432 dbname=x user=u password=p",
+    "host=a,b port=1,2 target_session_attrs=read-write",
+    "password='se cret\\'x' user = bob  dbname= d",
+    "options='-c search_path=x -c statement_timeout=5s'",
+    "user=a\\ b",
+    "postgresql://",
+    "postgresql://u:p@h:5432/db?sslmode=require&application_name=x%20y",
+    "postgres://a,b/db",
+    "postgresql://a:1,b/db",
+    "postgresql://a:1,b:2/db?target_session_attrs=primary",
+    "postgresql://[::1]:5432/db",
+    "postgresql://[::1],[::2]:5/db",
+    "postgresql:///db?host=/tmp&port=5433",
+    "postgresql://u@/db",
+    "postgresql://%2Ftmp/db",
+    "postgresql://u:@h/db",
+    "postgresql://h/db?ssl=true",
+    "postgresql://us%40er:pa%3Ass@h/d%2Fb",
+]
+BAD_CONNINFOS = ["host", "foo=bar", "host='x", "postgresql://h/db?foo=1", "postgresql://h/db?a"]
+
+
+@pytest.mark.parametrize("dsn", CONNINFOS)
+def test_with_no_libpq_driver_a_dsn_is_read_as_libpq_reads_it(dsn):
+    """asyncpg alone: forkpool reads the DSN in Python (_conninfo), exactly as libpq's PQconninfoParse does."""
+    import psycopg2.extensions
+
+    from forkpool import _conninfo
+
+    assert _conninfo.parse(dsn) == psycopg2.extensions.parse_dsn(dsn)
+
+
+@pytest.mark.parametrize("dsn", BAD_CONNINFOS)
+def test_with_no_libpq_driver_a_bad_dsn_fails_with_libpqs_reason(dsn):
+    import psycopg2
+    import psycopg2.extensions
+
+    from forkpool import _conninfo
+
+    with pytest.raises(psycopg2.ProgrammingError) as libpq:
+        psycopg2.extensions.parse_dsn(dsn)
+    with pytest.raises(ValueError) as ours:
+        _conninfo.parse(dsn)
+    assert str(ours.value) in str(libpq.value)
+
+
+def test_asyncpg_alone_is_enough(suite_id):
+    """A process where neither psycopg2 nor psycopg 3 can be imported: the asyncio pool on asyncpg works."""
+    program = """
+import asyncio, os, sys
+sys.modules["psycopg2"] = sys.modules["psycopg"] = None  # neither importable, nor found by find_spec
+import forkpool
+
+async def main():
+    forkpool.configure(driver="asyncpg", min_size=1, max_size=1)
+    pool = await forkpool.get_async_pool()
+    async with pool.connection() as conn:
+        name = await conn.fetchval("SELECT current_setting('application_name')")
+    await forkpool.close_async_pools()
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("psycopg2", "psycopg") and sys.modules[m])
+    print(name == f"{forkpool.identity.name()}:app:{os.getpid()}", loaded)
+
+asyncio.run(main())
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True []"
+
+
 def test_import_forkpool_loads_no_driver_and_a_missing_asyncpg_names_its_extra():
     program = """
 import importlib.abc, sys

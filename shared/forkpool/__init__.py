@@ -21,6 +21,7 @@ docs/fork-story.md for why.
 Modules, bottom-up (each imports only modules on lines above its own; import-linter
 checks it: [tool.importlinter] in the root pyproject.toml):
 
+    _conninfo
     _failover, _process, errors, identity, stats
     _drivers
     _endpoints

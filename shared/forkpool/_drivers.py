@@ -319,8 +319,16 @@ def parse_conninfo(dsn: str) -> dict[str, str]:
     """A connection string (``key=value`` pairs or a ``postgresql://`` URI) read as libpq reads it.
 
     By whichever driver is installed (both call libpq's ``PQconninfoParse``), so
-    the library needs no driver of its own: MissingExtra when neither is there.
+    the library needs no driver of its own; with neither (asyncpg alone), by
+    ``_conninfo``, which reads it the same way in Python.
     """
+    if not installed():
+        from . import _conninfo
+
+        try:
+            return _conninfo.parse(dsn)
+        except ValueError as exc:
+            raise BadConninfo(str(exc)) from None
     if resolve_name("") == PSYCOPG2:
         import psycopg2
         import psycopg2.extensions
