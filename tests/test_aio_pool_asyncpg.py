@@ -24,8 +24,9 @@ import pytest
 
 import forkpool
 from forkpool import stats as keys
+from forkpool._drivers_async import kept_after_fork
 from harness.failover import WRITERS, Load, prepare
-from tests.conftest import wait_for
+from tests.conftest import on_devnull, wait_for
 from tests.runner_support import holders, logged_pg, without_goodbye  # noqa: F401 - logged_pg is a fixture
 from tests.test_aio_pool import invariants, until
 
@@ -302,12 +303,16 @@ def test_a_forked_child_gets_its_own_pool_and_the_parents_sessions_survive(count
     loop = asyncio.new_event_loop()
     try:
         pool, before = loop.run_until_complete(parent_pids())
+        sockets = [pool._driver.socket_fd(entry.conn) for entry in pool._idle]
         read_fd, write_fd = os.pipe()
         child = os.fork()
         if child == 0:
             code = 1
             try:
                 assert pool.closed  # the inherited one is detached: PoolClosed on use
+                # Its connections' sockets point at /dev/null, and the objects are kept, never collected.
+                assert len(sockets) == 2 and all(on_devnull(fd) for fd in sockets)
+                assert len(kept_after_fork()) == 2
 
                 async def own():
                     mine = await forkpool.get_async_pool()

@@ -49,6 +49,7 @@ from typing import Any
 from ._base import connect_params, drop_without_io
 from ._drivers import ASYNCPG, PSYCOPG, PsycopgDriver, Session, SetupFailed, asyncpg_arguments, get_driver
 from ._drivers import parse_conninfo as _parse_conninfo
+from ._process import home
 from ._sockets import devnull_fd
 from .errors import import_extra
 from .settings import PoolSettings
@@ -279,11 +280,16 @@ class AsyncpgDriver(AsyncDriver):
         if fd >= 0:
             os.dup2(devnull_fd(), fd)
         # Kept, never collected here: its __del__ would terminate() it (see the module docstring).
-        _INHERITED.append(conn)
+        kept_after_fork().append(conn)
 
 
-# Every asyncpg connection this process inherited and let go of: kept so that none is ever collected.
-_INHERITED: list[Any] = []
+def kept_after_fork() -> list[Any]:
+    """Every asyncpg connection this process inherited and let go of: kept (in forkpool's process-wide
+    holder, which a reload of this module finds again) so that none is ever collected."""
+    holder = home()
+    if not hasattr(holder, "asyncpg_inherited"):
+        holder.asyncpg_inherited = []
+    return holder.asyncpg_inherited
 
 
 def _set_socket_options(fd: int, options: dict[str, int]) -> None:
