@@ -431,6 +431,14 @@ def test_the_dsn_becomes_asyncpgs_arguments_multi_host_included():
     assert socket_options == {"keepalives_idle": 7}
     url, _ = asyncpg_arguments(parse_conninfo("postgresql://app@a:1,b:2/shop?target_session_attrs=primary"))
     assert url["host"] == ["a", "b"] and url["port"] == [1, 2] and url["target_session_attrs"] == "primary"
+    # libpq's rules: an empty entry is the default port, one port serves every host
+    assert asyncpg_arguments(parse_conninfo("postgresql://a:1,b/db"))[0]["port"] == [1, 5432]
+    assert asyncpg_arguments(parse_conninfo("host=a,b port=7"))[0]["port"] == 7
+    # the pool's name for the session wins over a server_settings one, as libpq's parameter does
+    named, _ = asyncpg_arguments({"server_settings": {"application_name": "x", "jit": "off"}, "application_name": "y"})
+    assert named["server_settings"] == {"application_name": "y", "jit": "off"}
+    with pytest.raises(forkpool.ConfigError, match="2 port numbers for 3 hosts"):
+        asyncpg_arguments(parse_conninfo("host=a,b,c port=1,2"))
 
 
 def test_what_asyncpg_cannot_express_is_one_configuration_error(database_url):

@@ -416,42 +416,45 @@ def asyncpg_arguments(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     server_settings: dict[str, str] = {}
     ssl_query: dict[str, str] = {}
     socket_options: dict[str, int] = {}
+    app_name: str | None = None
     for key, value in params.items():
         if key in ASYNCPG_NATIVE:
             if key == "server_settings":
                 server_settings.update(value or {})
             else:
                 found[key] = value
-        elif key in ("host", "hostaddr"):
-            continue  # below: hostaddr, where given, is where libpq connects
-        elif key == "port":
-            ports = [p.strip() for p in str(value).split(",")]
-            if not all(p.isdigit() for p in ports):
-                raise ConfigError(f"port={value!r}: asyncpg takes whole port numbers, one per host")
-            found["port"] = [int(p) for p in ports] if len(ports) > 1 else int(ports[0])
+        elif key in ("host", "hostaddr", "port"):
+            continue  # below, together: hostaddr, where given, is where libpq connects
         elif key in ("user", "password", "target_session_attrs"):
             found[key] = str(value)
         elif key == "dbname":
             found["database"] = str(value)
         elif key == "application_name":
-            server_settings["application_name"] = str(value)
+            app_name = str(value)  # after server_settings: as with libpq, the parameter wins
         elif key == "options":
             server_settings.update(_options_settings(str(value)))
         elif key == "connect_timeout":
-            found["timeout"] = float(value)
+            found["timeout"] = float(_number(key, value))
         elif key == "client_encoding":
             if str(value).lower().replace("-", "") not in ("utf8", "unicode"):
                 raise ConfigError(f"client_encoding={value!r}: asyncpg speaks UTF-8 only")
         elif key in _ASYNCPG_SSL_QUERY:
             ssl_query[key] = str(value)
         elif key in _ASYNCPG_SOCKET:
-            socket_options[key] = int(value)
+            socket_options[key] = _number(key, value)
         elif key not in _ASYNCPG_IGNORED:
             raise ConfigError(f"{key}={value!r}: libpq's parameter has no asyncpg equivalent (driver asyncpg)")
-    hosts = str(params.get("hostaddr") or params.get("host") or "")
-    if hosts:
-        names = [h.strip() for h in hosts.split(",")]
-        found["host"] = names if len(names) > 1 else names[0]
+    if app_name is not None:
+        server_settings["application_name"] = app_name
+    hosts = [h.strip() for h in str(params.get("hostaddr") or params.get("host") or "").split(",")]
+    if hosts != [""]:
+        found["host"] = hosts if len(hosts) > 1 else hosts[0]
+    if params.get("port") not in (None, ""):
+        # libpq: one port for every host, or one per host; an empty one is the default port.
+        ports = [_number("port", p) if p.strip() else DEFAULT_PORT for p in str(params["port"]).split(",")]
+        if len(ports) > 1 and len(ports) != len(hosts):
+            raise ConfigError(f"port={params['port']!r}: {len(ports)} port numbers for {len(hosts)} hosts")
+        found["port"] = ports if len(ports) > 1 else ports[0]
     if server_settings:
         found["server_settings"] = server_settings
     if ssl_query:
@@ -459,6 +462,16 @@ def asyncpg_arguments(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
 
         found["dsn"] = "postgresql://?" + urlencode(ssl_query)  # asyncpg: keyword arguments win over the DSN
     return found, socket_options
+
+
+DEFAULT_PORT = 5432  # libpq's for an empty entry of a port list
+
+
+def _number(key: str, value: Any) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a whole number") from None
 
 
 def _options_settings(options: str) -> dict[str, str]:
