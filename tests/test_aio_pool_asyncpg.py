@@ -140,6 +140,56 @@ def test_the_session_state_is_the_sessions_default_and_survives_returns():
     assert snapshot[keys.CONNECTIONS_DISCARDED] == 0
 
 
+def test_the_configure_hooks_settings_outlive_returns_and_asyncpgs_full_reset_is_one_argument_away():
+    """No RESET ALL on a return (docs/recipes/asyncio.md): what the configure hook set stays, and so does a
+    borrower's plain SET; reset=asyncpg.Connection.reset gives asyncpg's pool's behaviour (both undone)."""
+
+    async def configure(conn):
+        await conn.execute("SET statement_timeout = '7s'")
+
+    async def settings_seen(reset):
+        pool = forkpool.AsyncPool(
+            forkpool.PoolSettings(dsn=os.environ["DATABASE_URL"], min_size=1, max_size=1, driver="asyncpg"),
+            configure=configure,
+            reset=reset,
+        )
+        await pool.open(wait=True)
+        async with pool.connection() as conn:
+            await conn.execute("SET search_path = borrower")
+            await conn.execute("BEGIN")  # left open: rolled back on return
+        async with pool.connection() as conn:
+            seen = tuple(
+                await conn.fetchrow("SELECT current_setting('statement_timeout'), current_setting('search_path')")
+            )
+        snapshot = pool.stats()
+        await pool.close()
+        return seen, snapshot
+
+    kept, snapshot = run(settings_seen(None))
+    assert kept == ("7s", "borrower") and snapshot[keys.CONNECTIONS_DISCARDED] == 0
+    undone, snapshot = run(settings_seen(asyncpg.Connection.reset))
+    assert undone == ("0", '"$user", public') and snapshot[keys.CONNECTIONS_DISCARDED] == 0
+
+
+@pytest.mark.parametrize("prepare", [True, False])
+def test_prepare_off_is_asyncpgs_statement_cache_off(prepare):
+    """DB_POOL_PREPARE=off (PgBouncer < 1.21 in transaction pooling): asyncpg names no prepared statement."""
+    forkpool.configure(min_size=1, max_size=1, prepare=prepare)
+
+    async def main():
+        pool = await forkpool.get_async_pool()
+        async with pool.connection() as conn:
+            await conn.fetchval("SELECT $1::int", 1)
+            named = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements")
+        healthy = await forkpool.health.async_health_check()
+        await forkpool.close_async_pools()
+        return named, healthy
+
+    named, healthy = run(main())
+    assert (named > 0) is prepare
+    assert healthy == {"default": {"ok": True, "error": None}}
+
+
 def test_listeners_left_behind_are_removed_on_return():
     forkpool.configure(min_size=1, max_size=1)
 
