@@ -180,6 +180,7 @@ MATRIX_TESTS = (
     "tests/test_pool.py",
     "tests/test_aio_pool.py",
     "tests/test_aio_pool_upkeep.py",
+    "tests/test_aio_pool_asyncpg.py",
     "tests/test_manager.py",
     "tests/test_recovery.py",
 )

@@ -59,6 +59,31 @@ FIGURES = [
     ("asyncio BEGIN/SELECT 1/COMMIT, 1 task, vs asyncpg's pool", "aio_txn_1task/ours", "aio_txn_1task/asyncpg"),
     ("asyncio BEGIN/SELECT 1/COMMIT, 50 tasks, vs asyncpg's pool", "aio_txn_50tasks/ours", "aio_txn_50tasks/asyncpg"),
     (
+        "asyncio BEGIN/SELECT 1/COMMIT, 1 task, ours on asyncpg vs asyncpg's pool",
+        "aio_txn_1task/ours_asyncpg",
+        "aio_txn_1task/asyncpg",
+    ),
+    (
+        "asyncio BEGIN/SELECT 1/COMMIT, 50 tasks, ours on asyncpg vs asyncpg's pool",
+        "aio_txn_50tasks/ours_asyncpg",
+        "aio_txn_50tasks/asyncpg",
+    ),
+    (
+        "asyncio, 1 task, ours on asyncpg vs a bare asyncpg connection (our pool's overhead)",
+        "aio_txn_1task/ours_asyncpg",
+        "aio_txn_1task/asyncpg_bare",
+    ),
+    (
+        "asyncio, 1 task, asyncpg's pool vs a bare asyncpg connection (its pool's overhead)",
+        "aio_txn_1task/asyncpg",
+        "aio_txn_1task/asyncpg_bare",
+    ),
+    (
+        "asyncio, 1 task, ours on psycopg 3 vs ours on asyncpg (the drivers)",
+        "aio_txn_1task/ours",
+        "aio_txn_1task/ours_asyncpg",
+    ),
+    (
         "autocommit SELECT 1 (DB_POOL_AUTOCOMMIT=on), vs ThreadedConnectionPool",
         "autocommit_1t/ours",
         "autocommit_1t/psycopg2",

@@ -8,7 +8,12 @@ each value (fewest operations any thread or task completed / mean) goes to --sid
 
 Only forkpool's public API is used (``configure``, ``Pool``, ``AsyncPool``), so that any commit's
 forkpool can be measured by the same code; the peers are the same in every run and serve as the
-A/A control of the comparison between commits.
+A/A control of the comparison between commits. A contender a commit's forkpool cannot be (``ours_asyncpg``
+before driver="asyncpg" existed) is left out of that commit's run, and noted.
+
+The asyncio contenders: ``ours`` (AsyncPool on psycopg 3), ``ours_asyncpg`` (AsyncPool on asyncpg),
+``asyncpg`` (asyncpg's own pool) and, with 1 task, ``asyncpg_bare``: one asyncpg connection, no pool,
+the floor. ours_asyncpg / asyncpg_bare is our pool's overhead; ours / ours_asyncpg the drivers' difference.
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ BENCHES: list[Bench] = [
     Bench("select1_8t", "ours", 1_000, 200),
     Bench("select1_8t", "psycopg2", 1_000, 200),
     Bench("aio_txn_1task", "ours", 200, 50),
+    Bench("aio_txn_1task", "ours_asyncpg", 200, 50),
     Bench("aio_txn_1task", "asyncpg", 200, 50),
+    Bench("aio_txn_1task", "asyncpg_bare", 200, 50),
     Bench("aio_txn_50tasks", "ours", 600, 200),
+    Bench("aio_txn_50tasks", "ours_asyncpg", 600, 200),
     Bench("aio_txn_50tasks", "asyncpg", 600, 200),
     Bench("autocommit_1t", "ours", 600, 100),
     Bench("autocommit_1t", "psycopg2", 600, 100),
@@ -82,6 +90,18 @@ class Setup:
             raise SystemExit(f"guard_bench: forkpool came from {forkpool.__file__}, not from {self.library}")
         self.note({"forkpool": os.path.dirname(forkpool.__file__)})
         return forkpool
+
+    def supports(self, contender: str) -> bool:
+        """False for a contender this commit's forkpool cannot be: its run leaves it out (and notes it)."""
+        if contender != "ours_asyncpg":
+            return True
+        forkpool = self.forkpool()
+        try:
+            forkpool.configure("guard-aio-asyncpg", dsn=self.dsn, driver="asyncpg")
+        except forkpool.ConfigError:
+            self.note({"ours_asyncpg": "not in this forkpool"})
+            return False
+        return True
 
     def _ours(self, name: str, **options: Any) -> Any:
         forkpool = self.forkpool()
@@ -166,6 +186,28 @@ class Setup:
                 raise RuntimeError(f"{pool!r} did not fill in 30 s")
             self._closers.append(lambda: self._run(pool.close()))
             return _AioPool(pool.getconn, pool.putconn, _psycopg_transaction)
+        if contender == "ours_asyncpg":
+            forkpool = self.forkpool()
+            name = "guard-aio-asyncpg"
+            settings = forkpool.configure(name, dsn=self.dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, driver="asyncpg")
+            pool = forkpool.AsyncPool(settings, name)
+            if not await pool.open(wait=True, timeout=30):
+                raise RuntimeError(f"{pool!r} did not fill in 30 s")
+            self._closers.append(lambda: self._run(pool.close()))
+            return _AioPool(pool.getconn, pool.putconn, _asyncpg_transaction)
+        if contender == "asyncpg_bare":
+            import asyncpg
+
+            conn = await asyncpg.connect(self.dsn, server_settings={"application_name": f"{APP_NAME}:asyncpg_bare"})
+            self._closers.append(lambda: self._run(conn.close()))
+
+            async def lend() -> Any:
+                return conn
+
+            async def take_back(_: Any) -> None:
+                pass
+
+            return _AioPool(lend, take_back, _asyncpg_transaction)  # one task at a time: no pool needed
         if contender == "asyncpg":
             import asyncpg
 
@@ -383,6 +425,8 @@ def main() -> None:
     try:
         for bench in BENCHES:
             if args.only and bench.name != args.only:
+                continue
+            if not setup.supports(bench.contender):
                 continue
             inner = bench.quick_ops if args.quick else bench.ops
             timed = Timed(bench, setup, args.side, args.label)

@@ -360,6 +360,13 @@ def test_the_pool_hands_out_connections_of_the_configured_driver(driver):
 
 
 def test_an_unknown_or_missing_driver_is_one_configuration_error(monkeypatch):
-    monkeypatch.setenv("DB_POOL_DRIVER", "asyncpg")
-    with pytest.raises(forkpool.ConfigError, match="DB_POOL_DRIVER='asyncpg' must be one of psycopg2, psycopg"):
+    monkeypatch.setenv("DB_POOL_DRIVER", "pg8000")
+    with pytest.raises(forkpool.ConfigError, match="DB_POOL_DRIVER='pg8000' must be one of psycopg2, psycopg, asyncpg"):
         forkpool.configure()
+
+
+def test_asyncpg_is_the_asyncio_pools_only_and_the_threaded_pool_says_so(monkeypatch):
+    monkeypatch.setenv("DB_POOL_DRIVER", "asyncpg")
+    forkpool.configure()  # valid: the asyncio pool takes it
+    with pytest.raises(forkpool.ConfigError, match="serves forkpool's asyncio pool only"):
+        forkpool.get_pool()

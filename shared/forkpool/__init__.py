@@ -21,12 +21,14 @@ docs/fork-story.md for why.
 Modules, bottom-up (each imports only modules on lines above its own; import-linter
 checks it: [tool.importlinter] in the root pyproject.toml):
 
+    _conninfo
     _failover, _process, errors, identity, stats
     _drivers
     _endpoints
     _metrics_dir, _sockets, fork
     redis, settings
     _base
+    _drivers_async
     _integrations, _pool, _pool_async
     _protect
     _registry

@@ -116,11 +116,12 @@ class Entry:
         "verified_at",
     )
 
-    def __init__(self, conn: connection, max_lifetime: float) -> None:
+    def __init__(self, conn: connection, max_lifetime: float, fd: int | None = None) -> None:
+        """`fd`: the connection's socket, for a driver whose connection has no ``fileno()`` (asyncpg)."""
         now = time.monotonic()
         self.conn = conn
         self._poller = select.poll()
-        self._poller.register(conn.fileno(), select.POLLIN | select.POLLPRI | _POLLRDHUP)
+        self._poller.register(conn.fileno() if fd is None else fd, select.POLLIN | select.POLLPRI | _POLLRDHUP)
         self.created_at = now
         self.verified_at = now  # last time the server is known to have answered
         self.returned_at = now
@@ -481,11 +482,15 @@ class BasePool:
             # everything verified before now gets a round trip before reuse.
             self._suspect_before = time.monotonic()
 
+    def _drop_inherited(self, conn: connection) -> None:
+        """Let go of one connection inherited across fork (no I/O, no lock); a driver may need its own way."""
+        drop_without_io(conn)
+
     def _let_go_after_fork(self) -> None:
         """In a forked child: closed for good, every connection dropped with no network I/O and no lock."""
         self._closed = self._inherited = True
         for entry in [*self._idle, *self._in_use.values()]:
-            drop_without_io(entry.conn)
+            self._drop_inherited(entry.conn)
         self._idle = deque()
         self._in_use = {}
 

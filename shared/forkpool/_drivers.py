@@ -1,6 +1,12 @@
-"""The two PostgreSQL drivers the pool speaks, behind one small interface.
+"""The PostgreSQL drivers the threaded pool speaks, behind one small interface; asyncpg's connect arguments.
 
     driver = get_driver("psycopg")      # or "psycopg2"; "" picks the installed one (psycopg2 first)
+
+asyncpg (``driver="asyncpg"``) serves the asyncio pool only: its drivers are in
+``_drivers_async``. What it needs from here is a name ``resolve_name`` knows,
+and ``asyncpg_arguments``: a libpq connection string's parameters as
+``asyncpg.connect()``'s, pure (no asyncpg import), so a DSN asyncpg cannot
+express fails at configuration, in one line.
 
 A driver opens a connection, puts it in the pool's session state (``Session``:
 autocommit, isolation level, read only, deferrable), says whether a returned
@@ -36,8 +42,9 @@ from typing import Any
 
 from .errors import ConfigError, MissingExtra
 
-PSYCOPG2, PSYCOPG = "psycopg2", "psycopg"
-NAMES = (PSYCOPG2, PSYCOPG)
+PSYCOPG2, PSYCOPG, ASYNCPG = "psycopg2", "psycopg", "asyncpg"
+NAMES = (PSYCOPG2, PSYCOPG)  # the threaded pool's, in the order "" picks them
+ASYNC_ONLY = (ASYNCPG,)  # named explicitly, never picked by "": the asyncio pool's only
 NO_DRIVER = (
     "no PostgreSQL driver is installed: pip install 'forkpool[psycopg2]' (psycopg2) or 'forkpool[psycopg]' (psycopg 3)"
 )
@@ -273,8 +280,12 @@ def _installed() -> tuple[str, ...]:
 
 def resolve_name(name: str) -> str:
     """The driver a setting names ("" : the first installed); ConfigError for an unknown or missing one."""
+    if name in ASYNC_ONLY:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"DB_POOL_DRIVER={name!r} is not installed: pip install 'forkpool[{name}]'")
+        return name
     if name and name not in NAMES:
-        raise ConfigError(f"DB_POOL_DRIVER={name!r} must be one of {', '.join(NAMES)}")
+        raise ConfigError(f"DB_POOL_DRIVER={name!r} must be one of {', '.join(NAMES + ASYNC_ONLY)}")
     present = installed()
     if not name:
         if not present:
@@ -289,6 +300,11 @@ def resolve_name(name: str) -> str:
 def get_driver(name: str = "") -> Driver:
     """The driver object for `name` (one per process and name; drivers hold no connection state)."""
     resolved = resolve_name(name)
+    if resolved in ASYNC_ONLY:
+        raise ConfigError(
+            f"DB_POOL_DRIVER={resolved!r} serves forkpool's asyncio pool only (get_async_pool, AsyncPool): "
+            "the threaded pool needs psycopg2 or psycopg"
+        )
     driver = _made.get(resolved)
     if driver is None:
         driver = _made.setdefault(resolved, _CLASSES[resolved]())
@@ -303,8 +319,16 @@ def parse_conninfo(dsn: str) -> dict[str, str]:
     """A connection string (``key=value`` pairs or a ``postgresql://`` URI) read as libpq reads it.
 
     By whichever driver is installed (both call libpq's ``PQconninfoParse``), so
-    the library needs no driver of its own: MissingExtra when neither is there.
+    the library needs no driver of its own; with neither (asyncpg alone), by
+    ``_conninfo``, which reads it the same way in Python.
     """
+    if not installed():
+        from . import _conninfo
+
+        try:
+            return _conninfo.parse(dsn)
+        except ValueError as exc:
+            raise BadConninfo(str(exc)) from None
     if resolve_name("") == PSYCOPG2:
         import psycopg2
         import psycopg2.extensions
@@ -344,3 +368,125 @@ def driver_error() -> type[Exception]:
     """The installed driver's base exception (what connect_once and queries raise)."""
     error: type[Exception] = get_driver("").Error
     return error
+
+
+# -- asyncpg's connect arguments from libpq's parameters ------------------------------------------------------
+
+# asyncpg.connect()'s own keyword arguments, passed through from connect_kwargs as they are.
+ASYNCPG_NATIVE = frozenset(
+    {
+        "command_timeout",
+        "connection_class",
+        "direct_tls",
+        "gsslib",
+        "krbsrvname",
+        "max_cacheable_statement_size",
+        "max_cached_statement_lifetime",
+        "passfile",
+        "record_class",
+        "server_settings",
+        "service",
+        "servicefile",
+        "ssl",
+        "statement_cache_size",
+    }
+)
+# libpq's TLS parameters: asyncpg reads them from a DSN's query string only (a query-only DSN carries them).
+_ASYNCPG_SSL_QUERY = (
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslpassword",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+)
+# TCP options asyncpg does not set: the asyncio pool sets them on the socket after connecting.
+_ASYNCPG_SOCKET = ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+# Read and dropped: forkpool names every session itself (identity.py); asyncpg speaks UTF-8 only.
+_ASYNCPG_IGNORED = ("fallback_application_name",)
+
+
+def asyncpg_arguments(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """libpq parameters (a parsed DSN, the pool's connect parameters over it) as ``asyncpg.connect()``'s keyword
+    arguments, and the TCP options (libpq's names and units) to set on its socket. ConfigError, one line, for a
+    parameter asyncpg has no equivalent for. A multi-host ``host=a,b port=p1,p2`` becomes asyncpg's lists."""
+    found: dict[str, Any] = {}
+    server_settings: dict[str, str] = {}
+    ssl_query: dict[str, str] = {}
+    socket_options: dict[str, int] = {}
+    app_name: str | None = None
+    for key, value in params.items():
+        if key in ASYNCPG_NATIVE:
+            if key == "server_settings":
+                server_settings.update(value or {})
+            else:
+                found[key] = value
+        elif key in ("host", "hostaddr", "port"):
+            continue  # below, together: hostaddr, where given, is where libpq connects
+        elif key in ("user", "password", "target_session_attrs"):
+            found[key] = str(value)
+        elif key == "dbname":
+            found["database"] = str(value)
+        elif key == "application_name":
+            app_name = str(value)  # after server_settings: as with libpq, the parameter wins
+        elif key == "options":
+            server_settings.update(_options_settings(str(value)))
+        elif key == "connect_timeout":
+            found["timeout"] = float(_number(key, value))
+        elif key == "client_encoding":
+            if str(value).lower().replace("-", "") not in ("utf8", "unicode"):
+                raise ConfigError(f"client_encoding={value!r}: asyncpg speaks UTF-8 only")
+        elif key in _ASYNCPG_SSL_QUERY:
+            ssl_query[key] = str(value)
+        elif key in _ASYNCPG_SOCKET:
+            socket_options[key] = _number(key, value)
+        elif key not in _ASYNCPG_IGNORED:
+            raise ConfigError(f"{key}={value!r}: libpq's parameter has no asyncpg equivalent (driver asyncpg)")
+    if app_name is not None:
+        server_settings["application_name"] = app_name
+    hosts = [h.strip() for h in str(params.get("hostaddr") or params.get("host") or "").split(",")]
+    if hosts != [""]:
+        found["host"] = hosts if len(hosts) > 1 else hosts[0]
+    if params.get("port") not in (None, ""):
+        # libpq: one port for every host, or one per host; an empty one is the default port.
+        ports = [_number("port", p) if p.strip() else DEFAULT_PORT for p in str(params["port"]).split(",")]
+        if len(ports) > 1 and len(ports) != len(hosts):
+            raise ConfigError(f"port={params['port']!r}: {len(ports)} port numbers for {len(hosts)} hosts")
+        found["port"] = ports if len(ports) > 1 else ports[0]
+    if server_settings:
+        found["server_settings"] = server_settings
+    if ssl_query:
+        from urllib.parse import urlencode
+
+        found["dsn"] = "postgresql://?" + urlencode(ssl_query)  # asyncpg: keyword arguments win over the DSN
+    return found, socket_options
+
+
+DEFAULT_PORT = 5432  # libpq's for an empty entry of a port list
+
+
+def _number(key: str, value: Any) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a whole number") from None
+
+
+def _options_settings(options: str) -> dict[str, str]:
+    """libpq's ``options`` (``-c name=value`` and ``--name=value``, the forms PostgreSQL documents) as settings."""
+    found: dict[str, str] = {}
+    words = options.split()
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "-c" and i + 1 < len(words):
+            word, i = "-c" + words[i + 1], i + 1
+        if word.startswith(("-c", "--")) and "=" in word:
+            name, _, value = word[2:].partition("=")
+        else:
+            raise ConfigError(f"options={options!r}: asyncpg takes only -c name=value settings (server_settings)")
+        found[name.replace("-", "_")] = value
+        i += 1
+    return found

@@ -192,8 +192,15 @@ class PrimaryWatch:
 
 
 def _dsn_params(dsn: str) -> dict[str, str]:
-    import psycopg2.extensions  # always installed: settings validates DSNs with it
+    try:
+        import psycopg2.extensions
+    except ImportError:  # psycopg 3 or asyncpg alone: the same reading, in Python
+        from . import _conninfo
 
+        try:
+            return _conninfo.parse(dsn)
+        except ValueError:  # a bad DSN is reported when connecting, not here
+            return {}
     try:
         return dict(psycopg2.extensions.parse_dsn(dsn))
     except Exception:  # noqa: BLE001 - a bad DSN is reported when connecting, not here

@@ -1,4 +1,4 @@
-"""An asyncio PostgreSQL pool (psycopg 3) owned by one process and one event loop.
+"""An asyncio PostgreSQL pool (psycopg 3 or asyncpg) owned by one process and one event loop.
 
 The same semantics as the threaded ``Pool``, in asyncio terms. Every change to
 the deques and counters happens in the loop's thread between two awaits, so no
@@ -7,7 +7,8 @@ after an ``await`` without checking again. Callers that find no free
 connection wait FIFO, each on a future of its own; connecting, checks,
 rollbacks and closing happen outside any such section. A maintainer task
 refills to ``min_size`` with backoff, trims and reports leaks. What the pool
-decides it shares with the threaded pool (``_base.BasePool``).
+decides it shares with the threaded pool (``_base.BasePool``); what differs
+between psycopg 3 and asyncpg it asks its driver (``_drivers_async``).
 
 Cancellation: a caller cancelled while waiting leaves the queue (or hands back
 the connection it was served at that very moment); one cancelled while holding
@@ -33,7 +34,6 @@ from ._base import (
     JUST_RETURNED,
     BasePool,
     Entry,
-    connect_params,
     format_checkout_stack,
     hook_name,
     live_pools,
@@ -41,10 +41,10 @@ from ._base import (
     setup_left_dirty,
     stats_listeners,
 )
-from ._drivers import PSYCOPG, Session, get_driver
+from ._drivers_async import async_driver
 from ._failover import PrimaryWatch, take_stale, wants_primary
 from ._process import notice_fork, sentinel
-from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting, import_extra
+from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .settings import PoolSettings, describe_error, with_hooks
 
 if TYPE_CHECKING:
@@ -69,14 +69,9 @@ class AsyncPool(BasePool):
     ) -> None:
         """`configure` / `reset`: per-connection hooks, plain or coroutine functions (replacing the settings')."""
         settings = with_hooks(settings, configure, reset)
-        psycopg = import_extra("psycopg", "psycopg", "forkpool's asyncio pool")
-        self._psycopg = psycopg
-        self._idle_status = int(psycopg.pq.TransactionStatus.IDLE)
-        self._intrans = (int(psycopg.pq.TransactionStatus.INTRANS), int(psycopg.pq.TransactionStatus.INERROR))
+        self._driver = async_driver(settings.driver)  # asyncpg for "asyncpg", psycopg 3 for any other
         super().__init__(settings, name)
-        self._driver = get_driver(PSYCOPG)
-        self._level = self._driver.level(self.session)  # type: ignore[attr-defined]  # PsycopgDriver's
-        self._is_clean = self._driver.clean_check(self.session)  # the same question as the threaded pool's
+        self._is_clean = self._driver.clean_check(self.session)  # the return's one question, made once
         # A pool whose DSN asks for the primary drops connections to a server demoted under it (_failover.py).
         self._primary = PrimaryWatch(
             wants_primary(settings.dsn, settings.connect_kwargs) and not self.session.read_only
@@ -168,10 +163,10 @@ class AsyncPool(BasePool):
                 "%r: reset hook %s failed, connection discarded: %s",
                 self,
                 hook_name(hook),
-                self._describe(exc) if isinstance(exc, self._psycopg.Error) else type(exc).__name__,
+                self._describe(exc) if isinstance(exc, self._driver.Error) else type(exc).__name__,
             )
             return False
-        if conn.pgconn.transaction_status != self._idle_status:
+        if self._driver.in_transaction(conn):
             logger.warning("%r: reset hook %s left a transaction open: connection discarded", self, hook_name(hook))
             return False
         return self._is_clean(conn) or await self._reset(conn)
@@ -200,17 +195,22 @@ class AsyncPool(BasePool):
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
-        """A connection for a block: committed on success, rolled back on error or cancellation, always returned."""
+        """A connection for a block, always returned. psycopg 3: committed on success, rolled back on error or
+        cancellation. asyncpg: neither (it opens no transaction; one left open is rolled back on return)."""
         conn = await self.getconn(timeout)
         try:
             yield conn
         except BaseException as exc:
-            await _quietly(conn.rollback())
+            rollback = self._driver.rollback
+            if rollback is not None:
+                await _quietly(rollback(conn))
             if self._primary.enabled:
                 self._primary.check(conn, 0.0, exc)  # a 25006 from a server too old to report read-only
             raise
         else:
-            await conn.commit()
+            commit = self._driver.commit
+            if commit is not None:
+                await commit(conn)
         finally:
             entry = self._in_use.get(conn)
             # The common return has no await, so no cancellation can interrupt it; putconn()
@@ -236,9 +236,12 @@ class AsyncPool(BasePool):
                 future.set_exception(PoolClosed(f"{self!r} was closed while waiting"))
         await self._stop_maintainer()
         for entry in idle:
-            await _quietly(entry.conn.close())
+            await _quietly(self._driver.close(entry.conn))
 
     _kind = "AsyncPool"
+
+    def _drop_inherited(self, conn: Any) -> None:
+        self._driver.drop_without_io(conn)  # asyncpg's needs its own (see _drivers_async)
 
     def detach_after_fork(self) -> None:
         """In a forked child: drop every connection with no I/O and no lock (the at-fork hook). Idempotent."""
@@ -325,7 +328,7 @@ class AsyncPool(BasePool):
             entry = await self.connect(max(deadline - _monotonic(), 0.0))
         except BaseException as exc:
             self._opening -= 1
-            if isinstance(exc, self._psycopg.Error):
+            if isinstance(exc, self._driver.Error):
                 self._counts[keys.CONNECT_ERRORS] += 1
                 raise ConnectError(f"{self!r}: cannot connect: {self._describe(exc)}") from None
             raise
@@ -336,26 +339,23 @@ class AsyncPool(BasePool):
             self._size_changed.set()
             return self._lend(entry)
         self._counts[keys.CONNECTIONS_CLOSED] += 1
-        await _quietly(entry.conn.close())
+        await _quietly(self._driver.close(entry.conn))
         raise PoolClosed(f"{self!r} was closed while connecting")
 
     async def connect(self, timeout: float | None = None) -> Entry:
-        """Open one psycopg 3 async connection, named after this process; raises psycopg.Error."""
+        """Open one connection, named after this process, in the pool's session state; raises the driver's
+        errors (``self._driver.Error``)."""
         seconds = self.settings.connect_timeout if timeout is None else min(timeout, self.settings.connect_timeout)
-        kwargs = connect_params(self.settings, seconds)
-        if not self.settings.prepare:
-            kwargs["prepare_threshold"] = None  # PgBouncer < 1.21: see PoolSettings.prepare
-        conn = await self._psycopg.AsyncConnection.connect(self.settings.dsn, **kwargs)
+        conn = await self._driver.connect(self.settings, self.session, seconds)
         try:
             await self._set_up(conn)
+            return Entry(conn, self.settings.max_lifetime, self._driver.socket_fd(conn))
         except BaseException:
-            await _quietly(conn.close())
+            await _quietly(self._driver.close(conn))
             raise
-        return Entry(conn, self.settings.max_lifetime)
 
     async def _set_up(self, conn: Any) -> None:
-        """A new connection: the session state, then the ``configure`` hook, which must leave it so."""
-        await self._apply_session(conn, self.session)
+        """A new connection, in the session state already: the ``configure`` hook, which must leave it so."""
         hook = self.settings.configure
         if hook is None:
             return
@@ -364,29 +364,21 @@ class AsyncPool(BasePool):
             result = hook(conn)
             if inspect.isawaitable(result):
                 await result
-        except self._psycopg.Error as exc:
+        except self._driver.Error as exc:
             raise failed(f"configure hook {hook_name(hook)} failed: {describe_error(exc)}") from exc
         except Exception as exc:
             raise failed(
                 f"configure hook {hook_name(hook)} failed: {type(exc).__name__}: {describe_error(exc)}"
             ) from exc
         if not self._is_clean(conn):
-            raise failed(setup_left_dirty(hook, conn.pgconn.transaction_status != self._idle_status))
-
-    async def _apply_session(self, conn: Any, session: Session) -> None:
-        # The async connection's setters are coroutines (they take its lock); none does I/O.
-        if conn.autocommit is not session.autocommit:
-            await conn.set_autocommit(session.autocommit)
-        if conn.isolation_level is not self._level:
-            await conn.set_isolation_level(self._level)
-        if conn.read_only is not session.read_only:
-            await conn.set_read_only(session.read_only)
-        if conn.deferrable is not session.deferrable:
-            await conn.set_deferrable(session.deferrable)
+            raise failed(setup_left_dirty(hook, self._driver.in_transaction(conn)))
 
     async def _usable(self, entry: Entry) -> bool:
         if self._primary.enabled and self._primary.stale(entry.conn, entry.created_at):
             return False  # on a server seen demoted since it was opened: the primary changed
+        ended = self._driver.ended
+        if ended is not None and ended(entry.conn):
+            return False  # asyncpg read the server's goodbye while it sat idle: no news left on the socket
         idle_for = entry.checked_out_at - entry.returned_at
         if (
             idle_for < self.settings.check_idle
@@ -396,24 +388,14 @@ class AsyncPool(BasePool):
             return True
         self._counts[keys.CHECKS] += 1
         try:
-            await entry.conn.execute("SELECT 1")
-            await entry.conn.rollback()
-        except self._psycopg.Error:
+            await self._driver.ping(entry.conn)
+        except self._driver.Error:
             return False
         entry.verified_at = _monotonic()
         return True
 
     async def _reset(self, conn: Any) -> bool:
-        status = conn.pgconn.transaction_status
-        if conn.closed or status not in (self._idle_status, *self._intrans):
-            return False  # closed, broken, or a cancelled query still running on it
-        try:
-            if status != self._idle_status:
-                await conn.rollback()
-            await self._apply_session(conn, self.session)
-        except self._psycopg.Error:
-            return False
-        return not conn.closed
+        return await self._driver.reset(conn, self.session)
 
     def _retire(self, entry: Entry, broken: bool, checked_out: bool = True) -> None:
         """Close a lent connection for good (in the background); the maintainer replaces it."""
@@ -421,7 +403,7 @@ class AsyncPool(BasePool):
         if broken:
             logger.info("%r: discarded a broken connection", self)
         self._size_changed.set()
-        self._background(_quietly(entry.conn.close()))
+        self._background(_quietly(self._driver.close(entry.conn)))
         self._wake_maintainer()
 
     def _drop_demoted_idle(self) -> None:
@@ -430,7 +412,7 @@ class AsyncPool(BasePool):
         self._counts[keys.CONNECTIONS_CLOSED] += len(stale)
         self._counts[keys.CONNECTIONS_DISCARDED] += len(stale)
         for entry in stale:
-            self._background(_quietly(entry.conn.close()))
+            self._background(_quietly(self._driver.close(entry.conn)))
         if stale:
             logger.info("%r: closed %d idle connections to a demoted server", self, len(stale))
             self._size_changed.set()
@@ -461,7 +443,7 @@ class AsyncPool(BasePool):
                 return False
             try:
                 entry = await self.connect(left)
-            except self._psycopg.Error as exc:
+            except self._driver.Error as exc:
                 self._last_connect_error = self._describe(exc)
                 self._connect_failed(wanted - done)
                 return False
@@ -472,7 +454,7 @@ class AsyncPool(BasePool):
             self._counts[keys.CONNECTIONS_OPENED] += 1
             if self._closed:
                 self._counts[keys.CONNECTIONS_CLOSED] += 1
-                await _close_quietly(entry.conn)
+                await _quietly(self._driver.close(entry.conn))
                 continue
             self._hand_over(entry)
             self._size_changed.set()
@@ -486,8 +468,17 @@ class AsyncPool(BasePool):
 
     def take_expired_idle(self) -> list[Entry]:
         """Idle connections past max_lifetime, past max_idle above min_size, or already ended by the
-        kernel: removed, for closing (as the threaded pool's upkeep does)."""
-        return self._take_expired_idle()
+        kernel: removed, for closing (as the threaded pool's upkeep does); with asyncpg, also those it
+        already knows ended (see AsyncDriver.ended)."""
+        ended = self._driver.ended
+        if ended is None or not any(ended(entry.conn) for entry in self._idle):
+            return self._take_expired_idle()
+        gone = [entry for entry in self._idle if ended(entry.conn)]
+        self._idle = deque(entry for entry in self._idle if not ended(entry.conn))
+        self._counts[keys.CONNECTIONS_CLOSED] += len(gone)
+        self._counts[keys.CONNECTIONS_DISCARDED] += len(gone)
+        self._suspect_before = _monotonic()  # the others may be gone too: checked before reuse
+        return gone + self._take_expired_idle()
 
     def drain_wait_times(self) -> list[float]:
         return self._drain_wait_times()
@@ -539,7 +530,7 @@ class AsyncPool(BasePool):
         while not self._closed:
             try:
                 for entry in self.take_expired_idle():
-                    await _close_quietly(entry.conn)
+                    await _quietly(self._driver.close(entry.conn))
                 filled = await self.fill()
                 self._report_leaks()
                 self._publish()
@@ -593,11 +584,4 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await event.wait()
     except TimeoutError:
-        pass
-
-
-async def _close_quietly(conn: Any) -> None:
-    try:
-        await conn.close()
-    except Exception:  # noqa: BLE001 - it is gone either way
         pass

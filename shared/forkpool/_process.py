@@ -93,6 +93,7 @@ class Home(Protocol):
     quiet_threads: weakref.WeakSet[Quiet]  # members() below
     quiet_forking: bool  # forking() below
     sqlalchemy_inherited_pools: list[Any]  # _integrations.sqlalchemy._kept()
+    asyncpg_inherited: list[Any]  # _drivers_async.kept_after_fork()
     django_graveyard: list[Any]  # django.databases.graveyard()
     uwsgi_fork_handler: Any  # uwsgi: a ctypes callback kept alive for good
 

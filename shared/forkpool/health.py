@@ -45,8 +45,7 @@ async def async_health_check(timeout: float = 2.0) -> dict[str, dict[str, Any]]:
 
 
 async def _check_async(pool: AsyncPool, timeout: float) -> dict[str, Any]:
-    import psycopg  # there is a pool: psycopg 3 is installed
-
+    errors = pool._driver.Error  # psycopg 3's or asyncpg's
     try:
         # The whole round trip is bounded: a server that accepts but never answers is not ready either.
         async with asyncio.timeout(timeout), pool.connection(timeout=timeout) as conn:
@@ -54,5 +53,7 @@ async def _check_async(pool: AsyncPool, timeout: float) -> dict[str, Any]:
         return {"ok": True, "error": None}
     except TimeoutError:
         return {"ok": False, "error": f"no answer within {timeout:g} s"}
-    except (PoolError, psycopg.Error) as exc:
+    except PoolError as exc:
+        return {"ok": False, "error": pool.settings.redact(describe_error(exc))}
+    except errors as exc:
         return {"ok": False, "error": pool.settings.redact(describe_error(exc))}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import unquote
 
-from ._drivers import ISOLATION_LEVELS, BadConninfo, Session, parse_conninfo, resolve_name
+from ._drivers import ASYNCPG, ISOLATION_LEVELS, BadConninfo, Session, asyncpg_arguments, parse_conninfo, resolve_name
 from .errors import ConfigError, MissingExtra
 
 DEFAULT_SIZE = 4
@@ -96,7 +96,9 @@ class PoolSettings:
     keepalives_count: int = DEFAULT_KEEPALIVES_COUNT
     tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT
     connect_kwargs: Mapping[str, Any] | None = None
-    driver: str = ""  # "psycopg2", "psycopg" (3), or "" for the installed one (psycopg2 first)
+    # "psycopg2", "psycopg" (3), or "" for the installed one (psycopg2 first); "asyncpg": the asyncio pool
+    # only (the asyncio pool speaks psycopg 3 for any other value).
+    driver: str = ""
     # Server-side prepared statements (psycopg 3 prepares a query run 5 times; psycopg2 never does).
     # Off behind PgBouncer < 1.21 in transaction pooling: a statement prepared on one server
     # connection is unknown to the next transaction's.
@@ -255,7 +257,10 @@ def validate(settings: PoolSettings) -> PoolSettings:
     for field in ("max_lifetime", "max_idle", "check_idle", "leak_timeout", "keepalives_idle", "tcp_user_timeout"):
         if getattr(settings, field) < 0:
             raise ConfigError(f"{_env_name(field)}={getattr(settings, field)!r} must not be negative (0 turns it off)")
-    resolve_name(settings.driver)  # an unknown or missing driver fails at start-up, not at the first checkout
+    # An unknown or missing driver fails at start-up, not at the first checkout; so does a DSN asyncpg cannot take.
+    if resolve_name(settings.driver) == ASYNCPG:
+        given = {k: v for k, v in (settings.connect_kwargs or {}).items() if k not in SESSION_KWARGS}
+        asyncpg_arguments({**parse_conninfo(settings.dsn), **given})
     settings = replace(
         settings, isolation_level=isolation_level(_env_name("isolation_level"), settings.isolation_level)
     )
