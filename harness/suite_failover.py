@@ -249,6 +249,7 @@ def _figures(pair: ReplicatedPostgres, sched: SwitchSchedule, report: RunReport)
         "responses_503_during_switch": sum(n for _, s, n in window if s == "503"),
         "other_non_2xx_during_switch": _by_status([(s, n) for _, s, n in window if s != "503"]),
         "responses_503_whole_run": report.load.status_counts.get("503", 0),
+        "failures": report.load.errors[:8],  # Locust's failures by endpoint and kind ("503 database_unavailable")
         "requests": report.load.requests,
         "items_acknowledged": len(acked),
         "items_acknowledged_before_switch": before,
@@ -258,7 +259,8 @@ def _figures(pair: ReplicatedPostgres, sched: SwitchSchedule, report: RunReport)
         "tasks_missing": sum(1 for k in keys if not rows.get(k)),
         "tasks_done_twice": sum(1 for k in keys if rows.get(k, 0) > 1),
         "left_on_old_primary": sched.left_on_old if sched.variant == "read-only" else None,
-        "seconds_until_none_on_old": sched.since_switch(sched.old_empty_t),
+        # Stopped: none from the moment it died (by construction), not a figure.
+        "seconds_until_none_on_old": sched.since_switch(sched.old_empty_t) if sched.variant == "read-only" else None,
         "seconds_until_counts_exact": sched.since_switch(sched.exact_t),
         "schedule_error": sched.error,
         "run_checks": {f"{c.number}": c.passed for c in report.checks},
