@@ -375,6 +375,12 @@ def fault_parser(prog: str) -> CommandParser:
     parser.add_argument(
         "--json", dest="json_path", type=file_path, metavar="FILE", help="Write the figures and checks here."
     )
+    parser.add_argument(
+        "--suite",
+        action="store_true",
+        help="With failover: the switch under the whole suite's load (Gunicorn, the ASGI tier, Celery, Locust) "
+        "and its connection checks, instead of 4 writer threads (about 2 minutes).",
+    )
     return parser
 
 
@@ -388,12 +394,14 @@ def fault_command(args: argparse.Namespace) -> int:
     from .fault_scenarios import SCENARIOS
     from .faults import POOL
 
+    if args.suite and args.scenario != "failover":
+        raise UsageError("--suite applies to the failover scenario only")
     preflight.check_suite(preflight.SuiteNeeds(pool_size=POOL, embedded_only=True))
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     results = []
     for name in names:
-        print(f"== {name}", flush=True)
-        result = SCENARIOS[name]()
+        print(f"== {name}{' --suite' if args.suite else ''}", flush=True)
+        result = SCENARIOS[name](suite=True) if args.suite else SCENARIOS[name]()
         results.append(result)
         for key, value in result.figures.items():
             print(f"   {key}: {value}")

@@ -222,9 +222,15 @@ def own_pool_run(variant: str) -> dict[str, Any]:
         return outcome(pair, figures, load, forkpool.identity.application_name())
 
 
-def failover() -> Any:
-    """`forkpool fault failover`: both variants, each on fresh servers."""
+def failover(suite: bool = False) -> Any:
+    """`forkpool fault failover`: both variants, each on fresh servers; `suite`: under the whole suite's
+    load (harness/suite_failover.py) instead of WRITERS threads."""
     from .faults import FaultResult
+
+    if suite:
+        from .suite_failover import failover_suite
+
+        return failover_suite()
 
     result = FaultResult("failover")
     for variant in VARIANTS:

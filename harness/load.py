@@ -6,7 +6,8 @@ never imports it: it runs ``python -m locust -f harness/locustfile.py
 that process leaves in ``workdir``:
 
 - ``load-summary.json``: written by the locustfile when Locust quits: status
-  counts, the jobs answered 202 with their ``record_event`` keys, the last
+  counts, the jobs answered 202 with their ``record_event`` keys, the items
+  answered 201 (name, when), the last
   ``GET /pool`` body per web pid, and Locust's final stats and failures;
 - ``locust_stats.csv`` / ``locust_failures.csv`` (``--csv``): Locust rewrites
   these once a second, so they can miss the last second; they are the
@@ -317,6 +318,7 @@ class LocustRun:
             endpoints=[_endpoint(e) for e in endpoints or []],
             job_ids=[str(job["id"]) for job in jobs],
             event_keys=[str(job.get("key", "")) for job in jobs],
+            items_created=[(str(name), float(at)) for name, at in summary.get("items") or []],
             pool_reports={str(pid): body for pid, body in summary.get("pool_reports", {}).items()},
             errors=_error_lines(failures),
             status_by_second=[

@@ -70,6 +70,7 @@ Environment:
          "status_by_second": {"<unix second>": {"200": n, "503": n, ...}, ...},  # the same, over time
          "dropped_by_tier": {"web": n, "asgi": n},  # requests with no response ("error"), per tier
          "jobs": [{"id": job_id, "key": record_event_key}, ...],   # every 202 from POST /jobs
+         "items": [[name, unix time], ...],   # every 201 from POST /items: the writes acknowledged
          "pool_reports": {"<web or asgi pid>": <last GET /pool body from that pid>, ...},
          "stats": {"aggregated": {...}, "endpoints": [...], "failures": [...]}}
 
@@ -129,6 +130,8 @@ STATUS_COUNTS: dict[str, int] = {}
 STATUS_BY_SECOND: dict[int, dict[str, int]] = {}  # wall-clock second the request ended -> status -> n
 DROPPED_BY_TIER: dict[str, int] = {}  # "web" / "asgi" (stats name "asgi ...") -> requests that got no response
 JOBS: list[dict[str, str]] = []  # {"id": job id, "key": record_event key}, one per 202
+# [item name, when acknowledged], one per 201: a failover must lose none of them (names are unique: a uuid part)
+ITEMS: list[list[Any]] = []
 POOL_REPORTS: dict[str, dict[str, Any]] = {}  # web or asgi pid -> last GET /pool body
 _environment: Any = None
 _started_at = time.time()
@@ -244,6 +247,8 @@ class SuiteUser(HttpUser):
         }
         with self.client.post("/items", json=body, name=self.named("/items"), catch_response=True) as response:
             if self.record(response):
+                if response.status_code == 201:
+                    ITEMS.append([body["name"], time.time()])
                 created = _json(response)
                 if isinstance(created, dict) and "id" in created:
                     self._remember(self.item_ids, created["id"])
@@ -344,6 +349,7 @@ def summary() -> dict[str, Any]:
         "status_by_second": {str(s): dict(c) for s, c in sorted(STATUS_BY_SECOND.items())},
         "dropped_by_tier": dict(sorted(DROPPED_BY_TIER.items())),
         "jobs": list(JOBS),
+        "items": list(ITEMS),
         "pool_reports": dict(POOL_REPORTS),
         "stats": final_stats(_environment),
     }

@@ -104,6 +104,7 @@ class LoadResult:
     )  # per endpoint: name, requests, failures, p50, p99, rps
     job_ids: list[str] = field(default_factory=list)  # POST /jobs answered 202
     event_keys: list[str] = field(default_factory=list)  # record_event keys behind those jobs
+    items_created: list[tuple[str, float]] = field(default_factory=list)  # POST /items answered 201: (name, unix time)
     pool_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # web pid -> last GET /pool body
     direct_keys: list[str] = field(default_factory=list)  # record_event keys the harness sent to Celery itself
     tasks_enqueued: int = 0  # directly through Celery, by the harness

@@ -8,7 +8,7 @@ import itertools
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from .model import Check, Event, LoadResult, RunReport, Sample
 from .pgbouncer import BouncerSettings, EmbeddedPgBouncer, prepares_itself
 from .processes import RQ, SuitePlan
 from .rss import RssSampler, check_handles_flat, check_memory_flat
-from .sampler import BouncerSampler, Sampler
+from .sampler import BouncerSampler, Sampler, ServersSampler
 from .services import redact_url, services
 from .socket_watch import SocketWatch
 from .suite_probe import pid_alive, rows_for_keys, wait_for_rows, web_pool_reports, writers_for_keys
@@ -166,12 +166,13 @@ def run_on(
     console: Console,
     log_dir: Path | None = None,
     bouncer: EmbeddedPgBouncer | None = None,
-    observe_url: str | None = None,
+    observe_url: str | Sequence[str] | None = None,
     schedule: Callable | None = None,
 ) -> RunReport:
     """`bouncer`: the PgBouncer in between, if any; `observe_url`: where the harness counts sessions, if
-    not `database_url` (a proxy in between); `schedule(sampler, exact, task_through)`: faults to run
-    during the load (harness/fault_schedule.py)."""
+    not `database_url` (a proxy in between), or several servers whose counts are summed (a primary and its
+    standby: harness/suite_failover.py); `schedule(sampler, exact, task_through)`: faults to run during the
+    load (harness/fault_schedule.py, harness/suite_failover.py)."""
     suite_id = f"run{uuid.uuid4().hex[:8]}"
     plans = plans_for(options, suite_id, database_url, redis_url, bouncer)
     report = RunReport(
@@ -196,6 +197,8 @@ def run_on(
     sampler = (
         BouncerSampler(bouncer.admin_url, database_url, suite_id, bouncer.server_role)
         if bouncer
+        else ServersSampler(observe_url, suite_id)
+        if observe_url is not None and not isinstance(observe_url, str)
         else Sampler(observe_url or database_url, suite_id)
     ).start()
     logs = log_dir or Path(tempfile.mkdtemp(prefix=f"forkpool-{suite_id}-"))

@@ -1,4 +1,4 @@
-"""Polls pg_stat_activity for one run's sessions, every 50 ms, for the whole run.
+"""Polls pg_stat_activity for one run's sessions (on one server, or summed over several), every 50 ms, all run.
 
 The sampler's own session is named outside the run's prefix, so it never
 counts itself. A server restart only pauses it: it reconnects and goes on.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 import psycopg2
 
@@ -81,9 +82,10 @@ class Sampler:
             self._stop.wait(max(self.interval - (time.monotonic() - started), 0.0))
 
     def _connect(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(
-            self.database_url, application_name=f"forkpool-sampler {self.prefix}", connect_timeout=2
-        )
+        return self._connect_to(self.database_url)
+
+    def _connect_to(self, url: str) -> psycopg2.extensions.connection:
+        conn = psycopg2.connect(url, application_name=f"forkpool-sampler {self.prefix}", connect_timeout=2)
         conn.autocommit = True
         return conn
 
@@ -144,3 +146,56 @@ class BouncerSampler(Sampler):
             servers = int(cur.fetchone()[0])
         rows = [(name, 1) for name in names if name and name.startswith(self.prefix)]
         return Sample(self.now(), parse_sessions(rows), servers)
+
+
+class _Group:
+    """One connection per server, each opened again when lost; a server that refuses one is down."""
+
+    def __init__(self, connect: Callable[[str], psycopg2.extensions.connection], urls: Sequence[str]) -> None:
+        self._connect, self.urls = connect, list(urls)
+        self.conns: list[psycopg2.extensions.connection | None] = [None] * len(self.urls)
+        self.closed = False
+
+    def rows(self, query: str, params: tuple) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        for i, url in enumerate(self.urls):
+            conn = self.conns[i]
+            try:
+                if conn is None or conn.closed:
+                    conn = self.conns[i] = self._connect(url)
+                with conn.cursor() as cur:
+                    cur.execute(query, params)
+                    found += cur.fetchall()
+            except psycopg2.OperationalError:
+                # Down (stopped, or refusing): it holds no session of ours. Asked again at the next sample.
+                if conn is not None:
+                    conn.close()
+                self.conns[i] = None
+        return found
+
+    def close(self) -> None:
+        for conn in self.conns:
+            if conn is not None:
+                conn.close()
+        self.closed = True
+
+
+class ServersSampler(Sampler):
+    """The run's sessions summed over several servers: a primary and its standby through a failover, where
+    the suite's sessions move from one to the other (harness/suite_failover.py).
+
+    The servers are asked in the order given, one after the other: give the one sessions move *to* first
+    (the standby), so that a session that moves between the two queries is missed in that sample rather
+    than counted twice (a ceiling check must never see an excess that did not exist). A server that
+    refuses a connection counts as holding none: it is down.
+    """
+
+    def __init__(self, urls: Sequence[str], suite_id: str, interval: float = INTERVAL) -> None:
+        super().__init__(urls[0], suite_id, interval)
+        self.urls = list(urls)
+
+    def _connect(self) -> _Group:  # type: ignore[override]
+        return _Group(super()._connect_to, self.urls)
+
+    def _sample(self, conn: _Group) -> Sample:  # type: ignore[override]
+        return Sample(self.now(), parse_sessions(conn.rows(_QUERY, (len(self.prefix), self.prefix))))

@@ -84,7 +84,7 @@ COMMANDS: dict[str, dict[str, str | None]] = {
         "--pgbouncer": None,
     },
     "soak": {"--duration": "Default 600.", "--report": None, "--faults": None},
-    "fault": {"SCENARIO": "or all, every one in turn", "--json": None},
+    "fault": {"SCENARIO": "or all, every one in turn", "--json": None, "--suite": None},
     "stats": {
         "--url": "(default: the suite `forkpool up` started, else :8000)",
         "--database-url": None,
@@ -129,7 +129,7 @@ SUITE_DEFAULTS: dict[str, dict[str, object]] = {
         "pgbouncer": False,
     },
     "soak": {"duration": 600.0, "report_dir": None, "faults": False},
-    "fault": {"scenario": "pg-restart", "json_path": None},  # given: the one argument it requires
+    "fault": {"scenario": "pg-restart", "json_path": None, "suite": False},  # given: the one argument it requires
     "stats": {"url": None, "database_url": None, "as_json": False},
     "initdb": {},
 }
@@ -143,6 +143,7 @@ FLAGS = {
     "up": {"--pgbouncer"},
     "soak": {"--faults"},
     "stats": {"--json"},
+    "fault": {"--suite"},
 }
 
 
@@ -277,6 +278,7 @@ MISTAKES = {
     ("up", "--port", "70000"): "--port: '70000' is above 65535",
     ("soak", "--duration", "nan"): "'nan' is not a finite number",
     ("fault",): "the following arguments are required: SCENARIO",
+    ("fault", "latency", "--suite"): "--suite applies to the failover scenario only",
     ("demo", "extra"): "unrecognized arguments: extra",
     ("budget", "--reserved", "-1"): "--reserved: '-1' is below 0",
     ("doctor", "--idle-in-transaction", "long"): "--idle-in-transaction: invalid float value: 'long'",

@@ -65,6 +65,8 @@ def test_locust_load_through_gunicorn_is_counted_and_every_job_writes_its_event_
     assert result.job_ids and len(result.job_ids) == len(result.event_keys) == len(set(result.event_keys))
     assert len(result.job_ids) == counts["202"]
     assert all(key.startswith(f"{sid}:") for key in result.event_keys)
+    # Every 201 is recorded by item name (a failover's "acknowledged writes lost" counts them on the new primary).
+    assert len(result.items_created) == counts["201"] == len({name for name, _ in result.items_created})
 
     web_pids = {str(pid) for pid in suite.web.children()}
     assert result.pool_reports and set(result.pool_reports) <= web_pids, (result.pool_reports.keys(), web_pids)

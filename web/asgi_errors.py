@@ -93,6 +93,9 @@ def exception_handlers() -> dict[Any, Handler]:
         TooManyWaiting: pool_busy,
         ConnectError: database_down,
         psycopg.OperationalError: database_down,  # a connection lost mid-query
+        # A write refused by a server turned read-only (a failover): nothing written, the pool has dropped
+        # the connection, a retry reaches the new primary (web/errors.py says the same).
+        psycopg.errors.ReadOnlySqlTransaction: database_down,
         redis.RedisError: broker_down,
         BrokerError: broker_down,
         Exception: unexpected,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import psycopg2
+import psycopg2.errors
 import redis
 from flask import Flask, jsonify
 from kombu.exceptions import OperationalError as BrokerError
@@ -52,6 +53,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ConnectError)
     @app.errorhandler(psycopg2.OperationalError)
+    # SQLSTATE 25006: the server turned read-only under a write (a failover; the suite never makes a
+    # transaction read-only itself). Nothing was written, and the pool has dropped that connection
+    # (docs/failover.md): the client's retry reaches the new primary, so it is a 503, not a 500.
+    @app.errorhandler(psycopg2.errors.ReadOnlySqlTransaction)
     def database_down(exc: Exception):
         logger.warning("503: database unavailable: %s", type(exc).__name__)
         return error_response(

@@ -24,8 +24,17 @@ make_worker_engine()  # the flask-sqlalchemy stack: an engine made at import, as
 
 logger = get_task_logger(__name__)
 
-# Worth retrying: the database or the pool may be back in a moment.
-TRANSIENT = (psycopg2.OperationalError, ConnectError, PoolTimeout, *stack_errors()[0], *stack_errors()[1])
+# Worth retrying: the database or the pool may be back in a moment. A write refused by a server turned
+# read-only (SQLSTATE 25006, a failover: these tasks never open a read-only transaction) wrote nothing, and
+# the pool has dropped that connection: the retry connects to the new primary.
+TRANSIENT = (
+    psycopg2.OperationalError,
+    psycopg2.errors.ReadOnlySqlTransaction,
+    ConnectError,
+    PoolTimeout,
+    *stack_errors()[0],
+    *stack_errors()[1],
+)
 RETRY = {
     "autoretry_for": TRANSIENT,
     # A statement timeout is an OperationalError too, but running the same query again times out again.
