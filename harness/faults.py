@@ -71,6 +71,9 @@ class Prober:
         self.durations: list[float] = []  # seconds each request took, aligned with results
         self.sent: list[dict | None] = []  # the body of each request, aligned with results
         self._stop = threading.Event()
+        self._going = threading.Event()  # cleared by pause()
+        self._going.set()
+        self._calling = threading.Lock()  # held for the length of one request
         self._thread = threading.Thread(target=self._run, name="forkpool-prober", daemon=True)
 
     def start(self) -> Prober:
@@ -79,15 +82,29 @@ class Prober:
 
     def stop(self) -> list[tuple[float, str, dict]]:
         self._stop.set()
+        self._going.set()
         self._thread.join(15)
         return self.results
 
+    def pause(self) -> None:
+        """No new request; returns once the one in flight, if any, has its answer."""
+        self._going.clear()
+        with self._calling:
+            pass
+
+    def resume(self) -> None:
+        self._going.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            sent = self.clock()
-            outcome = self._call()
-            self.durations.append(self.clock() - sent)
-            self.results.append((sent, *outcome))
+            self._going.wait()
+            with self._calling:
+                if self._stop.is_set() or not self._going.is_set():
+                    continue
+                sent = self.clock()
+                outcome = self._call()
+                self.durations.append(self.clock() - sent)
+                self.results.append((sent, *outcome))
             self._stop.wait(PROBE_INTERVAL)
 
     def _call(self) -> tuple[str, dict]:

@@ -132,22 +132,39 @@ class _Overloaded(BaseHTTPRequestHandler):
 
 
 def test_503s_are_failures_named_by_cause_and_told_apart_from_500s(tmp_path):
+    wanted = {"503 pool timeout", "503 database_unavailable", "500 server error"}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Overloaded)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    results = []
     try:
-        result = run_locust(
-            f"http://127.0.0.1:{server.server_address[1]}", users=2, duration=1, suite_id="stub", workdir=tmp_path
-        )
+        # Locust picks its users' tasks at random, and a loaded machine makes few requests in a short run:
+        # short runs until every kind of answer was met (a bound, not a timing).
+        deadline = time.monotonic() + 120
+        while True:
+            results.append(
+                run_locust(
+                    f"http://127.0.0.1:{server.server_address[1]}",
+                    users=2,
+                    duration=1,
+                    suite_id="stub",
+                    workdir=tmp_path / f"run{len(results)}",
+                )
+            )
+            causes = {line.split(": ", 1)[1] for result in results for line in result.errors}
+            if causes >= wanted or time.monotonic() > deadline:
+                break
     finally:
         server.shutdown()
         server.server_close()
-    counts = result.status_counts
-    assert set(counts) == {"200", "500", "503"}, counts
-    assert result.failures == counts["500"] + counts["503"] and result.requests == sum(counts.values())
-    causes = {line.split(": ", 1)[1] for line in result.errors}
-    assert causes == {"503 pool timeout", "503 database_unavailable", "500 server error"}, result.errors
-    assert any(line.endswith("POST /items: 503 pool timeout") for line in result.errors)
-    assert not result.job_ids and set(result.pool_reports) == {"4242"}
+    for result in results:
+        counts = result.status_counts
+        assert set(counts) <= {"200", "500", "503"} and "200" in counts, counts
+        assert result.failures == counts.get("500", 0) + counts.get("503", 0)
+        assert result.requests == sum(counts.values())
+        assert not result.job_ids and set(result.pool_reports) == {"4242"}
+    assert causes == wanted, [result.errors for result in results]
+    errors = [line for result in results for line in result.errors]
+    assert any(line.endswith("POST /items: 503 pool timeout") for line in errors), errors
 
 
 def test_unreachable_host_counts_errors_instead_of_crashing(tmp_path):
