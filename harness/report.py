@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from forkpool.settings import dsn_password, redact_text
+from forkpool.settings import dsn_secrets, redact_text
 from harness.model import RunReport
 
 # A literal password shorter than this is masked only where it sits in a URL or a
@@ -45,7 +45,7 @@ def _strings(value: Any) -> list[str]:
 
 def _secrets(report: RunReport) -> tuple[str, ...]:
     """Passwords of URLs in the plan, so a bare copy elsewhere (an error message) is masked too."""
-    found = {dsn_password(s) for s in _strings(report.plan) if "://" in s}
+    found = {secret for s in _strings(report.plan) if "://" in s for secret in dsn_secrets(s)}
     return tuple(sorted(p for p in found if p and len(p) >= _MIN_LITERAL_SECRET))
 
 

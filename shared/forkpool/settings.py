@@ -134,8 +134,7 @@ class PoolSettings:
 
 
 def _secrets(dsn: str) -> tuple[str, ...]:
-    password = dsn_password(dsn)
-    return (password,) if password else ()
+    return dsn_secrets(dsn)
 
 
 def _parse_int(name: str, raw: str) -> int:
@@ -367,6 +366,17 @@ def dsn_password(dsn: str) -> str | None:
     except (BadConninfo, MissingExtra):  # unreadable, or no driver to read it: the patterns below
         match = _URL_PASSWORD.search(dsn) or _KV_PASSWORD.search(dsn)
         return unquote(match["pw"].strip("'")) if match else None
+
+
+def dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """Every form a DSN's password can be quoted in: decoded, and as written (a parser's error about a
+    bad percent-escape quotes it undecoded)."""
+    found = {dsn_password(dsn)}
+    match = _URL_PASSWORD.search(dsn) or _KV_PASSWORD.search(dsn)
+    if match:
+        written = match["pw"].strip("'")
+        found |= {written, unquote(written)}
+    return tuple(sorted((p for p in found if p), key=len, reverse=True))  # the longest first: no half-masked secret
 
 
 def dsn_identity(dsn: str) -> str:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from ..errors import ConfigError, import_extra
-from ..settings import describe_error, dsn_identity, dsn_password, redact_text
+from ..settings import describe_error, dsn_identity, dsn_secrets, redact_text
 from .discovery import find_servers, find_trees
 from .findings import ERROR, Expectations, Finding, evaluate
 from .render import as_json, as_table
@@ -162,8 +162,7 @@ def _watch(args: argparse.Namespace, expect: Expectations) -> int:
 
 
 def _describe(exc: BaseException, dsn: str | None) -> str:
-    password = dsn_password(dsn) if dsn else None
-    return describe_error(exc, (password,) if password else ())
+    return describe_error(exc, dsn_secrets(dsn) if dsn else ())
 
 
 def _expected_from_app(specs: list[str]) -> int | None:
