@@ -443,7 +443,8 @@ def asyncpg_arguments(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         elif key in _ASYNCPG_SOCKET:
             socket_options[key] = _number(key, value)
         elif key not in _ASYNCPG_IGNORED:
-            raise ConfigError(f"{key}={value!r}: libpq's parameter has no asyncpg equivalent (driver asyncpg)")
+            # The key only: a misspelt `password` would carry the secret (libpq names only the key too).
+            raise ConfigError(f"{key}: libpq's parameter has no asyncpg equivalent (driver asyncpg)")
     if app_name is not None:
         server_settings["application_name"] = app_name
     hosts = [h.strip() for h in str(params.get("hostaddr") or params.get("host") or "").split(",")]
