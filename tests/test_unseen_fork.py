@@ -359,3 +359,33 @@ def test_where_no_page_is_wiped_on_fork_the_sentinel_is_the_pid_compare(monkeypa
     assert fallback[0] == 1
     monkeypatch.setattr(home(), "owner_pid", os.getpid() + 1)  # as in a child nothing has released yet
     assert fallback[0] == 0
+
+
+def test_a_second_thread_of_a_c_forked_child_waits_for_the_routine_another_thread_runs():
+    """Two pid checks in a C-forked child: the second thread goes on only once the first has released
+    everything (the routine used to replace the lock the first thread held, letting the second through)."""
+    import time
+
+    from forkpool._process import home, notice_fork, on_fork_in_child
+
+    def child() -> dict:
+        started, log = threading.Event(), []
+
+        def slow_release() -> None:  # the last of the routine's steps, made slow
+            started.set()
+            time.sleep(0.3)
+            log.append("released")
+
+        on_fork_in_child("test-slow-release", slow_release)
+        first = threading.Thread(target=notice_fork)
+        first.start()
+        assert started.wait(10)
+        notice_fork()  # the second thread: this one
+        log.append("second thread went on")
+        first.join(10)
+        return {"log": log}
+
+    try:
+        assert in_c_child(child)["log"] == ["released", "second thread went on"]
+    finally:
+        home().child_callbacks.pop("test-slow-release", None)

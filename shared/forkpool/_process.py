@@ -75,6 +75,7 @@ class Home(Protocol):
     child_callbacks: dict[str, Callable[[], None]]  # name -> callback, run in order by after_fork_in_child()
     owner_pid: int  # the process this state belongs to: another pid means a fork nobody has handled yet
     handling_fork_in: int | None  # pid whose routine is running
+    handling_thread: int | None  # the thread running it (threading.get_ident())
     unseen_fork_lock: threading.RLock
     noticed_late: bool  # notice_fork() is running after_fork_in_child(), see noticed_late()
     exit_callbacks: dict[str, Callable[[], None]]  # name -> callback, see on_exit()
@@ -107,6 +108,9 @@ class ForkSentinel(Protocol):
 
 
 _MADV_WIPEONFORK = 18
+# How long a thread waits for another thread of the child to finish the after-fork routine: it does no
+# network I/O and takes no lock a parent thread held, so it ends in milliseconds; the bound stops a hang.
+_OTHER_THREAD_ROUTINE_S = 10.0
 
 
 class _PidSentinel:
@@ -167,6 +171,7 @@ def home() -> Home:
         state.child_callbacks = {}
         state.owner_pid = os.getpid()
         state.handling_fork_in = None
+        state.handling_thread = None
         state.unseen_fork_lock = threading.RLock()
         state.noticed_late = False
         state.exit_callbacks = {}
@@ -373,9 +378,18 @@ def after_fork_in_child() -> None:
     """
     holder = home()
     pid = os.getpid()
-    if holder.owner_pid == pid or holder.handling_fork_in == pid:
-        return  # done (or being done, further up this thread's stack) in this process
+    if holder.owner_pid == pid:
+        return  # done in this process
+    if holder.handling_fork_in == pid:
+        if getattr(holder, "handling_thread", None) != threading.get_ident():
+            # Another thread of this child runs it (two pid checks past a lock a parent thread held at
+            # fork time, each replacing it): nothing may use forkpool's state before it is done.
+            deadline = time.monotonic() + _OTHER_THREAD_ROUTINE_S
+            while holder.owner_pid != pid and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return  # or being done, further up this thread's stack
     holder.handling_fork_in = pid
+    holder.handling_thread = threading.get_ident()
     for name, callback in list(holder.child_callbacks.items()):
         try:
             callback()
@@ -449,8 +463,10 @@ def install_fork_hooks(
 
 
 def _replace_unseen_fork_lock() -> None:
-    # A parent thread may have held it at fork time: the child starts with a free one.
-    home().unseen_fork_lock = threading.RLock()
+    # A parent thread may have held it at fork time: the child starts with a free one. Not when a pid
+    # check runs the routine: that thread holds the lock, and the child's other threads must queue on it.
+    if not noticed_late():
+        home().unseen_fork_lock = threading.RLock()
 
 
 def on_exit(name: str, callback: Callable[[], None]) -> None:
