@@ -347,6 +347,17 @@ def test_a_pool_made_in_a_c_forked_child_releases_what_the_process_inherited(mon
     assert sorted(backend_pids(parent_pool, 2)) == sorted(parent)
 
 
+def test_the_sentinel_is_a_page_only_if_the_kernel_says_it_wipes_it():
+    """An emulator may accept MADV_WIPEONFORK and ignore it: the page's VmFlags decide."""
+    import mmap
+
+    from forkpool._process import _wiped_on_fork, sentinel
+
+    assert _wiped_on_fork(sentinel())  # type: ignore[arg-type]
+    plain = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    assert not _wiped_on_fork(plain)  # no advice taken: no "wf"
+
+
 def test_where_no_page_is_wiped_on_fork_the_sentinel_is_the_pid_compare(monkeypatch):
     """Not Linux (or a kernel before 4.14): the same answer from owner_pid == getpid()."""
     import sys

@@ -142,7 +142,33 @@ def _new_fork_sentinel() -> ForkSentinel:
         page.madvise(wipe_on_fork)
     except OSError:  # a kernel before 4.14 (EINVAL)
         return _PidSentinel()
-    return page
+    # An emulator may take the advice and ignore it (qemu-user answers 0 to any madvise): the kernel's
+    # own word on the page decides, or a C fork would go unseen.
+    return page if _wiped_on_fork(page) else _PidSentinel()
+
+
+def _wiped_on_fork(page: mmap.mmap) -> bool:
+    """Whether /proc/self/smaps lists `page` with the "wf" flag (wipe on fork).
+
+    Read once per process tree (a child inherits the page). psutil's memory maps do not carry VmFlags,
+    and the library does not require psutil: the file is read here.
+    """
+    import ctypes  # only here: most processes never need it
+
+    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    try:
+        with open("/proc/self/smaps", encoding="ascii", errors="replace") as smaps:
+            inside = False
+            for line in smaps:
+                first = line.split(None, 1)[0] if line.strip() else ""
+                if "-" in first and ":" not in first:  # a mapping's header: start-end perms ...
+                    start, _, end = first.partition("-")
+                    inside = int(start, 16) <= address < int(end, 16)
+                elif inside and first == "VmFlags:":
+                    return "wf" in line.split()[1:]
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def sentinel(holder: Home | None = None) -> ForkSentinel:
