@@ -242,7 +242,7 @@ class SuiteUser(HttpUser):
     @task(3)
     def create_item(self) -> None:
         body = {
-            "name": f"locust-{uuid.uuid4().hex[:12]}",
+            "name": f"locust-{self.tier.strip() or 'web'}-{uuid.uuid4().hex[:12]}",  # the tier that wrote it
             "payload": {"suite": FORKPOOL_NAME, "n": random.randint(0, 1_000_000), "tags": ["load"]},
         }
         with self.client.post("/items", json=body, name=self.named("/items"), catch_response=True) as response:

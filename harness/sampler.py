@@ -148,6 +148,21 @@ class BouncerSampler(Sampler):
         return Sample(self.now(), parse_sessions(rows), servers)
 
 
+# What libpq says when no server is there to hold a session: refused (TCP), no socket file (Unix), the
+# server shutting down or starting up (57P03), or the connection ended under the query by its shutdown.
+_GONE = (
+    "Connection refused",
+    "No such file or directory",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "server closed the connection unexpectedly",
+)
+
+
+def _server_gone(exc: psycopg2.OperationalError) -> bool:
+    return any(text in str(exc) for text in _GONE)
+
+
 class _Group:
     """One connection per server, each opened again when lost; a server that refuses one is down."""
 
@@ -166,11 +181,15 @@ class _Group:
                 with conn.cursor() as cur:
                     cur.execute(query, params)
                     found += cur.fetchall()
-            except psycopg2.OperationalError:
-                # Down (stopped, or refusing): it holds no session of ours. Asked again at the next sample.
+            except psycopg2.OperationalError as exc:
                 if conn is not None:
                     conn.close()
                 self.conns[i] = None
+                if not _server_gone(exc):
+                    # A timeout, or "too many clients": the server is up and its sessions unknown. The
+                    # sample is skipped (Sampler._run); counted as none it could hide a ceiling breach.
+                    raise
+                # Down (stopped, stopping or not yet started): it holds no session of ours.
         return found
 
     def close(self) -> None:

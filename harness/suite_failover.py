@@ -27,8 +27,13 @@ _OURS = "SELECT count(*) FROM pg_stat_activity WHERE left(application_name, %s) 
 # old primary began before the promotion was asked for (read-only variant: wait_caught_up() saw no write
 # left there; stopped: it was down), and no transaction on the standby could write before it: a row that
 # began later was written on the new primary.
+# The first item each web tier wrote (the load names items locust-<tier>-...) and the first task row, after
+# the promotion was asked: every tier must write on the new primary, not only the first to get there.
 _FIRST_WRITES = (
-    "SELECT extract(epoch FROM (SELECT min(created_at) FROM items WHERE created_at > to_timestamp(%s))), "
+    "SELECT extract(epoch FROM (SELECT min(created_at) FROM items WHERE created_at > to_timestamp(%s) "
+    "AND name LIKE 'locust-web-%%')), "
+    "extract(epoch FROM (SELECT min(created_at) FROM items WHERE created_at > to_timestamp(%s) "
+    "AND name LIKE 'locust-asgi-%%')), "
     "extract(epoch FROM (SELECT min(created_at) FROM events WHERE created_at > to_timestamp(%s)))"
 )
 
@@ -58,7 +63,7 @@ class SwitchSchedule:
         self.switched_t: float | None = None
         self.promote_asked_t: float | None = None  # pg_promote() called: the standby may take writes from here
         self.promoted_t: float | None = None  # pg_promote() returned (it polls: writes may come first)
-        self.items_back_t: float | None = None  # first item row the new primary committed (a 201 from the web tiers)
+        self.items_back_t: float | None = None  # when both web tiers had an item committed by the new primary
         self.tasks_back_t: float | None = None  # first task row there (a Celery task's transaction)
         self.left_on_old: int | None = None  # the suite's sessions on the old primary at the end of the wait
         self.old_empty_t: float | None = None
@@ -121,10 +126,14 @@ class SwitchSchedule:
         asked = self._promote_asked
         deadline = time.monotonic() + RECOVERY_BOUND_S
         while time.monotonic() < deadline and (self.items_back_t is None or self.tasks_back_t is None):
-            items, tasks = query_server(self.pair.standby, _FIRST_WRITES, asked, asked, dbname=DATABASE)[0]
-            if items is not None and self.items_back_t is None:
-                self.items_back_t = float(items) - self._wall_at_zero
-                self.events.append(Event(self.items_back_t, "phase", "failover: first item on the new primary"))
+            web, asgi, tasks = query_server(self.pair.standby, _FIRST_WRITES, asked, asked, asked, dbname=DATABASE)[0]
+            if web is not None and asgi is not None and self.items_back_t is None:
+                self.items_back_t = max(float(web), float(asgi)) - self._wall_at_zero
+                self.events.append(
+                    Event(
+                        self.items_back_t, "phase", "failover: both web tiers have written an item on the new primary"
+                    )
+                )
             if tasks is not None and self.tasks_back_t is None:
                 self.tasks_back_t = float(tasks) - self._wall_at_zero
                 self.events.append(Event(self.tasks_back_t, "phase", "failover: first task row on the new primary"))
@@ -179,7 +188,7 @@ class SwitchSchedule:
     def check(self, number: int) -> Check:
         """run_on's check for a schedule: the switch happened, and every tier writes on the new primary."""
         detail = (
-            f"{self.variant}: first item on the new primary {self.since_switch(self.items_back_t)} s after the "
+            f"{self.variant}: an item from each web tier on the new primary {self.since_switch(self.items_back_t)} s after the "
             f"switch, first task row {self.since_switch(self.tasks_back_t)} s (promotion asked at "
             f"{self.since_switch(self.promote_asked_t)} s)"
         )

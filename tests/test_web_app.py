@@ -127,3 +127,36 @@ def test_a_failed_publish_is_a_503_and_makes_no_second_redis_call(client, monkey
     left = set(r.scan_iter(f"{forkpool.identity.name()}:job:*")) - before
     assert len(left) == 1 and 0 < r.ttl(next(iter(left))) <= 24 * 3600
     monkeypatch.setattr(suite.queue, "_producer", None)
+
+
+def test_a_write_refused_by_a_server_turned_read_only_is_a_503_on_every_stack():
+    """SQLSTATE 25006 (a failover under the write): nothing written, the pool dropped the connection, a retry
+    reaches the new primary: a 503, whether psycopg2 raises it or SQLAlchemy wraps it (flask-sqlalchemy)."""
+    import psycopg2.errors
+    import sqlalchemy.exc
+    from flask import Flask
+
+    from web.errors import register_error_handlers
+
+    app = Flask(__name__)
+    register_error_handlers(app)
+    refused = psycopg2.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
+
+    @app.route("/driver")
+    def driver():
+        raise refused
+
+    @app.route("/wrapped")
+    def wrapped():
+        raise sqlalchemy.exc.InternalError("INSERT ...", {}, refused)
+
+    @app.route("/other")
+    def other():
+        raise sqlalchemy.exc.InternalError("INSERT ...", {}, psycopg2.errors.InternalError_("not a failover"))
+
+    client = app.test_client()
+    for path in ("/driver", "/wrapped"):
+        response = client.get(path)
+        assert response.status_code == 503 and response.json["error"] == "database_unavailable", path
+        assert response.headers["Retry-After"]
+    assert client.get("/other").status_code == 500  # only 25006 is a failover

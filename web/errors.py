@@ -78,5 +78,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        # The flask-sqlalchemy stack: SQLAlchemy wraps the driver's error (25006 arrives as its InternalError).
+        if isinstance(getattr(exc, "orig", None), psycopg2.errors.ReadOnlySqlTransaction):
+            return database_down(exc)
         logger.exception("500: unhandled error")  # noqa: LOG004 - Flask calls error handlers inside its except block
         return error_response(500, "internal_error", "internal server error")
