@@ -197,6 +197,23 @@ def test_the_same_pool_object_works_in_a_child_and_the_parent_keeps_its_sessions
     pool.close()
 
 
+def test_a_pool_open_before_it_was_protected_is_named_again(database_url, sessions, forget_protected):
+    """psycopg_pool opens in its constructor by default: connections made before protect() carry no name,
+    so nothing counting sessions by name would see them; protect() has them made again."""
+    pool = ConnectionPool(database_url, min_size=2, max_size=2, timeout=3, open=True)
+    try:
+        pool.wait()
+        assert sessions() == []  # made before forkpool named anything
+        forkpool.protect(pool)
+        assert wait_for(lambda: len(sessions()) == 2, timeout=10), sessions()
+        with pool.connection() as conn:
+            assert (
+                conn.execute("SELECT current_setting('application_name')").fetchone()[0] == identity.application_name()
+            )
+    finally:
+        pool.close()
+
+
 def test_release_closes_the_pool_properly_and_leaves_it_openable(database_url, sessions, forget_protected):
     pool = forkpool.protect(ConnectionPool(database_url, min_size=2, max_size=2, timeout=3, open=True))
     pool.wait()

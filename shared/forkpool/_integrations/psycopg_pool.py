@@ -38,7 +38,9 @@ needs the same values anyway, private ones included (below).
   connections with libpq (``conn.pgconn.finish()``: Terminate, then close).
 - Identity: unless the conninfo or ``kwargs`` name one, ``kwargs`` carries
   ``application_name`` = ``<suite>:<role>:<pid>``, renewed whenever the
-  pool is rebuilt and when a worker starts (its role is set by then).
+  pool is rebuilt and when a worker starts (its role is set by then). A sync
+  pool already open when protected is drained, so that its connections are
+  made again with the name.
 
 Private attributes, read only where psycopg_pool stores a constructor
 argument nowhere else (tried with psycopg_pool 3.3.3, 3.2.6 and 3.1.9, with
@@ -208,6 +210,12 @@ class PsycopgPools:
         setattr(obj, _NAMING, naming)
         setattr(obj, _OPEN, getattr(obj, _OPEN, False) or not obj.closed)
         name_connections(obj)
+        if naming and not obj.closed and not is_async(obj) and hasattr(obj, "drain"):
+            # Opened before it was protected (``open=True``, psycopg_pool's default): its connections were
+            # made without the process's name, so nothing counting sessions by name would see them. They
+            # are replaced, idle ones now and lent ones on return (psycopg_pool >= 3.2; an async pool's
+            # drain() is a coroutine, so it keeps them until the worker rebuilds it).
+            obj.drain()
         follow_primary_psycopg_pool(obj, is_async(obj))  # a conninfo asking for the primary: _failover.py
         return endpoints
 
