@@ -109,12 +109,14 @@ def test_loadtest_with_the_task_tier_under_rq_holds_every_check(tmp_path):
         tmp_path,
         "--task-runner",
         "rq",
+        # A horse lives only while a job runs: 10 s of load at 8 jobs/s leaves the kill round (at 70 % of
+        # the load, waiting up to 10 s for a candidate) jobs to find one in on a loaded machine.
         "--duration",
-        "5",
+        "10",
         "--users",
         "4",
         "--task-rate",
-        "4",
+        "8",
         "--kill-workers",
         "2",
         "--web-workers",
