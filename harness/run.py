@@ -425,7 +425,8 @@ def _conclude(
         }
     if options.soak:
         report.checks.append(check_memory_flat(report.rss))
-        report.checks.append(check_handles_flat(report.handles, report.samples))
+        load_start = next((e.t for e in report.events if e.kind == "phase" and e.detail == "load starts"), 0.0)
+        report.checks.append(check_handles_flat(report.handles, report.samples, since=load_start))
     report.checks.sort(key=lambda c: c.number)
     report.roles = checks.role_summaries(report.samples, steady, processes, options.pool_size)
     killed = {int(e.detail.rsplit(" ", 1)[1]) for e in report.events if e.kind == "kill"}

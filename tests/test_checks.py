@@ -182,3 +182,12 @@ def test_handles_flat_fails_sessions_that_pile_up():
     check = check_handles_flat(handles, samples)
     assert not check.passed
     assert "PostgreSQL sessions per role of web" in check.detail, check.detail
+
+
+def test_handles_flat_judges_from_the_load_start_not_the_pools_filling():
+    """An 8 s soak's first third is mostly start-up: pools filling there are not sessions piling up."""
+    handles, samples = _handles_run(seconds=30)
+    filling = [Sample(s.t, {k: (v if s.t >= 10 else v // 2) for k, v in s.sessions.items()}) for s in samples]
+    assert not check_handles_flat(handles, filling).passed  # judged over the whole run: "grew"
+    check = check_handles_flat(handles, filling, since=10.0)
+    assert check.passed, check.detail
