@@ -277,3 +277,22 @@ def on_devnull(fd: int) -> bool:
     """Whether this process's descriptor `fd` is open on /dev/null (where a detached connection's socket is
     pointed); OSError (EBADF) when it is closed. fstat, not a /proc link: psutil lists only regular files."""
     return os.path.samestat(os.fstat(fd), os.stat(os.devnull))
+
+
+def _utf8(text: str) -> str:
+    """`text` with any lone surrogate escaped (\\udc80): what a report may carry to xdist's controller."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    # Reports cross to pytest-xdist's controller as UTF-8. The fuzz tests send lone surrogates on
+    # purpose, and what the app logs or an assertion quotes may carry one: unescaped, the whole run
+    # would end with an INTERNALERROR instead of the test's own result.
+    report: pytest.TestReport = yield
+    report.sections = [(title, _utf8(text)) for title, text in report.sections]
+    if report.longrepr is not None and not isinstance(report.longrepr, tuple):
+        text = str(report.longrepr)
+        if _utf8(text) != text:
+            report.longrepr = _utf8(text)
+    return report
