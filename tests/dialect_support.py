@@ -112,4 +112,5 @@ def local_ports(pids: Iterable[int], server: tuple[str, int]) -> dict[int, set[i
     """{local port: its holders} of the TCP sockets of `pids` connected to `server`: the server's client ports."""
     inodes = sockets_to(pids, server)
     table = tcp_table("self", set(inodes))
-    return {table[inode].local[1]: holders for inode, holders in inodes.items()}
+    # A socket closed between the two reads is in no table any more: it holds no port (callers poll).
+    return {table[inode].local[1]: holders for inode, holders in inodes.items() if inode in table}
