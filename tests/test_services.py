@@ -245,11 +245,15 @@ def test_services_uses_external_urls_and_starts_nothing(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", pg.url)
     monkeypatch.setenv("REDIS_URL", rd.url)
-    before = len(processes_mentioning("forkpool-"))
+    # A server it started would be a child of this process (services.py spawns them directly). Not a
+    # count of the machine's "forkpool-" processes: the other xdist worker and other test runs start
+    # and stop servers meanwhile; nor of all descendants: the fixtures' postgres forks a backend per
+    # connection.
+    before = {child.pid for child in psutil.Process().children()}
     with services(max_connections=7) as running:
         assert (running.database_url, running.redis_url) == (pg.url, rd.url)
         assert running.postgres is None and running.redis is None
-        assert len(processes_mentioning("forkpool-")) == before
+        assert [c for c in psutil.Process().children() if c.pid not in before] == []
     assert pg.is_running() and rd.is_running()  # not ours to stop
 
 
