@@ -85,6 +85,7 @@ class Pool(BasePool):
         self._primary = PrimaryWatch(
             wants_primary(settings.dsn, settings.connect_kwargs) and not self.session.read_only
         )
+        self._follows_primary = self._primary.enabled  # the hot path's copy: one attribute read, not two
         self._lock = threading.Lock()
         self._size_changed = threading.Condition(self._lock)
         self._waiting: deque[Waiter] = deque()
@@ -138,21 +139,21 @@ class Pool(BasePool):
             if self._idle and not self._closed:
                 entry = self._idle.pop()
                 entry.checked_out_at = self.last_active = now = _monotonic()
-                entry.leak_reported = False
                 self._in_use[entry.conn] = entry
-                self._counts[keys.CHECKOUTS] += 1
+                self._checkouts += 1
         if entry is None:
             entry = self._checkout_slow(timeout)
         elif (
             now - entry.returned_at >= self._no_check_below
             or entry.verified_at < self._suspect_before
-            or self._primary.enabled
+            or self._follows_primary
         ) and not self._usable(entry):
             # _usable()'s no-check case is the test above: back within a millisecond, verified since
             # the last failure, no primary to follow; anything else asks it.
             self._retire(entry, broken=True, checked_out=False)
             entry = self._checkout_slow(timeout)
         if self._leak_timeout:
+            entry.leak_reported = False  # read only when a leak timeout is set (_take_overdue_checkouts)
             entry.checkout_stack = format_checkout_stack()
         return entry.conn
 
@@ -163,7 +164,7 @@ class Pool(BasePool):
         entry = self._in_use.get(conn)  # only the borrowing thread returns it: no race
         if entry is None:
             raise PoolError(f"{self!r}: putconn() of a connection not checked out from this pool")
-        if self._primary.enabled and self._primary.check(conn, entry.created_at):
+        if self._follows_primary and self._primary.check(conn, entry.created_at):
             self._retire(entry, broken=True)
             self._drop_demoted_idle()
             return
@@ -186,7 +187,7 @@ class Pool(BasePool):
                 self._hand_over(entry)
             else:
                 self._idle.append(entry)  # _hand_over()'s common case, without the call
-        if self._primary.enabled and self._primary.stale(conn, entry.created_at):
+        if self._follows_primary and self._primary.stale(conn, entry.created_at):
             self._drop_demoted_idle()  # its host was seen demoted while it came back, after that purge
 
     def _run_reset_hook(self, conn: connection) -> bool:

@@ -308,7 +308,7 @@ class AsyncPool(BasePool):
 
     def _give_back_served(self, entry: Entry) -> None:
         del self._in_use[entry.conn]
-        self._counts[keys.CHECKOUTS] -= 1
+        self._checkouts -= 1
         self._hand_over(entry)
 
     def _hand_over(self, entry: Entry) -> None:
