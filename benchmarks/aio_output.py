@@ -1,15 +1,13 @@
-"""aio_bench's output: rich tables on stdout, and the JSON and Markdown result files."""
+"""aio_bench's output: rich tables on stdout and the Markdown page (what it shares with pool_bench: peer_bench.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
+from . import peer_bench
 from .aio_contenders import POOL_SIZE
 from .aio_scenarios import COLUMNS, PASSES_1, PASSES_N, TASKS
-from .machine import cpu_use_text, machine_markdown
-from .output import _figure, _ns, _ratio
+from .peer_bench import fmt_figure, fmt_ns, fmt_ratio, ratio_cells
 
 HEADERS = [
     "contender",
@@ -28,14 +26,9 @@ def table_rows(scenario: dict[str, Any]) -> list[list[str]]:
         row = scenario["results"][column]
         ns, ratio, fair = row["ns_per_op"], row["ratio_to_ours"], row["fairness"]
         name = column + {"control": " (A/A)", "diagnostic": " *", "floor": " (no pool)"}.get(row["role"], "")
-        if column == "ours":
-            ratio_cells = ["1", ""]
-        elif ratio:
-            ratio_cells = [_ratio(ratio["median"]), f"{_ratio(ratio['min'])}-{_ratio(ratio['max'])}"]
-        else:
-            ratio_cells = ["-", ""]
+        ours_cells = ratio_cells(ratio, column == "ours")
         fair_text = f"{fair['median']:.2f} (min {fair['min']:.2f})" if fair else "-"
-        rows.append([name, _ns(ns["median"]), f"{_ns(ns['min'])}-{_ns(ns['max'])}", *ratio_cells, fair_text])
+        rows.append([name, fmt_ns(ns["median"]), f"{fmt_ns(ns['min'])}-{fmt_ns(ns['max'])}", *ours_cells, fair_text])
     return rows
 
 
@@ -43,8 +36,8 @@ def goal_rows(derived: dict[str, Any]) -> list[list[str]]:
     return [
         [
             g["goal"],
-            _figure(g["figure"]),
-            f"{_figure(g['interval_90'][0])}-{_figure(g['interval_90'][1])}" if g.get("interval_90") else "-",
+            fmt_figure(g["figure"]),
+            f"{fmt_figure(g['interval_90'][0])}-{fmt_figure(g['interval_90'][1])}" if g.get("interval_90") else "-",
             g["target"],
             "-" if g["aa_noise"] is None else f"{100 * g['aa_noise']:.1f} %",
             g["verdict"],
@@ -58,52 +51,31 @@ def floor_rows(derived: dict[str, Any]) -> list[list[str]]:
     rows = []
     for column, value in derived.get("above_floor_ns", {}).items():
         if value:
-            rows.append([column, _ns(value["median"]), f"{_ns(value['min'])} to {_ns(value['max'])}"])
+            rows.append([column, fmt_ns(value["median"]), f"{fmt_ns(value['min'])} to {fmt_ns(value['max'])}"])
     drivers = derived.get("floor_psycopg_over_asyncpg")
     if drivers:
         rows.append(
             [
                 "(drivers) floor_psycopg / floor_asyncpg",
-                _ratio(drivers["median"]),
-                f"{_ratio(drivers['min'])}-{_ratio(drivers['max'])}",
+                fmt_ratio(drivers["median"]),
+                f"{fmt_ratio(drivers['min'])}-{fmt_ratio(drivers['max'])}",
             ]
         )
     return rows
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 150))
-    machine, cfg = report["machine"], report["config"]
-    console.print(
-        f"[bold]aio_bench[/] {report['started_utc']}  {machine['cpu_model']}, "
-        f"{machine['cpus_usable']} usable cores, Python {machine['python']['version']}, "
-        f"PostgreSQL {machine['postgresql']['version']}, {report['duration_s']:.0f} s"
-    )
-    console.print(
+    cfg = report["config"]
+    console = peer_bench.print_head(
+        report,
         f"rounds {cfg['rounds']}, 1 task: {cfg['ops']} ops (SELECT 1 and asyncpg's reset: "
         f"{cfg['select_ops']}) in {PASSES_1} passes; {TASKS} tasks: {PASSES_N} passes of {cfg['window_s']} s; "
-        f"seed {cfg['seed']}"
+        f"seed {cfg['seed']}",
+        width=150,
     )
-    console.print(
-        f"CPU: {cpu_use_text(machine.get('cpu_use'))}; load average at start / end: "
-        f"{machine.get('load_average_at_start')} / {machine.get('load_average_at_end')}"
-    )
-    legend = Table(title="contenders", title_justify="left")
-    legend.add_column("instance")
-    legend.add_column("configuration")
-    for key, contender in report["contenders"].items():
-        legend.add_row(key, contender["config"])
-    console.print(legend)
-    for key, scenario in report["scenarios"].items():
-        table = Table(title=f"{scenario['label']}  [{key}]", title_justify="left")
-        for header in HEADERS:
-            table.add_column(header, justify="left" if header == "contender" else "right")
-        for row in table_rows(scenario):
-            table.add_row(*row)
-        console.print(table)
+    peer_bench.print_scenarios(console, report, HEADERS, table_rows, left=("contender",))
     console.print(
         "A/A: a second, identical instance of ours. * diagnostic, not a peer. "
         "A ratio above 1: the contender costs more than ours."
@@ -127,18 +99,11 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    machine, cfg = report["machine"], report["config"]
-    lines = [
-        f"# aio_bench {report['started_utc']}",
-        "",
+    cfg = report["config"]
+    lines = peer_bench.markdown_head(
+        report,
         "asyncio pools against ours; produced by `python -m benchmarks.aio_bench`. Figures only, nothing asserted.",
-        "",
-    ]
-    if cfg["quick"]:
-        lines += ["**A --quick run: tiny rounds, the figures mean nothing.**", ""]
-    lines += machine_markdown(machine)
-    lines += ["", "## Contenders", "", "| instance | configuration |", "|---|---|"]
-    lines += [f"| {key} | {c['config']} |" for key, c in report["contenders"].items()]
+    )
     lines += [
         "",
         "## Method",
@@ -159,15 +124,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Total run time {report['duration_s']:.0f} s.",
         "",
     ]
-    for key, scenario in report["scenarios"].items():
-        lines += [
-            f"## {scenario['label']} (`{key}`)",
-            "",
-            "| " + " | ".join(HEADERS) + " |",
-            "|" + "---|" * len(HEADERS),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in table_rows(scenario)]
-        lines.append("")
+    lines += peer_bench.markdown_scenarios(report, HEADERS, table_rows)
     lines += [
         "A/A: a second, identical instance of ours. \\* diagnostic, not a peer. No pool: the driver alone "
         "(one connection). A ratio above 1: the contender costs more than ours.",
@@ -200,26 +157,6 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {key} | {s.get('checkouts')} | {s.get('waits')} | {s.get('checks')} | "
                 f"{s.get('connections_opened')} | {s.get('connections_discarded')} |"
             )
-    rounds = report.get("rounds") or []
-    if rounds:
-        lines += [
-            "",
-            "## Rounds",
-            "",
-            "Duration of each round and the 1-minute load average after it.",
-            "",
-            "| round | s | load |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {i} | {r['seconds']} | {(r['load_average'] or ['-'])[0]} |" for i, r in enumerate(rounds, 1)]
+    lines += peer_bench.markdown_rounds(report)
     lines.append("")
     return "\n".join(lines)
-
-
-def write_results(report: dict[str, Any], out: Path, stamp: str) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"aio_bench_{stamp}.json"
-    md_path = out / f"aio_bench_{stamp}.md"
-    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    md_path.write_text(markdown(report))
-    return json_path, md_path

@@ -1,36 +1,13 @@
-"""pool_bench's output: rich tables on stdout, and the JSON and Markdown result files."""
+"""pool_bench's output: rich tables on stdout and the Markdown page (what it shares with aio_bench: peer_bench.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
+from . import peer_bench
 from .contenders import POOL_SIZE
-from .machine import cpu_use_text, machine_markdown
+from .peer_bench import fmt_figure, fmt_ns, fmt_ratio, ratio_cells
 from .scenarios import COLUMN_ORDER, OURS_PSYCOPG, PASSES_1T, PASSES_8T, THREADS
-
-
-def _ns(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _ratio_cells(value: dict[str, float] | None, reference: bool) -> list[str]:
-    if reference:
-        return ["1", ""]
-    if value:
-        return [_ratio(value["median"]), f"{_ratio(value['min'])}-{_ratio(value['max'])}"]
-    return ["-", ""]
 
 
 def table_rows(scenario: dict[str, Any]) -> list[list[str]]:
@@ -43,19 +20,19 @@ def table_rows(scenario: dict[str, Any]) -> list[list[str]]:
             continue
         ns, ratio, fair = row["ns_per_op"], row["ratio_to_ours"], row["fairness"]
         name = column + (" *" if row["role"] == "diagnostic" else "")
-        ratio_cells = _ratio_cells(ratio, column == "ours")
+        ours_cells = ratio_cells(ratio, column == "ours")
         same_driver = row.get("ratio_to_ours_psycopg")
         if same_driver or column == OURS_PSYCOPG:
-            same_cells = _ratio_cells(same_driver, column == OURS_PSYCOPG)
+            same_cells = ratio_cells(same_driver, column == OURS_PSYCOPG)
         else:
             same_cells = ["", ""]  # not on psycopg 3
         fair_text = f"{fair['median']:.2f} (min {fair['min']:.2f})" if fair else "-"
         rows.append(
             [
                 name,
-                _ns(ns["median"]),
-                f"{_ns(ns['min'])}-{_ns(ns['max'])}",
-                *ratio_cells,
+                fmt_ns(ns["median"]),
+                f"{fmt_ns(ns['min'])}-{fmt_ns(ns['max'])}",
+                *ours_cells,
                 *same_cells,
                 fair_text,
                 row["contender"] if row["contender"] != column else "",
@@ -78,39 +55,17 @@ HEADERS = [
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 170))
-    machine = report["machine"]
-    console.print(
-        f"[bold]pool_bench[/] {report['started_utc']}  {machine['cpu_model']}, "
-        f"{machine['cpus_usable']} usable cores, Python {machine['python']['version']}, "
-        f"PostgreSQL {machine['postgresql']['version']}, {report['duration_s']:.0f} s"
-    )
     cfg = report["config"]
-    console.print(
+    console = peer_bench.print_head(
+        report,
         f"rounds {cfg['rounds']}, 1 thread: {cfg['ops']} ops (SELECT 1: {cfg['select_ops']}, connect: "
         f"{cfg['connect_ops']}) in {PASSES_1T} interleaved passes; 8 threads: {PASSES_8T} passes of "
-        f"{cfg['window_s']} s; seed {cfg['seed']}"
+        f"{cfg['window_s']} s; seed {cfg['seed']}",
+        width=170,
     )
-    console.print(
-        f"CPU: {cpu_use_text(machine.get('cpu_use'))}; load average at start / end: "
-        f"{machine.get('load_average_at_start')} / {machine.get('load_average_at_end')}"
-    )
-    legend = Table(title="contenders", title_justify="left")
-    legend.add_column("instance")
-    legend.add_column("configuration")
-    for key, contender in report["contenders"].items():
-        legend.add_row(key, contender["config"])
-    console.print(legend)
-    for key, scenario in report["scenarios"].items():
-        table = Table(title=f"{scenario['label']}  [{key}]", title_justify="left")
-        for header in HEADERS:
-            table.add_column(header, justify="left" if header in ("contender", "instance or note") else "right")
-        for row in table_rows(scenario):
-            table.add_row(*row)
-        console.print(table)
+    peer_bench.print_scenarios(console, report, HEADERS, table_rows, left=("contender", "instance or note"))
     console.print("* diagnostic variant of ours, not a peer. A ratio above 1: the contender costs more than ours.")
     derived = report["derived"]
     for which, title in (
@@ -123,8 +78,8 @@ def print_report(report: dict[str, Any]) -> None:
         for key, value in derived.get(which, {}).items():
             table.add_row(
                 key,
-                _ratio(value and value["median"]),
-                f"{_ratio(value['min'])}-{_ratio(value['max'])}" if value else "-",
+                fmt_ratio(value and value["median"]),
+                f"{fmt_ratio(value['min'])}-{fmt_ratio(value['max'])}" if value else "-",
             )
         console.print(table)
     table = Table(
@@ -135,7 +90,7 @@ def print_report(report: dict[str, Any]) -> None:
     for header in ("pool", "1 thread", "8 threads"):
         table.add_column(header)
     for family, by_threads in derived["checks_c_vs_b"].items():
-        table.add_row(family, *(_ratio(v and v["median"]) for v in by_threads.values()))
+        table.add_row(family, *(fmt_ratio(v and v["median"]) for v in by_threads.values()))
     console.print(table)
     table = Table(title="goals", title_justify="left")
     for header in ("driver", "goal", "figure", "target", "met"):
@@ -144,7 +99,7 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(
             goal.get("driver", ""),
             goal["goal"],
-            _figure(goal["figure"]),
+            fmt_figure(goal["figure"]),
             goal["target"],
             "[green]yes[/]" if goal["met"] else "[red]NO[/]",
         )
@@ -152,18 +107,11 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    machine, cfg = report["machine"], report["config"]
-    lines = [
-        f"# pool_bench {report['started_utc']}",
-        "",
+    cfg = report["config"]
+    lines = peer_bench.markdown_head(
+        report,
         "The pool against its peers; produced by `python -m benchmarks.pool_bench`. Figures only, nothing asserted.",
-        "",
-    ]
-    if cfg["quick"]:
-        lines += ["**A --quick run: tiny rounds, the figures mean nothing.**", ""]
-    lines += machine_markdown(machine)
-    lines += ["", "## Contenders", "", "| instance | configuration |", "|---|---|"]
-    lines += [f"| {key} | {c['config']} |" for key, c in report["contenders"].items()]
+    )
     lines += [
         "",
         "## Method",
@@ -184,15 +132,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Total run time {report['duration_s']:.0f} s.",
         "",
     ]
-    for key, scenario in report["scenarios"].items():
-        lines += [
-            f"## {scenario['label']} (`{key}`)",
-            "",
-            "| " + " | ".join(HEADERS) + " |",
-            "|" + "---|" * len(HEADERS),
-        ]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(scenario)]
-        lines.append("")
+    lines += peer_bench.markdown_scenarios(report, HEADERS, table_rows)
     lines += [
         "\\* diagnostic variant of ours, not a peer. A ratio above 1: the contender costs more than ours.",
         "",
@@ -209,7 +149,7 @@ def markdown(report: dict[str, Any]) -> str:
     for key, value in derived["ours_checks_on_vs_off"].items():
         cells = []
         for v in (value, on_off_3.get(key)):
-            cells += [_ratio(v and v["median"]), f"{_ratio(v['min'])}-{_ratio(v['max'])}" if v else "-"]
+            cells += [fmt_ratio(v and v["median"]), f"{fmt_ratio(v['min'])}-{fmt_ratio(v['max'])}" if v else "-"]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -220,25 +160,14 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for family, by_threads in derived["checks_c_vs_b"].items():
-        lines.append(f"| {family} | " + " | ".join(_ratio(v and v["median"]) for v in by_threads.values()) + " |")
+        lines.append(f"| {family} | " + " | ".join(fmt_ratio(v and v["median"]) for v in by_threads.values()) + " |")
     lines += ["", "## Goals", "", "| driver | goal | figure | target | met |", "|---|---|---|---|---|"]
     for goal in derived["goals"]:
         lines.append(
-            f"| {goal.get('driver', '')} | {goal['goal']} | {_figure(goal['figure'])} | {goal['target']} | "
+            f"| {goal.get('driver', '')} | {goal['goal']} | {fmt_figure(goal['figure'])} | {goal['target']} | "
             f"{'yes' if goal['met'] else '**no**'} |"
         )
-    rounds = report.get("rounds") or []
-    if rounds:
-        lines += [
-            "",
-            "## Rounds",
-            "",
-            "Duration of each round and the 1-minute load average after it.",
-            "",
-            "| round | s | load |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {i} | {r['seconds']} | {(r['load_average'] or ['-'])[0]} |" for i, r in enumerate(rounds, 1)]
+    lines += peer_bench.markdown_rounds(report)
     lines += [
         "",
         "## Reading the figures",
@@ -256,12 +185,3 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_results(report: dict[str, Any], out: Path, stamp: str) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"pool_bench_{stamp}.json"
-    md_path = out / f"pool_bench_{stamp}.md"
-    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    md_path.write_text(markdown(report))
-    return json_path, md_path

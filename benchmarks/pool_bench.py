@@ -46,82 +46,44 @@ or the one DATABASE_URL names. Results go to stdout and, as JSON and Markdown na
 after the UTC date and time, to benchmarks/results/ (or --out DIR).
 
 Modules: contenders.py (the pools), scenarios.py (the timed loops and rounds), figures.py
-(medians, paired ratios, goals), machine.py (machine and versions), output.py (tables, JSON,
-Markdown); this file is the command.
+(medians, paired ratios, goals), machine.py (machine and versions), output.py (tables,
+Markdown), peer_bench.py (what aio_bench shares: options, server, report, JSON); this file is
+the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import sys
-import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
-from pathlib import Path
 
+from . import peer_bench
 from .contenders import APP_NAME, POOL_SIZE, build_contenders
 from .figures import derive, summarize
-from .machine import CpuMeter, load_average, machine_info, pool_bench_packages, postmaster_pid
-from .output import print_report, write_results
+from .machine import load_average, pool_bench_packages
+from .output import markdown, print_report
+from .peer_bench import DEFAULTS
 
 # Re-exported for callers of the former single module (benchmarks.hotpath imports these from here).
 from .scenarios import PASSES_8T, SCENARIOS, SETTLE, THREADS, Plan, make_op, run_rounds, run_window
 
 __all__ = ["POOL_SIZE", "THREADS", "main", "make_op", "parse_args", "run_window"]
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-
-# Defaults of a full run (about 2 minutes on a 2-core machine) and of --quick.
-DEFAULTS = dict(rounds=9, ops=20_000, window=0.4)
-QUICK = dict(rounds=2, ops=300, window=0.05)
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.pool_bench",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--rounds", type=int, help=f"measured rounds (default {DEFAULTS['rounds']})")
-    parser.add_argument(
-        "--ops",
-        type=int,
-        help="operations per round for 1-thread checkout + return "
+    parser = peer_bench.parser(
+        "pool_bench",
+        __doc__,
+        ops_help="operations per round for 1-thread checkout + return "
         f"(default {DEFAULTS['ops']}); SELECT 1 uses ops/40, connect-per-operation ops/700",
+        select_ops_help="operations per round for 1-thread SELECT 1 (default ops/40)",
+        window_help=f"seconds each pass of an 8-thread run lasts, {PASSES_8T} passes a round "
+        f"(default {DEFAULTS['window']})",
     )
-    parser.add_argument("--select-ops", type=int, help="operations per round for 1-thread SELECT 1 (default ops/40)")
     parser.add_argument(
         "--connect-ops", type=int, help="operations per round for connect per operation (default ops/700)"
     )
-    parser.add_argument(
-        "--window",
-        type=float,
-        help=f"seconds each pass of an 8-thread run lasts, {PASSES_8T} passes a round (default {DEFAULTS['window']})",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny rounds: checks that everything runs, figures meaningless"
-    )
-    parser.add_argument("--seed", type=int, help="seed of the shuffling (default: random, recorded)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
-    args = parser.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for name, value in base.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.select_ops is None:
-        args.select_ops = max(args.ops // 40, 5)
-    if args.connect_ops is None:
-        args.connect_ops = max(args.ops // 700, 3)
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(2**32)
-    for name in ("rounds", "ops", "select_ops", "connect_ops"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not args.window > 0:
-        parser.error("--window must be more than 0")
-    return args
+    return peer_bench.resolve(parser, argv, {"select_ops": (40, 5), "connect_ops": (700, 3)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,38 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         quick=args.quick,
     )
-    started_at = datetime.now(UTC)
-    began = time.monotonic()
-
-    def progress(message: str) -> None:
-        print(f"[pool_bench {time.monotonic() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
-
+    run = peer_bench.Run("pool_bench")
     with ExitStack() as stack:
-        dsn = os.environ.get("DATABASE_URL") or None
-        embedded = dsn is None
-        if embedded:
-            from harness.services import EmbeddedPostgres
-
-            progress("starting an embedded PostgreSQL")
-            server = stack.enter_context(EmbeddedPostgres(max_connections=100))
-            dsn = server.url
-        machine = machine_info(dsn, embedded, APP_NAME, pool_bench_packages())
-        meter = CpuMeter(postmaster_pid(dsn) if embedded else None)
-        progress(f"opening pools (load average {machine['load_average_at_start']})")
+        dsn, machine, meter = run.server(stack, APP_NAME, pool_bench_packages())
+        run.progress(f"opening pools (load average {machine['load_average_at_start']})")
         contenders = build_contenders(dsn, stack)
-        progress(f"{plan.rounds} rounds x {len(SCENARIOS)} scenarios")
-        results, rounds = run_rounds(contenders, plan, progress)
+        run.progress(f"{plan.rounds} rounds x {len(SCENARIOS)} scenarios")
+        results, rounds = run_rounds(contenders, plan, run.progress)
         ours_stats = {key: c.pool.stats() for key, c in contenders.items() if c.pool is not None}
         machine["cpu_use"] = meter.result()
     machine["load_average_at_end"] = load_average()
 
     scenarios = summarize(results, contenders)
-    report = {
-        "benchmark": "pool_bench",
-        "format": 1,
-        "started_utc": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "duration_s": round(time.monotonic() - began, 1),
-        "config": {
+    report = run.report(
+        {
             "rounds": plan.rounds,
             "ops": plan.ops,
             "select_ops": plan.select_ops,
@@ -178,17 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             "quick": plan.quick,
             "settle_s": SETTLE,
         },
-        "machine": machine,
-        "contenders": {key: {"family": c.family, "config": c.config} for key, c in contenders.items()},
-        "scenarios": scenarios,
-        "derived": derive(scenarios),
-        "rounds": rounds,
-        "ours_pool_stats": ours_stats,
-    }
-    print_report(report)
-    json_path, md_path = write_results(report, args.out, started_at.strftime("%Y-%m-%dT%H%M%SZ"))
-    print(f"results: {json_path}\n         {md_path}")
-    return 0
+        machine,
+        contenders,
+    )
+    report.update(scenarios=scenarios, derived=derive(scenarios), rounds=rounds, ours_pool_stats=ours_stats)
+    return run.finish(report, args.out, print_report, markdown)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""The asyncio pool: one per process and event loop, FIFO on futures, cancellation-safe, fork-safe."""
+"""The asyncio pool: one per process and event loop, FIFO on futures, cancellation-safe, fork-safe.
+
+The tests that take the `aio_driver` fixture run on both of its drivers, psycopg 3 and asyncpg: the pool's
+logic is the same on either. The others use psycopg 3's connection; what the asyncpg driver decides on its
+own (its transaction model, session defaults, DSN, failover) is in tests/test_aio_pool_asyncpg.py.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,31 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
 import forkpool
 from forkpool import stats as keys
+from forkpool._drivers_async import kept_after_fork
+from tests.conftest import on_devnull
+
+T = TypeVar("T")
+
+AIO_DRIVERS = ("psycopg", "asyncpg")
 
 
-def run(coro):
+@pytest.fixture(params=AIO_DRIVERS)
+def aio_driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per driver of the asyncio pool (DB_POOL_DRIVER), skipped where it is not installed."""
+    if importlib.util.find_spec(request.param) is None:
+        pytest.skip(f"driver {request.param} is not installed")
+    monkeypatch.setenv("DB_POOL_DRIVER", request.param)
+    return str(request.param)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -28,9 +50,35 @@ def invariants(snapshot: dict) -> bool:
     )
 
 
-async def backend_pid(conn) -> int:
-    cur = await conn.execute("SELECT pg_backend_pid()")
+async def scalar(conn: Any, sql: str) -> Any:
+    """The first value of the first row, on a connection of either driver."""
+    if hasattr(conn, "fetchval"):  # asyncpg
+        return await conn.fetchval(sql)
+    cur = await conn.execute(sql)  # psycopg 3
     return (await cur.fetchone())[0]
+
+
+async def backend_pid(conn: Any) -> int:
+    return int(await scalar(conn, "SELECT pg_backend_pid()"))
+
+
+async def pids_of_all(pool: forkpool.AsyncPool, count: int = 2) -> list[int]:
+    """Check out `count` connections at once and give them back: their sessions' server pids."""
+    conns = [await pool.getconn() for _ in range(count)]
+    pids = [await backend_pid(conn) for conn in conns]
+    for conn in conns:
+        await pool.putconn(conn)
+    return pids
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll between awaits, so the maintainer task keeps running."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def test_one_pool_per_loop_shared_by_its_coroutines_and_a_new_one_for_another_loop():
@@ -73,12 +121,12 @@ def test_a_block_commits_on_success_rolls_back_on_error_and_always_returns(sessi
     assert set(snapshot) == set(keys.ALL_KEYS)
 
 
-def test_waiters_are_served_fifo_and_time_out_with_pool_timeout():
-    forkpool.configure(min_size=1, max_size=1, timeout=30)
+def test_waiters_are_served_fifo_up_to_the_ceiling_and_time_out_with_pool_timeout(aio_driver, count_settles):
+    forkpool.configure(min_size=1, max_size=2, timeout=30)
 
     async def main():
         pool = await forkpool.get_async_pool()
-        held = await pool.getconn()
+        held = [await pool.getconn(), await pool.getconn()]
         order: list[int] = []
 
         async def wait_turn(number: int) -> None:
@@ -87,21 +135,23 @@ def test_waiters_are_served_fifo_and_time_out_with_pool_timeout():
                 await conn.execute("SELECT 1")
 
         waiters = [asyncio.create_task(wait_turn(n)) for n in range(8)]
-        await asyncio.sleep(0.1)  # all queued, in creation order
-        assert pool.stats()[keys.WAITING] == 8
-        await pool.putconn(held)
+        assert await until(lambda: pool.stats()[keys.WAITING] == 8)  # all queued, in creation order
+        assert await asyncio.to_thread(count_settles, 2) == 2  # the ceiling: no third session
+        await pool.putconn(held.pop())
         await asyncio.gather(*waiters)
-        held = await pool.getconn()
+        held.append(await pool.getconn())
         with pytest.raises(forkpool.PoolTimeout):
             await pool.getconn(timeout=0.2)
-        await pool.putconn(held)
+        for conn in held:
+            await pool.putconn(conn)
         snapshot = pool.stats()
         await forkpool.close_async_pools()
         return order, snapshot
 
     order, snapshot = run(main())
     assert order == list(range(8))
-    assert snapshot[keys.TIMEOUTS] == 1 and snapshot[keys.WAITING] == 0 and invariants(snapshot)
+    assert snapshot[keys.TIMEOUTS] == 1 and snapshot[keys.WAITING] == 0 and snapshot[keys.SIZE] == 2
+    assert invariants(snapshot)
 
 
 def test_max_waiting_refuses_the_next_caller():
@@ -121,7 +171,13 @@ def test_max_waiting_refuses_the_next_caller():
     run(main())
 
 
-def test_cancellation_loses_no_connection_and_leaves_no_ghost_in_the_queue():
+IN_FLIGHT = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE application_name LIKE %s AND state = 'active' AND query LIKE 'SELECT pg_sleep%%'"
+)
+
+
+def test_cancellation_loses_no_connection_and_leaves_no_ghost_in_the_queue(aio_driver, admin, suite_id):
     forkpool.configure(min_size=2, max_size=2)
 
     async def main():
@@ -130,7 +186,7 @@ def test_cancellation_loses_no_connection_and_leaves_no_ghost_in_the_queue():
         held = [await pool.getconn(), await pool.getconn()]
         # Cancelled while waiting: off the queue.
         waiting = [asyncio.create_task(pool.getconn(timeout=30)) for _ in range(5)]
-        await asyncio.sleep(0.05)
+        assert await until(lambda: pool.stats()[keys.WAITING] == 5)
         for task in waiting[::2]:
             task.cancel()
         await asyncio.sleep(0)
@@ -147,13 +203,14 @@ def test_cancellation_loses_no_connection_and_leaves_no_ghost_in_the_queue():
                 await conn.execute("SELECT pg_sleep(5)")
 
         tasks = [asyncio.create_task(slow()) for _ in range(2)]
-        await asyncio.sleep(0.3)
+        assert await until(lambda: admin(IN_FLIGHT, f"{suite_id}:%")[0][0] == 2)  # both running on the server
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         assert await pool.wait(10)  # the maintainer replaced whatever was discarded
-        async with pool.connection() as conn:
-            await conn.execute("SELECT 1")
+        for _ in range(4):
+            async with pool.connection() as conn:
+                assert await scalar(conn, "SELECT 1") == 1
         snapshot = pool.stats()
         await forkpool.close_async_pools()
         return snapshot
@@ -223,16 +280,20 @@ def test_a_caller_cancelled_during_the_pre_use_check_or_a_reset_loses_no_connect
     assert snapshot[keys.IN_USE] == 0 and snapshot[keys.TIMEOUTS] == 0 and invariants(snapshot)
 
 
-def test_a_server_side_kill_is_discarded_and_the_pool_refills(admin, suite_id):
+def test_a_server_side_kill_is_discarded_and_the_pool_refills(aio_driver, admin, suite_id):
     forkpool.configure(min_size=2, max_size=2, check_idle=0)
 
     async def main():
         pool = await forkpool.get_async_pool()
         assert await pool.wait(10)
-        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s", f"{suite_id}:%")
+        await asyncio.to_thread(
+            admin,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+            f"{suite_id}:%",
+        )
         for _ in range(4):
             async with pool.connection() as conn:
-                await conn.execute("SELECT 1")  # never handed a dead one: the pre-use check caught them
+                assert await scalar(conn, "SELECT 1") == 1  # never a dead one: the pre-use check caught them
         assert await pool.wait(10)
         snapshot = pool.stats()
         await forkpool.close_async_pools()
@@ -242,7 +303,7 @@ def test_a_server_side_kill_is_discarded_and_the_pool_refills(admin, suite_id):
     assert snapshot[keys.CONNECTIONS_DISCARDED] >= 2 and snapshot[keys.SIZE] == 2 and invariants(snapshot)
 
 
-def test_reuse_within_the_idle_threshold_costs_no_round_trip():
+def test_reuse_within_the_idle_threshold_costs_no_round_trip(aio_driver):
     forkpool.configure(min_size=1, max_size=1, check_idle=5)
 
     async def main():
@@ -257,27 +318,28 @@ def test_reuse_within_the_idle_threshold_costs_no_round_trip():
     assert run(main())[keys.CHECKS] == 0
 
 
-def test_a_forked_child_gets_its_own_async_pool_and_the_parents_sessions_survive(count_settles):
+def test_a_forked_child_gets_its_own_async_pool_and_the_parents_sessions_survive(aio_driver, count_settles):
     forkpool.configure(min_size=2, max_size=2)
 
     async def parent_pids():
         pool = await forkpool.get_async_pool()
         assert await pool.wait(10)
-        conns = [await pool.getconn(), await pool.getconn()]
-        pids = [await backend_pid(c) for c in conns]
-        for conn in conns:
-            await pool.putconn(conn)
-        return pool, pids
+        return pool, await pids_of_all(pool)
 
     loop = asyncio.new_event_loop()
     try:
         pool, before = loop.run_until_complete(parent_pids())
+        sockets = [pool._driver.socket_fd(entry.conn) for entry in pool._idle]
         read_fd, write_fd = os.pipe()
         child = os.fork()
         if child == 0:
             code = 1
             try:
                 assert pool.closed  # the inherited one is detached: PoolClosed on use
+                if aio_driver == "asyncpg":  # no fork guard of its own: the driver's drop_without_io
+                    # Its connections' sockets point at /dev/null, and the objects are kept, never collected.
+                    assert len(sockets) == 2 and all(on_devnull(fd) for fd in sockets)
+                    assert len(kept_after_fork()) == 2
 
                 async def own():
                     mine = await forkpool.get_async_pool()
@@ -301,16 +363,6 @@ def test_a_forked_child_gets_its_own_async_pool_and_the_parents_sessions_survive
         loop.close()
 
 
-async def until(predicate, timeout: float = 10.0) -> bool:
-    """Poll between awaits, so the maintainer task keeps running."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
 def test_idle_trimming_goes_back_to_min_size_with_the_same_counts():
     forkpool.configure(min_size=1, max_size=3, max_idle=0.3, max_lifetime=0)  # idle trimming only
 
@@ -332,20 +384,13 @@ def test_idle_trimming_goes_back_to_min_size_with_the_same_counts():
 def test_lifetime_trimming_replaces_idle_and_returned_connections_with_new_sessions():
     forkpool.configure(min_size=2, max_size=2, max_lifetime=0.5, max_idle=0)  # lifetime only
 
-    async def pids_of_both(pool):
-        conns = [await pool.getconn(), await pool.getconn()]
-        pids = {await backend_pid(c) for c in conns}
-        for conn in conns:
-            await pool.putconn(conn)
-        return pids
-
     async def main():
         pool = await forkpool.get_async_pool()
         assert await pool.wait(10)
-        first = await pids_of_both(pool)
+        first = set(await pids_of_all(pool))
         # Idle past its lifetime: the maintainer closes it and refills to min_size.
         assert await until(lambda: pool.stats()[keys.CONNECTIONS_CLOSED] >= 2 and pool.stats()[keys.SIZE] == 2)
-        second = await pids_of_both(pool)
+        second = set(await pids_of_all(pool))
         # Checked out past their lifetime (nothing idle for the maintainer to trim meanwhile):
         # closed on return, not put back idle.
         closed = pool.stats()[keys.CONNECTIONS_CLOSED]
@@ -419,40 +464,54 @@ def test_reload_and_double_import_do_not_create_a_second_async_pool(count_settle
     assert stats == [pool.name] and sessions == 2  # one pool, two sessions: nothing opened twice
 
 
-def test_async_connections_carry_the_network_bounds(database_url):
-    """Read back from the socket itself, as tests/test_settings.py does for the threaded pool, and libpq's
-    connect_timeout from the connection's options; then a server that accepts and never answers fails a
+# A server that never answers, per driver: the DSN's query, connect_timeout, and the least the connect may
+# take. libpq's (and psycopg's) connect_timeout is 2 s at the least; asyncpg takes fractions.
+SILENT_SERVER = {"psycopg": ("", 2.0, 1.5), "asyncpg": ("?sslmode=disable", 1.5, 1.0)}
+
+
+def test_connections_carry_the_network_bounds_and_a_silent_server_fails_within_connect_timeout(aio_driver):
+    """Read back from the socket itself, as tests/test_settings.py does for the threaded pool (on psycopg 3, libpq's
+    connect_timeout too, from the connection's options); then a server that accepts and never answers fails a
     connect within connect_timeout instead of hanging it."""
     forkpool.configure(min_size=1, max_size=1)
 
     async def options():
         pool = await forkpool.get_async_pool()
-        async with pool.connection() as conn:
-            sock = socket.socket(fileno=os.dup(conn.fileno()))
-            try:
-                kernel = (
-                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-                )
-            finally:
-                sock.close()
-            libpq = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
-        await forkpool.close_async_pools()
-        return kernel, libpq
+        try:
+            async with pool.connection() as conn:
+                sock = socket.socket(fileno=os.dup(pool._driver.socket_fd(conn)))
+                try:
+                    kernel = (
+                        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                    )
+                finally:
+                    sock.close()
+                libpq: dict[str, str] = {}  # asyncpg has no libpq
+                if aio_driver == "psycopg":
+                    libpq = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+            return kernel, libpq
+        finally:
+            await forkpool.close_async_pools()
 
     kernel, libpq = run(options())
     assert kernel == (1, 5, 2, 3, 10000)
-    assert libpq["connect_timeout"] == "5"
+    if aio_driver == "psycopg":
+        assert libpq["connect_timeout"] == "5"
 
+    query, connect_timeout, least = SILENT_SERVER[aio_driver]
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # the kernel completes the handshake; nothing ever reads or answers
     try:
         forkpool.configure(
-            dsn=f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/db", min_size=0, max_size=1, connect_timeout=2
+            dsn=f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/db{query}",
+            min_size=0,
+            max_size=1,
+            connect_timeout=connect_timeout,
         )
 
         async def connect_to_silence():
@@ -470,5 +529,5 @@ def test_async_connections_carry_the_network_bounds(database_url):
         waited = run(connect_to_silence())
     finally:
         silent.close()
-    # libpq's (and psycopg's) connect_timeout: 2 s, its minimum; not the caller's 10 s, and not a refusal
-    assert 1.5 < waited < 6, waited
+    # the driver's connect_timeout: not the caller's 10 s, and not a refusal
+    assert least < waited < 6, waited

@@ -1,12 +1,14 @@
 """The asyncio pool on asyncpg (``driver="asyncpg"``): asyncpg's connections, the same pool, fork-safe.
 
-The pool's logic is the one tests/test_aio_pool.py proves on psycopg 3; here,
-what the asyncpg driver decides: no implicit transaction (the block neither
+The pool's logic is proven on both drivers in tests/test_aio_pool.py (its tests
+that take the `aio_driver` fixture: waiters, cancellation, server-side kills,
+the idle threshold, fork, the network bounds on the socket); here, what the
+asyncpg driver decides on its own: no implicit transaction (the block neither
 commits nor rolls back; a transaction left open is rolled back on return), the
-session state as the session's defaults, the DSN read into asyncpg's arguments
-(multi-host, target_session_attrs), the network bounds on the socket, a fork
-that detaches inherited connections with no I/O (asyncpg has no fork guard of
-its own), and failover's 25006.
+session state as the session's defaults, the configure hook and reset, prepared
+statements, listeners, sessions the server ended, the goodbye of forked
+children (asyncpg has no fork guard of its own), the DSN read into asyncpg's
+arguments (multi-host, target_session_attrs), and failover's 25006.
 """
 
 from __future__ import annotations
@@ -15,20 +17,17 @@ import ast
 import asyncio
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 import forkpool
 from forkpool import stats as keys
-from forkpool._drivers_async import kept_after_fork
 from harness.failover import WRITERS, Load, prepare
-from tests.conftest import on_devnull, wait_for
+from tests.conftest import wait_for
 from tests.runner_support import holders, logged_pg, without_goodbye  # noqa: F401 - logged_pg is a fixture
-from tests.test_aio_pool import invariants, until
+from tests.test_aio_pool import backend_pid, invariants, pids_of_all, run, until
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -38,14 +37,6 @@ INSERT = "INSERT INTO writes (writer, n) VALUES ($1, $2)"
 @pytest.fixture(autouse=True)
 def _asyncpg_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_POOL_DRIVER", "asyncpg")
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-async def backend_pid(conn) -> int:
-    return await conn.fetchval("SELECT pg_backend_pid()")
 
 
 def test_a_block_yields_an_asyncpg_connection_and_opens_no_transaction(sessions, suite_id):
@@ -232,91 +223,6 @@ def test_listeners_left_behind_are_removed_on_return():
     assert channels == 0 and heard == []
 
 
-def test_waiters_are_served_fifo_up_to_the_ceiling_and_time_out_with_pool_timeout(count_settles):
-    forkpool.configure(min_size=1, max_size=2, timeout=30)
-
-    async def main():
-        pool = await forkpool.get_async_pool()
-        held = [await pool.getconn(), await pool.getconn()]
-        order: list[int] = []
-
-        async def wait_turn(number: int) -> None:
-            async with pool.connection() as conn:
-                order.append(number)
-                await conn.execute("SELECT 1")
-
-        waiters = [asyncio.create_task(wait_turn(n)) for n in range(8)]
-        assert await until(lambda: pool.stats()[keys.WAITING] == 8)
-        assert await asyncio.to_thread(count_settles, 2) == 2  # the ceiling: no third session
-        await pool.putconn(held.pop())
-        await asyncio.gather(*waiters)
-        held.append(await pool.getconn())
-        with pytest.raises(forkpool.PoolTimeout):
-            await pool.getconn(timeout=0.2)
-        for conn in held:
-            await pool.putconn(conn)
-        snapshot = pool.stats()
-        await forkpool.close_async_pools()
-        return order, snapshot
-
-    order, snapshot = run(main())
-    assert order == list(range(8))
-    assert snapshot[keys.TIMEOUTS] == 1 and snapshot[keys.WAITING] == 0 and snapshot[keys.SIZE] == 2
-    assert invariants(snapshot)
-
-
-def test_a_query_cancelled_mid_flight_loses_no_connection():
-    forkpool.configure(min_size=2, max_size=2)
-
-    async def main():
-        pool = await forkpool.get_async_pool()
-        assert await pool.wait(10)
-
-        async def slow():
-            async with pool.connection() as conn:
-                await conn.execute("SELECT pg_sleep(5)")
-
-        tasks = [asyncio.create_task(slow()) for _ in range(2)]
-        assert await until(lambda: pool.stats()[keys.IN_USE] == 2)
-        await asyncio.sleep(0.1)  # not a wait for an outcome: lets the queries reach the server
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        assert await pool.wait(10)
-        for _ in range(4):
-            async with pool.connection() as conn:
-                assert await conn.fetchval("SELECT 1") == 1
-        snapshot = pool.stats()
-        await forkpool.close_async_pools()
-        return snapshot
-
-    snapshot = run(main())
-    assert snapshot[keys.IN_USE] == 0 and snapshot[keys.SIZE] == 2 and invariants(snapshot)
-
-
-def test_a_server_side_kill_is_discarded_and_the_pool_refills(admin, suite_id):
-    forkpool.configure(min_size=2, max_size=2, check_idle=0)
-
-    async def main():
-        pool = await forkpool.get_async_pool()
-        assert await pool.wait(10)
-        await asyncio.to_thread(
-            admin,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
-            f"{suite_id}:%",
-        )
-        for _ in range(4):
-            async with pool.connection() as conn:
-                assert await conn.fetchval("SELECT 1") == 1  # never a dead one: the pre-use check caught them
-        assert await pool.wait(10)
-        snapshot = pool.stats()
-        await forkpool.close_async_pools()
-        return snapshot
-
-    snapshot = run(main())
-    assert snapshot[keys.CONNECTIONS_DISCARDED] >= 2 and snapshot[keys.SIZE] == 2 and invariants(snapshot)
-
-
 def test_sessions_the_server_ended_are_never_lent_within_the_idle_threshold(admin, suite_id):
     """asyncpg's loop reads the server's goodbye as it comes, so no news is left on the socket for the pool's
     poll (whose descriptor asyncpg closes, and may give to a new connection): the pool asks the connection
@@ -346,69 +252,6 @@ def test_sessions_the_server_ended_are_never_lent_within_the_idle_threshold(admi
     assert before.isdisjoint(after) and snapshot[keys.CONNECTIONS_DISCARDED] == 2 and invariants(snapshot)
 
 
-def test_reuse_within_the_idle_threshold_costs_no_round_trip():
-    forkpool.configure(min_size=1, max_size=1, check_idle=5)
-
-    async def main():
-        pool = await forkpool.get_async_pool()
-        for _ in range(50):
-            async with pool.connection():
-                pass
-        snapshot = pool.stats()
-        await forkpool.close_async_pools()
-        return snapshot
-
-    assert run(main())[keys.CHECKS] == 0
-
-
-def test_a_forked_child_gets_its_own_pool_and_the_parents_sessions_survive(count_settles):
-    forkpool.configure(min_size=2, max_size=2)
-
-    async def parent_pids():
-        pool = await forkpool.get_async_pool()
-        assert await pool.wait(10)
-        conns = [await pool.getconn(), await pool.getconn()]
-        pids = [await backend_pid(c) for c in conns]
-        for conn in conns:
-            await pool.putconn(conn)
-        return pool, pids
-
-    loop = asyncio.new_event_loop()
-    try:
-        pool, before = loop.run_until_complete(parent_pids())
-        sockets = [pool._driver.socket_fd(entry.conn) for entry in pool._idle]
-        read_fd, write_fd = os.pipe()
-        child = os.fork()
-        if child == 0:
-            code = 1
-            try:
-                assert pool.closed  # the inherited one is detached: PoolClosed on use
-                # Its connections' sockets point at /dev/null, and the objects are kept, never collected.
-                assert len(sockets) == 2 and all(on_devnull(fd) for fd in sockets)
-                assert len(kept_after_fork()) == 2
-
-                async def own():
-                    mine = await forkpool.get_async_pool()
-                    async with mine.connection() as conn:
-                        pid = await backend_pid(conn)
-                    await forkpool.close_async_pools()
-                    return mine is not pool and pid not in before
-
-                os.write(write_fd, b"ok" if asyncio.run(own()) else b"no")
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        assert os.read(read_fd, 2) == b"ok"
-        os.waitpid(child, 0)
-        assert count_settles(2) == 2
-        _, after = loop.run_until_complete(parent_pids())
-        assert sorted(after) == sorted(before)
-        loop.run_until_complete(forkpool.close_async_pools())
-    finally:
-        loop.close()
-
-
 def _mp_child(queue) -> None:
     """A multiprocessing child: its own pool in its own loop, closed at the end (asyncio.run's lifespan)."""
 
@@ -433,11 +276,7 @@ def test_children_forked_from_an_open_pool_end_their_own_sessions_with_a_goodbye
     async def parent_pids():
         pool = await forkpool.get_async_pool()
         assert await pool.wait(10)
-        conns = [await pool.getconn(), await pool.getconn()]
-        pids = [await backend_pid(c) for c in conns]
-        for conn in conns:
-            await pool.putconn(conn)
-        return pids
+        return await pids_of_all(pool)
 
     try:
         before = loop.run_until_complete(parent_pids())
@@ -618,58 +457,6 @@ except forkpool.MissingExtra as exc:
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "pip install 'forkpool[asyncpg]'" in result.stdout
-
-
-def test_connections_carry_the_network_bounds_and_a_silent_server_fails_within_connect_timeout():
-    forkpool.configure(min_size=1, max_size=1)
-
-    async def options():
-        pool = await forkpool.get_async_pool()
-        async with pool.connection() as conn:
-            sock = socket.socket(fileno=os.dup(pool._driver.socket_fd(conn)))
-            try:
-                if sock.family not in (socket.AF_INET, socket.AF_INET6):
-                    return None
-                return (
-                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-                )
-            finally:
-                sock.close()
-                await forkpool.close_async_pools()
-
-    kernel = run(options())
-    assert kernel == (1, 5, 2, 3, 10000)
-
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen()  # the kernel completes the handshake; nothing ever reads or answers
-    try:
-        forkpool.configure(
-            dsn=f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/db?sslmode=disable",
-            min_size=0,
-            max_size=1,
-            connect_timeout=1.5,
-        )
-
-        async def connect_to_silence():
-            pool = await forkpool.get_async_pool()
-            started = time.monotonic()
-            try:
-                with pytest.raises(forkpool.ConnectError):
-                    async with asyncio.timeout(8):
-                        await pool.getconn(timeout=10)
-                return time.monotonic() - started
-            finally:
-                await forkpool.close_async_pools()
-
-        waited = run(connect_to_silence())
-    finally:
-        silent.close()
-    assert 1.0 < waited < 6, waited  # connect_timeout (asyncpg takes fractions), not the caller's 10 s
 
 
 def test_the_pool_follows_the_primary_on_25006(pg_pair, suite_id):

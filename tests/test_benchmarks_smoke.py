@@ -7,10 +7,41 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(module: str, *args: str, out: Path | None = None, timeout: float = 55) -> str:
+    """`python -m benchmarks.MODULE --quick ARGS [--out OUT]` from the repository's root, in this test's
+    environment (the autouse fixture's DATABASE_URL: the session's server); it must exit 0. Its stdout."""
+    argv = [sys.executable, "-m", f"benchmarks.{module}", "--quick", *args]
+    if out is not None:
+        argv += ["--out", str(out)]
+    proc = subprocess.run(argv, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def quick_report(module: str, out: Path, *args: str, timeout: float = 55) -> tuple[dict[str, Any], str]:
+    """Run the benchmark (run_quick) into `out`: the one JSON report and the one Markdown page it wrote there,
+    the page titled with the module's name."""
+    run_quick(module, *args, out=out, timeout=timeout)
+    [json_file] = out.glob(f"{module}_*.json")
+    [md_file] = out.glob(f"{module}_*.md")
+    markdown = md_file.read_text()
+    assert markdown.startswith(f"# {module}")
+    return json.loads(json_file.read_text()), markdown
+
+
+def quick_text(module: str, out: Path) -> str:
+    """Run the benchmark (run_quick) into `out`: the one text file it wrote there."""
+    run_quick(module, out=out)
+    [text_file] = out.glob(f"{module}_*.txt")
+    return text_file.read_text()
+
 
 SCENARIOS = {"checkout_1t", "checkout_8t", "select1_1t", "select1_8t", "checked_select1_1t", "checked_select1_8t"}
 PEERS = {"ours", "psycopg2", "psycopg_pool", "sqlalchemy", "connect"}
@@ -20,19 +51,7 @@ PEERS = {"ours", "psycopg2", "psycopg_pool", "sqlalchemy", "connect"}
 def test_quick_benchmark_reports_every_contender_and_scenario(tmp_path: Path, database_url: str) -> None:
     # The autouse fixture has set DATABASE_URL: the benchmark uses this session's server.
     assert os.environ["DATABASE_URL"] == database_url
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.pool_bench", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=55,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    [json_file] = tmp_path.glob("pool_bench_*.json")
-    [md_file] = tmp_path.glob("pool_bench_*.md")
-    assert md_file.read_text().startswith("# pool_bench")
-    report = json.loads(json_file.read_text())
+    report, _ = quick_report("pool_bench", tmp_path)
 
     machine = report["machine"]
     assert machine["cpu_model"] and machine["cpu_count"] >= 1
@@ -82,19 +101,7 @@ AIO_POOLS = {"ours", "ours_b", "psycopg_pool", "asyncpg", "asyncpg_noreset"}
 def test_quick_aio_benchmark_reports_every_contender_and_scenario(tmp_path: Path, database_url: str) -> None:
     pytest.importorskip("asyncpg")
     assert os.environ["DATABASE_URL"] == database_url  # the session's server, as pool_bench
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.aio_bench", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=55,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    [json_file] = tmp_path.glob("aio_bench_*.json")
-    [md_file] = tmp_path.glob("aio_bench_*.md")
-    assert md_file.read_text().startswith("# aio_bench")
-    report = json.loads(json_file.read_text())
+    report, _ = quick_report("aio_bench", tmp_path)
 
     machine = report["machine"]
     assert machine["postgresql"]["version"] and machine["cpu_use"]["machine_busy_pct"] >= 0
@@ -127,17 +134,7 @@ def test_quick_aio_benchmark_reports_every_contender_and_scenario(tmp_path: Path
 
 @pytest.mark.timeout(60)
 def test_quick_psycopg3_profile_runs(tmp_path: Path, database_url: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.psycopg3_profile", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=55,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    [text_file] = tmp_path.glob("psycopg3_profile_*.txt")
-    text = text_file.read_text()
+    text = quick_text("psycopg3_profile", tmp_path)
     for case in (
         "driver='psycopg', checkout",
         "driver='psycopg2', select1",
@@ -162,28 +159,7 @@ CELERY_VARIANTS = {f"prefork/{mode}" for mode in ("pool", "connect", "floor")}
 def test_quick_suite_benchmark_reports_every_variant(tmp_path: Path) -> None:
     # Its own embedded PostgreSQL and Redis: the session's servers are not used.
     # The WSGI classes and Celery; the asgi class has a test of its own (each well within the timeout).
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.suite_bench",
-            "--quick",
-            "--web-classes",
-            "sync,gthread",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=58,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    [json_file] = tmp_path.glob("suite_bench_*.json")
-    [md_file] = tmp_path.glob("suite_bench_*.md")
-    assert md_file.read_text().startswith("# suite_bench")
-    report = json.loads(json_file.read_text())
+    report, _ = quick_report("suite_bench", tmp_path, "--web-classes", "sync,gthread", timeout=58)
     assert report["config"]["load_generator"]["name"] in ("wrk", "python")
     assert report["machine"]["postgresql"]["version"] and report["machine"]["redis"]
 
@@ -222,31 +198,10 @@ ASGI_VARIANTS = {f"asgi/{mode}" for mode in ("pool", "connect", "floor", "floor-
 def test_quick_suite_benchmark_asgi_tier(tmp_path: Path) -> None:
     # Gunicorn with uvicorn workers, on suite_bench's own embedded PostgreSQL and Redis; no Celery phase.
     pytest.importorskip("uvicorn_worker")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.suite_bench",
-            "--quick",
-            "--web-classes",
-            "asgi",
-            "--celery-rounds",
-            "0",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=58,
+    report, markdown = quick_report(
+        "suite_bench", tmp_path, "--web-classes", "asgi", "--celery-rounds", "0", timeout=58
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    [json_file] = tmp_path.glob("suite_bench_*.json")
-    [md_file] = tmp_path.glob("suite_bench_*.md")
-    markdown = md_file.read_text()
-    assert markdown.startswith("# suite_bench") and "uvicorn_worker.UvicornWorker" in markdown
-    report = json.loads(json_file.read_text())
+    assert "uvicorn_worker.UvicornWorker" in markdown
     assert report["config"]["web_classes"] == ["asgi"] and report["config"]["celery_rounds"] == 0
     machine = report["machine"]
     assert machine["packages"]["uvicorn"] and machine["packages"]["psycopg"]
@@ -277,17 +232,7 @@ def test_quick_suite_benchmark_asgi_tier(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_quick_asgi_profile_runs(tmp_path: Path, database_url: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.asgi_profile", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=55,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    [text_file] = tmp_path.glob("asgi_profile_*.txt")
-    text = text_file.read_text()
+    text = quick_text("asgi_profile", tmp_path)
     for row in ("  pool ", "  floor ", "  floor-b (A/A) ", "cProfile of the pool's cycle", "_pool_async.py"):
         assert row in text, row
 
@@ -337,14 +282,6 @@ def test_close_each_request_is_asked_of_wrk(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.timeout(60)
 def test_quick_autocommit_benchmark_prints_every_contender(database_url: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.autocommit_bench", "--quick"],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=55,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()}
-    assert {"after", "before_txn", "before_toggle", "after_block", "psycopg2_tcp"} <= rows, proc.stdout
+    stdout = run_quick("autocommit_bench")
+    rows = {line.split()[0] for line in stdout.splitlines()[2:] if line.strip()}
+    assert {"after", "before_txn", "before_toggle", "after_block", "psycopg2_tcp"} <= rows, stdout
