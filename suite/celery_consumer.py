@@ -26,12 +26,29 @@ disconnected by the failed read). The unacked message stays in Redis's unacked
 index and comes back after ``visibility_timeout``; the running task's own ack
 still goes through the channel's pool once Redis is back, so it is not run twice.
 Checked on Celery 5.7.0 with kombu 5.7.0 (tests/test_faults.py, redis-restart).
+
+What ``collect()`` leaves open, this consumer releases (``_release``). The
+consumer's channel keeps a socket in its connection pool (the pool that acks,
+restores and runs kombu's scripts, not the BRPOP one) after the broker is gone,
+and the channel itself outlives the connection: either its close stopped at the
+failed BRPOP read (nothing released, and kombu's exit hook for its unacked
+messages, a ``multiprocessing.util.Finalize``, holds it until the worker exits),
+or its close went on to restore the unacked messages, failed there, and a late
+ack reconnected the pool it had rebuilt for that. Left alone: one descriptor per
+broker loss in the Celery main process, a socket Redis has closed (CLOSE_WAIT),
+and one more in every pool process forked after it (forkpool points the child's
+copy at /dev/null; the descriptor stays). The 60-minute soak's +8 after 12 Redis
+restarts (docs/reliability.md; tests/test_celery_broker_restart.py). Releasing needs no broker: the pools' sockets are
+closed and the pools kept, so the running task's ack still goes through once Redis
+is back; every such channel is remembered (weakly) and its sockets closed again at
+each later loss, and one with nothing left unacked is closed for good.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 
 from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import consumer as celery_consumer
@@ -50,7 +67,8 @@ COLLECT_SOCKET_TIMEOUT = getattr(celery_consumer, "COLLECT_SOCKET_TIMEOUT", 5.0)
 
 
 class Consumer(celery_consumer.Consumer):
-    """Celery's consumer; a broken broker connection is collected, never closed a second time."""
+    """Celery's consumer; a broken broker connection is collected, never closed a second time, and what
+    collect() leaves open is released without the broker."""
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
         if self.app.conf.worker_cancel_long_running_tasks_on_connection_loss:
@@ -62,9 +80,49 @@ class Consumer(celery_consumer.Consumer):
         connection, self.connection = self.connection, None
         if connection is None:
             return
+        # The channel the tasks came on: the one whose BRPOP read fails when collect() closes it.
+        channel = getattr(getattr(self, "task_consumer", None), "channel", None)
         bound_open_broker_sockets(connection, COLLECT_SOCKET_TIMEOUT)
         try:
             connection.collect(socket_timeout=COLLECT_SOCKET_TIMEOUT)
         except Exception:  # teardown of a dead connection; Celery ignores these too
             logger.debug("collecting the broken broker connection failed", exc_info=True)
+        self._release(channel)
         warnings.warn(celery_consumer.CANCEL_TASKS_BY_DEFAULT, CPendingDeprecationWarning, stacklevel=2)
+
+    def _release(self, channel: object | None) -> None:
+        """Close the sockets of the channels collect() left open, without a byte to the broker.
+
+        Every channel a connection loss left behind is remembered while something else keeps
+        it (the task requests' messages, kombu's exit hook), and its sockets are closed again
+        at each later loss: a late ack through it reconnects its pool in between. One whose
+        close stopped half-way and that holds no unacked message is closed for good.
+        """
+        old: weakref.WeakSet[object] = self.__dict__.setdefault("_old_channels", weakref.WeakSet())
+        if channel is not None:
+            old.add(channel)
+        for each in list(old):
+            try:
+                _disconnect_pools(each)
+                if not getattr(each, "closed", True) and _settled(each):
+                    each.close()  # nothing to restore, no fanout queue to delete: no I/O
+            except Exception:
+                logger.debug("releasing a broken broker channel failed", exc_info=True)
+
+
+def _disconnect_pools(channel: object) -> None:
+    """Close the sockets of kombu's Redis channel (both of its redis-py pools); the pools stay usable."""
+    for name in ("_pool", "_async_pool"):
+        pool = getattr(channel, name, None)
+        if pool is not None:
+            pool.disconnect()
+
+
+def _settled(channel: object) -> bool:
+    """Whether closing `channel` does no I/O: no unacked message to restore, no fanout queue to delete."""
+    qos = getattr(channel, "_qos", None)
+    if qos is not None:
+        qos._flush()  # acks already sent, not yet dropped from the delivered map
+        if qos._delivered:
+            return False
+    return not getattr(channel, "auto_delete_queues", None) and not getattr(channel, "_in_poll", None)
