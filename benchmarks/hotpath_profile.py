@@ -58,6 +58,10 @@ class Before(forkpool.Pool):
     """The checkout as it was before the hot-path change (8e02f54): a getpid() system call for the fork
     check, then _take_idle() and _usable() as calls, settings read through the settings object."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._counts_before = {"checkouts": 0}
+
     def getconn(self, timeout: float | None = None) -> Any:
         if self.pid != _getpid():
             return super().getconn(timeout)  # the rare paths stay the stock pool's
@@ -79,7 +83,7 @@ class Before(forkpool.Pool):
                 entry.checked_out_at = self.last_active = _monotonic()
                 entry.leak_reported = False
                 self._in_use[entry.conn] = entry
-                self._counts["checkouts"] += 1
+                self._counts_before["checkouts"] += 1  # the count as it was: a dict entry
                 return entry
         return None
 

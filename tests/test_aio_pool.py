@@ -229,8 +229,7 @@ def test_a_waiter_cancelled_just_after_being_served_gives_the_connection_to_the_
         held = await pool.getconn()
         first = asyncio.create_task(pool.getconn(timeout=30))
         second = asyncio.create_task(pool.getconn(timeout=5))
-        await asyncio.sleep(0.05)
-        assert pool.stats()[keys.WAITING] == 2
+        assert await until(lambda: pool.stats()[keys.WAITING] == 2)
         await pool.putconn(held)  # the clean return has no await: `first` is served, not yet resumed
         served = pool.stats()
         first.cancel()

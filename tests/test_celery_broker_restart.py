@@ -31,7 +31,10 @@ from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+    pytest.mark.timeout(300),  # a worker's start and three restarts: its own waits are bounded below that
+]
 
 
 @pytest.fixture
@@ -108,10 +111,15 @@ def test_a_redis_restart_leaves_the_celery_worker_no_socket(
         assert before and not _closed_by_redis(main, broker.port)
 
         # 1: while a late-acknowledged task runs; it is done, and acknowledged through the old channel.
-        held = producer.send_task(TASK_HOLD, kwargs={"seconds": 2}, queue=queue)
+        held = producer.send_task(TASK_HOLD, kwargs={"seconds": 5}, queue=queue)
         assert wait_for(lambda: held.state == "STARTED", 30), held.state
+        probe = redis.Redis.from_url(broker.url)
+        try:
+            assert probe.hlen("unacked") == 1  # the premise: still running, its message unacked, as Redis goes
+        finally:
+            probe.close()
         broker.restart()
-        assert held.get(timeout=60)["held_seconds"] == 2
+        assert held.get(timeout=60)["held_seconds"] == 5
         a_task_through()
         acks = redis.Redis.from_url(broker.url)
         try:

@@ -381,8 +381,10 @@ class BasePool:
         # Connections last verified before this moment must be checked before use.
         self._suspect_before = 0.0
         self._last_connect_error = ""  # the latest refill failure, for the maintainer's log line
-        self._counts: dict[str, float] = dict.fromkeys(COUNTERS, 0)
-        self._checkouts = 0  # _counts[CHECKOUTS], kept apart: an int attribute is the cheapest count per checkout
+        # The checkout count is an int attribute, the cheapest count per checkout; no CHECKOUTS entry here,
+        # so a write to one fails loudly instead of being lost.
+        self._counts: dict[str, float] = dict.fromkeys((key for key in COUNTERS if key != CHECKOUTS), 0)
+        self._checkouts = 0
         self._wait_times: deque[float] = deque(maxlen=1000)  # queued waits, drained by the metrics export
         self.last_active = time.monotonic()  # last checkout: what least-recently-used eviction goes by
 
@@ -406,11 +408,11 @@ class BasePool:
         return self.settings.redact(describe_error(exc))
 
     def _snapshot(self, waiting: int) -> dict[str, Any]:
-        counts = {**self._counts, CHECKOUTS: self._checkouts}
+        counts = {key: self._checkouts if key == CHECKOUTS else self._counts[key] for key in COUNTERS}
         return snapshot(self, len(self._idle), len(self._in_use), waiting, self._opening, counts)
 
     def _lend(self, entry: Entry) -> Entry:
-        # Inlined in Pool.getconn(), which resets leak_reported only when a leak timeout is set: keep the two alike.
+        # Inlined in Pool.getconn(): keep the two alike.
         entry.checked_out_at = self.last_active = time.monotonic()
         entry.leak_reported = False
         self._in_use[entry.conn] = entry

@@ -139,6 +139,7 @@ class Pool(BasePool):
             if self._idle and not self._closed:
                 entry = self._idle.pop()
                 entry.checked_out_at = self.last_active = now = _monotonic()
+                entry.leak_reported = False
                 self._in_use[entry.conn] = entry
                 self._checkouts += 1
         if entry is None:
@@ -153,7 +154,6 @@ class Pool(BasePool):
             self._retire(entry, broken=True, checked_out=False)
             entry = self._checkout_slow(timeout)
         if self._leak_timeout:
-            entry.leak_reported = False  # read only when a leak timeout is set (_take_overdue_checkouts)
             entry.checkout_stack = format_checkout_stack()
         return entry.conn
 
