@@ -51,6 +51,8 @@ def engine_label(database_url: str) -> str:
 
 
 def protected_engine(database_url: str, size: int, overflow: int):
+    """A protected engine: the caller keeps it. forkpool holds protected objects weakly (an engine nobody
+    keeps is not a pool the process holds), so one left unreferenced goes at the next garbage collection."""
     return forkpool.protect(create_engine(sqlalchemy_url(database_url), pool_size=size, max_overflow=overflow))
 
 
@@ -58,7 +60,7 @@ def protected_engine(database_url: str, size: int, overflow: int):
 
 
 def test_a_protected_engine_is_held_at_its_maximum_and_the_unused_default_pool_is_not(database_url, forget_protected):
-    protected_engine(database_url, 5, 10)
+    engine = protected_engine(database_url, 5, 10)
     pools = held_pools()  # DATABASE_URL is set (conftest), DB_POOL_* is not: forkpool's pool is not in use
     assert [(p.label, p.backend, p.max_size, p.source, p.server) for p in pools] == [
         (engine_label(database_url), "postgresql", 15, "pool_size 5 + max_overflow 10", server_of(database_url))
@@ -66,12 +68,13 @@ def test_a_protected_engine_is_held_at_its_maximum_and_the_unused_default_pool_i
     # The check reads that engine's own server, with the engine's own DSN.
     limits = limits_or_reason(pools[0].dsn)
     assert isinstance(limits, ServerLimits) and limits.max_connections == 300
+    engine.dispose()
 
 
 def test_gthread_8_threads_fit_an_engine_of_8_and_are_refused_on_4_naming_the_engine(
     database_url, forget_protected, capsys
 ):
-    protected_engine(database_url, 5, 3)
+    engine = protected_engine(database_url, 5, 3)
     [line] = startup_check("web", WORKERS, THREADS)
     assert line == (
         f"web: 3 processes x pool 8 = 24 connections (+ 0 for other clients) of 297 available "
@@ -80,13 +83,15 @@ def test_gthread_8_threads_fit_an_engine_of_8_and_are_refused_on_4_naming_the_en
     )
     assert capsys.readouterr().err == f"forkpool: {line}\n"  # the verdict is seen, whatever the logging
     protection.unprotect_all()
-    protected_engine(database_url, 4, 0)
+    engine.dispose()
+    smaller = protected_engine(database_url, 4, 0)
     with pytest.raises(forkpool.ConfigError) as refused:
         startup_check("web", WORKERS, THREADS)
     assert str(refused.value) == (
         f"web: 8 threads per worker, but {engine_label(database_url)} holds at most 4 "
         f"(pool_size 4 + max_overflow 0){REFUSED_TAIL}"
     )
+    smaller.dispose()
 
 
 def test_pools_configured_in_code_are_counted_with_where_their_size_comes_from(database_url, monkeypatch):
