@@ -298,7 +298,7 @@ def test_max_idle_trims_down_to_min_size(count_settles):
     assert count_settles(1) == 1
 
 
-def test_a_connection_held_too_long_is_reported_once_with_its_stack(caplog):
+def test_a_connection_held_too_long_is_reported_once_per_checkout_with_its_stack(caplog):
     forkpool.configure(min_size=1, max_size=1, leak_timeout=0.2)
     pool = forkpool.get_pool()
     caplog.set_level(logging.WARNING, logger="forkpool.pool")
@@ -306,36 +306,22 @@ def test_a_connection_held_too_long_is_reported_once_with_its_stack(caplog):
     def forgetful_caller():
         return pool.getconn()
 
-    conn = forgetful_caller()
-    assert wait_for(lambda: pool.stats()[keys.LEAK_WARNINGS] == 1, 5)
-    time.sleep(1.5)  # more maintenance rounds pass: still one report
-    pool.putconn(conn)
-    reports = [r for r in caplog.records if "checked out for" in r.getMessage()]
-    assert len(reports) == 1
-    assert "forgetful_caller" in reports[0].getMessage()
-
-
-def test_the_same_connection_leaked_again_is_reported_again_with_the_new_stack(caplog):
-    forkpool.configure(min_size=1, max_size=1, leak_timeout=0.2)
-    pool = forkpool.get_pool()
-    caplog.set_level(logging.WARNING, logger="forkpool.pool")
-
-    def first_caller():
-        return pool.getconn()
-
     def second_caller():
         return pool.getconn()
 
-    conn = first_caller()
+    conn = forgetful_caller()
     assert wait_for(lambda: pool.stats()[keys.LEAK_WARNINGS] == 1, 5)
+    time.sleep(1.5)  # more maintenance rounds pass: still one report
+    assert pool.stats()[keys.LEAK_WARNINGS] == 1
     pool.putconn(conn)
-    again = second_caller()  # the one connection, back from idle through getconn()'s common path
+    # The same connection leaked again, back from idle through getconn()'s common path: a new report.
+    again = second_caller()
     assert again is conn
     assert wait_for(lambda: pool.stats()[keys.LEAK_WARNINGS] == 2, 5)
     pool.putconn(again)
     reports = [r.getMessage() for r in caplog.records if "checked out for" in r.getMessage()]
     assert len(reports) == 2
-    assert "first_caller" in reports[0] and "second_caller" in reports[1] and "first_caller" not in reports[1]
+    assert "forgetful_caller" in reports[0] and "second_caller" in reports[1] and "forgetful_caller" not in reports[1]
 
 
 def test_application_name_carries_suite_role_and_pid(sessions, suite_id, monkeypatch):
