@@ -37,11 +37,12 @@ or its close went on to restore the unacked messages, failed there, and a late
 ack reconnected the pool it had rebuilt for that. Left alone: one descriptor per
 broker loss in the Celery main process, a socket Redis has closed (CLOSE_WAIT),
 and one more in every pool process forked after it (forkpool points the child's
-copy at /dev/null; the descriptor stays). The 60-minute soak's +8 after 12 Redis
-restarts (docs/reliability.md; tests/test_celery_broker_restart.py). Releasing needs no broker: the pools' sockets are
-closed and the pools kept, so the running task's ack still goes through once Redis
-is back; every such channel is remembered (weakly) and its sockets closed again at
-each later loss, and one with nothing left unacked is closed for good.
+copy at /dev/null; the descriptor stays): the 60-minute soak's +8 after 12 Redis
+restarts (docs/reliability.md; tests/test_celery_broker_restart.py). Releasing needs
+no broker: the pools' sockets are closed and the pools kept, so the running task's
+ack still goes through once Redis is back; every such channel is remembered (weakly)
+and its sockets closed again at each later loss, and one with nothing left unacked
+is closed for good.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ COLLECT_SOCKET_TIMEOUT = getattr(celery_consumer, "COLLECT_SOCKET_TIMEOUT", 5.0)
 class Consumer(celery_consumer.Consumer):
     """Celery's consumer; a broken broker connection is collected, never closed a second time, and what
     collect() leaves open is released without the broker."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Channels broker losses left half-closed, while something else keeps them (_release).
+        self._old_channels: weakref.WeakSet[object] = weakref.WeakSet()
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
         if self.app.conf.worker_cancel_long_running_tasks_on_connection_loss:
@@ -98,11 +104,12 @@ class Consumer(celery_consumer.Consumer):
         at each later loss: a late ack through it reconnects its pool in between. One whose
         close stopped half-way and that holds no unacked message is closed for good.
         """
-        old: weakref.WeakSet[object] = self.__dict__.setdefault("_old_channels", weakref.WeakSet())
         if channel is not None:
-            old.add(channel)
-        for each in list(old):
+            self._old_channels.add(channel)
+        for each in list(self._old_channels):
             try:
+                # A closed channel stays in the set too: a close that failed while restoring rebuilt its
+                # pool, and a late ack through it reconnects that pool after the loss.
                 _disconnect_pools(each)
                 if not getattr(each, "closed", True) and _settled(each):
                     each.close()  # nothing to restore, no fanout queue to delete: no I/O
